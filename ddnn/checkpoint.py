@@ -1,0 +1,68 @@
+"""Model files: the config, the weights and metadata, loaded without unpickling code.
+
+A model file is a `torch.save` of plain containers (dicts, lists, strings, numbers, tensors)
+and is read back with `weights_only=True`, so a file from an untrusted path cannot run code.
+The file records a format name and version; anything else is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddnn.config import DDNNConfig, validate_config
+from ddnn.errors import ConfigError, ModelFileError
+from ddnn.model import DDNN
+
+FORMAT = "ddnn-model"
+VERSION = 1
+
+
+def save_model(path: Path | str, model: DDNN, cfg: DDNNConfig, meta: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": cfg.model_dump(mode="json"),
+        "state_dict": model.state_dict(),
+        "meta": meta,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
+    """Load a model file written by `save_model`; raises ModelFileError naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"{path} is not a readable DDNN model file: {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a DDNN model file (no '{FORMAT}' header)")
+    if payload.get("version") != VERSION:
+        raise ModelFileError(
+            f"{path} has model file version {payload.get('version')!r}; this ddnn reads "
+            f"version {VERSION}"
+        )
+    try:
+        cfg = validate_config(payload["config"], source=f"config in {path}")
+    except (ConfigError, KeyError) as e:
+        raise ModelFileError(str(e)) from None
+    model = DDNN(cfg.model)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelFileError(f"{path}: weights do not match its config: {first}") from None
+    model.eval()
+    return model, cfg, dict(payload.get("meta") or {})

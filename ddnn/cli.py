@@ -1,0 +1,538 @@
+"""The `ddnn` command line.
+
+Every command prints human-readable progress and tables by default and one JSON document on
+stdout with `--json`. User mistakes (a missing file, a bad config, an unknown device) end in
+one line `error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ddnn.errors import DDNNError
+
+app = typer.Typer(
+    help="Distributed deep neural networks over the cloud, the edge and end devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+DataSpec = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="synth (the default synthetic set), mvmc:PATH (an MVMC-format .npz) or "
+        "tiles:PATH (an .npz of images X (N,H,W[,C]) and labels y (N,), cut into --grid views)",
+    ),
+]
+Grid = Annotated[str, typer.Option(help="views per image for tiles:PATH, as ROWSxCOLS")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+ModelPath = Annotated[Path, typer.Option("--model", help="a model file written by `ddnn train`")]
+
+
+@contextmanager
+def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr; yields `advance(n=1, **fields)`."""
+    if quiet:
+        yield lambda *a, **k: None
+        return
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, completed: int | None = None, info: str = "") -> None:
+            if completed is not None:
+                bar.update(task, completed=completed, info=info)
+            else:
+                bar.update(task, advance=n, info=info)
+
+        yield advance
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+def load_data(spec: str, grid: str, quiet: bool):  # noqa: ANN201
+    from ddnn import data as data_mod
+
+    if spec == "synth" and not data_mod.synthetic_cache_path().exists():
+        with progress_bar("generating synthetic set", data_mod.DEFAULT_SYNTH_SAMPLES, quiet) as adv:
+            return data_mod.load_spec(spec, grid, progress=lambda done: adv(completed=done))
+    return data_mod.load_spec(spec, grid)
+
+
+def parse_devices(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise DDNNError(f"device list must look like 0,3, got {text!r}") from None
+
+
+def parse_thresholds(text: str | None, exits: list[str]) -> dict[str, float]:
+    """`0.8` sets every exit but the last; `local=0.8,edge=0.5` sets the named ones."""
+    if text is None:
+        return {}
+    try:
+        if "=" not in text:
+            return dict.fromkeys(exits[:-1], float(text))
+        pairs = (item.split("=", 1) for item in text.split(","))
+        chosen = {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise DDNNError(f"threshold must be a number or name=number pairs, got {text!r}") from None
+    unknown = set(chosen) - set(exits[:-1])
+    if unknown:
+        raise DDNNError(f"no exit {sorted(unknown)} with a threshold; exits: {exits[:-1]}")
+    return chosen
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key, justify="right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    out.print(table)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    tiers = ["local", "edge", "cloud", "overall"]
+    rows = [
+        {
+            "": "accuracy %",
+            **{t: report["accuracy"][t] for t in tiers},
+        },
+        {"": "exit %", **{t: report["exit_fraction"].get(t) for t in tiers}},
+    ]
+    print_table(f"{report['samples']} samples, devices {report['present_devices']}", rows)
+    b = report["bytes_per_device"]
+    out.print(
+        f"bytes per device per sample: formula (1) {b['formula']}, measured {b['measured']}, "
+        f"raw offload {b['raw']} ({b['raw_over_measured']}x less than raw)"
+    )
+    out.print(f"thresholds: {report['threshold']} ({report['criterion']})")
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+def data_synth(
+    out_path: Annotated[Path, typer.Option("--out", help="the .npz file to write")],
+    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = 2000,
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same file")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate a synthetic multi-view multi-camera set in the MVMC format."""
+    from ddnn import synth
+    from ddnn.data import save_mvmc
+
+    with progress_bar("rendering", samples, as_json) as advance:
+        x, y = synth.synthesize(samples, seed=seed, progress=lambda d: advance(completed=d))
+    save_mvmc(out_path, x, y)
+    absent = (y == synth.ABSENT).mean(axis=0)
+    summary = {
+        "path": str(out_path),
+        "samples": samples,
+        "seed": seed,
+        "absent_fraction_per_camera": [round(float(a), 3) for a in absent],
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        absent_text = ", ".join(f"{a:.0%}" for a in absent)
+        out.print(f"wrote {samples} samples to {out_path}; absent per camera: {absent_text}")
+
+
+# ---------------------------------------------------------------------- train and evaluate
+
+
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="a YAML or JSON config (see `ddnn config`)")
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config value, e.g. --set train.device_dropout=0.1"),
+]
+
+
+def _config(config: Path | None, overrides: list[str] | None, **flags: Any):  # noqa: ANN202
+    from ddnn.config import load_config
+
+    extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
+    return load_config(config, [*(overrides or []), *extra])
+
+
+def _train_progress(total: int, quiet: bool, label: str = "training"):  # noqa: ANN202
+    return progress_bar(label, total, quiet)
+
+
+def _epoch_info(stats: dict[str, float]) -> str:
+    accs = " ".join(
+        f"{k.removeprefix('train_acc_')} {v:.0f}%" for k, v in stats.items() if k != "loss"
+    )
+    return f"loss {stats['loss']:.3f}  train acc: {accs}"
+
+
+@app.command()
+def train(
+    data: DataSpec = "synth",
+    out_path: Annotated[Path, typer.Option("--out", help="model file to write")] = Path("model.pt"),
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="training epochs")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of initialization and batches")] = None,
+    grid: Grid = "2x3",
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
+    from ddnn.checkpoint import save_model
+    from ddnn.evaluate import evaluate, exit_points, pick_thresholds, run_model, set_thresholds
+    from ddnn.train import fit, split
+
+    cfg = _config(config, overrides, epochs=epochs, seed=seed)
+    parts = split(load_data(data, grid, as_json), cfg.train)
+    with _train_progress(cfg.train.epochs, as_json) as advance:
+        result = fit(parts.train, cfg, on_epoch=lambda e, s: advance(info=_epoch_info(s)))
+    cfg, model = result.config, result.model
+    picked: dict[str, float] = {}
+    if parts.validation is not None:
+        outputs = run_model(model, parts.validation)
+        points = exit_points(cfg, model.exits)
+        picked = pick_thresholds(outputs, points, cfg.calibration.rule, cfg.calibration.max_loss)
+        cfg = set_thresholds(cfg, picked)
+    test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
+    meta = {
+        "data": data,
+        "grid": grid,
+        "train_seconds": round(result.seconds, 2),
+        "final_epoch": result.history[-1],
+        "calibrated_on": "validation" if picked else None,
+    }
+    save_model(out_path, model, cfg, meta)
+    summary = {"model": str(out_path), **meta, "thresholds": picked, "test": test_report}
+    if as_json:
+        emit_json(summary)
+        return
+    out.print(
+        f"trained on {len(parts.train)} samples in {result.seconds:.1f}s; thresholds picked on "
+        f"{len(parts.validation) if parts.validation else 0} validation samples: {picked}"
+    )
+    out.print(f"wrote {out_path}; test split:")
+    print_report(test_report)
+
+
+def _eval_context(model_path: Path, data: str | None, grid: str | None, part: str, quiet: bool):  # noqa: ANN202
+    """Load a model and the part of a data set to evaluate it on (by default the test split
+    of the data it was trained on)."""
+    from ddnn.checkpoint import load_model
+    from ddnn.train import split
+
+    model, cfg, meta = load_model(model_path)
+    dataset = load_data(data or meta.get("data", "synth"), grid or meta.get("grid", "2x3"), quiet)
+    m = cfg.model
+    if (dataset.n_views, dataset.view_shape, dataset.classes) != (
+        m.n_devices,
+        tuple(m.input_shape),
+        m.classes,
+    ):
+        raise DDNNError(
+            f"data {dataset.name} ({dataset.n_views} views of {dataset.view_shape}, classes "
+            f"{dataset.classes}) does not fit the model ({m.n_devices} devices of "
+            f"{tuple(m.input_shape)}, classes {m.classes})"
+        )
+    if part == "all":
+        return model, cfg, dataset
+    parts = split(dataset, cfg.train)
+    chosen = getattr(parts, part, None)
+    if chosen is None:
+        raise DDNNError(f"the model was trained without a {part} split")
+    return model, cfg, chosen
+
+
+Split = Annotated[str, typer.Option(help="which part of the data: test, validation, train, all")]
+OptionalData = Annotated[
+    str | None,
+    typer.Option("--data", help="data SPEC (default: the data the model was trained on)"),
+]
+
+
+@app.command("eval")
+def eval_(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="exit threshold T for every exit but the last, or local=T,edge=T"),
+    ] = None,
+    missing: Annotated[
+        str | None, typer.Option(help="devices absent, e.g. 0,3 (as in Fig. 10)")
+    ] = None,
+    each_missing: Annotated[
+        bool, typer.Option(help="also evaluate with each single device absent (Fig. 10)")
+    ] = False,
+    scaling: Annotated[
+        bool, typer.Option(help="also evaluate as devices are added one by one (Fig. 8)")
+    ] = False,
+    order: Annotated[
+        str | None,
+        typer.Option(help="device order for --scaling (default: worst to best device alone)"),
+    ] = None,
+    part: Split = "test",
+    grid: Annotated[str | None, typer.Option(help="views per image for tiles:PATH")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a model: accuracy per exit, overall accuracy, exit fractions, bytes."""
+    from ddnn.evaluate import (
+        accuracy_by_device_count,
+        evaluate,
+        exit_points,
+        presence_mask,
+        run_model,
+        with_thresholds,
+    )
+
+    model, cfg, dataset = _eval_context(model_path, data, grid, part, as_json)
+    thresholds = parse_thresholds(threshold, model.exits)
+    points = with_thresholds(exit_points(cfg, model.exits), thresholds)
+    absent = parse_devices(missing)
+    present = presence_mask(len(dataset), dataset.n_views, absent)
+    report = evaluate(run_model(model, dataset, present), points)
+    report["missing"] = absent
+    if each_missing:
+        report["each_missing"] = [
+            {
+                "missing": d,
+                **evaluate(
+                    run_model(model, dataset, presence_mask(len(dataset), dataset.n_views, [d])),
+                    points,
+                )["accuracy"],
+            }
+            for d in range(dataset.n_views)
+        ]
+    if scaling:
+        device_order = parse_devices_ordered(order) if order else device_ranking(model, dataset)
+        report["scaling"] = accuracy_by_device_count(model, dataset, points, device_order)
+    if as_json:
+        emit_json(report)
+        return
+    print_report(report)
+    if each_missing:
+        print_table("each single device missing (accuracy %)", report["each_missing"])
+    if scaling:
+        print_table("devices added one at a time (accuracy %)", report["scaling"])
+
+
+def parse_devices_ordered(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DDNNError(f"device order must look like 1,0,2, got {text!r}") from None
+
+
+def device_ranking(model, dataset) -> list[int]:  # noqa: ANN001
+    """Devices from worst to best by the accuracy of their own class scores alone."""
+    import torch
+
+    if model.local is None:
+        return list(range(dataset.n_views))
+    with torch.no_grad():
+        scores, _ = model.devices(torch.from_numpy(dataset.x))
+    acc = (scores.argmax(-1).numpy() == dataset.labels[:, None]).mean(axis=0)
+    return [int(d) for d in np.argsort(acc, kind="stable")]
+
+
+@app.command()
+def sweep(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    rule: Annotated[
+        str, typer.Option(help="how to pick T: best (accuracy) or max_loss (cheapest within)")
+    ] = "max_loss",
+    max_loss: Annotated[float, typer.Option(help="accuracy points max_loss may give up")] = 1.0,
+    part: Split = "test",
+    grid: Annotated[str | None, typer.Option(help="views per image for tiles:PATH")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
+    from ddnn.evaluate import exit_points, run_model
+    from ddnn.evaluate import sweep as sweep_rows
+
+    if rule not in ("best", "max_loss"):
+        raise DDNNError(f"rule must be best or max_loss, got {rule!r}")
+    model, cfg, dataset = _eval_context(model_path, data, grid, part, as_json)
+    points = exit_points(cfg, model.exits)
+    if len(points) < 2:
+        raise DDNNError("this model has a single exit: there is no threshold to sweep")
+    rows = sweep_rows(run_model(model, dataset), points)
+    best = max(r["overall_accuracy"] for r in rows)
+    floor = best if rule == "best" else best - max_loss
+    picked = min(
+        (r for r in rows if r["overall_accuracy"] >= floor - 1e-9),
+        key=lambda r: (r["bytes_measured"], -r["overall_accuracy"]),
+    )
+    document = {"exit": points[0].name, "rows": rows, "rule": rule, "picked": picked}
+    if rule == "max_loss":
+        document["max_loss"] = max_loss
+    if as_json:
+        emit_json(document)
+        return
+    print_table(f"{points[0].name} exit threshold sweep ({len(dataset)} samples)", rows)
+    out.print(f"picked T = {picked['threshold']} by rule {rule}")
+
+
+@app.command()
+def calibrate(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    exit_fraction: Annotated[
+        str | None,
+        typer.Option(help="target share of all samples exiting: 0.6 (first exit) or local=0.6"),
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="bytes per device per sample to stay within")
+    ] = None,
+    rule: Annotated[
+        str | None, typer.Option(help="best or max_loss: search for accuracy instead")
+    ] = None,
+    max_loss: Annotated[float, typer.Option(help="accuracy points max_loss may give up")] = 0.5,
+    part: Annotated[str, typer.Option(help="held-out part to calibrate on")] = "validation",
+    write: Annotated[bool, typer.Option(help="store the thresholds in the model file")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
+    an accuracy rule, and store them in the model file."""
+    from ddnn.checkpoint import load_model, save_model
+    from ddnn.evaluate import (
+        evaluate,
+        exit_points,
+        local_fraction_for_budget,
+        pick_thresholds,
+        run_model,
+        set_thresholds,
+        thresholds_for_fractions,
+    )
+
+    if sum(x is not None for x in (exit_fraction, budget, rule)) != 1:
+        raise DDNNError("give exactly one of --exit-fraction, --budget or --rule")
+    model, cfg, dataset = _eval_context(model_path, data, None, part, as_json)
+    points = exit_points(cfg, model.exits)
+    if len(points) < 2:
+        raise DDNNError("this model has a single exit: there is no threshold to calibrate")
+    outputs = run_model(model, dataset)
+    if rule is not None:
+        if rule not in ("best", "max_loss"):
+            raise DDNNError(f"rule must be best or max_loss, got {rule!r}")
+        thresholds = pick_thresholds(outputs, points, rule, max_loss)
+    else:
+        if budget is not None:
+            if points[0].name != "local":
+                raise DDNNError("a bytes budget needs a local exit")
+            fractions = {"local": local_fraction_for_budget(outputs, budget)}
+        else:
+            fractions = {
+                name: float(v) for name, v in parse_thresholds(exit_fraction, model.exits).items()
+            }
+        thresholds = thresholds_for_fractions(outputs, points, fractions)
+    cfg = set_thresholds(cfg, thresholds)
+    report = evaluate(outputs, exit_points(cfg, model.exits))
+    if write:
+        _, _, meta = load_model(model_path)
+        save_model(model_path, model, cfg, {**meta, "calibrated_on": part})
+    document = {"thresholds": thresholds, "written": write, part: report}
+    if as_json:
+        emit_json(document)
+        return
+    out.print(f"thresholds {thresholds}{' written to ' + str(model_path) if write else ''}")
+    print_report(report)
+
+
+@app.command()
+def baseline(
+    data: DataSpec = "synth",
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="training epochs")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of initialization and batches")] = None,
+    grid: Grid = "2x3",
+    as_json: JsonFlag = False,
+) -> None:
+    """Train each device's slice alone and test it (the paper's "Individual" accuracy)."""
+    from ddnn.train import individual_accuracy, split
+
+    cfg = _config(config, overrides, epochs=epochs, seed=seed)
+    dataset = load_data(data, grid, as_json)
+    parts = split(dataset, cfg.train)
+    with _train_progress(dataset.n_views * cfg.train.epochs, as_json, "devices") as advance:
+        accuracies = [
+            individual_accuracy(parts, d, cfg, on_epoch=lambda e, s: advance())
+            for d in range(dataset.n_views)
+        ]
+    document = {
+        "individual": accuracies,
+        "mean": round(float(np.mean(accuracies)), 2),
+        "samples": len(parts.test),
+    }
+    if as_json:
+        emit_json(document)
+        return
+    print_table(
+        f"individual accuracy % ({len(parts.test)} test samples)",
+        [{f"device {d}": a for d, a in enumerate(accuracies)} | {"mean": document["mean"]}],
+    )
+
+
+@app.command("config")
+def show_config(config: ConfigFile = None, overrides: Overrides = None) -> None:
+    """Print the effective configuration (defaults, file, overrides) as YAML."""
+    import yaml
+
+    cfg = _config(config, overrides)
+    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+
+def main() -> None:
+    try:
+        app()
+    except (DDNNError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Configuration: one pydantic model describes a DDNN's topology, training and exits.
+
+It loads from YAML or JSON (`load_config`) and takes dotted CLI overrides
+(`train.epochs=50`). Everything is validated on load, so a bad file fails with a message that
+names the field instead of a traceback deep inside training.
+
+The default is configuration (c) of the paper's Fig. 2 as evaluated in Section IV: six
+devices each with one binary ConvP block of 4 filters and an FC exit head, a local aggregator
+using max pooling (MP), no edge, and a cloud that concatenates (CC) the devices' feature
+maps and runs two more binary ConvP blocks. Other configurations of Fig. 2:
+(a) cloud only: `device.conv_filters=[]` and `local=None` (raw input goes to the cloud);
+(b) one device: `n_devices=1`; (d)/(e) one edge: `edge.groups=[[0, ..., n-1]]`;
+(f) several edges: several groups. `cloud=None` leaves the highest remaining exit last; the
+paper's "Individual" baseline is `n_devices=1, cloud=None`: one device slice and its exit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ddnn.errors import ConfigError
+from ddnn.layers import Precision
+
+Aggregation = Literal["MP", "AP", "CC"]
+EXIT_ORDER = ("local", "edge", "cloud")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceSpec(_Strict):
+    """The slice that runs on every end device (each device has its own weights)."""
+
+    conv_filters: list[int] = Field(default=[4], description="filters of each ConvP block")
+    precision: Precision = "binary"
+
+
+class LocalSpec(_Strict):
+    """The local aggregator: fuses the devices' class scores, then the local exit."""
+
+    aggregation: Aggregation = "MP"
+
+
+class EdgeSpec(_Strict):
+    """An edge tier: each group of devices has an edge that fuses the group's feature maps,
+    runs more ConvP blocks and an exit head; the edge exit fuses the edges' scores."""
+
+    groups: list[list[int]] = Field(min_length=1)
+    aggregation: Aggregation = "CC"
+    exit_aggregation: Aggregation = "MP"
+    conv_filters: list[int] = Field(default=[16], min_length=1)
+    precision: Precision = "binary"
+
+
+class CloudSpec(_Strict):
+    """The cloud: fuses the feature maps of the tier below, more blocks, the final exit."""
+
+    aggregation: Aggregation = "CC"
+    conv_filters: list[int] = Field(default=[32, 32])
+    fc_hidden: list[int] = Field(default=[], description="hidden FC blocks before the head")
+    precision: Precision = "binary"
+
+
+class ModelConfig(_Strict):
+    classes: list[str] = Field(default=["car", "bus", "person"], min_length=2)
+    n_devices: int = Field(default=6, ge=1)
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    device: DeviceSpec = DeviceSpec()
+    local: LocalSpec | None = LocalSpec()
+    edge: EdgeSpec | None = None
+    cloud: CloudSpec | None = CloudSpec()
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> ModelConfig:
+        if self.local is None and self.edge is None and self.cloud is None:
+            raise ValueError("a topology needs at least one exit (local, edge or cloud)")
+        if self.local is not None and not self.device.conv_filters:
+            raise ValueError("a local exit needs a device ConvP block (device.conv_filters)")
+        if self.edge is not None:
+            seen = sorted(d for group in self.edge.groups for d in group)
+            if seen != list(range(self.n_devices)):
+                raise ValueError(
+                    f"edge.groups must cover devices 0..{self.n_devices - 1} exactly once, got "
+                    f"{self.edge.groups}"
+                )
+        return self
+
+    @property
+    def exits(self) -> list[str]:
+        """The exit points of this topology, lowest tier first; the last always decides."""
+        present = {
+            "local": self.local is not None,
+            "edge": self.edge is not None,
+            "cloud": self.cloud is not None,
+        }
+        return [name for name in EXIT_ORDER if present[name]]
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    # Adam with the paper's hyper-parameters (Section IV-A).
+    lr: float = Field(default=1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    exit_weights: dict[str, float] = Field(
+        default={}, description="loss weight per exit name; missing exits weigh 1 (equal)"
+    )
+    device_dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="probability that a device is absent from a sample"
+    )
+    validation_fraction: float = Field(
+        default=0.15, ge=0, lt=1, description="part of the training split held out for thresholds"
+    )
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="the paper's 80/20 split")
+    split_seed: int = Field(default=0, description="seed of the train/validation/test split")
+    seed: int = Field(default=0, description="seed of initialization, batches and dropout")
+
+
+class ExitSpec(_Strict):
+    criterion: str = "entropy"
+    threshold: float = 0.8
+
+
+class CalibrationSpec(_Strict):
+    """How `ddnn train` picks thresholds on the held-out validation part.
+
+    rule "max_loss": the lowest communication whose overall accuracy is within `max_loss`
+    points of the best the sweep reaches; "best": the best overall accuracy.
+    """
+
+    rule: Literal["max_loss", "best"] = "max_loss"
+    max_loss: float = Field(default=0.5, ge=0)
+
+
+class DDNNConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    exits: dict[str, ExitSpec] = Field(default={}, description="per-exit criterion and threshold")
+    calibration: CalibrationSpec = CalibrationSpec()
+
+    @model_validator(mode="after")
+    def _check_exits(self) -> DDNNConfig:
+        unknown = set(self.exits) - set(self.model.exits)
+        if unknown:
+            raise ValueError(f"exits {sorted(unknown)} are not in this topology {self.model.exits}")
+        unknown = set(self.train.exit_weights) - set(self.model.exits)
+        if unknown:
+            raise ValueError(f"train.exit_weights names unknown exits {sorted(unknown)}")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> DDNNConfig:
+    """Read a YAML or JSON config file (or the defaults), apply `key.sub=value` overrides.
+
+    Override values are parsed as YAML, so `train.epochs=5`, `model.edge.groups=[[0,1],[2]]`
+    and `model.edge=null` all work.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            loaded = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"config {path} is not valid YAML/JSON: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must hold a mapping, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+        _set_dotted(tree, key.strip(), value)
+    return validate_config(tree, source=str(path) if path else "config")
+
+
+def validate_config(tree: dict[str, Any], source: str = "config") -> DDNNConfig:
+    try:
+        return DDNNConfig.model_validate(tree)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid {source}: {problems}") from None

@@ -1,0 +1,215 @@
+"""Multi-view data sets: the paper's MVMC file format, the synthetic set, tiled images.
+
+Everything becomes a `MultiViewData`: one sample is V views (one per device) of one object.
+A data SPEC names where data comes from:
+- `synth`: the default synthetic multi-camera set, generated once and cached;
+- `mvmc:PATH`: any file in the MVMC format (`X` float32 (N, 6, 3, 32, 32), pixels 0-255,
+  all-zero where the object is absent; `y` int (N, 6), 3 = absent);
+- `tiles:PATH`: an `.npz` with `X` (N, H, W[, C]) and `y` (N,), each image cut into a grid.
+Pixels stay in 0..255: the first binary layer's signed sums are then exact in float32.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ddnn.errors import DataError
+
+MVMC_CLASSES = ["car", "bus", "person"]
+DEFAULT_SYNTH_SAMPLES = 2000
+DEFAULT_SYNTH_SEED = 0
+
+
+@dataclass
+class MultiViewData:
+    x: np.ndarray  # (N, V, C, H, W) float32, 0..255
+    view_labels: np.ndarray  # (N, V) int32: class per view, len(classes) where absent
+    labels: np.ndarray  # (N,) int64: the sample's class
+    classes: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_views(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def view_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.x.shape[2:]
+        return int(c), int(h), int(w)
+
+    def subset(self, index: np.ndarray) -> MultiViewData:
+        return MultiViewData(
+            self.x[index], self.view_labels[index], self.labels[index], self.classes, self.name
+        )
+
+    def split(self, seed: int = 0, fraction: float = 0.8) -> tuple[MultiViewData, MultiViewData]:
+        """A reproducible random split: `fraction` of the samples first (the paper's 80/20
+        train/test split with the defaults), the rest second."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        cut = int(round(fraction * len(self)))
+        return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
+
+
+def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read arrays from an .npz without ever unpickling (object arrays are refused)."""
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing}; it holds {z.files}")
+            return {k: z[k] for k in keys}
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e})") from None
+    except ValueError as e:  # object arrays need pickle, which we refuse
+        raise DataError(f"{path}: {e}") from None
+
+
+def sample_labels(view_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's label is the class that the cameras seeing the object agree on (the
+    most frequent non-absent view label). Returns (labels, keep) where `keep` is False for
+    samples that no camera sees: those carry no label and are left out, and counted."""
+    counts = np.stack([(view_labels == c).sum(axis=1) for c in range(n_classes)], axis=1)
+    return counts.argmax(axis=1).astype(np.int64), counts.sum(axis=1) > 0
+
+
+def from_mvmc_arrays(x: np.ndarray, y: np.ndarray, name: str) -> MultiViewData:
+    """Validate MVMC-format arrays and wrap them. Raises DataError naming the problem."""
+    n_classes = len(MVMC_CLASSES)
+    if x.ndim != 5 or x.shape[2] not in (1, 3):
+        raise DataError(f"{name}: X must be (N, views, 1|3, H, W), got shape {x.shape}")
+    if y.shape != x.shape[:2]:
+        raise DataError(f"{name}: y must be (N, views) = {x.shape[:2]}, got shape {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{name}: X must be numeric and y integer, got {x.dtype} and {y.dtype}")
+    if not np.isfinite(x).all():
+        raise DataError(f"{name}: X holds NaN or infinite values")
+    if y.min(initial=0) < 0 or y.max(initial=0) > n_classes:
+        raise DataError(f"{name}: y values must lie in 0..{n_classes} ({n_classes} = absent)")
+    labels, keep = sample_labels(y, n_classes)
+    data = MultiViewData(
+        x.astype(np.float32, copy=False), y.astype(np.int32), labels, list(MVMC_CLASSES), name
+    )
+    if not keep.all():
+        data = data.subset(np.flatnonzero(keep))
+        data.name = f"{name} ({int((~keep).sum())} samples seen by no camera left out)"
+    if len(data) == 0:
+        raise DataError(f"{name}: no usable samples")
+    return data
+
+
+def load_mvmc(path: Path | str) -> MultiViewData:
+    path = Path(path)
+    arrays = _read_npz(path, ("X", "y"))
+    return from_mvmc_arrays(arrays["X"], arrays["y"], name=f"mvmc:{path}")
+
+
+def save_mvmc(path: Path | str, x: np.ndarray, y: np.ndarray) -> None:
+    """Write arrays in the MVMC format (atomically, so a killed run leaves no half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, X=x.astype(np.float32), y=y.astype(np.int32))
+    tmp.replace(path)
+
+
+def cut_tiles(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(N, H, W[, C]) -> (N, rows*cols, C, H//rows, W//cols): one tile per view, row-major.
+    Pixels beyond a whole number of tiles are dropped."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(f"tiled images must be (N, H, W) or (N, H, W, C), got {images.shape}")
+    rows, cols = grid
+    n, h, w, c = images.shape
+    th, tw = h // rows, w // cols
+    if th < 1 or tw < 1:
+        raise DataError(f"a {rows}x{cols} grid does not fit images of {h}x{w}")
+    tiles = images[:, : th * rows, : tw * cols].reshape(n, rows, th, cols, tw, c)
+    return tiles.transpose(0, 1, 3, 5, 2, 4).reshape(n, rows * cols, c, th, tw)
+
+
+def load_tiles(path: Path | str, grid: tuple[int, int] = (2, 3)) -> MultiViewData:
+    path = Path(path)
+    arrays = _read_npz(path, ("X", "y"))
+    x, y = arrays["X"], arrays["y"]
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: y must be (N,) with N = {len(x)}, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min(initial=0) < 0:
+        raise DataError(f"{path}: y must hold non-negative integer class ids")
+    x = cut_tiles(np.asarray(x, dtype=np.float32), grid)
+    if x.max(initial=0) <= 1.0:
+        x = x * 255.0  # images stored as 0..1 floats: bring to the 0..255 convention
+    n_classes = int(y.max()) + 1
+    views = np.repeat(y[:, None], x.shape[1], axis=1).astype(np.int32)
+    classes = [str(c) for c in range(n_classes)]
+    return MultiViewData(x, views, y.astype(np.int64), classes, f"tiles:{path}")
+
+
+def data_dir() -> Path:
+    """Where generated data is cached: $DDNN_DATA_DIR, else the checkout's `datasets/`
+    folder, else ~/.cache/ddnn."""
+    if env := os.environ.get("DDNN_DATA_DIR"):
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "datasets"
+    if checkout.is_dir():
+        return checkout
+    return Path.home() / ".cache" / "ddnn"
+
+
+def synthetic_cache_path(
+    n_samples: int = DEFAULT_SYNTH_SAMPLES, seed: int = DEFAULT_SYNTH_SEED
+) -> Path:
+    from ddnn import synth
+
+    return data_dir() / "synth" / f"synth-v{synth.VERSION}-n{n_samples}-s{seed}.npz"
+
+
+def synthetic(
+    n_samples: int = DEFAULT_SYNTH_SAMPLES,
+    seed: int = DEFAULT_SYNTH_SEED,
+    progress: Callable[[int], None] | None = None,
+) -> MultiViewData:
+    """The synthetic multi-camera set, generated on first use and cached under data_dir()
+    (keyed by the generator's version, so a changed generator never serves stale data)."""
+    from ddnn import synth
+
+    path = synthetic_cache_path(n_samples, seed)
+    if not path.exists():
+        x, y = synth.synthesize(n_samples, seed=seed, progress=progress)
+        save_mvmc(path, x, y)
+    data = load_mvmc(path)
+    is_default = (n_samples, seed) == (DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED)
+    data.name = "synth" if is_default else f"synth(n={n_samples}, seed={seed})"
+    return data
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+        raise DataError(f"grid must look like 2x3, got {text!r}")
+    return int(rows), int(cols)
+
+
+def load_spec(
+    spec: str, grid: str = "2x3", progress: Callable[[int], None] | None = None
+) -> MultiViewData:
+    """Load the data set a SPEC names (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synth" and not arg:
+        return synthetic(progress=progress)
+    if kind == "mvmc" and arg:
+        return load_mvmc(arg)
+    if kind == "tiles" and arg:
+        return load_tiles(arg, parse_grid(grid))
+    raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")

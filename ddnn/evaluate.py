@@ -1,0 +1,268 @@
+"""Offline evaluation: accuracy per exit, the exit cascade, communication, sweeps, calibration.
+
+Accuracy measures follow the paper (Section III-F): an exit's accuracy is the accuracy when
+every sample exits there; overall accuracy is the cascade's under the thresholds.
+Communication per device per sample is reported two ways: the paper's formula (1),
+c = 4|C| + (1 - l) f o / 8, and measured as the lengths of the payloads a device actually
+sends (`ddnn.packing`), next to raw offload of the input (C*H*W bytes, one byte per pixel).
+Devices listed as missing send nothing and are not counted in the per-device average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+import torch
+
+from ddnn.config import DDNNConfig, ExitSpec
+from ddnn.data import MultiViewData
+from ddnn.exits import ExitPoint, cascade, get_criterion, softmax
+from ddnn.model import DDNN
+from ddnn.packing import pack_features, pack_scores
+
+
+@dataclass
+class ExitOutputs:
+    """A model's outputs on a data set, under one set of present devices."""
+
+    probs: dict[str, np.ndarray]  # exit name -> (N, |C|) softmax probabilities
+    labels: np.ndarray  # (N,)
+    present: np.ndarray  # (N, D) bool
+    score_bytes: int  # one device's class-score payload (0 without a local exit)
+    feature_bytes: int  # one device's feature-map payload when a sample is escalated
+    feature_bits: int  # f * o * bits per activation, for formula (1)
+    raw_bytes: int  # one device's raw input, one byte per pixel value
+    n_classes: int
+
+
+def feature_kind(model: DDNN) -> str:
+    """How a device's feature map is encoded on the wire (see ddnn.packing)."""
+    if not model.cfg.device.conv_filters:
+        return "pixels"
+    return "binary" if model.cfg.device.precision == "binary" else "float"
+
+
+def presence_mask(n: int, n_devices: int, missing: Sequence[int] = ()) -> np.ndarray:
+    for d in missing:
+        if not 0 <= d < n_devices:
+            raise ValueError(f"device {d} does not exist (devices are 0..{n_devices - 1})")
+    if len(set(missing)) >= n_devices:
+        raise ValueError("at least one device must be present")
+    present = np.ones((n, n_devices), dtype=bool)
+    present[:, list(missing)] = False
+    return present
+
+
+@torch.no_grad()
+def run_model(
+    model: DDNN, data: MultiViewData, present: np.ndarray | None = None, batch: int = 512
+) -> ExitOutputs:
+    model.eval()
+    if present is None:
+        present = presence_mask(len(data), data.n_views)
+    logits: dict[str, list[np.ndarray]] = {name: [] for name in model.exits}
+    for start in range(0, len(data), batch):
+        xb = torch.from_numpy(data.x[start : start + batch])
+        pb = torch.from_numpy(present[start : start + batch])
+        for name, value in model(xb, pb).logits.items():
+            logits[name].append(value.numpy())
+    kind = feature_kind(model)
+    features = np.ones(model.device_feature_shape, dtype=np.float32)
+    n_classes = len(data.classes)
+    return ExitOutputs(
+        probs={name: softmax(np.concatenate(v).astype(np.float64)) for name, v in logits.items()},
+        labels=data.labels,
+        present=present,
+        score_bytes=len(pack_scores(np.zeros(n_classes))) if model.local is not None else 0,
+        feature_bytes=len(pack_features(features, kind)),
+        feature_bits=features.size * {"binary": 1, "pixels": 8, "float": 32}[kind],
+        raw_bytes=int(np.prod(data.view_shape)),
+        n_classes=n_classes,
+    )
+
+
+def exit_points(cfg: DDNNConfig, exits: Sequence[str]) -> list[ExitPoint]:
+    default = ExitSpec()
+    return [
+        ExitPoint(name, get_criterion(spec.criterion), spec.threshold)
+        for name in exits
+        for spec in [cfg.exits.get(name, default)]
+    ]
+
+
+def with_thresholds(points: Sequence[ExitPoint], thresholds: dict[str, float]) -> list[ExitPoint]:
+    return [ExitPoint(p.name, p.criterion, thresholds.get(p.name, p.threshold)) for p in points]
+
+
+def _pct(x: float) -> float:
+    return round(100.0 * float(x), 2)
+
+
+def evaluate(outputs: ExitOutputs, points: Sequence[ExitPoint]) -> dict:
+    """The report of `ddnn eval`: accuracy and exit fractions per tier, bytes per device."""
+    names = [p.name for p in points]
+    decisions = cascade(points, outputs.probs)
+    correct = decisions.predictions == outputs.labels
+    accuracy: dict[str, float | None] = dict.fromkeys(("local", "edge", "cloud"))
+    exit_fraction: dict[str, float | None] = dict.fromkeys(("local", "edge", "cloud"))
+    for i, name in enumerate(names):
+        accuracy[name] = _pct((outputs.probs[name].argmax(1) == outputs.labels).mean())
+        exit_fraction[name] = _pct((decisions.exit_index == i).mean())
+    accuracy["overall"] = _pct(correct.mean())
+    return {
+        "samples": int(len(outputs.labels)),
+        "accuracy": accuracy,
+        "exit_fraction": exit_fraction,
+        "bytes_per_device": communication(outputs, decisions.exit_index, names),
+        "threshold": {p.name: p.threshold for p in points[:-1]},
+        "criterion": {p.name: p.criterion.name for p in points[:-1]},
+        "present_devices": [int(d) for d in np.flatnonzero(outputs.present.any(axis=0))],
+    }
+
+
+def communication(outputs: ExitOutputs, exit_index: np.ndarray, names: Sequence[str]) -> dict:
+    """Bytes per device per sample: formula (1), measured payload lengths, raw offload."""
+    has_local = names[0] == "local"
+    escalated = exit_index > 0 if has_local else np.ones(len(exit_index), dtype=bool)
+    local_fraction = 1.0 - float(escalated.mean())
+    formula = (4 * outputs.n_classes if has_local else 0) + (
+        1 - local_fraction
+    ) * outputs.feature_bits / 8
+    per_sample = outputs.score_bytes + escalated * outputs.feature_bytes  # (N,)
+    n_present = outputs.present.sum(axis=1)
+    measured = float((per_sample * n_present).sum() / n_present.sum())
+    return {
+        "formula": round(formula, 2),
+        "measured": round(measured, 2),
+        "raw": outputs.raw_bytes,
+        "raw_over_measured": round(outputs.raw_bytes / measured, 2) if measured else None,
+    }
+
+
+def sweep(
+    outputs: ExitOutputs,
+    points: Sequence[ExitPoint],
+    grid: Sequence[float] = tuple(round(0.1 * i, 1) for i in range(11)),
+) -> list[dict]:
+    """Table II: vary the first exit's threshold over `grid`, others fixed."""
+    rows = []
+    for t in grid:
+        pts = with_thresholds(points, {points[0].name: t})
+        report = evaluate(outputs, pts)
+        rows.append(
+            {
+                "threshold": t,
+                "exit_fraction": report["exit_fraction"][points[0].name],
+                "overall_accuracy": report["accuracy"]["overall"],
+                "bytes_formula": report["bytes_per_device"]["formula"],
+                "bytes_measured": report["bytes_per_device"]["measured"],
+            }
+        )
+    return rows
+
+
+def pick_thresholds(
+    outputs: ExitOutputs,
+    points: Sequence[ExitPoint],
+    rule: str = "max_loss",
+    max_loss: float = 0.5,
+    steps: int = 101,
+) -> dict[str, float]:
+    """Search thresholds of every exit but the last on a grid over [0, 1].
+
+    rule "best": the highest overall accuracy; "max_loss": the least communication (most
+    samples leaving at the lowest exits) whose accuracy is within `max_loss` points of the
+    best. Ties go to cheaper settings. Meant for held-out validation data, never the test set.
+    """
+    if len(points) < 2:
+        return {}
+    grid = np.linspace(0.0, 1.0, steps)
+    searched = [p.name for p in points[:-1]]
+    candidates = []
+    for combo in product(grid, repeat=len(searched)):
+        pts = with_thresholds(points, dict(zip(searched, combo, strict=True)))
+        d = cascade(pts, outputs.probs)
+        acc = 100.0 * float((d.predictions == outputs.labels).mean())
+        # cost: how many samples go past each exit, lowest exit first (device bytes first)
+        cost = tuple(float((d.exit_index > i).mean()) for i in range(len(searched)))
+        candidates.append((acc, cost, combo))
+    best = max(c[0] for c in candidates)
+    floor = best if rule == "best" else best - max_loss
+    eligible = [c for c in candidates if c[0] >= floor - 1e-9]
+    _, _, combo = min(eligible, key=lambda c: (c[1], -c[0]))
+    return {name: round(float(t), 4) for name, t in zip(searched, combo, strict=True)}
+
+
+def thresholds_for_fractions(
+    outputs: ExitOutputs, points: Sequence[ExitPoint], fractions: dict[str, float]
+) -> dict[str, float]:
+    """Thresholds at which about `fractions[name]` of all samples exit at each named exit.
+
+    Exits are handled lowest first, each over the samples that reach it under the thresholds
+    already chosen; the threshold lies midway between the statistic of the last sample that
+    exits and that of the first that does not.
+    """
+    chosen: dict[str, float] = {}
+    n = len(outputs.labels)
+    reaching = np.ones(n, dtype=bool)
+    for point in points[:-1]:
+        probs = outputs.probs[point.name]
+        if point.name in fractions:
+            f = fractions[point.name]
+            k = int(round(f * n))
+            if not 0.0 <= f <= 1.0 or k > reaching.sum():
+                raise ValueError(
+                    f"cannot exit {f:.0%} of the samples at {point.name}: only "
+                    f"{reaching.mean():.0%} reach it"
+                )
+            chosen[point.name] = _threshold_for_count(
+                point.criterion.statistic(probs[reaching]), k, point.criterion.confident_below
+            )
+            point = ExitPoint(point.name, point.criterion, chosen[point.name])
+        reaching &= ~point.criterion.exits(probs, point.threshold)
+    return chosen
+
+
+def _threshold_for_count(stat: np.ndarray, k: int, confident_below: bool) -> float:
+    stat = np.sort(stat) if confident_below else np.sort(stat)[::-1]
+    if k == 0:
+        return float(stat[0] + (-1e-6 if confident_below else 1e-6))
+    if k == len(stat):
+        return float(stat[-1])
+    return float((stat[k - 1] + stat[k]) / 2)
+
+
+def set_thresholds(cfg: DDNNConfig, thresholds: dict[str, float]) -> DDNNConfig:
+    """A copy of `cfg` whose exits have these thresholds (criteria unchanged)."""
+    exits = dict(cfg.exits)
+    for name, t in thresholds.items():
+        criterion = exits.get(name, ExitSpec()).criterion
+        exits[name] = ExitSpec(criterion=criterion, threshold=t)
+    return cfg.model_copy(update={"exits": exits})
+
+
+def local_fraction_for_budget(outputs: ExitOutputs, budget: float) -> float:
+    """The local exit fraction l at which measured bytes per device meet `budget`:
+    score_bytes + (1 - l) * feature_bytes <= budget."""
+    if budget < outputs.score_bytes:
+        raise ValueError(
+            f"a budget of {budget} B is below the {outputs.score_bytes} B of scores every "
+            "sample costs"
+        )
+    return float(np.clip(1.0 - (budget - outputs.score_bytes) / outputs.feature_bytes, 0, 1))
+
+
+def accuracy_by_device_count(
+    model: DDNN, data: MultiViewData, points: Sequence[ExitPoint], order: Sequence[int]
+) -> list[dict]:
+    """Fig. 8: devices added one at a time in `order`; accuracy per exit and overall."""
+    rows = []
+    for k in range(1, len(order) + 1):
+        missing = [d for d in range(data.n_views) if d not in order[:k]]
+        present = presence_mask(len(data), data.n_views, missing)
+        report = evaluate(run_model(model, data, present), points)
+        rows.append({"devices": list(order[:k]), **report["accuracy"]})
+    return rows

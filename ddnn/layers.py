@@ -1,0 +1,148 @@
+"""Binarized building blocks of a DDNN: the fused ConvP and FC blocks of the paper (Fig. 3).
+
+A block's precision is a per-tier setting, not a property baked into the layer: the same
+`ConvP` is binary on an end device and may be float in the cloud. Quantizers are looked up by
+name (larq-style), so k-bit quantizers can be added to `QUANTIZERS` without touching the blocks.
+
+Conventions every runtime must share (training, export, a packed bit runtime):
+- sign(x) = +1 for x >= 0 and -1 otherwise (so sign(0) = +1);
+- conv padding is zero padding, i.e. "no evidence", neither +1 nor -1;
+- ConvP is conv -> max-pool -> batch norm -> activation, in that order, as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Precision = Literal["binary", "float"]
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign() forward; clipped straight-through estimator backward (BinaryNet, eBNN)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def ste_sign(x: torch.Tensor) -> torch.Tensor:
+    """Binarize to {-1, +1}; gradients pass where |x| <= 1 and are zeroed elsewhere."""
+    return _SignSTE.apply(x)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+Quantizer = Callable[[torch.Tensor], torch.Tensor]
+QUANTIZERS: dict[str, Quantizer] = {"ste_sign": ste_sign, "none": identity}
+
+
+def get_quantizer(name: str) -> Quantizer:
+    try:
+        return QUANTIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown quantizer {name!r}; known: {sorted(QUANTIZERS)}") from None
+
+
+def kernel_quantizer_for(precision: Precision) -> str:
+    """The weight quantizer a tier of the given precision uses."""
+    return {"binary": "ste_sign", "float": "none"}[precision]
+
+
+class QuantConv2d(nn.Conv2d):
+    """A conv whose weights pass through `kernel_quantizer` in the forward pass.
+
+    The latent real weights are what the optimizer updates; `clip_weights()` keeps them in
+    [-1, 1] so that the straight-through estimator keeps working (BinaryNet).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_quantizer: str = "ste_sign") -> None:
+        super().__init__(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)
+        self.kernel_quantizer = kernel_quantizer
+        self._quantize = get_quantizer(kernel_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self._quantize(self.weight), None, 1, 1)
+
+
+class QuantLinear(nn.Linear):
+    """A linear layer whose weights pass through `kernel_quantizer` in the forward pass."""
+
+    def __init__(self, in_f: int, out_f: int, kernel_quantizer: str = "ste_sign") -> None:
+        super().__init__(in_f, out_f, bias=False)
+        self.kernel_quantizer = kernel_quantizer
+        self._quantize = get_quantizer(kernel_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._quantize(self.weight))
+
+
+def _activation(precision: Precision) -> Quantizer:
+    return ste_sign if precision == "binary" else F.relu
+
+
+class ConvP(nn.Module):
+    """Fused convolution-pool block: 3x3 conv (stride 1, pad 1) -> 3x3 max-pool (stride 2,
+    pad 1) -> batch norm -> sign (binary) or ReLU (float). Halves height and width."""
+
+    def __init__(self, in_ch: int, filters: int, precision: Precision = "binary") -> None:
+        super().__init__()
+        self.precision = precision
+        self.conv = QuantConv2d(in_ch, filters, kernel_quantizer_for(precision))
+        self.bn = nn.BatchNorm2d(filters)
+        self._act = _activation(precision)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
+        return self._act(self.bn(x))
+
+
+class FC(nn.Module):
+    """Fused fully connected block: linear -> batch norm -> sign (binary) or ReLU (float).
+
+    With `activation=False` it is an exit head: the batch-normed linear output is the vector
+    of class scores (real-valued, so that softmax and entropy are meaningful).
+    """
+
+    def __init__(
+        self, in_f: int, out_f: int, precision: Precision = "binary", activation: bool = True
+    ) -> None:
+        super().__init__()
+        self.precision = precision
+        self.linear = QuantLinear(in_f, out_f, kernel_quantizer_for(precision))
+        self.bn = nn.BatchNorm1d(out_f)
+        self._act = _activation(precision) if activation else identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._act(self.bn(self.linear(x.flatten(1))))
+
+
+def pooled_size(size: int, n_blocks: int) -> int:
+    """Spatial size after `n_blocks` ConvP blocks (each pool: k=3, s=2, p=1)."""
+    for _ in range(n_blocks):
+        size = (size + 2 * 1 - 3) // 2 + 1
+    return size
+
+
+@torch.no_grad()
+def clip_quantized_weights(model: nn.Module) -> None:
+    """Clip the latent weights of every quantized layer to [-1, 1], in place.
+
+    Called after each optimizer step. In place matters: a copied helper that clips a copy
+    silently never clips (see shared/notes/bnn.md), which the tests check for.
+    """
+    for module in model.modules():
+        if isinstance(module, QuantConv2d | QuantLinear) and module.kernel_quantizer != "none":
+            module.weight.clamp_(-1.0, 1.0)

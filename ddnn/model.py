@@ -1,0 +1,210 @@
+"""The DDNN model: device slices, local aggregator, optional edge tier, cloud (paper Fig. 2/4).
+
+One `DDNN` module holds every tier so that it can be trained jointly on one machine; its
+forward pass is the composition of per-tier methods (`devices`, `local_exit`, `edges`,
+`cloud_exit`) that the live services call one at a time, so the offline model and the
+deployed system run the same code.
+
+Shapes: x is (B, D, C, H, W) for D devices; `present` is (B, D) bool (True where the device
+took part). Device feature maps are (B, D, f, h, w): binary (+-1) when the device tier is
+binary, which is what goes over the wire bit-packed when a sample is escalated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ddnn.aggregation import Aggregator
+from ddnn.config import ModelConfig
+from ddnn.layers import FC, ConvP, Precision, pooled_size
+
+
+def conv_stack(in_ch: int, filters: list[int], precision: Precision) -> nn.Sequential:
+    blocks = []
+    for f in filters:
+        blocks.append(ConvP(in_ch, f, precision))
+        in_ch = f
+    return nn.Sequential(*blocks)
+
+
+class DeviceSlice(nn.Module):
+    """What runs on one end device: ConvP blocks, then an FC exit head to |C| scores.
+
+    Without ConvP blocks (Fig. 2 (a)) the device forwards its raw input and has no head.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c, h, w = cfg.input_shape
+        filters = cfg.device.conv_filters
+        self.blocks = conv_stack(c, filters, cfg.device.precision)
+        n = len(filters)
+        self.feature_shape = (filters[-1] if filters else c, pooled_size(h, n), pooled_size(w, n))
+        f, fh, fw = self.feature_shape
+        self.head = (
+            FC(f * fh * fw, len(cfg.classes), cfg.device.precision, activation=False)
+            if cfg.local is not None
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """x: (B, C, H, W) -> (class scores (B, |C|) or None, feature map (B, f, h, w))."""
+        features = self.blocks(x)
+        scores = self.head(features) if self.head is not None else None
+        return scores, features
+
+
+class UpperTier(nn.Module):
+    """An edge or the cloud: fuse the feature maps below, ConvP blocks, FC blocks, exit head."""
+
+    def __init__(
+        self,
+        aggregation: str,
+        n_inputs: int,
+        in_shape: tuple[int, int, int],
+        conv_filters: list[int],
+        fc_hidden: list[int],
+        precision: Precision,
+        n_classes: int,
+    ) -> None:
+        super().__init__()
+        self.aggregate = Aggregator(aggregation, n_inputs)
+        c, h, w = in_shape
+        c = self.aggregate.out_channels(c)
+        self.blocks = conv_stack(c, conv_filters, precision)
+        n = len(conv_filters)
+        self.feature_shape = (
+            conv_filters[-1] if conv_filters else c,
+            pooled_size(h, n),
+            pooled_size(w, n),
+        )
+        width = self.feature_shape[0] * self.feature_shape[1] * self.feature_shape[2]
+        fcs = []
+        for m in fc_hidden:
+            fcs.append(FC(width, m, precision))
+            width = m
+        self.fcs = nn.Sequential(*fcs)
+        self.head = FC(width, n_classes, precision, activation=False)
+
+    def forward(
+        self, features: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features: (B, N, f, h, w), present: (B, N) -> (scores (B, |C|), own feature map)."""
+        x = self.blocks(self.aggregate(features, present))
+        return self.head(self.fcs(x)), x
+
+
+@dataclass
+class DDNNOutput:
+    logits: dict[str, torch.Tensor]  # exit name -> (B, |C|) class scores, lowest tier first
+    device_features: torch.Tensor  # (B, D, f, h, w)
+    device_scores: torch.Tensor | None = None  # (B, D, |C|) when there is a local exit
+
+
+class DDNN(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_classes = len(cfg.classes)
+        self.device_slices = nn.ModuleList(DeviceSlice(cfg) for _ in range(cfg.n_devices))
+        device_shape = self.device_slices[0].feature_shape
+
+        self.local = (
+            Aggregator(cfg.local.aggregation, cfg.n_devices, out_features=n_classes)
+            if cfg.local is not None
+            else None
+        )
+
+        cloud_in_shape, cloud_inputs = device_shape, cfg.n_devices
+        self.edges = nn.ModuleList()
+        self.edge_exit = None
+        if cfg.edge is not None:
+            e = cfg.edge
+            for group in e.groups:
+                self.edges.append(
+                    UpperTier(
+                        e.aggregation,
+                        len(group),
+                        device_shape,
+                        e.conv_filters,
+                        [],
+                        e.precision,
+                        n_classes,
+                    )
+                )
+            self.edge_exit = Aggregator(e.exit_aggregation, len(e.groups), out_features=n_classes)
+            cloud_in_shape, cloud_inputs = self.edges[0].feature_shape, len(e.groups)
+            # Edges of unequal group sizes under CC produce equal feature shapes (their
+            # ConvP output has conv_filters[-1] channels), so the cloud can fuse them.
+
+        self.cloud = (
+            UpperTier(
+                cfg.cloud.aggregation,
+                cloud_inputs,
+                cloud_in_shape,
+                cfg.cloud.conv_filters,
+                cfg.cloud.fc_hidden,
+                cfg.cloud.precision,
+                n_classes,
+            )
+            if cfg.cloud is not None
+            else None
+        )
+
+    @property
+    def exits(self) -> list[str]:
+        return self.cfg.exits
+
+    @property
+    def device_feature_shape(self) -> tuple[int, int, int]:
+        return self.device_slices[0].feature_shape
+
+    def devices(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Run every device slice: x (B, D, C, H, W) -> (scores (B, D, |C|) or None,
+        features (B, D, f, h, w))."""
+        outs = [s(x[:, i]) for i, s in enumerate(self.device_slices)]
+        features = torch.stack([f for _, f in outs], dim=1)
+        if self.local is None:
+            return None, features
+        return torch.stack([s for s, _ in outs], dim=1), features
+
+    def local_exit(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The local aggregator: fuse the devices' class scores (B, D, |C|) -> (B, |C|)."""
+        return self.local(scores, present)
+
+    def edge_tier(
+        self, features: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every edge on its group -> (edge-exit scores (B, |C|), edge feature maps
+        (B, E, f, h, w), edge presence (B, E): an edge takes part when any of its devices
+        does)."""
+        scores, maps, edge_present = [], [], []
+        for edge, group in zip(self.edges, self.cfg.edge.groups, strict=True):
+            s, m = edge(features[:, group], present[:, group])
+            scores.append(s)
+            maps.append(m)
+            edge_present.append(present[:, group].any(dim=1))
+        edge_present_t = torch.stack(edge_present, dim=1)
+        fused = self.edge_exit(torch.stack(scores, dim=1), edge_present_t)
+        return fused, torch.stack(maps, dim=1), edge_present_t
+
+    def cloud_exit(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The cloud: fuse the feature maps of the tier below -> (B, |C|) scores."""
+        return self.cloud(features, present)[0]
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> DDNNOutput:
+        if present is None:
+            present = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        scores, features = self.devices(x)
+        out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
+        if self.local is not None:
+            out.logits["local"] = self.local_exit(scores, present)
+        upper_features, upper_present = features, present
+        if self.edge_exit is not None:
+            out.logits["edge"], upper_features, upper_present = self.edge_tier(features, present)
+        if self.cloud is not None:
+            out.logits["cloud"] = self.cloud_exit(upper_features, upper_present)
+        return out

@@ -1,0 +1,160 @@
+"""Joint training of all exits (paper Section III-C) and the "Individual" baseline.
+
+The loss is the weighted sum of the softmax cross-entropy at every exit (equal weights by
+default), optimized with Adam using the paper's hyper-parameters. With `device_dropout` > 0
+each device is independently absent from each training sample with that probability (at
+least one device stays), through the same presence mask that evaluation and the live
+aggregators use, so the model learns to decide with whatever devices answered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ddnn.config import DDNNConfig, ModelConfig, TrainConfig
+from ddnn.data import MultiViewData
+from ddnn.layers import clip_quantized_weights
+from ddnn.model import DDNN
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def random_presence(
+    batch: int, n_devices: int, dropout: float, generator: torch.Generator
+) -> torch.Tensor:
+    """(batch, n_devices) bool: each device present with probability 1 - dropout, and at least
+    one device present per sample (a sample nobody saw cannot be trained on)."""
+    present = torch.rand(batch, n_devices, generator=generator) >= dropout
+    nobody = ~present.any(dim=1)
+    if nobody.any():
+        keep = torch.randint(n_devices, (int(nobody.sum()),), generator=generator)
+        present[nobody.nonzero().squeeze(1), keep] = True
+    return present
+
+
+def train_model(
+    model: DDNN,
+    data: MultiViewData,
+    cfg: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """Train `model` in place on `data`; returns per-epoch loss and training accuracy per exit."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.from_numpy(data.x)
+    y = torch.from_numpy(data.labels)
+    weights = {name: cfg.exit_weights.get(name, 1.0) for name in model.exits}
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=gen)
+        total, seen = 0.0, 0
+        correct = dict.fromkeys(weights, 0)
+        for start in range(0, len(y), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:  # batch norm needs two samples to estimate a variance
+                continue
+            xb, yb = x[idx], y[idx]
+            present = random_presence(len(idx), model.cfg.n_devices, cfg.device_dropout, gen)
+            out = model(xb, present)
+            loss = sum(w * F.cross_entropy(out.logits[n], yb) for n, w in weights.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            clip_quantized_weights(model)
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            for name in weights:
+                correct[name] += int((out.logits[name].argmax(1) == yb).sum())
+        stats = {"loss": total / max(seen, 1)}
+        stats.update({f"train_acc_{n}": 100.0 * c / max(seen, 1) for n, c in correct.items()})
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+    model.eval()
+    return history
+
+
+@dataclass
+class Splits:
+    train: MultiViewData
+    validation: MultiViewData | None  # held out of training, for picking thresholds
+    test: MultiViewData
+
+
+def split(data: MultiViewData, cfg: TrainConfig) -> Splits:
+    """The train / validation / test parts of `data`, reproducible from the config's seeds,
+    so that `ddnn eval` and `ddnn calibrate` find the same parts that `ddnn train` used."""
+    train, test = data.split(cfg.split_seed, 1 - cfg.test_fraction)
+    validation = None
+    if cfg.validation_fraction > 0:
+        train, validation = train.split(cfg.split_seed + 1, 1 - cfg.validation_fraction)
+    return Splits(train, validation, test)
+
+
+def adapt_config(cfg: DDNNConfig, data: MultiViewData) -> DDNNConfig:
+    """Take the input shape, number of devices and classes from the data, so that one
+    config serves MVMC, the synthetic set and tiled images."""
+    tree = cfg.model_dump()
+    tree["model"].update(
+        classes=list(data.classes), n_devices=data.n_views, input_shape=data.view_shape
+    )
+    return DDNNConfig.model_validate(tree)
+
+
+@dataclass
+class TrainResult:
+    model: DDNN
+    config: DDNNConfig
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def fit(
+    train: MultiViewData, cfg: DDNNConfig, on_epoch: EpochCallback | None = None
+) -> TrainResult:
+    """Build the model for the data's shape and train it jointly on `train`."""
+    cfg = adapt_config(cfg, train)
+    torch.manual_seed(cfg.train.seed)
+    model = DDNN(cfg.model)
+    start = time.perf_counter()
+    history = train_model(model, train, cfg.train, on_epoch)
+    return TrainResult(model, cfg, history, time.perf_counter() - start)
+
+
+def individual_config(cfg: DDNNConfig) -> DDNNConfig:
+    """The paper's "Individual" model: one device's slice and its exit, trained alone."""
+    model = cfg.model.model_copy(update={"n_devices": 1, "edge": None, "cloud": None})
+    if model.local is None:
+        model = model.model_copy(update={"local": ModelConfig().local})
+    train = cfg.train.model_copy(update={"device_dropout": 0.0, "exit_weights": {}})
+    return DDNNConfig(model=model, train=train)
+
+
+def view(data: MultiViewData, device: int) -> MultiViewData:
+    """One device's views of `data`, as a one-view data set (labels stay the sample's)."""
+    return MultiViewData(
+        data.x[:, device : device + 1],
+        data.view_labels[:, device : device + 1],
+        data.labels,
+        data.classes,
+        f"{data.name}[device {device}]",
+    )
+
+
+def individual_accuracy(
+    parts: Splits, device: int, cfg: DDNNConfig, on_epoch: EpochCallback | None = None
+) -> float:
+    """Train `device`'s slice alone on its views of the training part (labels are the
+    sample's, also where the camera sees nothing) and return its test accuracy in %."""
+    from ddnn.evaluate import run_model
+
+    result = fit(view(parts.train, device), individual_config(cfg), on_epoch)
+    probs = run_model(result.model, view(parts.test, device)).probs["local"]
+    return round(100.0 * float((probs.argmax(1) == parts.test.labels).mean()), 2)
