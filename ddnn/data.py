@@ -63,6 +63,8 @@ def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Read arrays from an .npz without ever unpickling (object arrays are refused)."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in keys if k not in z.files]
@@ -71,8 +73,8 @@ def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             return {k: z[k] for k in keys}
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable .npz file ({e})") from None
-    except ValueError as e:  # object arrays need pickle, which we refuse
-        raise DataError(f"{path}: {e}") from None
+    except ValueError:  # object arrays need unpickling, which we refuse
+        raise DataError(f"{path} holds object arrays; only numeric arrays are read") from None
 
 
 def sample_labels(view_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,120 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddnn.data import cut_tiles, load_mvmc, load_spec, load_tiles, sample_labels, save_mvmc
+from ddnn.errors import DataError
+from tests.conftest import make_mvmc_arrays
+
+
+def test_mvmc_loader_reads_the_format(mvmc_file: Path):
+    data = load_mvmc(mvmc_file)
+    x, y = make_mvmc_arrays()
+    assert data.x.shape == (60, 6, 3, 32, 32) and data.x.dtype == np.float32
+    assert data.classes == ["car", "bus", "person"]
+    assert data.labels.tolist() == y[:, 0].tolist()  # camera 0 always sees the object
+    assert (data.view_labels == y).all()
+
+
+def test_sample_label_is_the_class_the_seeing_cameras_report():
+    y = np.array([[3, 1, 1, 3, 3, 3], [2, 3, 3, 3, 3, 3], [3, 3, 3, 3, 3, 3]])
+    labels, keep = sample_labels(y, 3)
+    assert labels[:2].tolist() == [1, 2]
+    assert keep.tolist() == [True, True, False]
+
+
+def test_samples_seen_by_no_camera_are_left_out_and_counted(tmp_path: Path):
+    x, y = make_mvmc_arrays(10)
+    x[3], y[3] = 0.0, 3
+    save_mvmc(tmp_path / "d.npz", x, y)
+    data = load_mvmc(tmp_path / "d.npz")
+    assert len(data) == 9 and "1 samples seen by no camera left out" in data.name
+
+
+def test_split_is_reproducible_by_seed_and_80_20(mvmc_file: Path):
+    data = load_mvmc(mvmc_file)
+    a_train, a_test = data.split(seed=3)
+    b_train, b_test = data.split(seed=3)
+    _, c_test = data.split(seed=4)
+    assert (len(a_train), len(a_test)) == (48, 12)
+    assert np.array_equal(a_test.x, b_test.x)
+    assert not np.array_equal(a_test.labels, c_test.labels) or not np.array_equal(
+        a_test.x, c_test.x
+    )
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_mvmc(tmp_path / "nope.npz")
+
+
+def test_non_npz_file_is_a_clear_error(tmp_path: Path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_mvmc(bad)
+
+
+def test_missing_array_is_named(tmp_path: Path):
+    np.savez(tmp_path / "d.npz", X=np.zeros((2, 6, 3, 32, 32), np.float32))
+    with pytest.raises(DataError, match=r"missing array\(s\) \['y'\]"):
+        load_mvmc(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "message"),
+    [
+        ((4, 6, 32, 32), (4, 6), "X must be"),
+        ((4, 6, 3, 32, 32), (4, 5), "y must be"),
+    ],
+)
+def test_wrong_shapes_are_named(tmp_path: Path, x_shape, y_shape, message):
+    np.savez(tmp_path / "d.npz", X=np.zeros(x_shape, np.float32), y=np.zeros(y_shape, np.int32))
+    with pytest.raises(DataError, match=message):
+        load_mvmc(tmp_path / "d.npz")
+
+
+def test_out_of_range_labels_and_nan_pixels_are_refused(tmp_path: Path):
+    x, y = make_mvmc_arrays(4)
+    y[0, 0] = 7
+    np.savez(tmp_path / "a.npz", X=x, y=y)
+    with pytest.raises(DataError, match="y values must lie in 0..3"):
+        load_mvmc(tmp_path / "a.npz")
+    x, y = make_mvmc_arrays(4)
+    x[1, 2, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "b.npz", X=x, y=y)
+    with pytest.raises(DataError, match="NaN"):
+        load_mvmc(tmp_path / "b.npz")
+
+
+def test_pickled_object_arrays_are_never_loaded(tmp_path: Path):
+    np.savez(tmp_path / "d.npz", X=np.array([object()], dtype=object), y=np.zeros(1))
+    with pytest.raises(DataError):
+        load_mvmc(tmp_path / "d.npz")
+
+
+def test_cut_tiles_is_row_major_and_channel_first():
+    img = np.arange(4 * 6).reshape(1, 4, 6).astype(np.float32)
+    tiles = cut_tiles(img, (2, 3))
+    assert tiles.shape == (1, 6, 1, 2, 2)
+    assert tiles[0, 0, 0].tolist() == [[0, 1], [6, 7]]
+    assert tiles[0, 5, 0].tolist() == [[16, 17], [22, 23]]
+
+
+def test_tiles_spec_loads_views_with_the_image_label(tmp_path: Path):
+    x = np.random.default_rng(0).random((5, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "img.npz", X=x, y=np.arange(5) % 2)
+    data = load_spec(f"tiles:{tmp_path / 'img.npz'}", grid="2x2")
+    assert data.x.shape == (5, 4, 1, 14, 14)
+    assert data.x.max() > 1.0  # 0..1 images are brought to the 0..255 convention
+    assert data.classes == ["0", "1"] and data.labels.tolist() == [0, 1, 0, 1, 0]
+    with pytest.raises(DataError, match="grid must look like"):
+        load_tiles(tmp_path / "img.npz", grid=(0, 2)) if False else load_spec(
+            f"tiles:{tmp_path / 'img.npz'}", grid="two"
+        )
+
+
+def test_unknown_spec_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown data spec 'imagenet'"):
+        load_spec("imagenet")

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from ddnn.exits import CRITERIA, ExitPoint, cascade, get_criterion, normalized_entropy, softmax
+
+
+def test_entropy_of_uniform_is_one_and_of_one_hot_is_zero():
+    for k in (2, 3, 10):
+        assert normalized_entropy(np.full((1, k), 1 / k))[0] == pytest.approx(1.0)
+        one_hot = np.eye(k)[:1]
+        assert normalized_entropy(one_hot)[0] == 0.0
+
+
+def test_entropy_lies_in_unit_interval_and_orders_confidence():
+    p = np.array([[0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.34, 0.33, 0.33]])
+    eta = normalized_entropy(p)
+    assert ((eta >= 0) & (eta <= 1)).all()
+    assert eta[0] < eta[1] < eta[2]
+
+
+def test_softmax_is_stable_for_huge_scores():
+    p = softmax(np.array([[1000.0, 0.0, -1000.0]]))
+    assert np.isfinite(p).all() and p[0, 0] == pytest.approx(1.0)
+
+
+def test_threshold_zero_never_exits_on_uncertain_and_one_always_exits():
+    entropy = get_criterion("entropy")
+    p = np.array([[0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    assert entropy.exits(p, 0.0).tolist() == [False, False]
+    assert entropy.exits(p, 1.0).tolist() == [True, True]
+
+
+def test_max_prob_and_margin_criteria():
+    p = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+    assert CRITERIA["max_prob"].exits(p, 0.5).tolist() == [True, False]
+    assert CRITERIA["margin"].exits(p, 0.3).tolist() == [True, False]
+
+
+def test_unknown_criterion_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown exit criterion 'bogus'"):
+        get_criterion("bogus")
+
+
+def test_cascade_exits_confident_samples_early_and_last_exit_always_decides():
+    entropy = get_criterion("entropy")
+    local = np.array([[0.98, 0.01, 0.01], [0.4, 0.3, 0.3]])
+    cloud = np.array([[0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    points = [ExitPoint("local", entropy, 0.5), ExitPoint("cloud", entropy, 0.0)]
+    d = cascade(points, {"local": local, "cloud": cloud})
+    assert d.exit_index.tolist() == [0, 1]
+    assert d.predictions[0] == 0  # decided locally
+    assert d.statistic[1] == pytest.approx(1.0)  # the uncertain cloud still decided

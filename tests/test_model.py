@@ -1,0 +1,125 @@
+"""Topologies of the paper's Fig. 2, presence handling, joint training and model files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddnn.checkpoint import load_model, save_model
+from ddnn.config import load_config
+from ddnn.data import from_mvmc_arrays
+from ddnn.errors import ModelFileError
+from ddnn.model import DDNN
+from ddnn.train import fit, random_presence, split
+from tests.conftest import make_mvmc_arrays
+
+FIG2 = {
+    "a: cloud only": ["model.n_devices=1", "model.device.conv_filters=[]", "model.local=null"],
+    "b: one device": ["model.n_devices=1"],
+    "c: six devices (default)": [],
+    "d: one device, edge": ["model.n_devices=1", "model.edge={groups: [[0]]}"],
+    "e: devices, one edge": ["model.edge={groups: [[0,1,2,3,4,5]]}"],
+    "f: devices, two edges": ["model.edge={groups: [[0,1,2],[3,4,5]], aggregation: MP}"],
+    "individual": ["model.n_devices=1", "model.cloud=null"],
+}
+EXITS = {
+    "a: cloud only": ["cloud"],
+    "b: one device": ["local", "cloud"],
+    "c: six devices (default)": ["local", "cloud"],
+    "d: one device, edge": ["local", "edge", "cloud"],
+    "e: devices, one edge": ["local", "edge", "cloud"],
+    "f: devices, two edges": ["local", "edge", "cloud"],
+    "individual": ["local"],
+}
+
+
+@pytest.mark.parametrize("name", FIG2)
+def test_every_configuration_of_fig2_builds_and_runs(name):
+    cfg = load_config(None, FIG2[name])
+    model = DDNN(cfg.model)
+    x = torch.rand(4, cfg.model.n_devices, 3, 32, 32) * 255
+    out = model(x)
+    assert list(out.logits) == EXITS[name]
+    for logits in out.logits.values():
+        assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+    expected_features = (4, 16, 16) if cfg.model.device.conv_filters else (3, 32, 32)
+    assert out.device_features.shape[2:] == expected_features
+
+
+def test_missing_device_input_does_not_change_the_output():
+    """With a device absent, nothing it holds may leak into any exit."""
+    model = DDNN(load_config(None, ["model.edge={groups: [[0,1,2],[3,4,5]]}"]).model).eval()
+    x = torch.rand(3, 6, 3, 32, 32) * 255
+    present = torch.ones(3, 6, dtype=torch.bool)
+    present[:, 2] = False
+    y = x.clone()
+    y[:, 2] = torch.rand(3, 3, 32, 32) * 255
+    a, b = model(x, present), model(y, present)
+    for name in a.logits:
+        assert torch.equal(a.logits[name], b.logits[name]), name
+
+
+def test_random_presence_keeps_at_least_one_device():
+    gen = torch.Generator().manual_seed(0)
+    present = random_presence(500, 6, 0.9, gen)
+    assert present.any(dim=1).all()
+    assert 0.05 < present.float().mean() < 0.3  # mostly dropped, as asked
+    assert random_presence(50, 6, 0.0, gen).all()
+
+
+def test_joint_training_learns_every_exit_and_model_file_round_trips(tmp_path):
+    data = from_mvmc_arrays(*make_mvmc_arrays(200), name="small")
+    cfg = load_config(None, ["train.epochs=8", "train.device_dropout=0.2"])
+    parts = split(data, cfg.train)
+    result = fit(parts.train, cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    x = torch.from_numpy(parts.test.x)
+    with torch.no_grad():
+        before = {k: v.clone() for k, v in result.model(x).logits.items()}
+    for name in ("local", "cloud"):
+        assert (before[name].argmax(1).numpy() == parts.test.labels).mean() > 0.8, name
+    path = tmp_path / "m.pt"
+    save_model(path, result.model, result.config, {"note": "test"})
+    model, cfg2, meta = load_model(path)
+    with torch.no_grad():
+        after = model(x).logits
+    assert meta == {"note": "test"} and cfg2 == result.config
+    for name in before:
+        assert torch.equal(before[name], after[name])
+
+
+def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelFileError, match="not a readable DDNN model file"):
+        load_model(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ModelFileError, match="not a DDNN model file"):
+        load_model(foreign)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "ddnn-model", "version": 99}, future)
+    with pytest.raises(ModelFileError, match="version 99"):
+        load_model(future)
+
+
+def test_model_file_with_code_is_not_unpickled(tmp_path: Path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "ddnn-model", "version": 1, "x": Evil()}, path)
+    with pytest.raises(ModelFileError, match="not a readable DDNN model file"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):
+    cfg = load_config()
+    model = DDNN(cfg.model)
+    path = tmp_path / "m.pt"
+    save_model(path, model, load_config(None, ["model.device.conv_filters=[8]"]), {})
+    with pytest.raises(ModelFileError, match="weights do not match its config"):
+        load_model(path)
