@@ -530,7 +530,7 @@ def main() -> None:
     try:
         app()
     except (DDNNError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2) from None
 
 
