@@ -165,3 +165,22 @@ def test_help_explains_every_command():
     for command in ("train", "eval", "sweep", "calibrate", "baseline", "data", "config"):
         assert command in top
     assert "--missing" in ddnn("eval", "--help").stdout
+
+
+def test_data_synth_writes_the_same_file_for_the_same_seed(tmp_path):
+    from ddnn.data import load_mvmc
+
+    for name in ("a", "b"):
+        ddnn(
+            "data",
+            "synth",
+            "--out",
+            str(tmp_path / f"{name}.npz"),
+            "--samples",
+            "12",
+            "--seed",
+            "2",
+        )
+    a, b = load_mvmc(tmp_path / "a.npz"), load_mvmc(tmp_path / "b.npz")
+    assert len(a) == 12 and a.x.shape[1:] == (6, 3, 32, 32)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.view_labels, b.view_labels)
