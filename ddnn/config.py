@@ -115,7 +115,7 @@ class TrainConfig(_Strict):
     # On by default: with it, losing any one device costs a few points instead of many
     # (pooling over present devices alone does not teach the cloud's CC layers to cope).
     device_dropout: float = Field(
-        default=0.2, ge=0, lt=1, description="probability that a device is absent from a sample"
+        default=0.3, ge=0, lt=1, description="probability that a device is absent from a sample"
     )
     validation_fraction: float = Field(
         default=0.15, ge=0, lt=1, description="part of the training split held out for thresholds"
