@@ -191,15 +191,15 @@ Overrides = Annotated[
 ]
 
 
+Epochs = Annotated[int | None, typer.Option(min=1, help="training epochs")]
+Seed = Annotated[int | None, typer.Option(help="seed of initialization, batches and dropout")]
+
+
 def _config(config: Path | None, overrides: list[str] | None, **flags: Any):  # noqa: ANN202
     from ddnn.config import load_config
 
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(config, [*(overrides or []), *extra])
-
-
-def _train_progress(total: int, quiet: bool, label: str = "training"):  # noqa: ANN202
-    return progress_bar(label, total, quiet)
 
 
 def _epoch_info(stats: dict[str, float]) -> str:
@@ -215,8 +215,8 @@ def train(
     out_path: Annotated[Path, typer.Option("--out", help="model file to write")] = Path("model.pt"),
     config: ConfigFile = None,
     overrides: Overrides = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="training epochs")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of initialization and batches")] = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
@@ -227,7 +227,7 @@ def train(
 
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
     parts = split(load_data(data, grid, as_json), cfg.train)
-    with _train_progress(cfg.train.epochs, as_json) as advance:
+    with progress_bar("training", cfg.train.epochs, as_json) as advance:
         result = fit(parts.train, cfg, on_epoch=lambda e, s: advance(info=_epoch_info(s)))
     cfg, model = result.config, result.model
     picked: dict[str, float] = {}
@@ -487,8 +487,8 @@ def baseline(
     data: DataSpec = "synth",
     config: ConfigFile = None,
     overrides: Overrides = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="training epochs")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of initialization and batches")] = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
@@ -498,7 +498,7 @@ def baseline(
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
     dataset = load_data(data, grid, as_json)
     parts = split(dataset, cfg.train)
-    with _train_progress(dataset.n_views * cfg.train.epochs, as_json, "devices") as advance:
+    with progress_bar("devices", dataset.n_views * cfg.train.epochs, as_json) as advance:
         accuracies = [
             individual_accuracy(parts, d, cfg, on_epoch=lambda e, s: advance())
             for d in range(dataset.n_views)
