@@ -97,7 +97,7 @@ class CameraSpec:
 DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (
     # azimuth, distance, height, fov, width, height, aim, blur, noise, contrast, clutter, foliage
     CameraSpec(0, 17, 3.5, 60, 640, 480, (0.0, 0.0), 0.5, 4, 1.0, 1.0, 0.00),
-    CameraSpec(60, 50, 18.0, 28, 240, 180, (13.0, -11.0), 2.0, 18, 0.6, 3.0, 0.05),
+    CameraSpec(60, 50, 18.0, 28, 240, 180, (13.0, -11.0), 2.5, 20, 0.5, 3.0, 0.05),
     CameraSpec(120, 28, 6.0, 34, 320, 240, (-5.0, 6.0), 0.7, 8, 1.0, 2.0, 0.00),
     CameraSpec(180, 34, 9.0, 32, 320, 240, (3.0, 5.0), 0.9, 10, 0.9, 2.5, 0.20),
     CameraSpec(240, 20, 1.6, 40, 200, 150, (-5.0, -7.0), 1.2, 12, 0.8, 2.0, 0.00),
@@ -266,7 +266,7 @@ def _pick(rng: np.random.Generator, palette: np.ndarray, jitter: float = 25.0) -
 def _make_car(rng: np.random.Generator) -> _Builder:
     """Low body plus a glass cabin. One car in eight is a van: tall, with a cabin over nearly
     its whole length and a row of side windows, which end-on looks much like a small bus."""
-    van = rng.random() < 0.0
+    van = rng.random() < 0.12
     length = rng.uniform(4.3, 5.6) if van else rng.uniform(3.4, 5.2)
     width = rng.uniform(1.75, 2.1) if van else rng.uniform(1.55, 1.95)
     height = rng.uniform(1.9, 2.4) if van else rng.uniform(1.3, 1.75)
@@ -297,7 +297,7 @@ def _make_car(rng: np.random.Generator) -> _Builder:
 def _make_bus(rng: np.random.Generator) -> _Builder:
     """One long tall box with a row of side windows and a big windscreen. One bus in five
     is a minibus, short and low enough to pass for a van end-on."""
-    mini = rng.random() < 0.0
+    mini = rng.random() < 0.2
     length = rng.uniform(6.5, 8.5) if mini else rng.uniform(8.5, 12.5)
     width = rng.uniform(2.0, 2.3) if mini else rng.uniform(2.3, 2.6)
     height = rng.uniform(2.4, 2.9) if mini else rng.uniform(2.8, 3.5)
@@ -616,7 +616,7 @@ def _draw_scene(rng: np.random.Generator, world: _World) -> _Scene:
     # Moving distractors; some close to the target, where they occlude it in some views and
     # intrude into its crop in others.
     for _ in range(int(rng.integers(2, 7))):
-        if rng.random() < 0.0:
+        if rng.random() < 0.3:
             xy = target.centre[:2] + _random_point(rng, 7.0)
         else:
             xy = _random_point(rng, _DISTRACTOR_RADIUS_M)

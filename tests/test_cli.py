@@ -14,17 +14,17 @@ from ddnn.data import save_mvmc
 from tests.conftest import make_mvmc_arrays
 
 
-def ddnn(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def ddnn(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "ddnn", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ddnn", *args], capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"ddnn {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def ddnn_json(*args: str) -> dict:
-    return json.loads(ddnn(*args, "--json").stdout)
+def ddnn_json(*args: str, timeout: float = 300) -> dict:
+    return json.loads(ddnn(*args, "--json", timeout=timeout).stdout)
 
 
 @pytest.fixture(scope="module")
