@@ -29,7 +29,7 @@ Scene model (world units are metres, z is up, the ground is z = 0):
   bounding box (grown by a random margin, clipped to the frame) is cropped and resized.
 
 Only the crop around the target is rendered (at most ``_MAX_CANVAS`` pixels on a side), which
-keeps generation fast: a few seconds for 2000 samples on one core.
+keeps generation fast: about 7 s for 2000 samples on one core.
 
 Output follows the original ``MVMC.npz``: ``X`` float32 ``(N, cameras, 3, 32, 32)`` with RGB
 pixel values 0..255, ``y`` int32 ``(N, cameras)`` with 0 car, 1 bus, 2 person, 3 absent.
@@ -109,12 +109,12 @@ DEFAULT_CAMERAS: tuple[CameraSpec, ...] = (
 
 
 @dataclass
-class Mesh:
+class _Mesh:
     """An object as flat quads: the unit both the painter's algorithm and shading work on.
 
     ``layers`` orders the parts of one object bottom-up (a cabin is drawn after the body it
-    sits on); faces of one layer are convex boxes whose back faces are culled, so they never
-    overlap each other and need no sorting among themselves beyond depth.
+    sits on, a window after the side it is on); inside a layer faces go far to near. Back
+    faces are culled, so the visible faces of one convex box never overlap.
     """
 
     vertices: np.ndarray  # (V, 3) world coordinates
@@ -166,24 +166,49 @@ class _Builder:
         self.layers: list[int] = []  # one per face
         self.n_vertices = 0
 
-    def box(self, x: tuple[float, float], y: tuple[float, float], z: tuple[float, float],
-            colour: np.ndarray, layer: int) -> None:
+    def box(
+        self,
+        x: tuple[float, float],
+        y: tuple[float, float],
+        z: tuple[float, float],
+        colour: np.ndarray,
+        layer: int,
+    ) -> None:
         """An axis-aligned box spanning x, y and z (min, max) in the object frame."""
         (x0, x1), (y0, y1), (z0, z1) = x, y, z
         corners = np.array(
-            [[x0, y0, z0], [x1, y0, z0], [x1, y1, z0], [x0, y1, z0],
-             [x0, y0, z1], [x1, y0, z1], [x1, y1, z1], [x0, y1, z1]]
+            [
+                [x0, y0, z0],
+                [x1, y0, z0],
+                [x1, y1, z0],
+                [x0, y1, z0],
+                [x0, y0, z1],
+                [x1, y0, z1],
+                [x1, y1, z1],
+                [x0, y1, z1],
+            ]
         )
         self._add(corners, _BOX_QUADS, _BOX_NORMALS, colour, layer)
 
-    def decal(self, corners: np.ndarray, normal: tuple[float, float, float],
-              colour: np.ndarray, layer: int) -> None:
+    def decal(
+        self,
+        corners: np.ndarray,
+        normal: tuple[float, float, float],
+        colour: np.ndarray,
+        layer: int,
+    ) -> None:
         """A flat quad (window, windscreen) lifted 2 cm off a box face along its normal."""
         n = np.array([normal])
         self._add(corners + 0.02 * n, _DECAL_QUAD, n, colour, layer)
 
-    def _add(self, corners: np.ndarray, quads: np.ndarray, normals: np.ndarray,
-             colour: np.ndarray, layer: int) -> None:
+    def _add(
+        self,
+        corners: np.ndarray,
+        quads: np.ndarray,
+        normals: np.ndarray,
+        colour: np.ndarray,
+        layer: int,
+    ) -> None:
         self.vertices.append(corners)
         self.quads.append(quads + self.n_vertices)
         self.normals.append(normals)
@@ -191,17 +216,18 @@ class _Builder:
         self.layers += [layer] * len(quads)
         self.n_vertices += len(corners)
 
-    def place(self, xy: np.ndarray, heading: float, label: int) -> Mesh:
+    def place(self, xy: np.ndarray, heading: float, label: int) -> _Mesh:
         """Rotate by ``heading`` about z and move to ``xy`` on the ground."""
         rot = _rotation_z(heading)
         offset = np.array([xy[0], xy[1], 0.0])
         vertices = np.concatenate(self.vertices) @ rot.T + offset
         radius = float(np.max(np.linalg.norm(vertices[:, :2] - offset[:2], axis=1)))
         lo, hi = vertices.min(0), vertices.max(0)
-        box = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                        for z in (lo[2], hi[2])])
+        box = np.array(
+            [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        )
         quads = np.concatenate(self.quads)
-        return Mesh(
+        return _Mesh(
             vertices=vertices,
             quads=quads,
             face_centres=vertices[quads].mean(1),
@@ -215,9 +241,16 @@ class _Builder:
         )
 
 
-def _side_windows(b: _Builder, x: tuple[float, float], half_width: float,
-                  z: tuple[float, float], n: int, gap: float, colour: np.ndarray,
-                  layer: int) -> None:
+def _side_windows(
+    b: _Builder,
+    x: tuple[float, float],
+    half_width: float,
+    z: tuple[float, float],
+    n: int,
+    gap: float,
+    colour: np.ndarray,
+    layer: int,
+) -> None:
     """A row of ``n`` windows along both long sides (the y = +-half_width faces)."""
     edges = np.linspace(x[0], x[1], n + 1)
     for a, c in zip(edges[:-1] + gap / 2, edges[1:] - gap / 2, strict=True):
@@ -227,8 +260,15 @@ def _side_windows(b: _Builder, x: tuple[float, float], half_width: float,
             b.decal(quad, (0.0, sign, 0.0), colour, layer)
 
 
-def _end_windows(b: _Builder, x_front: float, x_back: float, y: tuple[float, float],
-                 z: tuple[float, float], colour: np.ndarray, layer: int) -> None:
+def _end_windows(
+    b: _Builder,
+    x_front: float,
+    x_back: float,
+    y: tuple[float, float],
+    z: tuple[float, float],
+    colour: np.ndarray,
+    layer: int,
+) -> None:
     """Windscreen and rear window (the x = front/back faces)."""
     for x, sign in ((x_front, 1.0), (x_back, -1.0)):
         quad = np.array([[x, y[0], z[0]], [x, y[1], z[0]], [x, y[1], z[1]], [x, y[0], z[1]]])
@@ -238,22 +278,50 @@ def _end_windows(b: _Builder, x_front: float, x_back: float, y: tuple[float, flo
 # Albedo palettes. They overlap between classes on purpose: colour alone must not give the
 # class away (white cars and white buses, red coats and red cars).
 _VEHICLE_COLOURS = np.array(
-    [[235, 235, 235], [30, 30, 35], [160, 165, 170], [120, 120, 125], [180, 30, 30],
-     [30, 60, 150], [20, 90, 50], [200, 170, 40], [230, 110, 20], [90, 60, 40]],
+    [
+        [235, 235, 235],
+        [30, 30, 35],
+        [160, 165, 170],
+        [120, 120, 125],
+        [180, 30, 30],
+        [30, 60, 150],
+        [20, 90, 50],
+        [200, 170, 40],
+        [230, 110, 20],
+        [90, 60, 40],
+    ],
     dtype=np.float64,
 )
 _BUS_COLOURS = np.array(
-    [[235, 235, 235], [220, 190, 30], [200, 40, 35], [40, 80, 170], [40, 130, 70],
-     [230, 120, 20], [160, 165, 170]],
+    [
+        [235, 235, 235],
+        [220, 190, 30],
+        [200, 40, 35],
+        [40, 80, 170],
+        [40, 130, 70],
+        [230, 120, 20],
+        [160, 165, 170],
+    ],
     dtype=np.float64,
 )
 _CLOTHES_COLOURS = np.array(
-    [[30, 30, 35], [235, 235, 235], [180, 30, 30], [30, 60, 150], [120, 120, 125],
-     [90, 60, 40], [200, 170, 40], [20, 90, 50], [160, 165, 170], [60, 60, 90]],
+    [
+        [30, 30, 35],
+        [235, 235, 235],
+        [180, 30, 30],
+        [30, 60, 150],
+        [120, 120, 125],
+        [90, 60, 40],
+        [200, 170, 40],
+        [20, 90, 50],
+        [160, 165, 170],
+        [60, 60, 90],
+    ],
     dtype=np.float64,
 )
-_SKIN_COLOURS = np.array([[230, 190, 160], [200, 150, 110], [140, 95, 65], [90, 60, 40]],
-                         dtype=np.float64)
+_SKIN_COLOURS = np.array(
+    [[230, 190, 160], [200, 150, 110], [140, 95, 65], [90, 60, 40]], dtype=np.float64
+)
 _GLASS = np.array([45, 55, 70], dtype=np.float64)
 
 
@@ -287,10 +355,25 @@ def _make_car(rng: np.random.Generator) -> _Builder:
     b.box(x_cab, y_cab, (body_top, height), body, 2)
     # The cabin's sides and ends are mostly glass.
     n_windows = int(rng.integers(2, 5)) if van else int(rng.integers(1, 3))
-    _side_windows(b, (x_cab[0] + 0.1, x_cab[1] - 0.1), y_cab[1],
-                  (body_top + 0.08, height - 0.1), n_windows, 0.12, _GLASS, 3)
-    _end_windows(b, x_cab[1], x_cab[0], (y_cab[0] + 0.08, y_cab[1] - 0.08),
-                 (body_top + 0.06, height - 0.1), _GLASS, 3)
+    _side_windows(
+        b,
+        (x_cab[0] + 0.1, x_cab[1] - 0.1),
+        y_cab[1],
+        (body_top + 0.08, height - 0.1),
+        n_windows,
+        0.12,
+        _GLASS,
+        3,
+    )
+    _end_windows(
+        b,
+        x_cab[1],
+        x_cab[0],
+        (y_cab[0] + 0.08, y_cab[1] - 0.08),
+        (body_top + 0.06, height - 0.1),
+        _GLASS,
+        3,
+    )
     return b
 
 
@@ -307,10 +390,25 @@ def _make_bus(rng: np.random.Generator) -> _Builder:
     window_bottom = height * rng.uniform(0.4, 0.55)
     window_top = height * rng.uniform(0.82, 0.92)
     n_windows = max(2, int(length / rng.uniform(1.2, 2.2)))
-    _side_windows(b, (-length / 2 + 0.3, length / 2 - 1.2), width / 2,
-                  (window_bottom, window_top), n_windows, 0.15, _GLASS, 1)
-    _end_windows(b, length / 2, -length / 2, (-width / 2 + 0.12, width / 2 - 0.12),
-                 (window_bottom * rng.uniform(0.55, 1.0), window_top), _GLASS, 1)
+    _side_windows(
+        b,
+        (-length / 2 + 0.3, length / 2 - 1.2),
+        width / 2,
+        (window_bottom, window_top),
+        n_windows,
+        0.15,
+        _GLASS,
+        1,
+    )
+    _end_windows(
+        b,
+        length / 2,
+        -length / 2,
+        (-width / 2 + 0.12, width / 2 - 0.12),
+        (window_bottom * rng.uniform(0.55, 1.0), window_top),
+        _GLASS,
+        1,
+    )
     _wheels(b, length, width, 0.45, 1)
     return b
 
@@ -320,8 +418,14 @@ def _wheels(b: _Builder, length: float, width: float, radius: float, layer: int)
     for x in (-length * 0.33, length * 0.33):
         for sign in (-1.0, 1.0):
             y = sign * width / 2
-            quad = np.array([[x - radius, y, 0.0], [x + radius, y, 0.0],
-                             [x + radius, y, 1.7 * radius], [x - radius, y, 1.7 * radius]])
+            quad = np.array(
+                [
+                    [x - radius, y, 0.0],
+                    [x + radius, y, 0.0],
+                    [x + radius, y, 1.7 * radius],
+                    [x - radius, y, 1.7 * radius],
+                ]
+            )
             b.decal(quad, (0.0, sign, 0.0), np.array([20.0, 20.0, 20.0]), layer)
 
 
@@ -348,8 +452,10 @@ def _make_person(rng: np.random.Generator) -> _Builder:
     hair = _pick(rng, _SKIN_COLOURS[2:], jitter=10.0) * 0.5
     b = _Builder()
     # The object frame's x is the walking direction; the body is wide across y.
-    front, back = (-depth / 2 + stride / 2, depth / 2 + stride / 2), (
-        -depth / 2 - stride / 2, depth / 2 - stride / 2)
+    front, back = (
+        (-depth / 2 + stride / 2, depth / 2 + stride / 2),
+        (-depth / 2 - stride / 2, depth / 2 - stride / 2),
+    )
     b.box(back, (-gap - leg, -gap), (0.0, hip), pants, 0)
     b.box(front, (gap, gap + leg), (0.0, hip), pants, 0)
     torso = (-depth / 2, depth / 2)
@@ -360,13 +466,20 @@ def _make_person(rng: np.random.Generator) -> _Builder:
     b.box(arm_x, (shoulders / 2, shoulders / 2 + arm), (hip * 0.85, neck - 0.03), sleeves, 1)
     top = neck + 0.04 + head
     b.box((-head / 2, head / 2), (-head / 2, head / 2), (neck + 0.04, top), skin, 2)
-    b.box((-head / 2 - 0.01, head / 2 + 0.01), (-head / 2 - 0.01, head / 2 + 0.01),
-          (top - head * 0.25, top + 0.02), hair, 3)
+    b.box(
+        (-head / 2 - 0.01, head / 2 + 0.01),
+        (-head / 2 - 0.01, head / 2 + 0.01),
+        (top - head * 0.25, top + 0.02),
+        hair,
+        3,
+    )
     return b
 
 
 _MAKERS: tuple[Callable[[np.random.Generator], _Builder], ...] = (
-    _make_car, _make_bus, _make_person,
+    _make_car,
+    _make_bus,
+    _make_person,
 )
 
 
@@ -391,7 +504,7 @@ def _make_prop(rng: np.random.Generator) -> _Builder:
     return b
 
 
-def _make_object(rng: np.random.Generator, label: int, xy: np.ndarray) -> Mesh:
+def _make_object(rng: np.random.Generator, label: int, xy: np.ndarray) -> _Mesh:
     return _MAKERS[label](rng).place(xy, rng.uniform(0, 2 * math.pi), label)
 
 
@@ -433,8 +546,7 @@ def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def _camera_eye(spec: CameraSpec, azimuth_deg: float) -> np.ndarray:
     a = math.radians(azimuth_deg)
-    return np.array([spec.distance_m * math.cos(a), spec.distance_m * math.sin(a),
-                     spec.height_m])
+    return np.array([spec.distance_m * math.cos(a), spec.distance_m * math.sin(a), spec.height_m])
 
 
 def _make_camera(spec: CameraSpec, azimuth_deg: float, rng: np.random.Generator) -> _Camera:
@@ -445,8 +557,17 @@ def _make_camera(spec: CameraSpec, azimuth_deg: float, rng: np.random.Generator)
     focal = (w / 2) / math.tan(math.radians(spec.fov_deg) / 2)
     matrix = np.array([[focal, 0.0, w / 2], [0.0, focal, h / 2], [0.0, 0.0, 1.0]])
     empty = np.zeros((h, w), np.uint8)
-    cam = _Camera(spec, eye, rotation, rvec, -rotation @ eye, matrix,
-                  np.zeros((h, w, 3), np.uint8), empty, np.zeros((h, w, 3), np.uint8))
+    cam = _Camera(
+        spec,
+        eye,
+        rotation,
+        rvec,
+        -rotation @ eye,
+        matrix,
+        np.zeros((h, w, 3), np.uint8),
+        empty,
+        np.zeros((h, w, 3), np.uint8),
+    )
     cam.backdrop = _render_backdrop(cam, rng)
     cam.foliage, cam.foliage_rgb = _render_foliage(cam, rng)
     return cam
@@ -547,7 +668,7 @@ class _World:
     """What stays fixed from sample to sample: the cameras and the street furniture."""
 
     cameras: list[_Camera]
-    props: list[Mesh]
+    props: list[_Mesh]
 
 
 def _camera_specs(n_cameras: int) -> list[tuple[CameraSpec, float]]:
@@ -565,7 +686,7 @@ def _build_world(n_cameras: int) -> _World:
     rng = np.random.default_rng(_WORLD_SEED)
     specs = _camera_specs(n_cameras)
     eyes = [_camera_eye(spec, az)[:2] for spec, az in specs]
-    props: list[Mesh] = []
+    props: list[_Mesh] = []
     while len(props) < 14:
         r, a = rng.uniform(_PLAZA_RADIUS_M + 2.0, 30.0), rng.uniform(0, 2 * math.pi)
         xy = np.array([r * math.cos(a), r * math.sin(a)])
@@ -583,14 +704,14 @@ def _build_world(n_cameras: int) -> _World:
 class _Scene:
     """One instant: the target, everything else that may be in the way, and the light."""
 
-    target: Mesh
-    others: list[Mesh]  # distractors and props
+    target: _Mesh
+    others: list[_Mesh]  # distractors and props
     sun: np.ndarray  # (3,) unit vector towards the sun
     ambient: float  # share of light that does not depend on the face's orientation
     brightness: float  # overall exposure of this instant
 
 
-def _free(mesh: Mesh, others: list[Mesh]) -> bool:
+def _free(mesh: _Mesh, others: list[_Mesh]) -> bool:
     """Whether ``mesh`` keeps clear of all ``others`` (footprint circles 0.3 m apart)."""
     if not others:
         return True
@@ -626,25 +747,37 @@ def _draw_scene(rng: np.random.Generator, world: _World) -> _Scene:
             others.append(distractor)
     elevation = rng.uniform(0.35, 1.3)
     azimuth = rng.uniform(0, 2 * math.pi)
-    sun = np.array([math.cos(azimuth) * math.cos(elevation),
-                    math.sin(azimuth) * math.cos(elevation), math.sin(elevation)])
+    sun = np.array(
+        [
+            math.cos(azimuth) * math.cos(elevation),
+            math.sin(azimuth) * math.cos(elevation),
+            math.sin(elevation),
+        ]
+    )
     return _Scene(target, others, sun, rng.uniform(0.3, 0.6), rng.uniform(0.6, 1.25))
 
 
-def _shade(mesh: Mesh, scene: _Scene) -> np.ndarray:
+def _shade(mesh: _Mesh, scene: _Scene) -> np.ndarray:
     """Lambertian face colours: faces turned to the sun are bright, others get ambient."""
     lambert = np.clip(mesh.normals @ scene.sun, 0.0, 1.0)
     return mesh.colours * (scene.ambient + (1.0 - scene.ambient) * lambert)[:, None]
 
 
-def _shadow(mesh: Mesh, sun: np.ndarray) -> np.ndarray:
+def _shadow(mesh: _Mesh, sun: np.ndarray) -> np.ndarray:
     """The object's vertices pushed along the sun's rays down to the ground."""
     v = mesh.vertices
     return v - (v[:, 2] / sun[2])[:, None] * sun[None]
 
 
-def _draw_mesh(canvas: np.ndarray, mesh: Mesh, pixels: np.ndarray, colours: np.ndarray,
-               cam: _Camera, mask: np.ndarray | None, mask_value: int) -> None:
+def _draw_mesh(
+    canvas: np.ndarray,
+    mesh: _Mesh,
+    pixels: np.ndarray,
+    colours: np.ndarray,
+    cam: _Camera,
+    mask: np.ndarray | None,
+    mask_value: int,
+) -> None:
     """Painter's algorithm inside one object: cull back faces, draw layer by layer, far
     faces first. ``pixels`` are the mesh's vertices on the canvas. Also paints the object's
     silhouette into ``mask`` with ``mask_value``, to measure how much of the target shows."""
@@ -660,7 +793,7 @@ def _draw_mesh(canvas: np.ndarray, mesh: Mesh, pixels: np.ndarray, colours: np.n
             cv2.fillConvexPoly(mask, pts, mask_value, cv2.LINE_8, 4)
 
 
-def _target_box(cam: _Camera, target: Mesh) -> tuple[np.ndarray, np.ndarray] | None:
+def _target_box(cam: _Camera, target: _Mesh) -> tuple[np.ndarray, np.ndarray] | None:
     """The target's bounding box in the frame (clipped), or None when the camera cannot
     see it: its centre out of frame, or its box too few pixels."""
     w, h = cam.spec.width_px, cam.spec.height_px
@@ -676,7 +809,7 @@ def _target_box(cam: _Camera, target: Mesh) -> tuple[np.ndarray, np.ndarray] | N
     return lo, hi
 
 
-def _in_crop(cam: _Camera, others: list[Mesh], x0: int, y0: int, x1: int, y1: int) -> list[Mesh]:
+def _in_crop(cam: _Camera, others: list[_Mesh], x0: int, y0: int, x1: int, y1: int) -> list[_Mesh]:
     """The objects whose bounding boxes reach into the crop (a cheap, conservative test)."""
     if not others:
         return []
@@ -749,8 +882,7 @@ def _render_view(cam: _Camera, scene: _Scene, rng: np.random.Generator) -> np.nd
     # Leaves in front of the lens hide whatever is behind them.
     if spec.foliage > 0 and cam.foliage[y0:y1, x0:x1].any():
         leaves = cv2.resize(cam.foliage[y0:y1, x0:x1], size, interpolation=cv2.INTER_NEAREST)
-        leaves_rgb = cv2.resize(cam.foliage_rgb[y0:y1, x0:x1], size,
-                                interpolation=cv2.INTER_AREA)
+        leaves_rgb = cv2.resize(cam.foliage_rgb[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
         canvas[leaves > 0] = leaves_rgb[leaves > 0]
         mask[leaves > 0] = 0
     if silhouette == 0 or cv2.countNonZero(mask) < _MIN_VISIBLE_FRACTION * silhouette:
@@ -758,8 +890,9 @@ def _render_view(cam: _Camera, scene: _Scene, rng: np.random.Generator) -> np.nd
     return _sensor(canvas, spec, scene, rng)
 
 
-def _sensor(canvas: np.ndarray, spec: CameraSpec, scene: _Scene,
-            rng: np.random.Generator) -> np.ndarray:
+def _sensor(
+    canvas: np.ndarray, spec: CameraSpec, scene: _Scene, rng: np.random.Generator
+) -> np.ndarray:
     """Exposure and white balance, noise at the frame's resolution, the resize to 32x32,
     then blur and haze. Blur is sized on the crop, not the frame, so that how blurred a crop
     looks does not tell how big the object is."""
