@@ -2,7 +2,8 @@
 
 Every command prints human-readable progress and tables by default and one JSON document on
 stdout with `--json`. User mistakes (a missing file, a bad config, an unknown device) end in
-one line `error: ...` and exit status 2, never a traceback.
+one line `error: ...` and exit status 2, never a traceback. Commands import torch and the
+model code inside their bodies, so that `ddnn --help` answers at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -21,6 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ddnn.errors import DDNNError
+
+if TYPE_CHECKING:
+    from ddnn.config import DDNNConfig
+    from ddnn.data import MultiViewData
+    from ddnn.model import DDNN
 
 app = typer.Typer(
     help="Distributed deep neural networks over the cloud, the edge and end devices.",
@@ -76,7 +82,7 @@ def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
-def load_data(spec: str, grid: str, quiet: bool):  # noqa: ANN201
+def load_data(spec: str, grid: str, quiet: bool) -> MultiViewData:
     from ddnn import data as data_mod
 
     if spec == "synth" and not data_mod.synthetic_cache_path().exists():
@@ -195,7 +201,7 @@ Epochs = Annotated[int | None, typer.Option(min=1, help="training epochs")]
 Seed = Annotated[int | None, typer.Option(help="seed of initialization, batches and dropout")]
 
 
-def _config(config: Path | None, overrides: list[str] | None, **flags: Any):  # noqa: ANN202
+def _config(config: Path | None, overrides: list[str] | None, **flags: Any) -> DDNNConfig:
     from ddnn.config import load_config
 
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
@@ -257,7 +263,9 @@ def train(
     print_report(test_report)
 
 
-def _eval_context(model_path: Path, data: str | None, grid: str | None, part: str, quiet: bool):  # noqa: ANN202
+def _eval_context(
+    model_path: Path, data: str | None, grid: str | None, part: str, quiet: bool
+) -> tuple[DDNN, DDNNConfig, MultiViewData]:
     """Load a model and the part of a data set to evaluate it on (by default the test split
     of the data it was trained on)."""
     from ddnn.checkpoint import load_model
@@ -365,7 +373,7 @@ def parse_devices_ordered(text: str) -> list[int]:
         raise DDNNError(f"device order must look like 1,0,2, got {text!r}") from None
 
 
-def device_ranking(model, dataset) -> list[int]:  # noqa: ANN001
+def device_ranking(model: DDNN, dataset: MultiViewData) -> list[int]:
     """Devices from worst to best by the accuracy of their own class scores alone."""
     import torch
 

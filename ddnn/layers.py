@@ -26,12 +26,12 @@ class _SignSTE(torch.autograd.Function):
     """sign() forward; clipped straight-through estimator backward (BinaryNet, eBNN)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return grad * (x.abs() <= 1).to(grad.dtype)
 
