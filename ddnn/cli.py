@@ -240,7 +240,8 @@ def train(
     if parts.validation is not None:
         outputs = run_model(model, parts.validation)
         points = exit_points(cfg, model.exits)
-        picked = pick_thresholds(outputs, points, cfg.calibration.rule, cfg.calibration.max_loss)
+        c = cfg.calibration
+        picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
         cfg = set_thresholds(cfg, picked)
     test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
     meta = {
@@ -398,7 +399,7 @@ def sweep(
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
-    from ddnn.evaluate import exit_points, run_model
+    from ddnn.evaluate import exit_points, pick_thresholds, run_model
     from ddnn.evaluate import sweep as sweep_rows
 
     if rule not in ("best", "max_loss"):
@@ -407,13 +408,12 @@ def sweep(
     points = exit_points(cfg, model.exits)
     if len(points) < 2:
         raise DDNNError("this model has a single exit: there is no threshold to sweep")
-    rows = sweep_rows(run_model(model, dataset), points)
-    best = max(r["overall_accuracy"] for r in rows)
-    floor = best if rule == "best" else best - max_loss
-    picked = min(
-        (r for r in rows if r["overall_accuracy"] >= floor - 1e-9),
-        key=lambda r: (r["bytes_measured"], -r["overall_accuracy"]),
-    )
+    outputs = run_model(model, dataset)
+    rows = sweep_rows(outputs, points)
+    grid = [r["threshold"] for r in rows]
+    first = points[0].name
+    threshold = pick_thresholds(outputs, points, rule, max_loss, grid=grid, search=[first])[first]
+    picked = next(r for r in rows if r["threshold"] == threshold)
     document = {"exit": points[0].name, "rows": rows, "rule": rule, "picked": picked}
     if rule == "max_loss":
         document["max_loss"] = max_loss
@@ -438,7 +438,9 @@ def calibrate(
     rule: Annotated[
         str | None, typer.Option(help="best or max_loss: search for accuracy instead")
     ] = None,
-    max_loss: Annotated[float, typer.Option(help="accuracy points max_loss may give up")] = 0.5,
+    max_loss: Annotated[
+        float | None, typer.Option(help="accuracy points max_loss may give up (config's)")
+    ] = None,
     part: Annotated[str, typer.Option(help="held-out part to calibrate on")] = "validation",
     write: Annotated[bool, typer.Option(help="store the thresholds in the model file")] = True,
     as_json: JsonFlag = False,
@@ -466,7 +468,9 @@ def calibrate(
     if rule is not None:
         if rule not in ("best", "max_loss"):
             raise DDNNError(f"rule must be best or max_loss, got {rule!r}")
-        thresholds = pick_thresholds(outputs, points, rule, max_loss)
+        c = cfg.calibration
+        loss = c.max_loss if max_loss is None else max_loss
+        thresholds = pick_thresholds(outputs, points, rule, loss, c.confidence)
     else:
         if budget is not None:
             if points[0].name != "local":
@@ -532,6 +536,95 @@ def show_config(config: ConfigFile = None, overrides: Overrides = None) -> None:
 
     cfg = _config(config, overrides)
     out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+
+# ------------------------------------------------------------------------- MQTT broker
+
+bench_app = typer.Typer(help="Measure the parts the live system is built on.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+BrokerKindOption = Annotated[
+    str,
+    typer.Option(
+        "--kind", help="auto (mosquitto if installed, else embedded), mosquitto or embedded"
+    ),
+]
+
+
+@app.command("broker")
+def broker_cmd(
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: free)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    kind: BrokerKindOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried on one
+    machine with nothing installed by hand (mosquitto when present, else a Python broker)."""
+    import signal
+    import threading
+
+    from ddnn.broker import start_broker
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    broker = start_broker(port=port, host=host, kind=kind)
+    try:
+        info = {"url": broker.url, "kind": broker.kind, "protocol": broker.protocol}
+        if as_json:
+            emit_json(info)
+            sys.stdout.flush()
+        else:
+            out.print(
+                f"{broker.kind} broker listening on {broker.url} (clients: MQTT "
+                f"{broker.protocol}); Ctrl-C stops it"
+            )
+        while not stop.wait(0.2):
+            if not broker.running:
+                raise DDNNError(f"the {broker.kind} broker on {broker.url} stopped by itself")
+    finally:
+        broker.stop()
+    if not as_json:
+        err.print("broker stopped")
+
+
+@bench_app.command("broker")
+def bench_broker(
+    broker_url: Annotated[
+        str | None,
+        typer.Option("--broker", help="broker URL to measure (default: start one here)"),
+    ] = None,
+    messages: Annotated[int, typer.Option(min=1, help="messages to relay")] = 2000,
+    payload_bytes: Annotated[int, typer.Option(min=0, help="bytes per message")] = 64,
+    protocol: Annotated[
+        str, typer.Option(help="MQTT version the --broker speaks: 5 or 3.1.1")
+    ] = "5",
+    kind: BrokerKindOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure the raw broker ceiling: small QoS 0 messages per second from one client through
+    the broker to another. No service built on that broker can beat it."""
+    from ddnn.broker import broker_ceiling, start_broker
+    from ddnn.mqtt import BrokerSettings
+
+    if protocol not in ("5", "3.1.1"):
+        raise DDNNError(f"--protocol must be 5 or 3.1.1, got {protocol!r}")
+    if broker_url is not None:
+        result = broker_ceiling(
+            BrokerSettings.from_url(broker_url, protocol=protocol), messages, payload_bytes
+        )
+        result["kind"] = "external"
+    else:
+        with start_broker(kind=kind) as broker:
+            result = broker_ceiling(broker.settings(), messages, payload_bytes)
+            result["kind"] = broker.kind
+    if as_json:
+        emit_json(result)
+        return
+    print_table(
+        f"broker ceiling, {result['kind']} broker {result['broker']}",
+        [{k: result[k] for k in ("messages", "received", "seconds", "messages_per_second")}],
+    )
 
 
 def main() -> None:

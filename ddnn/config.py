@@ -92,6 +92,13 @@ class ModelConfig(_Strict):
         return self
 
     @property
+    def device_feature_kind(self) -> str:
+        """How a device's feature map is encoded on the wire (see ddnn.packing)."""
+        if not self.device.conv_filters:
+            return "pixels"
+        return "binary" if self.device.precision == "binary" else "float"
+
+    @property
     def exits(self) -> list[str]:
         """The exit points of this topology, lowest tier first; the last always decides."""
         present = {
@@ -133,12 +140,14 @@ class ExitSpec(_Strict):
 class CalibrationSpec(_Strict):
     """How `ddnn train` picks thresholds on the held-out validation part.
 
-    rule "max_loss": the lowest communication whose overall accuracy is within `max_loss`
-    points of the best the sweep reaches; "best": the best overall accuracy.
+    rule "max_loss": the lowest communication whose accuracy loss against the last exit
+    alone, plus `confidence` standard errors of it, is at most `max_loss` points
+    (`ddnn.evaluate.pick_thresholds` says why); "best": the best overall accuracy.
     """
 
     rule: Literal["max_loss", "best"] = "max_loss"
     max_loss: float = Field(default=0.5, ge=0)
+    confidence: float = Field(default=1.0, ge=0, description="standard errors of margin")
 
 
 class DDNNConfig(_Strict):
