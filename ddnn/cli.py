@@ -50,7 +50,10 @@ DataSpec = Annotated[
 ]
 Grid = Annotated[str, typer.Option(help="views per image for tiles:PATH, as ROWSxCOLS")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
-ModelPath = Annotated[Path, typer.Option("--model", help="a model file written by `ddnn train`")]
+ModelPath = Annotated[
+    Path,
+    typer.Option("--model", help="a model file written by `ddnn train` (or a `ddnn export` dir)"),
+]
 
 
 @contextmanager
@@ -270,9 +273,14 @@ def _eval_context(
     """Load a model and the part of a data set to evaluate it on (by default the test split
     of the data it was trained on)."""
     from ddnn.checkpoint import load_model
+    from ddnn.export import load_exported_model
     from ddnn.train import split
 
-    model, cfg, meta = load_model(model_path)
+    if model_path.is_dir():
+        model, cfg, manifest = load_exported_model(model_path)
+        meta = manifest.meta
+    else:
+        model, cfg, meta = load_model(model_path)
     dataset = load_data(data or meta.get("data", "synth"), grid or meta.get("grid", "2x3"), quiet)
     m = cfg.model
     if (dataset.n_views, dataset.view_shape, dataset.classes) != (
@@ -324,9 +332,14 @@ def eval_(
     ] = None,
     part: Split = "test",
     grid: Annotated[str | None, typer.Option(help="views per image for tiles:PATH")] = None,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(help="write each sample's decision (class, exit) as JSON lines here"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Evaluate a model: accuracy per exit, overall accuracy, exit fractions, bytes."""
+    """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
+    services run): accuracy per exit, overall accuracy, exit fractions, bytes."""
     from ddnn.evaluate import (
         accuracy_by_device_count,
         evaluate,
@@ -334,6 +347,7 @@ def eval_(
         presence_mask,
         run_model,
         with_thresholds,
+        write_decisions,
     )
 
     model, cfg, dataset = _eval_context(model_path, data, grid, part, as_json)
@@ -341,8 +355,11 @@ def eval_(
     points = with_thresholds(exit_points(cfg, model.exits), thresholds)
     absent = parse_devices(missing)
     present = presence_mask(len(dataset), dataset.n_views, absent)
-    report = evaluate(run_model(model, dataset, present), points)
+    outputs = run_model(model, dataset, present)
+    report = evaluate(outputs, points)
     report["missing"] = absent
+    if decisions is not None:
+        write_decisions(decisions, outputs, points)
     if each_missing:
         report["each_missing"] = [
             {
@@ -577,7 +594,8 @@ def broker_cmd(
         else:
             out.print(
                 f"{broker.kind} broker listening on {broker.url} (clients: MQTT "
-                f"{broker.protocol}); Ctrl-C stops it"
+                f"{broker.protocol}); Ctrl-C stops it",
+                soft_wrap=True,
             )
         while not stop.wait(0.2):
             if not broker.running:
@@ -625,6 +643,100 @@ def bench_broker(
         f"broker ceiling, {result['kind']} broker {result['broker']}",
         [{k: result[k] for k in ("messages", "received", "seconds", "messages_per_second")}],
     )
+
+
+@app.command("export")
+def export_(
+    model_path: ModelPath,
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the artifacts")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Split a trained model into one artifact per role (each device, the aggregator, each
+    edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact."""
+    from ddnn.checkpoint import load_model
+    from ddnn.export import export
+
+    model, cfg, meta = load_model(model_path)
+    manifest = export(model, cfg, out_dir, meta)
+    rows = [
+        {"role": role, "file": a.file, "bytes": a.bytes, "sha256": a.sha256[:16]}
+        for role, a in manifest.artifacts.items()
+    ]
+    if as_json:
+        emit_json({"out": str(out_dir), "model_version": manifest.model_version, "artifacts": rows})
+        return
+    print_table(f"exported model version {manifest.model_version} to {out_dir}", rows)
+
+
+@app.command()
+def demo(
+    samples: Annotated[int, typer.Option(min=1, help="samples to decide")] = 500,
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="device processes to start (default: all)")
+    ] = None,
+    edge: Annotated[bool, typer.Option(help="a model with an edge tier (two edges)")] = False,
+    model_path: Annotated[
+        Path | None, typer.Option("--model", help="a model file (default: train a demo model)")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="use this broker URL instead of starting one")
+    ] = None,
+    mqtt: Annotated[str, typer.Option(help="MQTT version of --broker: 5 or 3.1.1")] = "5",
+    window: Annotated[int, typer.Option(min=1, help="samples in flight at most")] = 16,
+    decisions: Annotated[
+        Path | None, typer.Option(help="write every decision message as JSON lines here")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The whole live system on this machine: a broker, one process per device, the
+    aggregator, the edges and the cloud, driven over the test set; then a summary."""
+    from ddnn.data import data_dir
+    from ddnn.demo import run_demo
+
+    report = run_demo(
+        model_path,
+        samples,
+        devices,
+        edge,
+        broker,
+        mqtt,
+        window,
+        decisions,
+        data_dir() / "demo",
+        lambda text: err.print(text),
+    )
+    if as_json:
+        emit_json(report)
+        return
+    print_table(
+        f"live DDNN: {report['samples']} samples, {report['devices']} devices",
+        [
+            {
+                k: report[k]
+                for k in ("decided", "undecided", "degraded", "accuracy", "bytes_per_device")
+            }
+        ],
+    )
+    print_table("exit fraction %", [report["exit_fraction"]])
+    print_table(
+        "latency ms per exit tier", [{"tier": t, **v} for t, v in report["latency_ms"].items()]
+    )
+    b = report["broker"]
+    out.print(
+        f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
+        f"{b['ceiling_messages_per_second']} messages/s"
+    )
+
+
+def _add_service_commands() -> None:
+    """The live services' commands, from the `ddnn.services` entry points (pyproject.toml)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="ddnn.services"):
+        app.command(ep.name)(ep.load())
+
+
+_add_service_commands()
 
 
 def main() -> None:

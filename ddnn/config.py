@@ -146,8 +146,8 @@ class CalibrationSpec(_Strict):
     """
 
     rule: Literal["max_loss", "best"] = "max_loss"
-    max_loss: float = Field(default=0.5, ge=0)
-    confidence: float = Field(default=1.0, ge=0, description="standard errors of margin")
+    max_loss: float = Field(default=1.0, ge=0)
+    confidence: float = Field(default=1.5, ge=0, description="standard errors of margin")
 
 
 class DDNNConfig(_Strict):

@@ -10,9 +10,11 @@ Devices listed as missing send nothing and are not counted in the per-device ave
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -121,15 +123,42 @@ def evaluate(outputs: ExitOutputs, points: Sequence[ExitPoint]) -> dict:
     }
 
 
+def write_decisions(path: Path | str, outputs: ExitOutputs, points: Sequence[ExitPoint]) -> None:
+    """One JSON line per sample (its index in the evaluated part, the class decided, the
+    exit that decided, the bytes each device sent): what the live system's decision
+    messages are compared with."""
+    d = cascade(points, outputs.probs)
+    names = [p.name for p in points]
+    sent = device_bytes(outputs, d.exit_index, names)
+    with Path(path).open("w") as f:
+        for i, (k, e) in enumerate(zip(d.predictions, d.exit_index, strict=True)):
+            line = {
+                "sample": i,
+                "class_index": int(k),
+                "exit": names[e],
+                "device_bytes": int(sent[i]),
+            }
+            f.write(json.dumps(line) + "\n")
+
+
+def _escalated(exit_index: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Samples whose device feature maps go up: all of them without a local exit."""
+    return exit_index > 0 if names[0] == "local" else np.ones(len(exit_index), dtype=bool)
+
+
+def device_bytes(outputs: ExitOutputs, exit_index: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Payload bytes each present device sends for each sample: (N,)."""
+    return outputs.score_bytes + _escalated(exit_index, names) * outputs.feature_bytes
+
+
 def communication(outputs: ExitOutputs, exit_index: np.ndarray, names: Sequence[str]) -> dict:
     """Bytes per device per sample: formula (1), measured payload lengths, raw offload."""
     has_local = names[0] == "local"
-    escalated = exit_index > 0 if has_local else np.ones(len(exit_index), dtype=bool)
-    local_fraction = 1.0 - float(escalated.mean())
+    local_fraction = 1.0 - float(_escalated(exit_index, names).mean())
     formula = (4 * outputs.n_classes if has_local else 0) + (
         1 - local_fraction
     ) * outputs.feature_bits / 8
-    per_sample = outputs.score_bytes + escalated * outputs.feature_bytes  # (N,)
+    per_sample = device_bytes(outputs, exit_index, names)
     n_present = outputs.present.sum(axis=1)
     measured = float((per_sample * n_present).sum() / n_present.sum())
     return {
@@ -166,8 +195,8 @@ def pick_thresholds(
     outputs: ExitOutputs,
     points: Sequence[ExitPoint],
     rule: str = "max_loss",
-    max_loss: float = 0.5,
-    confidence: float = 1.0,
+    max_loss: float = 1.0,
+    confidence: float = 1.5,
     grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 101)),
     search: Sequence[str] | None = None,
 ) -> dict[str, float]:

@@ -72,6 +72,7 @@ class UpperTier(nn.Module):
     ) -> None:
         super().__init__()
         self.aggregate = Aggregator(aggregation, n_inputs)
+        self.in_shape = in_shape  # of each input's feature map
         c, h, w = in_shape
         c = self.aggregate.out_channels(c)
         self.blocks = conv_stack(c, conv_filters, precision)

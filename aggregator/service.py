@@ -1,0 +1,267 @@
+"""`ddnn aggregator`: the local aggregator, which holds every sample's state from its first
+message to its one decision.
+
+Per sample: collect the class scores of the live devices (known from their retained status
+and last will) until all arrived or the score deadline passed; fuse what arrived (the
+presence mask of training) and apply the local exit. If it is not confident, ask the
+devices that took part for their feature maps, which go to their edge (or straight to the
+cloud). Edges answer with their class scores; the aggregator fuses them for the edge exit
+(the edge-exit fusion is part of its artifact) and, if still not confident, asks the edges
+to pass their feature maps to the cloud, whose scores decide.
+
+Every exit decision is taken here, in one place, so that every sample ends in exactly one
+decision message: when a tier does not answer before its deadline the best answer of the
+tiers below stands and the decision says it is degraded; a sample no device answered for is
+published as undecided with the reason. Late or duplicate messages for a decided sample are
+counted and dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ddnn.aggregation import Aggregator
+from ddnn.config import DDNNConfig
+from ddnn.errors import DDNNError
+from ddnn.evaluate import exit_points
+from ddnn.exits import ExitPoint, normalized_entropy, softmax
+from ddnn.export import Manifest
+from ddnn.mqtt import BrokerSettings
+from ddnn.service import Rejected, Service
+from ddnn.wire import Decision, Message, Offload, Scores, Status, Tick
+
+DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
+
+
+@dataclass
+class Deadlines:
+    """Seconds each stage waits: for the devices' scores, and for an upper tier's answer
+    (its own wait for feature maps included)."""
+
+    scores: float = 1.0
+    edge: float = 2.0
+    cloud: float = 3.0
+
+
+@dataclass
+class Pending:
+    sample: int
+    t0: float  # capture time (Unix), from the tick or the first scores
+    stage: str  # "scores", "edge" or "cloud"
+    deadline: float  # monotonic
+    scores: dict[int, np.ndarray] = field(default_factory=dict)  # device -> class scores
+    edge_scores: dict[int, np.ndarray] = field(default_factory=dict)  # edge -> class scores
+    devices: list[int] = field(default_factory=list)  # devices that took part
+    best: tuple[str, np.ndarray] | None = None  # (exit, probabilities) of the highest tier so far
+    bytes: dict[str, int] = field(default_factory=dict)
+
+
+def _role_index(role: str, prefix: str) -> int | None:
+    return int(role[len(prefix) :]) if role.startswith(prefix) else None
+
+
+class AggregatorService(Service):
+    role = "aggregator"
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        local: Aggregator | None,
+        edge_exit: Aggregator | None,
+        broker: BrokerSettings,
+        deployment: str,
+        deadlines: Deadlines | None = None,
+    ) -> None:
+        super().__init__(manifest, broker, deployment)
+        cfg: DDNNConfig = manifest.ddnn_config()
+        if local is None:
+            raise DDNNError("a live deployment needs a local exit (Fig. 2 (b), (c), (e), (f))")
+        self.cfg = cfg
+        self.local = local
+        self.edge_exit = edge_exit
+        self.points: dict[str, ExitPoint] = {p.name: p for p in exit_points(cfg, cfg.model.exits)}
+        self.last_exit = cfg.model.exits[-1]
+        self.n_devices = cfg.model.n_devices
+        self.groups = cfg.model.edge.groups if cfg.model.edge is not None else []
+        self.deadlines = deadlines or Deadlines()
+        self.online: set[int] = set()
+        self.pending: dict[int, Pending] = {}
+        self.decided: OrderedDict[int, None] = OrderedDict()
+
+    def subscriptions(self) -> list[str]:
+        return [self.topics.all_status, self.topics.tick, self.topics.all_scores]
+
+    # -- messages ------------------------------------------------------------------------
+    def handle(self, topic: str, message: Message, size: int) -> None:
+        if isinstance(message, Status):
+            device = _role_index(message.role, "device-")
+            if device is not None and device < self.n_devices:
+                (self.online.add if message.state == "online" else self.online.discard)(device)
+            return
+        if isinstance(message, Tick):
+            self._open(message.sample, message.t)
+            return
+        if not isinstance(message, Scores):
+            raise Rejected(f"a {message.kind} message on {topic}")
+        if message.sample in self.decided:
+            self.counters["late"] += 1
+            return
+        values = message.values()
+        if len(values) != len(self.cfg.model.classes):
+            raise Rejected(
+                f"{message.source} sent {len(values)} scores, the model has "
+                f"{len(self.cfg.model.classes)} classes"
+            )
+        if (device := _role_index(message.source, "device-")) is not None:
+            self._device_scores(message, device, values, size)
+        elif (edge := _role_index(message.source, "edge-")) is not None:
+            self._edge_scores(message, edge, values)
+        elif message.source == "cloud":
+            self._cloud_scores(message, values)
+        else:
+            raise Rejected(f"scores from {message.source}")
+
+    def _open(self, sample: int, t0: float) -> Pending | None:
+        if sample in self.decided:
+            return None
+        if sample not in self.pending:
+            deadline = time.monotonic() + self.deadlines.scores
+            self.pending[sample] = Pending(sample, t0, "scores", deadline)
+        return self.pending[sample]
+
+    def _device_scores(self, m: Scores, device: int, values: np.ndarray, size: int) -> None:
+        if device >= self.n_devices:
+            raise Rejected(f"scores from {m.source}; this model has {self.n_devices} devices")
+        p = self._open(m.sample, m.t0)
+        if p is None or p.stage != "scores" or device in p.scores:
+            self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1
+            return
+        p.scores[device] = values
+        p.t0 = min(p.t0, m.t0)
+        p.bytes["device_scores"] = p.bytes.get("device_scores", 0) + len(m.scores)
+        if self.online <= set(p.scores):
+            self._local_step(p)
+
+    def _edge_scores(self, m: Scores, edge: int, values: np.ndarray) -> None:
+        p = self.pending.get(m.sample)
+        if p is None or p.stage != "edge" or edge >= len(self.groups) or edge in p.edge_scores:
+            self.counters["late"] += 1
+            return
+        p.edge_scores[edge] = values
+        self._count_received(p, m)
+        if set(p.edge_scores) >= self._expected_edges(p):
+            self._edge_step(p)
+
+    def _cloud_scores(self, m: Scores, values: np.ndarray) -> None:
+        p = self.pending.get(m.sample)
+        if p is None or p.stage != "cloud":
+            self.counters["late"] += 1
+            return
+        self._count_received(p, m)
+        probs = softmax(values[None].astype(np.float64))[0]
+        self._decide(p, "cloud", probs)
+
+    @staticmethod
+    def _count_received(p: Pending, m: Scores) -> None:
+        """Bytes of the feature maps an upper tier received, by the kind of sender."""
+        for source, n in m.received.items():
+            key = "device_features" if source.startswith("device-") else "edge_features"
+            p.bytes[key] = p.bytes.get(key, 0) + n
+
+    # -- the cascade ---------------------------------------------------------------------
+    def _fuse(self, fusion: Aggregator, scores: dict[int, np.ndarray], n: int) -> np.ndarray:
+        x = np.zeros((1, n, len(self.cfg.model.classes)), dtype=np.float32)
+        present = np.zeros((1, n), dtype=bool)
+        for i, v in scores.items():
+            x[0, i], present[0, i] = v, True
+        with torch.no_grad():
+            logits = fusion(torch.from_numpy(x), torch.from_numpy(present)).numpy()
+        return softmax(logits.astype(np.float64))[0]
+
+    def _exits(self, name: str, probs: np.ndarray) -> bool:
+        point = self.points[name]
+        confident = point.criterion.exits(probs[None], point.threshold)[0]
+        return name == self.last_exit or bool(confident)
+
+    def _local_step(self, p: Pending) -> None:
+        if not p.scores:
+            self._undecided(p, f"no device answered within {self.deadlines.scores:g} s")
+            return
+        p.devices = sorted(p.scores)
+        probs = self._fuse(self.local, p.scores, self.n_devices)
+        p.best = ("local", probs)
+        if self._exits("local", probs):
+            self._decide(p, "local", probs)
+            return
+        p.stage = "edge" if self.edge_exit is not None else "cloud"
+        wait = self.deadlines.edge if p.stage == "edge" else self.deadlines.cloud
+        p.deadline = time.monotonic() + wait
+        sources = [f"device-{d}" for d in p.devices]
+        self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to=p.stage))
+
+    def _expected_edges(self, p: Pending) -> set[int]:
+        return {e for e, group in enumerate(self.groups) if set(group) & set(p.devices)}
+
+    def _edge_step(self, p: Pending) -> None:
+        if not p.edge_scores:
+            self._degraded(p, f"no edge answered within {self.deadlines.edge:g} s")
+            return
+        assert self.edge_exit is not None
+        probs = self._fuse(self.edge_exit, p.edge_scores, len(self.groups))
+        p.best = ("edge", probs)
+        if self._exits("edge", probs):
+            self._decide(p, "edge", probs)
+            return
+        p.stage, p.deadline = "cloud", time.monotonic() + self.deadlines.cloud
+        sources = [f"edge-{e}" for e in sorted(p.edge_scores)]
+        self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="cloud"))
+
+    def poll(self, now: float) -> float | None:
+        for p in [p for p in self.pending.values() if p.deadline <= now]:
+            if p.stage == "scores":
+                self._local_step(p)
+            elif p.stage == "edge":
+                self._edge_step(p)
+            else:
+                self._degraded(p, f"the cloud did not answer within {self.deadlines.cloud:g} s")
+        return min((p.deadline for p in self.pending.values()), default=None)
+
+    # -- endings -------------------------------------------------------------------------
+    def _degraded(self, p: Pending, reason: str) -> None:
+        assert p.best is not None
+        self.counters["degraded"] += 1
+        self._decide(p, p.best[0], p.best[1], reason=reason)
+
+    def _undecided(self, p: Pending, reason: str) -> None:
+        self.counters["undecided"] += 1
+        self._finish(p, Decision(sample=p.sample, decided=False, reason=reason))
+
+    def _decide(self, p: Pending, exit_name: str, probs: np.ndarray, reason: str | None = None):
+        k = int(probs.argmax())
+        self.counters[f"exit_{exit_name}"] += 1
+        decision = Decision(
+            sample=p.sample,
+            decided=True,
+            class_index=k,
+            class_name=self.cfg.model.classes[k],
+            exit=exit_name,  # type: ignore[arg-type]
+            entropy=float(normalized_entropy(probs[None])[0]),
+            devices=p.devices,
+            degraded=reason is not None,
+            reason=reason,
+        )
+        self._finish(p, decision)
+
+    def _finish(self, p: Pending, decision: Decision) -> None:
+        decision.bytes = dict(p.bytes)
+        decision.latency_ms = round(1000.0 * (time.time() - p.t0), 3)
+        self.publish(self.topics.decisions, decision)
+        del self.pending[p.sample]
+        self.decided[p.sample] = None
+        while len(self.decided) > DECIDED_MEMORY:
+            self.decided.popitem(last=False)

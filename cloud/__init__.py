@@ -1,0 +1,1 @@
+"""The cloud service: collect feature maps, fuse, run the cloud layers, answer."""

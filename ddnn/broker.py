@@ -1,0 +1,374 @@
+"""Start a local MQTT broker, and measure what a broker can carry.
+
+`start_broker` is how `ddnn demo`, `ddnn broker` and the tests get a broker without anything
+installed by hand: the `mosquitto` binary when there is one (the production broker; MQTT 5),
+else amqtt, a pure-Python broker run in a thread of this process (MQTT 3.1.1 only, and about
+four times slower). Either way it listens on 127.0.0.1 only, unless told otherwise, allows
+anonymous clients, and keeps nothing on disk. The returned `RunningBroker` says which MQTT
+version its clients must use (`.protocol`) and hands out matching client settings
+(`.settings()`).
+
+`broker_ceiling` measures the raw rate a broker relays small messages from one paho client to
+another: the ceiling under any service built on it, whatever the model costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from ddnn.errors import DDNNError
+from ddnn.mqtt import BrokerSettings, Protocol, as_settings, format_broker_url
+
+log = logging.getLogger(__name__)
+
+BrokerKind = Literal["auto", "mosquitto", "embedded"]
+KINDS = ("auto", "mosquitto", "embedded")
+START_TIMEOUT = 10.0
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH, or where Debian puts it (/usr/sbin is often not on a
+    non-root user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (mosquitto cannot be told to bind port 0). Another
+    process may take it before the broker binds it; `start_broker` then tries another."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding host:port fails the way a broker's bind would (with SO_REUSEADDR, as
+    both brokers set it). Checked first because the readiness probe cannot tell our broker
+    from another program already listening there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class RunningBroker:
+    """A broker started by `start_broker`. `stop()` is idempotent; also a context manager."""
+
+    def __init__(self, kind: str, host: str, port: int, protocol: Protocol) -> None:
+        self.kind = kind
+        self.host = host
+        self.port = port
+        self.protocol: Protocol = protocol
+        self.url = format_broker_url(host, port)
+        self._stopped = False
+
+    def settings(self, **fields: Any) -> BrokerSettings:
+        """Client settings for this broker (URL and protocol filled in)."""
+        return BrokerSettings(url=self.url, protocol=self.protocol, **fields)
+
+    @property
+    def running(self) -> bool:
+        """False once stopped, or when the broker died by itself."""
+        return not self._stopped and self._alive()
+
+    def _alive(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop()
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> RunningBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<RunningBroker {self.kind} {self.url} MQTT {self.protocol} {state}>"
+
+
+class _Mosquitto(RunningBroker):
+    def __init__(self, binary: str, host: str, port: int) -> None:
+        super().__init__("mosquitto", host, port, "5")
+        self._dir = Path(tempfile.mkdtemp(prefix="ddnn-mosquitto-"))
+        config = self._dir / "mosquitto.conf"
+        config.write_text(
+            f"listener {port} {host}\n"
+            "allow_anonymous true\n"
+            "set_tcp_nodelay true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+        )
+        self._log_path = self._dir / "stderr.log"
+        # stderr goes to a file, not a pipe: a pipe nobody reads would stall the broker. Its
+        # own session keeps a terminal's Ctrl-C away from it: the owner stops it, after its
+        # services have said goodbye through it.
+        with open(self._log_path, "wb") as log_file:
+            self._process = subprocess.Popen(
+                [binary, "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                start_new_session=True,
+            )
+
+    def stderr_text(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> str | None:
+        """None once the broker accepts connections; else why it did not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                return f"mosquitto exited with status {self._process.returncode}"
+            if _accepts(self.host, self.port):
+                return None
+            time.sleep(0.05)
+        return f"mosquitto did not accept connections on {self.url} within {timeout:g} s"
+
+    def _alive(self) -> bool:
+        return self._process.poll() is None
+
+    def _stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(5)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _amqtt_broker_class() -> type:
+    """amqtt's Broker, less one bug of 0.12.1: on every connect it sends the new client the
+    retained messages of every topic filter that *any* client subscribes to. Here a client
+    gets the retained messages of its own subscriptions only."""
+    from amqtt.broker import Broker
+
+    class ScopedRetainBroker(Broker):
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], ())
+            if any(held.client_id == session.client_id for held, _ in holders):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    if not hasattr(Broker, "_publish_retained_messages_for_subscription"):
+        return Broker  # a later amqtt; MqttClient drops unsolicited messages anyway
+    return ScopedRetainBroker
+
+
+class _Embedded(RunningBroker):
+    """amqtt's broker on its own event loop in a daemon thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__("embedded", host, port, "3.1.1")
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_request: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name=f"amqtt-{port}", daemon=True)
+        self._thread.start()
+
+    def _config(self) -> dict[str, Any]:
+        bind = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return {
+            # amqtt's default listener binds 0.0.0.0: bind the one address asked for.
+            "listeners": {"default": {"type": "tcp", "bind": bind}},
+            # No packet/event logging and no $SYS publisher: both cost time per message.
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as e:  # reported to start_broker through wait_ready
+            self._error = e
+        finally:
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stop_request = asyncio.Event()
+        broker = _amqtt_broker_class()(self._config())
+        await broker.start()
+        self._ready.set()
+        try:
+            await self._stop_request.wait()
+        finally:
+            await broker.shutdown()
+
+    def wait_ready(self, timeout: float) -> str | None:
+        if not self._ready.wait(timeout):
+            return f"the embedded broker did not start within {timeout:g} s"
+        if self._error is not None:
+            return f"the embedded broker failed to start: {self._error}"
+        # Broker.start() returns once its listening socket is bound: no TCP probe needed (amqtt
+        # would log a probe that sends nothing as an error).
+        return None
+
+    def _alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _stop(self) -> None:
+        loop, request = self._loop, self._stop_request
+        if loop is not None and request is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(request.set)
+        self._thread.join(10)
+
+
+def start_broker(
+    port: int | None = None, host: str = "127.0.0.1", kind: str = "auto"
+) -> RunningBroker:
+    """Start a broker on host:port (a free port when None) and return once it accepts
+    connections. kind: "mosquitto", "embedded" (amqtt, in this process), or "auto"
+    (mosquitto when the binary is installed, else embedded)."""
+    if kind not in KINDS:
+        raise DDNNError(f"broker kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    binary = find_mosquitto()
+    if kind == "mosquitto" and binary is None:
+        raise DDNNError(
+            "no mosquitto binary found (install the mosquitto package, or use --kind embedded)"
+        )
+    use_mosquitto = kind == "mosquitto" or (kind == "auto" and binary is not None)
+    if port is not None and port_in_use(host, port):
+        raise DDNNError(f"cannot start a broker on {host}:{port}: the address is in use")
+    attempts = 1 if port is not None else 3
+    why = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port(host)
+        broker: _Mosquitto | _Embedded
+        broker = _Mosquitto(binary, host, chosen) if use_mosquitto else _Embedded(host, chosen)
+        failure = broker.wait_ready(START_TIMEOUT)
+        if failure is None:
+            log.info("started %r", broker)
+            return broker
+        details = broker.stderr_text() if isinstance(broker, _Mosquitto) else ""
+        broker.stop()
+        why = f"{failure}: {details}" if details else failure
+        if port is not None or "in use" not in why.lower():
+            break
+    raise DDNNError(f"could not start the {broker.kind} broker on {host}:{chosen}: {why}")
+
+
+def broker_ceiling(
+    settings_or_url: BrokerSettings | str,
+    messages: int = 2000,
+    payload_bytes: int = 64,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Relay `messages` QoS 0 messages of `payload_bytes` from one paho client through the
+    broker to another and time it, from the first publish to the last receipt.
+
+    Bounded: after `timeout` seconds it reports what was received by then. The publisher
+    waits whenever it is more than a few hundred messages ahead of the subscriber, so that
+    neither the broker nor the client drops QoS 0 messages it cannot keep up with; the figure
+    is the rate the pair sustains, not a burst.
+    """
+    from ddnn.mqtt import MqttClient, connect_or_fail
+
+    if messages < 1:
+        raise DDNNError(f"messages must be at least 1, got {messages}")
+    settings = as_settings(settings_or_url)
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    topic = f"ddnn/bench/{stamp}"
+    payload = bytes(payload_bytes)
+    subscriber = MqttClient(settings, f"ddnn-bench-sub-{stamp}")
+    publisher = MqttClient(settings, f"ddnn-bench-pub-{stamp}")
+    try:
+        connect_or_fail(subscriber)
+        connect_or_fail(publisher)
+        received = 0
+        subscriber.subscribe(topic, qos=0)
+        # The subscription is in place once a probe published after it comes back.
+        deadline = time.monotonic() + 5.0
+        while True:
+            publisher.publish(topic, b"probe")
+            if subscriber.get(0.2) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise DDNNError(f"no message came back through the broker at {settings.url}")
+        while subscriber.get(0.2) is not None:
+            pass  # drain extra probes
+        window = 500
+        sent = 0
+        start = time.perf_counter()
+        end = start + timeout
+        last = start
+        while received < messages:
+            now = time.perf_counter()
+            if now > end:
+                break
+            while sent < messages and sent - received < window:
+                if publisher.publish(topic, payload):
+                    sent += 1
+                else:
+                    break
+            got = subscriber.get(min(0.1, max(0.0, end - now)))
+            if got is not None:
+                received += 1
+                while received < messages and subscriber.get(0) is not None:
+                    received += 1
+                last = time.perf_counter()
+        seconds = max(last - start, 1e-9)
+    finally:
+        publisher.close()
+        subscriber.close()
+    return {
+        "broker": settings.url,
+        "messages": messages,
+        "payload_bytes": payload_bytes,
+        "received": received,
+        "seconds": round(seconds, 4),
+        "messages_per_second": round(received / seconds, 1) if received else 0.0,
+    }

@@ -1,0 +1,218 @@
+"""Per-role deployment artifacts: what each live service loads, and nothing more.
+
+`ddnn export` splits a trained model into one artifact per role (each device's slice, the
+local aggregator, each edge, the cloud) plus `manifest.json`. An artifact is a NumPy `.npz`
+of that role's weights under their names in the whole model's state dict, read back with
+`allow_pickle=False`: plain arrays, no code, and a format that the NumPy device runtime can
+read without PyTorch. The manifest holds the config (topology, exits and thresholds, data
+split), the software versions, and a SHA-256 per artifact; the model version that topics
+carry is derived from those hashes, so two exports of the same weights share a version and
+any change of weights or thresholds gives a new one.
+
+The local aggregator's artifact also holds the edge-exit fusion: in a live deployment the
+aggregator keeps each sample's state and takes every exit decision (see `aggregator/`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ValidationError
+
+import ddnn
+from ddnn.aggregation import Aggregator
+from ddnn.config import DDNNConfig, ModelConfig, validate_config
+from ddnn.errors import ConfigError, ModelFileError
+from ddnn.model import DDNN, DeviceSlice, UpperTier
+
+FORMAT = "ddnn-export"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class Artifact(BaseModel):
+    file: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    format: str
+    version: int
+    model_version: str
+    config: dict[str, Any]
+    artifacts: dict[str, Artifact]
+    software: dict[str, str]
+    meta: dict[str, Any] = {}  # from the model file: the data it was trained on, and so on
+
+    def ddnn_config(self) -> DDNNConfig:
+        return validate_config(self.config, source="manifest config")
+
+
+def roles(cfg: ModelConfig) -> dict[str, list[str]]:
+    """Role name -> the prefixes of its weights in the whole model's state dict."""
+    out = {f"device-{i}": [f"device_slices.{i}."] for i in range(cfg.n_devices)}
+    out["aggregator"] = ["local.", "edge_exit."]
+    if cfg.edge is not None:
+        out.update({f"edge-{e}": [f"edges.{e}."] for e in range(len(cfg.edge.groups))})
+    if cfg.cloud is not None:
+        out["cloud"] = ["cloud."]
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export(
+    model: DDNN, cfg: DDNNConfig, out: Path | str, meta: dict[str, Any] | None = None
+) -> Manifest:
+    """Write every role's artifact and the manifest into `out` (created if needed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    artifacts = {}
+    for role, prefixes in roles(cfg.model).items():
+        arrays = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+        path = out / f"{role}.npz"
+        with path.open("wb") as f:
+            np.savez(f, **arrays)
+        artifacts[role] = Artifact(file=path.name, sha256=_sha256(path), bytes=path.stat().st_size)
+    config = cfg.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for role in sorted(artifacts):
+        digest.update(artifacts[role].sha256.encode())
+    manifest = Manifest(
+        format=FORMAT,
+        version=VERSION,
+        model_version=digest.hexdigest()[:12],
+        config=config,
+        artifacts=artifacts,
+        software={
+            "ddnn": ddnn.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        meta=meta or {},
+    )
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2))
+    tmp.replace(out / MANIFEST)
+    return manifest
+
+
+def read_manifest(directory: Path | str) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise ModelFileError(f"{directory} holds no {MANIFEST}: not a `ddnn export` directory")
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        raise ModelFileError(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from None
+    if manifest.format != FORMAT:
+        raise ModelFileError(f"{path} is not a DDNN export manifest (format {manifest.format!r})")
+    if manifest.version != VERSION:
+        raise ModelFileError(
+            f"{path} has export version {manifest.version}; this ddnn reads version {VERSION}"
+        )
+    return manifest
+
+
+def _read_artifact(directory: Path, manifest: Manifest, role: str) -> dict[str, np.ndarray]:
+    if role not in manifest.artifacts:
+        raise ModelFileError(
+            f"{directory} has no artifact for role {role!r}; it has {sorted(manifest.artifacts)}"
+        )
+    entry = manifest.artifacts[role]
+    path = directory / entry.file
+    if path.name != entry.file or not path.exists():
+        raise ModelFileError(f"artifact {entry.file!r} of role {role!r} is missing in {directory}")
+    if _sha256(path) != entry.sha256:
+        raise ModelFileError(
+            f"{path} does not match its hash in the manifest: corrupt, or from another export"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ModelFileError(f"{path} is not a readable artifact: {e}") from None
+
+
+def _load_into(model: DDNN, arrays: dict[str, np.ndarray], prefixes: list[str], where: str) -> None:
+    """Load the arrays under `prefixes` into `model`, refusing missing or extra weights."""
+    expected = {k for k in model.state_dict() if k.startswith(tuple(prefixes))}
+    if set(arrays) != expected:
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise ModelFileError(
+            f"{where} does not match the manifest's topology (missing {missing[:3]}, "
+            f"unexpected {extra[:3]})"
+        )
+    state = model.state_dict()
+    for k, v in arrays.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise ModelFileError(
+                f"{where}: weight {k} has shape {v.shape}, the topology needs "
+                f"{tuple(state[k].shape)}"
+            )
+        state[k] = torch.from_numpy(v)
+    model.load_state_dict(state)
+
+
+def _load_roles(directory: Path | str, wanted: list[str]) -> tuple[Manifest, DDNN]:
+    """A model skeleton with the weights of the `wanted` roles loaded (the rest untouched:
+    callers hand out only the loaded parts)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        cfg = manifest.ddnn_config()
+    except ConfigError as e:
+        raise ModelFileError(f"{directory / MANIFEST}: {e}") from None
+    model = DDNN(cfg.model)
+    prefixes = roles(cfg.model)
+    for role in wanted:
+        if role not in prefixes:
+            raise ModelFileError(f"this deployment has no role {role!r}; it has {sorted(prefixes)}")
+        arrays = _read_artifact(directory, manifest, role)
+        _load_into(model, arrays, prefixes[role], f"{directory / manifest.artifacts[role].file}")
+    model.eval()
+    return manifest, model
+
+
+def load_device(directory: Path | str, device: int) -> tuple[Manifest, DeviceSlice]:
+    manifest, model = _load_roles(directory, [f"device-{device}"])
+    return manifest, model.device_slices[device]
+
+
+def load_aggregator(directory: Path | str) -> tuple[Manifest, Aggregator | None, Aggregator | None]:
+    """The local fusion (None without a local exit) and the edge-exit fusion (None without
+    an edge tier)."""
+    manifest, model = _load_roles(directory, ["aggregator"])
+    return manifest, model.local, model.edge_exit
+
+
+def load_edge(directory: Path | str, edge: int) -> tuple[Manifest, UpperTier]:
+    manifest, model = _load_roles(directory, [f"edge-{edge}"])
+    return manifest, model.edges[edge]
+
+
+def load_cloud(directory: Path | str) -> tuple[Manifest, UpperTier]:
+    manifest, model = _load_roles(directory, ["cloud"])
+    if model.cloud is None:
+        raise ModelFileError(f"the deployment in {directory} has no cloud tier")
+    return manifest, model.cloud
+
+
+def load_exported_model(directory: Path | str) -> tuple[DDNN, DDNNConfig, Manifest]:
+    """The whole model assembled from every artifact: offline evaluation of exactly what
+    the live services run."""
+    manifest = read_manifest(directory)
+    manifest, model = _load_roles(directory, list(manifest.artifacts))
+    return model, manifest.ddnn_config(), manifest

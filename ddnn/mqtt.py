@@ -1,0 +1,497 @@
+"""The MQTT client every live service uses: a thin, thread-safe wrapper around paho-mqtt 2.x.
+
+Why a wrapper: paho's defaults are wrong for this system in ways that only show under load or
+faults (see `shared/notes/mqtt.md`). This module fixes them once:
+
+- The network loop runs in paho's own thread (`loop_start`) and reconnects by itself
+  (`connect_async`, 0.1 to 2 s back-off), so a service started before its broker, or one whose
+  broker restarts, carries on. Every subscription is made again on each (re)connect.
+- Callbacks do no work: an incoming message is put on a `queue.Queue` as `(topic, payload)`
+  and the caller's main loop drains it with `get(timeout)`. An exception in a callback cannot
+  kill the network thread (`suppress_exceptions`).
+- TCP_NODELAY is set on the socket (Nagle adds ~40 ms to small messages), the keepalive is
+  short (5 s) so that a dead device's last will fires within seconds, and the queue of
+  outgoing QoS 1 messages kept while disconnected is bounded.
+
+Protocol version. The client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
+is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
+3.1.1. Callers choose it explicitly, there is no guessing: `ddnn.broker.start_broker` returns a
+`RunningBroker` whose `.protocol` says which version its clients must use and whose
+`.settings()` carries it; for an external broker it is part of the broker settings
+(`protocol: "3.1.1"`). A broker that rejects the version shows up as a failed connection
+whose message (from `connect_or_fail`) says so.
+
+Last will. The broker publishes a client's will only when the connection is lost uncleanly
+(a killed process, a dead network, a missed keepalive). `MqttClient.close()` disconnects
+cleanly, which does *not* fire the will: a service that stops on purpose publishes its own
+"offline" status (same topic, retained) before it calls `close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ddnn.errors import ConfigError, DDNNError
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["5", "3.1.1"]
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+_PAHO_PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
+
+
+class BrokerAddress(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
+    8883). Anything else is a `ConfigError` that names the URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"broker URL {url!r} is not valid: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ConfigError(
+            f"broker URL {url!r} must start with mqtt:// or mqtts:// (got scheme {parts.scheme!r})"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} has no host (expected {scheme}://HOST[:PORT])")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"broker URL {url!r} must be {scheme}://HOST[:PORT], nothing after it")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"broker URL {url!r}: give credentials as username/password settings, not in the URL"
+        )
+    if port == 0:
+        raise ConfigError(f"broker URL {url!r}: port 0 is not a port a broker listens on")
+    return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
+
+
+def format_broker_url(host: str, port: int, tls: bool = False) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"
+
+
+class BrokerSettings(BaseModel):
+    """Where the broker is and how to talk to it. TLS is on exactly when the URL is mqtts://;
+    the tls_* files are then the CA bundle to trust (system CAs when unset) and an optional
+    client certificate and key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_insecure: bool = Field(
+        False, description="skip the server host name check (self-signed test brokers only)"
+    )
+    keepalive: int = Field(
+        5, ge=1, le=65535, description="seconds; a lost client's will fires after 1.5x this"
+    )
+    protocol: Protocol = Field("5", description="MQTT version: 5, or 3.1.1 for brokers without 5")
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        try:
+            parse_broker_url(url)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None  # pydantic turns ValueError into its own error
+        return url
+
+    @classmethod
+    def from_url(cls, url: str, **fields: object) -> BrokerSettings:
+        """Settings for a URL; a bad URL is a `ConfigError` naming it."""
+        parse_broker_url(url)
+        return cls(url=url, **fields)
+
+    @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.url)
+
+    @property
+    def host(self) -> str:
+        return self.address.host
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+    @property
+    def tls(self) -> bool:
+        return self.address.tls
+
+
+def as_settings(settings_or_url: BrokerSettings | str) -> BrokerSettings:
+    if isinstance(settings_or_url, BrokerSettings):
+        return settings_or_url
+    return BrokerSettings.from_url(settings_or_url)
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for a client whose connection is lost uncleanly."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+Message = tuple[str, bytes]
+_TRANSIENT_REFUSALS = {
+    "Server unavailable",
+    "Server busy",
+    "Quota exceeded",
+    "Connection rate exceeded",
+    "Use another server",
+    "Server moved",
+}
+
+
+class MqttClient:
+    """One MQTT connection. Thread-safe: publish and subscribe from any thread; incoming
+    messages wait in a queue for `get()`.
+
+    `publish` never blocks. QoS 0 while disconnected is dropped and QoS 1 is queued (at most
+    `max_queued` messages, then dropped); either way `publish` returns False and
+    `publish_failures` counts it, so that callers can report it instead of losing it silently.
+    QoS 1 is at-least-once: receivers must tolerate duplicates. A message on a topic that
+    none of this client's filters matches is dropped and counted in `unsolicited` (amqtt 0.12
+    sends such messages).
+    """
+
+    def __init__(
+        self,
+        settings: BrokerSettings | str,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        protocol: Protocol | None = None,
+        max_queued: int = 10_000,
+    ) -> None:
+        self.settings = as_settings(settings)
+        self.client_id = client_id
+        self.protocol: Protocol = protocol or self.settings.protocol
+        if self.protocol not in _PAHO_PROTOCOLS:
+            raise ConfigError(f"MQTT protocol must be 5 or 3.1.1, got {self.protocol!r}")
+        self._address = self.settings.address
+        self.publish_failures = 0
+        self.last_error: str | None = None
+        self.refused_for_good = False  # a refusal that retrying will not change
+        self._ever_connected = False
+        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._lock = threading.Lock()
+        self._filters: dict[str, int] = {}
+        self._match: tuple[str, ...] = ()  # the filters as topics match them; swapped whole
+        self.unsolicited = 0
+        self._unacked: deque[paho.MQTTMessageInfo] = deque()  # QoS 1 sent, no PUBACK yet
+        self._connected = threading.Event()
+        self._started = False
+        self._closed = False
+
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=_PAHO_PROTOCOLS[self.protocol],
+            reconnect_on_failure=True,
+        )
+        client.suppress_exceptions = True
+        client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
+        client.max_queued_messages_set(max_queued)
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self.settings.password)
+        self._configure_tls(client)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
+        self._unsubscribe_acks: set[int] = set()
+        self._client = client
+
+    def _configure_tls(self, client: paho.Client) -> None:
+        s = self.settings
+        files = {"tls_ca": s.tls_ca, "tls_cert": s.tls_cert, "tls_key": s.tls_key}
+        if not self._address.tls:
+            given = [name for name, path in files.items() if path is not None]
+            if given or s.tls_insecure:
+                raise ConfigError(
+                    f"broker URL {s.url!r} is plain mqtt:// but TLS settings are given "
+                    f"({', '.join(given) or 'tls_insecure'}): use mqtts://"
+                )
+            return
+        for name, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name} file {path} does not exist")
+        try:
+            client.tls_set(
+                ca_certs=str(s.tls_ca) if s.tls_ca else None,
+                certfile=str(s.tls_cert) if s.tls_cert else None,
+                keyfile=str(s.tls_key) if s.tls_key else None,
+            )
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise ConfigError(f"TLS settings for {s.url}: {e}") from None
+        if s.tls_insecure:
+            client.tls_insecure_set(True)
+
+    # ------------------------------------------------------------------ paho callbacks
+    # These run in paho's network thread: they only record state and hand messages on.
+
+    def _on_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"the broker refused the connection: {reason_code}"
+            self.refused_for_good = str(reason_code) not in _TRANSIENT_REFUSALS
+            log.warning("MQTT %s: %s", self.settings.url, self.last_error)
+            return
+        try:
+            sock = client.socket()
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # the socket already closed; the reconnect sets it again
+        with self._lock:
+            self.last_error = None
+            self._ever_connected = True
+            self._connected.set()
+            filters = list(self._filters.items())
+        if filters:
+            client.subscribe(filters)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._lock:
+            self._connected.clear()
+        if self._closed:
+            return
+        if self.last_error is None or not self.last_error.startswith("the broker refused"):
+            if self._ever_connected:
+                self.last_error = f"connection lost: {reason_code}"
+            else:
+                self.last_error = (
+                    f"the connection closed before the broker answered ({reason_code})"
+                )
+        log.info("MQTT %s: disconnected (%s); reconnecting", self.settings.url, reason_code)
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._unsubscribe_acks.add(mid)
+
+    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        # Only what this client subscribed to: some brokers (amqtt 0.12) also send a new
+        # client retained messages of other clients' subscriptions.
+        if not any(paho.topic_matches_sub(f, topic) for f in self._match):
+            self.unsolicited += 1
+            return
+        self._inbox.put((topic, bytes(message.payload)))
+
+    # ------------------------------------------------------------------------- API
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> MqttClient:
+        """Begin connecting in the background (retrying until `close()`); returns at once."""
+        if self._closed:
+            raise DDNNError(f"MQTT client {self.client_id!r} is closed")
+        if not self._started:
+            self._started = True
+            host, port, _ = self._address
+            self._client.connect_async(host, port, keepalive=self.settings.keepalive)
+            self._client.loop_start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected, and again after every reconnect."""
+        with self._lock:
+            self._filters[topic_filter] = qos
+            self._match = tuple(_matchable(f) for f in self._filters)
+            now = self._connected.is_set()
+        if now:
+            self._client.subscribe(topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._filters.pop(topic_filter, None)
+            self._match = tuple(_matchable(f) for f in self._filters)
+            now = self._connected.is_set()
+        if now:
+            self._client.unsubscribe(topic_filter)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Send (QoS 0) or queue (QoS 1) a message; False when it was dropped."""
+        if qos not in (0, 1):
+            raise ValueError(f"qos must be 0 or 1, got {qos}")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.publish_failures += 1
+            return False
+        if qos == 1:
+            with self._lock:
+                self._unacked.append(info)
+                while self._unacked and self._unacked[0].is_published():
+                    self._unacked.popleft()
+        return True
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """The next `(topic, payload)`, waiting up to `timeout` seconds (forever if None);
+        None when nothing came."""
+        try:
+            if timeout is not None and timeout <= 0:
+                return self._inbox.get_nowait()
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def pending(self) -> int:
+        """How many received messages wait in the queue."""
+        return self._inbox.qsize()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Disconnect cleanly and stop the network thread. Idempotent.
+
+        A clean disconnect does not fire the last will: publish your own offline status
+        first. Before the DISCONNECT, and within `timeout` seconds in all, the client
+        unsubscribes everything and waits for the broker's acknowledgements of it and of the
+        QoS 1 messages already published: paho closes the socket right after writing the
+        DISCONNECT, a socket closed with unread data in it is reset, and a broker that sees
+        the reset before the DISCONNECT fires the will after all (mosquitto did, for more
+        than half of the clean closes right after a QoS 1 publish, without this).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            return
+        deadline = time.monotonic() + timeout
+        if self._connected.is_set():
+            self._quiesce(deadline)
+            while self._connected.is_set() and time.monotonic() < deadline:
+                with self._lock:
+                    while self._unacked and self._unacked[0].is_published():
+                        self._unacked.popleft()
+                    if not self._unacked:
+                        break
+                time.sleep(0.005)
+            self._client.disconnect()
+            while self._connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.005)
+        else:
+            self._client.disconnect()
+        self._client.loop_stop()
+
+    def _quiesce(self, deadline: float) -> None:
+        """Stop the broker sending us anything, so that nothing is left unread when paho
+        closes the socket: unsubscribe everything and wait for the broker's answer (messages
+        sent before it arrive before it)."""
+        with self._lock:
+            filters = list(self._filters)
+        if not filters:
+            return
+        rc, mid = self._client.unsubscribe(filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        while mid not in self._unsubscribe_acks and time.monotonic() < deadline:
+            if not self._connected.is_set():
+                return
+            time.sleep(0.002)
+
+    def __enter__(self) -> MqttClient:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _matchable(topic_filter: str) -> str:
+    """The filter that topics of a shared subscription `$share/GROUP/FILTER` match."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else topic_filter
+    return topic_filter
+
+
+def _diagnose(settings: BrokerSettings) -> str:
+    """Why a connection may have failed, from a plain TCP connect and, for mqtts://, a TLS
+    handshake made as the client makes it (paho keeps such errors to itself)."""
+    host, port, tls = settings.address
+    try:
+        sock = socket.create_connection((host, port), timeout=2.0)
+    except OSError as e:
+        return f"TCP connect failed: {e.strerror or e}"
+    with sock:
+        if not tls:
+            return "the port accepts TCP connections but no MQTT session was established"
+        try:
+            context = ssl.create_default_context(
+                cafile=str(settings.tls_ca) if settings.tls_ca else None
+            )
+            if settings.tls_cert:
+                context.load_cert_chain(
+                    str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None
+                )
+            if settings.tls_insecure:
+                context.check_hostname = False
+            with context.wrap_socket(sock, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as e:
+            return f"TLS handshake failed: {e.verify_message} (tls_ca is the CA to trust)"
+        except (OSError, ValueError) as e:
+            return f"TLS handshake failed: {e}"
+        return "TCP and TLS work but no MQTT session was established"
+
+
+def connect_or_fail(client: MqttClient, timeout: float = 10.0) -> MqttClient:
+    """Start `client` and wait until it is connected; on timeout close it and raise a
+    `DDNNError` that names the broker URL and what went wrong. A refusal that retrying
+    cannot change (a wrong protocol version, bad credentials) fails at once."""
+    client.start()
+    deadline = time.monotonic() + timeout
+    while not client.wait_connected(min(0.05, max(0.0, deadline - time.monotonic()))):
+        if client.refused_for_good or time.monotonic() >= deadline:
+            break
+    else:
+        return client
+    reason = client.last_error
+    client.close()
+    host, port, tls = client.settings.address
+    if reason is None:
+        reason = _diagnose(client.settings)
+    hint = ""
+    if client.protocol == "5" and "protocol version" in reason.lower():
+        hint = " (this broker speaks only MQTT 3.1.1, as the embedded one does: set protocol 3.1.1)"
+    elif not tls and "before the broker answered" in reason:
+        hint = " (a TLS port? then use mqtts://)"
+    raise DDNNError(
+        f"cannot connect to MQTT broker {client.url} within {timeout:g} s: {reason}{hint}"
+    )

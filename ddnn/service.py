@@ -1,0 +1,128 @@
+"""What every live DDNN process shares: connection, liveness, the message loop, counters.
+
+A service subclass names its role, the topics it listens to, and how it handles one
+validated message; this base connects to the broker (retrying until it is up), announces
+the role with a retained `online` status and an MQTT last will saying `offline`, runs one
+loop that takes messages off the client's queue (paho's callbacks never do work), calls
+`poll()` for deadlines, and stops cleanly on SIGINT/SIGTERM with a final `offline` status.
+
+Bad input never stops a service: a payload that fails validation, or a message that does not
+fit the deployment, is counted under its reason and logged (the first few of each reason at
+warning level, the rest at debug level, so a flood cannot flood the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from types import FrameType
+
+from ddnn.errors import DDNNError
+from ddnn.export import Manifest
+from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
+from ddnn.wire import Message, Status, Topics, WireError, decode, encode
+
+log = logging.getLogger("ddnn")
+LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
+
+
+class Rejected(DDNNError):
+    """A well-formed message that this service cannot use (unknown device, wrong shape)."""
+
+
+class Service:
+    role: str
+
+    def __init__(self, manifest: Manifest, broker: BrokerSettings, deployment: str) -> None:
+        self.manifest = manifest
+        self.topics = Topics(deployment, manifest.model_version)
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.stopping = threading.Event()
+        self.log = logging.getLogger(f"ddnn.{self.role}")
+        offline = encode(Status(role=self.role, state="offline", t=time.time()))
+        self.client = MqttClient(
+            broker,
+            client_id=f"ddnn-{deployment}-{self.role}-{os.getpid()}",
+            will=Will(self.topics.status(self.role), offline),
+        )
+
+    # -- what subclasses provide -------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        raise NotImplementedError
+
+    def handle(self, topic: str, message: Message, size: int) -> None:
+        """One validated message; raise Rejected for one that does not fit."""
+        raise NotImplementedError
+
+    def poll(self, now: float) -> float | None:
+        """Act on deadlines; return when to be called next (None: no deadline pending)."""
+        return None
+
+    # -- the loop ------------------------------------------------------------------------
+    def publish(self, topic: str, message: Message, qos: int = 1, retain: bool = False) -> int:
+        payload = encode(message)
+        if not self.client.publish(topic, payload, qos=qos, retain=retain):
+            self.counters["publish_failed"] += 1
+        return len(payload)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        level = logging.WARNING if self.rejected[reason] <= LOUD_REPEATS else logging.DEBUG
+        self.log.log(level, "rejected a message: %s (%d so far)", reason, self.rejected[reason])
+
+    def run(self, connect_timeout: float = 30.0) -> None:
+        """Serve until SIGINT/SIGTERM (or `stop()`)."""
+        self._install_signal_handlers()
+        self.client.start()
+        for topic in self.subscriptions():
+            self.client.subscribe(topic, qos=1)
+        try:
+            connect_or_fail(self.client, timeout=connect_timeout)
+            self.publish(self.topics.status(self.role), self._status("online"), retain=True)
+            self.log.info("online at %s under %s", self.client.url, self.topics.root)
+            self._loop()
+        finally:
+            self.publish(self.topics.status(self.role), self._status("offline"), retain=True)
+            self.client.close()
+            self.log.info("%s stopped; %s", self.role, self.summary())
+
+    def _loop(self) -> None:
+        wake: float | None = None
+        while not self.stopping.is_set():
+            timeout = 0.5 if wake is None else min(0.5, max(0.0, wake - time.monotonic()))
+            item = self.client.get(timeout=timeout)
+            if item is not None:
+                topic, payload = item
+                self.counters["received"] += 1
+                try:
+                    self.handle(topic, decode(payload), len(payload))
+                except (WireError, Rejected) as e:
+                    self.reject(str(e))
+            wake = self.poll(time.monotonic())
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def summary(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.counters.items())]
+        if self.rejected:
+            parts.append(f"rejected={sum(self.rejected.values())}")
+        return " ".join(parts) or "no messages"
+
+    def _status(self, state: str) -> Status:
+        return Status(role=self.role, state=state, t=time.time())  # type: ignore[arg-type]
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)

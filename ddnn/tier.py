@@ -1,0 +1,151 @@
+"""An upper tier as a live service: the machinery an edge and the cloud share.
+
+When the aggregator asks a set of sources to send their feature maps to this tier, the tier
+expects the ones that are its inputs (an edge: the devices of its group; the cloud: every
+device, or every edge), collects their maps until all arrived or its deadline passed, fuses
+what arrived (missing inputs as in training: masked for MP/AP, zero slots for CC), runs its
+layers and publishes its class scores with the bytes it received per source. An edge also
+keeps its own feature map for the cloud and sends it when asked; the cloud's scores are the
+last exit's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ddnn.export import Manifest
+from ddnn.model import UpperTier
+from ddnn.mqtt import BrokerSettings
+from ddnn.packing import pack_scores
+from ddnn.service import Rejected, Service
+from ddnn.wire import Features, Message, Offload, Scores
+
+KEEP_MAX = 1024  # feature maps kept at most, per pending or sent-up store
+
+
+@dataclass
+class Collecting:
+    expected: set[str] | None  # None until the offload request names the inputs
+    deadline: float  # monotonic
+    t0: float
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+
+
+class TierService(Service):
+    """`inputs`: the roles feeding this tier, in the order of the module's input slots."""
+
+    def __init__(
+        self,
+        role: str,
+        manifest: Manifest,
+        module: UpperTier,
+        inputs: list[str],
+        input_shape: tuple[int, int, int],
+        broker: BrokerSettings,
+        deployment: str,
+        *,
+        output_kind: str = "binary",
+        deadline: float = 1.0,
+        keep_seconds: float = 10.0,
+    ) -> None:
+        self.role = role
+        super().__init__(manifest, broker, deployment)
+        self.module = module
+        self.inputs = inputs
+        self.slot = {r: i for i, r in enumerate(inputs)}
+        self.input_shape = input_shape
+        self.tier = "cloud" if role == "cloud" else "edge"
+        self.deadline = deadline
+        self.keep_seconds = keep_seconds
+        self.output_kind = output_kind
+        self.collecting: OrderedDict[int, Collecting] = OrderedDict()
+        self.done: OrderedDict[int, None] = OrderedDict()  # to drop late feature maps
+        self.kept: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+
+    def subscriptions(self) -> list[str]:
+        return [self.topics.offload] + [self.topics.features(r) for r in self.inputs]
+
+    def handle(self, topic: str, message: Message, size: int) -> None:
+        if isinstance(message, Offload):
+            if message.to == self.tier and message.sample not in self.done:
+                mine = {s for s in message.sources if s in self.slot}
+                if mine:
+                    self._collecting(message.sample).expected = mine
+                    self._maybe_run(message.sample)
+            if self.tier == "edge" and self.role in message.sources:
+                self._send_up(message.sample)
+            return
+        if not isinstance(message, Features):
+            raise Rejected(f"a {message.kind} message on {topic}")
+        if message.source not in self.slot:
+            raise Rejected(f"features from {message.source}, not an input of {self.role}")
+        if message.sample in self.done:
+            self.counters["late"] += 1
+            return
+        c = self._collecting(message.sample)
+        c.maps[message.source] = message.array(self.input_shape)
+        c.received[message.source] = len(message.data)
+        self._maybe_run(message.sample)
+
+    def _collecting(self, sample: int) -> Collecting:
+        if sample not in self.collecting:
+            now = time.monotonic()
+            self.collecting[sample] = Collecting(None, now + self.deadline, time.time())
+            while len(self.collecting) > KEEP_MAX:
+                self.collecting.popitem(last=False)
+                self.counters["dropped"] += 1
+        return self.collecting[sample]
+
+    def _maybe_run(self, sample: int) -> None:
+        c = self.collecting[sample]
+        if c.expected is not None and c.expected <= set(c.maps):
+            self._run(sample)
+
+    def _run(self, sample: int) -> None:
+        c = self.collecting.pop(sample)
+        self.done[sample] = None
+        while len(self.done) > KEEP_MAX:
+            self.done.popitem(last=False)
+        if not c.maps:
+            self.counters["nothing_arrived"] += 1
+            return
+        x = np.zeros((1, len(self.inputs), *self.input_shape), dtype=np.float32)
+        present = np.zeros((1, len(self.inputs)), dtype=bool)
+        for source, fmap in c.maps.items():
+            x[0, self.slot[source]], present[0, self.slot[source]] = fmap, True
+        with torch.no_grad():
+            scores, own = self.module(torch.from_numpy(x), torch.from_numpy(present))
+        if self.tier == "edge":
+            self.kept[sample] = (time.monotonic(), own[0].numpy())
+            while len(self.kept) > KEEP_MAX:
+                self.kept.popitem(last=False)
+        message = Scores(
+            sample=sample,
+            source=self.role,
+            scores=pack_scores(scores[0].numpy()),
+            t0=c.t0,
+            received=c.received,
+        )
+        self.publish(self.topics.scores(self.role), message)
+        self.counters["samples"] += 1
+
+    def _send_up(self, sample: int) -> None:
+        kept = self.kept.pop(sample, None)
+        if kept is None:
+            self.counters["features_expired"] += 1
+            return
+        message = Features.of(sample, self.role, kept[1], self.output_kind)
+        self.publish(self.topics.features(self.role), message)
+
+    def poll(self, now: float) -> float | None:
+        for sample in [s for s, c in self.collecting.items() if c.deadline <= now]:
+            self._run(sample)
+        while self.kept and now - next(iter(self.kept.values()))[0] > self.keep_seconds:
+            self.kept.popitem(last=False)
+        return min((c.deadline for c in self.collecting.values()), default=None)

@@ -1,0 +1,216 @@
+"""The wire protocol of a live DDNN: topics and validated msgpack messages.
+
+Topics live under `ddnn/<deployment>/<model version>/`, so many deployments and model
+versions share one broker without seeing each other's traffic:
+
+    status/<role>        retained "online"/"offline" (a device's MQTT last will says offline)
+    tick                 trigger: every device captures frame `sample` now (replay, lockstep)
+    scores/<role>        class scores of a device, an edge or the cloud, for one sample
+    offload              the aggregator asks `sources` to send their feature maps `to` a tier
+    features/<role>      a device's or an edge's feature map, bit-packed when binary
+    decisions            exactly one decision (or undecided) per sample
+
+Every payload is a msgpack map with the schema version `v` and a `kind`, validated by a
+pydantic model before use: wrong version, types, shapes, sizes or non-finite numbers raise
+`WireError` with the reason, which services count and log and never die of. The sample
+(frame) id is every message's correlation id. Arrays travel as raw little-endian bytes
+(`ddnn.packing`), so payload lengths are the bytes that evaluation counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import msgpack
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ddnn.errors import DDNNError
+from ddnn.packing import pack_features, unpack_bits
+
+SCHEMA = 1
+MAX_PAYLOAD = 1 << 20  # no DDNN message comes near 1 MiB: a bigger one is refused unread
+Role = Annotated[str, Field(pattern=r"^(device|edge)-\d{1,4}$|^cloud$|^aggregator$|^demo$")]
+Sample = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+class WireError(DDNNError):
+    """A payload that is not a valid message of the expected kind."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    v: Literal[1] = SCHEMA
+
+
+class Status(_Message):
+    kind: Literal["status"] = "status"
+    role: Role
+    state: Literal["online", "offline"]
+    t: float
+
+
+class Tick(_Message):
+    kind: Literal["tick"] = "tick"
+    sample: Sample
+    t: float
+
+
+class Scores(_Message):
+    """Class scores (float32 little-endian) from `source` for `sample`. `t0` is when the
+    sample's frame was captured; `received` maps the inputs an upper tier fused to the
+    payload bytes it got from each."""
+
+    kind: Literal["scores"] = "scores"
+    sample: Sample
+    source: Role
+    scores: bytes = Field(max_length=4 * 4096)
+    t0: float
+    received: dict[Role, int] = {}
+
+    @field_validator("scores")
+    @classmethod
+    def _finite(cls, v: bytes) -> bytes:
+        if len(v) % 4:
+            raise ValueError(f"scores hold {len(v)} bytes, not a whole number of float32")
+        if not np.isfinite(np.frombuffer(v, dtype="<f4")).all():
+            raise ValueError("scores hold a NaN or infinite value")
+        return v
+
+    def values(self) -> np.ndarray:
+        return np.frombuffer(self.scores, dtype="<f4").copy()
+
+
+class Offload(_Message):
+    kind: Literal["offload"] = "offload"
+    sample: Sample
+    sources: list[Role] = Field(max_length=4096)
+    to: Literal["edge", "cloud"]
+
+
+ENCODINGS = {"binary": "bits", "pixels": "u8", "float": "f32"}
+
+
+class Features(_Message):
+    """A feature map: `encoding` bits (1 per +-1 activation), u8 (raw pixels) or f32."""
+
+    kind: Literal["features"] = "features"
+    sample: Sample
+    source: Role
+    encoding: Literal["bits", "u8", "f32"]
+    shape: list[Annotated[int, Field(ge=1, le=65536)]] = Field(min_length=1, max_length=4)
+    data: bytes
+
+    @classmethod
+    def of(cls, sample: int, source: str, features: np.ndarray, kind: str) -> Features:
+        """The message for a feature map of `kind` (binary, pixels or float; ddnn.packing)."""
+        return cls(
+            sample=sample,
+            source=source,
+            encoding=ENCODINGS[kind],
+            shape=list(features.shape),
+            data=pack_features(features, kind),
+        )
+
+    def array(self, expected_shape: tuple[int, ...]) -> np.ndarray:
+        """The map as float32 of `expected_shape`; raises WireError on any mismatch."""
+        if tuple(self.shape) != tuple(expected_shape):
+            raise WireError(
+                f"features of {self.source} have shape {self.shape}, "
+                f"expected {list(expected_shape)}"
+            )
+        n = math.prod(expected_shape)
+        if self.encoding == "bits":
+            try:
+                return unpack_bits(self.data, expected_shape)
+            except ValueError as e:
+                raise WireError(str(e)) from None
+        dtype = np.uint8 if self.encoding == "u8" else np.dtype("<f4")
+        if len(self.data) != n * np.dtype(dtype).itemsize:
+            raise WireError(
+                f"features of {self.source} hold {len(self.data)} bytes, expected "
+                f"{n * np.dtype(dtype).itemsize}"
+            )
+        out = np.frombuffer(self.data, dtype=dtype).astype(np.float32).reshape(expected_shape)
+        if not np.isfinite(out).all():
+            raise WireError(f"features of {self.source} hold a NaN or infinite value")
+        return out
+
+
+class Decision(_Message):
+    """The one message that ends a sample. `decided` is False (with `reason`) when no tier
+    could classify it; `degraded` is True when an upper tier failed to answer in time and
+    a lower tier's answer stands."""
+
+    kind: Literal["decision"] = "decision"
+    sample: Sample
+    decided: bool
+    class_index: int | None = None
+    class_name: str | None = None
+    exit: Literal["local", "edge", "cloud"] | None = None
+    entropy: float | None = None
+    devices: list[int] = []
+    bytes: dict[str, int] = {}
+    latency_ms: float | None = None
+    degraded: bool = False
+    reason: str | None = None
+
+
+Message = Status | Tick | Scores | Offload | Features | Decision
+KINDS: dict[str, type[_Message]] = {
+    m.model_fields["kind"].default: m for m in (Status, Tick, Scores, Offload, Features, Decision)
+}
+
+
+def encode(message: _Message) -> bytes:
+    return msgpack.packb(message.model_dump(), use_bin_type=True)
+
+
+def decode(payload: bytes, *expected: type[_Message]) -> Message:
+    """Parse and validate one payload; `expected` restricts the kinds accepted."""
+    if len(payload) > MAX_PAYLOAD:
+        raise WireError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    try:
+        raw: Any = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise WireError(f"not msgpack: {type(e).__name__}") from None
+    if not isinstance(raw, dict):
+        raise WireError(f"a message is a msgpack map, got {type(raw).__name__}")
+    if raw.get("v") != SCHEMA:
+        raise WireError(f"schema version {raw.get('v')!r} is not the supported {SCHEMA}")
+    cls = KINDS.get(raw.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise WireError(f"unknown message kind {raw.get('kind')!r}")
+    if expected and cls not in expected:
+        raise WireError(f"a {cls.__name__} message where {[e.__name__ for e in expected]} belong")
+    try:
+        return cls.model_validate(raw)  # type: ignore[return-value]
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise WireError(f"bad {raw['kind']} message: {where}: {err['msg']}") from None
+
+
+class Topics:
+    """Topic names of one deployment and model version."""
+
+    def __init__(self, deployment: str, model_version: str) -> None:
+        for name, value in (("deployment", deployment), ("model version", model_version)):
+            if not value or any(c in value for c in "/+#") or not value.isprintable():
+                raise DDNNError(f"{name} {value!r} cannot be part of an MQTT topic")
+        self.root = f"ddnn/{deployment}/{model_version}"
+        self.tick = f"{self.root}/tick"
+        self.offload = f"{self.root}/offload"
+        self.decisions = f"{self.root}/decisions"
+        self.all_scores = f"{self.root}/scores/+"
+        self.all_status = f"{self.root}/status/+"
+
+    def status(self, role: str) -> str:
+        return f"{self.root}/status/{role}"
+
+    def scores(self, role: str) -> str:
+        return f"{self.root}/scores/{role}"
+
+    def features(self, role: str) -> str:
+        return f"{self.root}/features/{role}"

@@ -1,0 +1,1 @@
+"""The end-device service: frame sources, the device slice, scores and offloaded features."""

@@ -1,0 +1,83 @@
+"""`ddnn device`: the command that starts one end device."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ddnn.service_cli import (
+    DEFAULT_BROKER,
+    Artifacts,
+    Broker,
+    Deployment,
+    LogLevel,
+    MqttVersion,
+    Password,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Username,
+    broker_settings,
+    setup_logging,
+)
+
+
+def device(
+    artifacts: Artifacts,
+    device_id: Annotated[int, typer.Option("--id", min=0, help="which device of the model")],
+    source: Annotated[
+        str,
+        typer.Option(
+            help="frames: synth | mvmc:PATH | tiles:PATH (replay of the model's test part), "
+            "camera:N, a video file, an rtsp:// URL or an image folder"
+        ),
+    ] = "synth",
+    clock: Annotated[
+        str, typer.Option(help="tick: capture on tick messages (lockstep); wall: free-run at --fps")
+    ] = "tick",
+    fps: Annotated[float, typer.Option(min=0.01, help="frame rate of the wall clock")] = 10.0,
+    keep_seconds: Annotated[
+        float, typer.Option(help="how long feature maps wait for an offload request")
+    ] = 10.0,
+    broker: Broker = DEFAULT_BROKER,
+    mqtt: MqttVersion = "5",
+    username: Username = None,
+    password: Password = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    deployment: Deployment = "default",
+    log_level: LogLevel = "info",
+) -> None:
+    """Run one end device: its binarized slice on every frame, class scores to the local
+    aggregator, bit-packed feature maps to the edge or cloud when asked."""
+    from ddnn.errors import DDNNError
+    from devices.runtime import TorchSlice
+    from devices.service import DeviceService
+    from devices.sources import open_source
+
+    setup_logging(log_level)
+    if clock not in ("tick", "wall"):
+        raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
+    settings = broker_settings(broker, mqtt, username, password, tls_ca, tls_cert, tls_key)
+    runtime = TorchSlice(artifacts, device_id)
+    cfg = runtime.manifest.ddnn_config()
+    if device_id >= cfg.model.n_devices:
+        raise DDNNError(f"--id {device_id}: the model has devices 0..{cfg.model.n_devices - 1}")
+    frames = open_source(source, device_id, cfg.model.input_shape, train_config=cfg.train)
+    service = DeviceService(
+        runtime.manifest,
+        device_id,
+        runtime,
+        frames,
+        settings,
+        deployment,
+        clock=clock,
+        fps=fps,
+        keep_seconds=keep_seconds,
+    )
+    try:
+        service.run()
+    finally:
+        frames.close()

@@ -1,0 +1,159 @@
+"""The live system: real broker, real service processes, compared with offline evaluation.
+
+Parity is the invariant the design holds the system to: for the same exported model, inputs
+and thresholds, every live decision (class and exit tier) equals `ddnn eval`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddnn.broker import start_broker
+from ddnn.mqtt import MqttClient, connect_or_fail
+from ddnn.wire import Decision, Status, Tick, Topics, decode, encode
+from tests.test_cli import ddnn, ddnn_json
+
+EDGE = "model.edge={groups: [[0,1,2],[3,4,5]]}"
+
+
+def tiny_model(tmp: Path, name: str, fractions: str, *extra: str) -> Path:
+    """A model trained briefly on the default synthetic set, with thresholds set so that a
+    real share of samples leaves at every exit (parity must cover every path)."""
+    model = tmp / f"{name}.pt"
+    ddnn_json("train", "--out", str(model), "--epochs", "3", *extra, timeout=600)
+    ddnn_json("calibrate", "--model", str(model), "--exit-fraction", fractions)
+    return model
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def live_and_offline(tmp: Path, model: Path, samples: int) -> tuple[dict, list, list]:
+    live_file, offline_file = tmp / "live.jsonl", tmp / "offline.jsonl"
+    report = ddnn_json(
+        "demo", "--model", str(model), "--samples", str(samples),
+        "--decisions", str(live_file), timeout=600,
+    )  # fmt: skip
+    artifacts = tmp / "artifacts"
+    exported = ddnn_json("export", "--model", str(model), "--out", str(artifacts))
+    assert exported["model_version"] == report["model_version"]
+    ddnn_json("eval", "--model", str(artifacts), "--decisions", str(offline_file))
+    return report, read_lines(live_file), read_lines(offline_file)
+
+
+def assert_parity(report: dict, live: list[dict], offline: list[dict], samples: int) -> None:
+    assert report["decided"] == samples and report["missing"] == 0
+    assert report["anomalies"] == {} and report["degraded"] == 0
+    assert [d["sample"] for d in live] == list(range(samples))  # exactly one each
+    expected = [offline[k % len(offline)] for k in range(samples)]
+    got = [(d["class_index"], d["exit"]) for d in live]
+    want = [(d["class_index"], d["exit"]) for d in expected]
+    assert got == want
+    exits = {d["exit"] for d in live}
+    assert len(exits) >= 2, f"thresholds left only {exits}: parity would not cover escalation"
+    offline_bytes = np.mean([d["device_bytes"] for d in expected])
+    assert report["bytes_per_device"] == pytest.approx(offline_bytes, abs=0.01)
+    assert report["clean_exits"]
+
+
+def test_live_decisions_equal_offline_evaluation(tmp_path):
+    model = tiny_model(tmp_path, "c", "0.5")
+    report, live, offline = live_and_offline(tmp_path, model, 500)
+    assert len(offline) == 400
+    assert_parity(report, live, offline, 500)
+    assert set(report["latency_ms"]) == {"local", "cloud"}
+    assert report["throughput"] > 0
+    assert report["broker"]["ceiling_messages_per_second"] > 0
+
+
+def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path):
+    model = tiny_model(tmp_path, "e", "local=0.4,edge=0.3", "--set", EDGE)
+    report, live, offline = live_and_offline(tmp_path, model, 200)
+    assert_parity(report, live, offline, 200)
+    assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
+
+
+def test_demo_through_the_embedded_broker(tmp_path):
+    model = tiny_model(tmp_path, "c", "0.5")
+    with start_broker(kind="embedded") as broker:
+        report = ddnn_json(
+            "demo", "--model", str(model), "--samples", "40", "--devices", "4",
+            "--broker", broker.url, "--mqtt", broker.protocol, timeout=600,
+        )  # fmt: skip
+    assert report["decided"] == 40 and report["broker"]["kind"] == "external"
+    assert report["devices"] == 4
+
+
+@pytest.fixture
+def aggregator_alone(tmp_path):
+    """A broker and an aggregator process, with no device: what it does with bad input and
+    with samples nobody answers."""
+    model = tiny_model(tmp_path, "c", "0.5")
+    artifacts = tmp_path / "artifacts"
+    manifest = ddnn_json("export", "--model", str(model), "--out", str(artifacts))
+    with start_broker() as broker:
+        log = (tmp_path / "aggregator.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ddnn", "aggregator", "--artifacts", str(artifacts),
+             "--broker", broker.url, "--mqtt", broker.protocol, "--deployment", "t",
+             "--score-deadline", "0.2"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = connect_or_fail(MqttClient(broker.settings(), "test-client").start())
+        topics = Topics("t", manifest["model_version"])
+        client.subscribe(topics.decisions)
+        client.subscribe(topics.status("aggregator"))
+        try:
+            yield client, topics, proc, tmp_path / "aggregator.log"
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0  # clean shutdown on SIGTERM
+            client.close()
+
+
+def next_message(client: MqttClient, kind: type, timeout: float = 10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        item = client.get(timeout=0.2)
+        if item is not None and isinstance(m := decode(item[1]), kind):
+            return m
+    raise AssertionError(f"no {kind.__name__} within {timeout} s")
+
+
+def test_bad_payloads_are_counted_and_a_sample_nobody_answers_is_undecided(aggregator_alone):
+    client, topics, proc, log = aggregator_alone
+    assert next_message(client, Status).state == "online"
+    for payload in (b"\xc1not msgpack", b"\x93\x01\x02\x03", b"\x81\xa1v\x07"):
+        client.publish(topics.scores("device-0"), payload, qos=1)
+    client.publish(topics.tick, encode(Tick(sample=7, t=time.time())), qos=1)
+    decision = next_message(client, Decision)
+    assert decision.sample == 7 and not decision.decided
+    assert "no device answered" in decision.reason
+    assert proc.poll() is None  # still serving
+    proc.terminate()
+    proc.wait(timeout=10)
+    text = log.read_text()
+    assert "not msgpack" in text and "schema version 7" in text
+    assert "a message is a msgpack map" in text
+
+
+def test_a_corrupt_artifact_is_refused_with_a_clear_error(tmp_path):
+    model = tiny_model(tmp_path, "c", "0.5")
+    artifacts = tmp_path / "artifacts"
+    ddnn_json("export", "--model", str(model), "--out", str(artifacts))
+    blob = bytearray((artifacts / "device-1.npz").read_bytes())
+    blob[-30] ^= 0xFF
+    (artifacts / "device-1.npz").write_bytes(bytes(blob))
+    proc = ddnn("device", "--artifacts", str(artifacts), "--id", "1", check=False)
+    assert proc.returncode == 2
+    assert "does not match its hash" in proc.stderr and "Traceback" not in proc.stderr
+    proc = ddnn("device", "--artifacts", str(tmp_path), "--id", "1", check=False)
+    assert proc.returncode == 2 and "not a `ddnn export` directory" in proc.stderr

@@ -1,0 +1,331 @@
+"""The MQTT plumbing against real brokers: mosquitto (when installed) and the embedded one.
+
+No mocks: each kind of broker is started on a free 127.0.0.1 port, and clients, killed client
+processes and the `ddnn broker` command talk to it. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from pydantic import ValidationError
+
+from ddnn.broker import RunningBroker, broker_ceiling, find_mosquitto, free_port, start_broker
+from ddnn.errors import ConfigError, DDNNError
+from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail, parse_broker_url
+
+KINDS = [
+    pytest.param(
+        "mosquitto",
+        marks=pytest.mark.skipif(find_mosquitto() is None, reason="no mosquitto binary"),
+    ),
+    "embedded",
+]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def broker(request: pytest.FixtureRequest) -> Iterator[RunningBroker]:
+    with start_broker(kind=request.param) as running:
+        yield running
+
+
+def unique(prefix: str) -> str:
+    return f"test/{prefix}/{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def clients() -> Iterator[list[MqttClient]]:
+    made: list[MqttClient] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def connected(broker: RunningBroker, made: list[MqttClient], name: str, **kw) -> MqttClient:
+    client = MqttClient(broker.settings(), f"{name}-{uuid.uuid4().hex[:8]}", **kw)
+    made.append(client)
+    return connect_or_fail(client, timeout=5)
+
+
+def wait_for(client: MqttClient, topic: str, payload: bytes, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        got = client.get(timeout=left)
+        if got == (topic, payload):
+            return True
+    return False
+
+
+def test_kinds_and_protocols(broker: RunningBroker) -> None:
+    assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
+    assert broker.protocol == ("5" if broker.kind == "mosquitto" else "3.1.1")
+    assert broker.running
+
+
+def test_publish_subscribe_roundtrip(broker: RunningBroker, clients: list[MqttClient]) -> None:
+    topic = unique("roundtrip")
+    sub = connected(broker, clients, "sub")
+    pub = connected(broker, clients, "pub")
+    sub.subscribe(f"{topic}/#", qos=1)
+    # the subscription is in place once a message published after it comes back
+    deadline = time.monotonic() + 5
+    while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
+        pub.publish(f"{topic}/probe", b"p")
+        assert time.monotonic() < deadline, "subscription never took effect"
+    while sub.get(0.1) is not None:
+        pass
+    payloads = [bytes([i]) * 100 for i in range(20)]
+    for i, p in enumerate(payloads):
+        assert pub.publish(f"{topic}/{i}", p, qos=i % 2)
+    got = [sub.get(timeout=5) for _ in payloads]
+    assert sorted(got) == sorted((f"{topic}/{i}", p) for i, p in enumerate(payloads))
+    assert sub.get(timeout=0) is None
+
+
+def test_retained_status_reaches_late_subscriber(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    topic = unique("status")
+    pub = connected(broker, clients, "pub")
+    assert pub.publish(topic, b"online", qos=1, retain=True)
+    time.sleep(0.2)  # let the broker store it before anyone subscribes
+    late = connected(broker, clients, "late")
+    late.subscribe(topic)
+    assert wait_for(late, topic, b"online", 5)
+
+
+def test_no_retained_messages_of_other_subscriptions(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    """amqtt 0.12.1 sends a connecting client the retained messages of every filter anyone
+    subscribes to; the embedded broker must not, and the client would drop them anyway."""
+    theirs, mine = unique("theirs"), unique("mine")
+    other = connected(broker, clients, "other")
+    other.subscribe(theirs)
+    pub = connected(broker, clients, "pub")
+    pub.publish(theirs, b"not for you", qos=1, retain=True)
+    assert wait_for(other, theirs, b"not for you", 5)
+    newcomer = connected(broker, clients, "newcomer")
+    newcomer.subscribe(mine)
+    assert newcomer.get(timeout=1.0) is None
+    assert newcomer.unsolicited == 0
+
+
+def test_subscriptions_made_before_connecting_are_kept(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    topic = unique("early")
+    pub = connected(broker, clients, "pub")
+    pub.publish(topic, b"kept", qos=1, retain=True)
+    early = MqttClient(broker.settings(), f"early-{uuid.uuid4().hex[:8]}")
+    clients.append(early)
+    early.subscribe(topic)  # not connected yet: made on connect
+    connect_or_fail(early, timeout=5)
+    assert wait_for(early, topic, b"kept", 5)
+
+
+DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
+    url, protocol, topic, how = sys.argv[1:5]
+    settings = BrokerSettings(url=url, protocol=protocol, keepalive=1)
+    client = MqttClient(settings, "device-" + topic.rsplit("/", 1)[-1], will=Will(topic, b"dead"))
+    connect_or_fail(client, timeout=5)
+    client.publish(topic, b"online", qos=1, retain=True)
+    print("ready", flush=True)
+    if how == "close":
+        client.publish(topic, b"offline", qos=1, retain=True)
+        client.close()
+    else:
+        time.sleep(60)
+    """
+)
+
+
+def run_device(broker: RunningBroker, topic: str, how: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", DEVICE_SCRIPT, broker.url, broker.protocol, topic, how],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_last_will_fires_when_a_client_process_is_killed(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    topic = unique("will")
+    watcher = connected(broker, clients, "watcher")
+    watcher.subscribe(topic)
+    device = run_device(broker, topic, "sleep")
+    try:
+        assert wait_for(watcher, topic, b"online", 10), "the device never came online"
+        device.send_signal(signal.SIGKILL)
+        device.wait(5)
+        start = time.monotonic()
+        assert wait_for(watcher, topic, b"dead", 10), "no last will within 10 s"
+        assert time.monotonic() - start < 10
+    finally:
+        if device.poll() is None:
+            device.kill()
+            device.wait(5)
+    # the will was retained: a late subscriber learns the device is dead
+    late = connected(broker, clients, "late")
+    late.subscribe(topic)
+    assert wait_for(late, topic, b"dead", 5)
+
+
+def test_clean_close_does_not_fire_the_will(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    topic = unique("clean")
+    watcher = connected(broker, clients, "watcher")
+    watcher.subscribe(topic)
+    device = run_device(broker, topic, "close")
+    try:
+        assert device.wait(15) == 0
+    finally:
+        if device.poll() is None:
+            device.kill()
+    assert wait_for(watcher, topic, b"online", 5)
+    assert wait_for(watcher, topic, b"offline", 5)
+    # keepalive 1 s: a will would have come within 1.5 s of the connection closing
+    deadline = time.monotonic() + 2.5
+    while (left := deadline - time.monotonic()) > 0:
+        got = watcher.get(timeout=left)
+        assert got != (topic, b"dead"), "a clean close fired the last will"
+
+
+def test_in_process_close_is_clean_and_idempotent(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    topic = unique("inproc")
+    watcher = connected(broker, clients, "watcher")
+    watcher.subscribe(topic)
+    time.sleep(0.2)
+    client = connected(broker, clients, "dev", will=Will(topic, b"dead"))
+    assert client.connected
+    client.close()
+    client.close()
+    assert not client.connected
+    assert watcher.get(timeout=1.0) is None
+
+
+def test_broker_ceiling(broker: RunningBroker) -> None:
+    result = broker_ceiling(broker.settings(), messages=500, timeout=20)
+    assert result["received"] == result["messages"] == 500
+    assert result["seconds"] > 0
+    assert result["messages_per_second"] > 0
+
+
+def test_broker_command_serves_until_sigterm(broker: RunningBroker) -> None:
+    """`ddnn broker` (the same kind as the fixture's) accepts clients and exits 0 on SIGTERM."""
+    port = free_port()
+    command = [sys.executable, "-m", "ddnn", "broker", "--port", str(port), "--kind", broker.kind]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "ddnn broker did not come up"
+                time.sleep(0.1)
+        settings = BrokerSettings(url=f"mqtt://127.0.0.1:{port}", protocol=broker.protocol)
+        client = connect_or_fail(MqttClient(settings, "cli-check"), timeout=5)
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert process.returncode == 0, stderr
+    assert f"mqtt://127.0.0.1:{port}" in stdout
+    assert broker.kind in stdout
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:1883", "mqtt://", "127.0.0.1:1883", "mqtt://host:notaport"]
+)
+def test_bad_url_is_a_config_error_naming_it(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"broker URL '.*'") as raised:
+        BrokerSettings.from_url(url)
+    assert url in str(raised.value)
+    with pytest.raises(ConfigError, match="broker URL"):
+        MqttClient(url, "x")
+    with pytest.raises(ConfigError, match="broker URL"):
+        broker_ceiling(url)
+    with pytest.raises(ValidationError, match="broker URL"):
+        BrokerSettings(url=url)
+
+
+def test_url_parsing() -> None:
+    assert parse_broker_url("mqtt://example.org") == ("example.org", 1883, False)
+    assert parse_broker_url("mqtts://example.org") == ("example.org", 8883, True)
+    assert parse_broker_url("MQTT://10.0.0.2:1999/") == ("10.0.0.2", 1999, False)
+    settings = BrokerSettings(url="mqtts://b:9000")
+    assert (settings.host, settings.port, settings.tls) == ("b", 9000, True)
+    with pytest.raises(ConfigError, match="use mqtts://"):
+        MqttClient(BrokerSettings(url="mqtt://b", tls_insecure=True), "x")
+
+
+def test_closed_port_fails_naming_the_url() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    client = MqttClient(url, "nobody-home")
+    start = time.monotonic()
+    with pytest.raises(DDNNError, match="cannot connect") as raised:
+        connect_or_fail(client, timeout=1.0)
+    assert url in str(raised.value)
+    assert time.monotonic() - start < 5
+    assert not client.connected
+
+
+def test_wrong_protocol_is_explained() -> None:
+    with start_broker(kind="embedded") as embedded:
+        client = MqttClient(embedded.url, "speaks-5", protocol="5")
+        start = time.monotonic()
+        with pytest.raises(DDNNError, match="3.1.1") as raised:
+            connect_or_fail(client, timeout=5.0)
+        assert embedded.url in str(raised.value)
+        assert time.monotonic() - start < 4, "a refusal for good should fail at once"
+
+
+def test_bench_broker_command(broker: RunningBroker) -> None:
+    command = [sys.executable, "-m", "ddnn", "bench", "broker", "--kind", broker.kind]
+    done = subprocess.run(
+        [*command, "--messages", "300", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["kind"] == broker.kind
+    assert result["received"] == result["messages"] == 300
+    assert result["messages_per_second"] > 0
+
+
+def test_port_in_use_is_refused() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DDNNError, match="in use"):
+            start_broker(port=port, kind="embedded")
+
+
+def test_unknown_broker_kind() -> None:
+    with pytest.raises(DDNNError, match="broker kind"):
+        start_broker(kind="rabbit")
