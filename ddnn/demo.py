@@ -66,8 +66,7 @@ class Fleet:
             argv += ["--id", index]
         log = (self.logs / f"{role}.log").open("w")
         # one compute thread per service: see ddnn.service_cli
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
     def check(self) -> None:
         for role, proc in self.procs.items():

@@ -92,31 +92,35 @@ def test_demo_through_the_embedded_broker(tmp_path):
     assert report["devices"] == 4
 
 
+def start(role: str, artifacts: Path, broker, log: Path, *args: str) -> subprocess.Popen:
+    command, _, index = role.partition("-")
+    argv = [sys.executable, "-m", "ddnn", command, "--artifacts", str(artifacts)]
+    argv += ["--broker", broker.url, "--mqtt", broker.protocol, "--deployment", "t", *args]
+    argv += ["--id", index] if index else []
+    return subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
 @pytest.fixture
-def aggregator_alone(tmp_path):
-    """A broker and an aggregator process, with no device: what it does with bad input and
-    with samples nobody answers."""
+def deployment(tmp_path):
+    """An exported tiny model, a broker, and a client watching decisions and status."""
     model = tiny_model(tmp_path, "c", "0.5")
     artifacts = tmp_path / "artifacts"
     manifest = ddnn_json("export", "--model", str(model), "--out", str(artifacts))
     with start_broker() as broker:
-        log = (tmp_path / "aggregator.log").open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ddnn", "aggregator", "--artifacts", str(artifacts),
-             "--broker", broker.url, "--mqtt", broker.protocol, "--deployment", "t",
-             "--score-deadline", "0.2"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
         client = connect_or_fail(MqttClient(broker.settings(), "test-client").start())
         topics = Topics("t", manifest["model_version"])
         client.subscribe(topics.decisions)
-        client.subscribe(topics.status("aggregator"))
+        client.subscribe(topics.all_status)
         try:
-            yield client, topics, proc, tmp_path / "aggregator.log"
+            yield artifacts, broker, client, topics
         finally:
-            proc.terminate()
-            assert proc.wait(timeout=10) == 0  # clean shutdown on SIGTERM
             client.close()
+
+
+def stop_cleanly(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    assert [proc.wait(timeout=10) for proc in procs] == [0] * len(procs)  # SIGTERM: clean
 
 
 def next_message(client: MqttClient, kind: type, timeout: float = 10.0):
@@ -128,9 +132,18 @@ def next_message(client: MqttClient, kind: type, timeout: float = 10.0):
     raise AssertionError(f"no {kind.__name__} within {timeout} s")
 
 
-def test_bad_payloads_are_counted_and_a_sample_nobody_answers_is_undecided(aggregator_alone):
-    client, topics, proc, log = aggregator_alone
-    assert next_message(client, Status).state == "online"
+def wait_online(client: MqttClient, roles: set[str], timeout: float = 60.0) -> None:
+    online: set[str] = set()
+    while not roles <= online:
+        status = next_message(client, Status, timeout)
+        (online.add if status.state == "online" else online.discard)(status.role)
+
+
+def test_bad_payloads_are_counted_and_a_sample_nobody_answers_is_undecided(deployment, tmp_path):
+    artifacts, broker, client, topics = deployment
+    log = tmp_path / "aggregator.log"
+    proc = start("aggregator", artifacts, broker, log, "--score-deadline", "0.2")
+    wait_online(client, {"aggregator"})
     for payload in (b"\xc1not msgpack", b"\x93\x01\x02\x03", b"\x81\xa1v\x07"):
         client.publish(topics.scores("device-0"), payload, qos=1)
     client.publish(topics.tick, encode(Tick(sample=7, t=time.time())), qos=1)
@@ -138,8 +151,7 @@ def test_bad_payloads_are_counted_and_a_sample_nobody_answers_is_undecided(aggre
     assert decision.sample == 7 and not decision.decided
     assert "no device answered" in decision.reason
     assert proc.poll() is None  # still serving
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_cleanly([proc])
     text = log.read_text()
     assert "not msgpack" in text and "schema version 7" in text
     assert "a message is a msgpack map" in text
@@ -157,3 +169,26 @@ def test_a_corrupt_artifact_is_refused_with_a_clear_error(tmp_path):
     assert "does not match its hash" in proc.stderr and "Traceback" not in proc.stderr
     proc = ddnn("device", "--artifacts", str(tmp_path), "--id", "1", check=False)
     assert proc.returncode == 2 and "not a `ddnn export` directory" in proc.stderr
+
+
+def test_a_cloud_outage_leaves_local_answers_standing_as_degraded(deployment, tmp_path):
+    artifacts, broker, client, topics = deployment
+    roles = [f"device-{i}" for i in range(6)] + ["aggregator"]  # and no cloud
+    procs = [
+        start(role, artifacts, broker, tmp_path / f"{role}.log", *extra)
+        for role in roles
+        for extra in [("--cloud-deadline", "0.3") if role == "aggregator" else ()]
+    ]
+    try:
+        wait_online(client, set(roles))
+        for k in range(30):
+            client.publish(topics.tick, encode(Tick(sample=k, t=time.time())), qos=1)
+        decisions = [next_message(client, Decision) for _ in range(30)]
+    finally:
+        stop_cleanly(procs)
+    assert sorted(d.sample for d in decisions) == list(range(30))
+    assert all(d.decided and d.exit == "local" and d.devices == list(range(6)) for d in decisions)
+    degraded = [d for d in decisions if d.degraded]
+    assert 0 < len(degraded) < 30  # the confident half exits locally as usual
+    assert all("cloud did not answer" in d.reason for d in degraded)
+    assert all(d.latency_ms >= 300 for d in degraded)

@@ -1,0 +1,90 @@
+"""The wire protocol: every kind round-trips, and bad payloads fail with their reason."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from ddnn.wire import (
+    MAX_PAYLOAD,
+    Decision,
+    Features,
+    Offload,
+    Scores,
+    Status,
+    Tick,
+    Topics,
+    WireError,
+    decode,
+    encode,
+)
+
+
+def scores(**changes) -> dict:
+    m = Scores(sample=3, source="device-2", scores=np.ones(3, "<f4").tobytes(), t0=1.5)
+    return {**m.model_dump(), **changes}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Status(role="device-0", state="online", t=1.0),
+        Tick(sample=0, t=2.0),
+        Scores(sample=1, source="edge-1", scores=b"\0" * 12, t0=0.0, received={"device-0": 8}),
+        Offload(sample=2, sources=["device-0", "device-5"], to="cloud"),
+        Features.of(
+            4, "device-3", np.where(np.arange(24) % 3, 1.0, -1.0).reshape(2, 3, 4), "binary"
+        ),
+        Decision(sample=5, decided=True, class_index=1, exit="local", devices=[0, 1]),
+        Decision(sample=6, decided=False, reason="no device answered"),
+    ],
+)
+def test_every_kind_round_trips(message):
+    assert decode(encode(message)) == message
+
+
+def test_features_travel_bit_packed_and_unpack_exactly():
+    fmap = np.where(np.random.default_rng(0).random((4, 16, 16)) > 0.5, 1.0, -1.0)
+    m = Features.of(9, "device-0", fmap, "binary")
+    assert len(m.data) == 4 * 16 * 16 // 8  # one bit per activation
+    assert np.array_equal(decode(encode(m)).array((4, 16, 16)), fmap)
+    with pytest.raises(WireError, match="shape"):
+        m.array((4, 8, 32))
+    short = m.model_copy(update={"data": m.data[:-1]})
+    with pytest.raises(WireError, match="bytes"):
+        short.array((4, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([1, 2]), "msgpack map"),
+        (msgpack.packb(scores(v=2)), "schema version 2"),
+        (msgpack.packb(scores(kind="launch")), "unknown message kind"),
+        (msgpack.packb(scores(scores=np.array([1, np.nan, 0], "<f4").tobytes())), "NaN"),
+        (msgpack.packb(scores(scores=b"\0" * 5)), "whole number of float32"),
+        (msgpack.packb(scores(sample=-1)), "sample"),
+        (msgpack.packb(scores(source="device-x")), "source"),
+        (msgpack.packb(scores(sample="3")), "sample"),
+        (msgpack.packb(scores(extra=1)), "extra"),
+        (b"\0" * (MAX_PAYLOAD + 1), "exceeds"),
+    ],
+)
+def test_bad_payloads_fail_with_their_reason(payload, reason):
+    with pytest.raises(WireError, match=reason):
+        decode(payload)
+
+
+def test_a_kind_where_another_belongs_is_refused():
+    with pytest.raises(WireError, match="Tick"):
+        decode(encode(Tick(sample=1, t=0.0)), Scores)
+
+
+def test_topics_carry_deployment_and_model_version():
+    t = Topics("site-a", "abc123")
+    assert t.scores("device-1") == "ddnn/site-a/abc123/scores/device-1"
+    assert t.decisions == "ddnn/site-a/abc123/decisions"
+    with pytest.raises(Exception, match="cannot be part of an MQTT topic"):
+        Topics("a/b", "v1")
