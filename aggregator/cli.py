@@ -6,24 +6,12 @@ from typing import Annotated
 
 import typer
 
-from ddnn.service_cli import (
-    DEFAULT_BROKER,
-    Artifacts,
-    Broker,
-    Deployment,
-    LogLevel,
-    MqttVersion,
-    Password,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Username,
-    broker_settings,
-    setup_logging,
-)
+from ddnn.service_cli import Artifacts, ServiceSetup, service_command
 
 
+@service_command
 def aggregator(
+    setup: ServiceSetup,
     artifacts: Artifacts,
     score_deadline: Annotated[
         float, typer.Option(min=0.001, help="seconds to wait for the devices' class scores")
@@ -34,51 +22,31 @@ def aggregator(
     cloud_deadline: Annotated[
         float, typer.Option(min=0.001, help="seconds to wait for the cloud's answer")
     ] = 3.0,
-    broker: Broker = DEFAULT_BROKER,
-    mqtt: MqttVersion = "5",
-    username: Username = None,
-    password: Password = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    deployment: Deployment = "default",
-    log_level: LogLevel = "info",
 ) -> None:
     """Run the local aggregator: fuse the devices' class scores, exit when confident,
     otherwise escalate; publish exactly one decision per sample."""
     from aggregator.service import AggregatorService, Deadlines
     from ddnn.export import load_aggregator
 
-    setup_logging(log_level)
-    settings = broker_settings(broker, mqtt, username, password, tls_ca, tls_cert, tls_key)
     manifest, local, edge_exit = load_aggregator(artifacts)
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
-    AggregatorService(manifest, local, edge_exit, settings, deployment, deadlines).run()
+    AggregatorService(manifest, local, edge_exit, setup.broker, setup.deployment, deadlines).run()
 
 
+@service_command
 def edge(
+    setup: ServiceSetup,
     artifacts: Artifacts,
     edge_id: Annotated[int, typer.Option("--id", min=0, help="which edge of the model")],
     deadline: Annotated[
         float, typer.Option(min=0.001, help="seconds to wait for the group's feature maps")
     ] = 1.0,
-    broker: Broker = DEFAULT_BROKER,
-    mqtt: MqttVersion = "5",
-    username: Username = None,
-    password: Password = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    deployment: Deployment = "default",
-    log_level: LogLevel = "info",
 ) -> None:
     """Run one edge: fuse its group's feature maps, run the edge layers, answer the
     aggregator with class scores, pass its own feature map to the cloud when asked."""
     from ddnn.export import load_edge
     from ddnn.tier import TierService
 
-    setup_logging(log_level)
-    settings = broker_settings(broker, mqtt, username, password, tls_ca, tls_cert, tls_key)
     manifest, module = load_edge(artifacts, edge_id)
     model = manifest.ddnn_config().model
     assert model.edge is not None  # load_edge refuses a topology without this edge
@@ -88,8 +56,8 @@ def edge(
         module,
         [f"device-{d}" for d in model.edge.groups[edge_id]],
         module.in_shape,
-        settings,
-        deployment,
+        setup.broker,
+        setup.deployment,
         output_kind="binary" if model.edge.precision == "binary" else "float",
         deadline=deadline,
     ).run()

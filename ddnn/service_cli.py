@@ -1,4 +1,4 @@
-"""Command-line options every service shares, and how a service process is started.
+"""Command-line options every service shares, and how a service process is set up.
 
 The service commands (`ddnn device`, `aggregator`, `edge`, `cloud`) live in their own
 packages and reach the `ddnn` command through the `ddnn.services` entry points, so that this
@@ -8,37 +8,90 @@ command bodies: `ddnn --help` stays instant.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ddnn.errors import ConfigError
 from ddnn.mqtt import BrokerSettings
 
 Artifacts = Annotated[
     Path, typer.Option("--artifacts", help="a directory written by `ddnn export`")
 ]
-Broker = Annotated[
-    str, typer.Option("--broker", help="mqtt://host:port, or mqtts://host:port for TLS")
+
+# The options every service takes, as (name, annotation, default).
+SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
+    (
+        "broker",
+        Annotated[str, typer.Option(help="mqtt://host:port, or mqtts://host:port for TLS")],
+        "mqtt://127.0.0.1:1883",
+    ),
+    ("mqtt", Annotated[str, typer.Option(help="MQTT version the broker speaks: 5 or 3.1.1")], "5"),
+    ("username", Annotated[str | None, typer.Option(help="broker user name")], None),
+    (
+        "password",
+        Annotated[str | None, typer.Option(envvar="DDNN_MQTT_PASSWORD", help="broker password")],
+        None,
+    ),
+    ("tls_ca", Annotated[Path | None, typer.Option(help="CA bundle to trust (mqtts://)")], None),
+    ("tls_cert", Annotated[Path | None, typer.Option(help="client certificate (mqtts://)")], None),
+    ("tls_key", Annotated[Path | None, typer.Option(help="the client certificate's key")], None),
+    (
+        "deployment",
+        Annotated[str, typer.Option(help="topics are ddnn/<deployment>/<model version>/")],
+        "default",
+    ),
+    ("log_level", Annotated[str, typer.Option(help="debug, info, warning or error")], "info"),
 ]
-MqttVersion = Annotated[
-    str, typer.Option("--mqtt", help="MQTT version the broker speaks: 5 or 3.1.1")
-]
-Username = Annotated[str | None, typer.Option(help="broker user name")]
-Password = Annotated[str | None, typer.Option(envvar="DDNN_MQTT_PASSWORD", help="broker password")]
-TlsCa = Annotated[Path | None, typer.Option(help="CA bundle to trust (mqtts://)")]
-TlsCert = Annotated[Path | None, typer.Option(help="client certificate (mqtts://)")]
-TlsKey = Annotated[Path | None, typer.Option(help="client certificate's key (mqtts://)")]
-Deployment = Annotated[
-    str, typer.Option(help="deployment name: topics are ddnn/<deployment>/<model version>/")
-]
-LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error")]
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+@dataclass
+class ServiceSetup:
+    """What the shared options amount to: where the broker is and which deployment."""
+
+    broker: BrokerSettings
+    deployment: str
+
+
+def service_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a service command the shared options; it receives them as `setup: ServiceSetup`.
+
+    The wrapper's signature is the command's own options followed by the shared ones, which
+    is what typer reads, so every service documents and parses them the same way.
+    """
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(fn).parameters.values()
+        if p.name != "setup"
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in SHARED_OPTIONS
+    ]
+
+    @functools.wraps(fn)
+    def command(**options: Any) -> None:
+        values = {name: options.pop(name) for name, _, _ in SHARED_OPTIONS}
+        setup_logging(values.pop("log_level"))
+        deployment = values.pop("deployment")
+        fn(setup=ServiceSetup(broker_settings(**values), deployment), **options)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def broker_settings(
-    url: str,
+    broker: str,
     mqtt: str = "5",
     username: str | None = None,
     password: str | None = None,
@@ -46,12 +99,10 @@ def broker_settings(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
 ) -> BrokerSettings:
-    from ddnn.errors import ConfigError
-
     if mqtt not in ("5", "3.1.1"):
         raise ConfigError(f"--mqtt must be 5 or 3.1.1, got {mqtt!r}")
     return BrokerSettings.from_url(
-        url,
+        broker,
         protocol=mqtt,
         username=username,
         password=password,
@@ -62,8 +113,6 @@ def broker_settings(
 
 
 def setup_logging(level: str) -> None:
-    from ddnn.errors import ConfigError
-
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level must be debug, info, warning or error, got {level!r}")
     logging.basicConfig(

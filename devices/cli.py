@@ -6,24 +6,12 @@ from typing import Annotated
 
 import typer
 
-from ddnn.service_cli import (
-    DEFAULT_BROKER,
-    Artifacts,
-    Broker,
-    Deployment,
-    LogLevel,
-    MqttVersion,
-    Password,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Username,
-    broker_settings,
-    setup_logging,
-)
+from ddnn.service_cli import Artifacts, ServiceSetup, service_command
 
 
+@service_command
 def device(
+    setup: ServiceSetup,
     artifacts: Artifacts,
     device_id: Annotated[int, typer.Option("--id", min=0, help="which device of the model")],
     source: Annotated[
@@ -40,15 +28,6 @@ def device(
     keep_seconds: Annotated[
         float, typer.Option(help="how long feature maps wait for an offload request")
     ] = 10.0,
-    broker: Broker = DEFAULT_BROKER,
-    mqtt: MqttVersion = "5",
-    username: Username = None,
-    password: Password = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    deployment: Deployment = "default",
-    log_level: LogLevel = "info",
 ) -> None:
     """Run one end device: its binarized slice on every frame, class scores to the local
     aggregator, bit-packed feature maps to the edge or cloud when asked."""
@@ -57,10 +36,8 @@ def device(
     from devices.service import DeviceService
     from devices.sources import open_source
 
-    setup_logging(log_level)
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
-    settings = broker_settings(broker, mqtt, username, password, tls_ca, tls_cert, tls_key)
     runtime = TorchSlice(artifacts, device_id)
     cfg = runtime.manifest.ddnn_config()
     if device_id >= cfg.model.n_devices:
@@ -71,8 +48,8 @@ def device(
         device_id,
         runtime,
         frames,
-        settings,
-        deployment,
+        setup.broker,
+        setup.deployment,
         clock=clock,
         fps=fps,
         keep_seconds=keep_seconds,
