@@ -32,6 +32,12 @@ def tiny_model(tmp: Path, name: str, fractions: str, *extra: str) -> Path:
     return model
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """The local + cloud model most tests here share."""
+    return tiny_model(tmp_path_factory.mktemp("tiny"), "c", "0.5")
+
+
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -64,9 +70,8 @@ def assert_parity(report: dict, live: list[dict], offline: list[dict], samples: 
     assert report["clean_exits"]
 
 
-def test_live_decisions_equal_offline_evaluation(tmp_path):
-    model = tiny_model(tmp_path, "c", "0.5")
-    report, live, offline = live_and_offline(tmp_path, model, 500)
+def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
+    report, live, offline = live_and_offline(tmp_path, tiny, 500)
     assert len(offline) == 400
     assert_parity(report, live, offline, 500)
     assert set(report["latency_ms"]) == {"local", "cloud"}
@@ -81,11 +86,10 @@ def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path):
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
 
 
-def test_demo_through_the_embedded_broker(tmp_path):
-    model = tiny_model(tmp_path, "c", "0.5")
+def test_demo_through_the_embedded_broker(tiny):
     with start_broker(kind="embedded") as broker:
         report = ddnn_json(
-            "demo", "--model", str(model), "--samples", "40", "--devices", "4",
+            "demo", "--model", str(tiny), "--samples", "40", "--devices", "4",
             "--broker", broker.url, "--mqtt", broker.protocol, timeout=600,
         )  # fmt: skip
     assert report["decided"] == 40 and report["broker"]["kind"] == "external"
@@ -101,11 +105,10 @@ def start(role: str, artifacts: Path, broker, log: Path, *args: str) -> subproce
 
 
 @pytest.fixture
-def deployment(tmp_path):
+def deployment(tmp_path, tiny):
     """An exported tiny model, a broker, and a client watching decisions and status."""
-    model = tiny_model(tmp_path, "c", "0.5")
     artifacts = tmp_path / "artifacts"
-    manifest = ddnn_json("export", "--model", str(model), "--out", str(artifacts))
+    manifest = ddnn_json("export", "--model", str(tiny), "--out", str(artifacts))
     with start_broker() as broker:
         client = connect_or_fail(MqttClient(broker.settings(), "test-client").start())
         topics = Topics("t", manifest["model_version"])
@@ -157,10 +160,9 @@ def test_bad_payloads_are_counted_and_a_sample_nobody_answers_is_undecided(deplo
     assert "a message is a msgpack map" in text
 
 
-def test_a_corrupt_artifact_is_refused_with_a_clear_error(tmp_path):
-    model = tiny_model(tmp_path, "c", "0.5")
+def test_a_corrupt_artifact_is_refused_with_a_clear_error(tmp_path, tiny):
     artifacts = tmp_path / "artifacts"
-    ddnn_json("export", "--model", str(model), "--out", str(artifacts))
+    ddnn_json("export", "--model", str(tiny), "--out", str(artifacts))
     blob = bytearray((artifacts / "device-1.npz").read_bytes())
     blob[-30] ^= 0xFF
     (artifacts / "device-1.npz").write_bytes(bytes(blob))
