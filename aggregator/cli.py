@@ -22,15 +22,24 @@ def aggregator(
     cloud_deadline: Annotated[
         float, typer.Option(min=0.001, help="seconds to wait for the cloud's answer")
     ] = 3.0,
+    clock: Annotated[
+        str, typer.Option(help="tick: samples start with tick messages; wall: with any scores")
+    ] = "tick",
 ) -> None:
     """Run the local aggregator: fuse the devices' class scores, exit when confident,
     otherwise escalate; publish exactly one decision per sample."""
     from aggregator.service import AggregatorService, Deadlines
+    from ddnn.errors import DDNNError
     from ddnn.export import load_aggregator
 
     manifest, local, edge_exit = load_aggregator(artifacts)
+    if clock not in ("tick", "wall"):
+        raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
-    AggregatorService(manifest, local, edge_exit, setup.broker, setup.deployment, deadlines).run()
+    service = AggregatorService(
+        manifest, local, edge_exit, setup.broker, setup.deployment, deadlines, clock
+    )
+    service.run()
 
 
 @service_command

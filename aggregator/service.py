@@ -30,7 +30,7 @@ from ddnn.config import DDNNConfig
 from ddnn.errors import DDNNError
 from ddnn.evaluate import exit_points
 from ddnn.exits import ExitPoint, normalized_entropy, softmax
-from ddnn.export import Manifest
+from ddnn.manifest import Manifest
 from ddnn.mqtt import BrokerSettings
 from ddnn.service import Rejected, Service
 from ddnn.wire import Decision, Message, Offload, Scores, Status, Tick
@@ -59,6 +59,7 @@ class Pending:
     devices: list[int] = field(default_factory=list)  # devices that took part
     best: tuple[str, np.ndarray] | None = None  # (exit, probabilities) of the highest tier so far
     bytes: dict[str, int] = field(default_factory=dict)
+    upper_devices: set[int] = field(default_factory=set)  # whose features reached edge/cloud
 
 
 def _role_index(role: str, prefix: str) -> int | None:
@@ -76,8 +77,10 @@ class AggregatorService(Service):
         broker: BrokerSettings,
         deployment: str,
         deadlines: Deadlines | None = None,
+        clock: str = "tick",
     ) -> None:
         super().__init__(manifest, broker, deployment)
+        self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
         cfg: DDNNConfig = manifest.ddnn_config()
         if local is None:
             raise DDNNError("a live deployment needs a local exit (Fig. 2 (b), (c), (e), (f))")
@@ -108,15 +111,15 @@ class AggregatorService(Service):
             return
         if not isinstance(message, Scores):
             raise Rejected(f"a {message.kind} message on {topic}")
-        if message.sample in self.decided:
-            self.counters["late"] += 1
-            return
         values = message.values()
         if len(values) != len(self.cfg.model.classes):
             raise Rejected(
                 f"{message.source} sent {len(values)} scores, the model has "
                 f"{len(self.cfg.model.classes)} classes"
             )
+        if message.sample in self.decided:
+            self.counters["late"] += 1
+            return
         if (device := _role_index(message.source, "device-")) is not None:
             self._device_scores(message, device, values, size)
         elif (edge := _role_index(message.source, "edge-")) is not None:
@@ -126,10 +129,12 @@ class AggregatorService(Service):
         else:
             raise Rejected(f"scores from {message.source}")
 
-    def _open(self, sample: int, t0: float) -> Pending | None:
+    def _open(self, sample: int, t0: float, ticked: bool = True) -> Pending | None:
         if sample in self.decided:
             return None
         if sample not in self.pending:
+            if not ticked and self.clock == "tick":
+                raise Rejected(f"scores for sample {sample}, which no tick started")
             deadline = time.monotonic() + self.deadlines.scores
             self.pending[sample] = Pending(sample, t0, "scores", deadline)
         return self.pending[sample]
@@ -137,7 +142,7 @@ class AggregatorService(Service):
     def _device_scores(self, m: Scores, device: int, values: np.ndarray, size: int) -> None:
         if device >= self.n_devices:
             raise Rejected(f"scores from {m.source}; this model has {self.n_devices} devices")
-        p = self._open(m.sample, m.t0)
+        p = self._open(m.sample, m.t0, ticked=False)
         if p is None or p.stage != "scores" or device in p.scores:
             self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1
             return
@@ -170,8 +175,11 @@ class AggregatorService(Service):
     def _count_received(p: Pending, m: Scores) -> None:
         """Bytes of the feature maps an upper tier received, by the kind of sender."""
         for source, n in m.received.items():
-            key = "device_features" if source.startswith("device-") else "edge_features"
+            device = _role_index(source, "device-")
+            key = "device_features" if device is not None else "edge_features"
             p.bytes[key] = p.bytes.get(key, 0) + n
+            if device is not None:
+                p.upper_devices.add(device)
 
     # -- the cascade ---------------------------------------------------------------------
     def _fuse(self, fusion: Aggregator, scores: dict[int, np.ndarray], n: int) -> np.ndarray:
@@ -259,6 +267,7 @@ class AggregatorService(Service):
 
     def _finish(self, p: Pending, decision: Decision) -> None:
         decision.bytes = dict(p.bytes)
+        decision.upper_devices = sorted(p.upper_devices) if p.stage != "scores" else None
         decision.latency_ms = round(1000.0 * (time.time() - p.t0), 3)
         self.publish(self.topics.decisions, decision)
         del self.pending[p.sample]

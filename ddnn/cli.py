@@ -645,6 +645,40 @@ def bench_broker(
     )
 
 
+@bench_app.command("device")
+def bench_device(
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifacts", help="a `ddnn export` directory (default: the paper's slice, untrained)"
+        ),
+    ] = None,
+    device: Annotated[int, typer.Option(min=0, help="which device of --artifacts")] = 0,
+    frames: Annotated[int, typer.Option(min=10, help="frames timed per path")] = 2000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Per-frame latency of a device slice at batch 1 (p50, p99): the torch float slice, the
+    torch binarized slice in eval mode and the bit-packed slice, in one run, interleaved."""
+    from ddnn.device_bench import bench_device as run_bench
+
+    result = run_bench(artifacts, device, frames)
+    if as_json:
+        emit_json(result)
+        return
+    rows = [
+        {"path": name, "p50 us": v["p50"], "p99 us": v["p99"], "packed is x faster": s}
+        for name, v in result["latency_us"].items()
+        for s in [result["speedup"].get(name)]
+    ]
+    title = f"{result['slice']}: {result['frames']} frames per path, batch 1, one thread"
+    print_table(title, rows)
+    out.print(
+        f"packed kernel {result['kernel']}; {result['weights_bytes']} bytes of weights and "
+        f"thresholds (torch float32: {result['torch_float32_bytes']}); packed outputs equal "
+        f"torch's on {result['bit_exact_frames']}/{result['checked_frames']} checked frames"
+    )
+
+
 @app.command("export")
 def export_(
     model_path: ModelPath,
@@ -725,6 +759,109 @@ def demo(
     out.print(
         f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
         f"{b['ceiling_messages_per_second']} messages/s"
+    )
+
+
+@app.command()
+def faults(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="device-down, attrition, straggler, flapping, broker-restart, "
+            "service-restart, bad-input or dropout (repeatable; default: all)"
+        ),
+    ] = None,
+    model_path: Annotated[
+        Path | None, typer.Option("--model", help="a model file (default: the demo model)")
+    ] = None,
+    compare_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="for dropout: a model trained without device dropout (default: train one)"
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Inject faults into a live deployment (killed, paused and flapping devices, broker and
+    service restarts, a rogue client) and check every sample against offline evaluation."""
+    from ddnn.data import data_dir
+    from ddnn.demo import demo_model
+    from ddnn.faults import SCENARIOS, run_scenario
+
+    def log(text: str) -> None:
+        if not as_json:
+            err.print(text)
+
+    names = scenario or [*SCENARIOS, "dropout"]
+    unknown = [n for n in names if n not in SCENARIOS and n != "dropout"]
+    if unknown:
+        raise DDNNError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}, dropout")
+    cache = data_dir() / "demo"
+    model = model_path or demo_model(False, cache, log)
+    results = []
+    for name in names:
+        if name == "dropout":
+            baseline = compare_model or demo_model(False, cache, log, dropout=0.0)
+            for label, path in (("with dropout", model), ("without dropout", baseline)):
+                result = run_scenario("device-down", path, log)
+                result["scenario"] = f"dropout: {label}"
+                results.append(result)
+        else:
+            results.append(run_scenario(name, model, log))
+    if as_json:
+        emit_json({"results": results})
+        return
+    for result in results:
+        rows = [
+            {
+                "stretch": row["scenario"],
+                "samples": row["samples"],
+                "decided": row["decided"],
+                "undecided": row["undecided"],
+                "lost": row["lost"],
+                "acc %": row["accuracy"],
+                "offline %": row["offline_accuracy"],
+                "differ": row["mismatches"],
+                "exits l/e/c": "/".join(f"{v:g}" for v in row["exit_fraction"].values()),
+                "detect or recover s": row.get("recovery_s", row.get("detect_s")),
+                "cost": row.get("cost"),
+            }
+            for row in result["rows"]
+        ]
+        print_table(result["scenario"], rows)
+    out.print(
+        "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
+        "samples; differ: decisions that differ from it; cost: accuracy points lost on the "
+        "whole test part without that device"
+    )
+
+
+@app.command("inspect")
+def inspect_(
+    artifact: Annotated[
+        Path, typer.Argument(help="a `ddnn export` directory, or a packed slice file (.bits)")
+    ],
+    device: Annotated[
+        int, typer.Option(min=0, help="which device's slice, for an export directory")
+    ] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a bit-packed device slice: its layers, parameter count and bytes in memory."""
+    from ddnn.packed import inspect_artifact
+
+    report = inspect_artifact(artifact, device)
+    if as_json:
+        emit_json(report)
+        return
+    rows = [
+        {k: "x".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+        for row in report["layers"]
+    ]
+    print_table(f"{report['file']} (packed format v{report['format_version']})", rows)
+    out.print(
+        f"{report['parameters']} parameters; {report['weights_bytes']} bytes of weights and "
+        f"thresholds in memory (as float32 in torch: {report['torch_float32_bytes']}); "
+        f"file {report['file_bytes']} bytes"
     )
 
 

@@ -24,8 +24,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ddnn.errors import ConfigError
-from ddnn.layers import Precision
 
+# Literals here rather than in the layers, so that reading a config needs no PyTorch (a
+# device running the bit-packed slice reads its manifest's config without it).
+Precision = Literal["binary", "float"]
 Aggregation = Literal["MP", "AP", "CC"]
 EXIT_ORDER = ("local", "edge", "cloud")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,21 @@ from typing import Any
 import numpy as np
 
 from ddnn.errors import DDNNError
-from ddnn.mqtt import BrokerSettings, MqttClient, connect_or_fail
-from ddnn.wire import Decision, Status, Tick, Topics, WireError, decode, encode
+from ddnn.fleet import Driver, Fleet, roles_of
+from ddnn.mqtt import BrokerSettings
+from ddnn.wire import Decision, Topics
 
 DEMO_EPOCHS = 30
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
-START_TIMEOUT = 120.0  # seconds for every service to come online (imports torch on 2 cores)
-STALL_TIMEOUT = 20.0  # seconds without a new decision before the demo gives up waiting
 
 
-def demo_model(edge: bool, cache: Path, log: Callable[[str], None]) -> Path:
-    """The cached demo model, trained on the default synthetic set on first use."""
-    path = cache / f"demo-{'edge' if edge else 'local-cloud'}-e{DEMO_EPOCHS}.pt"
+def demo_model(
+    edge: bool, cache: Path, log: Callable[[str], None], dropout: float | None = None
+) -> Path:
+    """The cached demo model, trained on the default synthetic set on first use
+    (`dropout`: a device dropout other than the config's, for comparisons)."""
+    variant = "-nodropout" if dropout == 0 else "" if dropout is None else f"-dropout{dropout}"
+    path = cache / f"demo-{'edge' if edge else 'local-cloud'}{variant}-e{DEMO_EPOCHS}.pt"
     if path.exists():
         return path
     log(f"training a demo model ({DEMO_EPOCHS} epochs) into {path}; later demos reuse it")
@@ -46,48 +48,11 @@ def demo_model(edge: bool, cache: Path, log: Callable[[str], None]) -> Path:
     command += ["--out", str(path)]
     if edge:
         command += ["--set", f"model.edge={{groups: {EDGE_GROUPS}}}"]
+    if dropout is not None:
+        command += ["--set", f"train.device_dropout={dropout}"]
     if subprocess.run(command).returncode != 0:
         raise DDNNError("training the demo model failed (see above)")
     return path
-
-
-class Fleet:
-    """The service processes of one demo, stopped together."""
-
-    def __init__(self, common: list[str], logs: Path) -> None:
-        self.common = common
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, role: str, *args: str) -> None:
-        command, _, index = role.partition("-")
-        argv = [sys.executable, "-m", "ddnn", command, *self.common, *args]
-        if index:
-            argv += ["--id", index]
-        log = (self.logs / f"{role}.log").open("w")
-        # one compute thread per service: see ddnn.service_cli
-        self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-
-    def check(self) -> None:
-        for role, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.logs / f"{role}.log").read_text().strip().splitlines()[-3:]
-                raise DDNNError(
-                    f"the {role} process exited ({proc.returncode}): {' | '.join(tail)}"
-                )
-
-    def stop(self) -> dict[str, int | None]:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = {}
-        for role, proc in self.procs.items():
-            try:
-                codes[role] = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[role] = proc.wait()
-        return codes
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -127,68 +92,6 @@ def summarize(
         "throughput": round(len(decisions) / seconds, 1) if seconds > 0 else None,
         "seconds": round(seconds, 2),
     }
-
-
-def drive(
-    settings: BrokerSettings,
-    topics: Topics,
-    roles: list[str],
-    samples: int,
-    window: int,
-    fleet: Fleet,
-    log: Callable[[str], None],
-) -> tuple[dict[int, Decision], float, Counter[str]]:
-    """Wait for every role to be online, tick `samples` samples with at most `window` in
-    flight, and collect the decisions. Returns them by sample, the seconds from the first
-    tick to the last decision, and counts of anomalies (duplicates, bad payloads)."""
-    client = MqttClient(settings, client_id=f"ddnn-demo-{os.getpid()}")
-    client.start()
-    client.subscribe(topics.all_status)
-    client.subscribe(topics.decisions)
-    connect_or_fail(client)
-    online: set[str] = set()
-    decisions: dict[int, Decision] = {}
-    anomalies: Counter[str] = Counter()
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not set(roles) <= online:
-            fleet.check()
-            if time.monotonic() > deadline:
-                raise DDNNError(
-                    f"services not online after {START_TIMEOUT:g} s: {sorted(set(roles) - online)}"
-                )
-            item = client.get(timeout=0.2)
-            if item is not None:
-                m = decode(item[1])
-                if isinstance(m, Status):
-                    (online.add if m.state == "online" else online.discard)(m.role)
-        log(f"{len(roles)} services online; driving {samples} samples")
-        start = last = time.monotonic()
-        ticked = 0
-        while len(decisions) < samples:
-            while ticked < samples and ticked - len(decisions) < window:
-                client.publish(topics.tick, encode(Tick(sample=ticked, t=time.time())), qos=1)
-                ticked += 1
-            item = client.get(timeout=0.5)
-            if item is None:
-                fleet.check()
-                if time.monotonic() - last > STALL_TIMEOUT:
-                    anomalies["stalled"] += 1
-                    break
-                continue
-            try:
-                m = decode(item[1])
-            except WireError:
-                anomalies["bad_payload"] += 1
-                continue
-            if isinstance(m, Decision):
-                if m.sample in decisions:
-                    anomalies["duplicate_decision"] += 1
-                decisions[m.sample] = m
-                last = time.monotonic()
-        return decisions, last - start, anomalies
-    finally:
-        client.close()
 
 
 def run_demo(
@@ -235,20 +138,22 @@ def run_demo(
             common += ["--mqtt", settings.protocol, "--deployment", deployment]
             common += ["--log-level", "warning"]
             fleet = Fleet(common, Path(tmp))
-            roles = [f"device-{i}" for i in range(k)] + ["aggregator"]
-            if cfg.model.edge is not None:
-                roles += [f"edge-{e}" for e in range(len(cfg.model.edge.groups))]
-            if cfg.model.cloud is not None:
-                roles.append("cloud")
+            roles = roles_of(cfg.model, k)
             try:
                 for role in roles:
                     fleet.start(role)
-                topics = Topics(deployment, manifest.model_version)
-                decisions, seconds, anomalies = drive(
-                    settings, topics, roles, samples, window, fleet, log
-                )
+                driver = Driver(settings, Topics(deployment, manifest.model_version), fleet)
+                try:
+                    driver.wait_online(roles)
+                    log(f"{len(roles)} services online; driving {samples} samples")
+                    start = time.monotonic()
+                    driver.run(range(samples), window=window)
+                    seconds = max(driver.decided_at.values(), default=start) - start
+                finally:
+                    driver.close()
             finally:
                 codes = fleet.stop()
+            decisions, anomalies = driver.decisions, driver.anomalies
         finally:
             if broker is not None:
                 broker.stop()

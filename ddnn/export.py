@@ -3,11 +3,14 @@
 `ddnn export` splits a trained model into one artifact per role (each device's slice, the
 local aggregator, each edge, the cloud) plus `manifest.json`. An artifact is a NumPy `.npz`
 of that role's weights under their names in the whole model's state dict, read back with
-`allow_pickle=False`: plain arrays, no code, and a format that the NumPy device runtime can
-read without PyTorch. The manifest holds the config (topology, exits and thresholds, data
-split), the software versions, and a SHA-256 per artifact; the model version that topics
-carry is derived from those hashes, so two exports of the same weights share a version and
-any change of weights or thresholds gives a new one.
+`allow_pickle=False`: plain arrays, no code. Each binary device slice is also written in the
+bit-packed format of ddnn/packed.py (`device-<i>.bits`, listed under the manifest's `packed`
+with its own SHA-256): what the NumPy device runtime runs without PyTorch. The manifest's
+schema and reading live in ddnn/manifest.py (no PyTorch either). The manifest holds the
+config (topology, exits and thresholds, data split), the software versions, and a SHA-256
+per artifact; the model version that topics carry is derived from those hashes, so two
+exports of the same weights share a version and any change of weights or thresholds gives a
+new one.
 
 The local aggregator's artifact also holds the edge-exit fusion: in a live deployment the
 aggregator keeps each sample's state and takes every exit decision (see `aggregator/`).
@@ -18,42 +21,30 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ValidationError
 
 import ddnn
 from ddnn.aggregation import Aggregator
-from ddnn.config import DDNNConfig, ModelConfig, validate_config
+from ddnn.config import DDNNConfig, ModelConfig
 from ddnn.errors import ConfigError, ModelFileError
+from ddnn.manifest import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    Artifact,
+    Manifest,
+    read_manifest,
+    read_npz_artifact,
+    sha256_file,
+)
 from ddnn.model import DDNN, DeviceSlice, UpperTier
-
-FORMAT = "ddnn-export"
-VERSION = 1
-MANIFEST = "manifest.json"
-
-
-class Artifact(BaseModel):
-    file: str
-    sha256: str
-    bytes: int
-
-
-class Manifest(BaseModel):
-    format: str
-    version: int
-    model_version: str
-    config: dict[str, Any]
-    artifacts: dict[str, Artifact]
-    software: dict[str, str]
-    meta: dict[str, Any] = {}  # from the model file: the data it was trained on, and so on
-
-    def ddnn_config(self) -> DDNNConfig:
-        return validate_config(self.config, source="manifest config")
+from ddnn.packed import SUFFIX as PACKED_SUFFIX
+from ddnn.packed import NotPackable, pack_slice, packable, write_packed
 
 
 def roles(cfg: ModelConfig) -> dict[str, list[str]]:
@@ -67,8 +58,29 @@ def roles(cfg: ModelConfig) -> dict[str, list[str]]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _export_packed(model: DDNN, cfg: ModelConfig, out: Path) -> dict[str, Artifact]:
+    """Each device's slice in the bit-packed format as well (`device-<i>.bits`, see
+    ddnn/packed.py), where the slice packs: a binary device tier with an exit head. A slice
+    that fails the exactness checks of packing is left to the torch runtime, with a warning."""
+    if packable(cfg) is not None:
+        return {}
+    packed = {}
+    for i, device_slice in enumerate(model.device_slices):
+        was_training = device_slice.training
+        device_slice.eval()  # what the devices run: batch norm on its running statistics
+        try:
+            bits = pack_slice(device_slice, cfg.input_shape)
+        except NotPackable as e:
+            warnings.warn(f"device-{i} is exported for the torch runtime only: {e}", stacklevel=2)
+            continue
+        finally:
+            device_slice.train(was_training)
+        path = out / f"device-{i}{PACKED_SUFFIX}"
+        data = write_packed(path, bits)
+        packed[f"device-{i}"] = Artifact(
+            file=path.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data)
+        )
+    return packed
 
 
 def export(
@@ -84,11 +96,16 @@ def export(
         path = out / f"{role}.npz"
         with path.open("wb") as f:
             np.savez(f, **arrays)
-        artifacts[role] = Artifact(file=path.name, sha256=_sha256(path), bytes=path.stat().st_size)
+        artifacts[role] = Artifact(
+            file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size
+        )
+    packed = _export_packed(model, cfg.model, out)
     config = cfg.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for role in sorted(artifacts):
         digest.update(artifacts[role].sha256.encode())
+    for role in sorted(packed):
+        digest.update(f"packed:{packed[role].sha256}".encode())
     manifest = Manifest(
         format=FORMAT,
         version=VERSION,
@@ -102,48 +119,12 @@ def export(
             "python": platform.python_version(),
         },
         meta=meta or {},
+        packed=packed,
     )
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(manifest.model_dump_json(indent=2))
     tmp.replace(out / MANIFEST)
     return manifest
-
-
-def read_manifest(directory: Path | str) -> Manifest:
-    path = Path(directory) / MANIFEST
-    if not path.exists():
-        raise ModelFileError(f"{directory} holds no {MANIFEST}: not a `ddnn export` directory")
-    try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
-    except ValidationError as e:
-        raise ModelFileError(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from None
-    if manifest.format != FORMAT:
-        raise ModelFileError(f"{path} is not a DDNN export manifest (format {manifest.format!r})")
-    if manifest.version != VERSION:
-        raise ModelFileError(
-            f"{path} has export version {manifest.version}; this ddnn reads version {VERSION}"
-        )
-    return manifest
-
-
-def _read_artifact(directory: Path, manifest: Manifest, role: str) -> dict[str, np.ndarray]:
-    if role not in manifest.artifacts:
-        raise ModelFileError(
-            f"{directory} has no artifact for role {role!r}; it has {sorted(manifest.artifacts)}"
-        )
-    entry = manifest.artifacts[role]
-    path = directory / entry.file
-    if path.name != entry.file or not path.exists():
-        raise ModelFileError(f"artifact {entry.file!r} of role {role!r} is missing in {directory}")
-    if _sha256(path) != entry.sha256:
-        raise ModelFileError(
-            f"{path} does not match its hash in the manifest: corrupt, or from another export"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ModelFileError(f"{path} is not a readable artifact: {e}") from None
 
 
 def _load_into(model: DDNN, arrays: dict[str, np.ndarray], prefixes: list[str], where: str) -> None:
@@ -180,7 +161,7 @@ def _load_roles(directory: Path | str, wanted: list[str]) -> tuple[Manifest, DDN
     for role in wanted:
         if role not in prefixes:
             raise ModelFileError(f"this deployment has no role {role!r}; it has {sorted(prefixes)}")
-        arrays = _read_artifact(directory, manifest, role)
+        arrays = read_npz_artifact(directory, manifest, role)
         _load_into(model, arrays, prefixes[role], f"{directory / manifest.artifacts[role].file}")
     model.eval()
     return manifest, model

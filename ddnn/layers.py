@@ -13,13 +13,12 @@ Conventions every runtime must share (training, export, a packed bit runtime):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Precision = Literal["binary", "float"]
+from ddnn.config import Precision
 
 
 class _SignSTE(torch.autograd.Function):

@@ -210,6 +210,7 @@ class MqttClient:
         self.unsolicited = 0
         self._unacked: deque[paho.MQTTMessageInfo] = deque()  # QoS 1 sent, no PUBACK yet
         self._connected = threading.Event()
+        self.connections = 0  # successful (re)connects: a broker restart loses retained state
         self._started = False
         self._closed = False
 
@@ -277,6 +278,7 @@ class MqttClient:
         with self._lock:
             self.last_error = None
             self._ever_connected = True
+            self.connections += 1
             self._connected.set()
             filters = list(self._filters.items())
         if filters:

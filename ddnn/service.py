@@ -23,12 +23,13 @@ from collections import Counter
 from types import FrameType
 
 from ddnn.errors import DDNNError
-from ddnn.export import Manifest
+from ddnn.manifest import Manifest
 from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
 from ddnn.wire import Message, Status, Topics, WireError, decode, encode
 
 log = logging.getLogger("ddnn")
 LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
+STATUS_EVERY = 5.0  # seconds between status messages with the counters
 
 
 class Rejected(DDNNError):
@@ -89,24 +90,43 @@ class Service:
             self.client.subscribe(topic, qos=1)
         try:
             connect_or_fail(self.client, timeout=connect_timeout)
-            self.publish(self.topics.status(self.role), self._status("online"), retain=True)
             self.log.info("online at %s under %s", self.client.url, self.topics.root)
             self._loop()
         finally:
-            self.publish(self.topics.status(self.role), self._status("offline"), retain=True)
+            self.announce("offline")
             self.client.close()
             self.log.info("%s stopped; %s", self.role, self.summary())
 
+    def announce(self, state: str) -> None:
+        """Publish the retained status with the counters so far."""
+        status = Status(
+            role=self.role,
+            state=state,  # type: ignore[arg-type]
+            t=time.time(),
+            counters=dict(self.counters),
+            rejected=dict(self.rejected.most_common(200)),
+        )
+        self.publish(self.topics.status(self.role), status, retain=True)
+
     def _loop(self) -> None:
         wake: float | None = None
+        connections, announced = 0, 0.0
         while not self.stopping.is_set():
+            # Announce on every (re)connect, since a restarted broker has lost the retained
+            # status, and every few seconds, so that operators see the counters move.
+            now = time.monotonic()
+            if self.client.connections != connections or now - announced > STATUS_EVERY:
+                connections, announced = self.client.connections, now
+                self.announce("online")
             timeout = 0.5 if wake is None else min(0.5, max(0.0, wake - time.monotonic()))
             item = self.client.get(timeout=timeout)
             if item is not None:
                 topic, payload = item
                 self.counters["received"] += 1
                 try:
-                    self.handle(topic, decode(payload), len(payload))
+                    message = decode(payload)
+                    self.topics.check(topic, message)
+                    self.handle(topic, message, len(payload))
                 except (WireError, Rejected) as e:
                     self.reject(str(e))
             wake = self.poll(time.monotonic())
@@ -119,9 +139,6 @@ class Service:
         if self.rejected:
             parts.append(f"rejected={sum(self.rejected.values())}")
         return " ".join(parts) or "no messages"
-
-    def _status(self, state: str) -> Status:
-        return Status(role=self.role, state=state, t=time.time())  # type: ignore[arg-type]
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

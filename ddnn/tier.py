@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ddnn.export import Manifest
+from ddnn.manifest import Manifest
 from ddnn.model import UpperTier
 from ddnn.mqtt import BrokerSettings
 from ddnn.packing import pack_scores

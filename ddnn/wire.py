@@ -45,10 +45,15 @@ class _Message(BaseModel):
 
 
 class Status(_Message):
+    """A service's liveness, with its message counters and rejections by reason (none in
+    the last will, which the broker publishes for a process that died)."""
+
     kind: Literal["status"] = "status"
     role: Role
     state: Literal["online", "offline"]
     t: float
+    counters: dict[str, int] = Field(default={}, max_length=256)
+    rejected: dict[str, int] = Field(default={}, max_length=256)
 
 
 class Tick(_Message):
@@ -155,6 +160,7 @@ class Decision(_Message):
     latency_ms: float | None = None
     degraded: bool = False
     reason: str | None = None
+    upper_devices: list[int] | None = None  # devices whose feature maps reached edge/cloud
 
 
 Message = Status | Tick | Scores | Offload | Features | Decision
@@ -205,6 +211,23 @@ class Topics:
         self.decisions = f"{self.root}/decisions"
         self.all_scores = f"{self.root}/scores/+"
         self.all_status = f"{self.root}/status/+"
+
+    def check(self, topic: str, message: Message) -> None:
+        """Refuse a valid message on a topic where it does not belong (a tick on a scores
+        topic, scores whose source is not the topic's sender), so that no publisher can
+        pass one kind of message off as another."""
+        rest = topic.removeprefix(self.root + "/")
+        level, _, role = rest.partition("/")
+        expected = {"tick": Tick, "offload": Offload, "decisions": Decision}.get(level) or {
+            "status": Status,
+            "scores": Scores,
+            "features": Features,
+        }.get(level)
+        if expected is None or not isinstance(message, expected):
+            raise WireError(f"a {message.kind} message on {topic}")
+        sender = getattr(message, "role", None) or getattr(message, "source", None)
+        if role and sender != role:
+            raise WireError(f"a {message.kind} message from {sender} on {topic}")
 
     def status(self, role: str) -> str:
         return f"{self.root}/status/{role}"

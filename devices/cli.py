@@ -28,21 +28,38 @@ def device(
     keep_seconds: Annotated[
         float, typer.Option(help="how long feature maps wait for an offload request")
     ] = 10.0,
+    runtime_name: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="packed: the bit-packed slice, NumPy only (numba kernels when installed); "
+            "torch: PyTorch; auto: packed when the export holds a packed slice for this "
+            "device (a binary device tier), else torch",
+        ),
+    ] = "auto",
 ) -> None:
     """Run one end device: its binarized slice on every frame, class scores to the local
     aggregator, bit-packed feature maps to the edge or cloud when asked."""
+    import logging
+
     from ddnn.errors import DDNNError
-    from devices.runtime import TorchSlice
+    from ddnn.manifest import read_manifest
+    from devices.runtime import RUNTIMES, open_runtime
     from devices.service import DeviceService
     from devices.sources import open_source
 
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
-    runtime = TorchSlice(artifacts, device_id)
-    cfg = runtime.manifest.ddnn_config()
+    if runtime_name not in RUNTIMES:
+        raise DDNNError(f"--runtime must be {', '.join(RUNTIMES)}, got {runtime_name!r}")
+    cfg = read_manifest(artifacts).ddnn_config()
     if device_id >= cfg.model.n_devices:
         raise DDNNError(f"--id {device_id}: the model has devices 0..{cfg.model.n_devices - 1}")
-    frames = open_source(source, device_id, cfg.model.input_shape, train_config=cfg.train)
+    runtime = open_runtime(artifacts, device_id, runtime_name)
+    logging.getLogger(f"ddnn.device-{device_id}").info("slice runtime: %s", runtime.name)
+    # The test part exactly as `ddnn.train.split` cuts it (its first cut), without PyTorch.
+    split = (cfg.train.split_seed, 1 - cfg.train.test_fraction)
+    frames = open_source(source, device_id, cfg.model.input_shape, split=split)
     service = DeviceService(
         runtime.manifest,
         device_id,

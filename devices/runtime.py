@@ -1,7 +1,14 @@
 """The device slice behind one small interface: a frame in, class scores and a feature map out.
 
-`TorchSlice` runs the exported weights with PyTorch; the NumPy bit-packed runtime of a later
-issue implements the same call, so the device service does not change when it is swapped.
+Two runtimes implement it:
+- `PackedSlice` (the default): the slice exported in the bit-packed format of ddnn/packed.py,
+  run with NumPy and, when installed, numba's compiled kernels. No PyTorch: weights are bits,
+  batch norm + sign are integer (or float32) thresholds. Bit-exact with the torch model in
+  eval mode (ddnn/packed.py says exactly in what sense).
+- `TorchSlice`: the exported weights in PyTorch, for any slice, a float device tier included.
+
+`open_runtime(artifacts, device, "auto")` picks the packed slice when the export holds one
+for the device, else torch.
 """
 
 from __future__ import annotations
@@ -11,18 +18,28 @@ from typing import Protocol
 
 import numpy as np
 
-from ddnn.export import Manifest, load_device
+from ddnn.errors import ModelFileError
+from ddnn.manifest import Manifest, read_manifest, verified_path
+
+RUNTIMES = ("auto", "packed", "torch")
 
 
 class SliceRuntime(Protocol):
+    name: str
+    manifest: Manifest
+
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """image (C, H, W) float32 0..255 -> (scores (|C|,) float32, feature map (f, h, w))."""
         ...
 
 
 class TorchSlice:
+    name = "torch"
+
     def __init__(self, artifacts: Path | str, device: int) -> None:
         import torch
+
+        from ddnn.export import load_device
 
         self._torch = torch
         self.manifest: Manifest
@@ -34,3 +51,54 @@ class TorchSlice:
         if scores is None:
             raise ValueError("this device slice has no exit head (a topology without local exit)")
         return scores[0].numpy(), features[0].numpy()
+
+
+class PackedSlice:
+    """The bit-packed slice of one device. kernel: "auto" (numba when importable, else
+    NumPy), "numba" or "numpy". The device refuses to start when any artifact of its role
+    (the packed file or the role's .npz) does not match its hash in the manifest."""
+
+    def __init__(self, artifacts: Path | str, device: int, kernel: str = "auto") -> None:
+        from ddnn.packed import packable, read_packed
+
+        self.manifest = read_manifest(artifacts)
+        role = f"device-{device}"
+        cfg = self.manifest.ddnn_config().model
+        if not 0 <= device < cfg.n_devices:
+            raise ModelFileError(f"the model has devices 0..{cfg.n_devices - 1}, not {device}")
+        entry = self.manifest.packed.get(role)
+        if entry is None:
+            why = packable(cfg) or "the export predates the packed format, or packing failed"
+            raise ModelFileError(
+                f"{artifacts} holds no packed slice for {role} ({why}); use the torch runtime"
+            )
+        if role in self.manifest.artifacts:
+            verified_path(artifacts, self.manifest.artifacts[role], f"role {role!r}")
+        self.model = read_packed(verified_path(artifacts, entry, f"the packed slice of {role}"))
+        expected = (tuple(cfg.input_shape), len(cfg.classes))
+        if (self.model.input_shape, self.model.n_classes) != expected:
+            raise ModelFileError(f"{entry.file} does not fit the manifest's topology")
+        self.kernel = self.model.kernel_name(kernel)
+        self.name = f"packed ({self.kernel})"
+        self._run = self.model.runner(kernel)
+        self._run(np.zeros(self.model.input_shape, np.float32))  # compile now, not on frame 0
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.model.weights_bytes
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run(image)
+
+
+def open_runtime(artifacts: Path | str, device: int, runtime: str = "auto") -> SliceRuntime:
+    """The runtime for one device: "packed", "torch", or "auto" (packed where the export
+    holds a packed slice for the device, torch otherwise)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "auto":
+        packed = read_manifest(artifacts).packed
+        runtime = "packed" if f"device-{device}" in packed else "torch"
+    if runtime == "packed":
+        return PackedSlice(artifacts, device)
+    return TorchSlice(artifacts, device)

@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ddnn.export import Manifest
+from ddnn.manifest import Manifest
 from ddnn.mqtt import BrokerSettings
 from ddnn.packing import pack_scores
 from ddnn.service import Rejected, Service

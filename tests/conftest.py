@@ -31,3 +31,20 @@ def mvmc_file(tmp_path: Path) -> Path:
     path = tmp_path / "small_mvmc.npz"
     save_mvmc(path, *make_mvmc_arrays())
     return path
+
+
+def tiny_model(tmp: Path, name: str, fractions: str, *extra: str) -> Path:
+    """A model trained briefly on the default synthetic set, with thresholds set so that a
+    real share of samples leaves at every exit (live tests must cover every path)."""
+    from tests.test_cli import ddnn_json
+
+    model = tmp / f"{name}.pt"
+    ddnn_json("train", "--out", str(model), "--epochs", "3", *extra, timeout=600)
+    ddnn_json("calibrate", "--model", str(model), "--exit-fraction", fractions)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """The local + cloud model the live and fault tests share."""
+    return tiny_model(tmp_path_factory.mktemp("tiny"), "c", "0.5")

@@ -45,3 +45,16 @@ def test_any_single_device_missing_costs_at_most_5_points(default_run):
     report = default_run["eval"]
     for row in report["each_missing"]:
         assert row["overall"] >= report["accuracy"]["overall"] - 5, row
+
+
+def test_live_single_device_failures_cost_at_most_5_points(default_run):
+    """Issue 4's bar on the default (dropout-trained) model: each device killed in the live
+    system; decisions equal offline evaluation without that device, which loses at most 5
+    points on the whole test part."""
+    (result,) = ddnn_json(
+        "faults", "--model", default_run["train"]["model"], "--scenario", "device-down",
+        timeout=900,
+    )["results"]  # fmt: skip
+    for row in result["rows"][1:]:
+        assert row["lost"] == 0 and row["mismatches"] == 0, row
+        assert row["cost"] <= 5, row

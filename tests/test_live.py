@@ -18,24 +18,10 @@ import pytest
 from ddnn.broker import start_broker
 from ddnn.mqtt import MqttClient, connect_or_fail
 from ddnn.wire import Decision, Status, Tick, Topics, decode, encode
+from tests.conftest import tiny_model
 from tests.test_cli import ddnn, ddnn_json
 
 EDGE = "model.edge={groups: [[0,1,2],[3,4,5]]}"
-
-
-def tiny_model(tmp: Path, name: str, fractions: str, *extra: str) -> Path:
-    """A model trained briefly on the default synthetic set, with thresholds set so that a
-    real share of samples leaves at every exit (parity must cover every path)."""
-    model = tmp / f"{name}.pt"
-    ddnn_json("train", "--out", str(model), "--epochs", "3", *extra, timeout=600)
-    ddnn_json("calibrate", "--model", str(model), "--exit-fraction", fractions)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """The local + cloud model most tests here share."""
-    return tiny_model(tmp_path_factory.mktemp("tiny"), "c", "0.5")
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -1,0 +1,281 @@
+"""Compiled kernels of the bit-packed device slice (ddnn/packed.py), with numba.
+
+The same decisions as the NumPy path, written as loops that LLVM compiles: a batch-1 frame
+costs microseconds instead of the tens that a dozen NumPy calls cost in overhead alone.
+Importing this module raises ImportError where numba is missing; ddnn/packed.py then falls
+back to NumPy. Kernels are compiled on first use and cached on disk (`cache=True`).
+
+Conventions (see ddnn/packed.py): weight bit k = c*9 + ky*3 + kx of a filter at bit k % 64
+of word k // 64, 1 meaning +1; activations are float32 +-1 arrays (> 0 meaning +1), and also
+packed into words in flatten order for the next binary layer; a channel is +1 where
+`direction * pooled >= threshold`.
+
+First block, fast and exact: the signed 27-tap sums are computed in float32 (each row's
+three horizontal taps come from one of four precomputed sign patterns, so a filter adds 9
+rows instead of 27 taps), and every pooled value whose distance to the threshold is within
+a rigorous bound of the float32 rounding error is recomputed exactly in float64 (exact for
+float32 pixels in 0..255, as in the NumPy path). The bound: each value goes through at most
+2 + 3C roundings of relative size 2**-24 on partial sums of at most 9C * max|pixel|; the
+kernel uses (64 + 12C) * 9C * max|pixel| * 2**-24, several times that. fastmath is limited to
+"contract": a fused multiply-add of a +-1 sign and a value rounds exactly like the add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def popcount(typingctx, x):
+    """LLVM's ctpop of a 64-bit word, as int64: one POPCNT instruction where the CPU has
+    it (an int64 result keeps numba from promoting int64 + uint64 sums to float)."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.int64(x), codegen
+
+
+_ONE = np.uint64(1)
+_U = 1.0 / 16777216.0  # 2**-24: float32's unit roundoff
+
+
+@njit(cache=True)
+def _weight_sign(weights, f, k):
+    return 1.0 if (weights[f, k >> 6] >> np.uint64(k & 63)) & _ONE else -1.0
+
+
+@njit(cache=True)
+def _row_max(pre, f, rowmax):
+    """rowmax[oy, x] = max of pre[f, 2oy-1 .. 2oy+1, x] over the rows inside the map (the
+    first half of a separable 3x3, stride 2, pad 1 max-pool). The builtin max compiles
+    without branches; a conditional expression does not, and mispredicts on real data."""
+    h = pre.shape[1]
+    ho, w = rowmax.shape
+    for oy in range(ho):
+        y0 = max(2 * oy - 1, 0)
+        for x in range(w):
+            rowmax[oy, x] = max(pre[f, y0, x], pre[f, 2 * oy, x])
+        if 2 * oy + 1 < h:
+            for x in range(w):
+                rowmax[oy, x] = max(rowmax[oy, x], pre[f, 2 * oy + 1, x])
+
+
+@njit(cache=True, inline="always")
+def _emit(out, bits, f, oy, ox, on):
+    """One output activation: +-1 into out and its bit (flatten order) into bits, without
+    branches (the signs of real data are not predictable: branches cost more than the
+    arithmetic)."""
+    _, ho, wo = out.shape
+    i = (f * ho + oy) * wo + ox
+    out[f, oy, ox] = np.float32(2 * np.int64(on) - 1)
+    bits[i >> 6] |= np.uint64(on) << np.uint64(i & 63)
+
+
+@njit(cache=True)
+def _exact_window_max(padded, weights, f, oy, ox, h, w):
+    """The exact (float64) max of filter f's pre-activations over pooling window (oy, ox)."""
+    c_n = padded.shape[0]
+    best = -np.inf
+    for y in range(max(2 * oy - 1, 0), min(2 * oy + 2, h)):
+        for x in range(max(2 * ox - 1, 0), min(2 * ox + 2, w)):
+            s = 0.0
+            for c in range(c_n):
+                for ky in range(3):
+                    for kx in range(3):
+                        v = np.float64(padded[c, y + ky, x + kx])
+                        s += _weight_sign(weights, f, c * 9 + ky * 3 + kx) * v
+            best = max(best, s)
+    return best
+
+
+@njit(cache=True, fastmath={"contract"})
+def conv_first(image, weights, pattern, gsign, direction, threshold, out, bits):
+    """First ConvP block: pixels (C, H, W) float32 -> out (F, H', W') float32 +-1 and its
+    bits. pattern[f, c*3+ky] in 0..3 names the row's horizontal sign pattern (+++, ++-,
+    +-+, +--) after factoring out gsign[f, c*3+ky] = the sign of its first tap."""
+    c_n, h, w = image.shape
+    f_n = weights.shape[0]
+    padded = np.zeros((c_n, h + 2, w + 2), np.float32)
+    for c in range(c_n):
+        for y in range(h):
+            for x in range(w):
+                padded[c, y + 1, x + 1] = image[c, y, x]
+    # max |pixel| for the error bound, as the max of the bit patterns with the sign bit
+    # cleared (ordered like the magnitudes; an integer max vectorizes, a float one not)
+    magnitude = image.view(np.int32)
+    top_bits = 0
+    for c in range(c_n):
+        for y in range(h):
+            for x in range(w):
+                b = magnitude[c, y, x] & 0x7FFFFFFF
+                top_bits = max(top_bits, b)
+    buf = np.empty(1, np.int32)
+    buf[0] = top_bits
+    top = np.float64(buf.view(np.float32)[0])
+    if top != top:  # NaN pixels: decide every window on exact sums
+        top = np.inf
+    rows = np.empty((c_n, 4, h + 2, w), np.float32)
+    for c in range(c_n):
+        for r in range(h + 2):
+            src = padded[c, r]
+            d0 = rows[c, 0, r]
+            d1 = rows[c, 1, r]
+            d2 = rows[c, 2, r]
+            d3 = rows[c, 3, r]
+            for x in range(w):
+                d0[x] = (src[x] + src[x + 1]) + src[x + 2]
+            for x in range(w):
+                d1[x] = (src[x] + src[x + 1]) - src[x + 2]
+            for x in range(w):
+                d2[x] = (src[x] - src[x + 1]) + src[x + 2]
+            for x in range(w):
+                d3[x] = (src[x] - src[x + 1]) - src[x + 2]
+    pre = np.empty((f_n, h, w), np.float32)
+    for f in range(f_n):
+        for y in range(h):
+            acc = pre[f, y]
+            if c_n == 3:  # RGB: all nine rows in one pass
+                r0 = rows[0, pattern[f, 0], y]
+                r1 = rows[0, pattern[f, 1], y + 1]
+                r2 = rows[0, pattern[f, 2], y + 2]
+                r3 = rows[1, pattern[f, 3], y]
+                r4 = rows[1, pattern[f, 4], y + 1]
+                r5 = rows[1, pattern[f, 5], y + 2]
+                r6 = rows[2, pattern[f, 6], y]
+                r7 = rows[2, pattern[f, 7], y + 1]
+                r8 = rows[2, pattern[f, 8], y + 2]
+                # signs in locals: loads from gsign inside the loop could alias acc
+                g0, g1, g2 = gsign[f, 0], gsign[f, 1], gsign[f, 2]
+                g3, g4, g5 = gsign[f, 3], gsign[f, 4], gsign[f, 5]
+                g6, g7, g8 = gsign[f, 6], gsign[f, 7], gsign[f, 8]
+                for x in range(w):
+                    acc[x] = (
+                        g0 * r0[x]
+                        + g1 * r1[x]
+                        + g2 * r2[x]
+                        + g3 * r3[x]
+                        + g4 * r4[x]
+                        + g5 * r5[x]
+                        + g6 * r6[x]
+                        + g7 * r7[x]
+                        + g8 * r8[x]
+                    )
+            else:
+                for x in range(w):
+                    acc[x] = 0.0
+                for c in range(c_n):
+                    j = c * 3
+                    r0 = rows[c, pattern[f, j], y]
+                    r1 = rows[c, pattern[f, j + 1], y + 1]
+                    r2 = rows[c, pattern[f, j + 2], y + 2]
+                    g0 = gsign[f, j]
+                    g1 = gsign[f, j + 1]
+                    g2 = gsign[f, j + 2]
+                    for x in range(w):
+                        acc[x] = acc[x] + g0 * r0[x] + g1 * r1[x] + g2 * r2[x]
+    bound = (64.0 + 12.0 * c_n) * 9.0 * c_n * top * _U
+    _pool_first(pre, padded, weights, direction, threshold, bound, out, bits)
+
+
+@njit(cache=True)
+def _pool_first(pre, padded, weights, direction, threshold, bound, out, bits):
+    """Max-pool and threshold the first block's float32 sums; a window whose max lies
+    within `bound` of the threshold is decided on its exact float64 sums instead."""
+    f_n, h, w = pre.shape
+    _, ho, wo = out.shape
+    rowmax = np.empty((ho, w), np.float32)
+    for f in range(f_n):
+        _row_max(pre, f, rowmax)
+        d = np.float64(direction[f])
+        t = np.float64(threshold[f])
+        for oy in range(ho):
+            for ox in range(wo):
+                m = max(rowmax[oy, max(2 * ox - 1, 0)], rowmax[oy, 2 * ox])
+                if 2 * ox + 1 < w:
+                    m = max(m, rowmax[oy, 2 * ox + 1])
+                z = d * np.float64(m) - t
+                if abs(z) <= bound:  # too close to call in float32 (rare: a taken branch)
+                    z = d * _exact_window_max(padded, weights, f, oy, ox, h, w) - t
+                _emit(out, bits, f, oy, ox, z >= 0)
+
+
+@njit(cache=True)
+def conv_binary(bits_in, shape_in, weights, direction, threshold, out, bits):
+    """A later ConvP block: input bits (flatten order of shape_in (C, H, W)) -> out
+    (F, H', W') float32 +-1 and its bits. Per position the 3x3xC patch is packed into words
+    with a mask of the taps inside the map; the dot with a filter is
+    n_valid - 2 * popcount((patch ^ weights) & mask)."""
+    c_n, h, w = shape_in[0], shape_in[1], shape_in[2]
+    f_n, n_words = weights.shape
+    patch = np.zeros(n_words, np.uint64)
+    mask = np.zeros(n_words, np.uint64)
+    pre = np.empty((f_n, h, w), np.int64)
+    for y in range(h):
+        for x in range(w):
+            patch[:] = 0
+            mask[:] = 0
+            for c in range(c_n):
+                for ky in range(3):
+                    yy = y + ky - 1
+                    if yy < 0 or yy >= h:
+                        continue
+                    for kx in range(3):
+                        xx = x + kx - 1
+                        if xx < 0 or xx >= w:
+                            continue
+                        k = c * 9 + ky * 3 + kx
+                        bit = _ONE << np.uint64(k & 63)
+                        mask[k >> 6] |= bit
+                        i = (c * h + yy) * w + xx
+                        if (bits_in[i >> 6] >> np.uint64(i & 63)) & _ONE:
+                            patch[k >> 6] |= bit
+            n_valid = 0
+            for j in range(n_words):
+                n_valid += popcount(mask[j])
+            for f in range(f_n):
+                disagree = 0
+                for j in range(n_words):
+                    disagree += popcount((patch[j] ^ weights[f, j]) & mask[j])
+                pre[f, y, x] = n_valid - 2 * disagree
+    _pool_binary(pre, direction, threshold, out, bits)
+
+
+@njit(cache=True)
+def _pool_binary(pre, direction, threshold, out, bits):
+    """Max-pool and threshold integer pre-activations."""
+    f_n, h, w = pre.shape
+    _, ho, wo = out.shape
+    rowmax = np.empty((ho, w), np.int64)
+    for f in range(f_n):
+        _row_max(pre, f, rowmax)
+        d = np.int64(direction[f])
+        t = np.int64(threshold[f])
+        for oy in range(ho):
+            for ox in range(wo):
+                m = max(rowmax[oy, max(2 * ox - 1, 0)], rowmax[oy, 2 * ox])
+                if 2 * ox + 1 < w:
+                    m = max(m, rowmax[oy, 2 * ox + 1])
+                _emit(out, bits, f, oy, ox, d * m >= t)
+
+
+@njit(cache=True)
+def head_scores(bits, n, weights, alpha, beta, fma, scores, dots):
+    """FC exit head: n feature bits -> dots (K,) int64 = n - 2 * popcount(bits ^ weights)
+    and scores (K,) float32 = dot * alpha + beta, rounded once (fma: the product is exact
+    in float64) or after each float32 operation."""
+    k_n, n_words = weights.shape
+    for k in range(k_n):
+        disagree = 0
+        for j in range(n_words):
+            disagree += popcount(bits[j] ^ weights[k, j])
+        dot = n - 2 * disagree
+        dots[k] = dot
+        if fma:
+            scores[k] = np.float32(np.float64(dot) * np.float64(alpha[k]) + np.float64(beta[k]))
+        else:
+            scores[k] = np.float32(dot) * alpha[k] + beta[k]

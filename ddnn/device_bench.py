@@ -1,0 +1,152 @@
+"""`ddnn bench device`: per-frame latency of a device slice at batch 1, three ways.
+
+- torch_float: the same slice as a float network (unquantized weights, ReLU), in PyTorch;
+- torch_binary: the binarized slice in eval mode in PyTorch (what `TorchSlice` runs);
+- packed: the bit-packed slice (ddnn/packed.py) with its default kernel (numba when
+  installed), and `packed_numpy` with the plain NumPy kernel for reference.
+
+Each is timed through the call a device makes (a (C, H, W) float32 frame in, NumPy scores
+and feature map out), on one thread (as the services run PyTorch), in one run: the paths
+take turns in blocks of BLOCK frames (after one untimed frame), in rotating order, so that
+load from other processes hits every path alike while each path's caches stay as warm as on
+a device, which runs only its own. Frames are real-valued pixels 0..255, like data-set
+replay; integer camera frames cost the same. The packed outputs are checked against
+torch_binary's on each of the distinct frames.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BLOCK = 50  # frames timed per path in a row: caches stay as warm as on a device
+
+
+def _default_slice(seed: int = 0):
+    """The paper's device slice (1 ConvP 3->4, FC 1024->3), untrained, with batch-norm
+    statistics that put the thresholds inside the range of the conv sums."""
+    import torch
+
+    from ddnn.config import load_config
+    from ddnn.model import DeviceSlice
+
+    cfg = load_config()
+    torch.manual_seed(seed)
+    module = DeviceSlice(cfg.model)
+    with torch.no_grad():
+        for bn, scale in ((module.blocks[0].bn, 2000.0), (module.head.bn, 100.0)):
+            bn.running_mean.uniform_(-scale / 2, scale / 2)
+            bn.running_var.uniform_(1.0, scale)
+    return module.eval(), cfg.model
+
+
+def bench_device(
+    artifacts: Path | str | None = None, device: int = 0, frames: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    import torch
+
+    from ddnn.model import DeviceSlice
+    from ddnn.packed import pack_slice, read_packed
+
+    if artifacts is not None:
+        from ddnn.export import load_device
+        from ddnn.manifest import verified_path
+
+        manifest, binary = load_device(artifacts, device)
+        cfg = manifest.ddnn_config().model
+        entry = manifest.packed.get(f"device-{device}")
+        if entry is not None:
+            packed = read_packed(verified_path(artifacts, entry, "the packed slice"))
+        else:
+            packed = pack_slice(binary, cfg.input_shape)  # raises NotPackable: float tier
+        source = f"{artifacts} device {device}"
+    else:
+        binary, cfg = _default_slice(seed)
+        packed = pack_slice(binary, cfg.input_shape)
+        source = "the default device slice (untrained)"
+    float_cfg = cfg.model_copy(
+        update={"device": cfg.device.model_copy(update={"precision": "float"})}
+    )
+    floating = DeviceSlice(float_cfg)
+    floating.load_state_dict(binary.state_dict())
+    floating.eval()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+
+        def torch_path(module):
+            def run(image: np.ndarray):
+                with torch.no_grad():
+                    s, f = module(torch.from_numpy(image[None]))
+                return s[0].numpy(), f[0].numpy()
+
+            return run
+
+        paths = {
+            "torch_float": torch_path(floating),
+            "torch_binary": torch_path(binary),
+            "packed": packed.runner("auto"),
+        }
+        kernel = packed.kernel_name("auto")
+        if kernel != "numpy":
+            paths["packed_numpy"] = packed.runner("numpy")
+        rng = np.random.default_rng(seed)
+        pool = rng.uniform(0, 255, (64, *cfg.input_shape)).astype(np.float32)
+        exact = 0
+        for i, image in enumerate(pool):  # warm-up (numba compiles here), and exactness
+            outs = {name: run(image) for name, run in paths.items()}
+            s, f = outs["torch_binary"]
+            exact += all(
+                np.array_equal(outs[p][0].view(np.uint32), s.view(np.uint32))
+                and np.array_equal(outs[p][1], f)
+                for p in paths
+                if p.startswith("packed")
+            )
+            if i == 0:
+                for _ in range(50):
+                    for run in paths.values():
+                        run(image)
+        names = list(paths)
+        times: dict[str, list[int]] = {name: [] for name in names}
+        for block, start in enumerate(range(0, frames, BLOCK)):
+            for j in range(len(names)):
+                name = names[(block + j) % len(names)]
+                run = paths[name]
+                run(pool[(start + len(pool) // 2) % len(pool)])  # untimed: back to warm caches
+                for i in range(start, min(start + BLOCK, frames)):
+                    image = pool[i % len(pool)]
+                    t0 = time.perf_counter_ns()
+                    run(image)
+                    times[name].append(time.perf_counter_ns() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+    latency = {
+        name: {
+            "p50": round(float(np.percentile(t, 50)) / 1000, 2),
+            "p99": round(float(np.percentile(t, 99)) / 1000, 2),
+        }
+        for name, t in times.items()
+    }
+    packed_p50 = latency["packed"]["p50"]
+    return {
+        "slice": source,
+        "frames": frames,
+        "threads": 1,
+        "kernel": kernel,
+        "latency_us": latency,
+        # how many times the packed path's p50 is faster than each path's p50
+        "speedup": {
+            name: round(v["p50"] / packed_p50, 2) for name, v in latency.items() if name != "packed"
+        },
+        "weights_bytes": packed.weights_bytes,
+        "torch_float32_bytes": 4
+        * sum(p.numel() for p in binary.state_dict().values() if p.dtype.is_floating_point),
+        # frames on which every packed path's scores and features equal torch_binary's
+        "bit_exact_frames": exact,
+        "checked_frames": len(pool),
+    }

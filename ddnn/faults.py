@@ -1,0 +1,380 @@
+"""`ddnn faults`: fault injection against a live deployment, checked against offline truth.
+
+Every scenario starts a fresh deployment (broker, one process per role), streams test
+samples through it with `tick` messages while it kills, pauses or restarts processes, the
+broker, or lets a rogue client publish garbage, and then checks what the design promises:
+
+- every sample ticked ends in exactly one decision or one explicit undecided message;
+- no service dies of bad input, and every rejected message is counted with its reason
+  (the counters travel in each service's status message);
+- each live decision equals the offline evaluation (`ddnn eval --missing ...`) for the set
+  of devices that took part in it, so the accuracy with device i down is that of the
+  offline model without device i (the cost column gives it on the whole test part);
+- after a restart, decisions resume on their own; the time they take is reported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ddnn.errors import DDNNError
+from ddnn.fleet import Driver, Fleet, roles_of
+from ddnn.mqtt import MqttClient, connect_or_fail
+from ddnn.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
+
+RATE = 25.0  # samples per second while faults happen
+SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
+CLOUD_DEADLINE = 1.5
+
+
+class Reference:
+    """Offline decisions of the exported model on the test part for any set of present
+    devices: what `ddnn eval --missing ...` computes."""
+
+    def __init__(self, artifacts: Path) -> None:
+        from ddnn.data import load_spec
+        from ddnn.evaluate import exit_points
+        from ddnn.export import load_exported_model
+        from ddnn.train import split
+
+        self.model, self.cfg, manifest = load_exported_model(artifacts)
+        meta = manifest.meta
+        data = load_spec(meta.get("data", "synth"), meta.get("grid", "2x3"))
+        self.test = split(data, self.cfg.train).test
+        self.points = exit_points(self.cfg, self.model.exits)
+        self.labels = self.test.labels
+        self.decide = cache(self._decide)
+
+    def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+        from ddnn.evaluate import presence_mask, run_model
+        from ddnn.exits import cascade
+
+        n = self.cfg.model.n_devices
+        missing = [d for d in range(n) if d not in devices]
+        outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
+        d = cascade(self.points, outputs.probs)
+        return d.predictions, [self.points[e].name for e in d.exit_index]
+
+    def accuracy(self, devices: tuple[int, ...]) -> float:
+        predictions, _ = self.decide(devices)
+        return round(100.0 * float((predictions == self.labels).mean()), 2)
+
+
+@dataclass
+class Harness:
+    """One deployment under test: broker, fleet, driver, and the offline reference."""
+
+    fleet: Fleet
+    driver: Driver
+    reference: Reference
+    roles: list[str]
+    restart_broker: Callable[[float], float] | None  # down for s seconds -> restart time
+    next_sample: int = 0
+    killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill
+    broker_back_at: float | None = None
+
+    def segment(
+        self, n: int, actions: dict[int, Callable[[], None]] | None = None, rate: float = RATE
+    ) -> range:
+        """Stream the next `n` samples; `actions[j]` runs just before the j-th of them."""
+        samples = range(self.next_sample, self.next_sample + n)
+        self.next_sample += n
+        actions = actions or {}
+
+        def before(k: int) -> None:
+            if (action := actions.get(k - samples.start)) is not None:
+                action()
+
+        self.driver.run(samples, rate=rate, before=before, window=64)
+        return samples
+
+    def kill(self, role: str) -> None:
+        self.driver.dead.add(role)
+        self.fleet.kill(role)
+        self.killed_at[role] = time.monotonic()
+
+    def restart(self, role: str) -> None:
+        self.fleet.restart(role)
+        self.driver.dead.discard(role)
+
+    def detected(self, role: str, since: float) -> float | None:
+        """Seconds from `since` until `role` was seen offline (its last will)."""
+        events = self.driver.events
+        times = [t for t, r, s in events if r == role and s == "offline" and t >= since]
+        return round(min(times) - since, 3) if times else None
+
+    def row(self, name: str, samples: range, **extra: Any) -> dict[str, Any]:
+        """The report line of a stretch of samples, with the checks every scenario makes."""
+        ds = [self.driver.decisions.get(k) for k in samples]
+        got = [d for d in ds if d is not None]
+        decided = [d for d in got if d.decided]
+        n = len(self.reference.labels)
+        right = [d.class_index == self.reference.labels[d.sample % n] for d in decided]
+        mismatches = offline_right = compared = 0
+        for d in decided:
+            if d.degraded or (d.upper_devices is not None and d.upper_devices != d.devices):
+                continue  # devices changed between tiers: no single offline presence set
+            predictions, exits = self.reference.decide(tuple(d.devices))
+            row = d.sample % n
+            compared += 1
+            mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
+            offline_right += int(predictions[row] == self.reference.labels[row])
+        exits = [d.exit for d in decided]
+        latency = [d.latency_ms for d in decided if d.latency_ms is not None]
+        return {
+            "scenario": name,
+            "samples": len(samples),
+            "decided": len(decided),
+            "undecided": sum(not d.decided for d in got),
+            "lost": len(samples) - len(got),
+            "degraded": sum(d.degraded for d in decided),
+            "accuracy": round(100.0 * np.mean(right), 2) if right else None,
+            "offline_accuracy": round(100.0 * offline_right / compared, 2) if compared else None,
+            "compared": compared,
+            "mismatches": mismatches,
+            "exit_fraction": {
+                t: round(100.0 * exits.count(t) / max(1, len(exits)), 1)
+                for t in ("local", "edge", "cloud")
+            },
+            "latency_p50_ms": round(float(np.median(latency)), 1) if latency else None,
+            "reasons": dict(Counter(d.reason for d in got if d.reason)),
+            **extra,
+        }
+
+
+def _devices(h: Harness) -> list[str]:
+    return [r for r in h.roles if r.startswith("device-")]
+
+
+def device_down(h: Harness) -> list[dict[str, Any]]:
+    """1. Each single device killed mid-stream (one stretch per device, restarted after)."""
+    everyone = tuple(range(len(_devices(h))))
+    full = h.reference.accuracy(everyone)
+    rows = [h.row("all devices up", h.segment(20), cost=0.0)]
+    for i, role in enumerate(_devices(h)):
+        samples = h.segment(40, {5: lambda role=role: h.kill(role)})
+        killed = h.killed_at[role]
+        detect = h.detected(role, killed)
+        after = [
+            d.latency_ms
+            for k in samples
+            if (d := h.driver.decisions.get(k)) is not None
+            and h.driver.ticked_at[k] > killed + (detect or 0) + 0.1
+            and d.exit == "local"
+        ]
+        rest = tuple(d for d in everyone if d != i)
+        rows.append(
+            h.row(
+                f"device {i} killed",
+                samples,
+                detect_s=detect,
+                local_p50_after_ms=round(float(np.median(after)), 1) if after else None,
+                cost=round(full - h.reference.accuracy(rest), 2),
+            )
+        )
+        h.restart(role)
+        h.driver.wait_online([role])
+    return rows
+
+
+def attrition(h: Harness) -> list[dict[str, Any]]:
+    """2. Devices killed one after another until one is left (Fig. 8 read backwards)."""
+    devices = _devices(h)
+    rows = [h.row(f"{len(devices)} devices", h.segment(25))]
+    for j, role in enumerate(devices[:-1]):
+        samples = h.segment(25, {0: lambda role=role: h.kill(role)})
+        rows.append(h.row(f"{len(devices) - j - 1} devices", samples))
+    return rows
+
+
+def straggler(h: Harness) -> list[dict[str, Any]]:
+    """3. One device paused past the aggregator's score deadline on some samples."""
+    role = _devices(h)[2]
+    pause = 3 * SCORE_DEADLINE
+    samples = h.segment(
+        80, {10: lambda: h.fleet.pause(role, pause), 50: lambda: h.fleet.pause(role, pause)}
+    )
+    return [h.row(f"{role} paused {pause:g} s twice", samples)]
+
+
+def flapping(h: Harness) -> list[dict[str, Any]]:
+    """4. A device killed and restarted, again and again."""
+    role = _devices(h)[1]
+    actions: dict[int, Callable[[], None]] = {}
+    for start in (5, 45, 85):
+        actions[start] = lambda: h.kill(role)
+        actions[start + 10] = lambda: h.restart(role)
+    samples = h.segment(120, actions)
+    return [h.row(f"{role} killed and restarted 3 times", samples)]
+
+
+def broker_restart(h: Harness) -> list[dict[str, Any]]:
+    """5. The broker killed and restarted mid-stream."""
+    if h.restart_broker is None:
+        raise DDNNError("broker-restart needs a broker the faults run starts itself")
+    restart_broker = h.restart_broker
+
+    def restart() -> None:
+        h.broker_back_at = restart_broker(1.0)
+
+    samples = h.segment(80, {20: restart})
+    back = h.broker_back_at or 0.0
+    after = [t for k, t in h.driver.decided_at.items() if k in samples and t > back]
+    recovery = round(min(after) - back, 3) if after else None
+    return [h.row("broker killed, back after 1 s", samples, recovery_s=recovery)]
+
+
+def service_restart(h: Harness) -> list[dict[str, Any]]:
+    """6. The local aggregator, each edge and the cloud killed and restarted."""
+    rows = []
+    for role in [r for r in h.roles if not r.startswith("device-")]:
+
+        def kill_and_restart(role: str = role) -> None:
+            h.kill(role)
+            h.restart(role)
+
+        samples = h.segment(60, {10: kill_and_restart})
+        killed = h.killed_at[role]
+        after = [t for k, t in h.driver.decided_at.items() if k in samples and t > killed]
+        recovery = round(min(after) - killed, 3) if after else None
+        rows.append(h.row(f"{role} killed and restarted", samples, recovery_s=recovery))
+        h.driver.wait_online([role])
+    return rows
+
+
+def rogue_payloads(topics: Topics, sample: int, decided: int) -> list[tuple[str, bytes]]:
+    """Bad messages for every topic the services read; `decided` is a sample already
+    decided (duplicates, out of order), `sample` one far in the future (unknown)."""
+    scores = Scores(sample=decided, source="device-0", scores=b"\0" * 12, t0=0.0)
+    as_map = scores.model_dump()
+    bad_scores = [
+        b"\xc1\xc1",  # not msgpack
+        msgpack.packb([1, 2, 3]),  # not a map
+        msgpack.packb({**as_map, "v": 9}),  # unknown schema version
+        msgpack.packb({**as_map, "scores": b"\0" * 5}),  # not float32
+        msgpack.packb({**as_map, "scores": b"\0" * 16}),  # 4 classes, not 3
+        msgpack.packb({**as_map, "scores": np.array([1, np.nan, 0], "<f4").tobytes()}),
+        msgpack.packb({**as_map, "scores": np.array([np.inf, 0, 0], "<f4").tobytes()}),
+        b"\x80" * (MAX_PAYLOAD + 1),  # oversized
+        encode(scores),  # duplicate of a decided sample: late
+        encode(scores.model_copy(update={"sample": sample})),  # a sample no tick started
+        encode(scores.model_copy(update={"source": "device-77"})),  # unknown device
+    ]
+    features = Features(
+        sample=decided, source="device-0", encoding="bits", shape=[4, 8, 8], data=b"\0" * 32
+    )
+    out = [(topics.scores("device-0"), p) for p in bad_scores]
+    out += [(topics.features("device-0"), encode(features))]  # wrong shape
+    out += [(topics.features("device-0"), b"\xc1")]
+    out += [(topics.tick, b"\xc1"), (topics.tick, msgpack.packb({"v": 1, "kind": "tick"}))]
+    out += [(topics.offload, msgpack.packb({"v": 1, "kind": "offload", "sample": -1}))]
+    out += [(topics.offload, encode(Offload(sample=sample, sources=["device-0"], to="cloud")))]
+    out += [(topics.status("device-0"), b"\xc1")]
+    out += [(topics.scores("cloud"), encode(Tick(sample=decided, t=0.0)))]  # wrong kind
+    return out
+
+
+def bad_input(h: Harness) -> list[dict[str, Any]]:
+    """7. A rogue client publishes garbage on every topic the services read, mid-stream."""
+    rogue = connect_or_fail(MqttClient(h.driver.client.settings, "ddnn-rogue").start())
+    sent: list[int] = []
+    start = h.next_sample
+
+    def attack(at: int) -> None:
+        # `at - 10` was ticked a while ago: decided, or about to be
+        for topic, payload in rogue_payloads(h.driver.topics, 10**9, start + at - 10):
+            rogue.publish(topic, payload, qos=1)
+            sent.append(len(payload))
+
+    try:
+        samples = h.segment(60, {20: lambda: attack(20), 40: lambda: attack(40)})
+    finally:
+        rogue.close()
+    return [h.row("rogue messages on every topic", samples, rogue_messages=len(sent))]
+
+
+SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
+    "device-down": device_down,
+    "attrition": attrition,
+    "straggler": straggler,
+    "flapping": flapping,
+    "broker-restart": broker_restart,
+    "service-restart": service_restart,
+    "bad-input": bad_input,
+}
+
+
+def run_scenario(
+    name: str, model: Path, log: Callable[[str], None], workdir: Path | None = None
+) -> dict[str, Any]:
+    """Run one scenario on a fresh deployment of `model`; the rows, the services' final
+    counters and rejections, and whether every process that should live is alive."""
+    from ddnn.broker import start_broker
+    from ddnn.checkpoint import load_model
+    from ddnn.export import export
+
+    if name not in SCENARIOS:
+        raise DDNNError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    net, cfg, meta = load_model(model)
+    with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
+        work = workdir or Path(tmp)
+        artifacts = work / "artifacts"
+        manifest = export(net, cfg, artifacts, meta)
+        reference = Reference(artifacts)
+        broker = start_broker()
+        port = broker.port
+
+        def restart_broker(down: float) -> float:
+            nonlocal broker
+            broker.stop()
+            time.sleep(down)
+            broker = start_broker(port=port)
+            return time.monotonic()
+
+        settings = broker.settings()
+        deployment = f"faults-{name}"
+        common = ["--artifacts", str(artifacts), "--broker", settings.url]
+        common += ["--mqtt", settings.protocol, "--deployment", deployment, "--log-level", "info"]
+        aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
+        aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
+        aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
+        fleet = Fleet(common, work, {"aggregator": aggregator})
+        roles = roles_of(cfg.model)
+        driver = None
+        try:
+            for role in roles:
+                fleet.start(role)
+            driver = Driver(settings, Topics(deployment, manifest.model_version), fleet, 3.0)
+            driver.wait_online(roles)
+            log(f"{name}: {len(roles)} services online")
+            h = Harness(fleet, driver, reference, roles, restart_broker)
+            rows = SCENARIOS[name](h)
+            alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
+        finally:
+            codes = fleet.stop()
+            if driver is not None:
+                end = time.monotonic() + 2.0
+                while time.monotonic() < end:  # the services' last statuses, with counters
+                    driver.pump(0.1)
+                driver.close()
+            broker.stop()
+    return {
+        "scenario": name,
+        "rows": rows,
+        "alive": alive,
+        "clean_exits": {role: code == 0 for role, code in codes.items()},
+        "counters": {r: s.counters for r, s in driver.status.items()},
+        "rejected": {r: s.rejected for r, s in driver.status.items() if s.rejected},
+        "anomalies": dict(driver.anomalies),
+        "restarts": dict(fleet.restarts),
+    }

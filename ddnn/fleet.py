@@ -1,0 +1,216 @@
+"""A whole deployment on one machine: its service processes, and the driver that feeds it.
+
+`Fleet` starts each role as an operator would (`python -m ddnn <role> ...`), and kills,
+pauses or restarts them for fault injection. `Driver` is one MQTT client that triggers
+samples with `tick` messages, collects decisions and statuses, and re-ticks a sample that
+got no decision in time (after a lost tick, or an aggregator that died holding it): a
+restarted aggregator then decides it, and one that already did drops the repeat as late.
+`ddnn demo` and `ddnn faults` are both built from these two.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ddnn.config import ModelConfig
+from ddnn.errors import DDNNError
+from ddnn.mqtt import BrokerSettings, MqttClient, connect_or_fail
+from ddnn.wire import Decision, Status, Tick, Topics, WireError, decode, encode
+
+START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
+
+
+def roles_of(model: ModelConfig, devices: int | None = None) -> list[str]:
+    """Every role a deployment of `model` runs (the first `devices` devices), devices first."""
+    n = model.n_devices if devices is None else devices
+    roles = [f"device-{i}" for i in range(n)] + ["aggregator"]
+    if model.edge is not None:
+        roles += [f"edge-{e}" for e in range(len(model.edge.groups))]
+    if model.cloud is not None:
+        roles.append("cloud")
+    return roles
+
+
+class Fleet:
+    """The service processes of one deployment; `common` are the options all of them take
+    (artifacts, broker, deployment), `extra` the ones of a single role."""
+
+    def __init__(
+        self, common: list[str], logs: Path, extra: dict[str, list[str]] | None = None
+    ) -> None:
+        self.common = common
+        self.logs = logs
+        self.extra = extra or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: Counter[str] = Counter()
+
+    def start(self, role: str) -> None:
+        command, _, index = role.partition("-")
+        argv = [sys.executable, "-m", "ddnn", command, *self.common, *self.extra.get(role, [])]
+        if index:
+            argv += ["--id", index]
+        log = (self.logs / f"{role}.log").open("a")
+        self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, role: str) -> None:
+        """SIGKILL: no goodbye, the broker publishes the role's last will."""
+        self.procs[role].kill()
+        self.procs[role].wait()
+
+    def restart(self, role: str) -> None:
+        self.restarts[role] += 1
+        self.start(role)
+
+    def pause(self, role: str, seconds: float) -> None:
+        """SIGSTOP now, SIGCONT after `seconds` (without waiting): a straggler whose
+        messages come late."""
+        proc = self.procs[role]
+        proc.send_signal(signal.SIGSTOP)
+        threading.Timer(seconds, proc.send_signal, args=(signal.SIGCONT,)).start()
+
+    def alive(self, role: str) -> bool:
+        return self.procs[role].poll() is None
+
+    def check(self, expected_dead: Iterable[str] = ()) -> None:
+        """Raise if a process that should run has exited (a crash, a refused start)."""
+        for role, proc in self.procs.items():
+            if role not in expected_dead and proc.poll() is not None:
+                tail = (self.logs / f"{role}.log").read_text().strip().splitlines()[-3:]
+                raise DDNNError(
+                    f"the {role} process exited ({proc.returncode}): {' | '.join(tail)}"
+                )
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM to all, then their exit codes (0 is a clean shutdown)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for role, proc in self.procs.items():
+            try:
+                codes[role] = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[role] = proc.wait()
+        return codes
+
+
+class Driver:
+    """Ticks samples and collects what comes back, through one MQTT client."""
+
+    def __init__(
+        self, settings: BrokerSettings, topics: Topics, fleet: Fleet, retry_after: float = 5.0
+    ) -> None:
+        self.topics = topics
+        self.fleet = fleet
+        self.retry_after = retry_after
+        self.client = MqttClient(settings, client_id=f"ddnn-driver-{os.getpid()}")
+        self.client.start()
+        self.client.subscribe(topics.all_status)
+        self.client.subscribe(topics.decisions)
+        connect_or_fail(self.client)
+        self.decisions: dict[int, Decision] = {}
+        self.decided_at: dict[int, float] = {}  # monotonic
+        self.ticked_at: dict[int, float] = {}  # monotonic, of the latest tick
+        self.status: dict[str, Status] = {}
+        self.events: list[tuple[float, str, str]] = []  # (monotonic, role, state)
+        self.anomalies: Counter[str] = Counter()
+        self.dead: set[str] = set()  # roles killed on purpose, not to be reported as crashed
+
+    def close(self) -> None:
+        self.client.close()
+
+    def pump(self, timeout: float) -> None:
+        """Take one message (waiting at most `timeout`) and file it."""
+        item = self.client.get(timeout=timeout)
+        if item is None:
+            return
+        try:
+            m = decode(item[1])
+        except WireError:
+            self.anomalies["bad_payload"] += 1
+            return
+        if isinstance(m, Status):
+            previous = self.status.get(m.role)
+            if previous is None or previous.state != m.state:
+                self.events.append((time.monotonic(), m.role, m.state))
+            self.status[m.role] = m
+        elif isinstance(m, Decision):
+            if m.sample in self.decisions and self.decisions[m.sample] != m:
+                self.anomalies["decided_twice"] += 1
+            self.decisions.setdefault(m.sample, m)
+            self.decided_at.setdefault(m.sample, time.monotonic())
+
+    def online(self) -> set[str]:
+        return {role for role, s in self.status.items() if s.state == "online"}
+
+    def wait_online(self, roles: Iterable[str], timeout: float = START_TIMEOUT) -> None:
+        wanted = set(roles)
+        deadline = time.monotonic() + timeout
+        while not wanted <= self.online():
+            self.fleet.check(self.dead)
+            if time.monotonic() > deadline:
+                missing = sorted(wanted - self.online())
+                raise DDNNError(f"services not online after {timeout:g} s: {missing}")
+            self.pump(0.2)
+
+    def wait_offline(self, role: str, timeout: float = 10.0) -> float | None:
+        """Seconds until `role`'s status turns offline (its last will), or None."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.status.get(role) is not None and self.status[role].state == "offline":
+                return time.monotonic() - start
+            self.pump(0.05)
+        return None
+
+    def tick(self, sample: int) -> None:
+        self.client.publish(self.topics.tick, encode(Tick(sample=sample, t=time.time())), qos=1)
+        self.ticked_at[sample] = time.monotonic()
+
+    def run(
+        self,
+        samples: Iterable[int],
+        rate: float | None = None,
+        window: int = 16,
+        before: Callable[[int], None] | None = None,
+        stall: float = 20.0,
+    ) -> None:
+        """Tick `samples` in order (at `rate` per second, or as fast as `window` samples in
+        flight allow), calling `before(k)` ahead of tick k; re-tick samples still undecided
+        after `retry_after`; return once all are decided or nothing came for `stall` s."""
+        todo = list(samples)
+        wanted = set(todo)
+        next_at = time.monotonic()
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            open_ = [k for k in self.ticked_at if k in wanted and k not in self.decisions]
+            if todo and len(open_) < window and (rate is None or now >= next_at):
+                k = todo.pop(0)
+                if before is not None:
+                    before(k)
+                self.tick(k)
+                next_at = max(next_at + (1.0 / rate if rate else 0.0), time.monotonic() - 1.0)
+                continue
+            if not todo and not open_:
+                return
+            for k in open_:
+                if now - self.ticked_at[k] > self.retry_after:
+                    self.anomalies["retick"] += 1
+                    self.tick(k)
+            count = len(self.decisions)
+            self.pump(0.02 if todo else 0.2)
+            if len(self.decisions) != count:
+                last = time.monotonic()
+            elif time.monotonic() - last > stall:
+                self.anomalies["stalled"] += 1
+                return
+            self.fleet.check(self.dead)

@@ -1,0 +1,102 @@
+"""The export manifest and artifact integrity checks, without PyTorch.
+
+`ddnn export` (ddnn/export.py) writes `manifest.json` next to the per-role artifacts; every
+live service reads it first. This module is what reading needs: the manifest's schema, its
+validation, and the SHA-256 check of an artifact against its manifest entry. It imports
+neither PyTorch nor the model, so that a device running the bit-packed slice
+(ddnn/packed.py) starts with NumPy alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from ddnn.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from ddnn.config import DDNNConfig
+
+FORMAT = "ddnn-export"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class Artifact(BaseModel):
+    file: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    format: str
+    version: int
+    model_version: str
+    config: dict[str, Any]
+    artifacts: dict[str, Artifact]
+    software: dict[str, str]
+    meta: dict[str, Any] = {}  # from the model file: the data it was trained on, and so on
+    # Device role -> its slice in the bit-packed format of ddnn/packed.py (a second form of
+    # the same weights, so not a role of its own). Absent where a slice cannot be packed
+    # (a float device tier) and in exports written before the packed format existed.
+    packed: dict[str, Artifact] = {}
+
+    def ddnn_config(self) -> DDNNConfig:
+        from ddnn.config import validate_config
+
+        return validate_config(self.config, source="manifest config")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(directory: Path | str) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise ModelFileError(f"{directory} holds no {MANIFEST}: not a `ddnn export` directory")
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        raise ModelFileError(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from None
+    if manifest.format != FORMAT:
+        raise ModelFileError(f"{path} is not a DDNN export manifest (format {manifest.format!r})")
+    if manifest.version != VERSION:
+        raise ModelFileError(
+            f"{path} has export version {manifest.version}; this ddnn reads version {VERSION}"
+        )
+    return manifest
+
+
+def verified_path(directory: Path | str, entry: Artifact, what: str) -> Path:
+    """The path of an artifact after checking that it exists and matches its hash."""
+    directory = Path(directory)
+    path = directory / entry.file
+    if path.name != entry.file or not path.exists():
+        raise ModelFileError(f"artifact {entry.file!r} of {what} is missing in {directory}")
+    if sha256_file(path) != entry.sha256:
+        raise ModelFileError(
+            f"{path} does not match its hash in the manifest: corrupt, or from another export"
+        )
+    return path
+
+
+def read_npz_artifact(
+    directory: Path | str, manifest: Manifest, role: str
+) -> dict[str, np.ndarray]:
+    """The arrays of one role's `.npz` artifact, hash-checked, read without unpickling."""
+    if role not in manifest.artifacts:
+        raise ModelFileError(
+            f"{directory} has no artifact for role {role!r}; it has {sorted(manifest.artifacts)}"
+        )
+    path = verified_path(directory, manifest.artifacts[role], f"role {role!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ModelFileError(f"{path} is not a readable artifact: {e}") from None
