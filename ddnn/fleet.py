@@ -162,15 +162,6 @@ class Driver:
                 raise DDNNError(f"services not online after {timeout:g} s: {missing}")
             self.pump(0.2)
 
-    def wait_offline(self, role: str, timeout: float = 10.0) -> float | None:
-        """Seconds until `role`'s status turns offline (its last will), or None."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.status.get(role) is not None and self.status[role].state == "offline":
-                return time.monotonic() - start
-            self.pump(0.05)
-        return None
-
     def tick(self, sample: int) -> None:
         self.client.publish(self.topics.tick, encode(Tick(sample=sample, t=time.time())), qos=1)
         self.ticked_at[sample] = time.monotonic()
