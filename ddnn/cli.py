@@ -786,7 +786,7 @@ def faults(
     service restarts, a rogue client) and check every sample against offline evaluation."""
     from ddnn.data import data_dir
     from ddnn.demo import demo_model
-    from ddnn.faults import SCENARIOS, run_scenario
+    from ddnn.faults import SCENARIOS, SCORE_DEADLINE, run_scenario
 
     def log(text: str) -> None:
         if not as_json:
@@ -824,6 +824,7 @@ def faults(
                 "differ": row["mismatches"],
                 "exits l/e/c": "/".join(f"{v:g}" for v in row["exit_fraction"].values()),
                 "detect or recover s": row.get("recovery_s", row.get("detect_s")),
+                "local p50 ms": row.get("local_p50_after_ms", row["latency_p50_ms"]),
                 "cost": row.get("cost"),
             }
             for row in result["rows"]
@@ -831,8 +832,10 @@ def faults(
         print_table(result["scenario"], rows)
     out.print(
         "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
-        "samples; differ: decisions that differ from it; cost: accuracy points lost on the "
-        "whole test part without that device"
+        "samples; differ: decisions that differ from it; local p50: latency of local exits "
+        "(for a killed device: of samples after its last will was seen; the score deadline "
+        f"is {SCORE_DEADLINE * 1000:g} ms); cost: accuracy points lost on the whole test part "
+        "without that device"
     )
 
 

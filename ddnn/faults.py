@@ -130,7 +130,7 @@ class Harness:
             mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
             offline_right += int(predictions[row] == self.reference.labels[row])
         exits = [d.exit for d in decided]
-        latency = [d.latency_ms for d in decided if d.latency_ms is not None]
+        latency = [d.latency_ms for d in decided if d.latency_ms and d.exit == "local"]
         return {
             "scenario": name,
             "samples": len(samples),
@@ -146,7 +146,7 @@ class Harness:
                 t: round(100.0 * exits.count(t) / max(1, len(exits)), 1)
                 for t in ("local", "edge", "cloud")
             },
-            "latency_p50_ms": round(float(np.median(latency)), 1) if latency else None,
+            "latency_p50_ms": round(float(np.median(latency)), 1) if latency else None,  # local
             "reasons": dict(Counter(d.reason for d in got if d.reason)),
             **extra,
         }
