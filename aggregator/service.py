@@ -100,7 +100,7 @@ class AggregatorService(Service):
         return [self.topics.all_status, self.topics.tick, self.topics.all_scores]
 
     # -- messages ------------------------------------------------------------------------
-    def handle(self, topic: str, message: Message, size: int) -> None:
+    def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Status):
             device = _role_index(message.role, "device-")
             if device is not None and device < self.n_devices:
@@ -121,7 +121,7 @@ class AggregatorService(Service):
             self.counters["late"] += 1
             return
         if (device := _role_index(message.source, "device-")) is not None:
-            self._device_scores(message, device, values, size)
+            self._device_scores(message, device, values)
         elif (edge := _role_index(message.source, "edge-")) is not None:
             self._edge_scores(message, edge, values)
         elif message.source == "cloud":
@@ -139,7 +139,7 @@ class AggregatorService(Service):
             self.pending[sample] = Pending(sample, t0, "scores", deadline)
         return self.pending[sample]
 
-    def _device_scores(self, m: Scores, device: int, values: np.ndarray, size: int) -> None:
+    def _device_scores(self, m: Scores, device: int, values: np.ndarray) -> None:
         if device >= self.n_devices:
             raise Rejected(f"scores from {m.source}; this model has {self.n_devices} devices")
         p = self._open(m.sample, m.t0, ticked=False)

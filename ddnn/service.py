@@ -62,7 +62,7 @@ class Service:
     def subscriptions(self) -> list[str]:
         raise NotImplementedError
 
-    def handle(self, topic: str, message: Message, size: int) -> None:
+    def handle(self, topic: str, message: Message) -> None:
         """One validated message; raise Rejected for one that does not fit."""
         raise NotImplementedError
 
@@ -126,7 +126,7 @@ class Service:
                 try:
                     message = decode(payload)
                     self.topics.check(topic, message)
-                    self.handle(topic, message, len(payload))
+                    self.handle(topic, message)
                 except (WireError, Rejected) as e:
                     self.reject(str(e))
             wake = self.poll(time.monotonic())

@@ -71,7 +71,7 @@ class TierService(Service):
     def subscriptions(self) -> list[str]:
         return [self.topics.offload] + [self.topics.features(r) for r in self.inputs]
 
-    def handle(self, topic: str, message: Message, size: int) -> None:
+    def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Offload):
             if message.to == self.tier and message.sample not in self.done:
                 mine = {s for s in message.sources if s in self.slot}

@@ -56,7 +56,7 @@ class DeviceService(Service):
     def subscriptions(self) -> list[str]:
         return [self.topics.tick, self.topics.offload]
 
-    def handle(self, topic: str, message: Message, size: int) -> None:
+    def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Tick) and self.clock == "tick":
             frame = self.source.frame(self._index(message.sample))
             if frame is None:
