@@ -19,7 +19,6 @@ counted and dropped.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +31,7 @@ from ddnn.evaluate import exit_points
 from ddnn.exits import ExitPoint, normalized_entropy, softmax
 from ddnn.manifest import Manifest
 from ddnn.mqtt import BrokerSettings
-from ddnn.service import Rejected, Service
+from ddnn.service import Recent, Rejected, Service
 from ddnn.wire import Decision, Message, Offload, Scores, Status, Tick
 
 DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
@@ -94,7 +93,7 @@ class AggregatorService(Service):
         self.deadlines = deadlines or Deadlines()
         self.online: set[int] = set()
         self.pending: dict[int, Pending] = {}
-        self.decided: OrderedDict[int, None] = OrderedDict()
+        self.decided = Recent(DECIDED_MEMORY)
 
     def subscriptions(self) -> list[str]:
         return [self.topics.all_status, self.topics.tick, self.topics.all_scores]
@@ -271,6 +270,4 @@ class AggregatorService(Service):
         decision.latency_ms = round(1000.0 * (time.time() - p.t0), 3)
         self.publish(self.topics.decisions, decision)
         del self.pending[p.sample]
-        self.decided[p.sample] = None
-        while len(self.decided) > DECIDED_MEMORY:
-            self.decided.popitem(last=False)
+        self.decided.add(p.sample)

@@ -40,7 +40,6 @@ from ddnn.manifest import (
     Manifest,
     read_manifest,
     read_npz_artifact,
-    sha256_file,
 )
 from ddnn.model import DDNN, DeviceSlice, UpperTier
 from ddnn.packed import SUFFIX as PACKED_SUFFIX
@@ -76,10 +75,8 @@ def _export_packed(model: DDNN, cfg: ModelConfig, out: Path) -> dict[str, Artifa
         finally:
             device_slice.train(was_training)
         path = out / f"device-{i}{PACKED_SUFFIX}"
-        data = write_packed(path, bits)
-        packed[f"device-{i}"] = Artifact(
-            file=path.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data)
-        )
+        write_packed(path, bits)
+        packed[f"device-{i}"] = Artifact.of(path)
     return packed
 
 
@@ -96,9 +93,7 @@ def export(
         path = out / f"{role}.npz"
         with path.open("wb") as f:
             np.savez(f, **arrays)
-        artifacts[role] = Artifact(
-            file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size
-        )
+        artifacts[role] = Artifact.of(path)
     packed = _export_packed(model, cfg.model, out)
     config = cfg.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
@@ -147,11 +142,12 @@ def _load_into(model: DDNN, arrays: dict[str, np.ndarray], prefixes: list[str], 
     model.load_state_dict(state)
 
 
-def _load_roles(directory: Path | str, wanted: list[str]) -> tuple[Manifest, DDNN]:
-    """A model skeleton with the weights of the `wanted` roles loaded (the rest untouched:
-    callers hand out only the loaded parts)."""
+def _load_roles(directory: Path | str, wanted: list[str] | None) -> tuple[Manifest, DDNN]:
+    """A model skeleton with the weights of the `wanted` roles (None: every artifact's)
+    loaded; the rest untouched: callers hand out only the loaded parts."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    wanted = list(manifest.artifacts) if wanted is None else wanted
     try:
         cfg = manifest.ddnn_config()
     except ConfigError as e:
@@ -194,6 +190,5 @@ def load_cloud(directory: Path | str) -> tuple[Manifest, UpperTier]:
 def load_exported_model(directory: Path | str) -> tuple[DDNN, DDNNConfig, Manifest]:
     """The whole model assembled from every artifact: offline evaluation of exactly what
     the live services run."""
-    manifest = read_manifest(directory)
-    manifest, model = _load_roles(directory, list(manifest.artifacts))
+    manifest, model = _load_roles(directory, None)
     return model, manifest.ddnn_config(), manifest

@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 
 from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, roles_of
+from ddnn.fleet import Driver, Fleet, roles_of, summarize
 from ddnn.mqtt import MqttClient, connect_or_fail
 from ddnn.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
 
@@ -115,11 +115,10 @@ class Harness:
 
     def row(self, name: str, samples: range, **extra: Any) -> dict[str, Any]:
         """The report line of a stretch of samples, with the checks every scenario makes."""
-        ds = [self.driver.decisions.get(k) for k in samples]
-        got = [d for d in ds if d is not None]
-        decided = [d for d in got if d.decided]
+        got = {k: d for k in samples if (d := self.driver.decisions.get(k)) is not None}
+        decided = [d for d in got.values() if d.decided]
+        summary = summarize(got, self.reference.labels, len(samples), seconds=0.0)
         n = len(self.reference.labels)
-        right = [d.class_index == self.reference.labels[d.sample % n] for d in decided]
         mismatches = offline_right = compared = 0
         for d in decided:
             if d.degraded or (d.upper_devices is not None and d.upper_devices != d.devices):
@@ -129,25 +128,18 @@ class Harness:
             compared += 1
             mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
             offline_right += int(predictions[row] == self.reference.labels[row])
-        exits = [d.exit for d in decided]
-        latency = [d.latency_ms for d in decided if d.latency_ms and d.exit == "local"]
+        local_latency = summary["latency_ms"].get("local", {"p50": None})
         return {
             "scenario": name,
-            "samples": len(samples),
-            "decided": len(decided),
-            "undecided": sum(not d.decided for d in got),
-            "lost": len(samples) - len(got),
-            "degraded": sum(d.degraded for d in decided),
-            "accuracy": round(100.0 * np.mean(right), 2) if right else None,
+            **{k: summary[k] for k in ("samples", "decided", "undecided", "degraded")},
+            "lost": summary["missing"],
+            "accuracy": summary["accuracy"],
             "offline_accuracy": round(100.0 * offline_right / compared, 2) if compared else None,
             "compared": compared,
             "mismatches": mismatches,
-            "exit_fraction": {
-                t: round(100.0 * exits.count(t) / max(1, len(exits)), 1)
-                for t in ("local", "edge", "cloud")
-            },
-            "latency_p50_ms": round(float(np.median(latency)), 1) if latency else None,  # local
-            "reasons": dict(Counter(d.reason for d in got if d.reason)),
+            "exit_fraction": summary["exit_fraction"],
+            "latency_p50_ms": local_latency["p50"],
+            "reasons": dict(Counter(d.reason for d in got.values() if d.reason)),
             **extra,
         }
 

@@ -19,6 +19,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ddnn.config import ModelConfig
 from ddnn.errors import DDNNError
@@ -205,3 +208,44 @@ class Driver:
                 self.anomalies["stalled"] += 1
                 return
             self.fleet.check(self.dead)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None}
+    return {
+        "p50": round(float(np.percentile(values, 50)), 2),
+        "p99": round(float(np.percentile(values, 99)), 2),
+    }
+
+
+def summarize(
+    decisions: dict[int, Decision], labels: np.ndarray, samples: int, seconds: float
+) -> dict[str, Any]:
+    """What `samples` ticked samples came to: `decisions` holds theirs by sample id (the
+    test part's `labels` cycle with the sample id), `seconds` the time they took."""
+    decided = [d for d in decisions.values() if d.decided]
+    tiers = ("local", "edge", "cloud")
+    by_exit = Counter(d.exit for d in decided)
+    right = sum(d.class_index == labels[d.sample % len(labels)] for d in decided)
+    per_device = [
+        (d.bytes.get("device_scores", 0) + d.bytes.get("device_features", 0)) / len(d.devices)
+        for d in decided
+    ]
+    return {
+        "samples": samples,
+        "decided": len(decided),
+        "undecided": sum(not d.decided for d in decisions.values()),
+        "missing": samples - len(decisions),
+        "degraded": sum(d.degraded for d in decided),
+        "accuracy": round(100.0 * right / len(decided), 2) if decided else None,
+        "exit_fraction": {t: round(100.0 * by_exit[t] / max(1, len(decided)), 2) for t in tiers},
+        "bytes_per_device": round(float(np.mean(per_device)), 2) if per_device else None,
+        "latency_ms": {
+            t: _percentiles([d.latency_ms for d in decided if d.exit == t and d.latency_ms])
+            for t in tiers
+            if by_exit[t]
+        },
+        "throughput": round(len(decisions) / seconds, 1) if seconds > 0 else None,
+        "seconds": round(seconds, 2),
+    }

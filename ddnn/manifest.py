@@ -32,6 +32,11 @@ class Artifact(BaseModel):
     sha256: str
     bytes: int
 
+    @classmethod
+    def of(cls, path: Path) -> Artifact:
+        """The manifest entry of a file just written."""
+        return cls(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
 
 class Manifest(BaseModel):
     format: str

@@ -19,17 +19,66 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from types import FrameType
+
+import numpy as np
 
 from ddnn.errors import DDNNError
 from ddnn.manifest import Manifest
 from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
-from ddnn.wire import Message, Status, Topics, WireError, decode, encode
+from ddnn.wire import Features, Message, Status, Topics, WireError, decode, encode
 
 log = logging.getLogger("ddnn")
 LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
 STATUS_EVERY = 5.0  # seconds between status messages with the counters
+
+
+class Recent:
+    """The last `limit` sample ids seen: what a service remembers to drop late repeats."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[int, None] = OrderedDict()
+
+    def add(self, sample: int) -> None:
+        self._ids[sample] = None
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, sample: object) -> bool:
+        return sample in self._ids
+
+
+class KeptMaps:
+    """Feature maps kept for the tier above until it asks for them: at most `limit`, for at
+    most `seconds` each (a device and an edge both keep theirs this way)."""
+
+    def __init__(self, seconds: float, limit: int = 1024) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self._maps: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+
+    def put(self, sample: int, fmap: np.ndarray) -> int:
+        """Keep `fmap`; returns how many older maps were dropped to stay within the limit."""
+        self._maps[sample] = (time.monotonic(), fmap)
+        dropped = 0
+        while len(self._maps) > self.limit:
+            self._maps.popitem(last=False)
+            dropped += 1
+        return dropped
+
+    def take(self, sample: int) -> np.ndarray | None:
+        kept = self._maps.pop(sample, None)
+        return None if kept is None else kept[1]
+
+    def expire(self, now: float) -> int:
+        """Drop the maps older than `seconds` (by the monotonic clock); returns how many."""
+        dropped = 0
+        while self._maps and now - next(iter(self._maps.values()))[0] > self.seconds:
+            self._maps.popitem(last=False)
+            dropped += 1
+        return dropped
 
 
 class Rejected(DDNNError):
@@ -76,6 +125,16 @@ class Service:
         if not self.client.publish(topic, payload, qos=qos, retain=retain):
             self.counters["publish_failed"] += 1
         return len(payload)
+
+    def send_kept(self, kept: KeptMaps, sample: int, kind: str) -> None:
+        """Publish the kept feature map of `sample` (encoded as `kind`) to the tier above."""
+        fmap = kept.take(sample)
+        if fmap is None:
+            self.counters["features_expired"] += 1
+            self.log.warning("asked for the features of sample %d, no longer kept", sample)
+            return
+        self.publish(self.topics.features(self.role), Features.of(sample, self.role, fmap, kind))
+        self.counters["features_sent"] += 1
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1

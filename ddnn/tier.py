@@ -22,10 +22,10 @@ from ddnn.manifest import Manifest
 from ddnn.model import UpperTier
 from ddnn.mqtt import BrokerSettings
 from ddnn.packing import pack_scores
-from ddnn.service import Rejected, Service
+from ddnn.service import KeptMaps, Recent, Rejected, Service
 from ddnn.wire import Features, Message, Offload, Scores
 
-KEEP_MAX = 1024  # feature maps kept at most, per pending or sent-up store
+KEEP_MAX = 1024  # samples remembered at most: collecting, run, and kept for the cloud
 
 
 @dataclass
@@ -62,11 +62,10 @@ class TierService(Service):
         self.input_shape = input_shape
         self.tier = "cloud" if role == "cloud" else "edge"
         self.deadline = deadline
-        self.keep_seconds = keep_seconds
         self.output_kind = output_kind
         self.collecting: OrderedDict[int, Collecting] = OrderedDict()
-        self.done: OrderedDict[int, None] = OrderedDict()  # to drop late feature maps
-        self.kept: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+        self.done = Recent(KEEP_MAX)  # samples already run: their late feature maps are dropped
+        self.kept = KeptMaps(keep_seconds, KEEP_MAX)
 
     def subscriptions(self) -> list[str]:
         return [self.topics.offload] + [self.topics.features(r) for r in self.inputs]
@@ -79,7 +78,7 @@ class TierService(Service):
                     self._collecting(message.sample).expected = mine
                     self._maybe_run(message.sample)
             if self.tier == "edge" and self.role in message.sources:
-                self._send_up(message.sample)
+                self.send_kept(self.kept, message.sample, self.output_kind)
             return
         if not isinstance(message, Features):
             raise Rejected(f"a {message.kind} message on {topic}")
@@ -109,9 +108,7 @@ class TierService(Service):
 
     def _run(self, sample: int) -> None:
         c = self.collecting.pop(sample)
-        self.done[sample] = None
-        while len(self.done) > KEEP_MAX:
-            self.done.popitem(last=False)
+        self.done.add(sample)
         if not c.maps:
             self.counters["nothing_arrived"] += 1
             return
@@ -122,9 +119,7 @@ class TierService(Service):
         with torch.no_grad():
             scores, own = self.module(torch.from_numpy(x), torch.from_numpy(present))
         if self.tier == "edge":
-            self.kept[sample] = (time.monotonic(), own[0].numpy())
-            while len(self.kept) > KEEP_MAX:
-                self.kept.popitem(last=False)
+            self.counters["features_dropped"] += self.kept.put(sample, own[0].numpy())
         message = Scores(
             sample=sample,
             source=self.role,
@@ -135,17 +130,8 @@ class TierService(Service):
         self.publish(self.topics.scores(self.role), message)
         self.counters["samples"] += 1
 
-    def _send_up(self, sample: int) -> None:
-        kept = self.kept.pop(sample, None)
-        if kept is None:
-            self.counters["features_expired"] += 1
-            return
-        message = Features.of(sample, self.role, kept[1], self.output_kind)
-        self.publish(self.topics.features(self.role), message)
-
     def poll(self, now: float) -> float | None:
         for sample in [s for s, c in self.collecting.items() if c.deadline <= now]:
             self._run(sample)
-        while self.kept and now - next(iter(self.kept.values()))[0] > self.keep_seconds:
-            self.kept.popitem(last=False)
+        self.counters["features_dropped"] += self.kept.expire(now)
         return min((c.deadline for c in self.collecting.values()), default=None)

@@ -198,6 +198,17 @@ def decode(payload: bytes, *expected: type[_Message]) -> Message:
         raise WireError(f"bad {raw['kind']} message: {where}: {err['msg']}") from None
 
 
+# The first topic level under a deployment's root -> the kind of message that travels there.
+TOPIC_KINDS: dict[str, type[_Message]] = {
+    "status": Status,
+    "tick": Tick,
+    "scores": Scores,
+    "offload": Offload,
+    "features": Features,
+    "decisions": Decision,
+}
+
+
 class Topics:
     """Topic names of one deployment and model version."""
 
@@ -216,13 +227,8 @@ class Topics:
         """Refuse a valid message on a topic where it does not belong (a tick on a scores
         topic, scores whose source is not the topic's sender), so that no publisher can
         pass one kind of message off as another."""
-        rest = topic.removeprefix(self.root + "/")
-        level, _, role = rest.partition("/")
-        expected = {"tick": Tick, "offload": Offload, "decisions": Decision}.get(level) or {
-            "status": Status,
-            "scores": Scores,
-            "features": Features,
-        }.get(level)
+        level, _, role = topic.removeprefix(self.root + "/").partition("/")
+        expected = TOPIC_KINDS.get(level)
         if expected is None or not isinstance(message, expected):
             raise WireError(f"a {message.kind} message on {topic}")
         sender = getattr(message, "role", None) or getattr(message, "source", None)

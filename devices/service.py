@@ -13,15 +13,14 @@ Clocks (which frame belongs to which sample, across devices):
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 import numpy as np
 
 from ddnn.manifest import Manifest
 from ddnn.mqtt import BrokerSettings
 from ddnn.packing import pack_scores
-from ddnn.service import Rejected, Service
-from ddnn.wire import Features, Message, Offload, Scores, Tick
+from ddnn.service import KeptMaps, Rejected, Service
+from ddnn.wire import Message, Offload, Scores, Tick
 from devices.runtime import SliceRuntime
 from devices.sources import FrameSource, VideoSource
 
@@ -47,10 +46,8 @@ class DeviceService(Service):
         self.source = source
         self.clock = clock
         self.fps = fps
-        self.keep_seconds = keep_seconds
-        self.keep_max = keep_max
         self.kind = manifest.ddnn_config().model.device_feature_kind
-        self.kept: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+        self.kept = KeptMaps(keep_seconds, keep_max)
         self.next_capture = 0.0
 
     def subscriptions(self) -> list[str]:
@@ -64,7 +61,7 @@ class DeviceService(Service):
             self.capture(message.sample, frame.image, message.t)
         elif isinstance(message, Offload):
             if self.role in message.sources:
-                self.send_features(message.sample)
+                self.send_kept(self.kept, message.sample, self.kind)
         elif not isinstance(message, Tick):
             raise Rejected(f"a {message.kind} message on {topic}")
 
@@ -80,25 +77,10 @@ class DeviceService(Service):
             Scores(sample=sample, source=self.role, scores=pack_scores(scores), t0=t0),
         )
         self.counters["frames"] += 1
-        self.kept[sample] = (time.monotonic(), features)
-        while len(self.kept) > self.keep_max:
-            self.kept.popitem(last=False)
-            self.counters["features_dropped"] += 1
-
-    def send_features(self, sample: int) -> None:
-        kept = self.kept.pop(sample, None)
-        if kept is None:
-            self.counters["features_expired"] += 1
-            self.log.warning("asked for the features of sample %d, no longer kept", sample)
-            return
-        message = Features.of(sample, self.role, kept[1], self.kind)
-        self.publish(self.topics.features(self.role), message)
-        self.counters["features_sent"] += 1
+        self.counters["features_dropped"] += self.kept.put(sample, features)
 
     def poll(self, now: float) -> float | None:
-        while self.kept and now - next(iter(self.kept.values()))[0] > self.keep_seconds:
-            self.kept.popitem(last=False)
-            self.counters["features_dropped"] += 1
+        self.counters["features_dropped"] += self.kept.expire(now)
         if self.clock != "wall":
             return None
         t = time.time()
