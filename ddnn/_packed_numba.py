@@ -66,6 +66,16 @@ def _row_max(pre, f, rowmax):
 
 
 @njit(cache=True, inline="always")
+def _window_max(rowmax, oy, ox):
+    """The max of rowmax[oy, 2ox-1 .. 2ox+1] over the columns inside the map (the second
+    half of the separable max-pool, after `_row_max`)."""
+    m = max(rowmax[oy, max(2 * ox - 1, 0)], rowmax[oy, 2 * ox])
+    if 2 * ox + 1 < rowmax.shape[1]:
+        m = max(m, rowmax[oy, 2 * ox + 1])
+    return m
+
+
+@njit(cache=True, inline="always")
 def _emit(out, bits, f, oy, ox, on):
     """One output activation: +-1 into out and its bit (flatten order) into bits, without
     branches (the signs of real data are not predictable: branches cost more than the
@@ -188,16 +198,14 @@ def _pool_first(pre, padded, weights, direction, threshold, bound, out, bits):
     within `bound` of the threshold is decided on its exact float64 sums instead."""
     f_n, h, w = pre.shape
     _, ho, wo = out.shape
-    rowmax = np.empty((ho, w), np.float32)
+    rowmax = np.empty((ho, w), pre.dtype)
     for f in range(f_n):
         _row_max(pre, f, rowmax)
         d = np.float64(direction[f])
         t = np.float64(threshold[f])
         for oy in range(ho):
             for ox in range(wo):
-                m = max(rowmax[oy, max(2 * ox - 1, 0)], rowmax[oy, 2 * ox])
-                if 2 * ox + 1 < w:
-                    m = max(m, rowmax[oy, 2 * ox + 1])
+                m = _window_max(rowmax, oy, ox)
                 z = d * np.float64(m) - t
                 if abs(z) <= bound:  # too close to call in float32 (rare: a taken branch)
                     z = d * _exact_window_max(padded, weights, f, oy, ox, h, w) - t
@@ -250,16 +258,14 @@ def _pool_binary(pre, direction, threshold, out, bits):
     """Max-pool and threshold integer pre-activations."""
     f_n, h, w = pre.shape
     _, ho, wo = out.shape
-    rowmax = np.empty((ho, w), np.int64)
+    rowmax = np.empty((ho, w), pre.dtype)
     for f in range(f_n):
         _row_max(pre, f, rowmax)
         d = np.int64(direction[f])
         t = np.int64(threshold[f])
         for oy in range(ho):
             for ox in range(wo):
-                m = max(rowmax[oy, max(2 * ox - 1, 0)], rowmax[oy, 2 * ox])
-                if 2 * ox + 1 < w:
-                    m = max(m, rowmax[oy, 2 * ox + 1])
+                m = _window_max(rowmax, oy, ox)
                 _emit(out, bits, f, oy, ox, d * m >= t)
 
 

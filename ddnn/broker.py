@@ -25,14 +25,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ddnn.errors import DDNNError
-from ddnn.mqtt import BrokerSettings, Protocol, as_settings, format_broker_url
+from ddnn.mqtt import (
+    BrokerSettings,
+    MqttClient,
+    Protocol,
+    as_settings,
+    connect_or_fail,
+    format_broker_url,
+)
 
 log = logging.getLogger(__name__)
 
-BrokerKind = Literal["auto", "mosquitto", "embedded"]
 KINDS = ("auto", "mosquitto", "embedded")
 START_TIMEOUT = 10.0
 
@@ -91,9 +97,9 @@ class RunningBroker:
         self.url = format_broker_url(host, port)
         self._stopped = False
 
-    def settings(self, **fields: Any) -> BrokerSettings:
+    def settings(self) -> BrokerSettings:
         """Client settings for this broker (URL and protocol filled in)."""
-        return BrokerSettings(url=self.url, protocol=self.protocol, **fields)
+        return BrokerSettings(url=self.url, protocol=self.protocol)
 
     @property
     def running(self) -> bool:
@@ -315,8 +321,6 @@ def broker_ceiling(
     neither the broker nor the client drops QoS 0 messages it cannot keep up with; the figure
     is the rate the pair sustains, not a burst.
     """
-    from ddnn.mqtt import MqttClient, connect_or_fail
-
     if messages < 1:
         raise DDNNError(f"messages must be at least 1, got {messages}")
     settings = as_settings(settings_or_url)

@@ -22,6 +22,12 @@ FORMAT = "ddnn-model"
 VERSION = 1
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def save_model(path: Path | str, model: DDNN, cfg: DDNNConfig, meta: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +51,9 @@ def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError(f"{path} is not a readable DDNN model file: {first}") from None
+        raise ModelFileError(
+            f"{path} is not a readable DDNN model file: {_first_line(e)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a DDNN model file (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
@@ -62,7 +69,6 @@ def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ModelFileError(f"{path}: weights do not match its config: {first}") from None
+        raise ModelFileError(f"{path}: weights do not match its config: {_first_line(e)}") from None
     model.eval()
     return model, cfg, dict(payload.get("meta") or {})

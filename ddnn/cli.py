@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ddnn.data import DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED
 from ddnn.errors import DDNNError
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ DataSpec = Annotated[
     ),
 ]
 Grid = Annotated[str, typer.Option(help="views per image for tiles:PATH, as ROWSxCOLS")]
+OptionalGrid = Annotated[str | None, typer.Option(help="views per image for tiles:PATH")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 ModelPath = Annotated[
     Path,
@@ -140,7 +142,9 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    tiers = ["local", "edge", "cloud", "overall"]
+    from ddnn.config import EXIT_ORDER
+
+    tiers = [*EXIT_ORDER, "overall"]
     rows = [
         {
             "": "accuracy %",
@@ -163,8 +167,10 @@ def print_report(report: dict[str, Any]) -> None:
 @data_app.command("synth")
 def data_synth(
     out_path: Annotated[Path, typer.Option("--out", help="the .npz file to write")],
-    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = 2000,
-    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same file")] = 0,
+    samples: Annotated[int, typer.Option(min=1, help="number of samples")] = DEFAULT_SYNTH_SAMPLES,
+    seed: Annotated[
+        int, typer.Option(help="random seed; the same seed gives the same file")
+    ] = DEFAULT_SYNTH_SEED,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate a synthetic multi-view multi-camera set in the MVMC format."""
@@ -269,37 +275,12 @@ def train(
 
 def _eval_context(
     model_path: Path, data: str | None, grid: str | None, part: str, quiet: bool
-) -> tuple[DDNN, DDNNConfig, MultiViewData]:
-    """Load a model and the part of a data set to evaluate it on (by default the test split
-    of the data it was trained on)."""
-    from ddnn.checkpoint import load_model
-    from ddnn.export import load_exported_model
-    from ddnn.train import split
+) -> tuple[DDNN, DDNNConfig, dict[str, Any], MultiViewData]:
+    """Load a model, its metadata and the part of a data set to evaluate it on (by default
+    the test split of the data it was trained on), with progress while data is generated."""
+    from ddnn.evaluate import load_for_eval
 
-    if model_path.is_dir():
-        model, cfg, manifest = load_exported_model(model_path)
-        meta = manifest.meta
-    else:
-        model, cfg, meta = load_model(model_path)
-    dataset = load_data(data or meta.get("data", "synth"), grid or meta.get("grid", "2x3"), quiet)
-    m = cfg.model
-    if (dataset.n_views, dataset.view_shape, dataset.classes) != (
-        m.n_devices,
-        tuple(m.input_shape),
-        m.classes,
-    ):
-        raise DDNNError(
-            f"data {dataset.name} ({dataset.n_views} views of {dataset.view_shape}, classes "
-            f"{dataset.classes}) does not fit the model ({m.n_devices} devices of "
-            f"{tuple(m.input_shape)}, classes {m.classes})"
-        )
-    if part == "all":
-        return model, cfg, dataset
-    parts = split(dataset, cfg.train)
-    chosen = getattr(parts, part, None)
-    if chosen is None:
-        raise DDNNError(f"the model was trained without a {part} split")
-    return model, cfg, chosen
+    return load_for_eval(model_path, data, grid, part, lambda s, g: load_data(s, g, quiet))
 
 
 Split = Annotated[str, typer.Option(help="which part of the data: test, validation, train, all")]
@@ -331,7 +312,7 @@ def eval_(
         typer.Option(help="device order for --scaling (default: worst to best device alone)"),
     ] = None,
     part: Split = "test",
-    grid: Annotated[str | None, typer.Option(help="views per image for tiles:PATH")] = None,
+    grid: OptionalGrid = None,
     decisions: Annotated[
         Path | None,
         typer.Option(help="write each sample's decision (class, exit) as JSON lines here"),
@@ -342,6 +323,8 @@ def eval_(
     services run): accuracy per exit, overall accuracy, exit fractions, bytes."""
     from ddnn.evaluate import (
         accuracy_by_device_count,
+        accuracy_each_missing,
+        device_ranking,
         evaluate,
         exit_points,
         presence_mask,
@@ -349,28 +332,21 @@ def eval_(
         with_thresholds,
         write_decisions,
     )
+    from ddnn.exits import cascade
 
-    model, cfg, dataset = _eval_context(model_path, data, grid, part, as_json)
+    model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     thresholds = parse_thresholds(threshold, model.exits)
     points = with_thresholds(exit_points(cfg, model.exits), thresholds)
     absent = parse_devices(missing)
     present = presence_mask(len(dataset), dataset.n_views, absent)
     outputs = run_model(model, dataset, present)
-    report = evaluate(outputs, points)
+    decided = cascade(points, outputs.probs)
+    report = evaluate(outputs, points, decided)
     report["missing"] = absent
     if decisions is not None:
-        write_decisions(decisions, outputs, points)
+        write_decisions(decisions, outputs, points, decided)
     if each_missing:
-        report["each_missing"] = [
-            {
-                "missing": d,
-                **evaluate(
-                    run_model(model, dataset, presence_mask(len(dataset), dataset.n_views, [d])),
-                    points,
-                )["accuracy"],
-            }
-            for d in range(dataset.n_views)
-        ]
+        report["each_missing"] = accuracy_each_missing(model, dataset, points)
     if scaling:
         device_order = parse_devices_ordered(order) if order else device_ranking(model, dataset)
         report["scaling"] = accuracy_by_device_count(model, dataset, points, device_order)
@@ -391,18 +367,6 @@ def parse_devices_ordered(text: str) -> list[int]:
         raise DDNNError(f"device order must look like 1,0,2, got {text!r}") from None
 
 
-def device_ranking(model: DDNN, dataset: MultiViewData) -> list[int]:
-    """Devices from worst to best by the accuracy of their own class scores alone."""
-    import torch
-
-    if model.local is None:
-        return list(range(dataset.n_views))
-    with torch.no_grad():
-        scores, _ = model.devices(torch.from_numpy(dataset.x))
-    acc = (scores.argmax(-1).numpy() == dataset.labels[:, None]).mean(axis=0)
-    return [int(d) for d in np.argsort(acc, kind="stable")]
-
-
 @app.command()
 def sweep(
     model_path: ModelPath,
@@ -412,16 +376,14 @@ def sweep(
     ] = "max_loss",
     max_loss: Annotated[float, typer.Option(help="accuracy points max_loss may give up")] = 1.0,
     part: Split = "test",
-    grid: Annotated[str | None, typer.Option(help="views per image for tiles:PATH")] = None,
+    grid: OptionalGrid = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
     from ddnn.evaluate import exit_points, pick_thresholds, run_model
     from ddnn.evaluate import sweep as sweep_rows
 
-    if rule not in ("best", "max_loss"):
-        raise DDNNError(f"rule must be best or max_loss, got {rule!r}")
-    model, cfg, dataset = _eval_context(model_path, data, grid, part, as_json)
+    model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     points = exit_points(cfg, model.exits)
     if len(points) < 2:
         raise DDNNError("this model has a single exit: there is no threshold to sweep")
@@ -464,7 +426,7 @@ def calibrate(
 ) -> None:
     """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
     an accuracy rule, and store them in the model file."""
-    from ddnn.checkpoint import load_model, save_model
+    from ddnn.checkpoint import save_model
     from ddnn.evaluate import (
         evaluate,
         exit_points,
@@ -477,14 +439,17 @@ def calibrate(
 
     if sum(x is not None for x in (exit_fraction, budget, rule)) != 1:
         raise DDNNError("give exactly one of --exit-fraction, --budget or --rule")
-    model, cfg, dataset = _eval_context(model_path, data, None, part, as_json)
+    if write and model_path.is_dir():
+        raise DDNNError(
+            f"{model_path} is a `ddnn export` directory, and exports are never changed: "
+            "calibrate the model file and export it again (or pass --no-write)"
+        )
+    model, cfg, meta, dataset = _eval_context(model_path, data, None, part, as_json)
     points = exit_points(cfg, model.exits)
     if len(points) < 2:
         raise DDNNError("this model has a single exit: there is no threshold to calibrate")
     outputs = run_model(model, dataset)
     if rule is not None:
-        if rule not in ("best", "max_loss"):
-            raise DDNNError(f"rule must be best or max_loss, got {rule!r}")
         c = cfg.calibration
         loss = c.max_loss if max_loss is None else max_loss
         thresholds = pick_thresholds(outputs, points, rule, loss, c.confidence)
@@ -501,7 +466,6 @@ def calibrate(
     cfg = set_thresholds(cfg, thresholds)
     report = evaluate(outputs, exit_points(cfg, model.exits))
     if write:
-        _, _, meta = load_model(model_path)
         save_model(model_path, model, cfg, {**meta, "calibrated_on": part})
     document = {"thresholds": thresholds, "written": write, part: report}
     if as_json:
@@ -625,8 +589,6 @@ def bench_broker(
     from ddnn.broker import broker_ceiling, start_broker
     from ddnn.mqtt import BrokerSettings
 
-    if protocol not in ("5", "3.1.1"):
-        raise DDNNError(f"--protocol must be 5 or 3.1.1, got {protocol!r}")
     if broker_url is not None:
         result = broker_ceiling(
             BrokerSettings.from_url(broker_url, protocol=protocol), messages, payload_bytes

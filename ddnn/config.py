@@ -218,3 +218,10 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> DDNNConfig:
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"invalid {source}: {problems}") from None
+
+
+def pooled_size(size: int, n_blocks: int) -> int:
+    """Spatial size after `n_blocks` ConvP blocks (each pool: k=3, s=2, p=1)."""
+    for _ in range(n_blocks):
+        size = (size + 2 * 1 - 3) // 2 + 1
+    return size

@@ -16,10 +16,14 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ddnn.errors import DataError
+
+if TYPE_CHECKING:
+    from ddnn.config import TrainConfig
 
 MVMC_CLASSES = ["car", "bus", "person"]
 DEFAULT_SYNTH_SAMPLES = 2000
@@ -187,10 +191,12 @@ def synthetic(
     from ddnn import synth
 
     path = synthetic_cache_path(n_samples, seed)
-    if not path.exists():
+    if path.exists():
+        data = load_mvmc(path)
+    else:
         x, y = synth.synthesize(n_samples, seed=seed, progress=progress)
         save_mvmc(path, x, y)
-    data = load_mvmc(path)
+        data = from_mvmc_arrays(x, y, name=f"mvmc:{path}")
     is_default = (n_samples, seed) == (DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED)
     data.name = "synth" if is_default else f"synth(n={n_samples}, seed={seed})"
     return data
@@ -215,3 +221,20 @@ def load_spec(
     if kind == "tiles" and arg:
         return load_tiles(arg, parse_grid(grid))
     raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")
+
+
+@dataclass
+class Splits:
+    train: MultiViewData
+    validation: MultiViewData | None  # held out of training, for picking thresholds
+    test: MultiViewData
+
+
+def split(data: MultiViewData, cfg: TrainConfig) -> Splits:
+    """The train / validation / test parts of `data`, reproducible from the config's seeds,
+    so that `ddnn eval` and `ddnn calibrate` find the same parts that `ddnn train` used."""
+    train, test = data.split(cfg.split_seed, 1 - cfg.test_fraction)
+    validation = None
+    if cfg.validation_fraction > 0:
+        train, validation = train.split(cfg.split_seed + 1, 1 - cfg.validation_fraction)
+    return Splits(train, validation, test)

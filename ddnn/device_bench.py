@@ -49,17 +49,15 @@ def bench_device(
     import torch
 
     from ddnn.model import DeviceSlice
-    from ddnn.packed import pack_slice, read_packed
+    from ddnn.packed import pack_slice, read_exported
 
     if artifacts is not None:
         from ddnn.export import load_device
-        from ddnn.manifest import verified_path
 
         manifest, binary = load_device(artifacts, device)
         cfg = manifest.ddnn_config().model
-        entry = manifest.packed.get(f"device-{device}")
-        if entry is not None:
-            packed = read_packed(verified_path(artifacts, entry, "the packed slice"))
+        if f"device-{device}" in manifest.packed:
+            packed, _ = read_exported(artifacts, device, manifest)
         else:
             packed = pack_slice(binary, cfg.input_shape)  # raises NotPackable: float tier
         source = f"{artifacts} device {device}"
@@ -144,8 +142,7 @@ def bench_device(
             name: round(v["p50"] / packed_p50, 2) for name, v in latency.items() if name != "packed"
         },
         "weights_bytes": packed.weights_bytes,
-        "torch_float32_bytes": 4
-        * sum(p.numel() for p in binary.state_dict().values() if p.dtype.is_floating_point),
+        "torch_float32_bytes": packed.torch_float32_bytes,
         # frames on which every packed path's scores and features equal torch_binary's
         "bit_exact_frames": exact,
         "checked_frames": len(pool),

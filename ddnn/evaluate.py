@@ -11,17 +11,19 @@ Devices listed as missing send nothing and are not counted in the per-device ave
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ddnn.config import DDNNConfig, ExitSpec
-from ddnn.data import MultiViewData
-from ddnn.exits import ExitPoint, cascade, get_criterion, softmax
+from ddnn.config import EXIT_ORDER, DDNNConfig, ExitSpec
+from ddnn.data import MultiViewData, load_spec, split
+from ddnn.errors import DDNNError
+from ddnn.exits import Decisions, ExitPoint, cascade, get_criterion, softmax
 from ddnn.model import DDNN
 from ddnn.packing import pack_features, pack_scores
 
@@ -38,11 +40,6 @@ class ExitOutputs:
     feature_bits: int  # f * o * bits per activation, for formula (1)
     raw_bytes: int  # one device's raw input, one byte per pixel value
     n_classes: int
-
-
-def feature_kind(model: DDNN) -> str:
-    """How a device's feature map is encoded on the wire (see ddnn.packing)."""
-    return model.cfg.device_feature_kind
 
 
 def presence_mask(n: int, n_devices: int, missing: Sequence[int] = ()) -> np.ndarray:
@@ -69,7 +66,7 @@ def run_model(
         pb = torch.from_numpy(present[start : start + batch])
         for name, value in model(xb, pb).logits.items():
             logits[name].append(value.numpy())
-    kind = feature_kind(model)
+    kind = model.cfg.device_feature_kind  # how a feature map is encoded (ddnn.packing)
     features = np.ones(model.device_feature_shape, dtype=np.float32)
     n_classes = len(data.classes)
     return ExitOutputs(
@@ -101,17 +98,25 @@ def _pct(x: float) -> float:
     return round(100.0 * float(x), 2)
 
 
-def evaluate(outputs: ExitOutputs, points: Sequence[ExitPoint]) -> dict:
-    """The report of `ddnn eval`: accuracy and exit fractions per tier, bytes per device."""
+def accuracy_percent(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """The share of `predictions` equal to `labels`, in % rounded to two decimals."""
+    return _pct((np.asarray(predictions) == labels).mean())
+
+
+def evaluate(
+    outputs: ExitOutputs, points: Sequence[ExitPoint], decisions: Decisions | None = None
+) -> dict:
+    """The report of `ddnn eval`: accuracy and exit fractions per tier, bytes per device.
+    `decisions`: the cascade's on `outputs` under `points`, when already computed."""
     names = [p.name for p in points]
-    decisions = cascade(points, outputs.probs)
-    correct = decisions.predictions == outputs.labels
-    accuracy: dict[str, float | None] = dict.fromkeys(("local", "edge", "cloud"))
-    exit_fraction: dict[str, float | None] = dict.fromkeys(("local", "edge", "cloud"))
+    if decisions is None:
+        decisions = cascade(points, outputs.probs)
+    accuracy: dict[str, float | None] = dict.fromkeys(EXIT_ORDER)
+    exit_fraction: dict[str, float | None] = dict.fromkeys(EXIT_ORDER)
     for i, name in enumerate(names):
-        accuracy[name] = _pct((outputs.probs[name].argmax(1) == outputs.labels).mean())
+        accuracy[name] = accuracy_percent(outputs.probs[name].argmax(1), outputs.labels)
         exit_fraction[name] = _pct((decisions.exit_index == i).mean())
-    accuracy["overall"] = _pct(correct.mean())
+    accuracy["overall"] = accuracy_percent(decisions.predictions, outputs.labels)
     return {
         "samples": int(len(outputs.labels)),
         "accuracy": accuracy,
@@ -123,11 +128,16 @@ def evaluate(outputs: ExitOutputs, points: Sequence[ExitPoint]) -> dict:
     }
 
 
-def write_decisions(path: Path | str, outputs: ExitOutputs, points: Sequence[ExitPoint]) -> None:
+def write_decisions(
+    path: Path | str,
+    outputs: ExitOutputs,
+    points: Sequence[ExitPoint],
+    decisions: Decisions | None = None,
+) -> None:
     """One JSON line per sample (its index in the evaluated part, the class decided, the
     exit that decided, the bytes each device sent): what the live system's decision
-    messages are compared with."""
-    d = cascade(points, outputs.probs)
+    messages are compared with. `decisions`: the cascade's, when already computed."""
+    d = cascade(points, outputs.probs) if decisions is None else decisions
     names = [p.name for p in points]
     sent = device_bytes(outputs, d.exit_index, names)
     with Path(path).open("w") as f:
@@ -146,19 +156,24 @@ def _escalated(exit_index: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return exit_index > 0 if names[0] == "local" else np.ones(len(exit_index), dtype=bool)
 
 
+def _bytes_sent(outputs: ExitOutputs, escalated: np.ndarray) -> np.ndarray:
+    return outputs.score_bytes + escalated * outputs.feature_bytes
+
+
 def device_bytes(outputs: ExitOutputs, exit_index: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Payload bytes each present device sends for each sample: (N,)."""
-    return outputs.score_bytes + _escalated(exit_index, names) * outputs.feature_bytes
+    return _bytes_sent(outputs, _escalated(exit_index, names))
 
 
 def communication(outputs: ExitOutputs, exit_index: np.ndarray, names: Sequence[str]) -> dict:
     """Bytes per device per sample: formula (1), measured payload lengths, raw offload."""
     has_local = names[0] == "local"
-    local_fraction = 1.0 - float(_escalated(exit_index, names).mean())
+    escalated = _escalated(exit_index, names)
+    local_fraction = 1.0 - float(escalated.mean())
     formula = (4 * outputs.n_classes if has_local else 0) + (
         1 - local_fraction
     ) * outputs.feature_bits / 8
-    per_sample = device_bytes(outputs, exit_index, names)
+    per_sample = _bytes_sent(outputs, escalated)
     n_present = outputs.present.sum(axis=1)
     measured = float((per_sample * n_present).sum() / n_present.sum())
     return {
@@ -191,6 +206,9 @@ def sweep(
     return rows
 
 
+RULES = ("best", "max_loss")
+
+
 def pick_thresholds(
     outputs: ExitOutputs,
     points: Sequence[ExitPoint],
@@ -212,6 +230,8 @@ def pick_thresholds(
     samples sits at the edge of the region and lost 1.5-2 points on test. Ties go to cheaper
     settings. Meant for held-out validation data, never the test set.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be {' or '.join(RULES)}, got {rule!r}")
     if len(points) < 2:
         return {}
     searched = list(search) if search is not None else [p.name for p in points[:-1]]
@@ -301,7 +321,79 @@ def accuracy_by_device_count(
     rows = []
     for k in range(1, len(order) + 1):
         missing = [d for d in range(data.n_views) if d not in order[:k]]
-        present = presence_mask(len(data), data.n_views, missing)
-        report = evaluate(run_model(model, data, present), points)
-        rows.append({"devices": list(order[:k]), **report["accuracy"]})
+        rows.append({"devices": list(order[:k]), **_accuracy_without(model, data, points, missing)})
     return rows
+
+
+def accuracy_each_missing(
+    model: DDNN, data: MultiViewData, points: Sequence[ExitPoint]
+) -> list[dict]:
+    """Fig. 10: each single device absent in turn; accuracy per exit and overall."""
+    return [
+        {"missing": d, **_accuracy_without(model, data, points, [d])} for d in range(data.n_views)
+    ]
+
+
+def _accuracy_without(
+    model: DDNN, data: MultiViewData, points: Sequence[ExitPoint], missing: Sequence[int]
+) -> dict[str, float | None]:
+    present = presence_mask(len(data), data.n_views, missing)
+    return evaluate(run_model(model, data, present), points)["accuracy"]
+
+
+@torch.no_grad()
+def device_ranking(model: DDNN, data: MultiViewData, batch: int = 512) -> list[int]:
+    """Devices from worst to best by the accuracy of their own class scores alone (in order
+    of device number without a local exit)."""
+    if model.local is None:
+        return list(range(data.n_views))
+    model.eval()
+    correct = np.zeros(data.n_views, dtype=np.int64)
+    for start in range(0, len(data), batch):
+        scores, _ = model.devices(torch.from_numpy(data.x[start : start + batch]))
+        labels = data.labels[start : start + batch, None]
+        correct += (scores.argmax(-1).numpy() == labels).sum(axis=0)
+    return [int(d) for d in np.argsort(correct, kind="stable")]
+
+
+DataLoader = Callable[[str, str], MultiViewData]
+
+
+def load_for_eval(
+    model_path: Path | str,
+    data: str | None = None,
+    grid: str | None = None,
+    part: str = "test",
+    loader: DataLoader = load_spec,
+) -> tuple[DDNN, DDNNConfig, dict[str, Any], MultiViewData]:
+    """A model (a model file or a `ddnn export` directory), its config and metadata, and
+    the part of a data set to evaluate it on: `data` (a SPEC, default: the data it was
+    trained on, with its grid), split as in training; part "all" for the whole set.
+    `loader(spec, grid)` loads the data (default `ddnn.data.load_spec`)."""
+    from ddnn.checkpoint import load_model
+    from ddnn.export import load_exported_model
+
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        model, cfg, manifest = load_exported_model(model_path)
+        meta = dict(manifest.meta)
+    else:
+        model, cfg, meta = load_model(model_path)
+    dataset = loader(data or meta.get("data", "synth"), grid or meta.get("grid", "2x3"))
+    m = cfg.model
+    if (dataset.n_views, dataset.view_shape, dataset.classes) != (
+        m.n_devices,
+        tuple(m.input_shape),
+        m.classes,
+    ):
+        raise DDNNError(
+            f"data {dataset.name} ({dataset.n_views} views of {dataset.view_shape}, classes "
+            f"{dataset.classes}) does not fit the model ({m.n_devices} devices of "
+            f"{tuple(m.input_shape)}, classes {m.classes})"
+        )
+    if part == "all":
+        return model, cfg, meta, dataset
+    chosen = getattr(split(dataset, cfg.train), part, None)
+    if chosen is None:
+        raise DDNNError(f"the model was trained without a {part} split")
+    return model, cfg, meta, chosen

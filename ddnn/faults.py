@@ -42,15 +42,9 @@ class Reference:
     devices: what `ddnn eval --missing ...` computes."""
 
     def __init__(self, artifacts: Path) -> None:
-        from ddnn.data import load_spec
-        from ddnn.evaluate import exit_points
-        from ddnn.export import load_exported_model
-        from ddnn.train import split
+        from ddnn.evaluate import exit_points, load_for_eval
 
-        self.model, self.cfg, manifest = load_exported_model(artifacts)
-        meta = manifest.meta
-        data = load_spec(meta.get("data", "synth"), meta.get("grid", "2x3"))
-        self.test = split(data, self.cfg.train).test
+        self.model, self.cfg, _, self.test = load_for_eval(artifacts, part="test")
         self.points = exit_points(self.cfg, self.model.exits)
         self.labels = self.test.labels
         self.decide = cache(self._decide)
@@ -66,8 +60,10 @@ class Reference:
         return d.predictions, [self.points[e].name for e in d.exit_index]
 
     def accuracy(self, devices: tuple[int, ...]) -> float:
+        from ddnn.evaluate import accuracy_percent
+
         predictions, _ = self.decide(devices)
-        return round(100.0 * float((predictions == self.labels).mean()), 2)
+        return accuracy_percent(predictions, self.labels)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddnn.config import Precision
+from ddnn.config import Precision, pooled_size  # noqa: F401 (pooled_size: re-exported)
 
 
 class _SignSTE(torch.autograd.Function):
@@ -126,13 +126,6 @@ class FC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._act(self.bn(self.linear(x.flatten(1))))
-
-
-def pooled_size(size: int, n_blocks: int) -> int:
-    """Spatial size after `n_blocks` ConvP blocks (each pool: k=3, s=2, p=1)."""
-    for _ in range(n_blocks):
-        size = (size + 2 * 1 - 3) // 2 + 1
-    return size
 
 
 @torch.no_grad()

@@ -43,8 +43,9 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ddnn.errors import ConfigError, DDNNError
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 Protocol = Literal["5", "3.1.1"]
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _PAHO_PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
+MAX_QUEUED = 10_000  # outgoing QoS 1 messages kept while disconnected; more are dropped
 
 
 class BrokerAddress(NamedTuple):
@@ -87,9 +89,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
 
 
-def format_broker_url(host: str, port: int, tls: bool = False) -> str:
+def format_broker_url(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"
+    return f"mqtt://{shown}:{port}"
 
 
 class BrokerSettings(BaseModel):
@@ -124,9 +126,17 @@ class BrokerSettings(BaseModel):
 
     @classmethod
     def from_url(cls, url: str, **fields: object) -> BrokerSettings:
-        """Settings for a URL; a bad URL is a `ConfigError` naming it."""
+        """Settings for a URL; a bad URL, or a bad value of another field, is a one-line
+        `ConfigError` naming it."""
         parse_broker_url(url)
-        return cls(url=url, **fields)
+        try:
+            return cls(url=url, **fields)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top)"
+            raise ConfigError(
+                f"broker setting {where}: {err['msg']} (got {err.get('input')!r})"
+            ) from None
 
     @property
     def address(self) -> BrokerAddress:
@@ -177,8 +187,8 @@ class MqttClient:
     messages wait in a queue for `get()`.
 
     `publish` never blocks. QoS 0 while disconnected is dropped and QoS 1 is queued (at most
-    `max_queued` messages, then dropped); either way `publish` returns False and
-    `publish_failures` counts it, so that callers can report it instead of losing it silently.
+    `MAX_QUEUED` messages, then dropped); either way `publish` returns False, so that callers
+    can report it instead of losing it silently.
     QoS 1 is at-least-once: receivers must tolerate duplicates. A message on a topic that
     none of this client's filters matches is dropped and counted in `unsolicited` (amqtt 0.12
     sends such messages).
@@ -190,23 +200,19 @@ class MqttClient:
         client_id: str,
         *,
         will: Will | None = None,
-        protocol: Protocol | None = None,
-        max_queued: int = 10_000,
     ) -> None:
         self.settings = as_settings(settings)
         self.client_id = client_id
-        self.protocol: Protocol = protocol or self.settings.protocol
-        if self.protocol not in _PAHO_PROTOCOLS:
-            raise ConfigError(f"MQTT protocol must be 5 or 3.1.1, got {self.protocol!r}")
+        self.protocol: Protocol = self.settings.protocol
         self._address = self.settings.address
-        self.publish_failures = 0
         self.last_error: str | None = None
         self.refused_for_good = False  # a refusal that retrying will not change
-        self._ever_connected = False
         self._inbox: queue.Queue[Message] = queue.Queue()
         self._lock = threading.Lock()
         self._filters: dict[str, int] = {}
-        self._match: tuple[str, ...] = ()  # the filters as topics match them; swapped whole
+        # The filters again, for matching topics: only added to (under the lock), read by
+        # the network thread without it.
+        self._matcher = MQTTMatcher()
         self.unsolicited = 0
         self._unacked: deque[paho.MQTTMessageInfo] = deque()  # QoS 1 sent, no PUBACK yet
         self._connected = threading.Event()
@@ -222,7 +228,7 @@ class MqttClient:
         )
         client.suppress_exceptions = True
         client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
-        client.max_queued_messages_set(max_queued)
+        client.max_queued_messages_set(MAX_QUEUED)
         if self.settings.username is not None:
             client.username_pw_set(self.settings.username, self.settings.password)
         self._configure_tls(client)
@@ -277,7 +283,6 @@ class MqttClient:
             pass  # the socket already closed; the reconnect sets it again
         with self._lock:
             self.last_error = None
-            self._ever_connected = True
             self.connections += 1
             self._connected.set()
             filters = list(self._filters.items())
@@ -290,7 +295,7 @@ class MqttClient:
         if self._closed:
             return
         if self.last_error is None or not self.last_error.startswith("the broker refused"):
-            if self._ever_connected:
+            if self.connections > 0:
                 self.last_error = f"connection lost: {reason_code}"
             else:
                 self.last_error = (
@@ -305,7 +310,7 @@ class MqttClient:
         topic = message.topic
         # Only what this client subscribed to: some brokers (amqtt 0.12) also send a new
         # client retained messages of other clients' subscriptions.
-        if not any(paho.topic_matches_sub(f, topic) for f in self._match):
+        if next(self._matcher.iter_match(topic), None) is None:
             self.unsolicited += 1
             return
         self._inbox.put((topic, bytes(message.payload)))
@@ -338,18 +343,10 @@ class MqttClient:
         """Subscribe now if connected, and again after every reconnect."""
         with self._lock:
             self._filters[topic_filter] = qos
-            self._match = tuple(_matchable(f) for f in self._filters)
+            self._matcher[topic_filter] = True
             now = self._connected.is_set()
         if now:
             self._client.subscribe(topic_filter, qos)
-
-    def unsubscribe(self, topic_filter: str) -> None:
-        with self._lock:
-            self._filters.pop(topic_filter, None)
-            self._match = tuple(_matchable(f) for f in self._filters)
-            now = self._connected.is_set()
-        if now:
-            self._client.unsubscribe(topic_filter)
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         """Send (QoS 0) or queue (QoS 1) a message; False when it was dropped."""
@@ -357,7 +354,6 @@ class MqttClient:
             raise ValueError(f"qos must be 0 or 1, got {qos}")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.publish_failures += 1
             return False
         if qos == 1:
             with self._lock:
@@ -375,10 +371,6 @@ class MqttClient:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
-
-    def pending(self) -> int:
-        """How many received messages wait in the queue."""
-        return self._inbox.qsize()
 
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect cleanly and stop the network thread. Idempotent.
@@ -436,13 +428,6 @@ class MqttClient:
         self.close()
 
 
-def _matchable(topic_filter: str) -> str:
-    """The filter that topics of a shared subscription `$share/GROUP/FILTER` match."""
-    if topic_filter.startswith("$share/"):
-        return topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else topic_filter
-    return topic_filter
-
-
 def _diagnose(settings: BrokerSettings) -> str:
     """Why a connection may have failed, from a plain TCP connect and, for mqtts://, a TLS
     handshake made as the client makes it (paho keeps such errors to itself)."""
@@ -486,13 +471,12 @@ def connect_or_fail(client: MqttClient, timeout: float = 10.0) -> MqttClient:
         return client
     reason = client.last_error
     client.close()
-    host, port, tls = client.settings.address
     if reason is None:
         reason = _diagnose(client.settings)
     hint = ""
     if client.protocol == "5" and "protocol version" in reason.lower():
         hint = " (this broker speaks only MQTT 3.1.1, as the embedded one does: set protocol 3.1.1)"
-    elif not tls and "before the broker answered" in reason:
+    elif not client.settings.tls and "before the broker answered" in reason:
         hint = " (a TLS port? then use mqtts://)"
     raise DDNNError(
         f"cannot connect to MQTT broker {client.url} within {timeout:g} s: {reason}{hint}"

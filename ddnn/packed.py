@@ -75,6 +75,7 @@ imported, else NumPy. `ddnn bench device` measures both against torch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Callable
@@ -85,9 +86,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ddnn.config import pooled_size
 from ddnn.errors import DDNNError, ModelFileError
 
 if TYPE_CHECKING:
+    from ddnn.manifest import Manifest
     from ddnn.model import DeviceSlice
 
 MAGIC = b"DDNNBITS"
@@ -113,11 +116,6 @@ Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 class NotPackable(DDNNError):
     """The slice cannot be packed: a float device tier, no ConvP block or no exit head."""
-
-
-def pooled(size: int) -> int:
-    """Output size of ConvP's max-pool (kernel 3, stride 2, padding 1)."""
-    return (size - 1) // 2 + 1
 
 
 def words_for(bits: int) -> int:
@@ -159,7 +157,7 @@ class ConvLayer:
 
     @property
     def out_size(self) -> tuple[int, int]:
-        return pooled(self.in_size[0]), pooled(self.in_size[1])
+        return pooled_size(self.in_size[0], 1), pooled_size(self.in_size[1], 1)
 
     @property
     def taps(self) -> int:
@@ -228,10 +226,15 @@ class PackedModel:
     def weights_bytes(self) -> int:
         """Bytes of weights and thresholds (and the head's batch norm) in the packed form:
         what the device holds in memory to run the slice."""
-        return sum(a.nbytes for layer in self.layers_objects() for a in layer.arrays())
+        return sum(a.nbytes for layer in [*self.convs, self.head] for a in layer.arrays())
 
-    def layers_objects(self) -> list[ConvLayer | HeadLayer]:
-        return [*self.convs, self.head]
+    @property
+    def torch_float32_bytes(self) -> int:
+        """Bytes of the same slice as float32 in torch: conv kernels, head weights, and four
+        batch-norm numbers (weight, bias, running mean and variance) per channel or class."""
+        weights = sum(c.filters * c.taps for c in self.convs)
+        weights += self.head.in_features * self.head.out_features
+        return 4 * (weights + 4 * (sum(c.filters for c in self.convs) + self.n_classes))
 
     def describe(self) -> list[dict[str, Any]]:
         """One row per layer: what it is, shapes, parameters and bytes (for `ddnn inspect`)."""
@@ -267,27 +270,27 @@ class PackedModel:
         )
         return rows
 
-    @property
-    def parameter_count(self) -> int:
-        return sum(row["parameters"] for row in self.describe())
-
     def runner(self, kernel: str = "auto") -> Runner:
         """image (C, H, W) float32 0..255 -> (scores (|C|,) float32, features (f, h, w)
         float32 +-1). kernel: "auto" (numba when importable, else NumPy), "numba", "numpy"."""
-        if kernel not in ("auto", "numba", "numpy"):
-            raise ValueError(f"kernel must be auto, numba or numpy, got {kernel!r}")
-        if kernel != "numpy":
-            kernels = numba_kernels()
-            if kernels is not None:
-                return _numba_runner(self, kernels)
-            if kernel == "numba":
-                raise DDNNError("the numba kernel was asked for but numba cannot be imported")
+        if _resolve_kernel(kernel) == "numba":
+            return _numba_runner(self, numba_kernels())
         return lambda image: run_numpy(self, image)
 
     def kernel_name(self, kernel: str = "auto") -> str:
-        if kernel == "auto":
-            return "numba" if numba_kernels() is not None else "numpy"
-        return kernel
+        return _resolve_kernel(kernel)
+
+
+def _resolve_kernel(kernel: str) -> str:
+    """The kernel that runs ("numba" or "numpy") for a kernel asked for: auto, numba, numpy."""
+    if kernel not in ("auto", "numba", "numpy"):
+        raise ValueError(f"kernel must be auto, numba or numpy, got {kernel!r}")
+    if kernel != "numpy":
+        if numba_kernels() is not None:
+            return "numba"
+        if kernel == "numba":
+            raise DDNNError("the numba kernel was asked for but numba cannot be imported")
+    return "numpy"
 
 
 # --- NumPy inference ----------------------------------------------------------------------
@@ -306,7 +309,7 @@ def pool_threshold(pre: np.ndarray, direction: np.ndarray, threshold: np.ndarray
     """pre-activations (F, H, W) -> max-pool 3x3/2 pad 1 -> `direction * m >= threshold` as
     float32 +-1 (F, h, w)."""
     f, h, w = pre.shape
-    ho, wo = pooled(h), pooled(w)
+    ho, wo = pooled_size(h, 1), pooled_size(w, 1)
     low = -np.inf if pre.dtype.kind == "f" else np.iinfo(pre.dtype).min
     padded = np.full((f, 2 * ho + 1, 2 * wo + 1), low, pre.dtype)
     padded[:, 1 : h + 1, 1 : w + 1] = pre
@@ -377,19 +380,15 @@ def run_numpy(model: PackedModel, image: np.ndarray) -> tuple[np.ndarray, np.nda
 
 # --- numba kernels (optional) -------------------------------------------------------------
 
-_NUMBA: list[Any] = []
 
-
+@functools.cache
 def numba_kernels() -> Any | None:
     """The compiled-kernel module, or None when numba cannot be imported."""
-    if not _NUMBA:
-        try:
-            from ddnn import _packed_numba
-        except (ImportError, OSError):  # no numba, or one that does not fit this NumPy
-            _NUMBA.append(None)
-        else:
-            _NUMBA.append(_packed_numba)
-    return _NUMBA[0]
+    try:
+        from ddnn import _packed_numba
+    except (ImportError, OSError):  # no numba, or one that does not fit this NumPy
+        return None
+    return _packed_numba
 
 
 def first_layer_patterns(layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -676,8 +675,9 @@ def _float_thresholds(bn: Any, spatial: tuple[int, int]):
     return direction, threshold
 
 
-def _check_float_thresholds(bn, direction, threshold, spatial, rng) -> None:
+def _check_float_thresholds(bn, direction, threshold, spatial) -> None:
     """Spot-check the float thresholds against torch on values around them and at random."""
+    rng = np.random.default_rng(0)
     filters = bn.num_features
     near = []
     for t in threshold:
@@ -702,7 +702,8 @@ def _head_layer(head: Any) -> HeadLayer:
     n_out, n_in = linear.weight.shape
     weights = pack_signs(linear.weight.detach().cpu().numpy() >= 0)
     dots = np.arange(-n_in, n_in + 1, 2, dtype=np.int64)
-    x = torch.from_numpy(np.repeat(dots[:, None], n_out, axis=1).astype(np.float32))
+    grid = np.repeat(dots[:, None], n_out, axis=1)  # (dot values, classes)
+    x = torch.from_numpy(grid.astype(np.float32))
     with torch.no_grad():
         want = bn(x).numpy()
         single = np.concatenate([bn(x[i : i + 1]).numpy() for i in range(len(x))])
@@ -720,7 +721,6 @@ def _head_layer(head: Any) -> HeadLayer:
         "mul_add": (alpha, bias - mean * alpha),
     }
     best = None
-    grid = np.repeat(dots[:, None], n_out, axis=1)
     for mode, (a, b) in candidates.items():
         got = batch_norm_scores(grid, a, b, mode)
         wrong = np.argwhere(got.view(np.uint32) != want.view(np.uint32))  # (row, class)
@@ -758,7 +758,6 @@ def pack_slice(module: DeviceSlice, input_shape: tuple[int, int, int]) -> Packed
     ):
         raise NotPackable("only binary ConvP blocks and a binary head pack into bits")
     c, h, w = (int(d) for d in input_shape)
-    rng = np.random.default_rng(0)
     convs = []
     size = (h, w)
     for i, block in enumerate(blocks):
@@ -767,10 +766,10 @@ def pack_slice(module: DeviceSlice, input_shape: tuple[int, int, int]) -> Packed
         filters, cin = weight.shape[:2]
         if cin != c:
             raise NotPackable(f"ConvP block {i} takes {cin} channels, gets {c}")
-        out = (pooled(size[0]), pooled(size[1]))
+        out = (pooled_size(size[0], 1), pooled_size(size[1], 1))
         if i == 0:
             direction, threshold = _float_thresholds(block.bn, out)
-            _check_float_thresholds(block.bn, direction, threshold, out, rng)
+            _check_float_thresholds(block.bn, direction, threshold, out)
         else:
             direction, threshold = _integer_thresholds(block.bn, 9 * cin, out)
         bits = pack_signs(weight.reshape(filters, -1) >= 0)
@@ -785,33 +784,44 @@ def pack_slice(module: DeviceSlice, input_shape: tuple[int, int, int]) -> Packed
 # --- inspection ---------------------------------------------------------------------------
 
 
+def read_exported(
+    artifacts: Path | str, device: int, manifest: Manifest | None = None
+) -> tuple[PackedModel, Path]:
+    """Device `device`'s packed slice from an export directory, and its path: refused with
+    ModelFileError where the model has no such device, the export holds no packed slice for
+    it (and why), or the file does not match its hash in the manifest or the topology."""
+    from ddnn.manifest import read_manifest, verified_path
+
+    if manifest is None:
+        manifest = read_manifest(artifacts)
+    role = f"device-{device}"
+    cfg = manifest.ddnn_config().model
+    if not 0 <= device < cfg.n_devices:
+        raise ModelFileError(f"the model has devices 0..{cfg.n_devices - 1}, not {device}")
+    entry = manifest.packed.get(role)
+    if entry is None:
+        why = packable(cfg) or "the export predates the packed format, or packing failed"
+        raise ModelFileError(
+            f"{artifacts} holds no packed slice for {role} ({why}); use the torch runtime"
+        )
+    file = verified_path(artifacts, entry, f"the packed slice of {role}")
+    model = read_packed(file)
+    if (model.input_shape, model.n_classes) != (tuple(cfg.input_shape), len(cfg.classes)):
+        raise ModelFileError(f"{entry.file} does not fit the manifest's topology")
+    return model, file
+
+
 def inspect_artifact(path: Path | str, device: int = 0) -> dict[str, Any]:
     """What `ddnn inspect` shows: a packed slice's layers, parameter count and bytes, from an
     export directory (device `device`, hash-checked against the manifest) or a `.bits` file."""
-    from ddnn.manifest import read_manifest, verified_path
-
     path = Path(path)
-    role = f"device-{device}"
     if path.is_dir():
-        manifest = read_manifest(path)
-        entry = manifest.packed.get(role)
-        if entry is None:
-            cfg = manifest.ddnn_config().model
-            why = packable(cfg) or (
-                f"the model has devices 0..{cfg.n_devices - 1}"
-                if device >= cfg.n_devices
-                else "the export predates the packed format"
-            )
-            raise ModelFileError(f"{path} holds no packed slice for {role}: {why}")
-        file = verified_path(path, entry, f"the packed slice of {role}")
+        model, file = read_exported(path, device)
+        role = f"device-{device}"
     else:
         file, role = path, None
-    model = read_packed(file)
+        model = read_packed(file)
     rows = model.describe()
-    # The same slice as float32 in torch: conv kernels, head weights, and four batch-norm
-    # numbers (weight, bias, running mean and variance) per channel or class.
-    float_params = sum(r["weights"] for r in rows)
-    float_params += 4 * (sum(c.filters for c in model.convs) + model.n_classes)
     return {
         "file": str(file),
         "role": role,
@@ -821,7 +831,7 @@ def inspect_artifact(path: Path | str, device: int = 0) -> dict[str, Any]:
         "feature_shape": list(model.feature_shape),
         "classes": model.n_classes,
         "layers": rows,
-        "parameters": model.parameter_count,
+        "parameters": sum(row["parameters"] for row in rows),
         "weights_bytes": model.weights_bytes,
-        "torch_float32_bytes": 4 * float_params,
+        "torch_float32_bytes": model.torch_float32_bytes,
     }

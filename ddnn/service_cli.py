@@ -99,8 +99,6 @@ def broker_settings(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
 ) -> BrokerSettings:
-    if mqtt not in ("5", "3.1.1"):
-        raise ConfigError(f"--mqtt must be 5 or 3.1.1, got {mqtt!r}")
     return BrokerSettings.from_url(
         broker,
         protocol=mqtt,

@@ -44,8 +44,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CLASSES: tuple[str, ...] = ("car", "bus", "person")
-ABSENT: int = 3
+from ddnn.data import MVMC_CLASSES
+
+CLASSES: tuple[str, ...] = tuple(MVMC_CLASSES)
+ABSENT: int = len(MVMC_CLASSES)
 IMAGE_SIZE: int = 32
 # Bumped whenever the images a seed gives change, so that caches keyed by it go stale.
 VERSION: int = 2
@@ -241,6 +243,27 @@ class _Builder:
         )
 
 
+def _side_quad(
+    b: _Builder,
+    axis: int,
+    sign: float,
+    at: float,
+    u: tuple[float, float],
+    z: tuple[float, float],
+    colour: np.ndarray,
+    layer: int,
+) -> None:
+    """A vertical decal on the box face where coordinate ``axis`` (0: x, 1: y) is ``at``,
+    spanning ``u`` along the other horizontal axis and ``z`` up, facing ``sign`` along
+    ``axis``."""
+    corners = [[u[0], z[0]], [u[1], z[0]], [u[1], z[1]], [u[0], z[1]]]
+    for corner in corners:
+        corner.insert(axis, at)
+    normal = [0.0, 0.0, 0.0]
+    normal[axis] = sign
+    b.decal(np.array(corners), (normal[0], normal[1], normal[2]), colour, layer)
+
+
 def _side_windows(
     b: _Builder,
     x: tuple[float, float],
@@ -255,9 +278,7 @@ def _side_windows(
     edges = np.linspace(x[0], x[1], n + 1)
     for a, c in zip(edges[:-1] + gap / 2, edges[1:] - gap / 2, strict=True):
         for sign in (-1.0, 1.0):
-            y = sign * half_width
-            quad = np.array([[a, y, z[0]], [c, y, z[0]], [c, y, z[1]], [a, y, z[1]]])
-            b.decal(quad, (0.0, sign, 0.0), colour, layer)
+            _side_quad(b, 1, sign, sign * half_width, (a, c), z, colour, layer)
 
 
 def _end_windows(
@@ -271,8 +292,7 @@ def _end_windows(
 ) -> None:
     """Windscreen and rear window (the x = front/back faces)."""
     for x, sign in ((x_front, 1.0), (x_back, -1.0)):
-        quad = np.array([[x, y[0], z[0]], [x, y[1], z[0]], [x, y[1], z[1]], [x, y[0], z[1]]])
-        b.decal(quad, (sign, 0.0, 0.0), colour, layer)
+        _side_quad(b, 0, sign, x, y, z, colour, layer)
 
 
 # Albedo palettes. They overlap between classes on purpose: colour alone must not give the
@@ -417,16 +437,16 @@ def _wheels(b: _Builder, length: float, width: float, radius: float, layer: int)
     """Dark wheels on both long sides, a third of the length from the centre."""
     for x in (-length * 0.33, length * 0.33):
         for sign in (-1.0, 1.0):
-            y = sign * width / 2
-            quad = np.array(
-                [
-                    [x - radius, y, 0.0],
-                    [x + radius, y, 0.0],
-                    [x + radius, y, 1.7 * radius],
-                    [x - radius, y, 1.7 * radius],
-                ]
+            _side_quad(
+                b,
+                1,
+                sign,
+                sign * width / 2,
+                (x - radius, x + radius),
+                (0.0, 1.7 * radius),
+                np.array([20.0, 20.0, 20.0]),
+                layer,
             )
-            b.decal(quad, (0.0, sign, 0.0), np.array([20.0, 20.0, 20.0]), layer)
 
 
 def _make_person(rng: np.random.Generator) -> _Builder:

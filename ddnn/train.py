@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ddnn.config import DDNNConfig, ModelConfig, TrainConfig
-from ddnn.data import MultiViewData
+from ddnn.data import MultiViewData, Splits
+from ddnn.data import split as split  # re-exported: the split lives with the data
 from ddnn.layers import clip_quantized_weights
 from ddnn.model import DDNN
 
@@ -81,23 +82,6 @@ def train_model(
     return history
 
 
-@dataclass
-class Splits:
-    train: MultiViewData
-    validation: MultiViewData | None  # held out of training, for picking thresholds
-    test: MultiViewData
-
-
-def split(data: MultiViewData, cfg: TrainConfig) -> Splits:
-    """The train / validation / test parts of `data`, reproducible from the config's seeds,
-    so that `ddnn eval` and `ddnn calibrate` find the same parts that `ddnn train` used."""
-    train, test = data.split(cfg.split_seed, 1 - cfg.test_fraction)
-    validation = None
-    if cfg.validation_fraction > 0:
-        train, validation = train.split(cfg.split_seed + 1, 1 - cfg.validation_fraction)
-    return Splits(train, validation, test)
-
-
 def adapt_config(cfg: DDNNConfig, data: MultiViewData) -> DDNNConfig:
     """Take the input shape, number of devices and classes from the data, so that one
     config serves MVMC, the synthetic set and tiled images."""
@@ -153,8 +137,8 @@ def individual_accuracy(
 ) -> float:
     """Train `device`'s slice alone on its views of the training part (labels are the
     sample's, also where the camera sees nothing) and return its test accuracy in %."""
-    from ddnn.evaluate import run_model
+    from ddnn.evaluate import accuracy_percent, run_model
 
     result = fit(view(parts.train, device), individual_config(cfg), on_epoch)
     probs = run_model(result.model, view(parts.test, device)).probs["local"]
-    return round(100.0 * float((probs.argmax(1) == parts.test.labels).mean()), 2)
+    return accuracy_percent(probs.argmax(1), parts.test.labels)

@@ -44,22 +44,26 @@ def device(
 
     from ddnn.errors import DDNNError
     from ddnn.manifest import read_manifest
-    from devices.runtime import RUNTIMES, open_runtime
+    from devices.runtime import open_runtime
     from devices.service import DeviceService
     from devices.sources import open_source
 
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
-    if runtime_name not in RUNTIMES:
-        raise DDNNError(f"--runtime must be {', '.join(RUNTIMES)}, got {runtime_name!r}")
-    cfg = read_manifest(artifacts).ddnn_config()
+    manifest = read_manifest(artifacts)
+    cfg = manifest.ddnn_config()
     if device_id >= cfg.model.n_devices:
         raise DDNNError(f"--id {device_id}: the model has devices 0..{cfg.model.n_devices - 1}")
     runtime = open_runtime(artifacts, device_id, runtime_name)
     logging.getLogger(f"ddnn.device-{device_id}").info("slice runtime: %s", runtime.name)
-    # The test part exactly as `ddnn.train.split` cuts it (its first cut), without PyTorch.
-    split = (cfg.train.split_seed, 1 - cfg.train.test_fraction)
-    frames = open_source(source, device_id, cfg.model.input_shape, split=split)
+    # The test part exactly as `ddnn train` and `ddnn eval` cut it, on the model's grid.
+    frames = open_source(
+        source,
+        device_id,
+        cfg.model.input_shape,
+        grid=manifest.meta.get("grid", "2x3"),
+        train_config=cfg.train,
+    )
     service = DeviceService(
         runtime.manifest,
         device_id,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ddnn.errors import ModelFileError
+from ddnn.errors import ConfigError
 from ddnn.manifest import Manifest, read_manifest, verified_path
 
 RUNTIMES = ("auto", "packed", "torch")
@@ -54,38 +54,22 @@ class TorchSlice:
 
 
 class PackedSlice:
-    """The bit-packed slice of one device. kernel: "auto" (numba when importable, else
-    NumPy), "numba" or "numpy". The device refuses to start when any artifact of its role
-    (the packed file or the role's .npz) does not match its hash in the manifest."""
+    """The bit-packed slice of one device, run with numba when importable, else NumPy. The
+    device refuses to start when any artifact of its role (the packed file or the role's
+    .npz) does not match its hash in the manifest."""
 
-    def __init__(self, artifacts: Path | str, device: int, kernel: str = "auto") -> None:
-        from ddnn.packed import packable, read_packed
+    def __init__(self, artifacts: Path | str, device: int) -> None:
+        from ddnn.packed import read_exported
 
         self.manifest = read_manifest(artifacts)
+        self.model, _ = read_exported(artifacts, device, self.manifest)
         role = f"device-{device}"
-        cfg = self.manifest.ddnn_config().model
-        if not 0 <= device < cfg.n_devices:
-            raise ModelFileError(f"the model has devices 0..{cfg.n_devices - 1}, not {device}")
-        entry = self.manifest.packed.get(role)
-        if entry is None:
-            why = packable(cfg) or "the export predates the packed format, or packing failed"
-            raise ModelFileError(
-                f"{artifacts} holds no packed slice for {role} ({why}); use the torch runtime"
-            )
         if role in self.manifest.artifacts:
             verified_path(artifacts, self.manifest.artifacts[role], f"role {role!r}")
-        self.model = read_packed(verified_path(artifacts, entry, f"the packed slice of {role}"))
-        expected = (tuple(cfg.input_shape), len(cfg.classes))
-        if (self.model.input_shape, self.model.n_classes) != expected:
-            raise ModelFileError(f"{entry.file} does not fit the manifest's topology")
-        self.kernel = self.model.kernel_name(kernel)
+        self.kernel = self.model.kernel_name("auto")
         self.name = f"packed ({self.kernel})"
-        self._run = self.model.runner(kernel)
+        self._run = self.model.runner("auto")
         self._run(np.zeros(self.model.input_shape, np.float32))  # compile now, not on frame 0
-
-    @property
-    def weights_bytes(self) -> int:
-        return self.model.weights_bytes
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._run(image)
@@ -95,7 +79,7 @@ def open_runtime(artifacts: Path | str, device: int, runtime: str = "auto") -> S
     """The runtime for one device: "packed", "torch", or "auto" (packed where the export
     holds a packed slice for the device, torch otherwise)."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "auto":
         packed = read_manifest(artifacts).packed
         runtime = "packed" if f"device-{device}" in packed else "torch"

@@ -55,10 +55,10 @@ class DeviceService(Service):
 
     def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Tick) and self.clock == "tick":
-            frame = self.source.frame(self._index(message.sample))
-            if frame is None:
+            image = self._image(message.sample)
+            if image is None:
                 raise Rejected(f"no frame {message.sample} in {self.source.name}")
-            self.capture(message.sample, frame.image, message.t)
+            self.capture(message.sample, image, message.t)
         elif isinstance(message, Offload):
             if self.role in message.sources:
                 self.send_kept(self.kept, message.sample, self.kind)
@@ -69,6 +69,16 @@ class DeviceService(Service):
         """Finite sources (replay, image folders) cycle through their frames."""
         length = getattr(self.source, "length", None)
         return sample % length if length else sample
+
+    def _image(self, sample: int) -> np.ndarray | None:
+        """The image for `sample`, None when there is none: the newest image of a live camera
+        or stream (it has no random access), and of a video file on the wall clock; else the
+        source's frame for the sample (a video file on the tick clock reads frame k)."""
+        source = self.source
+        if isinstance(source, VideoSource) and (source.live or self.clock == "wall"):
+            return source.read()
+        frame = self.source.frame(self._index(sample))
+        return None if frame is None else frame.image
 
     def capture(self, sample: int, image: np.ndarray, t0: float) -> None:
         scores, features = self.runtime(image)
@@ -86,11 +96,7 @@ class DeviceService(Service):
         t = time.time()
         if t >= self.next_capture:
             sample = int(t * self.fps)
-            if isinstance(self.source, VideoSource):
-                image = self.source.read()
-            else:
-                frame = self.source.frame(self._index(sample))
-                image = None if frame is None else frame.image
+            image = self._image(sample)
             if image is not None:
                 self.capture(sample, image, t)
             else:

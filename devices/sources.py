@@ -11,11 +11,9 @@ that different devices tag with one id must show the same instant.
 - data-set replay: `synth`, `mvmc:PATH`, `tiles:PATH` (as `ddnn.data.load_spec`): view
   `device` of each sample of one part of the set. Sample id = row within the part; the frame
   carries the view's label (`len(classes)` where the object is absent from that view).
-  Random access. The part is split exactly as offline evaluation splits it: pass the
-  model's `TrainConfig` as `train_config` (`ddnn.train.split` picks the parts, so
-  "validation" is available too), or `split=(seed, fraction)` for `MultiViewData.split`
-  (default (0, 0.8): the test part of the default `TrainConfig`; "train" is then everything
-  outside the test part, validation included).
+  Random access. The part ("test", "validation", "train" or "all") is split exactly as
+  offline evaluation splits it, by `ddnn.data.split` with the model's `TrainConfig` given as
+  `train_config` (default: `TrainConfig()`).
 - a live camera: `camera:N` or a bare integer N (OpenCV device index);
 - a stream URL: `rtsp://...`, `http(s)://...` (any `scheme://` text goes to OpenCV; opening
   and each read time out after STREAM_TIMEOUT_S; a password in the URL is kept out of names
@@ -44,8 +42,7 @@ Errors a user can cause (a missing path, a camera that does not open, an empty f
 device index outside the data set's views, an unknown part, a model shape the data does
 not have) raise `ddnn.errors.DataError` naming the problem.
 
-This module needs NumPy and OpenCV only; PyTorch is imported only when `train_config` is
-used (to reuse `ddnn.train.split`).
+This module needs NumPy and OpenCV only, not PyTorch.
 """
 
 from __future__ import annotations
@@ -55,24 +52,20 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
-from ddnn.data import MultiViewData, load_spec
+from ddnn.config import TrainConfig
+from ddnn.data import MultiViewData, load_spec, split
 from ddnn.errors import DataError
-
-if TYPE_CHECKING:
-    from ddnn.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 REPLAY_KINDS = ("synth", "mvmc", "tiles")
-REPLAY_PARTS = ("test", "train", "all")  # with a TrainConfig, "validation" too
-DEFAULT_SPLIT = (0, 0.8)
 STREAM_TIMEOUT_S = 10.0  # opening a stream URL, and each read from it
 
 Shape = tuple[int, int, int]
@@ -140,22 +133,25 @@ def check_input_shape(input_shape: tuple[int, ...]) -> Shape:
     return c, h, w
 
 
+# OpenCV colour conversions by (image channels, model channels).
+_CONVERSIONS = {
+    (1, 3): cv2.COLOR_GRAY2RGB,
+    (3, 3): cv2.COLOR_BGR2RGB,
+    (4, 3): cv2.COLOR_BGRA2RGB,
+    (3, 1): cv2.COLOR_BGR2GRAY,
+    (4, 1): cv2.COLOR_BGRA2GRAY,
+}
+
+
 def to_model_input(image: np.ndarray, input_shape: Shape) -> np.ndarray:
     """An OpenCV image, (H, W) grey, (H, W, 3) BGR or (H, W, 4) BGRA, as the model takes it:
     (C, H, W) float32 with pixels 0..255, RGB (or grey when C = 1), resized with INTER_AREA."""
     c, h, w = input_shape
     channels = 1 if image.ndim == 2 else image.shape[2]
-    conversions = {
-        (1, 3): cv2.COLOR_GRAY2RGB,
-        (3, 3): cv2.COLOR_BGR2RGB,
-        (4, 3): cv2.COLOR_BGRA2RGB,
-        (3, 1): cv2.COLOR_BGR2GRAY,
-        (4, 1): cv2.COLOR_BGRA2GRAY,
-    }
     if image.ndim == 3 and channels == 1:
         image = image[:, :, 0]
-    elif (channels, c) in conversions:
-        image = cv2.cvtColor(image, conversions[channels, c])
+    elif (channels, c) in _CONVERSIONS:
+        image = cv2.cvtColor(image, _CONVERSIONS[channels, c])
     elif channels != 1 or c != 1:
         raise DataError(f"cannot convert an image of shape {image.shape} to {c} channel(s)")
     if image.shape[:2] != (h, w):
@@ -209,29 +205,15 @@ class ReplaySource(_Source):
 
 def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewData:
     """The part ("test", "validation", "train" or "all") of `data` that `ddnn train` and
-    `ddnn eval` use for a model trained with `cfg`: `ddnn.train.split` itself picks it."""
+    `ddnn eval` use for a model trained with `cfg`: `ddnn.data.split` itself picks it."""
     if part == "all":
         return data
     if part not in ("test", "validation", "train"):
         raise DataError(f"unknown part {part!r}: use test, validation, train or all")
-    from ddnn.train import split  # PyTorch comes with it: only here
-
     chosen = getattr(split(data, cfg), part)
     if chosen is None:
         raise DataError(f"the training config holds out no {part} part of {data.name}")
     return chosen
-
-
-def _split_part(data: MultiViewData, part: str, split: tuple[int, float] | None) -> MultiViewData:
-    if part not in REPLAY_PARTS:
-        raise DataError(f"unknown part {part!r}: use {', '.join(REPLAY_PARTS)}")
-    if part == "all":
-        return data
-    seed, fraction = split if split is not None else DEFAULT_SPLIT
-    if not 0 < fraction < 1:
-        raise DataError(f"split fraction must lie strictly between 0 and 1, got {fraction}")
-    train, test = data.split(int(seed), float(fraction))
-    return test if part == "test" else train
 
 
 # --- OpenCV: cameras, streams, video files ------------------------------------------------
@@ -261,17 +243,12 @@ class VideoSource(_Source):
         target: int | str,
         input_shape: tuple[int, ...],
         *,
-        live: bool | None = None,
-        name: str | None = None,
+        live: bool,
     ):
         self.target = target
         self.input_shape = check_input_shape(input_shape)
-        if live is None:
-            live = isinstance(target, int) or "://" in target
         self.live = live
-        if name is None:
-            name = f"camera:{target}" if isinstance(target, int) else _redact(target)
-        self.name = name
+        self.name = f"camera:{target}" if isinstance(target, int) else _redact(target)
         self.length = None  # a file's frame count from its container is only an estimate
         self.position = 0  # sample id of the next frame read() returns
         self._last: Frame | None = None
@@ -406,54 +383,46 @@ def open_source(
     input_shape: tuple[int, int, int],
     *,
     part: str = "test",
-    split: tuple[int, float] | None = None,
     grid: str = "2x3",
     train_config: TrainConfig | None = None,
 ) -> ReplaySource | VideoSource | ImageFolderSource:
     """Open the frame source a SPEC names for device `device` (see the module docstring).
 
-    `part`, `split`, `grid` and `train_config` concern data-set replay only; give `split`
-    or `train_config`, not both."""
+    `part`, `grid` and `train_config` (default `TrainConfig()`) concern data-set replay
+    only."""
     if device < 0:
         raise DataError(f"device number must be 0 or more, got {device}")
-    if split is not None and train_config is not None:
-        raise ValueError("give split or train_config, not both")
     spec = spec.strip().replace("{device}", str(device))
     kind, sep, arg = spec.partition(":")
 
     if kind in REPLAY_KINDS:
-        data = load_spec(spec, grid)
-        if train_config is not None:
-            data = replay_part(data, part, train_config)
-        else:
-            data = _split_part(data, part, split)
+        data = replay_part(load_spec(spec, grid), part, train_config or TrainConfig())
         if len(data) == 0:
             raise DataError(f"the {part} part of {data.name} is empty")
         return ReplaySource(data, device, input_shape, name=f"{data.name} [{part}] view {device}")
 
-    shape = check_input_shape(input_shape)
     if kind == "camera" or spec.isdigit():
         index = arg if kind == "camera" else spec
         if not index.strip().isdigit():
             raise DataError(f"camera must be camera:N with N a device index, got {spec!r}")
-        return VideoSource(int(index), shape, live=True)
+        return VideoSource(int(index), input_shape, live=True)
     if "://" in spec:
-        return VideoSource(spec, shape, live=True)
+        return VideoSource(spec, input_shape, live=True)
     if kind == "video" and sep:
         path = Path(arg).expanduser()
         if not path.is_file():
             raise DataError(f"video file {path} does not exist")
-        return VideoSource(str(path), shape, live=False)
+        return VideoSource(str(path), input_shape, live=False)
     if kind == "images" and sep:
-        return ImageFolderSource(Path(arg).expanduser(), shape)
+        return ImageFolderSource(Path(arg).expanduser(), input_shape)
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        return ImageFolderSource(path, shape)
+        return ImageFolderSource(path, input_shape)
     if path.is_file():
         if path.suffix.lower() == ".npz":
             raise DataError(f"{path} is a data file: replay it as mvmc:{path} or tiles:{path}")
-        return VideoSource(str(path), shape, live=False)
+        return VideoSource(str(path), input_shape, live=False)
     raise DataError(
         f"frame source {spec!r}: no such file or folder, and not one of synth, mvmc:PATH, "
         "tiles:PATH, camera:N, a stream URL, a video file or an image folder"

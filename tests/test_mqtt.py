@@ -6,6 +6,7 @@ processes and the `ddnn broker` command talk to it. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,6 +58,26 @@ def connected(broker: RunningBroker, made: list[MqttClient], name: str, **kw) ->
     return connect_or_fail(client, timeout=5)
 
 
+def subscriber(
+    broker: RunningBroker, made: list[MqttClient], name: str, topic_filter: str, qos: int = 1
+) -> MqttClient:
+    """A connected client subscribed to `topic_filter`."""
+    client = connected(broker, made, name)
+    client.subscribe(topic_filter, qos=qos)
+    return client
+
+
+@contextlib.contextmanager
+def reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """`process`, killed and waited for on the way out if it is still running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
 def wait_for(client: MqttClient, topic: str, payload: bytes, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -74,9 +95,8 @@ def test_kinds_and_protocols(broker: RunningBroker) -> None:
 
 def test_publish_subscribe_roundtrip(broker: RunningBroker, clients: list[MqttClient]) -> None:
     topic = unique("roundtrip")
-    sub = connected(broker, clients, "sub")
+    sub = subscriber(broker, clients, "sub", f"{topic}/#")
     pub = connected(broker, clients, "pub")
-    sub.subscribe(f"{topic}/#", qos=1)
     # the subscription is in place once a message published after it comes back
     deadline = time.monotonic() + 5
     while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
@@ -99,8 +119,7 @@ def test_retained_status_reaches_late_subscriber(
     pub = connected(broker, clients, "pub")
     assert pub.publish(topic, b"online", qos=1, retain=True)
     time.sleep(0.2)  # let the broker store it before anyone subscribes
-    late = connected(broker, clients, "late")
-    late.subscribe(topic)
+    late = subscriber(broker, clients, "late", topic)
     assert wait_for(late, topic, b"online", 5)
 
 
@@ -110,13 +129,11 @@ def test_no_retained_messages_of_other_subscriptions(
     """amqtt 0.12.1 sends a connecting client the retained messages of every filter anyone
     subscribes to; the embedded broker must not, and the client would drop them anyway."""
     theirs, mine = unique("theirs"), unique("mine")
-    other = connected(broker, clients, "other")
-    other.subscribe(theirs)
+    other = subscriber(broker, clients, "other", theirs)
     pub = connected(broker, clients, "pub")
     pub.publish(theirs, b"not for you", qos=1, retain=True)
     assert wait_for(other, theirs, b"not for you", 5)
-    newcomer = connected(broker, clients, "newcomer")
-    newcomer.subscribe(mine)
+    newcomer = subscriber(broker, clients, "newcomer", mine)
     assert newcomer.get(timeout=1.0) is None
     assert newcomer.unsolicited == 0
 
@@ -165,23 +182,16 @@ def test_last_will_fires_when_a_client_process_is_killed(
     broker: RunningBroker, clients: list[MqttClient]
 ) -> None:
     topic = unique("will")
-    watcher = connected(broker, clients, "watcher")
-    watcher.subscribe(topic)
-    device = run_device(broker, topic, "sleep")
-    try:
+    watcher = subscriber(broker, clients, "watcher", topic)
+    with reaped(run_device(broker, topic, "sleep")) as device:
         assert wait_for(watcher, topic, b"online", 10), "the device never came online"
         device.send_signal(signal.SIGKILL)
         device.wait(5)
         start = time.monotonic()
         assert wait_for(watcher, topic, b"dead", 10), "no last will within 10 s"
         assert time.monotonic() - start < 10
-    finally:
-        if device.poll() is None:
-            device.kill()
-            device.wait(5)
     # the will was retained: a late subscriber learns the device is dead
-    late = connected(broker, clients, "late")
-    late.subscribe(topic)
+    late = subscriber(broker, clients, "late", topic)
     assert wait_for(late, topic, b"dead", 5)
 
 
@@ -189,14 +199,9 @@ def test_clean_close_does_not_fire_the_will(
     broker: RunningBroker, clients: list[MqttClient]
 ) -> None:
     topic = unique("clean")
-    watcher = connected(broker, clients, "watcher")
-    watcher.subscribe(topic)
-    device = run_device(broker, topic, "close")
-    try:
+    watcher = subscriber(broker, clients, "watcher", topic)
+    with reaped(run_device(broker, topic, "close")) as device:
         assert device.wait(15) == 0
-    finally:
-        if device.poll() is None:
-            device.kill()
     assert wait_for(watcher, topic, b"online", 5)
     assert wait_for(watcher, topic, b"offline", 5)
     # keepalive 1 s: a will would have come within 1.5 s of the connection closing
@@ -210,8 +215,7 @@ def test_in_process_close_is_clean_and_idempotent(
     broker: RunningBroker, clients: list[MqttClient]
 ) -> None:
     topic = unique("inproc")
-    watcher = connected(broker, clients, "watcher")
-    watcher.subscribe(topic)
+    watcher = subscriber(broker, clients, "watcher", topic)
     time.sleep(0.2)
     client = connected(broker, clients, "dev", will=Will(topic, b"dead"))
     assert client.connected
@@ -235,7 +239,7 @@ def test_broker_command_serves_until_sigterm(broker: RunningBroker) -> None:
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
     )
-    try:
+    with reaped(process):
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -250,10 +254,6 @@ def test_broker_command_serves_until_sigterm(broker: RunningBroker) -> None:
         client.close()
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
     assert process.returncode == 0, stderr
     assert f"mqtt://127.0.0.1:{port}" in stdout
     assert broker.kind in stdout
@@ -297,7 +297,7 @@ def test_closed_port_fails_naming_the_url() -> None:
 
 def test_wrong_protocol_is_explained() -> None:
     with start_broker(kind="embedded") as embedded:
-        client = MqttClient(embedded.url, "speaks-5", protocol="5")
+        client = MqttClient(embedded.url, "speaks-5")
         start = time.monotonic()
         with pytest.raises(DDNNError, match="3.1.1") as raised:
             connect_or_fail(client, timeout=5.0)

@@ -25,6 +25,7 @@ from ddnn.packed import (
     NotPackable,
     decode,
     encode,
+    head_dots,
     numba_kernels,
     pack_slice,
     read_packed,
@@ -141,9 +142,10 @@ def assert_exact(packed, module: DeviceSlice, x: np.ndarray, kernels=KERNELS) ->
             s, f = run(x[i])
             assert same_bits(f, features[i]), f"{kernel}: feature map of frame {i} differs"
             assert same_bits(s, scores[i]), f"{kernel}: scores of frame {i} differ"
+    run = packed.runner(kernels[-1])
     for i in range(0, len(x), max(1, len(x) // 50)):
         s1, f1 = torch_outputs(module, x[i : i + 1])
-        s, f = packed.runner(kernels[-1])(x[i])
+        s, f = run(x[i])
         assert same_bits(f, f1[0]) and same_bits(s, s1[0])
 
 
@@ -239,7 +241,7 @@ def test_the_compiled_kernel_decides_near_threshold_sums_exactly():
         conv = packed.convs[0]
         conv.direction[:] = rng.choice([-1, 1], conv.filters)
         # a pooled value, as float32 (exact sums are rarely float32: both sides of it occur)
-        conv.threshold[:] = [pre[f].ravel()[rng.integers(pre[f].size)] for f in range(4)]
+        conv.threshold[:] = [pre[f].ravel()[rng.integers(pre[f].size)] for f in range(conv.filters)]
         conv.threshold[:] *= conv.direction
         a, b = packed.runner("numpy")(x), packed.runner("numba")(x)
         assert same_bits(a[1], b[1]) and same_bits(a[0], b[0])
@@ -307,8 +309,6 @@ def test_the_head_formula_mode_and_overrides_survive_encoding():
 
 
 def head_dots_of(packed, x: np.ndarray) -> np.ndarray:
-    from ddnn.packed import head_dots
-
     return head_dots(packed.head, packed.runner("numpy")(x)[1])
 
 

@@ -49,7 +49,8 @@ def write_video(path: Path, colours: list[tuple[int, int, int]]) -> None:
 def test_replay_gives_the_devices_view_of_the_test_rows(mvmc_file: Path):
     x, y = make_mvmc_arrays()
     _, test_rows = load_mvmc(mvmc_file).split(5, 0.75)
-    src = open_source(f"mvmc:{mvmc_file}", 2, SHAPE, split=(5, 0.75))
+    cfg = TrainConfig(split_seed=5, test_fraction=0.25)
+    src = open_source(f"mvmc:{mvmc_file}", 2, SHAPE, train_config=cfg)
     assert isinstance(src, ReplaySource) and isinstance(src, FrameSource)
     # every sample of the fixture is kept, so the split's rows index x directly
     rows = np.sort(np.random.default_rng(5).permutation(len(x))[45:])
@@ -71,7 +72,8 @@ def test_replay_parts_match_the_training_split(mvmc_file: Path):
 
     parts = split(data, cfg)
     by_cfg = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, train_config=cfg)
-    by_tuple = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, split=(3, 0.75))
+    no_val = TrainConfig(split_seed=3, test_fraction=0.25, validation_fraction=0)
+    by_tuple = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, train_config=no_val)
     assert np.array_equal(by_cfg.data.x, parts.test.x)
     assert np.array_equal(by_tuple.data.x, parts.test.x)
     val = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, part="validation", train_config=cfg)
