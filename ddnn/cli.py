@@ -589,10 +589,10 @@ def bench_broker(
     from ddnn.broker import broker_ceiling, start_broker
     from ddnn.mqtt import BrokerSettings
 
+    # validated up front, also when no --broker is given (then only --protocol is checked)
+    settings = BrokerSettings.from_url(broker_url or "mqtt://127.0.0.1", protocol=protocol)
     if broker_url is not None:
-        result = broker_ceiling(
-            BrokerSettings.from_url(broker_url, protocol=protocol), messages, payload_bytes
-        )
+        result = broker_ceiling(settings, messages, payload_bytes)
         result["kind"] = "external"
     else:
         with start_broker(kind=kind) as broker:
