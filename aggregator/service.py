@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ddnn.aggregation import Aggregator
-from ddnn.config import DDNNConfig
-from ddnn.errors import DDNNError
-from ddnn.evaluate import exit_points
-from ddnn.exits import ExitPoint, normalized_entropy, softmax
-from ddnn.manifest import Manifest
-from ddnn.mqtt import BrokerSettings
-from ddnn.service import Recent, Rejected, Service
-from ddnn.wire import Decision, Message, Offload, Scores, Status, Tick
+from ddnn.core.config import DDNNConfig
+from ddnn.core.errors import DDNNError
+from ddnn.core.exits import ExitPoint, normalized_entropy, softmax
+from ddnn.core.manifest import Manifest
+from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.service import Recent, Rejected, Service
+from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
+from ddnn.nn.evaluate import exit_points
+from ddnn.nn.fusion import Aggregator
 
 DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
 

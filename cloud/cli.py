@@ -1,4 +1,5 @@
-"""`ddnn cloud`: the command that starts the cloud tier."""
+"""`ddnn edge` and `ddnn cloud`: the commands that start the upper tiers, which share one
+service (`cloud.service.TierService`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ddnn.service_cli import Artifacts, ServiceSetup, service_command
+from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 
 
 @service_command
@@ -19,8 +20,8 @@ def cloud(
 ) -> None:
     """Run the cloud: fuse the feature maps of the tier below, run the cloud layers and
     answer the aggregator with the last exit's class scores."""
-    from ddnn.export import load_cloud
-    from ddnn.tier import TierService
+    from cloud.service import TierService
+    from ddnn.nn.export import load_cloud
 
     manifest, module = load_cloud(artifacts)
     model = manifest.ddnn_config().model
@@ -37,5 +38,35 @@ def cloud(
         module.in_shape,
         setup.broker,
         setup.deployment,
+        deadline=deadline,
+    ).run()
+
+
+@service_command
+def edge(
+    setup: ServiceSetup,
+    artifacts: Artifacts,
+    edge_id: Annotated[int, typer.Option("--id", min=0, help="which edge of the model")],
+    deadline: Annotated[
+        float, typer.Option(min=0.001, help="seconds to wait for the group's feature maps")
+    ] = 1.0,
+) -> None:
+    """Run one edge: fuse its group's feature maps, run the edge layers, answer the
+    aggregator with class scores, pass its own feature map to the cloud when asked."""
+    from cloud.service import TierService
+    from ddnn.nn.export import load_edge
+
+    manifest, module = load_edge(artifacts, edge_id)
+    model = manifest.ddnn_config().model
+    assert model.edge is not None  # load_edge refuses a topology without this edge
+    TierService(
+        f"edge-{edge_id}",
+        manifest,
+        module,
+        [f"device-{d}" for d in model.edge.groups[edge_id]],
+        module.in_shape,
+        setup.broker,
+        setup.deployment,
+        output_kind="binary" if model.edge.precision == "binary" else "float",
         deadline=deadline,
     ).run()

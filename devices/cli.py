@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ddnn.service_cli import Artifacts, ServiceSetup, service_command
+from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 
 
 @service_command
@@ -42,8 +42,8 @@ def device(
     aggregator, bit-packed feature maps to the edge or cloud when asked."""
     import logging
 
-    from ddnn.errors import DDNNError
-    from ddnn.manifest import read_manifest
+    from ddnn.core.errors import DDNNError
+    from ddnn.core.manifest import read_manifest
     from devices.runtime import open_runtime
     from devices.service import DeviceService
     from devices.sources import open_source

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ddnn.errors import ConfigError
-from ddnn.manifest import Manifest, read_manifest, verified_path
+from ddnn.core.errors import ConfigError
+from ddnn.core.manifest import Manifest, read_manifest, verified_path
 
 RUNTIMES = ("auto", "packed", "torch")
 
@@ -39,7 +39,7 @@ class TorchSlice:
     def __init__(self, artifacts: Path | str, device: int) -> None:
         import torch
 
-        from ddnn.export import load_device
+        from ddnn.nn.export import load_device
 
         self._torch = torch
         self.manifest: Manifest
@@ -59,7 +59,7 @@ class PackedSlice:
     .npz) does not match its hash in the manifest."""
 
     def __init__(self, artifacts: Path | str, device: int) -> None:
-        from ddnn.packed import read_exported
+        from ddnn.packed.format import read_exported
 
         self.manifest = read_manifest(artifacts)
         self.model, _ = read_exported(artifacts, device, self.manifest)

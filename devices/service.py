@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from ddnn.manifest import Manifest
-from ddnn.mqtt import BrokerSettings
-from ddnn.packing import pack_scores
-from ddnn.service import KeptMaps, Rejected, Service
-from ddnn.wire import Message, Offload, Scores, Tick
+from ddnn.core.manifest import Manifest
+from ddnn.core.payloads import pack_scores
+from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.service import KeptMaps, Rejected, Service
+from ddnn.live.wire import Message, Offload, Scores, Tick
 from devices.runtime import SliceRuntime
 from devices.sources import FrameSource, VideoSource
 

@@ -58,9 +58,9 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from ddnn.config import TrainConfig
+from ddnn.core.config import TrainConfig
+from ddnn.core.errors import DataError
 from ddnn.data import MultiViewData, load_spec, split
-from ddnn.errors import DataError
 
 log = logging.getLogger(__name__)
 

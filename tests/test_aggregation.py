@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddnn.aggregation import Aggregator, avg_pool, concat, max_pool
+from ddnn.nn.fusion import Aggregator, avg_pool, concat, max_pool
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ddnn.config import load_config
-from ddnn.errors import ConfigError
+from ddnn.core.config import load_config
+from ddnn.core.errors import ConfigError
 
 
 def test_defaults_are_the_papers_configuration_c():

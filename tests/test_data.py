@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddnn.core.errors import DataError
 from ddnn.data import cut_tiles, load_mvmc, load_spec, load_tiles, sample_labels, save_mvmc
-from ddnn.errors import DataError
 from tests.conftest import make_mvmc_arrays
 
 

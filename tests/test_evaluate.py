@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from ddnn.config import load_config
+from ddnn.core.config import load_config
+from ddnn.core.exits import ExitPoint, get_criterion, softmax
+from ddnn.core.payloads import pack_bits, pack_scores, unpack_bits, unpack_scores
 from ddnn.data import from_mvmc_arrays
-from ddnn.evaluate import (
+from ddnn.nn.evaluate import (
     ExitOutputs,
     communication,
     evaluate,
@@ -18,9 +20,7 @@ from ddnn.evaluate import (
     sweep,
     thresholds_for_fractions,
 )
-from ddnn.exits import ExitPoint, get_criterion, softmax
-from ddnn.model import DDNN
-from ddnn.packing import pack_bits, pack_scores, unpack_bits, unpack_scores
+from ddnn.nn.model import DDNN
 from tests.conftest import make_mvmc_arrays
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ddnn.exits import CRITERIA, ExitPoint, cascade, get_criterion, normalized_entropy, softmax
+from ddnn.core.exits import CRITERIA, ExitPoint, cascade, get_criterion, normalized_entropy, softmax
 
 
 def test_entropy_of_uniform_is_one_and_of_one_hot_is_zero():

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from ddnn.config import load_config
-from ddnn.errors import ModelFileError
-from ddnn.export import export, load_cloud, load_device, load_edge, load_exported_model
-from ddnn.model import DDNN
+from ddnn.core.config import load_config
+from ddnn.core.errors import ModelFileError
+from ddnn.nn.export import export, load_cloud, load_device, load_edge, load_exported_model
+from ddnn.nn.model import DDNN
 
 EDGE = ["model.edge={groups: [[0, 1, 2], [3, 4, 5]]}"]
 

@@ -1,6 +1,6 @@
 import torch
 
-from ddnn.layers import FC, ConvP, QuantConv2d, clip_quantized_weights, pooled_size, ste_sign
+from ddnn.nn.layers import FC, ConvP, QuantConv2d, clip_quantized_weights, pooled_size, ste_sign
 
 
 def test_sign_forward_is_plus_minus_one_with_sign_zero_plus_one():

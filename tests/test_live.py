@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddnn.broker import start_broker
-from ddnn.mqtt import MqttClient, connect_or_fail
-from ddnn.wire import Decision, Status, Tick, Topics, decode, encode
+from ddnn.live.broker import start_broker
+from ddnn.live.mqtt import MqttClient, connect_or_fail
+from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
 from tests.conftest import tiny_model
 from tests.test_cli import ddnn, ddnn_json
 

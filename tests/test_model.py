@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddnn.checkpoint import load_model, save_model
-from ddnn.config import load_config
+from ddnn.core.config import load_config
+from ddnn.core.errors import ModelFileError
 from ddnn.data import from_mvmc_arrays
-from ddnn.errors import ModelFileError
-from ddnn.model import DDNN
-from ddnn.train import fit, random_presence, split
+from ddnn.nn.checkpoint import load_model, save_model
+from ddnn.nn.model import DDNN
+from ddnn.nn.train import fit, random_presence, split
 from tests.conftest import make_mvmc_arrays
 
 FIG2 = {

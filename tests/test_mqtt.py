@@ -21,9 +21,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from ddnn.broker import RunningBroker, broker_ceiling, find_mosquitto, free_port, start_broker
-from ddnn.errors import ConfigError, DDNNError
-from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail, parse_broker_url
+from ddnn.core.errors import ConfigError, DDNNError
+from ddnn.live.broker import RunningBroker, broker_ceiling, find_mosquitto, free_port, start_broker
+from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail, parse_broker_url
 
 KINDS = [
     pytest.param(
@@ -154,7 +154,7 @@ def test_subscriptions_made_before_connecting_are_kept(
 DEVICE_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
+    from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
     url, protocol, topic, how = sys.argv[1:5]
     settings = BrokerSettings(url=url, protocol=protocol, keepalive=1)
     client = MqttClient(settings, "device-" + topic.rsplit("/", 1)[-1], will=Will(topic, b"dead"))

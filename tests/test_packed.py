@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from ddnn.config import load_config
+from ddnn.core.config import load_config
+from ddnn.core.errors import ModelFileError
+from ddnn.core.manifest import read_manifest
 from ddnn.data import load_mvmc, load_spec, save_mvmc
-from ddnn.errors import ModelFileError
-from ddnn.export import export, load_device
-from ddnn.manifest import read_manifest
-from ddnn.model import DDNN, DeviceSlice
-from ddnn.packed import (
+from ddnn.nn.export import export, load_device
+from ddnn.nn.model import DDNN, DeviceSlice
+from ddnn.packed.format import (
     FORMAT_VERSION,
     NotPackable,
     decode,
@@ -66,7 +66,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A model trained briefly (2 epochs) on the default synthetic set, and its export."""
-    from ddnn.train import fit, split
+    from ddnn.nn.train import fit, split
 
     cfg = load_config(overrides=["train.epochs=2"])
     data = load_spec("synth")
@@ -230,7 +230,7 @@ def test_the_compiled_kernel_decides_near_threshold_sums_exactly():
     with the NumPy path, which sums exactly throughout."""
     if "numba" not in KERNELS:
         pytest.skip("numba is not installed")
-    from ddnn.packed import conv_real
+    from ddnn.packed.format import conv_real
 
     module = untrained_slice()
     packed = pack_slice(module, (3, 32, 32))
@@ -414,10 +414,10 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
 def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tmp_path):
     """The real `ddnn device` service, torch blocked, against a broker: the scores it
     publishes for replayed samples equal the torch slice's on the same frames."""
-    from ddnn.broker import start_broker
-    from ddnn.mqtt import MqttClient, connect_or_fail
-    from ddnn.packing import unpack_scores
-    from ddnn.wire import Scores, Status, Tick, Topics, decode, encode
+    from ddnn.core.payloads import unpack_scores
+    from ddnn.live.broker import start_broker
+    from ddnn.live.mqtt import MqttClient, connect_or_fail
+    from ddnn.live.wire import Scores, Status, Tick, Topics, decode, encode
 
     model, cfg, _, artifacts, manifest = trained
     data_file = tmp_path / "mvmc.npz"
@@ -472,8 +472,9 @@ def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tm
 def test_config_and_manifest_import_without_pytorch():
     proc = run_without_torch(
         """
-        import ddnn.config, ddnn.manifest, ddnn.packed, devices.runtime, devices.service
-        ddnn.config.load_config(overrides=["model.device.conv_filters=[4, 2]"])
+        import ddnn.core.config, ddnn.core.manifest, ddnn.packed.format
+        import devices.runtime, devices.service
+        ddnn.core.config.load_config(overrides=["model.device.conv_filters=[4, 2]"])
         print("torch" in sys.modules)
         """
     )

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ddnn.config import TrainConfig
+from ddnn.core.config import TrainConfig
+from ddnn.core.errors import DataError
 from ddnn.data import load_mvmc
-from ddnn.errors import DataError
 from devices.sources import (
     FrameSource,
     ImageFolderSource,
@@ -68,7 +68,7 @@ def test_replay_gives_the_devices_view_of_the_test_rows(mvmc_file: Path):
 def test_replay_parts_match_the_training_split(mvmc_file: Path):
     data = load_mvmc(mvmc_file)
     cfg = TrainConfig(split_seed=3, test_fraction=0.25)
-    from ddnn.train import split
+    from ddnn.nn.train import split
 
     parts = split(data, cfg)
     by_cfg = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, train_config=cfg)

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from ddnn import synth
-from ddnn.data import from_mvmc_arrays
+from ddnn.data import from_mvmc_arrays, synth
 
 
 @pytest.fixture(scope="module")

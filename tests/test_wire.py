@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from ddnn.wire import (
+from ddnn.live.wire import (
     MAX_PAYLOAD,
     Decision,
     Features,

@@ -26,8 +26,8 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ddnn.errors import DDNNError
-from ddnn.packing import pack_features, unpack_bits
+from ddnn.core.errors import DDNNError
+from ddnn.core.payloads import pack_features, unpack_bits
 
 SCHEMA = 1
 MAX_PAYLOAD = 1 << 20  # no DDNN message comes near 1 MiB: a bigger one is refused unread

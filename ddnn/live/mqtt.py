@@ -47,7 +47,7 @@ from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ddnn.errors import ConfigError, DDNNError
+from ddnn.core.errors import ConfigError, DDNNError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddnn.config import Precision, pooled_size  # noqa: F401 (pooled_size: re-exported)
+from ddnn.core.config import Precision, pooled_size  # noqa: F401 (pooled_size: re-exported)
 
 
 class _SignSTE(torch.autograd.Function):

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ddnn.config import ModelConfig
-from ddnn.errors import DDNNError
-from ddnn.mqtt import BrokerSettings, MqttClient, connect_or_fail
-from ddnn.wire import Decision, Status, Tick, Topics, WireError, decode, encode
+from ddnn.core.config import ModelConfig
+from ddnn.core.errors import DDNNError
+from ddnn.live.mqtt import BrokerSettings, MqttClient, connect_or_fail
+from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
 
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddnn.aggregation import Aggregator
-from ddnn.config import ModelConfig
-from ddnn.layers import FC, ConvP, Precision, pooled_size
+from ddnn.core.config import ModelConfig
+from ddnn.nn.fusion import Aggregator
+from ddnn.nn.layers import FC, ConvP, Precision, pooled_size
 
 
 def conv_stack(in_ch: int, filters: list[int], precision: Precision) -> nn.Sequential:

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from ddnn.errors import ModelFileError
+from ddnn.core.errors import ModelFileError
 
 if TYPE_CHECKING:
-    from ddnn.config import DDNNConfig
+    from ddnn.core.config import DDNNConfig
 
 FORMAT = "ddnn-export"
 VERSION = 1
@@ -52,7 +52,7 @@ class Manifest(BaseModel):
     packed: dict[str, Artifact] = {}
 
     def ddnn_config(self) -> DDNNConfig:
-        from ddnn.config import validate_config
+        from ddnn.core.config import validate_config
 
         return validate_config(self.config, source="manifest config")
 

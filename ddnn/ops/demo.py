@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, roles_of, summarize
-from ddnn.mqtt import BrokerSettings
-from ddnn.wire import Topics
+from ddnn.core.errors import DDNNError
+from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.wire import Topics
+from ddnn.ops.fleet import Driver, Fleet, roles_of, summarize
 
 DEMO_EPOCHS = 30
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
@@ -64,11 +64,11 @@ def run_demo(
     cache: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from ddnn.broker import broker_ceiling, start_broker
-    from ddnn.checkpoint import load_model
     from ddnn.data import load_spec
-    from ddnn.export import export
-    from ddnn.train import split
+    from ddnn.live.broker import broker_ceiling, start_broker
+    from ddnn.nn.checkpoint import load_model
+    from ddnn.nn.export import export
+    from ddnn.nn.train import split
 
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)

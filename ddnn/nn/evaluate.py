@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddnn.config import EXIT_ORDER, DDNNConfig, ExitSpec
+from ddnn.core.config import EXIT_ORDER, DDNNConfig, ExitSpec
+from ddnn.core.errors import DDNNError
+from ddnn.core.exits import Decisions, ExitPoint, cascade, get_criterion, softmax
+from ddnn.core.payloads import pack_features, pack_scores
 from ddnn.data import MultiViewData, load_spec, split
-from ddnn.errors import DDNNError
-from ddnn.exits import Decisions, ExitPoint, cascade, get_criterion, softmax
-from ddnn.model import DDNN
-from ddnn.packing import pack_features, pack_scores
+from ddnn.nn.model import DDNN
 
 
 @dataclass
@@ -370,8 +370,8 @@ def load_for_eval(
     the part of a data set to evaluate it on: `data` (a SPEC, default: the data it was
     trained on, with its grid), split as in training; part "all" for the whole set.
     `loader(spec, grid)` loads the data (default `ddnn.data.load_spec`)."""
-    from ddnn.checkpoint import load_model
-    from ddnn.export import load_exported_model
+    from ddnn.nn.checkpoint import load_model
+    from ddnn.nn.export import load_exported_model
 
     model_path = Path(model_path)
     if model_path.is_dir():

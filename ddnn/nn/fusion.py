@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ddnn.config import Aggregation
+from ddnn.core.config import Aggregation
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddnn.config import DDNNConfig, ModelConfig, TrainConfig
+from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig
 from ddnn.data import MultiViewData, Splits
 from ddnn.data import split as split  # re-exported: the split lives with the data
-from ddnn.layers import clip_quantized_weights
-from ddnn.model import DDNN
+from ddnn.nn.layers import clip_quantized_weights
+from ddnn.nn.model import DDNN
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -137,7 +137,7 @@ def individual_accuracy(
 ) -> float:
     """Train `device`'s slice alone on its views of the training part (labels are the
     sample's, also where the camera sees nothing) and return its test accuracy in %."""
-    from ddnn.evaluate import accuracy_percent, run_model
+    from ddnn.nn.evaluate import accuracy_percent, run_model
 
     result = fit(view(parts.train, device), individual_config(cfg), on_epoch)
     probs = run_model(result.model, view(parts.test, device)).probs["local"]

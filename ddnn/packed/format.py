@@ -86,12 +86,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ddnn.config import pooled_size
-from ddnn.errors import DDNNError, ModelFileError
+from ddnn.core.config import pooled_size
+from ddnn.core.errors import DDNNError, ModelFileError
 
 if TYPE_CHECKING:
-    from ddnn.manifest import Manifest
-    from ddnn.model import DeviceSlice
+    from ddnn.core.manifest import Manifest
+    from ddnn.nn.model import DeviceSlice
 
 MAGIC = b"DDNNBITS"
 FORMAT_VERSION = 1
@@ -385,7 +385,7 @@ def run_numpy(model: PackedModel, image: np.ndarray) -> tuple[np.ndarray, np.nda
 def numba_kernels() -> Any | None:
     """The compiled-kernel module, or None when numba cannot be imported."""
     try:
-        from ddnn import _packed_numba
+        from ddnn.packed import numba_kernels as _packed_numba
     except (ImportError, OSError):  # no numba, or one that does not fit this NumPy
         return None
     return _packed_numba
@@ -746,7 +746,7 @@ def _head_layer(head: Any) -> HeadLayer:
 
 def pack_slice(module: DeviceSlice, input_shape: tuple[int, int, int]) -> PackedModel:
     """Pack an eval-mode binary `DeviceSlice` (see the module docstring for what is exact)."""
-    from ddnn.layers import ConvP
+    from ddnn.nn.layers import ConvP
 
     if module.training:
         raise NotPackable("pack the slice in eval mode (batch norm with running statistics)")
@@ -790,7 +790,7 @@ def read_exported(
     """Device `device`'s packed slice from an export directory, and its path: refused with
     ModelFileError where the model has no such device, the export holds no packed slice for
     it (and why), or the file does not match its hash in the manifest or the topology."""
-    from ddnn.manifest import read_manifest, verified_path
+    from ddnn.core.manifest import read_manifest, verified_path
 
     if manifest is None:
         manifest = read_manifest(artifacts)

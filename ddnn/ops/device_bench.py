@@ -30,8 +30,8 @@ def _default_slice(seed: int = 0):
     statistics that put the thresholds inside the range of the conv sums."""
     import torch
 
-    from ddnn.config import load_config
-    from ddnn.model import DeviceSlice
+    from ddnn.core.config import load_config
+    from ddnn.nn.model import DeviceSlice
 
     cfg = load_config()
     torch.manual_seed(seed)
@@ -48,11 +48,11 @@ def bench_device(
 ) -> dict[str, Any]:
     import torch
 
-    from ddnn.model import DeviceSlice
-    from ddnn.packed import pack_slice, read_exported
+    from ddnn.nn.model import DeviceSlice
+    from ddnn.packed.format import pack_slice, read_exported
 
     if artifacts is not None:
-        from ddnn.export import load_device
+        from ddnn.nn.export import load_device
 
         manifest, binary = load_device(artifacts, device)
         cfg = manifest.ddnn_config().model

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ddnn.errors import DataError
+from ddnn.core.errors import DataError
 
 if TYPE_CHECKING:
-    from ddnn.config import TrainConfig
+    from ddnn.core.config import TrainConfig
 
 MVMC_CLASSES = ["car", "bus", "person"]
 DEFAULT_SYNTH_SAMPLES = 2000
@@ -167,7 +167,7 @@ def data_dir() -> Path:
     folder, else ~/.cache/ddnn."""
     if env := os.environ.get("DDNN_DATA_DIR"):
         return Path(env)
-    checkout = Path(__file__).resolve().parent.parent / "datasets"
+    checkout = Path(__file__).resolve().parents[2] / "datasets"
     if checkout.is_dir():
         return checkout
     return Path.home() / ".cache" / "ddnn"
@@ -176,7 +176,7 @@ def data_dir() -> Path:
 def synthetic_cache_path(
     n_samples: int = DEFAULT_SYNTH_SAMPLES, seed: int = DEFAULT_SYNTH_SEED
 ) -> Path:
-    from ddnn import synth
+    from ddnn.data import synth
 
     return data_dir() / "synth" / f"synth-v{synth.VERSION}-n{n_samples}-s{seed}.npz"
 
@@ -188,7 +188,7 @@ def synthetic(
 ) -> MultiViewData:
     """The synthetic multi-camera set, generated on first use and cached under data_dir()
     (keyed by the generator's version, so a changed generator never serves stale data)."""
-    from ddnn import synth
+    from ddnn.data import synth
 
     path = synthetic_cache_path(n_samples, seed)
     if path.exists():

@@ -24,10 +24,10 @@ from types import FrameType
 
 import numpy as np
 
-from ddnn.errors import DDNNError
-from ddnn.manifest import Manifest
-from ddnn.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
-from ddnn.wire import Features, Message, Status, Topics, WireError, decode, encode
+from ddnn.core.errors import DDNNError
+from ddnn.core.manifest import Manifest
+from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
+from ddnn.live.wire import Features, Message, Status, Topics, WireError, decode, encode
 
 log = logging.getLogger("ddnn")
 LOUD_REPEATS = 5  # warnings per reason before they drop to debug level

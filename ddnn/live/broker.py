@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ddnn.errors import DDNNError
-from ddnn.mqtt import (
+from ddnn.core.errors import DDNNError
+from ddnn.live.mqtt import (
     BrokerSettings,
     MqttClient,
     Protocol,

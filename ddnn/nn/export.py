@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 import ddnn
-from ddnn.aggregation import Aggregator
-from ddnn.config import DDNNConfig, ModelConfig
-from ddnn.errors import ConfigError, ModelFileError
-from ddnn.manifest import (
+from ddnn.core.config import DDNNConfig, ModelConfig
+from ddnn.core.errors import ConfigError, ModelFileError
+from ddnn.core.manifest import (
     FORMAT,
     MANIFEST,
     VERSION,
@@ -41,9 +40,10 @@ from ddnn.manifest import (
     read_manifest,
     read_npz_artifact,
 )
-from ddnn.model import DDNN, DeviceSlice, UpperTier
-from ddnn.packed import SUFFIX as PACKED_SUFFIX
-from ddnn.packed import NotPackable, pack_slice, packable, write_packed
+from ddnn.nn.fusion import Aggregator
+from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
+from ddnn.packed.format import SUFFIX as PACKED_SUFFIX
+from ddnn.packed.format import NotPackable, pack_slice, packable, write_packed
 
 
 def roles(cfg: ModelConfig) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ddnn.errors import ConfigError
+from ddnn.core.errors import ConfigError
 
 # Literals here rather than in the layers, so that reading a config needs no PyTorch (a
 # device running the bit-packed slice reads its manifest's config without it).

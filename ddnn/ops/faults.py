@@ -27,10 +27,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, roles_of, summarize
-from ddnn.mqtt import MqttClient, connect_or_fail
-from ddnn.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
+from ddnn.core.errors import DDNNError
+from ddnn.live.mqtt import MqttClient, connect_or_fail
+from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
+from ddnn.ops.fleet import Driver, Fleet, roles_of, summarize
 
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
@@ -42,7 +42,7 @@ class Reference:
     devices: what `ddnn eval --missing ...` computes."""
 
     def __init__(self, artifacts: Path) -> None:
-        from ddnn.evaluate import exit_points, load_for_eval
+        from ddnn.nn.evaluate import exit_points, load_for_eval
 
         self.model, self.cfg, _, self.test = load_for_eval(artifacts, part="test")
         self.points = exit_points(self.cfg, self.model.exits)
@@ -50,8 +50,8 @@ class Reference:
         self.decide = cache(self._decide)
 
     def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-        from ddnn.evaluate import presence_mask, run_model
-        from ddnn.exits import cascade
+        from ddnn.core.exits import cascade
+        from ddnn.nn.evaluate import presence_mask, run_model
 
         n = self.cfg.model.n_devices
         missing = [d for d in range(n) if d not in devices]
@@ -60,7 +60,7 @@ class Reference:
         return d.predictions, [self.points[e].name for e in d.exit_index]
 
     def accuracy(self, devices: tuple[int, ...]) -> float:
-        from ddnn.evaluate import accuracy_percent
+        from ddnn.nn.evaluate import accuracy_percent
 
         predictions, _ = self.decide(devices)
         return accuracy_percent(predictions, self.labels)
@@ -307,9 +307,9 @@ def run_scenario(
 ) -> dict[str, Any]:
     """Run one scenario on a fresh deployment of `model`; the rows, the services' final
     counters and rejections, and whether every process that should live is alive."""
-    from ddnn.broker import start_broker
-    from ddnn.checkpoint import load_model
-    from ddnn.export import export
+    from ddnn.live.broker import start_broker
+    from ddnn.nn.checkpoint import load_model
+    from ddnn.nn.export import export
 
     if name not in SCENARIOS:
         raise DDNNError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")

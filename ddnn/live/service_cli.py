@@ -19,8 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ddnn.errors import ConfigError
-from ddnn.mqtt import BrokerSettings
+from ddnn.core.errors import ConfigError
+from ddnn.live.mqtt import BrokerSettings
 
 Artifacts = Annotated[
     Path, typer.Option("--artifacts", help="a directory written by `ddnn export`")

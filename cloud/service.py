@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ddnn.manifest import Manifest
-from ddnn.model import UpperTier
-from ddnn.mqtt import BrokerSettings
-from ddnn.packing import pack_scores
-from ddnn.service import KeptMaps, Recent, Rejected, Service
-from ddnn.wire import Features, Message, Offload, Scores
+from ddnn.core.manifest import Manifest
+from ddnn.core.payloads import pack_scores
+from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.service import KeptMaps, Recent, Rejected, Service
+from ddnn.live.wire import Features, Message, Offload, Scores
+from ddnn.nn.model import UpperTier
 
 KEEP_MAX = 1024  # samples remembered at most: collecting, run, and kept for the cloud
 

@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ddnn.core.errors import DDNNError
 from ddnn.data import DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED
-from ddnn.errors import DDNNError
 
 if TYPE_CHECKING:
-    from ddnn.config import DDNNConfig
+    from ddnn.core.config import DDNNConfig
     from ddnn.data import MultiViewData
-    from ddnn.model import DDNN
+    from ddnn.nn.model import DDNN
 
 app = typer.Typer(
     help="Distributed deep neural networks over the cloud, the edge and end devices.",
@@ -142,7 +142,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from ddnn.config import EXIT_ORDER
+    from ddnn.core.config import EXIT_ORDER
 
     tiers = [*EXIT_ORDER, "overall"]
     rows = [
@@ -174,8 +174,7 @@ def data_synth(
     as_json: JsonFlag = False,
 ) -> None:
     """Generate a synthetic multi-view multi-camera set in the MVMC format."""
-    from ddnn import synth
-    from ddnn.data import save_mvmc
+    from ddnn.data import save_mvmc, synth
 
     with progress_bar("rendering", samples, as_json) as advance:
         x, y = synth.synthesize(samples, seed=seed, progress=lambda d: advance(completed=d))
@@ -211,7 +210,7 @@ Seed = Annotated[int | None, typer.Option(help="seed of initialization, batches 
 
 
 def _config(config: Path | None, overrides: list[str] | None, **flags: Any) -> DDNNConfig:
-    from ddnn.config import load_config
+    from ddnn.core.config import load_config
 
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(config, [*(overrides or []), *extra])
@@ -236,9 +235,9 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
-    from ddnn.checkpoint import save_model
-    from ddnn.evaluate import evaluate, exit_points, pick_thresholds, run_model, set_thresholds
-    from ddnn.train import fit, split
+    from ddnn.nn.checkpoint import save_model
+    from ddnn.nn.evaluate import evaluate, exit_points, pick_thresholds, run_model, set_thresholds
+    from ddnn.nn.train import fit, split
 
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
     parts = split(load_data(data, grid, as_json), cfg.train)
@@ -278,7 +277,7 @@ def _eval_context(
 ) -> tuple[DDNN, DDNNConfig, dict[str, Any], MultiViewData]:
     """Load a model, its metadata and the part of a data set to evaluate it on (by default
     the test split of the data it was trained on), with progress while data is generated."""
-    from ddnn.evaluate import load_for_eval
+    from ddnn.nn.evaluate import load_for_eval
 
     return load_for_eval(model_path, data, grid, part, lambda s, g: load_data(s, g, quiet))
 
@@ -321,7 +320,8 @@ def eval_(
 ) -> None:
     """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
     services run): accuracy per exit, overall accuracy, exit fractions, bytes."""
-    from ddnn.evaluate import (
+    from ddnn.core.exits import cascade
+    from ddnn.nn.evaluate import (
         accuracy_by_device_count,
         accuracy_each_missing,
         device_ranking,
@@ -332,7 +332,6 @@ def eval_(
         with_thresholds,
         write_decisions,
     )
-    from ddnn.exits import cascade
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     thresholds = parse_thresholds(threshold, model.exits)
@@ -380,8 +379,8 @@ def sweep(
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
-    from ddnn.evaluate import exit_points, pick_thresholds, run_model
-    from ddnn.evaluate import sweep as sweep_rows
+    from ddnn.nn.evaluate import exit_points, pick_thresholds, run_model
+    from ddnn.nn.evaluate import sweep as sweep_rows
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     points = exit_points(cfg, model.exits)
@@ -426,8 +425,8 @@ def calibrate(
 ) -> None:
     """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
     an accuracy rule, and store them in the model file."""
-    from ddnn.checkpoint import save_model
-    from ddnn.evaluate import (
+    from ddnn.nn.checkpoint import save_model
+    from ddnn.nn.evaluate import (
         evaluate,
         exit_points,
         local_fraction_for_budget,
@@ -486,7 +485,7 @@ def baseline(
     as_json: JsonFlag = False,
 ) -> None:
     """Train each device's slice alone and test it (the paper's "Individual" accuracy)."""
-    from ddnn.train import individual_accuracy, split
+    from ddnn.nn.train import individual_accuracy, split
 
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
     dataset = load_data(data, grid, as_json)
@@ -544,7 +543,7 @@ def broker_cmd(
     import signal
     import threading
 
-    from ddnn.broker import start_broker
+    from ddnn.live.broker import start_broker
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -586,8 +585,8 @@ def bench_broker(
 ) -> None:
     """Measure the raw broker ceiling: small QoS 0 messages per second from one client through
     the broker to another. No service built on that broker can beat it."""
-    from ddnn.broker import broker_ceiling, start_broker
-    from ddnn.mqtt import BrokerSettings
+    from ddnn.live.broker import broker_ceiling, start_broker
+    from ddnn.live.mqtt import BrokerSettings
 
     # validated up front, also when no --broker is given (then only --protocol is checked)
     settings = BrokerSettings.from_url(broker_url or "mqtt://127.0.0.1", protocol=protocol)
@@ -621,7 +620,7 @@ def bench_device(
 ) -> None:
     """Per-frame latency of a device slice at batch 1 (p50, p99): the torch float slice, the
     torch binarized slice in eval mode and the bit-packed slice, in one run, interleaved."""
-    from ddnn.device_bench import bench_device as run_bench
+    from ddnn.ops.device_bench import bench_device as run_bench
 
     result = run_bench(artifacts, device, frames)
     if as_json:
@@ -649,8 +648,8 @@ def export_(
 ) -> None:
     """Split a trained model into one artifact per role (each device, the aggregator, each
     edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact."""
-    from ddnn.checkpoint import load_model
-    from ddnn.export import export
+    from ddnn.nn.checkpoint import load_model
+    from ddnn.nn.export import export
 
     model, cfg, meta = load_model(model_path)
     manifest = export(model, cfg, out_dir, meta)
@@ -687,7 +686,7 @@ def demo(
     """The whole live system on this machine: a broker, one process per device, the
     aggregator, the edges and the cloud, driven over the test set; then a summary."""
     from ddnn.data import data_dir
-    from ddnn.demo import run_demo
+    from ddnn.ops.demo import run_demo
 
     report = run_demo(
         model_path,
@@ -747,8 +746,8 @@ def faults(
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
     service restarts, a rogue client) and check every sample against offline evaluation."""
     from ddnn.data import data_dir
-    from ddnn.demo import demo_model
-    from ddnn.faults import SCENARIOS, SCORE_DEADLINE, run_scenario
+    from ddnn.ops.demo import demo_model
+    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, run_scenario
 
     def log(text: str) -> None:
         if not as_json:
@@ -812,7 +811,7 @@ def inspect_(
     as_json: JsonFlag = False,
 ) -> None:
     """Show a bit-packed device slice: its layers, parameter count and bytes in memory."""
-    from ddnn.packed import inspect_artifact
+    from ddnn.packed.format import inspect_artifact
 
     report = inspect_artifact(artifact, device)
     if as_json:

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ddnn.config import DDNNConfig, validate_config
-from ddnn.errors import ConfigError, ModelFileError
-from ddnn.model import DDNN
+from ddnn.core.config import DDNNConfig, validate_config
+from ddnn.core.errors import ConfigError, ModelFileError
+from ddnn.nn.model import DDNN
 
 FORMAT = "ddnn-model"
 VERSION = 1

@@ -1,0 +1,43 @@
+"""Data: multi-view data sets (the MVMC format, tiled images, the synthetic generator) as
+`MultiViewData`, and the train / validation / test split every command shares. NumPy and
+OpenCV only; the public names are re-exported here."""
+
+from ddnn.data.multiview import (
+    DEFAULT_SYNTH_SAMPLES,
+    DEFAULT_SYNTH_SEED,
+    MVMC_CLASSES,
+    MultiViewData,
+    Splits,
+    cut_tiles,
+    data_dir,
+    from_mvmc_arrays,
+    load_mvmc,
+    load_spec,
+    load_tiles,
+    parse_grid,
+    sample_labels,
+    save_mvmc,
+    split,
+    synthetic,
+    synthetic_cache_path,
+)
+
+__all__ = [
+    "DEFAULT_SYNTH_SAMPLES",
+    "DEFAULT_SYNTH_SEED",
+    "MVMC_CLASSES",
+    "MultiViewData",
+    "Splits",
+    "cut_tiles",
+    "data_dir",
+    "from_mvmc_arrays",
+    "load_mvmc",
+    "load_spec",
+    "load_tiles",
+    "parse_grid",
+    "sample_labels",
+    "save_mvmc",
+    "split",
+    "synthetic",
+    "synthetic_cache_path",
+]

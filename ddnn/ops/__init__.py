@@ -1,0 +1,1 @@
+"""Running whole deployments: processes and their driver, the demo, fault injection, benches."""
