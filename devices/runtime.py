@@ -5,7 +5,10 @@ Two runtimes implement it:
   run with NumPy and, when installed, numba's compiled kernels. No PyTorch: weights are bits,
   batch norm + sign are integer (or float32) thresholds. Bit-exact with the torch model in
   eval mode (ddnn/packed.py says exactly in what sense).
-- `TorchSlice`: the exported weights in PyTorch, for any slice, a float device tier included.
+- `TorchSlice` (ddnn/nn/runtime.py): the exported weights in PyTorch, for any slice, a float
+  device tier included. It lives with the model code, and a device finds it through the
+  `ddnn.runtimes` entry point (pyproject.toml), so that this package never imports PyTorch:
+  a device that runs the packed slice needs none installed.
 
 `open_runtime(artifacts, device, "auto")` picks the packed slice when the export holds one
 for the device, else torch.
@@ -13,6 +16,7 @@ for the device, else torch.
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +24,8 @@ import numpy as np
 
 from ddnn.core.errors import ConfigError
 from ddnn.core.manifest import Manifest, read_manifest, verified_path
+from ddnn.packed.inspect import read_exported
+from ddnn.packed.kernels import kernel_name, runner
 
 RUNTIMES = ("auto", "packed", "torch")
 
@@ -33,42 +39,20 @@ class SliceRuntime(Protocol):
         ...
 
 
-class TorchSlice:
-    name = "torch"
-
-    def __init__(self, artifacts: Path | str, device: int) -> None:
-        import torch
-
-        from ddnn.nn.export import load_device
-
-        self._torch = torch
-        self.manifest: Manifest
-        self.manifest, self.module = load_device(artifacts, device)
-
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._torch.no_grad():
-            scores, features = self.module(self._torch.from_numpy(image[None]))
-        if scores is None:
-            raise ValueError("this device slice has no exit head (a topology without local exit)")
-        return scores[0].numpy(), features[0].numpy()
-
-
 class PackedSlice:
     """The bit-packed slice of one device, run with numba when importable, else NumPy. The
     device refuses to start when any artifact of its role (the packed file or the role's
     .npz) does not match its hash in the manifest."""
 
     def __init__(self, artifacts: Path | str, device: int) -> None:
-        from ddnn.packed.format import read_exported
-
         self.manifest = read_manifest(artifacts)
         self.model, _ = read_exported(artifacts, device, self.manifest)
         role = f"device-{device}"
         if role in self.manifest.artifacts:
             verified_path(artifacts, self.manifest.artifacts[role], f"role {role!r}")
-        self.kernel = self.model.kernel_name("auto")
+        self.kernel = kernel_name("auto")
         self.name = f"packed ({self.kernel})"
-        self._run = self.model.runner("auto")
+        self._run = runner(self.model, "auto")
         self._run(np.zeros(self.model.input_shape, np.float32))  # compile now, not on frame 0
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,4 +69,11 @@ def open_runtime(artifacts: Path | str, device: int, runtime: str = "auto") -> S
         runtime = "packed" if f"device-{device}" in packed else "torch"
     if runtime == "packed":
         return PackedSlice(artifacts, device)
-    return TorchSlice(artifacts, device)
+    return torch_slice(artifacts, device)
+
+
+def torch_slice(artifacts: Path | str, device: int) -> SliceRuntime:
+    """The torch runtime (`ddnn.nn.runtime.TorchSlice`), loaded through its entry point:
+    ImportError where PyTorch is not installed."""
+    (plugin,) = entry_points(group="ddnn.runtimes", name="torch")
+    return plugin.load()(artifacts, device)

@@ -20,18 +20,11 @@ from ddnn.core.manifest import read_manifest
 from ddnn.data import load_mvmc, load_spec, save_mvmc
 from ddnn.nn.export import export, load_device
 from ddnn.nn.model import DDNN, DeviceSlice
-from ddnn.packed.format import (
-    FORMAT_VERSION,
-    NotPackable,
-    decode,
-    encode,
-    head_dots,
-    numba_kernels,
-    pack_slice,
-    read_packed,
-    write_packed,
-)
-from devices.runtime import PackedSlice, TorchSlice, open_runtime
+from ddnn.nn.pack import NotPackable, pack_slice
+from ddnn.nn.runtime import TorchSlice
+from ddnn.packed.format import FORMAT_VERSION, decode, encode, read_packed, write_packed
+from ddnn.packed.kernels import conv_real, head_dots, numba_kernels, runner
+from devices.runtime import PackedSlice, open_runtime
 from tests.conftest import make_mvmc_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,12 +130,12 @@ def assert_exact(packed, module: DeviceSlice, x: np.ndarray, kernels=KERNELS) ->
     torch slice's, run batched (as offline evaluation) and at batch 1 (as the device)."""
     scores, features = torch_outputs(module, x)
     for kernel in kernels:
-        run = packed.runner(kernel)
+        run = runner(packed, kernel)
         for i in range(len(x)):
             s, f = run(x[i])
             assert same_bits(f, features[i]), f"{kernel}: feature map of frame {i} differs"
             assert same_bits(s, scores[i]), f"{kernel}: scores of frame {i} differ"
-    run = packed.runner(kernels[-1])
+    run = runner(packed, kernels[-1])
     for i in range(0, len(x), max(1, len(x) // 50)):
         s1, f1 = torch_outputs(module, x[i : i + 1])
         s, f = run(x[i])
@@ -230,8 +223,6 @@ def test_the_compiled_kernel_decides_near_threshold_sums_exactly():
     with the NumPy path, which sums exactly throughout."""
     if "numba" not in KERNELS:
         pytest.skip("numba is not installed")
-    from ddnn.packed.format import conv_real
-
     module = untrained_slice()
     packed = pack_slice(module, (3, 32, 32))
     rng = np.random.default_rng(3)
@@ -243,7 +234,7 @@ def test_the_compiled_kernel_decides_near_threshold_sums_exactly():
         # a pooled value, as float32 (exact sums are rarely float32: both sides of it occur)
         conv.threshold[:] = [pre[f].ravel()[rng.integers(pre[f].size)] for f in range(conv.filters)]
         conv.threshold[:] *= conv.direction
-        a, b = packed.runner("numpy")(x), packed.runner("numba")(x)
+        a, b = runner(packed, "numpy")(x), runner(packed, "numba")(x)
         assert same_bits(a[1], b[1]) and same_bits(a[0], b[0])
 
 
@@ -266,7 +257,7 @@ def test_encoding_round_trips_and_corruption_is_refused(tmp_path):
     again = decode(data)
     assert encode(again) == data
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32)).astype(np.float32)
-    assert same_bits(packed.runner("numpy")(x)[0], again.runner("numpy")(x)[0])
+    assert same_bits(runner(packed, "numpy")(x)[0], runner(again, "numpy")(x)[0])
     flipped = bytearray(data)
     flipped[40] ^= 0x10
     with pytest.raises(ModelFileError, match="corrupt"):
@@ -281,7 +272,7 @@ def test_encoding_round_trips_and_corruption_is_refused(tmp_path):
         decode(bytes(newer))
     for kernel in KERNELS:
         with pytest.raises(ValueError, match="shape"):
-            packed.runner(kernel)(x[:, :16])
+            runner(packed, kernel)(x[:, :16])
     path = tmp_path / "s.bits"
     write_packed(path, packed)
     assert read_packed(path).weights_bytes == packed.weights_bytes
@@ -305,11 +296,11 @@ def test_the_head_formula_mode_and_overrides_survive_encoding():
     assert again.head.mode == "mul_add" and list(again.head.override_dot) == [dots[2]]
     for model in (packed, again):
         for kernel in KERNELS:
-            assert same_bits(model.runner(kernel)(x)[0], want)
+            assert same_bits(runner(model, kernel)(x)[0], want)
 
 
 def head_dots_of(packed, x: np.ndarray) -> np.ndarray:
-    return head_dots(packed.head, packed.runner("numpy")(x)[1])
+    return head_dots(packed.head, runner(packed, "numpy")(x)[1])
 
 
 def test_a_corrupt_packed_artifact_is_refused_by_the_device(tmp_path):
@@ -391,7 +382,7 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
     with np.load(tmp_path / "out.npz") as z:
         assert same_bits(z["scores"], scores) and same_bits(z["features"], features)
     proc = run_without_torch(
-        f"from devices.runtime import TorchSlice; TorchSlice({str(artifacts)!r}, 0)"
+        f"from devices.runtime import open_runtime; open_runtime({str(artifacts)!r}, 0, 'torch')"
     )
     assert proc.returncode != 0 and "not installed on this device" in proc.stderr
     # neither torch nor numba: the NumPy kernel, the same outputs

@@ -811,7 +811,7 @@ def inspect_(
     as_json: JsonFlag = False,
 ) -> None:
     """Show a bit-packed device slice: its layers, parameter count and bytes in memory."""
-    from ddnn.packed.format import inspect_artifact
+    from ddnn.packed.inspect import inspect_artifact
 
     report = inspect_artifact(artifact, device)
     if as_json:

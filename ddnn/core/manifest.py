@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from ddnn.core.config import DDNNConfig, validate_config
 from ddnn.core.errors import ModelFileError
-
-if TYPE_CHECKING:
-    from ddnn.core.config import DDNNConfig
 
 FORMAT = "ddnn-export"
 VERSION = 1
@@ -52,8 +50,6 @@ class Manifest(BaseModel):
     packed: dict[str, Artifact] = {}
 
     def ddnn_config(self) -> DDNNConfig:
-        from ddnn.core.config import validate_config
-
         return validate_config(self.config, source="manifest config")
 
 

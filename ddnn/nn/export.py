@@ -42,8 +42,9 @@ from ddnn.core.manifest import (
 )
 from ddnn.nn.fusion import Aggregator
 from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
+from ddnn.nn.pack import NotPackable, pack_slice
 from ddnn.packed.format import SUFFIX as PACKED_SUFFIX
-from ddnn.packed.format import NotPackable, pack_slice, packable, write_packed
+from ddnn.packed.format import packable, write_packed
 
 
 def roles(cfg: ModelConfig) -> dict[str, list[str]]:

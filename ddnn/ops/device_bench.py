@@ -49,7 +49,9 @@ def bench_device(
     import torch
 
     from ddnn.nn.model import DeviceSlice
-    from ddnn.packed.format import pack_slice, read_exported
+    from ddnn.nn.pack import pack_slice
+    from ddnn.packed.inspect import read_exported
+    from ddnn.packed.kernels import kernel_name, runner
 
     if artifacts is not None:
         from ddnn.nn.export import load_device
@@ -87,11 +89,11 @@ def bench_device(
         paths = {
             "torch_float": torch_path(floating),
             "torch_binary": torch_path(binary),
-            "packed": packed.runner("auto"),
+            "packed": runner(packed, "auto"),
         }
-        kernel = packed.kernel_name("auto")
+        kernel = kernel_name("auto")
         if kernel != "numpy":
-            paths["packed_numpy"] = packed.runner("numpy")
+            paths["packed_numpy"] = runner(packed, "numpy")
         rng = np.random.default_rng(seed)
         pool = rng.uniform(0, 255, (64, *cfg.input_shape)).astype(np.float32)
         exact = 0
