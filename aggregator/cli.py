@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from aggregator.service import AggregatorService, Deadlines, load_fusions
+from ddnn.core.errors import DDNNError
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 
 
@@ -28,15 +30,9 @@ def aggregator(
 ) -> None:
     """Run the local aggregator: fuse the devices' class scores, exit when confident,
     otherwise escalate; publish exactly one decision per sample."""
-    from aggregator.service import AggregatorService, Deadlines
-    from ddnn.core.errors import DDNNError
-    from ddnn.nn.export import load_aggregator
-
-    manifest, local, edge_exit = load_aggregator(artifacts)
+    manifest, fusions = load_fusions(artifacts)
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
-    service = AggregatorService(
-        manifest, local, edge_exit, setup.broker, setup.deployment, deadlines, clock
-    )
+    service = AggregatorService(manifest, fusions, setup.broker, setup.deployment, deadlines, clock)
     service.run()

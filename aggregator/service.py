@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from ddnn.core.config import DDNNConfig
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import ExitPoint, normalized_entropy, softmax
-from ddnn.core.manifest import Manifest
+from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized_entropy, step
+from ddnn.core.fusion import ScoreFusion, score_fusions
+from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.service import Recent, Rejected, Service
 from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
-from ddnn.nn.evaluate import exit_points
-from ddnn.nn.fusion import Aggregator
 
 DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
 
@@ -65,14 +64,21 @@ def _role_index(role: str, prefix: str) -> int | None:
     return int(role[len(prefix) :]) if role.startswith(prefix) else None
 
 
+def load_fusions(artifacts: Path | str) -> tuple[Manifest, dict[str, ScoreFusion]]:
+    """The manifest, and the fusions of the local and edge exits from the aggregator's
+    artifact (hash-checked), in NumPy."""
+    manifest = read_manifest(artifacts)
+    arrays = read_npz_artifact(artifacts, manifest, "aggregator")
+    return manifest, score_fusions(manifest.ddnn_config().model, arrays)
+
+
 class AggregatorService(Service):
     role = "aggregator"
 
     def __init__(
         self,
         manifest: Manifest,
-        local: Aggregator | None,
-        edge_exit: Aggregator | None,
+        fusions: dict[str, ScoreFusion],
         broker: BrokerSettings,
         deployment: str,
         deadlines: Deadlines | None = None,
@@ -81,11 +87,10 @@ class AggregatorService(Service):
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
         cfg: DDNNConfig = manifest.ddnn_config()
-        if local is None:
+        if "local" not in fusions:
             raise DDNNError("a live deployment needs a local exit (Fig. 2 (b), (c), (e), (f))")
         self.cfg = cfg
-        self.local = local
-        self.edge_exit = edge_exit
+        self.fusions = fusions
         self.points: dict[str, ExitPoint] = {p.name: p for p in exit_points(cfg, cfg.model.exits)}
         self.last_exit = cfg.model.exits[-1]
         self.n_devices = cfg.model.n_devices
@@ -167,8 +172,9 @@ class AggregatorService(Service):
             self.counters["late"] += 1
             return
         self._count_received(p, m)
-        probs = softmax(values[None].astype(np.float64))[0]
-        self._decide(p, "cloud", probs)
+        self._decide(
+            p, "cloud", step(self.points["cloud"], ExitInputs(values[None]), True).probs[0]
+        )
 
     @staticmethod
     def _count_received(p: Pending, m: Scores) -> None:
@@ -181,31 +187,27 @@ class AggregatorService(Service):
                 p.upper_devices.add(device)
 
     # -- the cascade ---------------------------------------------------------------------
-    def _fuse(self, fusion: Aggregator, scores: dict[int, np.ndarray], n: int) -> np.ndarray:
+    def _step(self, name: str, scores: dict[int, np.ndarray], n: int) -> Step:
+        """The cascade's step at exit `name` for one sample: the scores that arrived, of
+        inputs 0..n-1 (devices or edges), fused with the presence mask; exit or escalate."""
         x = np.zeros((1, n, len(self.cfg.model.classes)), dtype=np.float32)
         present = np.zeros((1, n), dtype=bool)
         for i, v in scores.items():
             x[0, i], present[0, i] = v, True
-        with torch.no_grad():
-            logits = fusion(torch.from_numpy(x), torch.from_numpy(present)).numpy()
-        return softmax(logits.astype(np.float64))[0]
-
-    def _exits(self, name: str, probs: np.ndarray) -> bool:
-        point = self.points[name]
-        confident = point.criterion.exits(probs[None], point.threshold)[0]
-        return name == self.last_exit or bool(confident)
+        inputs = ExitInputs(x, present, self.fusions[name])
+        return step(self.points[name], inputs, last=name == self.last_exit)
 
     def _local_step(self, p: Pending) -> None:
         if not p.scores:
             self._undecided(p, f"no device answered within {self.deadlines.scores:g} s")
             return
         p.devices = sorted(p.scores)
-        probs = self._fuse(self.local, p.scores, self.n_devices)
-        p.best = ("local", probs)
-        if self._exits("local", probs):
-            self._decide(p, "local", probs)
+        local = self._step("local", p.scores, self.n_devices)
+        p.best = ("local", local.probs[0])
+        if local.exits[0]:
+            self._decide(p, "local", local.probs[0])
             return
-        p.stage = "edge" if self.edge_exit is not None else "cloud"
+        p.stage = "edge" if "edge" in self.fusions else "cloud"
         wait = self.deadlines.edge if p.stage == "edge" else self.deadlines.cloud
         p.deadline = time.monotonic() + wait
         sources = [f"device-{d}" for d in p.devices]
@@ -218,11 +220,10 @@ class AggregatorService(Service):
         if not p.edge_scores:
             self._degraded(p, f"no edge answered within {self.deadlines.edge:g} s")
             return
-        assert self.edge_exit is not None
-        probs = self._fuse(self.edge_exit, p.edge_scores, len(self.groups))
-        p.best = ("edge", probs)
-        if self._exits("edge", probs):
-            self._decide(p, "edge", probs)
+        edge = self._step("edge", p.edge_scores, len(self.groups))
+        p.best = ("edge", edge.probs[0])
+        if edge.exits[0]:
+            self._decide(p, "edge", edge.probs[0])
             return
         p.stage, p.deadline = "cloud", time.monotonic() + self.deadlines.cloud
         sources = [f"edge-{e}" for e in sorted(p.edge_scores)]

@@ -5,14 +5,13 @@ import pytest
 import torch
 
 from ddnn.core.config import load_config
-from ddnn.core.exits import ExitPoint, get_criterion, softmax
+from ddnn.core.exits import ExitInputs, ExitPoint, exit_points, get_criterion
 from ddnn.core.payloads import pack_bits, pack_scores, unpack_bits, unpack_scores
 from ddnn.data import from_mvmc_arrays
 from ddnn.nn.evaluate import (
     ExitOutputs,
     communication,
     evaluate,
-    exit_points,
     local_fraction_for_budget,
     pick_thresholds,
     presence_mask,
@@ -35,7 +34,7 @@ def synthetic_outputs(n: int = 200, seed: int = 0) -> ExitOutputs:
     cloud = np.full((n, 3), 0.1)
     cloud[np.arange(n), labels] = 0.8
     return ExitOutputs(
-        probs={"local": local, "cloud": cloud},
+        inputs={"local": ExitInputs(np.log(local)), "cloud": ExitInputs(np.log(cloud))},
         labels=labels,
         present=np.ones((n, 6), dtype=bool),
         score_bytes=12,
@@ -113,7 +112,7 @@ def test_sweep_covers_table_ii_endpoints():
 def test_thresholds_for_target_exit_fraction_hit_the_target():
     out = synthetic_outputs(300, seed=1)
     rng = np.random.default_rng(2)
-    out.probs["local"] = softmax(rng.normal(size=(300, 3)) * 3)
+    out.inputs["local"] = ExitInputs(rng.normal(size=(300, 3)) * 3)
     for target in (0.0, 0.25, 0.6, 1.0):
         t = thresholds_for_fractions(out, entropy_points(), {"local": target})["local"]
         report = evaluate(

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from ddnn.core.exits import CRITERIA, ExitPoint, cascade, get_criterion, normalized_entropy, softmax
+from ddnn.core.exits import (
+    CRITERIA,
+    ExitInputs,
+    ExitPoint,
+    cascade,
+    get_criterion,
+    normalized_entropy,
+    softmax,
+)
 
 
 def test_entropy_of_uniform_is_one_and_of_one_hot_is_zero():
@@ -46,7 +54,7 @@ def test_cascade_exits_confident_samples_early_and_last_exit_always_decides():
     local = np.array([[0.98, 0.01, 0.01], [0.4, 0.3, 0.3]])
     cloud = np.array([[0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]])
     points = [ExitPoint("local", entropy, 0.5), ExitPoint("cloud", entropy, 0.0)]
-    d = cascade(points, {"local": local, "cloud": cloud})
+    d = cascade(points, {"local": ExitInputs(np.log(local)), "cloud": ExitInputs(np.log(cloud))})
     assert d.exit_index.tolist() == [0, 1]
     assert d.predictions[0] == 0  # decided locally
     assert d.statistic[1] == pytest.approx(1.0)  # the uncertain cloud still decided

@@ -235,8 +235,9 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
+    from ddnn.core.exits import exit_points
     from ddnn.nn.checkpoint import save_model
-    from ddnn.nn.evaluate import evaluate, exit_points, pick_thresholds, run_model, set_thresholds
+    from ddnn.nn.evaluate import evaluate, pick_thresholds, run_model, set_thresholds
     from ddnn.nn.train import fit, split
 
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
@@ -320,13 +321,12 @@ def eval_(
 ) -> None:
     """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
     services run): accuracy per exit, overall accuracy, exit fractions, bytes."""
-    from ddnn.core.exits import cascade
+    from ddnn.core.exits import cascade, exit_points
     from ddnn.nn.evaluate import (
         accuracy_by_device_count,
         accuracy_each_missing,
         device_ranking,
         evaluate,
-        exit_points,
         presence_mask,
         run_model,
         with_thresholds,
@@ -339,7 +339,7 @@ def eval_(
     absent = parse_devices(missing)
     present = presence_mask(len(dataset), dataset.n_views, absent)
     outputs = run_model(model, dataset, present)
-    decided = cascade(points, outputs.probs)
+    decided = cascade(points, outputs.inputs)
     report = evaluate(outputs, points, decided)
     report["missing"] = absent
     if decisions is not None:
@@ -379,7 +379,8 @@ def sweep(
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
-    from ddnn.nn.evaluate import exit_points, pick_thresholds, run_model
+    from ddnn.core.exits import exit_points
+    from ddnn.nn.evaluate import pick_thresholds, run_model
     from ddnn.nn.evaluate import sweep as sweep_rows
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
@@ -425,10 +426,10 @@ def calibrate(
 ) -> None:
     """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
     an accuracy rule, and store them in the model file."""
+    from ddnn.core.exits import exit_points
     from ddnn.nn.checkpoint import save_model
     from ddnn.nn.evaluate import (
         evaluate,
-        exit_points,
         local_fraction_for_budget,
         pick_thresholds,
         run_model,

@@ -2,7 +2,10 @@
 
 An exit criterion turns a sample's class probabilities into a statistic and says whether the
 sample is confident enough to exit at that point given the exit's threshold T. Criteria are
-chosen by name per exit, so offline evaluation and the live aggregators share one mechanism:
+chosen by name per exit. One step of the cascade (`step`) fuses an exit's inputs with the
+presence mask, takes the softmax and decides, for each sample, to exit or to escalate;
+offline evaluation (`cascade`, over a whole data set) and the live aggregator (one sample at
+a time, as its inputs arrive) both run exits through it, so they decide alike:
 
 - `entropy`: normalized entropy eta(p) = -sum p log p / log |C| in [0, 1]; exits when
   eta <= T (the paper's rule: T = 0 never exits, T = 1 always does);
@@ -14,10 +17,14 @@ The last exit of a cascade always decides, whatever its criterion says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+from ddnn.core.config import DDNNConfig, ExitSpec
+from ddnn.core.fusion import ScoreFusion
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -82,6 +89,52 @@ class ExitPoint:
     threshold: float
 
 
+def exit_points(cfg: DDNNConfig, exits: Sequence[str]) -> list[ExitPoint]:
+    default = ExitSpec()
+    return [
+        ExitPoint(name, get_criterion(spec.criterion), spec.threshold)
+        for name in exits
+        for spec in [cfg.exits.get(name, default)]
+    ]
+
+
+@dataclass(frozen=True)
+class ExitInputs:
+    """What one exit decides on, for N samples: the class scores of its inputs (N, n, |C|),
+    those present (N, n), and the fusion of the exit (the local exit fuses the devices' scores,
+    the edge exit the edges'); or, without a fusion, the tier's own class scores (N, |C|)
+    (the cloud's, or an edge's)."""
+
+    scores: np.ndarray
+    present: np.ndarray | None = None
+    fusion: ScoreFusion | None = None
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        """(N, |C|) class probabilities: softmax of the fused scores, in float64."""
+        if self.fusion is None:
+            return softmax(np.asarray(self.scores, dtype=np.float64))
+        assert self.present is not None, "fusing needs the presence mask"
+        return softmax(self.fusion(self.scores, self.present))
+
+
+@dataclass
+class Step:
+    probs: np.ndarray  # (N, |C|) the exit's class probabilities
+    exits: np.ndarray  # (N,) bool: decided at this exit; the others escalate
+
+
+def step(point: ExitPoint, inputs: ExitInputs, last: bool) -> Step:
+    """One exit of the cascade: fuse what arrived (with the presence mask), then exit where
+    the criterion is confident (everywhere at the last exit, which always decides) and
+    escalate the rest. At least one input of each sample must be present."""
+    probs = inputs.probs
+    exits = (
+        np.ones(len(probs), dtype=bool) if last else point.criterion.exits(probs, point.threshold)
+    )
+    return Step(probs, exits)
+
+
 @dataclass
 class Decisions:
     exit_index: np.ndarray  # (N,) index into the cascade's exits
@@ -89,17 +142,18 @@ class Decisions:
     statistic: np.ndarray  # (N,) the deciding exit's criterion statistic
 
 
-def cascade(points: Sequence[ExitPoint], probs: dict[str, np.ndarray]) -> Decisions:
-    """Run the exit cascade over per-exit probabilities (each (N, |C|)): every sample exits at
-    the first point that is confident about it, or at the last point, which always decides."""
-    n = len(next(iter(probs.values())))
+def cascade(points: Sequence[ExitPoint], inputs: Mapping[str, ExitInputs]) -> Decisions:
+    """Run the exit cascade over N samples, one `step` per exit: every sample exits at the
+    first point that is confident about it, or at the last point, which always decides."""
+    steps = [step(p, inputs[p.name], last=i == len(points) - 1) for i, p in enumerate(points)]
+    n = len(steps[0].probs)
     exit_index = np.full(n, len(points) - 1)
     undecided = np.ones(n, dtype=bool)
-    for i, point in enumerate(points[:-1]):
-        leaving = undecided & point.criterion.exits(probs[point.name], point.threshold)
+    for i, s in enumerate(steps[:-1]):
+        leaving = undecided & s.exits
         exit_index[leaving] = i
         undecided &= ~leaving
-    stacked = np.stack([probs[p.name] for p in points])  # (E, N, |C|)
+    stacked = np.stack([s.probs for s in steps])  # (E, N, |C|)
     chosen = stacked[exit_index, np.arange(n)]
     statistic = np.empty(n)
     for i, point in enumerate(points):

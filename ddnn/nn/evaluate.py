@@ -22,7 +22,8 @@ import torch
 
 from ddnn.core.config import EXIT_ORDER, DDNNConfig, ExitSpec
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import Decisions, ExitPoint, cascade, get_criterion, softmax
+from ddnn.core.exits import Decisions, ExitInputs, ExitPoint, cascade
+from ddnn.core.fusion import score_fusions
 from ddnn.core.payloads import pack_features, pack_scores
 from ddnn.data import MultiViewData, load_spec, split
 from ddnn.nn.model import DDNN
@@ -32,7 +33,7 @@ from ddnn.nn.model import DDNN
 class ExitOutputs:
     """A model's outputs on a data set, under one set of present devices."""
 
-    probs: dict[str, np.ndarray]  # exit name -> (N, |C|) softmax probabilities
+    inputs: dict[str, ExitInputs]  # exit name -> what the exit decides on (ddnn.core.exits)
     labels: np.ndarray  # (N,)
     present: np.ndarray  # (N, D) bool
     score_bytes: int  # one device's class-score payload (0 without a local exit)
@@ -40,6 +41,11 @@ class ExitOutputs:
     feature_bits: int  # f * o * bits per activation, for formula (1)
     raw_bytes: int  # one device's raw input, one byte per pixel value
     n_classes: int
+
+    @property
+    def probs(self) -> dict[str, np.ndarray]:
+        """Exit name -> (N, |C|) class probabilities."""
+        return {name: inputs.probs for name, inputs in self.inputs.items()}
 
 
 def presence_mask(n: int, n_devices: int, missing: Sequence[int] = ()) -> np.ndarray:
@@ -57,37 +63,49 @@ def presence_mask(n: int, n_devices: int, missing: Sequence[int] = ()) -> np.nda
 def run_model(
     model: DDNN, data: MultiViewData, present: np.ndarray | None = None, batch: int = 512
 ) -> ExitOutputs:
+    """Run `model` on `data` with the devices `present` (N, D) (default: all): what each exit
+    decides on. The local and edge exits fuse their inputs' class scores in NumPy as the
+    live aggregator does (ddnn.core.fusion), with the model's fusion weights."""
     model.eval()
     if present is None:
         present = presence_mask(len(data), data.n_views)
-    logits: dict[str, list[np.ndarray]] = {name: [] for name in model.exits}
+    parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(data), batch):
-        xb = torch.from_numpy(data.x[start : start + batch])
-        pb = torch.from_numpy(present[start : start + batch])
-        for name, value in model(xb, pb).logits.items():
-            logits[name].append(value.numpy())
-    kind = model.cfg.device_feature_kind  # how a feature map is encoded (ddnn.packing)
+        out = model(
+            torch.from_numpy(data.x[start : start + batch]),
+            torch.from_numpy(present[start : start + batch]),
+        )
+        for name, value in (
+            ("device_scores", out.device_scores),
+            ("edge_scores", out.edge_scores),
+            ("edge_present", out.edge_present),
+            ("cloud", out.logits.get("cloud")),
+        ):
+            if value is not None:
+                parts.setdefault(name, []).append(value.numpy())
+    arrays = {name: np.concatenate(values) for name, values in parts.items()}
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    fusions = score_fusions(model.cfg, state)
+    inputs = {}
+    if "local" in fusions:
+        inputs["local"] = ExitInputs(arrays["device_scores"], present, fusions["local"])
+    if "edge" in fusions:
+        inputs["edge"] = ExitInputs(arrays["edge_scores"], arrays["edge_present"], fusions["edge"])
+    if "cloud" in arrays:
+        inputs["cloud"] = ExitInputs(arrays["cloud"])
+    fmt = model.cfg.device_feature_kind  # how a feature map is encoded (ddnn.core.payloads)
     features = np.ones(model.device_feature_shape, dtype=np.float32)
     n_classes = len(data.classes)
     return ExitOutputs(
-        probs={name: softmax(np.concatenate(v).astype(np.float64)) for name, v in logits.items()},
+        inputs=inputs,
         labels=data.labels,
         present=present,
         score_bytes=len(pack_scores(np.zeros(n_classes))) if model.local is not None else 0,
-        feature_bytes=len(pack_features(features, kind)),
-        feature_bits=features.size * {"binary": 1, "pixels": 8, "float": 32}[kind],
+        feature_bytes=len(pack_features(features, fmt)),
+        feature_bits=features.size * {"binary": 1, "pixels": 8, "float": 32}[fmt],
         raw_bytes=int(np.prod(data.view_shape)),
         n_classes=n_classes,
     )
-
-
-def exit_points(cfg: DDNNConfig, exits: Sequence[str]) -> list[ExitPoint]:
-    default = ExitSpec()
-    return [
-        ExitPoint(name, get_criterion(spec.criterion), spec.threshold)
-        for name in exits
-        for spec in [cfg.exits.get(name, default)]
-    ]
 
 
 def with_thresholds(points: Sequence[ExitPoint], thresholds: dict[str, float]) -> list[ExitPoint]:
@@ -110,7 +128,7 @@ def evaluate(
     `decisions`: the cascade's on `outputs` under `points`, when already computed."""
     names = [p.name for p in points]
     if decisions is None:
-        decisions = cascade(points, outputs.probs)
+        decisions = cascade(points, outputs.inputs)
     accuracy: dict[str, float | None] = dict.fromkeys(EXIT_ORDER)
     exit_fraction: dict[str, float | None] = dict.fromkeys(EXIT_ORDER)
     for i, name in enumerate(names):
@@ -137,7 +155,7 @@ def write_decisions(
     """One JSON line per sample (its index in the evaluated part, the class decided, the
     exit that decided, the bytes each device sent): what the live system's decision
     messages are compared with. `decisions`: the cascade's, when already computed."""
-    d = cascade(points, outputs.probs) if decisions is None else decisions
+    d = cascade(points, outputs.inputs) if decisions is None else decisions
     names = [p.name for p in points]
     sent = device_bytes(outputs, d.exit_index, names)
     with Path(path).open("w") as f:
@@ -239,7 +257,7 @@ def pick_thresholds(
     candidates = []
     for combo in product(grid, repeat=len(searched)):
         pts = with_thresholds(points, dict(zip(searched, combo, strict=True)))
-        d = cascade(pts, outputs.probs)
+        d = cascade(pts, outputs.inputs)
         right = d.predictions == outputs.labels
         diff = last_right.astype(np.float64) - right
         bound = 100.0 * (diff.mean() + confidence * diff.std() / np.sqrt(len(diff)))

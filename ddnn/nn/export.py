@@ -40,7 +40,6 @@ from ddnn.core.manifest import (
     read_manifest,
     read_npz_artifact,
 )
-from ddnn.nn.fusion import Aggregator
 from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
 from ddnn.nn.pack import NotPackable, pack_slice
 from ddnn.packed.format import SUFFIX as PACKED_SUFFIX
@@ -167,13 +166,6 @@ def _load_roles(directory: Path | str, wanted: list[str] | None) -> tuple[Manife
 def load_device(directory: Path | str, device: int) -> tuple[Manifest, DeviceSlice]:
     manifest, model = _load_roles(directory, [f"device-{device}"])
     return manifest, model.device_slices[device]
-
-
-def load_aggregator(directory: Path | str) -> tuple[Manifest, Aggregator | None, Aggregator | None]:
-    """The local fusion (None without a local exit) and the edge-exit fusion (None without
-    an edge tier)."""
-    manifest, model = _load_roles(directory, ["aggregator"])
-    return manifest, model.local, model.edge_exit
 
 
 def load_edge(directory: Path | str, edge: int) -> tuple[Manifest, UpperTier]:

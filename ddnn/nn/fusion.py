@@ -1,6 +1,8 @@
-"""Aggregation of several inputs into one (paper Section III-B): MP, AP and CC.
+"""Fusion of several inputs into one (paper Section III-B): MP, AP and CC, as torch modules.
 
-Every aggregator takes a presence mask, so that missing devices are handled the same way in
+What training optimizes and the upper tiers run on feature maps; the live aggregator and
+offline evaluation fuse class scores with the same weights in NumPy (ddnn/core/fusion.py).
+Every fusion takes a presence mask, so that missing devices are handled the same way in
 training (random device dropout), offline evaluation (`--missing`) and the live services:
 - MP and AP pool over the inputs that are present only. A zero in place of a missing input
   would be mistaken for data: it would win a max over negative scores and drag a mean.
@@ -45,7 +47,7 @@ def concat(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return x.flatten(1, 2)
 
 
-class Aggregator(nn.Module):
+class Fusion(nn.Module):
     """Fuses N inputs of the same shape with one of the paper's schemes.
 
     `out_features`, for CC over vectors only (the local exit), adds the linear layer that maps

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ddnn.core.config import ModelConfig
-from ddnn.nn.fusion import Aggregator
+from ddnn.nn.fusion import Fusion
 from ddnn.nn.layers import FC, ConvP, Precision, pooled_size
 
 
@@ -71,7 +71,7 @@ class UpperTier(nn.Module):
         n_classes: int,
     ) -> None:
         super().__init__()
-        self.aggregate = Aggregator(aggregation, n_inputs)
+        self.aggregate = Fusion(aggregation, n_inputs)
         self.in_shape = in_shape  # of each input's feature map
         c, h, w = in_shape
         c = self.aggregate.out_channels(c)
@@ -103,6 +103,8 @@ class DDNNOutput:
     logits: dict[str, torch.Tensor]  # exit name -> (B, |C|) class scores, lowest tier first
     device_features: torch.Tensor  # (B, D, f, h, w)
     device_scores: torch.Tensor | None = None  # (B, D, |C|) when there is a local exit
+    edge_scores: torch.Tensor | None = None  # (B, E, |C|) each edge's, when there are edges
+    edge_present: torch.Tensor | None = None  # (B, E) bool: edges with a device present
 
 
 class DDNN(nn.Module):
@@ -114,7 +116,7 @@ class DDNN(nn.Module):
         device_shape = self.device_slices[0].feature_shape
 
         self.local = (
-            Aggregator(cfg.local.aggregation, cfg.n_devices, out_features=n_classes)
+            Fusion(cfg.local.aggregation, cfg.n_devices, out_features=n_classes)
             if cfg.local is not None
             else None
         )
@@ -136,7 +138,7 @@ class DDNN(nn.Module):
                         n_classes,
                     )
                 )
-            self.edge_exit = Aggregator(e.exit_aggregation, len(e.groups), out_features=n_classes)
+            self.edge_exit = Fusion(e.exit_aggregation, len(e.groups), out_features=n_classes)
             cloud_in_shape, cloud_inputs = self.edges[0].feature_shape, len(e.groups)
             # Edges of unequal group sizes under CC produce equal feature shapes (their
             # ConvP output has conv_filters[-1] channels), so the cloud can fuse them.
@@ -179,18 +181,20 @@ class DDNN(nn.Module):
     def edge_tier(
         self, features: torch.Tensor, present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every edge on its group -> (edge-exit scores (B, |C|), edge feature maps
+        """Every edge on its group -> (each edge's class scores (B, E, |C|), edge feature maps
         (B, E, f, h, w), edge presence (B, E): an edge takes part when any of its devices
-        does)."""
+        does). The edge exit fuses the scores (`edge_exit`)."""
         scores, maps, edge_present = [], [], []
         for edge, group in zip(self.edges, self.cfg.edge.groups, strict=True):
             s, m = edge(features[:, group], present[:, group])
             scores.append(s)
             maps.append(m)
             edge_present.append(present[:, group].any(dim=1))
-        edge_present_t = torch.stack(edge_present, dim=1)
-        fused = self.edge_exit(torch.stack(scores, dim=1), edge_present_t)
-        return fused, torch.stack(maps, dim=1), edge_present_t
+        return (
+            torch.stack(scores, dim=1),
+            torch.stack(maps, dim=1),
+            torch.stack(edge_present, dim=1),
+        )
 
     def cloud_exit(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The cloud: fuse the feature maps of the tier below -> (B, |C|) scores."""
@@ -205,7 +209,9 @@ class DDNN(nn.Module):
             out.logits["local"] = self.local_exit(scores, present)
         upper_features, upper_present = features, present
         if self.edge_exit is not None:
-            out.logits["edge"], upper_features, upper_present = self.edge_tier(features, present)
+            out.edge_scores, upper_features, upper_present = self.edge_tier(features, present)
+            out.edge_present = upper_present
+            out.logits["edge"] = self.edge_exit(out.edge_scores, upper_present)
         if self.cloud is not None:
             out.logits["cloud"] = self.cloud_exit(upper_features, upper_present)
         return out

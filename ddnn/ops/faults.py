@@ -42,7 +42,8 @@ class Reference:
     devices: what `ddnn eval --missing ...` computes."""
 
     def __init__(self, artifacts: Path) -> None:
-        from ddnn.nn.evaluate import exit_points, load_for_eval
+        from ddnn.core.exits import exit_points
+        from ddnn.nn.evaluate import load_for_eval
 
         self.model, self.cfg, _, self.test = load_for_eval(artifacts, part="test")
         self.points = exit_points(self.cfg, self.model.exits)
@@ -56,7 +57,7 @@ class Reference:
         n = self.cfg.model.n_devices
         missing = [d for d in range(n) if d not in devices]
         outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
-        d = cascade(self.points, outputs.probs)
+        d = cascade(self.points, outputs.inputs)
         return d.predictions, [self.points[e].name for e in d.exit_index]
 
     def accuracy(self, devices: tuple[int, ...]) -> float:

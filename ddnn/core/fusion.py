@@ -1,0 +1,93 @@
+"""Fusion of class scores in NumPy: MP, AP and CC with its linear layer (paper Section III-B).
+
+What the local aggregator runs on the devices' class scores, and on the edges' scores for the
+edge exit, from the exported weights, without PyTorch; offline evaluation fuses the model's
+scores with the same code, so that both take the same decisions (ddnn/core/exits.py `step`).
+The torch modules that train these weights are ddnn/nn/fusion.py; this module computes what
+they compute, within float rounding: MP exactly, AP and CC's linear layer summed in float64
+in a fixed order (torch sums in float32, in an order of its own), so that a sample fused alone
+(live) and in a batch (offline) gives the same bits.
+
+Missing inputs are handled as in training (the presence mask): MP and AP pool over the
+present inputs only, CC fills a missing input's slot with zeros; a sample with no input
+present fuses to zeros (MP, AP) or the linear layer's bias (CC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ddnn.core.config import Aggregation, ModelConfig
+from ddnn.core.errors import ModelFileError
+
+
+class ScoreFusion:
+    """Fuses the class-score vectors of `n_inputs` inputs with one of the paper's schemes;
+    CC also needs the weights of its linear layer, (|C|, n_inputs * |C|) and (|C|,)."""
+
+    def __init__(
+        self,
+        scheme: Aggregation,
+        n_inputs: int,
+        weight: np.ndarray | None = None,
+        bias: np.ndarray | None = None,
+    ) -> None:
+        if scheme == "CC" and (weight is None or bias is None):
+            raise ValueError("CC fusion of class scores needs its linear layer's weights")
+        self.scheme = scheme
+        self.n_inputs = n_inputs
+        self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+
+    def __call__(self, scores: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """scores (N, n_inputs, |C|), present (N, n_inputs) bool -> fused (N, |C|) float64."""
+        x = np.asarray(scores, dtype=np.float64)
+        present = np.asarray(present, dtype=bool)
+        if self.scheme == "MP":
+            fused = np.where(present[:, :, None], x, -np.inf).max(axis=1)
+            return np.where(present.any(axis=1)[:, None], fused, 0.0)
+        if self.scheme == "AP":
+            total = np.zeros((x.shape[0], x.shape[2]))
+            for i in range(x.shape[1]):
+                total += np.where(present[:, i, None], x[:, i], 0.0)
+            return total / np.maximum(present.sum(axis=1), 1)[:, None]
+        assert self.weight is not None and self.bias is not None
+        flat = np.where(present[:, :, None], x, 0.0).reshape(len(x), -1)
+        fused = np.broadcast_to(self.bias, (len(x), len(self.bias))).copy()
+        for j in range(flat.shape[1]):
+            fused += flat[:, j, None] * self.weight[None, :, j]
+        return fused
+
+
+def _fusion(
+    scheme: Aggregation, n_inputs: int, n_classes: int, state: Mapping[str, np.ndarray], prefix: str
+) -> ScoreFusion:
+    if scheme != "CC":
+        return ScoreFusion(scheme, n_inputs)
+    weight, bias = state.get(f"{prefix}linear.weight"), state.get(f"{prefix}linear.bias")
+    if weight is None or bias is None:
+        raise ModelFileError(f"the weights of the CC fusion {prefix}linear are missing")
+    if weight.shape != (n_classes, n_inputs * n_classes) or bias.shape != (n_classes,):
+        raise ModelFileError(
+            f"the CC fusion {prefix}linear has weights of shape {weight.shape} and "
+            f"{bias.shape}; the topology needs {(n_classes, n_inputs * n_classes)} and "
+            f"{(n_classes,)}"
+        )
+    return ScoreFusion(scheme, n_inputs, weight, bias)
+
+
+def score_fusions(model: ModelConfig, state: Mapping[str, np.ndarray]) -> dict[str, ScoreFusion]:
+    """The fusion of class scores at the local exit (over the devices) and at the edge exit
+    (over the edges), by exit name, from weights named as in the whole model's state dict
+    (`local.linear.weight`, ...): the aggregator's artifact, or the model's own weights."""
+    n_classes = len(model.classes)
+    fusions = {}
+    if model.local is not None:
+        scheme = model.local.aggregation
+        fusions["local"] = _fusion(scheme, model.n_devices, n_classes, state, "local.")
+    if model.edge is not None:
+        scheme, n_edges = model.edge.exit_aggregation, len(model.edge.groups)
+        fusions["edge"] = _fusion(scheme, n_edges, n_classes, state, "edge_exit.")
+    return fusions
