@@ -29,6 +29,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized_entropy, step
 from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.service import Recent, Rejected, Service
 from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
@@ -60,10 +61,6 @@ class Pending:
     upper_devices: set[int] = field(default_factory=set)  # whose features reached edge/cloud
 
 
-def _role_index(role: str, prefix: str) -> int | None:
-    return int(role[len(prefix) :]) if role.startswith(prefix) else None
-
-
 def load_fusions(artifacts: Path | str) -> tuple[Manifest, dict[str, ScoreFusion]]:
     """The manifest, and the fusions of the local and edge exits from the aggregator's
     artifact (hash-checked), in NumPy."""
@@ -73,7 +70,7 @@ def load_fusions(artifacts: Path | str) -> tuple[Manifest, dict[str, ScoreFusion
 
 
 class AggregatorService(Service):
-    role = "aggregator"
+    role = AGGREGATOR
 
     def __init__(
         self,
@@ -106,9 +103,9 @@ class AggregatorService(Service):
     # -- messages ------------------------------------------------------------------------
     def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Status):
-            device = _role_index(message.role, "device-")
-            if device is not None and device < self.n_devices:
-                (self.online.add if message.state == "online" else self.online.discard)(device)
+            role = message.role
+            if role.tier == "device" and role.index is not None and role.index < self.n_devices:
+                (self.online.add if message.state == "online" else self.online.discard)(role.index)
             return
         if isinstance(message, Tick):
             self._open(message.sample, message.t)
@@ -124,14 +121,15 @@ class AggregatorService(Service):
         if message.sample in self.decided:
             self.counters["late"] += 1
             return
-        if (device := _role_index(message.source, "device-")) is not None:
-            self._device_scores(message, device, values)
-        elif (edge := _role_index(message.source, "edge-")) is not None:
-            self._edge_scores(message, edge, values)
-        elif message.source == "cloud":
+        source = message.source
+        if source.tier == "device" and source.index is not None:
+            self._device_scores(message, source.index, values)
+        elif source.tier == "edge" and source.index is not None:
+            self._edge_scores(message, source.index, values)
+        elif source == CLOUD:
             self._cloud_scores(message, values)
         else:
-            raise Rejected(f"scores from {message.source}")
+            raise Rejected(f"scores from {source}")
 
     def _open(self, sample: int, t0: float, ticked: bool = True) -> Pending | None:
         if sample in self.decided:
@@ -180,11 +178,10 @@ class AggregatorService(Service):
     def _count_received(p: Pending, m: Scores) -> None:
         """Bytes of the feature maps an upper tier received, by the kind of sender."""
         for source, n in m.received.items():
-            device = _role_index(source, "device-")
-            key = "device_features" if device is not None else "edge_features"
+            key = "device_features" if source.tier == "device" else "edge_features"
             p.bytes[key] = p.bytes.get(key, 0) + n
-            if device is not None:
-                p.upper_devices.add(device)
+            if source.tier == "device" and source.index is not None:
+                p.upper_devices.add(source.index)
 
     # -- the cascade ---------------------------------------------------------------------
     def _step(self, name: str, scores: dict[int, np.ndarray], n: int) -> Step:
@@ -210,7 +207,7 @@ class AggregatorService(Service):
         p.stage = "edge" if "edge" in self.fusions else "cloud"
         wait = self.deadlines.edge if p.stage == "edge" else self.deadlines.cloud
         p.deadline = time.monotonic() + wait
-        sources = [f"device-{d}" for d in p.devices]
+        sources = [Role.device(d) for d in p.devices]
         self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to=p.stage))
 
     def _expected_edges(self, p: Pending) -> set[int]:
@@ -226,7 +223,7 @@ class AggregatorService(Service):
             self._decide(p, "edge", edge.probs[0])
             return
         p.stage, p.deadline = "cloud", time.monotonic() + self.deadlines.cloud
-        sources = [f"edge-{e}" for e in sorted(p.edge_scores)]
+        sources = [Role.edge(e) for e in sorted(p.edge_scores)]
         self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="cloud"))
 
     def poll(self, now: float) -> float | None:

@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
+from ddnn.core.roles import CLOUD, Role, tier_inputs
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
+
+# Every `ddnn` command loads the service commands (their entry points) to list them, a device
+# too: the tier service and the model code, which import PyTorch, are imported inside the
+# commands that run them, so that nothing else pays for (or needs) PyTorch.
 
 
 @service_command
@@ -24,17 +29,11 @@ def cloud(
     from ddnn.nn.export import load_cloud
 
     manifest, module = load_cloud(artifacts)
-    model = manifest.ddnn_config().model
-    below = (
-        [f"edge-{e}" for e in range(len(model.edge.groups))]
-        if model.edge is not None
-        else [f"device-{d}" for d in range(model.n_devices)]
-    )
     TierService(
-        "cloud",
+        CLOUD,
         manifest,
         module,
-        below,
+        tier_inputs(manifest.ddnn_config().model, CLOUD),
         module.in_shape,
         setup.broker,
         setup.deployment,
@@ -59,11 +58,12 @@ def edge(
     manifest, module = load_edge(artifacts, edge_id)
     model = manifest.ddnn_config().model
     assert model.edge is not None  # load_edge refuses a topology without this edge
+    role = Role.edge(edge_id)
     TierService(
-        f"edge-{edge_id}",
+        role,
         manifest,
         module,
-        [f"device-{d}" for d in model.edge.groups[edge_id]],
+        tier_inputs(model, role),
         module.in_shape,
         setup.broker,
         setup.deployment,

@@ -20,6 +20,7 @@ import torch
 
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
+from ddnn.core.roles import Role
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.service import KeptMaps, Recent, Rejected, Service
 from ddnn.live.wire import Features, Message, Offload, Scores
@@ -42,10 +43,10 @@ class TierService(Service):
 
     def __init__(
         self,
-        role: str,
+        role: Role,
         manifest: Manifest,
         module: UpperTier,
-        inputs: list[str],
+        inputs: list[Role],
         input_shape: tuple[int, int, int],
         broker: BrokerSettings,
         deployment: str,
@@ -60,7 +61,7 @@ class TierService(Service):
         self.inputs = inputs
         self.slot = {r: i for i, r in enumerate(inputs)}
         self.input_shape = input_shape
-        self.tier = "cloud" if role == "cloud" else "edge"
+        self.tier = role.tier  # "edge" or "cloud"
         self.deadline = deadline
         self.output_kind = output_kind
         self.collecting: OrderedDict[int, Collecting] = OrderedDict()

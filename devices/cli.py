@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
 
+from ddnn.core.errors import DDNNError
+from ddnn.core.manifest import read_manifest
+from ddnn.core.roles import Role
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
+from devices.runtime import open_runtime
+from devices.service import DeviceService
+from devices.sources import open_source
 
 
 @service_command
@@ -40,14 +47,6 @@ def device(
 ) -> None:
     """Run one end device: its binarized slice on every frame, class scores to the local
     aggregator, bit-packed feature maps to the edge or cloud when asked."""
-    import logging
-
-    from ddnn.core.errors import DDNNError
-    from ddnn.core.manifest import read_manifest
-    from devices.runtime import open_runtime
-    from devices.service import DeviceService
-    from devices.sources import open_source
-
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     manifest = read_manifest(artifacts)
@@ -55,7 +54,7 @@ def device(
     if device_id >= cfg.model.n_devices:
         raise DDNNError(f"--id {device_id}: the model has devices 0..{cfg.model.n_devices - 1}")
     runtime = open_runtime(artifacts, device_id, runtime_name)
-    logging.getLogger(f"ddnn.device-{device_id}").info("slice runtime: %s", runtime.name)
+    logging.getLogger(f"ddnn.{Role.device(device_id)}").info("slice runtime: %s", runtime.name)
     # The test part exactly as `ddnn train` and `ddnn eval` cut it, on the model's grid.
     frames = open_source(
         source,

@@ -24,6 +24,7 @@ import numpy as np
 
 from ddnn.core.errors import ConfigError
 from ddnn.core.manifest import Manifest, read_manifest, verified_path
+from ddnn.core.roles import Role
 from ddnn.packed.inspect import read_exported
 from ddnn.packed.kernels import kernel_name, runner
 
@@ -47,7 +48,7 @@ class PackedSlice:
     def __init__(self, artifacts: Path | str, device: int) -> None:
         self.manifest = read_manifest(artifacts)
         self.model, _ = read_exported(artifacts, device, self.manifest)
-        role = f"device-{device}"
+        role = Role.device(device)
         if role in self.manifest.artifacts:
             verified_path(artifacts, self.manifest.artifacts[role], f"role {role!r}")
         self.kernel = kernel_name("auto")
@@ -66,7 +67,7 @@ def open_runtime(artifacts: Path | str, device: int, runtime: str = "auto") -> S
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "auto":
         packed = read_manifest(artifacts).packed
-        runtime = "packed" if f"device-{device}" in packed else "torch"
+        runtime = "packed" if Role.device(device) in packed else "torch"
     if runtime == "packed":
         return PackedSlice(artifacts, device)
     return torch_slice(artifacts, device)

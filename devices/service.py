@@ -18,6 +18,7 @@ import numpy as np
 
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
+from ddnn.core.roles import Role
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.service import KeptMaps, Rejected, Service
 from ddnn.live.wire import Message, Offload, Scores, Tick
@@ -40,7 +41,7 @@ class DeviceService(Service):
         keep_seconds: float = 10.0,
         keep_max: int = 1024,
     ) -> None:
-        self.role = f"device-{device}"
+        self.role = Role.device(device)
         super().__init__(manifest, broker, deployment)
         self.runtime = runtime
         self.source = source

@@ -67,6 +67,8 @@ def test_features_travel_bit_packed_and_unpack_exactly():
         (msgpack.packb(scores(scores=b"\0" * 5)), "whole number of float32"),
         (msgpack.packb(scores(sample=-1)), "sample"),
         (msgpack.packb(scores(source="device-x")), "source"),
+        (msgpack.packb(scores(source="device-03")), "not a role"),  # one spelling per role
+        (msgpack.packb(scores(received={"device-0003": 4})), "not a role"),
         (msgpack.packb(scores(sample="3")), "sample"),
         (msgpack.packb(scores(extra=1)), "extra"),
         (b"\0" * (MAX_PAYLOAD + 1), "exceeds"),

@@ -26,6 +26,7 @@ import numpy as np
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
+from ddnn.core.roles import Role
 from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
 from ddnn.live.wire import Features, Message, Status, Topics, WireError, decode, encode
 
@@ -86,7 +87,7 @@ class Rejected(DDNNError):
 
 
 class Service:
-    role: str
+    role: Role
 
     def __init__(self, manifest: Manifest, broker: BrokerSettings, deployment: str) -> None:
         self.manifest = manifest

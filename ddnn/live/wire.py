@@ -24,14 +24,16 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.payloads import pack_features, unpack_bits
+from ddnn.core.roles import Role
 
 SCHEMA = 1
 MAX_PAYLOAD = 1 << 20  # no DDNN message comes near 1 MiB: a bigger one is refused unread
-Role = Annotated[str, Field(pattern=r"^(device|edge)-\d{1,4}$|^cloud$|^aggregator$|^demo$")]
+# A role on the wire is a string in canonical form, read as a Role (ddnn.core.roles).
+RoleName = Annotated[str, Field(max_length=16), AfterValidator(Role)]
 Sample = Annotated[int, Field(ge=0, lt=2**63)]
 
 
@@ -49,7 +51,7 @@ class Status(_Message):
     the last will, which the broker publishes for a process that died)."""
 
     kind: Literal["status"] = "status"
-    role: Role
+    role: RoleName
     state: Literal["online", "offline"]
     t: float
     counters: dict[str, int] = Field(default={}, max_length=256)
@@ -69,10 +71,10 @@ class Scores(_Message):
 
     kind: Literal["scores"] = "scores"
     sample: Sample
-    source: Role
+    source: RoleName
     scores: bytes = Field(max_length=4 * 4096)
     t0: float
-    received: dict[Role, int] = {}
+    received: dict[RoleName, int] = {}
 
     @field_validator("scores")
     @classmethod
@@ -90,7 +92,7 @@ class Scores(_Message):
 class Offload(_Message):
     kind: Literal["offload"] = "offload"
     sample: Sample
-    sources: list[Role] = Field(max_length=4096)
+    sources: list[RoleName] = Field(max_length=4096)
     to: Literal["edge", "cloud"]
 
 
@@ -102,7 +104,7 @@ class Features(_Message):
 
     kind: Literal["features"] = "features"
     sample: Sample
-    source: Role
+    source: RoleName
     encoding: Literal["bits", "u8", "f32"]
     shape: list[Annotated[int, Field(ge=1, le=65536)]] = Field(min_length=1, max_length=4)
     data: bytes
@@ -235,11 +237,11 @@ class Topics:
         if role and sender != role:
             raise WireError(f"a {message.kind} message from {sender} on {topic}")
 
-    def status(self, role: str) -> str:
+    def status(self, role: Role) -> str:
         return f"{self.root}/status/{role}"
 
-    def scores(self, role: str) -> str:
+    def scores(self, role: Role) -> str:
         return f"{self.root}/scores/{role}"
 
-    def features(self, role: str) -> str:
+    def features(self, role: Role) -> str:
         return f"{self.root}/features/{role}"

@@ -40,20 +40,22 @@ from ddnn.core.manifest import (
     read_manifest,
     read_npz_artifact,
 )
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
 from ddnn.nn.pack import NotPackable, pack_slice
 from ddnn.packed.format import SUFFIX as PACKED_SUFFIX
 from ddnn.packed.format import packable, write_packed
 
 
-def roles(cfg: ModelConfig) -> dict[str, list[str]]:
-    """Role name -> the prefixes of its weights in the whole model's state dict."""
-    out = {f"device-{i}": [f"device_slices.{i}."] for i in range(cfg.n_devices)}
-    out["aggregator"] = ["local.", "edge_exit."]
+def weight_prefixes(cfg: ModelConfig) -> dict[Role, list[str]]:
+    """Each role of an export -> the prefixes of its weights in the whole model's state dict
+    (the aggregator's artifact exists, empty of weights, also where its fusions have none)."""
+    out = {Role.device(i): [f"device_slices.{i}."] for i in range(cfg.n_devices)}
+    out[AGGREGATOR] = ["local.", "edge_exit."]
     if cfg.edge is not None:
-        out.update({f"edge-{e}": [f"edges.{e}."] for e in range(len(cfg.edge.groups))})
+        out.update({Role.edge(e): [f"edges.{e}."] for e in range(len(cfg.edge.groups))})
     if cfg.cloud is not None:
-        out["cloud"] = ["cloud."]
+        out[CLOUD] = ["cloud."]
     return out
 
 
@@ -65,18 +67,19 @@ def _export_packed(model: DDNN, cfg: ModelConfig, out: Path) -> dict[str, Artifa
         return {}
     packed = {}
     for i, device_slice in enumerate(model.device_slices):
+        role = Role.device(i)
         was_training = device_slice.training
         device_slice.eval()  # what the devices run: batch norm on its running statistics
         try:
             bits = pack_slice(device_slice, cfg.input_shape)
         except NotPackable as e:
-            warnings.warn(f"device-{i} is exported for the torch runtime only: {e}", stacklevel=2)
+            warnings.warn(f"{role} is exported for the torch runtime only: {e}", stacklevel=2)
             continue
         finally:
             device_slice.train(was_training)
-        path = out / f"device-{i}{PACKED_SUFFIX}"
+        path = out / f"{role}{PACKED_SUFFIX}"
         write_packed(path, bits)
-        packed[f"device-{i}"] = Artifact.of(path)
+        packed[role] = Artifact.of(path)
     return packed
 
 
@@ -88,7 +91,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     artifacts = {}
-    for role, prefixes in roles(cfg.model).items():
+    for role, prefixes in weight_prefixes(cfg.model).items():
         arrays = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
         path = out / f"{role}.npz"
         with path.open("wb") as f:
@@ -153,7 +156,7 @@ def _load_roles(directory: Path | str, wanted: list[str] | None) -> tuple[Manife
     except ConfigError as e:
         raise ModelFileError(f"{directory / MANIFEST}: {e}") from None
     model = DDNN(cfg.model)
-    prefixes = roles(cfg.model)
+    prefixes = weight_prefixes(cfg.model)
     for role in wanted:
         if role not in prefixes:
             raise ModelFileError(f"this deployment has no role {role!r}; it has {sorted(prefixes)}")
@@ -164,17 +167,17 @@ def _load_roles(directory: Path | str, wanted: list[str] | None) -> tuple[Manife
 
 
 def load_device(directory: Path | str, device: int) -> tuple[Manifest, DeviceSlice]:
-    manifest, model = _load_roles(directory, [f"device-{device}"])
+    manifest, model = _load_roles(directory, [Role.device(device)])
     return manifest, model.device_slices[device]
 
 
 def load_edge(directory: Path | str, edge: int) -> tuple[Manifest, UpperTier]:
-    manifest, model = _load_roles(directory, [f"edge-{edge}"])
+    manifest, model = _load_roles(directory, [Role.edge(edge)])
     return manifest, model.edges[edge]
 
 
 def load_cloud(directory: Path | str) -> tuple[Manifest, UpperTier]:
-    manifest, model = _load_roles(directory, ["cloud"])
+    manifest, model = _load_roles(directory, [CLOUD])
     if model.cloud is None:
         raise ModelFileError(f"the deployment in {directory} has no cloud tier")
     return manifest, model.cloud

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.core.errors import DDNNError
+from ddnn.core.roles import deployment_roles
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.wire import Topics
-from ddnn.ops.fleet import Driver, Fleet, roles_of, summarize
+from ddnn.ops.fleet import Driver, Fleet, summarize
 
 DEMO_EPOCHS = 30
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
@@ -96,7 +97,7 @@ def run_demo(
             common += ["--mqtt", settings.protocol, "--deployment", deployment]
             common += ["--log-level", "warning"]
             fleet = Fleet(common, Path(tmp))
-            roles = roles_of(cfg.model, k)
+            roles = deployment_roles(cfg.model, k)
             try:
                 for role in roles:
                     fleet.start(role)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ddnn.core.roles import Role
+
 BLOCK = 50  # frames timed per path in a row: caches stay as warm as on a device
 
 
@@ -58,7 +60,7 @@ def bench_device(
 
         manifest, binary = load_device(artifacts, device)
         cfg = manifest.ddnn_config().model
-        if f"device-{device}" in manifest.packed:
+        if Role.device(device) in manifest.packed:
             packed, _ = read_exported(artifacts, device, manifest)
         else:
             packed = pack_slice(binary, cfg.input_shape)  # raises NotPackable: float tier

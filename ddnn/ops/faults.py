@@ -28,9 +28,10 @@ import msgpack
 import numpy as np
 
 from ddnn.core.errors import DDNNError
+from ddnn.core.roles import AGGREGATOR, Role, deployment_roles
 from ddnn.live.mqtt import MqttClient, connect_or_fail
 from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
-from ddnn.ops.fleet import Driver, Fleet, roles_of, summarize
+from ddnn.ops.fleet import Driver, Fleet, summarize
 
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
@@ -74,7 +75,7 @@ class Harness:
     fleet: Fleet
     driver: Driver
     reference: Reference
-    roles: list[str]
+    roles: list[Role]
     restart_broker: Callable[[float], float] | None  # down for s seconds -> restart time
     next_sample: int = 0
     killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill
@@ -95,16 +96,16 @@ class Harness:
         self.driver.run(samples, rate=rate, before=before, window=64)
         return samples
 
-    def kill(self, role: str) -> None:
+    def kill(self, role: Role) -> None:
         self.driver.dead.add(role)
         self.fleet.kill(role)
         self.killed_at[role] = time.monotonic()
 
-    def restart(self, role: str) -> None:
+    def restart(self, role: Role) -> None:
         self.fleet.restart(role)
         self.driver.dead.discard(role)
 
-    def detected(self, role: str, since: float) -> float | None:
+    def detected(self, role: Role, since: float) -> float | None:
         """Seconds from `since` until `role` was seen offline (its last will)."""
         events = self.driver.events
         times = [t for t, r, s in events if r == role and s == "offline" and t >= since]
@@ -142,7 +143,7 @@ class Harness:
 
 
 def _devices(h: Harness) -> list[str]:
-    return [r for r in h.roles if r.startswith("device-")]
+    return [r for r in h.roles if r.tier == "device"]
 
 
 def device_down(h: Harness) -> list[dict[str, Any]]:
@@ -226,9 +227,9 @@ def broker_restart(h: Harness) -> list[dict[str, Any]]:
 def service_restart(h: Harness) -> list[dict[str, Any]]:
     """6. The local aggregator, each edge and the cloud killed and restarted."""
     rows = []
-    for role in [r for r in h.roles if not r.startswith("device-")]:
+    for role in [r for r in h.roles if r.tier != "device"]:
 
-        def kill_and_restart(role: str = role) -> None:
+        def kill_and_restart(role: Role = role) -> None:
             h.kill(role)
             h.restart(role)
 
@@ -337,8 +338,8 @@ def run_scenario(
         aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
         aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
         aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
-        fleet = Fleet(common, work, {"aggregator": aggregator})
-        roles = roles_of(cfg.model)
+        fleet = Fleet(common, work, {AGGREGATOR: aggregator})
+        roles = deployment_roles(cfg.model)
         driver = None
         try:
             for role in roles:

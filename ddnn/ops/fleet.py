@@ -23,23 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ddnn.core.config import ModelConfig
 from ddnn.core.errors import DDNNError
+from ddnn.core.roles import Role
 from ddnn.live.mqtt import BrokerSettings, MqttClient, connect_or_fail
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
 
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
-
-
-def roles_of(model: ModelConfig, devices: int | None = None) -> list[str]:
-    """Every role a deployment of `model` runs (the first `devices` devices), devices first."""
-    n = model.n_devices if devices is None else devices
-    roles = [f"device-{i}" for i in range(n)] + ["aggregator"]
-    if model.edge is not None:
-        roles += [f"edge-{e}" for e in range(len(model.edge.groups))]
-    if model.cloud is not None:
-        roles.append("cloud")
-    return roles
 
 
 class Fleet:
@@ -47,42 +36,41 @@ class Fleet:
     (artifacts, broker, deployment), `extra` the ones of a single role."""
 
     def __init__(
-        self, common: list[str], logs: Path, extra: dict[str, list[str]] | None = None
+        self, common: list[str], logs: Path, extra: dict[Role, list[str]] | None = None
     ) -> None:
         self.common = common
         self.logs = logs
         self.extra = extra or {}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.restarts: Counter[str] = Counter()
+        self.procs: dict[Role, subprocess.Popen] = {}
+        self.restarts: Counter[Role] = Counter()
 
-    def start(self, role: str) -> None:
-        command, _, index = role.partition("-")
-        argv = [sys.executable, "-m", "ddnn", command, *self.common, *self.extra.get(role, [])]
-        if index:
-            argv += ["--id", index]
+    def start(self, role: Role) -> None:
+        argv = [sys.executable, "-m", "ddnn", role.tier, *self.common, *self.extra.get(role, [])]
+        if role.index is not None:
+            argv += ["--id", str(role.index)]
         log = (self.logs / f"{role}.log").open("a")
         self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
-    def kill(self, role: str) -> None:
+    def kill(self, role: Role) -> None:
         """SIGKILL: no goodbye, the broker publishes the role's last will."""
         self.procs[role].kill()
         self.procs[role].wait()
 
-    def restart(self, role: str) -> None:
+    def restart(self, role: Role) -> None:
         self.restarts[role] += 1
         self.start(role)
 
-    def pause(self, role: str, seconds: float) -> None:
+    def pause(self, role: Role, seconds: float) -> None:
         """SIGSTOP now, SIGCONT after `seconds` (without waiting): a straggler whose
         messages come late."""
         proc = self.procs[role]
         proc.send_signal(signal.SIGSTOP)
         threading.Timer(seconds, proc.send_signal, args=(signal.SIGCONT,)).start()
 
-    def alive(self, role: str) -> bool:
+    def alive(self, role: Role) -> bool:
         return self.procs[role].poll() is None
 
-    def check(self, expected_dead: Iterable[str] = ()) -> None:
+    def check(self, expected_dead: Iterable[Role] = ()) -> None:
         """Raise if a process that should run has exited (a crash, a refused start)."""
         for role, proc in self.procs.items():
             if role not in expected_dead and proc.poll() is not None:
@@ -91,12 +79,12 @@ class Fleet:
                     f"the {role} process exited ({proc.returncode}): {' | '.join(tail)}"
                 )
 
-    def stop(self) -> dict[str, int | None]:
+    def stop(self) -> dict[Role, int | None]:
         """SIGTERM to all, then their exit codes (0 is a clean shutdown)."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        codes: dict[str, int | None] = {}
+        codes: dict[Role, int | None] = {}
         for role, proc in self.procs.items():
             try:
                 codes[role] = proc.wait(timeout=10)
@@ -123,10 +111,10 @@ class Driver:
         self.decisions: dict[int, Decision] = {}
         self.decided_at: dict[int, float] = {}  # monotonic
         self.ticked_at: dict[int, float] = {}  # monotonic, of the latest tick
-        self.status: dict[str, Status] = {}
-        self.events: list[tuple[float, str, str]] = []  # (monotonic, role, state)
+        self.status: dict[Role, Status] = {}
+        self.events: list[tuple[float, Role, str]] = []  # (monotonic, role, state)
         self.anomalies: Counter[str] = Counter()
-        self.dead: set[str] = set()  # roles killed on purpose, not to be reported as crashed
+        self.dead: set[Role] = set()  # roles killed on purpose, not to be reported as crashed
 
     def close(self) -> None:
         self.client.close()
@@ -152,10 +140,10 @@ class Driver:
             self.decisions.setdefault(m.sample, m)
             self.decided_at.setdefault(m.sample, time.monotonic())
 
-    def online(self) -> set[str]:
+    def online(self) -> set[Role]:
         return {role for role, s in self.status.items() if s.state == "online"}
 
-    def wait_online(self, roles: Iterable[str], timeout: float = START_TIMEOUT) -> None:
+    def wait_online(self, roles: Iterable[Role], timeout: float = START_TIMEOUT) -> None:
         wanted = set(roles)
         deadline = time.monotonic() + timeout
         while not wanted <= self.online():

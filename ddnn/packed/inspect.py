@@ -8,6 +8,7 @@ from typing import Any
 
 from ddnn.core.errors import ModelFileError
 from ddnn.core.manifest import Manifest, read_manifest, verified_path
+from ddnn.core.roles import Role
 from ddnn.packed.format import FORMAT_VERSION, PackedModel, packable, read_packed
 
 
@@ -19,7 +20,7 @@ def read_exported(
     it (and why), or the file does not match its hash in the manifest or the topology."""
     if manifest is None:
         manifest = read_manifest(artifacts)
-    role = f"device-{device}"
+    role = Role.device(device)
     cfg = manifest.ddnn_config().model
     if not 0 <= device < cfg.n_devices:
         raise ModelFileError(f"the model has devices 0..{cfg.n_devices - 1}, not {device}")
@@ -42,7 +43,7 @@ def inspect_artifact(path: Path | str, device: int = 0) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         model, file = read_exported(path, device)
-        role = f"device-{device}"
+        role = Role.device(device)
     else:
         file, role = path, None
         model = read_packed(file)

@@ -1,0 +1,85 @@
+"""The roles of a deployment: `device-<i>`, `edge-<e>`, `cloud` and `aggregator`.
+
+A role names one live service: its artifact in an export, its topics on the wire, its process
+in a fleet. `Role` is the one type for them all: a `str` (so it goes into topic names, file
+names and messages as it is) that exists only in canonical form. `device-3` is a role;
+`device-03`, `device-0003`, `Device-3` and `device--3` are not, so two spellings can never
+name one device. Indices run from 0 to 9999.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ddnn.core.config import ModelConfig
+
+MAX_INDEX = 9999
+PATTERN = r"(?:device|edge)-(?:0|[1-9][0-9]{0,3})|cloud|aggregator"
+_CANONICAL = re.compile(PATTERN)
+
+
+class Role(str):
+    """A role name in canonical form; `Role("device-03")` raises ValueError."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> Role:
+        if isinstance(name, Role):
+            return name
+        if not isinstance(name, str) or not _CANONICAL.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a role: device-<i>, edge-<e> (i, e in 0..{MAX_INDEX}, "
+                "no leading zeros), cloud or aggregator"
+            )
+        return super().__new__(cls, name)
+
+    @classmethod
+    def device(cls, index: int) -> Role:
+        return cls._indexed("device", index)
+
+    @classmethod
+    def edge(cls, index: int) -> Role:
+        return cls._indexed("edge", index)
+
+    @classmethod
+    def _indexed(cls, tier: str, index: int) -> Role:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"a {tier} index is an integer 0..{MAX_INDEX}, got {index!r}")
+        return cls(f"{tier}-{index}")
+
+    @property
+    def tier(self) -> str:
+        """ "device", "edge", "cloud" or "aggregator": also the service's `ddnn` command."""
+        return self.partition("-")[0]
+
+    @property
+    def index(self) -> int | None:
+        """The device's or the edge's number; None for the cloud and the aggregator."""
+        _, sep, index = self.partition("-")
+        return int(index) if sep else None
+
+
+AGGREGATOR = Role("aggregator")
+CLOUD = Role("cloud")
+
+
+def deployment_roles(model: ModelConfig, devices: int | None = None) -> list[Role]:
+    """Every role a deployment of `model` runs (the first `devices` devices), devices first."""
+    n = model.n_devices if devices is None else devices
+    roles = [Role.device(i) for i in range(n)] + [AGGREGATOR]
+    if model.edge is not None:
+        roles += [Role.edge(e) for e in range(len(model.edge.groups))]
+    if model.cloud is not None:
+        roles.append(CLOUD)
+    return roles
+
+
+def tier_inputs(model: ModelConfig, role: Role) -> list[Role]:
+    """The roles whose feature maps an upper tier (an edge or the cloud) fuses, in the order
+    of its input slots: an edge's group of devices; the cloud's edges, or every device."""
+    if role.tier == "edge":
+        assert model.edge is not None and role.index is not None
+        return [Role.device(d) for d in model.edge.groups[role.index]]
+    if model.edge is not None:
+        return [Role.edge(e) for e in range(len(model.edge.groups))]
+    return [Role.device(d) for d in range(model.n_devices)]
