@@ -9,8 +9,7 @@ that different devices tag with one id must show the same instant.
 `open_source(SPEC, device, input_shape)` opens one of:
 
 - data-set replay: `synth`, `mvmc:PATH`, `tiles:PATH` (as `ddnn.data.load_spec`): view
-  `device` of each sample of one part of the set. Sample id = row within the part; the frame
-  carries the view's label (`len(classes)` where the object is absent from that view).
+  `device` of each sample of one part of the set. Sample id = row within the part.
   Random access. The part ("test", "validation", "train" or "all") is split exactly as
   offline evaluation splits it, by `ddnn.data.split` with the model's `TrainConfig` given as
   `train_config` (default: `TrainConfig()`).
@@ -22,7 +21,7 @@ that different devices tag with one id must show the same instant.
 - an image folder path (or `images:PATH`): files ending in .png, .jpg, .jpeg or .bmp (any
   case), in natural order (`f2.png` before `f10.png`). Sample id = position in that order,
   so devices whose folders hold the same file names agree on ids. A file that cannot be
-  read is skipped with a logged warning and counted (`skipped`); its id yields no frame.
+  read is skipped with a logged warning (once); its id yields no frame.
 
 `{device}` in a SPEC is replaced by the device number, so one SPEC such as
 `videos/cam{device}.avi` serves every device.
@@ -75,7 +74,6 @@ Shape = tuple[int, int, int]
 class Frame:
     sample: int  # sample (frame) id: the correlation id across devices
     image: np.ndarray  # (C, H, W) float32, 0..255, RGB
-    label: int | None  # the view's label when the source knows it (replay), else None
 
 
 @runtime_checkable
@@ -166,7 +164,7 @@ def to_model_input(image: np.ndarray, input_shape: Shape) -> np.ndarray:
 
 class ReplaySource(_Source):
     """View `device` of every sample of a `MultiViewData` (one part of a set): sample id =
-    row, label = the view's label. Random access; `data` is the part replayed."""
+    row. Random access; `data` is the part replayed."""
 
     def __init__(
         self,
@@ -194,7 +192,7 @@ class ReplaySource(_Source):
         if not 0 <= sample < self.length:
             return None
         image = np.array(self.data.x[sample, self.device], dtype=np.float32)
-        return Frame(sample, image, int(self.data.view_labels[sample, self.device]))
+        return Frame(sample, image)
 
     def __iter__(self) -> Iterator[Frame]:
         for sample in range(self.length):
@@ -286,7 +284,7 @@ class VideoSource(_Source):
     def _next(self) -> Frame | None:
         sample = self.position
         image = self.read()
-        self._last = None if image is None else Frame(sample, image, None)
+        self._last = None if image is None else Frame(sample, image)
         return self._last
 
     def frame(self, sample: int) -> Frame | None:
@@ -328,7 +326,7 @@ def _natural_key(path: Path) -> list[int | str]:
 
 class ImageFolderSource(_Source):
     """The image files of a folder in natural order; sample id = position in that order.
-    An unreadable file is skipped (logged once, counted in `skipped`): its id has no frame."""
+    An unreadable file is skipped (logged once): its id has no frame."""
 
     def __init__(self, folder: Path | str, input_shape: tuple[int, ...]):
         folder = Path(folder)
@@ -347,11 +345,6 @@ class ImageFolderSource(_Source):
         self.length = len(self.paths)
         self._unreadable: set[int] = set()
 
-    @property
-    def skipped(self) -> int:
-        """How many files could not be read as images."""
-        return len(self._unreadable)
-
     def frame(self, sample: int) -> Frame | None:
         if not 0 <= sample < self.length or sample in self._unreadable:
             return None
@@ -366,7 +359,7 @@ class ImageFolderSource(_Source):
             self._unreadable.add(sample)
             log.warning("%s: skipping %s (%s)", self.name, path.name, reason)
             return None
-        return Frame(sample, to_model_input(image, self.input_shape), None)
+        return Frame(sample, to_model_input(image, self.input_shape))
 
     def __iter__(self) -> Iterator[Frame]:
         for sample in range(self.length):

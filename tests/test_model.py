@@ -7,10 +7,10 @@ import torch
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import ModelFileError
-from ddnn.data import from_mvmc_arrays
+from ddnn.data import from_mvmc_arrays, split
 from ddnn.nn.checkpoint import load_model, save_model
 from ddnn.nn.model import DDNN
-from ddnn.nn.train import fit, random_presence, split
+from ddnn.nn.train import fit, random_presence
 from tests.conftest import make_mvmc_arrays
 
 FIG2 = {

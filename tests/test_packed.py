@@ -59,7 +59,8 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A model trained briefly (2 epochs) on the default synthetic set, and its export."""
-    from ddnn.nn.train import fit, split
+    from ddnn.data import split
+    from ddnn.nn.train import fit
 
     cfg = load_config(overrides=["train.epochs=2"])
     data = load_spec("synth")
@@ -405,7 +406,6 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
 def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tmp_path):
     """The real `ddnn device` service, torch blocked, against a broker: the scores it
     publishes for replayed samples equal the torch slice's on the same frames."""
-    from ddnn.core.payloads import unpack_scores
     from ddnn.live.broker import start_broker
     from ddnn.live.mqtt import MqttClient, connect_or_fail
     from ddnn.live.wire import Scores, Status, Tick, Topics, decode, encode
@@ -448,7 +448,7 @@ def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tm
             while len(got) < len(test) and time.monotonic() < deadline:
                 item = client.get(timeout=0.2)
                 if item is not None and isinstance(m := decode(item[1]), Scores):
-                    got[m.sample] = unpack_scores(m.scores, len(cfg.model.classes))
+                    got[m.sample] = m.values()
         finally:
             client.close()
             proc.terminate()

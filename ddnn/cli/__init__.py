@@ -236,9 +236,10 @@ def train(
 ) -> None:
     """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
     from ddnn.core.exits import exit_points
+    from ddnn.data import split
     from ddnn.nn.checkpoint import save_model
     from ddnn.nn.evaluate import evaluate, pick_thresholds, run_model, set_thresholds
-    from ddnn.nn.train import fit, split
+    from ddnn.nn.train import fit
 
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
     parts = split(load_data(data, grid, as_json), cfg.train)
@@ -486,7 +487,8 @@ def baseline(
     as_json: JsonFlag = False,
 ) -> None:
     """Train each device's slice alone and test it (the paper's "Individual" accuracy)."""
-    from ddnn.nn.train import individual_accuracy, split
+    from ddnn.data import split
+    from ddnn.nn.train import individual_accuracy
 
     cfg = _config(config, overrides, epochs=epochs, seed=seed)
     dataset = load_data(data, grid, as_json)

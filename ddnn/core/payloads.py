@@ -17,12 +17,6 @@ def pack_scores(scores: np.ndarray) -> bytes:
     return np.ascontiguousarray(scores, dtype="<f4").tobytes()
 
 
-def unpack_scores(buf: bytes, n_classes: int) -> np.ndarray:
-    if len(buf) != 4 * n_classes:
-        raise ValueError(f"scores payload has {len(buf)} bytes, expected {4 * n_classes}")
-    return np.frombuffer(buf, dtype="<f4").copy()
-
-
 def pack_bits(features: np.ndarray) -> bytes:
     """+-1 activations -> packed bits (1 bit each)."""
     return np.packbits(np.asarray(features).ravel() > 0).tobytes()

@@ -421,12 +421,6 @@ class MqttClient:
                 return
             time.sleep(0.002)
 
-    def __enter__(self) -> MqttClient:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _diagnose(settings: BrokerSettings) -> str:
     """Why a connection may have failed, from a plain TCP connect and, for mqtts://, a TLS

@@ -121,11 +121,9 @@ class Service:
         return None
 
     # -- the loop ------------------------------------------------------------------------
-    def publish(self, topic: str, message: Message, qos: int = 1, retain: bool = False) -> int:
-        payload = encode(message)
-        if not self.client.publish(topic, payload, qos=qos, retain=retain):
+    def publish(self, topic: str, message: Message, qos: int = 1, retain: bool = False) -> None:
+        if not self.client.publish(topic, encode(message), qos=qos, retain=retain):
             self.counters["publish_failed"] += 1
-        return len(payload)
 
     def send_kept(self, kept: KeptMaps, sample: int, kind: str) -> None:
         """Publish the kept feature map of `sample` (encoded as `kind`) to the tier above."""

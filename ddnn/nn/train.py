@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig
 from ddnn.data import MultiViewData, Splits
-from ddnn.data import split as split  # re-exported: the split lives with the data
 from ddnn.nn.layers import clip_quantized_weights
 from ddnn.nn.model import DDNN
 

@@ -65,11 +65,10 @@ def run_demo(
     cache: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from ddnn.data import load_spec
+    from ddnn.data import load_spec, split
     from ddnn.live.broker import broker_ceiling, start_broker
     from ddnn.nn.checkpoint import load_model
     from ddnn.nn.export import export
-    from ddnn.nn.train import split
 
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
