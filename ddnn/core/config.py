@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ddnn.core.errors import ConfigError
+from ddnn.core.errors import ConfigError, problems
 
 # Literals here rather than in the layers, so that reading a config needs no PyTorch (a
 # device running the bit-packed slice reads its manifest's config without it).
@@ -214,10 +214,7 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> DDNNConfig:
     try:
         return DDNNConfig.model_validate(tree)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"invalid {source}: {problems}") from None
+        raise ConfigError(f"invalid {source}: {problems(e)}") from None
 
 
 def pooled_size(size: int, n_blocks: int) -> int:

@@ -10,7 +10,6 @@ neither PyTorch nor the model, so that a device running the bit-packed slice
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ddnn.core.config import DDNNConfig, validate_config
-from ddnn.core.errors import ModelFileError
+from ddnn.core.errors import ModelFileError, problems
+from ddnn.core.files import read_npz
 
 FORMAT = "ddnn-export"
 VERSION = 1
@@ -64,7 +64,7 @@ def read_manifest(directory: Path | str) -> Manifest:
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())
     except ValidationError as e:
-        raise ModelFileError(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from None
+        raise ModelFileError(f"{path} is not a valid manifest: {problems(e, 1)}") from None
     if manifest.format != FORMAT:
         raise ModelFileError(f"{path} is not a DDNN export manifest (format {manifest.format!r})")
     if manifest.version != VERSION:
@@ -96,8 +96,4 @@ def read_npz_artifact(
             f"{directory} has no artifact for role {role!r}; it has {sorted(manifest.artifacts)}"
         )
     path = verified_path(directory, manifest.artifacts[role], f"role {role!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ModelFileError(f"{path} is not a readable artifact: {e}") from None
+    return read_npz(path, error=ModelFileError, what="artifact")

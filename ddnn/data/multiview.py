@@ -12,7 +12,6 @@ Pixels stay in 0..255: the first binary layer's signed sums are then exact in fl
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ddnn.core.errors import DataError
+from ddnn.core.files import read_npz, replaced
 
 if TYPE_CHECKING:
     from ddnn.core.config import TrainConfig
@@ -63,24 +63,6 @@ class MultiViewData:
         return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
 
 
-def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read arrays from an .npz without ever unpickling (object arrays are refused)."""
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a readable .npz file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in keys if k not in z.files]
-            if missing:
-                raise DataError(f"{path}: missing array(s) {missing}; it holds {z.files}")
-            return {k: z[k] for k in keys}
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{path} is not a readable .npz file ({e})") from None
-    except ValueError:  # object arrays need unpickling, which we refuse
-        raise DataError(f"{path} holds object arrays; only numeric arrays are read") from None
-
-
 def sample_labels(view_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The sample's label is the class that the cameras seeing the object agree on (the
     most frequent non-absent view label). Returns (labels, keep) where `keep` is False for
@@ -116,7 +98,7 @@ def from_mvmc_arrays(x: np.ndarray, y: np.ndarray, name: str) -> MultiViewData:
 
 def load_mvmc(path: Path | str) -> MultiViewData:
     path = Path(path)
-    arrays = _read_npz(path, ("X", "y"))
+    arrays = read_npz(path, ("X", "y"), DataError, "data file")
     return from_mvmc_arrays(arrays["X"], arrays["y"], name=f"mvmc:{path}")
 
 
@@ -124,9 +106,8 @@ def save_mvmc(path: Path | str, x: np.ndarray, y: np.ndarray) -> None:
     """Write arrays in the MVMC format (atomically, so a killed run leaves no half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, X=x.astype(np.float32), y=y.astype(np.int32))
-    tmp.replace(path)
+    with replaced(path, ".tmp.npz") as tmp:
+        np.savez_compressed(tmp, X=x.astype(np.float32), y=y.astype(np.int32))
 
 
 def cut_tiles(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -147,7 +128,7 @@ def cut_tiles(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def load_tiles(path: Path | str, grid: tuple[int, int] = (2, 3)) -> MultiViewData:
     path = Path(path)
-    arrays = _read_npz(path, ("X", "y"))
+    arrays = read_npz(path, ("X", "y"), DataError, "data file")
     x, y = arrays["X"], arrays["y"]
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: y must be (N,) with N = {len(x)}, got shape {y.shape}")

@@ -47,7 +47,7 @@ from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ddnn.core.errors import ConfigError, DDNNError
+from ddnn.core.errors import ConfigError, DDNNError, problems
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,8 @@ class BrokerSettings(BaseModel):
         try:
             return cls(url=url, **fields)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "(top)"
-            raise ConfigError(
-                f"broker setting {where}: {err['msg']} (got {err.get('input')!r})"
-            ) from None
+            got = e.errors()[0].get("input")
+            raise ConfigError(f"broker setting {problems(e, 1)} (got {got!r})") from None
 
     @property
     def address(self) -> BrokerAddress:

@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ddnn.core.errors import DDNNError
+from ddnn.core.errors import DDNNError, problems
 from ddnn.core.payloads import pack_features, unpack_bits
 from ddnn.core.roles import Role
 
@@ -193,9 +193,7 @@ def decode(payload: bytes) -> Message:
     try:
         return cls.model_validate(raw)  # type: ignore[return-value]
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise WireError(f"bad {raw['kind']} message: {where}: {err['msg']}") from None
+        raise WireError(f"bad {raw['kind']} message: {problems(e, 1)}") from None
 
 
 # The first topic level under a deployment's root -> the kind of message that travels there.

@@ -16,6 +16,7 @@ import torch
 
 from ddnn.core.config import DDNNConfig, validate_config
 from ddnn.core.errors import ConfigError, ModelFileError
+from ddnn.core.files import replaced
 from ddnn.nn.model import DDNN
 
 FORMAT = "ddnn-model"
@@ -38,9 +39,8 @@ def save_model(path: Path | str, model: DDNN, cfg: DDNNConfig, meta: dict[str, A
         "state_dict": model.state_dict(),
         "meta": meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with replaced(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:

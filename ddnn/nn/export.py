@@ -31,6 +31,7 @@ import torch
 import ddnn
 from ddnn.core.config import DDNNConfig, ModelConfig
 from ddnn.core.errors import ConfigError, ModelFileError
+from ddnn.core.files import replaced
 from ddnn.core.manifest import (
     FORMAT,
     MANIFEST,
@@ -119,9 +120,8 @@ def export(
         meta=meta or {},
         packed=packed,
     )
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2))
-    tmp.replace(out / MANIFEST)
+    with replaced(out / MANIFEST) as tmp:
+        tmp.write_text(manifest.model_dump_json(indent=2))
     return manifest
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ddnn.core.roles import Role
+from ddnn.ops.stats import percentiles
 
 BLOCK = 50  # frames timed per path in a row: caches stay as warm as on a device
 
@@ -127,13 +128,7 @@ def bench_device(
     finally:
         torch.set_num_threads(threads)
 
-    latency = {
-        name: {
-            "p50": round(float(np.percentile(t, 50)) / 1000, 2),
-            "p99": round(float(np.percentile(t, 99)) / 1000, 2),
-        }
-        for name, t in times.items()
-    }
+    latency = {name: percentiles(t, scale=1e-3) for name, t in times.items()}
     packed_p50 = latency["packed"]["p50"]
     return {
         "slice": source,

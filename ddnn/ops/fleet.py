@@ -27,6 +27,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.roles import Role
 from ddnn.live.mqtt import BrokerSettings, MqttClient, connect_or_fail
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
+from ddnn.ops.stats import percentiles
 
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
 
@@ -198,15 +199,6 @@ class Driver:
             self.fleet.check(self.dead)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None}
-    return {
-        "p50": round(float(np.percentile(values, 50)), 2),
-        "p99": round(float(np.percentile(values, 99)), 2),
-    }
-
-
 def summarize(
     decisions: dict[int, Decision], labels: np.ndarray, samples: int, seconds: float
 ) -> dict[str, Any]:
@@ -230,7 +222,7 @@ def summarize(
         "exit_fraction": {t: round(100.0 * by_exit[t] / max(1, len(decided)), 2) for t in tiers},
         "bytes_per_device": round(float(np.mean(per_device)), 2) if per_device else None,
         "latency_ms": {
-            t: _percentiles([d.latency_ms for d in decided if d.exit == t and d.latency_ms])
+            t: percentiles([d.latency_ms for d in decided if d.exit == t and d.latency_ms])
             for t in tiers
             if by_exit[t]
         },
