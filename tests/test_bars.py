@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_cli import ddnn_json
+from tests.helpers import ddnn_json
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ddnn.data import save_mvmc
-from tests.conftest import make_mvmc_arrays
-
-
-def ddnn(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "ddnn", *args], capture_output=True, text=True, timeout=timeout
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ddnn {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def ddnn_json(*args: str, timeout: float = 300) -> dict:
-    return json.loads(ddnn(*args, "--json", timeout=timeout).stdout)
+from tests.helpers import ddnn, ddnn_json, make_mvmc_arrays
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from ddnn.core.errors import DataError
 from ddnn.data import cut_tiles, load_mvmc, load_spec, load_tiles, sample_labels, save_mvmc
-from tests.conftest import make_mvmc_arrays
+from tests.helpers import make_mvmc_arrays
 
 
 def test_mvmc_loader_reads_the_format(mvmc_file: Path):

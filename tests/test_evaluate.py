@@ -20,7 +20,7 @@ from ddnn.nn.evaluate import (
     thresholds_for_fractions,
 )
 from ddnn.nn.model import DDNN
-from tests.conftest import make_mvmc_arrays
+from tests.helpers import make_mvmc_arrays
 
 
 def synthetic_outputs(n: int = 200, seed: int = 0) -> ExitOutputs:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import tiny_model
-from tests.test_cli import ddnn_json
+from tests.helpers import ddnn_json, tiny_model
 
 
 def faults(model: Path, *scenarios: str, **options: str) -> list[dict]:

@@ -18,8 +18,7 @@ import pytest
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import MqttClient, connect_or_fail
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
-from tests.conftest import tiny_model
-from tests.test_cli import ddnn, ddnn_json
+from tests.helpers import ddnn, ddnn_json, tiny_model
 
 EDGE = "model.edge={groups: [[0,1,2],[3,4,5]]}"
 

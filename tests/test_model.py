@@ -11,7 +11,7 @@ from ddnn.data import from_mvmc_arrays, split
 from ddnn.nn.checkpoint import load_model, save_model
 from ddnn.nn.model import DDNN
 from ddnn.nn.train import fit, random_presence
-from tests.conftest import make_mvmc_arrays
+from tests.helpers import make_mvmc_arrays
 
 FIG2 = {
     "a: cloud only": ["model.n_devices=1", "model.device.conv_filters=[]", "model.local=null"],

@@ -20,7 +20,7 @@ from devices.sources import (
     open_source,
     replay_part,
 )
-from tests.conftest import make_mvmc_arrays
+from tests.helpers import make_mvmc_arrays
 
 SHAPE = (3, 32, 32)
 # Solid BGR colours, as OpenCV writes them, and the RGB a device must see.

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import deployment_roles
+from ddnn.data import load_spec, split
+from ddnn.live.broker import broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings
-from ddnn.live.wire import Topics
-from ddnn.ops.fleet import Driver, Fleet, summarize
+from ddnn.nn.checkpoint import load_model
+from ddnn.ops.deploy import deployment
+from ddnn.ops.fleet import summarize
 
 DEMO_EPOCHS = 30
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
@@ -65,11 +67,6 @@ def run_demo(
     cache: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from ddnn.data import load_spec, split
-    from ddnn.live.broker import broker_ceiling, start_broker
-    from ddnn.nn.checkpoint import load_model
-    from ddnn.nn.export import export
-
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -82,7 +79,6 @@ def run_demo(
     labels = labels.test.labels
 
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
-        manifest = export(net, cfg, Path(tmp) / "artifacts", meta)
         broker = None
         if broker_url is None:
             broker = start_broker()
@@ -91,30 +87,18 @@ def run_demo(
             settings = BrokerSettings.from_url(broker_url, protocol=broker_protocol)
         try:
             ceiling = broker_ceiling(settings, messages=2000)
-            deployment = f"demo-{os.getpid()}"
-            common = ["--artifacts", str(Path(tmp) / "artifacts"), "--broker", settings.url]
-            common += ["--mqtt", settings.protocol, "--deployment", deployment]
-            common += ["--log-level", "warning"]
-            fleet = Fleet(common, Path(tmp))
-            roles = deployment_roles(cfg.model, k)
-            try:
-                for role in roles:
-                    fleet.start(role)
-                driver = Driver(settings, Topics(deployment, manifest.model_version), fleet)
-                try:
-                    driver.wait_online(roles)
-                    log(f"{len(roles)} services online; driving {samples} samples")
-                    start = time.monotonic()
-                    driver.run(range(samples), window=window)
-                    seconds = max(driver.decided_at.values(), default=start) - start
-                finally:
-                    driver.close()
-            finally:
-                codes = fleet.stop()
-            decisions, anomalies = driver.decisions, driver.anomalies
+            with deployment(
+                net, cfg, meta, Path(tmp), settings, f"demo-{os.getpid()}", devices=k
+            ) as running:
+                driver = running.driver
+                log(f"{len(running.roles)} services online; driving {samples} samples")
+                start = time.monotonic()
+                driver.run(range(samples), window=window)
+                seconds = max(driver.decided_at.values(), default=start) - start
         finally:
             if broker is not None:
                 broker.stop()
+    decisions, anomalies, manifest = driver.decisions, driver.anomalies, running.manifest
     report = summarize(decisions, labels, samples, seconds)
     report["anomalies"] = dict(anomalies)
     report["devices"] = k
@@ -124,7 +108,7 @@ def run_demo(
         "kind": broker.kind if broker is not None else "external",
         "ceiling_messages_per_second": ceiling["messages_per_second"],
     }
-    report["clean_exits"] = all(code == 0 for code in codes.values())
+    report["clean_exits"] = all(code == 0 for code in running.codes.values())
     if decisions_path is not None:
         with decisions_path.open("w") as f:
             for sample in sorted(decisions):

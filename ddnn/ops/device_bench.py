@@ -21,9 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ddnn.core.config import load_config
 from ddnn.core.roles import Role
+from ddnn.nn.export import load_device
+from ddnn.nn.model import DeviceSlice
+from ddnn.nn.pack import pack_slice
 from ddnn.ops.stats import percentiles
+from ddnn.packed.inspect import read_exported
+from ddnn.packed.kernels import kernel_name, runner
 
 BLOCK = 50  # frames timed per path in a row: caches stay as warm as on a device
 
@@ -31,11 +38,6 @@ BLOCK = 50  # frames timed per path in a row: caches stay as warm as on a device
 def _default_slice(seed: int = 0):
     """The paper's device slice (1 ConvP 3->4, FC 1024->3), untrained, with batch-norm
     statistics that put the thresholds inside the range of the conv sums."""
-    import torch
-
-    from ddnn.core.config import load_config
-    from ddnn.nn.model import DeviceSlice
-
     cfg = load_config()
     torch.manual_seed(seed)
     module = DeviceSlice(cfg.model)
@@ -49,16 +51,7 @@ def _default_slice(seed: int = 0):
 def bench_device(
     artifacts: Path | str | None = None, device: int = 0, frames: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
-    import torch
-
-    from ddnn.nn.model import DeviceSlice
-    from ddnn.nn.pack import pack_slice
-    from ddnn.packed.inspect import read_exported
-    from ddnn.packed.kernels import kernel_name, runner
-
     if artifacts is not None:
-        from ddnn.nn.export import load_device
-
         manifest, binary = load_device(artifacts, device)
         cfg = manifest.ddnn_config().model
         if Role.device(device) in manifest.packed:

@@ -28,9 +28,14 @@ import msgpack
 import numpy as np
 
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import AGGREGATOR, Role, deployment_roles
+from ddnn.core.exits import cascade, exit_points
+from ddnn.core.roles import AGGREGATOR, Role
+from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import MqttClient, connect_or_fail
 from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
+from ddnn.nn.checkpoint import load_model
+from ddnn.nn.evaluate import accuracy_percent, load_for_eval, presence_mask, run_model
+from ddnn.ops.deploy import deployment
 from ddnn.ops.fleet import Driver, Fleet, summarize
 
 RATE = 25.0  # samples per second while faults happen
@@ -43,18 +48,12 @@ class Reference:
     devices: what `ddnn eval --missing ...` computes."""
 
     def __init__(self, artifacts: Path) -> None:
-        from ddnn.core.exits import exit_points
-        from ddnn.nn.evaluate import load_for_eval
-
         self.model, self.cfg, _, self.test = load_for_eval(artifacts, part="test")
         self.points = exit_points(self.cfg, self.model.exits)
         self.labels = self.test.labels
         self.decide = cache(self._decide)
 
     def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-        from ddnn.core.exits import cascade
-        from ddnn.nn.evaluate import presence_mask, run_model
-
         n = self.cfg.model.n_devices
         missing = [d for d in range(n) if d not in devices]
         outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
@@ -62,8 +61,6 @@ class Reference:
         return d.predictions, [self.points[e].name for e in d.exit_index]
 
     def accuracy(self, devices: tuple[int, ...]) -> float:
-        from ddnn.nn.evaluate import accuracy_percent
-
         predictions, _ = self.decide(devices)
         return accuracy_percent(predictions, self.labels)
 
@@ -309,18 +306,13 @@ def run_scenario(
 ) -> dict[str, Any]:
     """Run one scenario on a fresh deployment of `model`; the rows, the services' final
     counters and rejections, and whether every process that should live is alive."""
-    from ddnn.live.broker import start_broker
-    from ddnn.nn.checkpoint import load_model
-    from ddnn.nn.export import export
-
     if name not in SCENARIOS:
         raise DDNNError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     net, cfg, meta = load_model(model)
+    aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
+    aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
+    aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
     with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
-        work = workdir or Path(tmp)
-        artifacts = work / "artifacts"
-        manifest = export(net, cfg, artifacts, meta)
-        reference = Reference(artifacts)
         broker = start_broker()
         port = broker.port
 
@@ -331,33 +323,28 @@ def run_scenario(
             broker = start_broker(port=port)
             return time.monotonic()
 
-        settings = broker.settings()
-        deployment = f"faults-{name}"
-        common = ["--artifacts", str(artifacts), "--broker", settings.url]
-        common += ["--mqtt", settings.protocol, "--deployment", deployment, "--log-level", "info"]
-        aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
-        aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
-        aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
-        fleet = Fleet(common, work, {AGGREGATOR: aggregator})
-        roles = deployment_roles(cfg.model)
-        driver = None
         try:
-            for role in roles:
-                fleet.start(role)
-            driver = Driver(settings, Topics(deployment, manifest.model_version), fleet, 3.0)
-            driver.wait_online(roles)
-            log(f"{name}: {len(roles)} services online")
-            h = Harness(fleet, driver, reference, roles, restart_broker)
-            rows = SCENARIOS[name](h)
-            alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
+            with deployment(
+                net,
+                cfg,
+                meta,
+                workdir or Path(tmp),
+                broker.settings(),
+                f"faults-{name}",
+                extra={AGGREGATOR: aggregator},
+                log_level="info",
+                retry_after=3.0,
+                drain=2.0,  # the services' last statuses, with their counters
+            ) as running:
+                fleet, driver, roles = running.fleet, running.driver, running.roles
+                log(f"{name}: {len(roles)} services online")
+                reference = Reference(running.artifacts)
+                h = Harness(fleet, driver, reference, roles, restart_broker)
+                rows = SCENARIOS[name](h)
+                alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
         finally:
-            codes = fleet.stop()
-            if driver is not None:
-                end = time.monotonic() + 2.0
-                while time.monotonic() < end:  # the services' last statuses, with counters
-                    driver.pump(0.1)
-                driver.close()
             broker.stop()
+    codes = running.codes
     return {
         "scenario": name,
         "rows": rows,

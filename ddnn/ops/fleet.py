@@ -32,21 +32,36 @@ from ddnn.ops.stats import percentiles
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
 
 
+# How a role's process is started: the command line up to the `ddnn` command's arguments.
+Launch = Callable[[Role], list[str]]
+
+
+def python_m_ddnn(role: Role) -> list[str]:
+    """Every role as an operator starts it: `python -m ddnn`."""
+    return [sys.executable, "-m", "ddnn"]
+
+
 class Fleet:
     """The service processes of one deployment; `common` are the options all of them take
-    (artifacts, broker, deployment), `extra` the ones of a single role."""
+    (artifacts, broker, deployment), `extra` the ones of a single role, `launch` how a role's
+    process is started (default: `python -m ddnn`)."""
 
     def __init__(
-        self, common: list[str], logs: Path, extra: dict[Role, list[str]] | None = None
+        self,
+        common: list[str],
+        logs: Path,
+        extra: dict[Role, list[str]] | None = None,
+        launch: Launch | None = None,
     ) -> None:
         self.common = common
         self.logs = logs
         self.extra = extra or {}
+        self.launch = launch or python_m_ddnn
         self.procs: dict[Role, subprocess.Popen] = {}
         self.restarts: Counter[Role] = Counter()
 
     def start(self, role: Role) -> None:
-        argv = [sys.executable, "-m", "ddnn", role.tier, *self.common, *self.extra.get(role, [])]
+        argv = [*self.launch(role), role.tier, *self.common, *self.extra.get(role, [])]
         if role.index is not None:
             argv += ["--id", str(role.index)]
         log = (self.logs / f"{role}.log").open("a")
