@@ -3,21 +3,23 @@
 OpenCV only; the public names are re-exported here."""
 
 from ddnn.data.multiview import (
-    DEFAULT_SYNTH_SAMPLES,
-    DEFAULT_SYNTH_SEED,
     MVMC_CLASSES,
     MultiViewData,
     Splits,
     cut_tiles,
-    data_dir,
     from_mvmc_arrays,
     load_mvmc,
-    load_spec,
     load_tiles,
-    parse_grid,
     sample_labels,
     save_mvmc,
     split,
+)
+from ddnn.data.specs import (
+    DEFAULT_SYNTH_SAMPLES,
+    DEFAULT_SYNTH_SEED,
+    data_dir,
+    load_spec,
+    parse_grid,
     synthetic,
     synthetic_cache_path,
 )

@@ -1,33 +1,26 @@
-"""Multi-view data sets: the paper's MVMC file format, the synthetic set, tiled images.
+"""Multi-view data sets: `MultiViewData`, the paper's MVMC file format, tiled images, and the
+train / validation / test split.
 
-Everything becomes a `MultiViewData`: one sample is V views (one per device) of one object.
-A data SPEC names where data comes from:
-- `synth`: the default synthetic multi-camera set, generated once and cached;
-- `mvmc:PATH`: any file in the MVMC format (`X` float32 (N, 6, 3, 32, 32), pixels 0-255,
-  all-zero where the object is absent; `y` int (N, 6), 3 = absent);
-- `tiles:PATH`: an `.npz` with `X` (N, H, W[, C]) and `y` (N,), each image cut into a grid.
+One sample is V views (one per device) of one object:
+- the MVMC format: `X` float32 (N, 6, 3, 32, 32), pixels 0-255, all-zero where the object is
+  absent; `y` int (N, 6), 3 = absent (the synthetic set is written in it too);
+- tiled images: an `.npz` with `X` (N, H, W[, C]) and `y` (N,), each image cut into a grid.
 Pixels stay in 0..255: the first binary layer's signed sums are then exact in float32.
+Data SPECs (`synth`, `mvmc:PATH`, `tiles:PATH`) are read by ddnn/data/specs.py.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ddnn.core.config import TrainConfig
 from ddnn.core.errors import DataError
 from ddnn.core.files import read_npz, replaced
 
-if TYPE_CHECKING:
-    from ddnn.core.config import TrainConfig
-
 MVMC_CLASSES = ["car", "bus", "person"]
-DEFAULT_SYNTH_SAMPLES = 2000
-DEFAULT_SYNTH_SEED = 0
 
 
 @dataclass
@@ -141,67 +134,6 @@ def load_tiles(path: Path | str, grid: tuple[int, int] = (2, 3)) -> MultiViewDat
     views = np.repeat(y[:, None], x.shape[1], axis=1).astype(np.int32)
     classes = [str(c) for c in range(n_classes)]
     return MultiViewData(x, views, y.astype(np.int64), classes, f"tiles:{path}")
-
-
-def data_dir() -> Path:
-    """Where generated data is cached: $DDNN_DATA_DIR, else the checkout's `datasets/`
-    folder, else ~/.cache/ddnn."""
-    if env := os.environ.get("DDNN_DATA_DIR"):
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "datasets"
-    if checkout.is_dir():
-        return checkout
-    return Path.home() / ".cache" / "ddnn"
-
-
-def synthetic_cache_path(
-    n_samples: int = DEFAULT_SYNTH_SAMPLES, seed: int = DEFAULT_SYNTH_SEED
-) -> Path:
-    from ddnn.data import synth
-
-    return data_dir() / "synth" / f"synth-v{synth.VERSION}-n{n_samples}-s{seed}.npz"
-
-
-def synthetic(
-    n_samples: int = DEFAULT_SYNTH_SAMPLES,
-    seed: int = DEFAULT_SYNTH_SEED,
-    progress: Callable[[int], None] | None = None,
-) -> MultiViewData:
-    """The synthetic multi-camera set, generated on first use and cached under data_dir()
-    (keyed by the generator's version, so a changed generator never serves stale data)."""
-    from ddnn.data import synth
-
-    path = synthetic_cache_path(n_samples, seed)
-    if path.exists():
-        data = load_mvmc(path)
-    else:
-        x, y = synth.synthesize(n_samples, seed=seed, progress=progress)
-        save_mvmc(path, x, y)
-        data = from_mvmc_arrays(x, y, name=f"mvmc:{path}")
-    is_default = (n_samples, seed) == (DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED)
-    data.name = "synth" if is_default else f"synth(n={n_samples}, seed={seed})"
-    return data
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    rows, sep, cols = text.lower().partition("x")
-    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
-        raise DataError(f"grid must look like 2x3, got {text!r}")
-    return int(rows), int(cols)
-
-
-def load_spec(
-    spec: str, grid: str = "2x3", progress: Callable[[int], None] | None = None
-) -> MultiViewData:
-    """Load the data set a SPEC names (see the module docstring)."""
-    kind, _, arg = spec.partition(":")
-    if kind == "synth" and not arg:
-        return synthetic(progress=progress)
-    if kind == "mvmc" and arg:
-        return load_mvmc(arg)
-    if kind == "tiles" and arg:
-        return load_tiles(arg, parse_grid(grid))
-    raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")
 
 
 @dataclass

@@ -1,0 +1,83 @@
+"""Data SPECs: where a data set comes from, by name, and the cached synthetic set.
+
+- `synth`: the default synthetic multi-camera set (ddnn/data/synth/), generated once and
+  cached under `data_dir()`;
+- `mvmc:PATH`: any file in the MVMC format;
+- `tiles:PATH`: an `.npz` of images and labels, each image cut into a `--grid` of views.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ddnn.core.errors import DataError
+from ddnn.data import synth
+from ddnn.data.multiview import (
+    MultiViewData,
+    from_mvmc_arrays,
+    load_mvmc,
+    load_tiles,
+    save_mvmc,
+)
+
+DEFAULT_SYNTH_SAMPLES = 2000
+DEFAULT_SYNTH_SEED = 0
+
+
+def data_dir() -> Path:
+    """Where generated data is cached: $DDNN_DATA_DIR, else the checkout's `datasets/`
+    folder, else ~/.cache/ddnn."""
+    if env := os.environ.get("DDNN_DATA_DIR"):
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "datasets"
+    if checkout.is_dir():
+        return checkout
+    return Path.home() / ".cache" / "ddnn"
+
+
+def synthetic_cache_path(
+    n_samples: int = DEFAULT_SYNTH_SAMPLES, seed: int = DEFAULT_SYNTH_SEED
+) -> Path:
+    return data_dir() / "synth" / f"synth-v{synth.VERSION}-n{n_samples}-s{seed}.npz"
+
+
+def synthetic(
+    n_samples: int = DEFAULT_SYNTH_SAMPLES,
+    seed: int = DEFAULT_SYNTH_SEED,
+    progress: Callable[[int], None] | None = None,
+) -> MultiViewData:
+    """The synthetic multi-camera set, generated on first use and cached under data_dir()
+    (keyed by the generator's version, so a changed generator never serves stale data)."""
+    path = synthetic_cache_path(n_samples, seed)
+    if path.exists():
+        data = load_mvmc(path)
+    else:
+        x, y = synth.synthesize(n_samples, seed=seed, progress=progress)
+        save_mvmc(path, x, y)
+        data = from_mvmc_arrays(x, y, name=f"mvmc:{path}")
+    is_default = (n_samples, seed) == (DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED)
+    data.name = "synth" if is_default else f"synth(n={n_samples}, seed={seed})"
+    return data
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+        raise DataError(f"grid must look like 2x3, got {text!r}")
+    return int(rows), int(cols)
+
+
+def load_spec(
+    spec: str, grid: str = "2x3", progress: Callable[[int], None] | None = None
+) -> MultiViewData:
+    """Load the data set a SPEC names (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synth" and not arg:
+        return synthetic(progress=progress)
+    if kind == "mvmc" and arg:
+        return load_mvmc(arg)
+    if kind == "tiles" and arg:
+        return load_tiles(arg, parse_grid(grid))
+    raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")
