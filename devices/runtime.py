@@ -1,10 +1,10 @@
 """The device slice behind one small interface: a frame in, class scores and a feature map out.
 
 Two runtimes implement it:
-- `PackedSlice` (the default): the slice exported in the bit-packed format of ddnn/packed.py,
+- `PackedSlice` (the default): the slice exported in the bit-packed format of ddnn/packed/,
   run with NumPy and, when installed, numba's compiled kernels. No PyTorch: weights are bits,
   batch norm + sign are integer (or float32) thresholds. Bit-exact with the torch model in
-  eval mode (ddnn/packed.py says exactly in what sense).
+  eval mode (ddnn/packed/format.py says exactly in what sense).
 - `TorchSlice` (ddnn/nn/runtime.py): the exported weights in PyTorch, for any slice, a float
   device tier included. It lives with the model code, and a device finds it through the
   `ddnn.runtimes` entry point (pyproject.toml), so that this package never imports PyTorch:

@@ -1,7 +1,7 @@
 """Frame sources: where an end device's frames come from.
 
 A device runs its slice on frames in the representation of `MultiViewData.x[n, v]`
-(ddnn/data.py): float32 arrays (C, H, W) with pixels 0..255, channels in RGB order (or one
+(ddnn/data/multiview.py): float32 arrays (C, H, W) with pixels 0..255, channels in RGB order (or one
 grey channel), each tagged with a sample id. The sample id is the correlation id across
 devices: the aggregators put together the devices' messages for the same id, so the frames
 that different devices tag with one id must show the same instant.

@@ -1,5 +1,5 @@
 """The bit-packed device slice: exact against torch, small, refused when corrupt, fast, and
-runnable without PyTorch (ddnn/packed.py, devices/runtime.py `PackedSlice`)."""
+runnable without PyTorch (ddnn/packed/, devices/runtime.py `PackedSlice`)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ class ModelConfig(_Strict):
 
     @property
     def device_feature_kind(self) -> str:
-        """How a device's feature map is encoded on the wire (see ddnn.packing)."""
+        """How a device's feature map is encoded on the wire (see ddnn.core.payloads)."""
         if not self.device.conv_filters:
             return "pixels"
         return "binary" if self.device.precision == "binary" else "float"
@@ -144,7 +144,7 @@ class CalibrationSpec(_Strict):
 
     rule "max_loss": the lowest communication whose accuracy loss against the last exit
     alone, plus `confidence` standard errors of it, is at most `max_loss` points
-    (`ddnn.evaluate.pick_thresholds` says why); "best": the best overall accuracy.
+    (`ddnn.nn.evaluate.pick_thresholds` says why); "best": the best overall accuracy.
     """
 
     rule: Literal["max_loss", "best"] = "max_loss"

@@ -1,10 +1,10 @@
 """The export manifest and artifact integrity checks, without PyTorch.
 
-`ddnn export` (ddnn/export.py) writes `manifest.json` next to the per-role artifacts; every
+`ddnn export` (ddnn/nn/export.py) writes `manifest.json` next to the per-role artifacts; every
 live service reads it first. This module is what reading needs: the manifest's schema, its
 validation, and the SHA-256 check of an artifact against its manifest entry. It imports
 neither PyTorch nor the model, so that a device running the bit-packed slice
-(ddnn/packed.py) starts with NumPy alone.
+(ddnn/packed/) starts with NumPy alone.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Manifest(BaseModel):
     artifacts: dict[str, Artifact]
     software: dict[str, str]
     meta: dict[str, Any] = {}  # from the model file: the data it was trained on, and so on
-    # Device role -> its slice in the bit-packed format of ddnn/packed.py (a second form of
+    # Device role -> its slice in the bit-packed format of ddnn/packed/format.py (a second form of
     # the same weights, so not a role of its own). Absent where a slice cannot be packed
     # (a float device tier) and in exports written before the packed format existed.
     packed: dict[str, Artifact] = {}

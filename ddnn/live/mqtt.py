@@ -15,7 +15,7 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
 
 Protocol version. The client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
 is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
-3.1.1. Callers choose it explicitly, there is no guessing: `ddnn.broker.start_broker` returns a
+3.1.1. Callers choose it explicitly, there is no guessing: `ddnn.live.broker.start_broker` returns a
 `RunningBroker` whose `.protocol` says which version its clients must use and whose
 `.settings()` carries it; for an external broker it is part of the broker settings
 (`protocol: "3.1.1"`). A broker that rejects the version shows up as a failed connection

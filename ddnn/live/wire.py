@@ -14,7 +14,7 @@ Every payload is a msgpack map with the schema version `v` and a `kind`, validat
 pydantic model before use: wrong version, types, shapes, sizes or non-finite numbers raise
 `WireError` with the reason, which services count and log and never die of. The sample
 (frame) id is every message's correlation id. Arrays travel as raw little-endian bytes
-(`ddnn.packing`), so payload lengths are the bytes that evaluation counts.
+(`ddnn.core.payloads`), so payload lengths are the bytes that evaluation counts.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Features(_Message):
 
     @classmethod
     def of(cls, sample: int, source: str, features: np.ndarray, kind: str) -> Features:
-        """The message for a feature map of `kind` (binary, pixels or float; ddnn.packing)."""
+        """The message for a feature map of `kind` (binary, pixels or float; ddnn.core.payloads)."""
         return cls(
             sample=sample,
             source=source,

@@ -4,7 +4,7 @@ Accuracy measures follow the paper (Section III-F): an exit's accuracy is the ac
 every sample exits there; overall accuracy is the cascade's under the thresholds.
 Communication per device per sample is reported two ways: the paper's formula (1),
 c = 4|C| + (1 - l) f o / 8, and measured as the lengths of the payloads a device actually
-sends (`ddnn.packing`), next to raw offload of the input (C*H*W bytes, one byte per pixel).
+sends (`ddnn.core.payloads`), next to raw offload of the input (C*H*W bytes, one byte per pixel).
 Devices listed as missing send nothing and are not counted in the per-device average.
 """
 

@@ -4,9 +4,9 @@
 local aggregator, each edge, the cloud) plus `manifest.json`. An artifact is a NumPy `.npz`
 of that role's weights under their names in the whole model's state dict, read back with
 `allow_pickle=False`: plain arrays, no code. Each binary device slice is also written in the
-bit-packed format of ddnn/packed.py (`device-<i>.bits`, listed under the manifest's `packed`
+bit-packed format of ddnn/packed/format.py (`device-<i>.bits`, listed under the manifest's `packed`
 with its own SHA-256): what the NumPy device runtime runs without PyTorch. The manifest's
-schema and reading live in ddnn/manifest.py (no PyTorch either). The manifest holds the
+schema and reading live in ddnn/core/manifest.py (no PyTorch either). The manifest holds the
 config (topology, exits and thresholds, data split), the software versions, and a SHA-256
 per artifact; the model version that topics carry is derived from those hashes, so two
 exports of the same weights share a version and any change of weights or thresholds gives a
@@ -62,7 +62,7 @@ def weight_prefixes(cfg: ModelConfig) -> dict[Role, list[str]]:
 
 def _export_packed(model: DDNN, cfg: ModelConfig, out: Path) -> dict[str, Artifact]:
     """Each device's slice in the bit-packed format as well (`device-<i>.bits`, see
-    ddnn/packed.py), where the slice packs: a binary device tier with an exit head. A slice
+    ddnn/packed/format.py), where the slice packs: a binary device tier with an exit head. A slice
     that fails the exactness checks of packing is left to the torch runtime, with a warning."""
     if packable(cfg) is not None:
         return {}

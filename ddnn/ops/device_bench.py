@@ -2,7 +2,7 @@
 
 - torch_float: the same slice as a float network (unquantized weights, ReLU), in PyTorch;
 - torch_binary: the binarized slice in eval mode in PyTorch (what `TorchSlice` runs);
-- packed: the bit-packed slice (ddnn/packed.py) with its default kernel (numba when
+- packed: the bit-packed slice (ddnn/packed/) with its default kernel (numba when
   installed), and `packed_numpy` with the plain NumPy kernel for reference.
 
 Each is timed through the call a device makes (a (C, H, W) float32 frame in, NumPy scores

@@ -1,11 +1,11 @@
-"""Compiled kernels of the bit-packed device slice (ddnn/packed.py), with numba.
+"""Compiled kernels of the bit-packed device slice (ddnn/packed/), with numba.
 
 The same decisions as the NumPy path, written as loops that LLVM compiles: a batch-1 frame
 costs microseconds instead of the tens that a dozen NumPy calls cost in overhead alone.
-Importing this module raises ImportError where numba is missing; ddnn/packed.py then falls
+Importing this module raises ImportError where numba is missing; ddnn/packed/kernels.py then falls
 back to NumPy. Kernels are compiled on first use and cached on disk (`cache=True`).
 
-Conventions (see ddnn/packed.py): weight bit k = c*9 + ky*3 + kx of a filter at bit k % 64
+Conventions (see ddnn/packed/format.py): weight bit k = c*9 + ky*3 + kx of a filter at bit k % 64
 of word k // 64, 1 meaning +1; activations are float32 +-1 arrays (> 0 meaning +1), and also
 packed into words in flatten order for the next binary layer; a channel is +1 where
 `direction * pooled >= threshold`.
