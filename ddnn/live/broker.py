@@ -191,6 +191,8 @@ def _amqtt_broker_class() -> type:
     """amqtt's Broker, less one bug of 0.12.1: on every connect it sends the new client the
     retained messages of every topic filter that *any* client subscribes to. Here a client
     gets the retained messages of its own subscriptions only."""
+    # Imported here, not at the top: only the embedded broker needs amqtt, and importing it
+    # (with its dependencies) would slow every service, which only ever uses the client.
     from amqtt.broker import Broker
 
     class ScopedRetainBroker(Broker):

@@ -26,6 +26,8 @@ from ddnn.core.exits import Decisions, ExitInputs, ExitPoint, cascade
 from ddnn.core.fusion import score_fusions
 from ddnn.core.payloads import pack_features, pack_scores
 from ddnn.data import MultiViewData, load_spec, split
+from ddnn.nn.checkpoint import load_model
+from ddnn.nn.export import load_exported_model
 from ddnn.nn.model import DDNN
 
 
@@ -388,9 +390,6 @@ def load_for_eval(
     the part of a data set to evaluate it on: `data` (a SPEC, default: the data it was
     trained on, with its grid), split as in training; part "all" for the whole set.
     `loader(spec, grid)` loads the data (default `ddnn.data.load_spec`)."""
-    from ddnn.nn.checkpoint import load_model
-    from ddnn.nn.export import load_exported_model
-
     model_path = Path(model_path)
     if model_path.is_dir():
         model, cfg, manifest = load_exported_model(model_path)

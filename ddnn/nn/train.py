@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig
 from ddnn.data import MultiViewData, Splits
+from ddnn.nn.evaluate import accuracy_percent, run_model
 from ddnn.nn.layers import clip_quantized_weights
 from ddnn.nn.model import DDNN
 
@@ -136,8 +137,6 @@ def individual_accuracy(
 ) -> float:
     """Train `device`'s slice alone on its views of the training part (labels are the
     sample's, also where the camera sees nothing) and return its test accuracy in %."""
-    from ddnn.nn.evaluate import accuracy_percent, run_model
-
     result = fit(view(parts.train, device), individual_config(cfg), on_epoch)
     probs = run_model(result.model, view(parts.test, device)).probs["local"]
     return accuracy_percent(probs.argmax(1), parts.test.labels)

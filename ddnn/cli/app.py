@@ -1,0 +1,17 @@
+"""The `ddnn` Typer application and its command groups; the commands register themselves
+on them (ddnn/cli/data.py, model.py, live.py)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="Distributed deep neural networks over the cloud, the edge and end devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Measure the parts the live system is built on.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")

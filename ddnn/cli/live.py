@@ -1,0 +1,280 @@
+"""The live system: `ddnn broker`, `bench`, `demo`, `faults` and `inspect`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddnn.cli.app import app, bench_app
+from ddnn.cli.options import JsonFlag
+from ddnn.cli.render import Rows, err, show
+from ddnn.core.errors import DDNNError
+from ddnn.data import data_dir
+from ddnn.live.broker import broker_ceiling, start_broker
+from ddnn.live.mqtt import BrokerSettings
+from ddnn.packed.inspect import inspect_artifact
+
+# The `ddnn` command runs every service, a device and the aggregator too, which must not
+# import PyTorch: the model code (ddnn.nn) and operations (ddnn.ops, which use it) are imported
+# inside the commands that need them, which also keeps `ddnn --help` instant.
+
+BrokerKindOption = Annotated[
+    str,
+    typer.Option(
+        "--kind", help="auto (mosquitto if installed, else embedded), mosquitto or embedded"
+    ),
+]
+
+
+@app.command("broker")
+def broker_cmd(
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: free)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    kind: BrokerKindOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried on one
+    machine with nothing installed by hand (mosquitto when present, else a Python broker)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    broker = start_broker(port=port, host=host, kind=kind)
+    try:
+        info = {"url": broker.url, "kind": broker.kind, "protocol": broker.protocol}
+        listening = (
+            f"{broker.kind} broker listening on {broker.url} (clients: MQTT {broker.protocol}); "
+            "Ctrl-C stops it"
+        )
+        show(info, as_json, [listening])
+        while not stop.wait(0.2):
+            if not broker.running:
+                raise DDNNError(f"the {broker.kind} broker on {broker.url} stopped by itself")
+    finally:
+        broker.stop()
+    if not as_json:
+        err.print("broker stopped")
+
+
+@bench_app.command("broker")
+def bench_broker(
+    broker_url: Annotated[
+        str | None,
+        typer.Option("--broker", help="broker URL to measure (default: start one here)"),
+    ] = None,
+    messages: Annotated[int, typer.Option(min=1, help="messages to relay")] = 2000,
+    payload_bytes: Annotated[int, typer.Option(min=0, help="bytes per message")] = 64,
+    protocol: Annotated[
+        str, typer.Option(help="MQTT version the --broker speaks: 5 or 3.1.1")
+    ] = "5",
+    kind: BrokerKindOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure the raw broker ceiling: small QoS 0 messages per second from one client through
+    the broker to another. No service built on that broker can beat it."""
+    # validated up front, also when no --broker is given (then only --protocol is checked)
+    settings = BrokerSettings.from_url(broker_url or "mqtt://127.0.0.1", protocol=protocol)
+    if broker_url is not None:
+        result = broker_ceiling(settings, messages, payload_bytes)
+        result["kind"] = "external"
+    else:
+        with start_broker(kind=kind) as broker:
+            result = broker_ceiling(broker.settings(), messages, payload_bytes)
+            result["kind"] = broker.kind
+    row = {k: result[k] for k in ("messages", "received", "seconds", "messages_per_second")}
+    show(
+        result,
+        as_json,
+        [Rows(f"broker ceiling, {result['kind']} broker {result['broker']}", [row])],
+    )
+
+
+@bench_app.command("device")
+def bench_device(
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            "--artifacts", help="a `ddnn export` directory (default: the paper's slice, untrained)"
+        ),
+    ] = None,
+    device: Annotated[int, typer.Option(min=0, help="which device of --artifacts")] = 0,
+    frames: Annotated[int, typer.Option(min=10, help="frames timed per path")] = 2000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Per-frame latency of a device slice at batch 1 (p50, p99): the torch float slice, the
+    torch binarized slice in eval mode and the bit-packed slice, in one run, interleaved."""
+    from ddnn.ops.device_bench import bench_device as run_bench
+
+    result = run_bench(artifacts, device, frames)
+    rows = [
+        {"path": name, "p50 us": v["p50"], "p99 us": v["p99"], "packed is x faster": s}
+        for name, v in result["latency_us"].items()
+        for s in [result["speedup"].get(name)]
+    ]
+    title = f"{result['slice']}: {result['frames']} frames per path, batch 1, one thread"
+    summary = (
+        f"packed kernel {result['kernel']}; {result['weights_bytes']} bytes of weights and "
+        f"thresholds (torch float32: {result['torch_float32_bytes']}); packed outputs equal "
+        f"torch's on {result['bit_exact_frames']}/{result['checked_frames']} checked frames"
+    )
+    show(result, as_json, [Rows(title, rows), summary])
+
+
+@app.command()
+def demo(
+    samples: Annotated[int, typer.Option(min=1, help="samples to decide")] = 500,
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="device processes to start (default: all)")
+    ] = None,
+    edge: Annotated[bool, typer.Option(help="a model with an edge tier (two edges)")] = False,
+    model_path: Annotated[
+        Path | None, typer.Option("--model", help="a model file (default: train a demo model)")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="use this broker URL instead of starting one")
+    ] = None,
+    mqtt: Annotated[str, typer.Option(help="MQTT version of --broker: 5 or 3.1.1")] = "5",
+    window: Annotated[int, typer.Option(min=1, help="samples in flight at most")] = 16,
+    decisions: Annotated[
+        Path | None, typer.Option(help="write every decision message as JSON lines here")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The whole live system on this machine: a broker, one process per device, the
+    aggregator, the edges and the cloud, driven over the test set; then a summary."""
+    from ddnn.ops.demo import run_demo
+
+    report = run_demo(
+        model_path,
+        samples,
+        devices,
+        edge,
+        broker,
+        mqtt,
+        window,
+        decisions,
+        data_dir() / "demo",
+        lambda text: err.print(text),
+    )
+    columns = ("decided", "undecided", "degraded", "accuracy", "bytes_per_device")
+    b = report["broker"]
+    show(
+        report,
+        as_json,
+        [
+            Rows(
+                f"live DDNN: {report['samples']} samples, {report['devices']} devices",
+                [{k: report[k] for k in columns}],
+            ),
+            Rows("exit fraction %", [report["exit_fraction"]]),
+            Rows(
+                "latency ms per exit tier",
+                [{"tier": t, **v} for t, v in report["latency_ms"].items()],
+            ),
+            f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
+            f"{b['ceiling_messages_per_second']} messages/s",
+        ],
+    )
+
+
+@app.command()
+def faults(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="device-down, attrition, straggler, flapping, broker-restart, "
+            "service-restart, bad-input or dropout (repeatable; default: all)"
+        ),
+    ] = None,
+    model_path: Annotated[
+        Path | None, typer.Option("--model", help="a model file (default: the demo model)")
+    ] = None,
+    compare_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="for dropout: a model trained without device dropout (default: train one)"
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Inject faults into a live deployment (killed, paused and flapping devices, broker and
+    service restarts, a rogue client) and check every sample against offline evaluation."""
+    from ddnn.ops.demo import demo_model
+    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, run_scenario
+
+    def log(text: str) -> None:
+        if not as_json:
+            err.print(text)
+
+    names = scenario or [*SCENARIOS, "dropout"]
+    unknown = [n for n in names if n not in SCENARIOS and n != "dropout"]
+    if unknown:
+        raise DDNNError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}, dropout")
+    cache = data_dir() / "demo"
+    model = model_path or demo_model(False, cache, log)
+    results = []
+    for name in names:
+        if name == "dropout":
+            baseline = compare_model or demo_model(False, cache, log, dropout=0.0)
+            for label, path in (("with dropout", model), ("without dropout", baseline)):
+                result = run_scenario("device-down", path, log)
+                result["scenario"] = f"dropout: {label}"
+                results.append(result)
+        else:
+            results.append(run_scenario(name, model, log))
+    tables = []
+    for result in results:
+        rows = [
+            {
+                "stretch": row["scenario"],
+                "samples": row["samples"],
+                "decided": row["decided"],
+                "undecided": row["undecided"],
+                "lost": row["lost"],
+                "acc %": row["accuracy"],
+                "offline %": row["offline_accuracy"],
+                "differ": row["mismatches"],
+                "exits l/e/c": "/".join(f"{v:g}" for v in row["exit_fraction"].values()),
+                "detect or recover s": row.get("recovery_s", row.get("detect_s")),
+                "local p50 ms": row.get("local_p50_after_ms", row["latency_p50_ms"]),
+                "cost": row.get("cost"),
+            }
+            for row in result["rows"]
+        ]
+        tables.append(Rows(result["scenario"], rows))
+    legend = (
+        "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
+        "samples; differ: decisions that differ from it; local p50: latency of local exits "
+        "(for a killed device: of samples after its last will was seen; the score deadline "
+        f"is {SCORE_DEADLINE * 1000:g} ms); cost: accuracy points lost on the whole test part "
+        "without that device"
+    )
+    show({"results": results}, as_json, [*tables, legend])
+
+
+@app.command("inspect")
+def inspect_(
+    artifact: Annotated[
+        Path, typer.Argument(help="a `ddnn export` directory, or a packed slice file (.bits)")
+    ],
+    device: Annotated[
+        int, typer.Option(min=0, help="which device's slice, for an export directory")
+    ] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a bit-packed device slice: its layers, parameter count and bytes in memory."""
+    report = inspect_artifact(artifact, device)
+    rows = [
+        {k: "x".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+        for row in report["layers"]
+    ]
+    summary = (
+        f"{report['parameters']} parameters; {report['weights_bytes']} bytes of weights and "
+        f"thresholds in memory (as float32 in torch: {report['torch_float32_bytes']}); "
+        f"file {report['file_bytes']} bytes"
+    )
+    title = f"{report['file']} (packed format v{report['format_version']})"
+    show(report, as_json, [Rows(title, rows), summary])

@@ -1,0 +1,342 @@
+"""Training and offline evaluation: `ddnn train`, `eval`, `sweep`, `calibrate`, `baseline`,
+`config` and `export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+import yaml
+
+from ddnn.cli.app import app
+from ddnn.cli.options import (
+    ConfigFile,
+    DataSpec,
+    Epochs,
+    Grid,
+    JsonFlag,
+    ModelPath,
+    OptionalData,
+    OptionalGrid,
+    Overrides,
+    Seed,
+    Split,
+    config_from,
+    load_data,
+    parse_devices,
+    parse_devices_ordered,
+    parse_thresholds,
+)
+from ddnn.cli.render import Rows, out, progress_bar, report_blocks, show
+from ddnn.core.config import DDNNConfig
+from ddnn.core.errors import DDNNError
+from ddnn.core.exits import cascade, exit_points
+from ddnn.data import MultiViewData, split
+
+if TYPE_CHECKING:
+    from ddnn.nn.model import DDNN
+
+# The `ddnn` command runs every service, a device and the aggregator too, which must not
+# import PyTorch: the model code (ddnn.nn) and operations (ddnn.ops, which use it) are imported
+# inside the commands that need them, which also keeps `ddnn --help` instant.
+
+
+def _epoch_info(stats: dict[str, float]) -> str:
+    accs = " ".join(
+        f"{k.removeprefix('train_acc_')} {v:.0f}%" for k, v in stats.items() if k != "loss"
+    )
+    return f"loss {stats['loss']:.3f}  train acc: {accs}"
+
+
+@app.command()
+def train(
+    data: DataSpec = "synth",
+    out_path: Annotated[Path, typer.Option("--out", help="model file to write")] = Path("model.pt"),
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    grid: Grid = "2x3",
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
+    from ddnn.nn.checkpoint import save_model
+    from ddnn.nn.evaluate import evaluate, pick_thresholds, run_model, set_thresholds
+    from ddnn.nn.train import fit
+
+    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    parts = split(load_data(data, grid, as_json), cfg.train)
+    with progress_bar("training", cfg.train.epochs, as_json) as advance:
+        result = fit(parts.train, cfg, on_epoch=lambda e, s: advance(info=_epoch_info(s)))
+    cfg, model = result.config, result.model
+    picked: dict[str, float] = {}
+    if parts.validation is not None:
+        outputs = run_model(model, parts.validation)
+        points = exit_points(cfg, model.exits)
+        c = cfg.calibration
+        picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
+        cfg = set_thresholds(cfg, picked)
+    test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
+    meta = {
+        "data": data,
+        "grid": grid,
+        "train_seconds": round(result.seconds, 2),
+        "final_epoch": result.history[-1],
+        "calibrated_on": "validation" if picked else None,
+    }
+    save_model(out_path, model, cfg, meta)
+    summary = {"model": str(out_path), **meta, "thresholds": picked, "test": test_report}
+    n_validation = len(parts.validation) if parts.validation else 0
+    show(
+        summary,
+        as_json,
+        [
+            f"trained on {len(parts.train)} samples in {result.seconds:.1f}s; thresholds "
+            f"picked on {n_validation} validation samples: {picked}",
+            f"wrote {out_path}; test split:",
+            *report_blocks(test_report),
+        ],
+    )
+
+
+def _eval_context(
+    model_path: Path, data: str | None, grid: str | None, part: str, quiet: bool
+) -> tuple[DDNN, DDNNConfig, dict[str, Any], MultiViewData]:
+    """Load a model, its metadata and the part of a data set to evaluate it on (by default
+    the test split of the data it was trained on), with progress while data is generated."""
+    from ddnn.nn.evaluate import load_for_eval
+
+    return load_for_eval(model_path, data, grid, part, lambda s, g: load_data(s, g, quiet))
+
+
+@app.command("eval")
+def eval_(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="exit threshold T for every exit but the last, or local=T,edge=T"),
+    ] = None,
+    missing: Annotated[
+        str | None, typer.Option(help="devices absent, e.g. 0,3 (as in Fig. 10)")
+    ] = None,
+    each_missing: Annotated[
+        bool, typer.Option(help="also evaluate with each single device absent (Fig. 10)")
+    ] = False,
+    scaling: Annotated[
+        bool, typer.Option(help="also evaluate as devices are added one by one (Fig. 8)")
+    ] = False,
+    order: Annotated[
+        str | None,
+        typer.Option(help="device order for --scaling (default: worst to best device alone)"),
+    ] = None,
+    part: Split = "test",
+    grid: OptionalGrid = None,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(help="write each sample's decision (class, exit) as JSON lines here"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
+    services run): accuracy per exit, overall accuracy, exit fractions, bytes."""
+    from ddnn.nn.evaluate import (
+        accuracy_by_device_count,
+        accuracy_each_missing,
+        device_ranking,
+        evaluate,
+        presence_mask,
+        run_model,
+        with_thresholds,
+        write_decisions,
+    )
+
+    model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
+    thresholds = parse_thresholds(threshold, model.exits)
+    points = with_thresholds(exit_points(cfg, model.exits), thresholds)
+    absent = parse_devices(missing)
+    present = presence_mask(len(dataset), dataset.n_views, absent)
+    outputs = run_model(model, dataset, present)
+    decided = cascade(points, outputs.inputs)
+    report = evaluate(outputs, points, decided)
+    report["missing"] = absent
+    if decisions is not None:
+        write_decisions(decisions, outputs, points, decided)
+    if each_missing:
+        report["each_missing"] = accuracy_each_missing(model, dataset, points)
+    if scaling:
+        device_order = parse_devices_ordered(order) if order else device_ranking(model, dataset)
+        report["scaling"] = accuracy_by_device_count(model, dataset, points, device_order)
+    blocks = report_blocks(report)
+    if each_missing:
+        blocks.append(Rows("each single device missing (accuracy %)", report["each_missing"]))
+    if scaling:
+        blocks.append(Rows("devices added one at a time (accuracy %)", report["scaling"]))
+    show(report, as_json, blocks)
+
+
+@app.command()
+def sweep(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    rule: Annotated[
+        str, typer.Option(help="how to pick T: best (accuracy) or max_loss (cheapest within)")
+    ] = "max_loss",
+    max_loss: Annotated[float, typer.Option(help="accuracy points max_loss may give up")] = 1.0,
+    part: Split = "test",
+    grid: OptionalGrid = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
+    from ddnn.nn.evaluate import pick_thresholds, run_model
+    from ddnn.nn.evaluate import sweep as sweep_rows
+
+    model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
+    points = exit_points(cfg, model.exits)
+    if len(points) < 2:
+        raise DDNNError("this model has a single exit: there is no threshold to sweep")
+    outputs = run_model(model, dataset)
+    rows = sweep_rows(outputs, points)
+    grid = [r["threshold"] for r in rows]
+    first = points[0].name
+    threshold = pick_thresholds(outputs, points, rule, max_loss, grid=grid, search=[first])[first]
+    picked = next(r for r in rows if r["threshold"] == threshold)
+    document = {"exit": points[0].name, "rows": rows, "rule": rule, "picked": picked}
+    if rule == "max_loss":
+        document["max_loss"] = max_loss
+    title = f"{points[0].name} exit threshold sweep ({len(dataset)} samples)"
+    show(document, as_json, [Rows(title, rows), f"picked T = {picked['threshold']} by rule {rule}"])
+
+
+@app.command()
+def calibrate(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    exit_fraction: Annotated[
+        str | None,
+        typer.Option(help="target share of all samples exiting: 0.6 (first exit) or local=0.6"),
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="bytes per device per sample to stay within")
+    ] = None,
+    rule: Annotated[
+        str | None, typer.Option(help="best or max_loss: search for accuracy instead")
+    ] = None,
+    max_loss: Annotated[
+        float | None, typer.Option(help="accuracy points max_loss may give up (config's)")
+    ] = None,
+    part: Annotated[str, typer.Option(help="held-out part to calibrate on")] = "validation",
+    write: Annotated[bool, typer.Option(help="store the thresholds in the model file")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
+    an accuracy rule, and store them in the model file."""
+    from ddnn.nn.checkpoint import save_model
+    from ddnn.nn.evaluate import (
+        evaluate,
+        local_fraction_for_budget,
+        pick_thresholds,
+        run_model,
+        set_thresholds,
+        thresholds_for_fractions,
+    )
+
+    if sum(x is not None for x in (exit_fraction, budget, rule)) != 1:
+        raise DDNNError("give exactly one of --exit-fraction, --budget or --rule")
+    if write and model_path.is_dir():
+        raise DDNNError(
+            f"{model_path} is a `ddnn export` directory, and exports are never changed: "
+            "calibrate the model file and export it again (or pass --no-write)"
+        )
+    model, cfg, meta, dataset = _eval_context(model_path, data, None, part, as_json)
+    points = exit_points(cfg, model.exits)
+    if len(points) < 2:
+        raise DDNNError("this model has a single exit: there is no threshold to calibrate")
+    outputs = run_model(model, dataset)
+    if rule is not None:
+        c = cfg.calibration
+        loss = c.max_loss if max_loss is None else max_loss
+        thresholds = pick_thresholds(outputs, points, rule, loss, c.confidence)
+    else:
+        if budget is not None:
+            if points[0].name != "local":
+                raise DDNNError("a bytes budget needs a local exit")
+            fractions = {"local": local_fraction_for_budget(outputs, budget)}
+        else:
+            fractions = {
+                name: float(v) for name, v in parse_thresholds(exit_fraction, model.exits).items()
+            }
+        thresholds = thresholds_for_fractions(outputs, points, fractions)
+    cfg = set_thresholds(cfg, thresholds)
+    report = evaluate(outputs, exit_points(cfg, model.exits))
+    if write:
+        save_model(model_path, model, cfg, {**meta, "calibrated_on": part})
+    document = {"thresholds": thresholds, "written": write, part: report}
+    written = f" written to {model_path}" if write else ""
+    show(document, as_json, [f"thresholds {thresholds}{written}", *report_blocks(report)])
+
+
+@app.command()
+def baseline(
+    data: DataSpec = "synth",
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    grid: Grid = "2x3",
+    as_json: JsonFlag = False,
+) -> None:
+    """Train each device's slice alone and test it (the paper's "Individual" accuracy)."""
+    from ddnn.nn.train import individual_accuracy
+
+    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    dataset = load_data(data, grid, as_json)
+    parts = split(dataset, cfg.train)
+    with progress_bar("devices", dataset.n_views * cfg.train.epochs, as_json) as advance:
+        accuracies = [
+            individual_accuracy(parts, d, cfg, on_epoch=lambda e, s: advance())
+            for d in range(dataset.n_views)
+        ]
+    document = {
+        "individual": accuracies,
+        "mean": round(float(np.mean(accuracies)), 2),
+        "samples": len(parts.test),
+    }
+    row = {f"device {d}": a for d, a in enumerate(accuracies)} | {"mean": document["mean"]}
+    show(
+        document, as_json, [Rows(f"individual accuracy % ({len(parts.test)} test samples)", [row])]
+    )
+
+
+@app.command("config")
+def show_config(config: ConfigFile = None, overrides: Overrides = None) -> None:
+    """Print the effective configuration (defaults, file, overrides) as YAML."""
+    cfg = config_from(config, overrides)
+    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@app.command("export")
+def export_(
+    model_path: ModelPath,
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the artifacts")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Split a trained model into one artifact per role (each device, the aggregator, each
+    edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact."""
+    from ddnn.nn.checkpoint import load_model
+    from ddnn.nn.export import export
+
+    model, cfg, meta = load_model(model_path)
+    manifest = export(model, cfg, out_dir, meta)
+    rows = [
+        {"role": role, "file": a.file, "bytes": a.bytes, "sha256": a.sha256[:16]}
+        for role, a in manifest.artifacts.items()
+    ]
+    document = {"out": str(out_dir), "model_version": manifest.model_version, "artifacts": rows}
+    show(
+        document,
+        as_json,
+        [Rows(f"exported model version {manifest.model_version} to {out_dir}", rows)],
+    )
