@@ -67,6 +67,6 @@ def edge(
         module.in_shape,
         setup.broker,
         setup.deployment,
-        output_kind="binary" if model.edge.precision == "binary" else "float",
+        output_format="binary" if model.edge.precision == "binary" else "float",
         deadline=deadline,
     ).run()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ddnn.core.config import FeatureFormat
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role
@@ -51,7 +52,7 @@ class TierService(Service):
         broker: BrokerSettings,
         deployment: str,
         *,
-        output_kind: str = "binary",
+        output_format: FeatureFormat = "binary",
         deadline: float = 1.0,
         keep_seconds: float = 10.0,
     ) -> None:
@@ -63,7 +64,7 @@ class TierService(Service):
         self.input_shape = input_shape
         self.tier = role.tier  # "edge" or "cloud"
         self.deadline = deadline
-        self.output_kind = output_kind
+        self.output_format = output_format
         self.collecting: OrderedDict[int, Collecting] = OrderedDict()
         self.done = Recent(KEEP_MAX)  # samples already run: their late feature maps are dropped
         self.kept = KeptMaps(keep_seconds, KEEP_MAX)
@@ -79,7 +80,7 @@ class TierService(Service):
                     self._collecting(message.sample).expected = mine
                     self._maybe_run(message.sample)
             if self.tier == "edge" and self.role in message.sources:
-                self.send_kept(self.kept, message.sample, self.output_kind)
+                self.send_kept(self.kept, message.sample, self.output_format)
             return
         if not isinstance(message, Features):
             raise Rejected(f"a {message.kind} message on {topic}")

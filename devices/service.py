@@ -47,7 +47,7 @@ class DeviceService(Service):
         self.source = source
         self.clock = clock
         self.fps = fps
-        self.kind = manifest.ddnn_config().model.device_feature_kind
+        self.feature_format = manifest.ddnn_config().model.device_feature_format
         self.kept = KeptMaps(keep_seconds, keep_max)
         self.next_capture = 0.0
 
@@ -62,7 +62,7 @@ class DeviceService(Service):
             self.capture(message.sample, image, message.t)
         elif isinstance(message, Offload):
             if self.role in message.sources:
-                self.send_kept(self.kept, message.sample, self.kind)
+                self.send_kept(self.kept, message.sample, self.feature_format)
         elif not isinstance(message, Tick):
             raise Rejected(f"a {message.kind} message on {topic}")
 

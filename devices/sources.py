@@ -64,7 +64,7 @@ from ddnn.data import MultiViewData, load_spec, split
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-REPLAY_KINDS = ("synth", "mvmc", "tiles")
+REPLAY_SCHEMES = ("synth", "mvmc", "tiles")
 STREAM_TIMEOUT_S = 10.0  # opening a stream URL, and each read from it
 
 Shape = tuple[int, int, int]
@@ -386,27 +386,27 @@ def open_source(
     if device < 0:
         raise DataError(f"device number must be 0 or more, got {device}")
     spec = spec.strip().replace("{device}", str(device))
-    kind, sep, arg = spec.partition(":")
+    scheme, sep, arg = spec.partition(":")
 
-    if kind in REPLAY_KINDS:
+    if scheme in REPLAY_SCHEMES:
         data = replay_part(load_spec(spec, grid), part, train_config or TrainConfig())
         if len(data) == 0:
             raise DataError(f"the {part} part of {data.name} is empty")
         return ReplaySource(data, device, input_shape, name=f"{data.name} [{part}] view {device}")
 
-    if kind == "camera" or spec.isdigit():
-        index = arg if kind == "camera" else spec
+    if scheme == "camera" or spec.isdigit():
+        index = arg if scheme == "camera" else spec
         if not index.strip().isdigit():
             raise DataError(f"camera must be camera:N with N a device index, got {spec!r}")
         return VideoSource(int(index), input_shape, live=True)
     if "://" in spec:
         return VideoSource(spec, input_shape, live=True)
-    if kind == "video" and sep:
+    if scheme == "video" and sep:
         path = Path(arg).expanduser()
         if not path.is_file():
             raise DataError(f"video file {path} does not exist")
         return VideoSource(str(path), input_shape, live=False)
-    if kind == "images" and sep:
+    if scheme == "images" and sep:
         return ImageFolderSource(Path(arg).expanduser(), input_shape)
 
     path = Path(spec).expanduser()

@@ -29,6 +29,8 @@ from ddnn.core.errors import ConfigError, problems
 # device running the bit-packed slice reads its manifest's config without it).
 Precision = Literal["binary", "float"]
 Aggregation = Literal["MP", "AP", "CC"]
+# How a feature map travels (ddnn.core.payloads): bits, uint8 pixels or float32 values.
+FeatureFormat = Literal["binary", "pixels", "float"]
 EXIT_ORDER = ("local", "edge", "cloud")
 
 
@@ -94,7 +96,7 @@ class ModelConfig(_Strict):
         return self
 
     @property
-    def device_feature_kind(self) -> str:
+    def device_feature_format(self) -> FeatureFormat:
         """How a device's feature map is encoded on the wire (see ddnn.core.payloads)."""
         if not self.device.conv_filters:
             return "pixels"

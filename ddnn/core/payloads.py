@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ddnn.core.config import FeatureFormat
+
 
 def pack_scores(scores: np.ndarray) -> bytes:
     return np.ascontiguousarray(scores, dtype="<f4").tobytes()
@@ -31,10 +33,10 @@ def unpack_bits(buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return (bits.astype(np.float32) * 2 - 1).reshape(shape)
 
 
-def pack_features(features: np.ndarray, kind: str) -> bytes:
-    """kind: "binary" (packed bits), "pixels" (uint8) or "float" (float32)."""
-    if kind == "binary":
+def pack_features(features: np.ndarray, fmt: FeatureFormat) -> bytes:
+    """fmt: "binary" (packed bits), "pixels" (uint8) or "float" (float32)."""
+    if fmt == "binary":
         return pack_bits(features)
-    if kind == "pixels":
+    if fmt == "pixels":
         return np.clip(np.rint(features), 0, 255).astype(np.uint8).tobytes()
     return np.ascontiguousarray(features, dtype="<f4").tobytes()

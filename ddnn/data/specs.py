@@ -73,11 +73,11 @@ def load_spec(
     spec: str, grid: str = "2x3", progress: Callable[[int], None] | None = None
 ) -> MultiViewData:
     """Load the data set a SPEC names (see the module docstring)."""
-    kind, _, arg = spec.partition(":")
-    if kind == "synth" and not arg:
+    scheme, _, arg = spec.partition(":")
+    if scheme == "synth" and not arg:
         return synthetic(progress=progress)
-    if kind == "mvmc" and arg:
+    if scheme == "mvmc" and arg:
         return load_mvmc(arg)
-    if kind == "tiles" and arg:
+    if scheme == "tiles" and arg:
         return load_tiles(arg, parse_grid(grid))
     raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")

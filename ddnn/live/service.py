@@ -24,6 +24,7 @@ from types import FrameType
 
 import numpy as np
 
+from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role
@@ -125,14 +126,14 @@ class Service:
         if not self.client.publish(topic, encode(message), qos=qos, retain=retain):
             self.counters["publish_failed"] += 1
 
-    def send_kept(self, kept: KeptMaps, sample: int, kind: str) -> None:
-        """Publish the kept feature map of `sample` (encoded as `kind`) to the tier above."""
+    def send_kept(self, kept: KeptMaps, sample: int, fmt: FeatureFormat) -> None:
+        """Publish the kept feature map of `sample` (encoded as `fmt`) to the tier above."""
         fmap = kept.take(sample)
         if fmap is None:
             self.counters["features_expired"] += 1
             self.log.warning("asked for the features of sample %d, no longer kept", sample)
             return
-        self.publish(self.topics.features(self.role), Features.of(sample, self.role, fmap, kind))
+        self.publish(self.topics.features(self.role), Features.of(sample, self.role, fmap, fmt))
         self.counters["features_sent"] += 1
 
     def reject(self, reason: str) -> None:

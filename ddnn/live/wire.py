@@ -26,6 +26,7 @@ import msgpack
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError, problems
 from ddnn.core.payloads import pack_features, unpack_bits
 from ddnn.core.roles import Role
@@ -110,14 +111,14 @@ class Features(_Message):
     data: bytes
 
     @classmethod
-    def of(cls, sample: int, source: str, features: np.ndarray, kind: str) -> Features:
-        """The message for a feature map of `kind` (binary, pixels or float; ddnn.core.payloads)."""
+    def of(cls, sample: int, source: str, features: np.ndarray, fmt: FeatureFormat) -> Features:
+        """The message for a feature map in format `fmt` (binary, pixels or float)."""
         return cls(
             sample=sample,
             source=source,
-            encoding=ENCODINGS[kind],
+            encoding=ENCODINGS[fmt],
             shape=list(features.shape),
-            data=pack_features(features, kind),
+            data=pack_features(features, fmt),
         )
 
     def array(self, expected_shape: tuple[int, ...]) -> np.ndarray:

@@ -95,7 +95,7 @@ def run_model(
         inputs["edge"] = ExitInputs(arrays["edge_scores"], arrays["edge_present"], fusions["edge"])
     if "cloud" in arrays:
         inputs["cloud"] = ExitInputs(arrays["cloud"])
-    fmt = model.cfg.device_feature_kind  # how a feature map is encoded (ddnn.core.payloads)
+    fmt = model.cfg.device_feature_format  # how a feature map travels (ddnn.core.payloads)
     features = np.ones(model.device_feature_shape, dtype=np.float32)
     n_classes = len(data.classes)
     return ExitOutputs(
