@@ -9,7 +9,9 @@ from ddnn.core.exits import (
     get_criterion,
     normalized_entropy,
     softmax,
+    step,
 )
+from ddnn.core.fusion import ScoreFusion
 
 
 def test_entropy_of_uniform_is_one_and_of_one_hot_is_zero():
@@ -58,3 +60,16 @@ def test_cascade_exits_confident_samples_early_and_last_exit_always_decides():
     assert d.exit_index.tolist() == [0, 1]
     assert d.predictions[0] == 0  # decided locally
     assert d.statistic[1] == pytest.approx(1.0)  # the uncertain cloud still decided
+
+
+def test_a_step_fuses_what_arrived_and_decides_exit_or_escalate():
+    """One step of the cascade, as the live aggregator runs it for one sample and offline
+    evaluation for many: fusion over the present inputs only, then the exit rule."""
+    entropy = get_criterion("entropy")
+    point = ExitPoint("local", entropy, 0.5)
+    scores = np.array([[[9.0, 0.0, 0.0], [0.0, 9.0, 0.0]], [[9.0, 0.0, 0.0], [0.0, 9.0, 0.0]]])
+    present = np.array([[True, False], [True, True]])
+    s = step(point, ExitInputs(scores, present, ScoreFusion("AP", 2)), last=False)
+    assert s.probs.argmax(axis=1).tolist() == [0, 0]
+    assert s.exits.tolist() == [True, False]  # alone, device 0 is sure; averaged, unsure
+    assert step(point, ExitInputs(scores, present, ScoreFusion("AP", 2)), last=True).exits.all()
