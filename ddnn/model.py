@@ -19,7 +19,7 @@ from torch import nn
 
 from ddnn.aggregation import Aggregator
 from ddnn.config import ModelConfig
-from ddnn.layers import FC, ConvP, Precision, pooled_size
+from ddnn.layers import FC, ConvP, Precision, parallel_conv_p, pooled_size
 
 
 def conv_stack(in_ch: int, filters: list[int], precision: Precision) -> nn.Sequential:
@@ -166,11 +166,15 @@ class DDNN(nn.Module):
     def devices(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Run every device slice: x (B, D, C, H, W) -> (scores (B, D, |C|) or None,
         features (B, D, f, h, w))."""
-        outs = [s(x[:, i]) for i, s in enumerate(self.device_slices)]
-        features = torch.stack([f for _, f in outs], dim=1)
+        b, d = x.shape[:2]
+        h = x.flatten(1, 2)  # device i's input is channels [i*C, (i+1)*C)
+        for level in range(len(self.cfg.device.conv_filters)):
+            h = parallel_conv_p([s.blocks[level] for s in self.device_slices], h)
+        features = h.reshape(b, d, *self.device_feature_shape)
         if self.local is None:
             return None, features
-        return torch.stack([s for s, _ in outs], dim=1), features
+        scores = [s.head(features[:, i]) for i, s in enumerate(self.device_slices)]
+        return torch.stack(scores, dim=1), features
 
     def local_exit(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The local aggregator: fuse the devices' class scores (B, D, |C|) -> (B, |C|)."""

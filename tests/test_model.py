@@ -123,3 +123,20 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):
     save_model(path, model, load_config(None, ["model.device.conv_filters=[8]"]), {})
     with pytest.raises(ModelFileError, match="weights do not match its config"):
         load_model(path)
+
+
+@pytest.mark.parametrize("filters", [[4], [4, 8]])
+def test_devices_side_by_side_equal_each_slice_alone(filters):
+    """`DDNN.devices` runs the slices as one grouped conv (for speed); each device's scores
+    and feature map must equal its own `DeviceSlice` (what export and the live device run),
+    in training mode (batch statistics) and in eval mode. Integer pixels: exact sums."""
+    cfg = load_config(None, [f"model.device.conv_filters={filters}"])
+    model = DDNN(cfg.model)
+    x = torch.randint(0, 256, (5, 6, 3, 32, 32)).float()
+    for train in (True, False):
+        model.train(train)
+        scores, features = model.devices(x)
+        for i, device in enumerate(model.device_slices):
+            alone_scores, alone_features = device(x[:, i])
+            assert torch.equal(features[:, i], alone_features), (train, i)
+            assert torch.equal(scores[:, i], alone_scores), (train, i)
