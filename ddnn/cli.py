@@ -237,6 +237,7 @@ def train(
 ) -> None:
     """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
     from ddnn.checkpoint import save_model
+    from ddnn.data import absolute_spec
     from ddnn.evaluate import evaluate, exit_points, pick_thresholds, run_model, set_thresholds
     from ddnn.train import fit, split
 
@@ -254,7 +255,7 @@ def train(
         cfg = set_thresholds(cfg, picked)
     test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
     meta = {
-        "data": data,
+        "data": absolute_spec(data),
         "grid": grid,
         "train_seconds": round(result.seconds, 2),
         "final_epoch": result.history[-1],
@@ -284,6 +285,14 @@ def _eval_context(
 
 
 Split = Annotated[str, typer.Option(help="which part of the data: test, validation, train, all")]
+LiveData = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="data SPEC whose test part the devices replay and decisions are scored on; it "
+        "must fit the model (default: the data the model was trained on)",
+    ),
+]
 OptionalData = Annotated[
     str | None,
     typer.Option("--data", help="data SPEC (default: the data the model was trained on)"),
@@ -674,6 +683,7 @@ def demo(
     model_path: Annotated[
         Path | None, typer.Option("--model", help="a model file (default: train a demo model)")
     ] = None,
+    data: LiveData = None,
     broker: Annotated[
         str | None, typer.Option(help="use this broker URL instead of starting one")
     ] = None,
@@ -685,7 +695,8 @@ def demo(
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
-    aggregator, the edges and the cloud, driven over the test set; then a summary."""
+    aggregator, the edges and the cloud, driven over the test part of the model's data;
+    then a summary, with the offline evaluation of the same samples beside it."""
     from ddnn.data import data_dir
     from ddnn.demo import run_demo
 
@@ -700,16 +711,25 @@ def demo(
         decisions,
         data_dir() / "demo",
         lambda text: err.print(text),
+        data,
     )
     if as_json:
         emit_json(report)
         return
     print_table(
-        f"live DDNN: {report['samples']} samples, {report['devices']} devices",
+        f"live DDNN: {report['samples']} samples of {report['data']}, {report['devices']} devices",
         [
             {
                 k: report[k]
-                for k in ("decided", "undecided", "degraded", "accuracy", "bytes_per_device")
+                for k in (
+                    "decided",
+                    "undecided",
+                    "degraded",
+                    "accuracy",
+                    "offline_accuracy",
+                    "mismatches",
+                    "bytes_per_device",
+                )
             }
         ],
     )
@@ -721,6 +741,10 @@ def demo(
     out.print(
         f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
         f"{b['ceiling_messages_per_second']} messages/s"
+    )
+    out.print(
+        "accuracy: live; offline_accuracy: `ddnn eval` on the same samples with the same "
+        "devices; mismatches: live decisions (class or exit) that differ from it"
     )
 
 
@@ -742,6 +766,7 @@ def faults(
             help="for dropout: a model trained without device dropout (default: train one)"
         ),
     ] = None,
+    data: LiveData = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
@@ -765,11 +790,11 @@ def faults(
         if name == "dropout":
             baseline = compare_model or demo_model(False, cache, log, dropout=0.0)
             for label, path in (("with dropout", model), ("without dropout", baseline)):
-                result = run_scenario("device-down", path, log)
+                result = run_scenario("device-down", path, log, data=data)
                 result["scenario"] = f"dropout: {label}"
                 results.append(result)
         else:
-            results.append(run_scenario(name, model, log))
+            results.append(run_scenario(name, model, log, data=data))
     if as_json:
         emit_json({"results": results})
         return
@@ -791,7 +816,7 @@ def faults(
             }
             for row in result["rows"]
         ]
-        print_table(result["scenario"], rows)
+        print_table(f"{result['scenario']} ({result['data']})", rows)
     out.print(
         "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
         "samples; differ: decisions that differ from it; local p50: latency of local exits "
