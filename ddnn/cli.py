@@ -1,19 +1,21 @@
 """The `ddnn` command line.
 
 Every command prints human-readable progress and tables by default and one JSON document on
-stdout with `--json`. User mistakes (a missing file, a bad config, an unknown device) end in
-one line `error: ...` and exit status 2, never a traceback. Commands import torch and the
-model code inside their bodies, so that `ddnn --help` answers at once.
+stdout with `--json`, and then nothing else on stdout (see `_json_mode`). User mistakes (a
+missing file, a bad config, an unknown device) end in one line `error: ...` and exit status
+2, never a traceback. Commands import torch and the model code inside their bodies, so that
+`ddnn --help` answers at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import numpy as np
 import typer
@@ -51,7 +53,27 @@ DataSpec = Annotated[
 ]
 Grid = Annotated[str, typer.Option(help="views per image for tiles:PATH, as ROWSxCOLS")]
 OptionalGrid = Annotated[str | None, typer.Option(help="views per image for tiles:PATH")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+_json_stdout: TextIO | None = None  # the real stdout, while a --json command runs
+
+
+def _json_mode(on: bool) -> bool:
+    """`--json` promises stdout holds one JSON document and nothing else. So, as soon as the
+    flag is parsed, the process's file descriptor 1 is pointed at stderr: whatever else this
+    process or a child it starts writes to stdout (a table, a library's print, a subprocess
+    with inherited stdout) lands on stderr, and only `emit_json` writes to the real stdout.
+    Done on the descriptor, not on `sys.stdout`, because child processes inherit only that."""
+    global _json_stdout
+    if on and _json_stdout is None:
+        sys.stdout.flush()
+        _json_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
+    return on
+
+
+JsonFlag = Annotated[
+    bool,
+    typer.Option("--json", help="print one JSON document on stdout", callback=_json_mode),
+]
 ModelPath = Annotated[
     Path,
     typer.Option("--model", help="a model file written by `ddnn train` (or a `ddnn export` dir)"),
@@ -84,7 +106,10 @@ def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Callable
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    """Write a command's JSON document: to the real stdout (see `_json_mode`)."""
+    stream = _json_stdout or sys.stdout
+    stream.write(json.dumps(document, indent=2) + "\n")
+    stream.flush()
 
 
 def load_data(spec: str, grid: str, quiet: bool) -> MultiViewData:
@@ -520,12 +545,17 @@ def baseline(
 
 
 @app.command("config")
-def show_config(config: ConfigFile = None, overrides: Overrides = None) -> None:
-    """Print the effective configuration (defaults, file, overrides) as YAML."""
+def show_config(
+    config: ConfigFile = None, overrides: Overrides = None, as_json: JsonFlag = False
+) -> None:
+    """Print the effective configuration (defaults, file, overrides) as YAML, or JSON."""
     import yaml
 
-    cfg = _config(config, overrides)
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    document = _config(config, overrides).model_dump(mode="json")
+    if as_json:
+        emit_json(document)
+        return
+    out.print(yaml.safe_dump(document, sort_keys=False), end="")
 
 
 # ------------------------------------------------------------------------- MQTT broker
@@ -563,7 +593,6 @@ def broker_cmd(
         info = {"url": broker.url, "kind": broker.kind, "protocol": broker.protocol}
         if as_json:
             emit_json(info)
-            sys.stdout.flush()
         else:
             out.print(
                 f"{broker.kind} broker listening on {broker.url} (clients: MQTT "

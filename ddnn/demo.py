@@ -33,6 +33,7 @@ from ddnn.mqtt import BrokerSettings
 from ddnn.wire import Topics
 
 DEMO_EPOCHS = 30
+STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
 
 
@@ -52,7 +53,9 @@ def demo_model(
         command += ["--set", f"model.edge={{groups: {EDGE_GROUPS}}}"]
     if dropout is not None:
         command += ["--set", f"train.device_dropout={dropout}"]
-    if subprocess.run(command).returncode != 0:
+    # Training's table is progress here, not the caller's output: it goes to stderr, so that
+    # the stdout of `ddnn demo --json` / `ddnn faults --json` holds their JSON alone.
+    if subprocess.run(command, stdout=STDERR_FD).returncode != 0:
         raise DDNNError("training the demo model failed (see above)")
     return path
 
