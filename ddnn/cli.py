@@ -749,16 +749,13 @@ def demo(
         f"live DDNN: {report['samples']} samples of {report['data']}, {report['devices']} devices",
         [
             {
-                k: report[k]
-                for k in (
-                    "decided",
-                    "undecided",
-                    "degraded",
-                    "accuracy",
-                    "offline_accuracy",
-                    "mismatches",
-                    "bytes_per_device",
-                )
+                "decided": report["decided"],
+                "undecided": report["undecided"],
+                "degraded": report["degraded"],
+                "acc %": report["accuracy"],
+                "offline %": report["offline_accuracy"],
+                "differ": report["mismatches"],
+                "bytes/device": report["bytes_per_device"],
             }
         ],
     )
@@ -772,8 +769,8 @@ def demo(
         f"{b['ceiling_messages_per_second']} messages/s"
     )
     out.print(
-        "accuracy: live; offline_accuracy: `ddnn eval` on the same samples with the same "
-        "devices; mismatches: live decisions (class or exit) that differ from it"
+        "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
+        "differ: live decisions (class or exit) that differ from it"
     )
 
 
