@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, Reference, roles_of, summarize
+from ddnn.fleet import Driver, Fleet, Reference, replaying, roles_of, summarize
 from ddnn.mqtt import BrokerSettings
 from ddnn.wire import Topics
 
@@ -105,8 +105,7 @@ def run_demo(
             common += ["--mqtt", settings.protocol, "--deployment", deployment]
             common += ["--log-level", "warning"]
             roles = roles_of(cfg.model, k)
-            source = ["--source", reference.spec]
-            fleet = Fleet(common, Path(tmp), {r: source for r in roles if r.startswith("device-")})
+            fleet = Fleet(common, Path(tmp), replaying(roles, reference.spec))
             try:
                 for role in roles:
                     fleet.start(role)

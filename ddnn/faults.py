@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 
 from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, Reference, roles_of, summarize
+from ddnn.fleet import Driver, Fleet, Reference, replaying, roles_of, summarize
 from ddnn.mqtt import MqttClient, connect_or_fail
 from ddnn.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
 
@@ -300,8 +300,7 @@ def run_scenario(
         aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
         aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
         roles = roles_of(cfg.model)
-        extra = {role: ["--source", reference.spec] for role in roles if role.startswith("device-")}
-        fleet = Fleet(common, work, {**extra, "aggregator": aggregator})
+        fleet = Fleet(common, work, {**replaying(roles, reference.spec), "aggregator": aggregator})
         driver = None
         try:
             for role in roles:

@@ -44,6 +44,13 @@ def roles_of(model: ModelConfig, devices: int | None = None) -> list[str]:
     return roles
 
 
+def replaying(roles: Iterable[str], spec: str) -> dict[str, list[str]]:
+    """The options (for `Fleet`'s `extra`) that make every device among `roles` replay the
+    test part of `spec`: never the device's default, so the frames are those the driver's
+    labels and the offline reference describe."""
+    return {role: ["--source", spec] for role in roles if role.startswith("device-")}
+
+
 class Fleet:
     """The service processes of one deployment; `common` are the options all of them take
     (artifacts, broker, deployment), `extra` the ones of a single role."""
