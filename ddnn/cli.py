@@ -1,19 +1,21 @@
 """The `ddnn` command line.
 
 Every command prints human-readable progress and tables by default and one JSON document on
-stdout with `--json`. User mistakes (a missing file, a bad config, an unknown device) end in
-one line `error: ...` and exit status 2, never a traceback. Commands import torch and the
-model code inside their bodies, so that `ddnn --help` answers at once.
+stdout with `--json`, and then nothing else on stdout (see `_json_mode`). User mistakes (a
+missing file, a bad config, an unknown device) end in one line `error: ...` and exit status
+2, never a traceback. Commands import torch and the model code inside their bodies, so that
+`ddnn --help` answers at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import numpy as np
 import typer
@@ -51,7 +53,27 @@ DataSpec = Annotated[
 ]
 Grid = Annotated[str, typer.Option(help="views per image for tiles:PATH, as ROWSxCOLS")]
 OptionalGrid = Annotated[str | None, typer.Option(help="views per image for tiles:PATH")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+_json_stdout: TextIO | None = None  # the real stdout, while a --json command runs
+
+
+def _json_mode(on: bool) -> bool:
+    """`--json` promises stdout holds one JSON document and nothing else. So, as soon as the
+    flag is parsed, the process's file descriptor 1 is pointed at stderr: whatever else this
+    process or a child it starts writes to stdout (a table, a library's print, a subprocess
+    with inherited stdout) lands on stderr, and only `emit_json` writes to the real stdout.
+    Done on the descriptor, not on `sys.stdout`, because child processes inherit only that."""
+    global _json_stdout
+    if on and _json_stdout is None:
+        sys.stdout.flush()
+        _json_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
+    return on
+
+
+JsonFlag = Annotated[
+    bool,
+    typer.Option("--json", help="print one JSON document on stdout", callback=_json_mode),
+]
 ModelPath = Annotated[
     Path,
     typer.Option("--model", help="a model file written by `ddnn train` (or a `ddnn export` dir)"),
@@ -84,7 +106,10 @@ def progress_bar(description: str, total: int, quiet: bool) -> Iterator[Callable
 
 
 def emit_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    """Write a command's JSON document: to the real stdout (see `_json_mode`)."""
+    stream = _json_stdout or sys.stdout
+    stream.write(json.dumps(document, indent=2) + "\n")
+    stream.flush()
 
 
 def load_data(spec: str, grid: str, quiet: bool) -> MultiViewData:
@@ -237,6 +262,7 @@ def train(
 ) -> None:
     """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
     from ddnn.checkpoint import save_model
+    from ddnn.data import absolute_spec
     from ddnn.evaluate import evaluate, exit_points, pick_thresholds, run_model, set_thresholds
     from ddnn.train import fit, split
 
@@ -254,7 +280,7 @@ def train(
         cfg = set_thresholds(cfg, picked)
     test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
     meta = {
-        "data": data,
+        "data": absolute_spec(data),
         "grid": grid,
         "train_seconds": round(result.seconds, 2),
         "final_epoch": result.history[-1],
@@ -284,6 +310,14 @@ def _eval_context(
 
 
 Split = Annotated[str, typer.Option(help="which part of the data: test, validation, train, all")]
+LiveData = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="data SPEC whose test part the devices replay and decisions are scored on; it "
+        "must fit the model (default: the data the model was trained on)",
+    ),
+]
 OptionalData = Annotated[
     str | None,
     typer.Option("--data", help="data SPEC (default: the data the model was trained on)"),
@@ -511,12 +545,17 @@ def baseline(
 
 
 @app.command("config")
-def show_config(config: ConfigFile = None, overrides: Overrides = None) -> None:
-    """Print the effective configuration (defaults, file, overrides) as YAML."""
+def show_config(
+    config: ConfigFile = None, overrides: Overrides = None, as_json: JsonFlag = False
+) -> None:
+    """Print the effective configuration (defaults, file, overrides) as YAML, or JSON."""
     import yaml
 
-    cfg = _config(config, overrides)
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    document = _config(config, overrides).model_dump(mode="json")
+    if as_json:
+        emit_json(document)
+        return
+    out.print(yaml.safe_dump(document, sort_keys=False), end="")
 
 
 # ------------------------------------------------------------------------- MQTT broker
@@ -554,7 +593,6 @@ def broker_cmd(
         info = {"url": broker.url, "kind": broker.kind, "protocol": broker.protocol}
         if as_json:
             emit_json(info)
-            sys.stdout.flush()
         else:
             out.print(
                 f"{broker.kind} broker listening on {broker.url} (clients: MQTT "
@@ -674,6 +712,7 @@ def demo(
     model_path: Annotated[
         Path | None, typer.Option("--model", help="a model file (default: train a demo model)")
     ] = None,
+    data: LiveData = None,
     broker: Annotated[
         str | None, typer.Option(help="use this broker URL instead of starting one")
     ] = None,
@@ -685,7 +724,8 @@ def demo(
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
-    aggregator, the edges and the cloud, driven over the test set; then a summary."""
+    aggregator, the edges and the cloud, driven over the test part of the model's data;
+    then a summary, with the offline evaluation of the same samples beside it."""
     from ddnn.data import data_dir
     from ddnn.demo import run_demo
 
@@ -700,16 +740,22 @@ def demo(
         decisions,
         data_dir() / "demo",
         lambda text: err.print(text),
+        data,
     )
     if as_json:
         emit_json(report)
         return
     print_table(
-        f"live DDNN: {report['samples']} samples, {report['devices']} devices",
+        f"live DDNN: {report['samples']} samples of {report['data']}, {report['devices']} devices",
         [
             {
-                k: report[k]
-                for k in ("decided", "undecided", "degraded", "accuracy", "bytes_per_device")
+                "decided": report["decided"],
+                "undecided": report["undecided"],
+                "degraded": report["degraded"],
+                "acc %": report["accuracy"],
+                "offline %": report["offline_accuracy"],
+                "differ": report["mismatches"],
+                "bytes/device": report["bytes_per_device"],
             }
         ],
     )
@@ -721,6 +767,10 @@ def demo(
     out.print(
         f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
         f"{b['ceiling_messages_per_second']} messages/s"
+    )
+    out.print(
+        "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
+        "differ: live decisions (class or exit) that differ from it"
     )
 
 
@@ -742,6 +792,7 @@ def faults(
             help="for dropout: a model trained without device dropout (default: train one)"
         ),
     ] = None,
+    data: LiveData = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
@@ -765,11 +816,11 @@ def faults(
         if name == "dropout":
             baseline = compare_model or demo_model(False, cache, log, dropout=0.0)
             for label, path in (("with dropout", model), ("without dropout", baseline)):
-                result = run_scenario("device-down", path, log)
+                result = run_scenario("device-down", path, log, data=data)
                 result["scenario"] = f"dropout: {label}"
                 results.append(result)
         else:
-            results.append(run_scenario(name, model, log))
+            results.append(run_scenario(name, model, log, data=data))
     if as_json:
         emit_json({"results": results})
         return
@@ -791,7 +842,7 @@ def faults(
             }
             for row in result["rows"]
         ]
-        print_table(result["scenario"], rows)
+        print_table(f"{result['scenario']} ({result['data']})", rows)
     out.print(
         "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
         "samples; differ: decisions that differ from it; local p50: latency of local exits "

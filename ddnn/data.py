@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ddnn.errors import DataError
 
 if TYPE_CHECKING:
-    from ddnn.config import TrainConfig
+    from ddnn.config import ModelConfig, TrainConfig
 
 MVMC_CLASSES = ["car", "bus", "person"]
 DEFAULT_SYNTH_SAMPLES = 2000
@@ -221,6 +221,38 @@ def load_spec(
     if kind == "tiles" and arg:
         return load_tiles(arg, parse_grid(grid))
     raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")
+
+
+def absolute_spec(spec: str) -> str:
+    """`spec` with the path of `mvmc:PATH` / `tiles:PATH` made absolute, for the metadata of
+    a model file: the model's own data must be found again (by `ddnn eval`, `ddnn demo`, the
+    devices) from whatever directory those run in."""
+    kind, sep, arg = spec.partition(":")
+    if kind in ("mvmc", "tiles") and sep and arg:
+        return f"{kind}:{Path(arg).expanduser().resolve()}"
+    return spec
+
+
+def trained_on(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """The data SPEC and grid a model was trained on, from its metadata (a model file's or
+    an export manifest's); metadata without them means the default synthetic set."""
+    return str(meta.get("data", "synth")), str(meta.get("grid", "2x3"))
+
+
+def check_fits(data: MultiViewData, model: ModelConfig) -> None:
+    """Raise DataError unless `data` has one view per device of `model`, of the model's input
+    shape, and the model's classes: otherwise decisions would be scored against labels of
+    other classes, or the slices would not even run on the views."""
+    if (data.n_views, data.view_shape, list(data.classes)) != (
+        model.n_devices,
+        tuple(model.input_shape),
+        list(model.classes),
+    ):
+        raise DataError(
+            f"data {data.name} ({data.n_views} views of {data.view_shape}, classes "
+            f"{data.classes}) does not fit the model ({model.n_devices} devices of "
+            f"{tuple(model.input_shape)}, classes {model.classes})"
+        )
 
 
 @dataclass

@@ -8,6 +8,11 @@ devices in lockstep with `tick` messages over the test part (cycling when more s
 asked for than it holds), keeps a bounded number of samples in flight, collects every
 decision, shuts everything down and summarizes: accuracy, exit fractions, bytes per device,
 latency per exit tier, throughput next to the broker ceiling.
+
+The devices replay the test part of the data the model was trained on (or of `data`, a SPEC
+that must fit the model), and the same part is what the live accuracy is scored on and what
+the offline evaluation beside it (`offline_accuracy`, `mismatches`) decides: a demo whose
+devices saw other frames than its labels describe would report a meaningless accuracy.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, roles_of, summarize
+from ddnn.fleet import Driver, Fleet, Reference, replaying, roles_of, summarize
 from ddnn.mqtt import BrokerSettings
 from ddnn.wire import Topics
 
 DEMO_EPOCHS = 30
+STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
 
 
@@ -47,7 +53,9 @@ def demo_model(
         command += ["--set", f"model.edge={{groups: {EDGE_GROUPS}}}"]
     if dropout is not None:
         command += ["--set", f"train.device_dropout={dropout}"]
-    if subprocess.run(command).returncode != 0:
+    # Training's table is progress here, not the caller's output: it goes to stderr, so that
+    # the stdout of `ddnn demo --json` / `ddnn faults --json` holds their JSON alone.
+    if subprocess.run(command, stdout=STDERR_FD).returncode != 0:
         raise DDNNError("training the demo model failed (see above)")
     return path
 
@@ -63,12 +71,13 @@ def run_demo(
     decisions_path: Path | None,
     cache: Path,
     log: Callable[[str], None],
+    data: str | None = None,
 ) -> dict[str, Any]:
+    """Run the live system on `model` (default: the cached demo model) over `samples` test
+    samples of `data` (a SPEC; default: the data the model was trained on); the summary."""
     from ddnn.broker import broker_ceiling, start_broker
     from ddnn.checkpoint import load_model
-    from ddnn.data import load_spec
     from ddnn.export import export
-    from ddnn.train import split
 
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
@@ -78,11 +87,11 @@ def run_demo(
         raise DDNNError(f"--devices must be 1..{n} for this model, got {k}")
     if cfg.model.local is None:
         raise DDNNError("the live system needs a model with a local exit")
-    labels = split(load_spec(meta.get("data", "synth"), meta.get("grid", "2x3")), cfg.train)
-    labels = labels.test.labels
 
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
-        manifest = export(net, cfg, Path(tmp) / "artifacts", meta)
+        artifacts = Path(tmp) / "artifacts"
+        manifest = export(net, cfg, artifacts, meta)
+        reference = Reference(artifacts, data)  # checks that the data fits, before any start
         broker = None
         if broker_url is None:
             broker = start_broker()
@@ -92,18 +101,21 @@ def run_demo(
         try:
             ceiling = broker_ceiling(settings, messages=2000)
             deployment = f"demo-{os.getpid()}"
-            common = ["--artifacts", str(Path(tmp) / "artifacts"), "--broker", settings.url]
+            common = ["--artifacts", str(artifacts), "--broker", settings.url]
             common += ["--mqtt", settings.protocol, "--deployment", deployment]
             common += ["--log-level", "warning"]
-            fleet = Fleet(common, Path(tmp))
             roles = roles_of(cfg.model, k)
+            fleet = Fleet(common, Path(tmp), replaying(roles, reference.spec))
             try:
                 for role in roles:
                     fleet.start(role)
                 driver = Driver(settings, Topics(deployment, manifest.model_version), fleet)
                 try:
                     driver.wait_online(roles)
-                    log(f"{len(roles)} services online; driving {samples} samples")
+                    log(
+                        f"{len(roles)} services online; driving {samples} samples of the test "
+                        f"part of {reference.spec} ({len(reference.labels)} samples)"
+                    )
                     start = time.monotonic()
                     driver.run(range(samples), window=window)
                     seconds = max(driver.decided_at.values(), default=start) - start
@@ -115,7 +127,9 @@ def run_demo(
         finally:
             if broker is not None:
                 broker.stop()
-    report = summarize(decisions, labels, samples, seconds)
+    report = summarize(decisions, reference.labels, samples, seconds)
+    report.update(reference.compare(decisions.values()))
+    report["data"] = reference.spec
     report["anomalies"] = dict(anomalies)
     report["devices"] = k
     report["model_version"] = manifest.model_version

@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +27,13 @@ import msgpack
 import numpy as np
 
 from ddnn.errors import DDNNError
-from ddnn.fleet import Driver, Fleet, roles_of, summarize
+from ddnn.fleet import Driver, Fleet, Reference, replaying, roles_of, summarize
 from ddnn.mqtt import MqttClient, connect_or_fail
 from ddnn.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
 
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
 CLOUD_DEADLINE = 1.5
-
-
-class Reference:
-    """Offline decisions of the exported model on the test part for any set of present
-    devices: what `ddnn eval --missing ...` computes."""
-
-    def __init__(self, artifacts: Path) -> None:
-        from ddnn.evaluate import exit_points, load_for_eval
-
-        self.model, self.cfg, _, self.test = load_for_eval(artifacts, part="test")
-        self.points = exit_points(self.cfg, self.model.exits)
-        self.labels = self.test.labels
-        self.decide = cache(self._decide)
-
-    def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-        from ddnn.evaluate import presence_mask, run_model
-        from ddnn.exits import cascade
-
-        n = self.cfg.model.n_devices
-        missing = [d for d in range(n) if d not in devices]
-        outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
-        d = cascade(self.points, outputs.probs)
-        return d.predictions, [self.points[e].name for e in d.exit_index]
-
-    def accuracy(self, devices: tuple[int, ...]) -> float:
-        from ddnn.evaluate import accuracy_percent
-
-        predictions, _ = self.decide(devices)
-        return accuracy_percent(predictions, self.labels)
 
 
 @dataclass
@@ -112,27 +82,14 @@ class Harness:
     def row(self, name: str, samples: range, **extra: Any) -> dict[str, Any]:
         """The report line of a stretch of samples, with the checks every scenario makes."""
         got = {k: d for k in samples if (d := self.driver.decisions.get(k)) is not None}
-        decided = [d for d in got.values() if d.decided]
         summary = summarize(got, self.reference.labels, len(samples), seconds=0.0)
-        n = len(self.reference.labels)
-        mismatches = offline_right = compared = 0
-        for d in decided:
-            if d.degraded or (d.upper_devices is not None and d.upper_devices != d.devices):
-                continue  # devices changed between tiers: no single offline presence set
-            predictions, exits = self.reference.decide(tuple(d.devices))
-            row = d.sample % n
-            compared += 1
-            mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
-            offline_right += int(predictions[row] == self.reference.labels[row])
         local_latency = summary["latency_ms"].get("local", {"p50": None})
         return {
             "scenario": name,
             **{k: summary[k] for k in ("samples", "decided", "undecided", "degraded")},
             "lost": summary["missing"],
             "accuracy": summary["accuracy"],
-            "offline_accuracy": round(100.0 * offline_right / compared, 2) if compared else None,
-            "compared": compared,
-            "mismatches": mismatches,
+            **self.reference.compare(got.values()),
             "exit_fraction": summary["exit_fraction"],
             "latency_p50_ms": local_latency["p50"],
             "reasons": dict(Counter(d.reason for d in got.values() if d.reason)),
@@ -303,10 +260,16 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
 
 
 def run_scenario(
-    name: str, model: Path, log: Callable[[str], None], workdir: Path | None = None
+    name: str,
+    model: Path,
+    log: Callable[[str], None],
+    workdir: Path | None = None,
+    data: str | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario on a fresh deployment of `model`; the rows, the services' final
-    counters and rejections, and whether every process that should live is alive."""
+    """Run one scenario on a fresh deployment of `model`, its devices replaying the test part
+    of `data` (a SPEC; default: the data the model was trained on), the very samples the
+    offline reference decides; the rows, the services' final counters and rejections, and
+    whether every process that should live is alive."""
     from ddnn.broker import start_broker
     from ddnn.checkpoint import load_model
     from ddnn.export import export
@@ -318,7 +281,7 @@ def run_scenario(
         work = workdir or Path(tmp)
         artifacts = work / "artifacts"
         manifest = export(net, cfg, artifacts, meta)
-        reference = Reference(artifacts)
+        reference = Reference(artifacts, data)
         broker = start_broker()
         port = broker.port
 
@@ -336,15 +299,15 @@ def run_scenario(
         aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
         aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
         aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
-        fleet = Fleet(common, work, {"aggregator": aggregator})
         roles = roles_of(cfg.model)
+        fleet = Fleet(common, work, {**replaying(roles, reference.spec), "aggregator": aggregator})
         driver = None
         try:
             for role in roles:
                 fleet.start(role)
             driver = Driver(settings, Topics(deployment, manifest.model_version), fleet, 3.0)
             driver.wait_online(roles)
-            log(f"{name}: {len(roles)} services online")
+            log(f"{name}: {len(roles)} services online; devices replay {reference.spec} (test)")
             h = Harness(fleet, driver, reference, roles, restart_broker)
             rows = SCENARIOS[name](h)
             alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
@@ -358,6 +321,7 @@ def run_scenario(
             broker.stop()
     return {
         "scenario": name,
+        "data": reference.spec,
         "rows": rows,
         "alive": alive,
         "clean_exits": {role: code == 0 for role, code in codes.items()},
