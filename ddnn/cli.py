@@ -395,10 +395,11 @@ def eval_(
 
 
 def parse_devices_ordered(text: str) -> list[int]:
+    """A comma-separated list of integers, in the order given."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise DDNNError(f"device order must look like 1,0,2, got {text!r}") from None
+        raise DDNNError(f"expected integers separated by commas like 1,0,2, got {text!r}") from None
 
 
 @app.command()
@@ -542,6 +543,47 @@ def baseline(
         f"individual accuracy % ({len(parts.test)} test samples)",
         [{f"device {d}": a for d, a in enumerate(accuracies)} | {"mean": document["mean"]}],
     )
+
+
+@app.command()
+def results(
+    seeds: Annotated[str, typer.Option(help="training seeds, e.g. 0,1,2")] = "0,1,2",
+    data: DataSpec = "synth",
+    overrides: Overrides = None,
+    workdir: Annotated[Path, typer.Option(help="where the models of the runs are written")] = Path(
+        "results"
+    ),
+    baseline: Annotated[
+        bool, typer.Option(help="also train each device alone (the Individual row)")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """The README's results table over several seeds: train, evaluate with each device
+    missing and train the individual baselines once per seed (each with the real commands),
+    then every measure per seed with its mean and spread, and the bars each seed meets."""
+    from ddnn.results import BARS, seed_results
+
+    chosen = parse_devices_ordered(seeds)  # a list of integers, in the order given
+    document = seed_results(
+        chosen, data, overrides or [], workdir, baseline, lambda line: err.print(line)
+    )
+    if as_json:
+        emit_json(document)
+        return
+    measures = [k for k in document["summary"] if k != "seed"]
+    rows = []
+    for key in measures:
+        row: dict[str, Any] = {"measure": key}
+        row |= {f"seed {r['seed']}": r[key] for r in document["rows"]}
+        stats = document["summary"][key]
+        row |= {"mean": stats["mean"], "std": stats["std"]}
+        rows.append(row)
+    print_table(f"results over seeds {chosen} on {data}", rows)
+    bar_rows = [
+        {"bar": BARS[name]} | {f"seed {r['seed']}": r["bars"].get(name) for r in document["rows"]}
+        for name in BARS
+    ]
+    print_table("bars", bar_rows)
 
 
 @app.command("config")

@@ -200,16 +200,25 @@ class DDNN(nn.Module):
         """The cloud: fuse the feature maps of the tier below -> (B, |C|) scores."""
         return self.cloud(features, present)[0]
 
+    def exit_logits(
+        self, scores: torch.Tensor | None, features: torch.Tensor, present: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every tier above the devices, on the devices' outputs under one presence mask:
+        exit name -> (B, |C|) class scores, lowest tier first. Training runs it under
+        several masks per batch on one pass of the devices."""
+        logits = {}
+        if self.local is not None:
+            logits["local"] = self.local_exit(scores, present)
+        upper_features, upper_present = features, present
+        if self.edge_exit is not None:
+            logits["edge"], upper_features, upper_present = self.edge_tier(features, present)
+        if self.cloud is not None:
+            logits["cloud"] = self.cloud_exit(upper_features, upper_present)
+        return logits
+
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> DDNNOutput:
         if present is None:
             present = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         scores, features = self.devices(x)
-        out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
-        if self.local is not None:
-            out.logits["local"] = self.local_exit(scores, present)
-        upper_features, upper_present = features, present
-        if self.edge_exit is not None:
-            out.logits["edge"], upper_features, upper_present = self.edge_tier(features, present)
-        if self.cloud is not None:
-            out.logits["cloud"] = self.cloud_exit(upper_features, upper_present)
-        return out
+        logits = self.exit_logits(scores, features, present)
+        return DDNNOutput(logits=logits, device_features=features, device_scores=scores)

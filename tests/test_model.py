@@ -10,7 +10,7 @@ from ddnn.config import load_config
 from ddnn.data import from_mvmc_arrays
 from ddnn.errors import ModelFileError
 from ddnn.model import DDNN
-from ddnn.train import fit, random_presence, split
+from ddnn.train import fit, random_presence, single_missing, split
 from tests.conftest import make_mvmc_arrays
 
 FIG2 = {
@@ -67,9 +67,25 @@ def test_random_presence_keeps_at_least_one_device():
     assert random_presence(50, 6, 0.0, gen).all()
 
 
+def test_single_missing_masks_cover_every_device_evenly():
+    gen = torch.Generator().manual_seed(0)
+    present = single_missing(6000, 6, gen)
+    assert ((~present).sum(dim=1) == 1).all()
+    assert ((~present).sum(dim=0) > 850).all()  # 1000 each on average
+    assert single_missing(10, 1, gen).all()  # a lone device is never dropped
+
+
+def test_every_presence_pass_trains(tmp_path):
+    """Training under several masks per batch averages the passes' losses."""
+    data = from_mvmc_arrays(*make_mvmc_arrays(100), name="small")
+    cfg = load_config(None, ["train.epochs=3", "train.presence=[dropout, full, single]"])
+    result = fit(split(data, cfg.train).train, cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
 def test_joint_training_learns_every_exit_and_model_file_round_trips(tmp_path):
     data = from_mvmc_arrays(*make_mvmc_arrays(200), name="small")
-    cfg = load_config(None, ["train.epochs=8", "train.device_dropout=0.2"])
+    cfg = load_config(None, ["train.epochs=12", "train.device_dropout=0.2"])
     parts = split(data, cfg.train)
     result = fit(parts.train, cfg)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
