@@ -10,6 +10,7 @@ import typer
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import Role
+from ddnn.data import trained_on
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 from devices.runtime import open_runtime
 from devices.service import DeviceService
@@ -22,12 +23,13 @@ def device(
     artifacts: Artifacts,
     device_id: Annotated[int, typer.Option("--id", min=0, help="which device of the model")],
     source: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="frames: synth | mvmc:PATH | tiles:PATH (replay of the model's test part), "
-            "camera:N, a video file, an rtsp:// URL or an image folder"
+            help="frames: synth | mvmc:PATH | tiles:PATH (replay of the model's test part; "
+            "the set must fit the model), camera:N, a video file, an rtsp:// URL or an image "
+            "folder (default: replay the data the model was trained on)"
         ),
-    ] = "synth",
+    ] = None,
     clock: Annotated[
         str, typer.Option(help="tick: capture on tick messages (lockstep); wall: free-run at --fps")
     ] = "tick",
@@ -53,16 +55,21 @@ def device(
     cfg = manifest.ddnn_config()
     if device_id >= cfg.model.n_devices:
         raise DDNNError(f"--id {device_id}: the model has devices 0..{cfg.model.n_devices - 1}")
+    log = logging.getLogger(f"ddnn.{Role.device(device_id)}")
     runtime = open_runtime(artifacts, device_id, runtime_name)
-    logging.getLogger(f"ddnn.{Role.device(device_id)}").info("slice runtime: %s", runtime.name)
-    # The test part exactly as `ddnn train` and `ddnn eval` cut it, on the model's grid.
+    log.info("slice runtime: %s", runtime.name)
+    # Replay: the test part exactly as `ddnn train` and `ddnn eval` cut it, on the model's
+    # grid, of the model's own data unless told otherwise (never silently another set).
+    own_data, grid = trained_on(manifest.meta)
     frames = open_source(
-        source,
+        source or own_data,
         device_id,
         cfg.model.input_shape,
-        grid=manifest.meta.get("grid", "2x3"),
+        grid=grid,
         train_config=cfg.train,
+        model=cfg.model,
     )
+    log.info("frames: %s", frames.name)
     service = DeviceService(
         runtime.manifest,
         device_id,

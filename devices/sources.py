@@ -12,7 +12,9 @@ that different devices tag with one id must show the same instant.
   `device` of each sample of one part of the set. Sample id = row within the part.
   Random access. The part ("test", "validation", "train" or "all") is split exactly as
   offline evaluation splits it, by `ddnn.data.split` with the model's `TrainConfig` given as
-  `train_config` (default: `TrainConfig()`).
+  `train_config` (default: `TrainConfig()`). Given the model's `ModelConfig` as `model`, a
+  set that does not fit it (views, view shape or classes other than the model's) is refused,
+  as offline evaluation refuses it.
 - a live camera: `camera:N` or a bare integer N (OpenCV device index);
 - a stream URL: `rtsp://...`, `http(s)://...` (any `scheme://` text goes to OpenCV; opening
   and each read time out after STREAM_TIMEOUT_S; a password in the URL is kept out of names
@@ -57,9 +59,9 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from ddnn.core.config import TrainConfig
+from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
-from ddnn.data import MultiViewData, load_spec, split
+from ddnn.data import MultiViewData, check_fits, load_spec, split
 
 log = logging.getLogger(__name__)
 
@@ -378,18 +380,22 @@ def open_source(
     part: str = "test",
     grid: str = "2x3",
     train_config: TrainConfig | None = None,
+    model: ModelConfig | None = None,
 ) -> ReplaySource | VideoSource | ImageFolderSource:
     """Open the frame source a SPEC names for device `device` (see the module docstring).
 
-    `part`, `grid` and `train_config` (default `TrainConfig()`) concern data-set replay
-    only."""
+    `part`, `grid`, `train_config` (default `TrainConfig()`) and `model` (the set must fit
+    it, when given) concern data-set replay only."""
     if device < 0:
         raise DataError(f"device number must be 0 or more, got {device}")
     spec = spec.strip().replace("{device}", str(device))
     scheme, sep, arg = spec.partition(":")
 
     if scheme in REPLAY_SCHEMES:
-        data = replay_part(load_spec(spec, grid), part, train_config or TrainConfig())
+        whole = load_spec(spec, grid)
+        if model is not None:
+            check_fits(whole, model)
+        data = replay_part(whole, part, train_config or TrainConfig())
         if len(data) == 0:
             raise DataError(f"the {part} part of {data.name} is empty")
         return ReplaySource(data, device, input_shape, name=f"{data.name} [{part}] view {device}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ddnn.data import save_mvmc
+from ddnn.data import save_mvmc, synthetic_cache_path
 from tests.helpers import ddnn, ddnn_json, make_mvmc_arrays
 
 
@@ -168,3 +169,26 @@ def test_data_synth_writes_the_same_file_for_the_same_seed(tmp_path):
     a, b = load_mvmc(tmp_path / "a.npz"), load_mvmc(tmp_path / "b.npz")
     assert len(a) == 12 and a.x.shape[1:] == (6, 3, 32, 32)
     assert np.array_equal(a.x, b.x) and np.array_equal(a.view_labels, b.view_labels)
+
+
+def test_json_stdout_is_one_document_also_on_first_use(tmp_path, monkeypatch):
+    """With --json, stdout holds the JSON document alone: what else a command prints goes to
+    stderr, the table of the demo model trained on first use (a `ddnn train` subprocess)
+    included. An empty cache directory makes each a first use; the default synthetic set is
+    put there small, so that the demo model trains in seconds."""
+    for command in (
+        ["faults", "--scenario", "bad-input"],  # the issue's case
+        ["demo", "--devices", "2", "--samples", "10"],
+    ):
+        cache = tmp_path / command[0]
+        monkeypatch.setenv("DDNN_DATA_DIR", str(cache))
+        save_mvmc(synthetic_cache_path(), *make_mvmc_arrays(120))
+        proc = ddnn(*command, "--json", timeout=600)
+        document = json.loads(proc.stdout)  # all of stdout, or this fails
+        assert document and "wrote" in proc.stderr  # training's table, on stderr
+        assert list((cache / "demo").glob("*.pt"))
+    config = json.loads(ddnn("config", "--set", "train.epochs=7", "--json").stdout)
+    assert config["train"]["epochs"] == 7
+    out = str(tmp_path / "s.npz")
+    synth = json.loads(ddnn("data", "synth", "--out", out, "--samples", "4", "--json").stdout)
+    assert synth["samples"] == 4

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from ddnn.core.errors import DataError
-from ddnn.data import cut_tiles, load_mvmc, load_spec, load_tiles, sample_labels, save_mvmc
+from ddnn.data import (
+    absolute_spec,
+    cut_tiles,
+    load_mvmc,
+    load_spec,
+    load_tiles,
+    sample_labels,
+    save_mvmc,
+)
 from tests.helpers import make_mvmc_arrays
 
 
@@ -118,3 +126,11 @@ def test_tiles_spec_loads_views_with_the_image_label(tmp_path: Path):
 def test_unknown_spec_is_a_clear_error():
     with pytest.raises(DataError, match="unknown data spec 'imagenet'"):
         load_spec("imagenet")
+
+
+def test_a_model_records_its_data_with_an_absolute_path(tmp_path: Path, monkeypatch):
+    """So that eval, demo and the devices find the model's data from any directory."""
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("mvmc:cams.npz") == f"mvmc:{tmp_path.resolve() / 'cams.npz'}"
+    assert absolute_spec("tiles:sub/img.npz") == f"tiles:{tmp_path.resolve() / 'sub/img.npz'}"
+    assert absolute_spec("synth") == "synth"

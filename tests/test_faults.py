@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import ddnn_json, tiny_model
+from ddnn.data import save_mvmc
+from tests.helpers import ddnn_json, make_mvmc_arrays, tiny_model
 
 
 def faults(model: Path, *scenarios: str, **options: str) -> list[dict]:
@@ -107,3 +108,15 @@ def test_dropout_trained_and_untrained_models_side_by_side(tiny, tmp_path):
     assert [r["scenario"] for r in results] == ["dropout: with dropout", "dropout: without dropout"]
     for result in results:
         assert_sound(result)
+
+
+def test_faults_replay_the_data_asked_for_and_check_against_the_same(tmp_path):
+    """A model trained on one MVMC-format file, faults run with `--data` another: the
+    devices replay that file's test part, and the offline reference decides the same."""
+    trained_on, other = tmp_path / "a.npz", tmp_path / "b.npz"
+    save_mvmc(trained_on, *make_mvmc_arrays(200, seed=2))
+    save_mvmc(other, *make_mvmc_arrays(100, seed=3))
+    model = tiny_model(tmp_path, "m", "0.5", "--data", f"mvmc:{trained_on}")
+    (result,) = faults(model, "bad-input", data=f"mvmc:{other}")
+    assert result["data"] == f"mvmc:{other}"
+    assert_sound(result)  # every compared live decision equals the offline one on b.npz

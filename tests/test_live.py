@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddnn.data import save_mvmc
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import MqttClient, connect_or_fail
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
-from tests.helpers import ddnn, ddnn_json, tiny_model
+from tests.helpers import ddnn, ddnn_json, make_mvmc_arrays, tiny_model
 
 EDGE = "model.edge={groups: [[0,1,2],[3,4,5]]}"
 
@@ -69,6 +70,36 @@ def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path):
     report, live, offline = live_and_offline(tmp_path, model, 200)
     assert_parity(report, live, offline, 200)
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
+
+
+def test_live_decisions_of_a_model_trained_on_an_mvmc_file_equal_offline_evaluation(tmp_path):
+    """The devices replay the data the model was trained on, not the default synthetic set:
+    live accuracy is that of `ddnn eval` on the same samples."""
+    data = tmp_path / "cams.npz"
+    save_mvmc(data, *make_mvmc_arrays(200, seed=1))
+    model = tiny_model(tmp_path, "m", "0.5", "--data", f"mvmc:{data}")
+    report, live, offline = live_and_offline(tmp_path, model, 40)
+    assert len(offline) == 40  # the whole test part of the file, each sample once
+    assert_parity(report, live, offline, 40)
+    evaluated = ddnn_json("eval", "--model", str(model))
+    assert report["accuracy"] == pytest.approx(evaluated["accuracy"]["overall"], abs=0.01)
+
+
+def test_data_that_does_not_fit_the_model_is_refused_by_device_and_demo(tmp_path, tiny):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (30, 64, 96, 3)).astype(np.float32)  # 6 tiles of 3x32x32
+    np.savez(tmp_path / "two.npz", X=images, y=rng.integers(0, 2, 30))  # classes 0 and 1
+    spec = f"tiles:{tmp_path / 'two.npz'}"
+    artifacts = tmp_path / "artifacts"
+    ddnn_json("export", "--model", str(tiny), "--out", str(artifacts))
+    for command in (
+        ["device", "--artifacts", str(artifacts), "--id", "0", "--source", spec],
+        ["demo", "--model", str(tiny), "--data", spec, "--samples", "5"],
+    ):
+        proc = ddnn(*command, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "does not fit the model" in proc.stderr and "classes ['0', '1']" in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_demo_through_the_embedded_broker(tiny):

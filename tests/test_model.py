@@ -10,7 +10,7 @@ from ddnn.core.errors import ModelFileError
 from ddnn.data import from_mvmc_arrays, split
 from ddnn.nn.checkpoint import load_model, save_model
 from ddnn.nn.model import DDNN
-from ddnn.nn.train import fit, random_presence
+from ddnn.nn.train import fit, random_presence, single_missing
 from tests.helpers import make_mvmc_arrays
 
 FIG2 = {
@@ -67,9 +67,25 @@ def test_random_presence_keeps_at_least_one_device():
     assert random_presence(50, 6, 0.0, gen).all()
 
 
+def test_single_missing_masks_cover_every_device_evenly():
+    gen = torch.Generator().manual_seed(0)
+    present = single_missing(6000, 6, gen)
+    assert ((~present).sum(dim=1) == 1).all()
+    assert ((~present).sum(dim=0) > 850).all()  # 1000 each on average
+    assert single_missing(10, 1, gen).all()  # a lone device is never dropped
+
+
+def test_every_presence_pass_trains(tmp_path):
+    """Training under several masks per batch averages the passes' losses."""
+    data = from_mvmc_arrays(*make_mvmc_arrays(100), name="small")
+    cfg = load_config(None, ["train.epochs=3", "train.presence=[dropout, full, single]"])
+    result = fit(split(data, cfg.train).train, cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
 def test_joint_training_learns_every_exit_and_model_file_round_trips(tmp_path):
     data = from_mvmc_arrays(*make_mvmc_arrays(200), name="small")
-    cfg = load_config(None, ["train.epochs=8", "train.device_dropout=0.2"])
+    cfg = load_config(None, ["train.epochs=12", "train.device_dropout=0.2"])
     parts = split(data, cfg.train)
     result = fit(parts.train, cfg)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
@@ -123,3 +139,20 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):
     save_model(path, model, load_config(None, ["model.device.conv_filters=[8]"]), {})
     with pytest.raises(ModelFileError, match="weights do not match its config"):
         load_model(path)
+
+
+@pytest.mark.parametrize("filters", [[4], [4, 8]])
+def test_devices_side_by_side_equal_each_slice_alone(filters):
+    """`DDNN.devices` runs the slices as one grouped conv (for speed); each device's scores
+    and feature map must equal its own `DeviceSlice` (what export and the live device run),
+    in training mode (batch statistics) and in eval mode. Integer pixels: exact sums."""
+    cfg = load_config(None, [f"model.device.conv_filters={filters}"])
+    model = DDNN(cfg.model)
+    x = torch.randint(0, 256, (5, 6, 3, 32, 32)).float()
+    for train in (True, False):
+        model.train(train)
+        scores, features = model.devices(x)
+        for i, device in enumerate(model.device_slices):
+            alone_scores, alone_features = device(x[:, i])
+            assert torch.equal(features[:, i], alone_features), (train, i)
+            assert torch.equal(scores[:, i], alone_scores), (train, i)

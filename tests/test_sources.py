@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ddnn.core.config import TrainConfig
+from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
-from ddnn.data import load_mvmc
+from ddnn.data import load_mvmc, save_mvmc
 from devices.sources import (
     FrameSource,
     ImageFolderSource,
@@ -178,6 +178,20 @@ def test_replay_errors(mvmc_file: Path):
         )
     with pytest.raises(DataError, match="must be 0 or more"):
         open_source(spec, -1, SHAPE)
+
+
+def test_replay_refuses_a_set_that_does_not_fit_the_model(tmp_path: Path, mvmc_file: Path):
+    model = ModelConfig()  # 6 devices of (3, 32, 32), classes car, bus, person
+    assert len(open_source(f"mvmc:{mvmc_file}", 0, SHAPE, model=model)) > 0
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (10, 64, 96, 3)).astype(np.float32)  # 6 tiles of 3x32x32
+    np.savez(tmp_path / "two.npz", X=images, y=rng.integers(0, 2, 10))
+    with pytest.raises(DataError, match=r"classes \['0', '1'\]\) does not fit the model"):
+        open_source(f"tiles:{tmp_path / 'two.npz'}", 0, SHAPE, model=model)
+    x, y = make_mvmc_arrays(10)
+    save_mvmc(tmp_path / "five.npz", x[:, :5], y[:, :5])
+    with pytest.raises(DataError, match="5 views .* does not fit the model"):
+        open_source(f"mvmc:{tmp_path / 'five.npz'}", 0, SHAPE, model=model)
 
 
 def test_live_sources_refuse_random_access(tmp_path: Path):

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ddnn.cli.app import app, bench_app
-from ddnn.cli.options import JsonFlag
+from ddnn.cli.options import JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.core.errors import DDNNError
 from ddnn.data import data_dir
@@ -133,6 +133,7 @@ def demo(
     model_path: Annotated[
         Path | None, typer.Option("--model", help="a model file (default: train a demo model)")
     ] = None,
+    data: LiveData = None,
     broker: Annotated[
         str | None, typer.Option(help="use this broker URL instead of starting one")
     ] = None,
@@ -144,7 +145,8 @@ def demo(
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
-    aggregator, the edges and the cloud, driven over the test set; then a summary."""
+    aggregator, the edges and the cloud, driven over the test part of the model's data;
+    then a summary, with the offline evaluation of the same samples beside it."""
     from ddnn.ops.demo import run_demo
 
     report = run_demo(
@@ -158,16 +160,27 @@ def demo(
         decisions,
         data_dir() / "demo",
         lambda text: err.print(text),
+        data,
     )
-    columns = ("decided", "undecided", "degraded", "accuracy", "bytes_per_device")
     b = report["broker"]
     show(
         report,
         as_json,
         [
             Rows(
-                f"live DDNN: {report['samples']} samples, {report['devices']} devices",
-                [{k: report[k] for k in columns}],
+                f"live DDNN: {report['samples']} samples of {report['data']}, "
+                f"{report['devices']} devices",
+                [
+                    {
+                        "decided": report["decided"],
+                        "undecided": report["undecided"],
+                        "degraded": report["degraded"],
+                        "acc %": report["accuracy"],
+                        "offline %": report["offline_accuracy"],
+                        "differ": report["mismatches"],
+                        "bytes/device": report["bytes_per_device"],
+                    }
+                ],
             ),
             Rows("exit fraction %", [report["exit_fraction"]]),
             Rows(
@@ -176,6 +189,8 @@ def demo(
             ),
             f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
             f"{b['ceiling_messages_per_second']} messages/s",
+            "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
+            "differ: live decisions (class or exit) that differ from it",
         ],
     )
 
@@ -198,6 +213,7 @@ def faults(
             help="for dropout: a model trained without device dropout (default: train one)"
         ),
     ] = None,
+    data: LiveData = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
@@ -220,11 +236,11 @@ def faults(
         if name == "dropout":
             baseline = compare_model or demo_model(False, cache, log, dropout=0.0)
             for label, path in (("with dropout", model), ("without dropout", baseline)):
-                result = run_scenario("device-down", path, log)
+                result = run_scenario("device-down", path, log, data=data)
                 result["scenario"] = f"dropout: {label}"
                 results.append(result)
         else:
-            results.append(run_scenario(name, model, log))
+            results.append(run_scenario(name, model, log, data=data))
     tables = []
     for result in results:
         rows = [
@@ -244,7 +260,7 @@ def faults(
             }
             for row in result["rows"]
         ]
-        tables.append(Rows(result["scenario"], rows))
+        tables.append(Rows(f"{result['scenario']} ({result['data']})", rows))
     legend = (
         "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
         "samples; differ: decisions that differ from it; local p50: latency of local exits "

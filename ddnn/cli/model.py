@@ -1,5 +1,5 @@
 """Training and offline evaluation: `ddnn train`, `eval`, `sweep`, `calibrate`, `baseline`,
-`config` and `export`."""
+`results`, `config` and `export`."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ from ddnn.cli.options import (
     parse_devices_ordered,
     parse_thresholds,
 )
-from ddnn.cli.render import Rows, out, progress_bar, report_blocks, show
+from ddnn.cli.render import Rows, err, out, progress_bar, report_blocks, show
 from ddnn.core.config import DDNNConfig
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade, exit_points
-from ddnn.data import MultiViewData, split
+from ddnn.data import MultiViewData, absolute_spec, split
 
 if TYPE_CHECKING:
     from ddnn.nn.model import DDNN
@@ -80,7 +80,7 @@ def train(
         cfg = set_thresholds(cfg, picked)
     test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
     meta = {
-        "data": data,
+        "data": absolute_spec(data),
         "grid": grid,
         "train_seconds": round(result.seconds, 2),
         "final_epoch": result.history[-1],
@@ -310,11 +310,55 @@ def baseline(
     )
 
 
+@app.command()
+def results(
+    seeds: Annotated[str, typer.Option(help="training seeds, e.g. 0,1,2")] = "0,1,2",
+    data: DataSpec = "synth",
+    overrides: Overrides = None,
+    workdir: Annotated[Path, typer.Option(help="where the models of the runs are written")] = Path(
+        "results"
+    ),
+    baseline: Annotated[
+        bool, typer.Option(help="also train each device alone (the Individual row)")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """The README's results table over several seeds: train, evaluate with each device
+    missing and train the individual baselines once per seed (each with the real commands),
+    then every measure per seed with its mean and spread, and the bars each seed meets."""
+    from ddnn.ops.results import BARS, seed_results
+
+    chosen = parse_devices_ordered(seeds)  # a list of integers, in the order given
+    document = seed_results(
+        chosen, data, overrides or [], workdir, baseline, lambda line: err.print(line)
+    )
+    rows = []
+    for key, stats in document["summary"].items():
+        row: dict[str, Any] = {"measure": key}
+        row |= {f"seed {r['seed']}": r[key] for r in document["rows"]}
+        row |= {"mean": stats["mean"], "std": stats["std"]}
+        rows.append(row)
+    bar_rows = [
+        {"bar": BARS[name]} | {f"seed {r['seed']}": r["bars"].get(name) for r in document["rows"]}
+        for name in BARS
+    ]
+    show(
+        document,
+        as_json,
+        [Rows(f"results over seeds {chosen} on {data}", rows), Rows("bars", bar_rows)],
+    )
+
+
 @app.command("config")
-def show_config(config: ConfigFile = None, overrides: Overrides = None) -> None:
-    """Print the effective configuration (defaults, file, overrides) as YAML."""
-    cfg = config_from(config, overrides)
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+def show_config(
+    config: ConfigFile = None, overrides: Overrides = None, as_json: JsonFlag = False
+) -> None:
+    """Print the effective configuration (defaults, file, overrides) as YAML, or JSON."""
+    document = config_from(config, overrides).model_dump(mode="json")
+    if as_json:
+        show(document, as_json)
+        return
+    out.print(yaml.safe_dump(document, sort_keys=False), end="")
 
 
 @app.command("export")

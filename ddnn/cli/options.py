@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ddnn import data as data_mod
-from ddnn.cli.render import progress_bar
+from ddnn.cli.render import json_mode, progress_bar
 from ddnn.core.config import DDNNConfig, load_config
 from ddnn.core.errors import DDNNError
 from ddnn.data import MultiViewData
@@ -23,7 +23,10 @@ DataSpec = Annotated[
 ]
 Grid = Annotated[str, typer.Option(help="views per image for tiles:PATH, as ROWSxCOLS")]
 OptionalGrid = Annotated[str | None, typer.Option(help="views per image for tiles:PATH")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+JsonFlag = Annotated[
+    bool,
+    typer.Option("--json", help="print one JSON document on stdout", callback=json_mode),
+]
 ModelPath = Annotated[
     Path,
     typer.Option("--model", help="a model file written by `ddnn train` (or a `ddnn export` dir)"),
@@ -40,6 +43,14 @@ Overrides = Annotated[
 Epochs = Annotated[int | None, typer.Option(min=1, help="training epochs")]
 Seed = Annotated[int | None, typer.Option(help="seed of initialization, batches and dropout")]
 Split = Annotated[str, typer.Option(help="which part of the data: test, validation, train, all")]
+LiveData = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="data SPEC whose test part the devices replay and decisions are scored on; it "
+        "must fit the model (default: the data the model was trained on)",
+    ),
+]
 OptionalData = Annotated[
     str | None,
     typer.Option("--data", help="data SPEC (default: the data the model was trained on)"),
@@ -81,10 +92,11 @@ def parse_thresholds(text: str | None, exits: list[str]) -> dict[str, float]:
 
 
 def parse_devices_ordered(text: str) -> list[int]:
+    """A comma-separated list of integers, in the order given."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise DDNNError(f"device order must look like 1,0,2, got {text!r}") from None
+        raise DDNNError(f"expected integers separated by commas like 1,0,2, got {text!r}") from None
 
 
 def config_from(config: Path | None, overrides: list[str] | None, **flags: Any) -> DDNNConfig:

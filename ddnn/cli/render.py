@@ -1,15 +1,17 @@
 """How every command shows its result, in one place: `show(document, as_json, blocks)` prints
-the document as one JSON document on stdout with `--json`, else the blocks (tables and lines)
-on the terminal. Progress goes to stderr."""
+the document as one JSON document on stdout with `--json`, and then nothing else on stdout
+(see `json_mode`), else the blocks (tables and lines) on the terminal. Progress goes to
+stderr."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,6 +21,21 @@ from ddnn.core.config import EXIT_ORDER
 
 out = Console()
 err = Console(stderr=True)
+_json_stdout: TextIO | None = None  # the real stdout, while a --json command runs
+
+
+def json_mode(on: bool) -> bool:
+    """`--json` promises stdout holds one JSON document and nothing else. So, as soon as the
+    flag is parsed, the process's file descriptor 1 is pointed at stderr: whatever else this
+    process or a child it starts writes to stdout (a table, a library's print, a subprocess
+    with inherited stdout) lands on stderr, and only `show` writes to the real stdout.
+    Done on the descriptor, not on `sys.stdout`, because child processes inherit only that."""
+    global _json_stdout
+    if on and _json_stdout is None:
+        sys.stdout.flush()
+        _json_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
+    return on
 
 
 @dataclass
@@ -36,8 +53,9 @@ def show(document: Any, as_json: bool, blocks: Iterable[Block] = ()) -> None:
     """A command's result: `document` as one JSON document on stdout with --json, else the
     `blocks` for a person (tables and lines)."""
     if as_json:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        sys.stdout.flush()
+        stream = _json_stdout or sys.stdout
+        stream.write(json.dumps(document, indent=2) + "\n")
+        stream.flush()
         return
     for block in blocks:
         if isinstance(block, Rows):

@@ -6,6 +6,7 @@ from ddnn.data.multiview import (
     MVMC_CLASSES,
     MultiViewData,
     Splits,
+    check_fits,
     cut_tiles,
     from_mvmc_arrays,
     load_mvmc,
@@ -17,11 +18,13 @@ from ddnn.data.multiview import (
 from ddnn.data.specs import (
     DEFAULT_SYNTH_SAMPLES,
     DEFAULT_SYNTH_SEED,
+    absolute_spec,
     data_dir,
     load_spec,
     parse_grid,
     synthetic,
     synthetic_cache_path,
+    trained_on,
 )
 
 __all__ = [
@@ -30,6 +33,8 @@ __all__ = [
     "MVMC_CLASSES",
     "MultiViewData",
     "Splits",
+    "absolute_spec",
+    "check_fits",
     "cut_tiles",
     "data_dir",
     "from_mvmc_arrays",
@@ -42,4 +47,5 @@ __all__ = [
     "split",
     "synthetic",
     "synthetic_cache_path",
+    "trained_on",
 ]

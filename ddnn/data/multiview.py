@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddnn.core.config import TrainConfig
+from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
 from ddnn.core.files import read_npz, replaced
 
@@ -134,6 +134,22 @@ def load_tiles(path: Path | str, grid: tuple[int, int] = (2, 3)) -> MultiViewDat
     views = np.repeat(y[:, None], x.shape[1], axis=1).astype(np.int32)
     classes = [str(c) for c in range(n_classes)]
     return MultiViewData(x, views, y.astype(np.int64), classes, f"tiles:{path}")
+
+
+def check_fits(data: MultiViewData, model: ModelConfig) -> None:
+    """Raise DataError unless `data` has one view per device of `model`, of the model's input
+    shape, and the model's classes: otherwise decisions would be scored against labels of
+    other classes, or the slices would not even run on the views."""
+    if (data.n_views, data.view_shape, list(data.classes)) != (
+        model.n_devices,
+        tuple(model.input_shape),
+        list(model.classes),
+    ):
+        raise DataError(
+            f"data {data.name} ({data.n_views} views of {data.view_shape}, classes "
+            f"{data.classes}) does not fit the model ({model.n_devices} devices of "
+            f"{tuple(model.input_shape)}, classes {model.classes})"
+        )
 
 
 @dataclass

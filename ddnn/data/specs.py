@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ddnn.core.errors import DataError
 from ddnn.data import synth
@@ -81,3 +82,19 @@ def load_spec(
     if scheme == "tiles" and arg:
         return load_tiles(arg, parse_grid(grid))
     raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")
+
+
+def absolute_spec(spec: str) -> str:
+    """`spec` with the path of `mvmc:PATH` / `tiles:PATH` made absolute, for the metadata of
+    a model file: the model's own data must be found again (by `ddnn eval`, `ddnn demo`, the
+    devices) from whatever directory those run in."""
+    scheme, sep, arg = spec.partition(":")
+    if scheme in ("mvmc", "tiles") and sep and arg:
+        return f"{scheme}:{Path(arg).expanduser().resolve()}"
+    return spec
+
+
+def trained_on(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """The data SPEC and grid a model was trained on, from its metadata (a model file's or
+    an export manifest's); metadata without them means the default synthetic set."""
+    return str(meta.get("data", "synth")), str(meta.get("grid", "2x3"))

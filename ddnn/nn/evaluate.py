@@ -25,7 +25,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.exits import Decisions, ExitInputs, ExitPoint, cascade
 from ddnn.core.fusion import score_fusions
 from ddnn.core.payloads import pack_features, pack_scores
-from ddnn.data import MultiViewData, load_spec, split
+from ddnn.data import MultiViewData, check_fits, load_spec, split, trained_on
 from ddnn.nn.checkpoint import load_model
 from ddnn.nn.export import load_exported_model
 from ddnn.nn.model import DDNN
@@ -396,18 +396,9 @@ def load_for_eval(
         meta = dict(manifest.meta)
     else:
         model, cfg, meta = load_model(model_path)
-    dataset = loader(data or meta.get("data", "synth"), grid or meta.get("grid", "2x3"))
-    m = cfg.model
-    if (dataset.n_views, dataset.view_shape, dataset.classes) != (
-        m.n_devices,
-        tuple(m.input_shape),
-        m.classes,
-    ):
-        raise DDNNError(
-            f"data {dataset.name} ({dataset.n_views} views of {dataset.view_shape}, classes "
-            f"{dataset.classes}) does not fit the model ({m.n_devices} devices of "
-            f"{tuple(m.input_shape)}, classes {m.classes})"
-        )
+    own_data, own_grid = trained_on(meta)
+    dataset = loader(data or own_data, grid or own_grid)
+    check_fits(dataset, cfg.model)
     if part == "all":
         return model, cfg, meta, dataset
     chosen = getattr(split(dataset, cfg.train), part, None)

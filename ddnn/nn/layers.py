@@ -12,7 +12,7 @@ Conventions every runtime must share (training, export, a packed bit runtime):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,9 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        # Two in-place steps on a bool->float cast: about 3x faster on CPU than a where()
+        # with scalar operands, and exactly +-1.0 (-0.0 >= 0 holds, so sign(-0.0) = +1 too).
+        return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -72,8 +74,12 @@ class QuantConv2d(nn.Conv2d):
         self.kernel_quantizer = kernel_quantizer
         self._quantize = get_quantizer(kernel_quantizer)
 
+    def binarized_weight(self) -> torch.Tensor:
+        """The weights the forward pass uses (quantized by `kernel_quantizer`)."""
+        return self._quantize(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self._quantize(self.weight), None, 1, 1)
+        return F.conv2d(x, self.binarized_weight(), None, 1, 1)
 
 
 class QuantLinear(nn.Linear):
@@ -104,8 +110,31 @@ class ConvP(nn.Module):
         self._act = _activation(precision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
-        return self._act(self.bn(x))
+        return self.normalize(conv_pool(x, self.conv.binarized_weight(), groups=1))
+
+    def normalize(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The block after its max-pool: batch norm, then the activation."""
+        return self._act(self.bn(pooled))
+
+
+def conv_pool(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """3x3 conv (stride 1, pad 1) then 3x3 max-pool (stride 2, pad 1).
+
+    Channels-last memory: CPU max-pool is several times faster on it than on NCHW (measured:
+    the pool took a quarter of a training step), and the results are the same numbers.
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    return F.max_pool2d(F.conv2d(x, weight, None, 1, 1, 1, groups), 3, 2, 1)
+
+
+def parallel_conv_p(blocks: Sequence[ConvP], x: torch.Tensor) -> torch.Tensor:
+    """`len(blocks)` ConvP blocks side by side, block i on its own slice of x's channels:
+    x (B, G*C, H, W) -> (B, G*f, H/2, W/2). One grouped conv instead of G small ones (the
+    devices' slices train about twice as fast); the same numbers as each block alone."""
+    weight = torch.cat([b.conv.binarized_weight() for b in blocks])
+    pooled = conv_pool(x, weight, groups=len(blocks))
+    parts = pooled.split(blocks[0].conv.out_channels, dim=1)
+    return torch.cat([b.normalize(p) for b, p in zip(blocks, parts, strict=True)], dim=1)
 
 
 class FC(nn.Module):

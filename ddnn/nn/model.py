@@ -19,7 +19,7 @@ from torch import nn
 
 from ddnn.core.config import ModelConfig
 from ddnn.nn.fusion import Fusion
-from ddnn.nn.layers import FC, ConvP, Precision, pooled_size
+from ddnn.nn.layers import FC, ConvP, Precision, parallel_conv_p, pooled_size
 
 
 def conv_stack(in_ch: int, filters: list[int], precision: Precision) -> nn.Sequential:
@@ -168,11 +168,15 @@ class DDNN(nn.Module):
     def devices(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Run every device slice: x (B, D, C, H, W) -> (scores (B, D, |C|) or None,
         features (B, D, f, h, w))."""
-        outs = [s(x[:, i]) for i, s in enumerate(self.device_slices)]
-        features = torch.stack([f for _, f in outs], dim=1)
+        b, d = x.shape[:2]
+        h = x.flatten(1, 2)  # device i's input is channels [i*C, (i+1)*C)
+        for level in range(len(self.cfg.device.conv_filters)):
+            h = parallel_conv_p([s.blocks[level] for s in self.device_slices], h)
+        features = h.reshape(b, d, *self.device_feature_shape)
         if self.local is None:
             return None, features
-        return torch.stack([s for s, _ in outs], dim=1), features
+        scores = [s.head(features[:, i]) for i, s in enumerate(self.device_slices)]
+        return torch.stack(scores, dim=1), features
 
     def local_exit(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The local aggregator: fuse the devices' class scores (B, D, |C|) -> (B, |C|)."""
@@ -200,18 +204,34 @@ class DDNN(nn.Module):
         """The cloud: fuse the feature maps of the tier below -> (B, |C|) scores."""
         return self.cloud(features, present)[0]
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> DDNNOutput:
-        if present is None:
-            present = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        scores, features = self.devices(x)
+    def exit_logits(
+        self, scores: torch.Tensor | None, features: torch.Tensor, present: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every tier above the devices, on the devices' outputs under one presence mask:
+        exit name -> (B, |C|) class scores, lowest tier first. Training runs it under
+        several masks per batch on one pass of the devices."""
         out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
+        return self._above_devices(out, present).logits
+
+    def _above_devices(self, out: DDNNOutput, present: torch.Tensor) -> DDNNOutput:
+        """Fill `out` (the devices' outputs) with every tier above them: the exits' logits,
+        and each edge's class scores and presence when there are edges."""
         if self.local is not None:
-            out.logits["local"] = self.local_exit(scores, present)
-        upper_features, upper_present = features, present
+            out.logits["local"] = self.local_exit(out.device_scores, present)
+        upper_features, upper_present = out.device_features, present
         if self.edge_exit is not None:
-            out.edge_scores, upper_features, upper_present = self.edge_tier(features, present)
+            out.edge_scores, upper_features, upper_present = self.edge_tier(
+                out.device_features, present
+            )
             out.edge_present = upper_present
             out.logits["edge"] = self.edge_exit(out.edge_scores, upper_present)
         if self.cloud is not None:
             out.logits["cloud"] = self.cloud_exit(upper_features, upper_present)
         return out
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> DDNNOutput:
+        if present is None:
+            present = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        scores, features = self.devices(x)
+        out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
+        return self._above_devices(out, present)

@@ -38,6 +38,28 @@ def random_presence(
     return present
 
 
+def single_missing(batch: int, n_devices: int, generator: torch.Generator) -> torch.Tensor:
+    """(batch, n_devices) bool: exactly one device, drawn uniformly, missing from each sample
+    (every device present when there is only one)."""
+    present = torch.ones(batch, n_devices, dtype=torch.bool)
+    if n_devices > 1:
+        present[torch.arange(batch), torch.randint(n_devices, (batch,), generator=generator)] = (
+            False
+        )
+    return present
+
+
+def training_presence(
+    kind: str, batch: int, n_devices: int, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """The presence mask of one training pass (`TrainConfig.presence`)."""
+    if kind == "dropout":
+        return random_presence(batch, n_devices, cfg.device_dropout, generator)
+    if kind == "single":
+        return single_missing(batch, n_devices, generator)
+    return torch.ones(batch, n_devices, dtype=torch.bool)
+
+
 def train_model(
     model: DDNN,
     data: MultiViewData,
@@ -51,6 +73,11 @@ def train_model(
     y = torch.from_numpy(data.labels)
     weights = {name: cfg.exit_weights.get(name, 1.0) for name in model.exits}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
     history = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -62,9 +89,14 @@ def train_model(
             if len(idx) < 2:  # batch norm needs two samples to estimate a variance
                 continue
             xb, yb = x[idx], y[idx]
-            present = random_presence(len(idx), model.cfg.n_devices, cfg.device_dropout, gen)
-            out = model(xb, present)
-            loss = sum(w * F.cross_entropy(out.logits[n], yb) for n, w in weights.items())
+            scores, features = model.devices(xb)
+            passes = []
+            for kind in cfg.presence:
+                present = training_presence(kind, len(idx), model.cfg.n_devices, cfg, gen)
+                passes.append(model.exit_logits(scores, features, present))
+            loss = sum(
+                w * F.cross_entropy(logits[n], yb) for logits in passes for n, w in weights.items()
+            ) / len(passes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -72,7 +104,9 @@ def train_model(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             for name in weights:
-                correct[name] += int((out.logits[name].argmax(1) == yb).sum())
+                correct[name] += int((passes[0][name].argmax(1) == yb).sum())
+        if schedule is not None:
+            schedule.step()
         stats = {"loss": total / max(seen, 1)}
         stats.update({f"train_acc_{n}": 100.0 * c / max(seen, 1) for n, c in correct.items()})
         history.append(stats)

@@ -8,6 +8,11 @@ devices in lockstep with `tick` messages over the test part (cycling when more s
 asked for than it holds), keeps a bounded number of samples in flight, collects every
 decision, shuts everything down and summarizes: accuracy, exit fractions, bytes per device,
 latency per exit tier, throughput next to the broker ceiling.
+
+The devices replay the test part of the data the model was trained on (or of `data`, a SPEC
+that must fit the model), and the same part is what the live accuracy is scored on and what
+the offline evaluation beside it (`offline_accuracy`, `mismatches`) decides: a demo whose
+devices saw other frames than its labels describe would report a meaningless accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.core.errors import DDNNError
-from ddnn.data import load_spec, split
 from ddnn.live.broker import broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.nn.checkpoint import load_model
@@ -31,6 +35,7 @@ from ddnn.ops.deploy import deployment
 from ddnn.ops.fleet import summarize
 
 DEMO_EPOCHS = 30
+STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
 
 
@@ -50,7 +55,9 @@ def demo_model(
         command += ["--set", f"model.edge={{groups: {EDGE_GROUPS}}}"]
     if dropout is not None:
         command += ["--set", f"train.device_dropout={dropout}"]
-    if subprocess.run(command).returncode != 0:
+    # Training's table is progress here, not the caller's output: it goes to stderr, so that
+    # the stdout of `ddnn demo --json` / `ddnn faults --json` holds their JSON alone.
+    if subprocess.run(command, stdout=STDERR_FD).returncode != 0:
         raise DDNNError("training the demo model failed (see above)")
     return path
 
@@ -66,7 +73,10 @@ def run_demo(
     decisions_path: Path | None,
     cache: Path,
     log: Callable[[str], None],
+    data: str | None = None,
 ) -> dict[str, Any]:
+    """Run the live system on `model` (default: the cached demo model) over `samples` test
+    samples of `data` (a SPEC; default: the data the model was trained on); the summary."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -75,8 +85,6 @@ def run_demo(
         raise DDNNError(f"--devices must be 1..{n} for this model, got {k}")
     if cfg.model.local is None:
         raise DDNNError("the live system needs a model with a local exit")
-    labels = split(load_spec(meta.get("data", "synth"), meta.get("grid", "2x3")), cfg.train)
-    labels = labels.test.labels
 
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         broker = None
@@ -88,10 +96,13 @@ def run_demo(
         try:
             ceiling = broker_ceiling(settings, messages=2000)
             with deployment(
-                net, cfg, meta, Path(tmp), settings, f"demo-{os.getpid()}", devices=k
+                net, cfg, meta, Path(tmp), settings, f"demo-{os.getpid()}", devices=k, data=data
             ) as running:
-                driver = running.driver
-                log(f"{len(running.roles)} services online; driving {samples} samples")
+                driver, reference = running.driver, running.reference
+                log(
+                    f"{len(running.roles)} services online; driving {samples} samples of the "
+                    f"test part of {reference.spec} ({len(reference.labels)} samples)"
+                )
                 start = time.monotonic()
                 driver.run(range(samples), window=window)
                 seconds = max(driver.decided_at.values(), default=start) - start
@@ -99,7 +110,9 @@ def run_demo(
             if broker is not None:
                 broker.stop()
     decisions, anomalies, manifest = driver.decisions, driver.anomalies, running.manifest
-    report = summarize(decisions, labels, samples, seconds)
+    report = summarize(decisions, reference.labels, samples, seconds)
+    report.update(reference.compare(decisions.values()))
+    report["data"] = reference.spec
     report["anomalies"] = dict(anomalies)
     report["devices"] = k
     report["model_version"] = manifest.model_version

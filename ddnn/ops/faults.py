@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,41 +27,17 @@ import msgpack
 import numpy as np
 
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import cascade, exit_points
 from ddnn.core.roles import AGGREGATOR, Role
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import MqttClient, connect_or_fail
 from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
 from ddnn.nn.checkpoint import load_model
-from ddnn.nn.evaluate import accuracy_percent, load_for_eval, presence_mask, run_model
 from ddnn.ops.deploy import deployment
-from ddnn.ops.fleet import Driver, Fleet, summarize
+from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
 
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
 CLOUD_DEADLINE = 1.5
-
-
-class Reference:
-    """Offline decisions of the exported model on the test part for any set of present
-    devices: what `ddnn eval --missing ...` computes."""
-
-    def __init__(self, artifacts: Path) -> None:
-        self.model, self.cfg, _, self.test = load_for_eval(artifacts, part="test")
-        self.points = exit_points(self.cfg, self.model.exits)
-        self.labels = self.test.labels
-        self.decide = cache(self._decide)
-
-    def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-        n = self.cfg.model.n_devices
-        missing = [d for d in range(n) if d not in devices]
-        outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
-        d = cascade(self.points, outputs.inputs)
-        return d.predictions, [self.points[e].name for e in d.exit_index]
-
-    def accuracy(self, devices: tuple[int, ...]) -> float:
-        predictions, _ = self.decide(devices)
-        return accuracy_percent(predictions, self.labels)
 
 
 @dataclass
@@ -111,27 +86,14 @@ class Harness:
     def row(self, name: str, samples: range, **extra: Any) -> dict[str, Any]:
         """The report line of a stretch of samples, with the checks every scenario makes."""
         got = {k: d for k in samples if (d := self.driver.decisions.get(k)) is not None}
-        decided = [d for d in got.values() if d.decided]
         summary = summarize(got, self.reference.labels, len(samples), seconds=0.0)
-        n = len(self.reference.labels)
-        mismatches = offline_right = compared = 0
-        for d in decided:
-            if d.degraded or (d.upper_devices is not None and d.upper_devices != d.devices):
-                continue  # devices changed between tiers: no single offline presence set
-            predictions, exits = self.reference.decide(tuple(d.devices))
-            row = d.sample % n
-            compared += 1
-            mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
-            offline_right += int(predictions[row] == self.reference.labels[row])
         local_latency = summary["latency_ms"].get("local", {"p50": None})
         return {
             "scenario": name,
             **{k: summary[k] for k in ("samples", "decided", "undecided", "degraded")},
             "lost": summary["missing"],
             "accuracy": summary["accuracy"],
-            "offline_accuracy": round(100.0 * offline_right / compared, 2) if compared else None,
-            "compared": compared,
-            "mismatches": mismatches,
+            **self.reference.compare(got.values()),
             "exit_fraction": summary["exit_fraction"],
             "latency_p50_ms": local_latency["p50"],
             "reasons": dict(Counter(d.reason for d in got.values() if d.reason)),
@@ -302,10 +264,16 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
 
 
 def run_scenario(
-    name: str, model: Path, log: Callable[[str], None], workdir: Path | None = None
+    name: str,
+    model: Path,
+    log: Callable[[str], None],
+    workdir: Path | None = None,
+    data: str | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario on a fresh deployment of `model`; the rows, the services' final
-    counters and rejections, and whether every process that should live is alive."""
+    """Run one scenario on a fresh deployment of `model`, its devices replaying the test part
+    of `data` (a SPEC; default: the data the model was trained on), the very samples the
+    offline reference decides; the rows, the services' final counters and rejections, and
+    whether every process that should live is alive."""
     if name not in SCENARIOS:
         raise DDNNError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     net, cfg, meta = load_model(model)
@@ -331,14 +299,15 @@ def run_scenario(
                 workdir or Path(tmp),
                 broker.settings(),
                 f"faults-{name}",
+                data=data,
                 extra={AGGREGATOR: aggregator},
                 log_level="info",
                 retry_after=3.0,
                 drain=2.0,  # the services' last statuses, with their counters
             ) as running:
                 fleet, driver, roles = running.fleet, running.driver, running.roles
-                log(f"{name}: {len(roles)} services online")
-                reference = Reference(running.artifacts)
+                reference = running.reference
+                log(f"{name}: {len(roles)} services online; devices replay {reference.spec} (test)")
                 h = Harness(fleet, driver, reference, roles, restart_broker)
                 rows = SCENARIOS[name](h)
                 alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
@@ -347,6 +316,7 @@ def run_scenario(
     codes = running.codes
     return {
         "scenario": name,
+        "data": reference.spec,
         "rows": rows,
         "alive": alive,
         "clean_exits": {role: code == 0 for role, code in codes.items()},

@@ -5,7 +5,8 @@ pauses or restarts them for fault injection. `Driver` is one MQTT client that tr
 samples with `tick` messages, collects decisions and statuses, and re-ticks a sample that
 got no decision in time (after a lost tick, or an aggregator that died holding it): a
 restarted aggregator then decides it, and one that already did drops the repeat as late.
-`ddnn demo` and `ddnn faults` are both built from these two.
+`Reference` is the offline truth both compare the live decisions with. `ddnn demo` and
+`ddnn faults` are built from these three.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,13 @@ Launch = Callable[[Role], list[str]]
 def python_m_ddnn(role: Role) -> list[str]:
     """Every role as an operator starts it: `python -m ddnn`."""
     return [sys.executable, "-m", "ddnn"]
+
+
+def replaying(roles: Iterable[Role], spec: str) -> dict[Role, list[str]]:
+    """The options (for `Fleet`'s `extra`) that make every device among `roles` replay the
+    test part of `spec`: never the device's default, so the frames are those the driver's
+    labels and the offline reference describe."""
+    return {role: ["--source", spec] for role in roles if role.tier == "device"}
 
 
 class Fleet:
@@ -244,3 +253,60 @@ def summarize(
         "throughput": round(len(decisions) / seconds, 1) if seconds > 0 else None,
         "seconds": round(seconds, 2),
     }
+
+
+class Reference:
+    """Offline decisions of an exported model on the test part of a data set, for any set of
+    present devices: what `ddnn eval --missing ...` computes. `data` is a SPEC (default: the
+    data the model was trained on); `spec` is then what the devices must replay (`--source`),
+    so that live decisions are scored against the labels of the frames the devices saw."""
+
+    def __init__(self, artifacts: Path, data: str | None = None) -> None:
+        from ddnn.core.exits import exit_points
+        from ddnn.data import absolute_spec, trained_on
+        from ddnn.nn.evaluate import load_for_eval
+
+        self.model, self.cfg, meta, self.test = load_for_eval(artifacts, data, part="test")
+        self.spec = absolute_spec(data or trained_on(meta)[0])
+        self.points = exit_points(self.cfg, self.model.exits)
+        self.labels = self.test.labels
+        self.decide = cache(self._decide)
+
+    def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+        from ddnn.core.exits import cascade
+        from ddnn.nn.evaluate import presence_mask, run_model
+
+        n = self.cfg.model.n_devices
+        missing = [d for d in range(n) if d not in devices]
+        outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
+        d = cascade(self.points, outputs.inputs)
+        return d.predictions, [self.points[e].name for e in d.exit_index]
+
+    def accuracy(self, devices: tuple[int, ...]) -> float:
+        from ddnn.nn.evaluate import accuracy_percent
+
+        predictions, _ = self.decide(devices)
+        return accuracy_percent(predictions, self.labels)
+
+    def compare(self, decisions: Iterable[Decision]) -> dict[str, Any]:
+        """Live decisions against the offline ones with the same devices present (sample k is
+        row k mod the test part's length): how many were compared, how many differ in class
+        or exit, and the offline accuracy on those samples. Undecided and degraded decisions,
+        and those whose devices changed between tiers, have no single offline counterpart."""
+        n = len(self.labels)
+        compared = mismatches = right = 0
+        for d in decisions:
+            if not d.decided or d.degraded:
+                continue
+            if d.upper_devices is not None and d.upper_devices != d.devices:
+                continue
+            predictions, exits = self.decide(tuple(d.devices))
+            row = d.sample % n
+            compared += 1
+            mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
+            right += int(predictions[row] == self.labels[row])
+        return {
+            "offline_accuracy": round(100.0 * right / compared, 2) if compared else None,
+            "compared": compared,
+            "mismatches": mismatches,
+        }
