@@ -1,10 +1,13 @@
 """Joint training of all exits (paper Section III-C) and the "Individual" baseline.
 
 The loss is the weighted sum of the softmax cross-entropy at every exit (equal weights by
-default), optimized with Adam using the paper's hyper-parameters. With `device_dropout` > 0
-each device is independently absent from each training sample with that probability (at
-least one device stays), through the same presence mask that evaluation and the live
-aggregators use, so the model learns to decide with whatever devices answered.
+default), optimized with Adam using the paper's hyper-parameters, with the rate decayed to
+zero on a cosine (`lr_schedule`; a constant rate leaves a binary net wherever its last epoch
+lands). With `device_dropout` > 0 each device is independently absent from each training
+sample with that probability (at least one device stays), through the same presence mask
+that evaluation and the live aggregators use, so the model learns to decide with whatever
+devices answered. `presence` can train each batch under several masks (full, exactly one
+device missing): the devices run once, the tiers above once per mask.
 """
 
 from __future__ import annotations
