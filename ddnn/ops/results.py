@@ -90,7 +90,7 @@ def check_bars(row: dict[str, Any]) -> dict[str, bool]:
     return bars
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def over_seeds(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean, standard deviation, min and max of every numeric measure over the seeds."""
     out: dict[str, dict[str, float]] = {}
     for key, first in rows[0].items():
@@ -134,7 +134,7 @@ def seed_results(
         "overrides": list(overrides),
         "seeds": list(seeds),
         "rows": rows,
-        "summary": summarize(rows),
+        "summary": over_seeds(rows),
         "bars": BARS,
         "all_bars_met": all(all(r["bars"].values()) for r in rows),
     }
