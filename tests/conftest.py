@@ -1,4 +1,5 @@
-"""Shared fixtures: small data sets in the MVMC format, written to temporary files."""
+"""Shared fixtures: small data sets in the MVMC format, written to temporary files, and the
+tiny trained models (local + cloud, and local + edge + cloud) that several modules share."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ddnn.data import save_mvmc
-from tests.helpers import make_mvmc_arrays, tiny_model
+from tests.helpers import EDGE, make_mvmc_arrays, tiny_model
 
 
 @pytest.fixture
@@ -21,3 +22,12 @@ def mvmc_file(tmp_path: Path) -> Path:
 def tiny(tmp_path_factory) -> Path:
     """The local + cloud model the live and fault tests share."""
     return tiny_model(tmp_path_factory.mktemp("tiny"), "c", "0.5")
+
+
+@pytest.fixture(scope="session")
+def tiny_edge(tmp_path_factory) -> Path:
+    """A local + edge + cloud model (two edges of three devices) whose thresholds send a
+    real share of samples out of every exit."""
+    return tiny_model(
+        tmp_path_factory.mktemp("tiny_edge"), "e", "local=0.4,edge=0.3", "--set", EDGE
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+EDGE = "model.edge={groups: [[0,1,2],[3,4,5]]}"  # two edges of three devices each
 
 
 def make_mvmc_arrays(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +51,12 @@ def tiny_model(tmp: Path, name: str, fractions: str, *extra: str) -> Path:
     ddnn_json("train", "--out", str(model), "--epochs", "3", *extra, timeout=600)
     ddnn_json("calibrate", "--model", str(model), "--exit-fraction", fractions)
     return model
+
+
+def exported(model: Path, out: Path) -> Path:
+    """`ddnn export` of `model` into `out`; returns `out`."""
+    ddnn_json("export", "--model", str(model), "--out", str(out))
+    return out
 
 
 def blocking(*packages: str) -> str:

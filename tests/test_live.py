@@ -17,11 +17,9 @@ import pytest
 
 from ddnn.data import save_mvmc
 from ddnn.live.broker import start_broker
-from ddnn.live.mqtt import MqttClient, connect_or_fail
+from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
 from tests.helpers import ddnn, ddnn_json, make_mvmc_arrays, tiny_model
-
-EDGE = "model.edge={groups: [[0,1,2],[3,4,5]]}"
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -65,9 +63,8 @@ def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
     assert report["broker"]["ceiling_messages_per_second"] > 0
 
 
-def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path):
-    model = tiny_model(tmp_path, "e", "local=0.4,edge=0.3", "--set", EDGE)
-    report, live, offline = live_and_offline(tmp_path, model, 200)
+def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path, tiny_edge):
+    report, live, offline = live_and_offline(tmp_path, tiny_edge, 200)
     assert_parity(report, live, offline, 200)
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
 
@@ -126,7 +123,7 @@ def deployment(tmp_path, tiny):
     artifacts = tmp_path / "artifacts"
     manifest = ddnn_json("export", "--model", str(tiny), "--out", str(artifacts))
     with start_broker() as broker:
-        client = connect_or_fail(MqttClient(broker.settings(), "test-client").start())
+        client = MqttClient(broker.settings(), "test-client").connect()
         topics = Topics("t", manifest["model_version"])
         client.subscribe(topics.decisions)
         client.subscribe(topics.all_status)

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from ddnn.core.errors import ConfigError, DDNNError
 from ddnn.live.broker import RunningBroker, broker_ceiling, find_mosquitto, free_port, start_broker
-from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail, parse_broker_url
+from ddnn.live.mqtt import BrokerSettings, MqttClient, parse_broker_url
+from ddnn.live.transport import Will
 
 KINDS = [
     pytest.param(
@@ -55,7 +56,7 @@ def clients() -> Iterator[list[MqttClient]]:
 def connected(broker: RunningBroker, made: list[MqttClient], name: str, **kw) -> MqttClient:
     client = MqttClient(broker.settings(), f"{name}-{uuid.uuid4().hex[:8]}", **kw)
     made.append(client)
-    return connect_or_fail(client, timeout=5)
+    return client.connect(timeout=5)
 
 
 def subscriber(
@@ -147,18 +148,19 @@ def test_subscriptions_made_before_connecting_are_kept(
     early = MqttClient(broker.settings(), f"early-{uuid.uuid4().hex[:8]}")
     clients.append(early)
     early.subscribe(topic)  # not connected yet: made on connect
-    connect_or_fail(early, timeout=5)
+    early.connect(timeout=5)
     assert wait_for(early, topic, b"kept", 5)
 
 
 DEVICE_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
+    from ddnn.live.mqtt import BrokerSettings, MqttClient
+    from ddnn.live.transport import Will
     url, protocol, topic, how = sys.argv[1:5]
     settings = BrokerSettings(url=url, protocol=protocol, keepalive=1)
     client = MqttClient(settings, "device-" + topic.rsplit("/", 1)[-1], will=Will(topic, b"dead"))
-    connect_or_fail(client, timeout=5)
+    client.connect(timeout=5)
     client.publish(topic, b"online", qos=1, retain=True)
     print("ready", flush=True)
     if how == "close":
@@ -250,7 +252,7 @@ def test_broker_command_serves_until_sigterm(broker: RunningBroker) -> None:
                 assert time.monotonic() < deadline, "ddnn broker did not come up"
                 time.sleep(0.1)
         settings = BrokerSettings(url=f"mqtt://127.0.0.1:{port}", protocol=broker.protocol)
-        client = connect_or_fail(MqttClient(settings, "cli-check"), timeout=5)
+        client = MqttClient(settings, "cli-check").connect(timeout=5)
         client.close()
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=5)
@@ -289,7 +291,7 @@ def test_closed_port_fails_naming_the_url() -> None:
     client = MqttClient(url, "nobody-home")
     start = time.monotonic()
     with pytest.raises(DDNNError, match="cannot connect") as raised:
-        connect_or_fail(client, timeout=1.0)
+        client.connect(timeout=1.0)
     assert url in str(raised.value)
     assert time.monotonic() - start < 5
     assert not client.connected
@@ -300,7 +302,7 @@ def test_wrong_protocol_is_explained() -> None:
         client = MqttClient(embedded.url, "speaks-5")
         start = time.monotonic()
         with pytest.raises(DDNNError, match="3.1.1") as raised:
-            connect_or_fail(client, timeout=5.0)
+            client.connect(timeout=5.0)
         assert embedded.url in str(raised.value)
         assert time.monotonic() - start < 4, "a refusal for good should fail at once"
 

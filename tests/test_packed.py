@@ -381,7 +381,7 @@ def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tm
     """The real `ddnn device` service, torch blocked, against a broker: the scores it
     publishes for replayed samples equal the torch slice's on the same frames."""
     from ddnn.live.broker import start_broker
-    from ddnn.live.mqtt import MqttClient, connect_or_fail
+    from ddnn.live.mqtt import MqttClient
     from ddnn.live.wire import Scores, Status, Tick, Topics, decode, encode
 
     model, cfg, _, artifacts, manifest = trained
@@ -402,7 +402,7 @@ def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tm
              "from ddnn.cli import main\nmain()\n"],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
-        client = connect_or_fail(MqttClient(broker.settings(), "test-packed").start())
+        client = MqttClient(broker.settings(), "test-packed").connect()
         topics = Topics("nt", manifest.model_version)
         client.subscribe(topics.all_status)
         client.subscribe(topics.all_scores)

@@ -19,7 +19,7 @@ is the other choice, made per broker, because the embedded Python broker (amqtt)
 `RunningBroker` whose `.protocol` says which version its clients must use and whose
 `.settings()` carries it; for an external broker it is part of the broker settings
 (`protocol: "3.1.1"`). A broker that rejects the version shows up as a failed connection
-whose message (from `connect_or_fail`) says so.
+whose message (from `MqttClient.connect`) says so.
 
 Last will. The broker publishes a client's will only when the connection is lost uncleanly
 (a killed process, a dead network, a missed keepalive). `MqttClient.close()` disconnects
@@ -36,7 +36,6 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -48,6 +47,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ddnn.core.errors import ConfigError, DDNNError, problems
+from ddnn.live.transport import Received, Will
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +158,6 @@ def as_settings(settings_or_url: BrokerSettings | str) -> BrokerSettings:
     return BrokerSettings.from_url(settings_or_url)
 
 
-@dataclass(frozen=True)
-class Will:
-    """The message the broker publishes for a client whose connection is lost uncleanly."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-Message = tuple[str, bytes]
 _TRANSIENT_REFUSALS = {
     "Server unavailable",
     "Server busy",
@@ -204,7 +193,7 @@ class MqttClient:
         self._address = self.settings.address
         self.last_error: str | None = None
         self.refused_for_good = False  # a refusal that retrying will not change
-        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._inbox: queue.Queue[Received] = queue.Queue()
         self._lock = threading.Lock()
         self._filters: dict[str, int] = {}
         # The filters again, for matching topics: only added to (under the lock), read by
@@ -333,6 +322,31 @@ class MqttClient:
             self._client.loop_start()
         return self
 
+    def connect(self, timeout: float = 10.0) -> MqttClient:
+        """Start and wait until connected; on timeout close and raise a `DDNNError` that
+        names the broker URL and what went wrong. A refusal that retrying cannot change (a
+        wrong protocol version, bad credentials) fails at once."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self.wait_connected(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if self.refused_for_good or time.monotonic() >= deadline:
+                break
+        else:
+            return self
+        reason = self.last_error
+        self.close()
+        if reason is None:
+            reason = _diagnose(self.settings)
+        hint = ""
+        if self.protocol == "5" and "protocol version" in reason.lower():
+            hint = " (this broker speaks only MQTT 3.1.1, as the embedded one does: "
+            hint += "set protocol 3.1.1)"
+        elif not self.settings.tls and "before the broker answered" in reason:
+            hint = " (a TLS port? then use mqtts://)"
+        raise DDNNError(
+            f"cannot connect to MQTT broker {self.url} within {timeout:g} s: {reason}{hint}"
+        )
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -359,7 +373,7 @@ class MqttClient:
                     self._unacked.popleft()
         return True
 
-    def get(self, timeout: float | None = None) -> Message | None:
+    def get(self, timeout: float | None = None) -> Received | None:
         """The next `(topic, payload)`, waiting up to `timeout` seconds (forever if None);
         None when nothing came."""
         try:
@@ -447,28 +461,3 @@ def _diagnose(settings: BrokerSettings) -> str:
         except (OSError, ValueError) as e:
             return f"TLS handshake failed: {e}"
         return "TCP and TLS work but no MQTT session was established"
-
-
-def connect_or_fail(client: MqttClient, timeout: float = 10.0) -> MqttClient:
-    """Start `client` and wait until it is connected; on timeout close it and raise a
-    `DDNNError` that names the broker URL and what went wrong. A refusal that retrying
-    cannot change (a wrong protocol version, bad credentials) fails at once."""
-    client.start()
-    deadline = time.monotonic() + timeout
-    while not client.wait_connected(min(0.05, max(0.0, deadline - time.monotonic()))):
-        if client.refused_for_good or time.monotonic() >= deadline:
-            break
-    else:
-        return client
-    reason = client.last_error
-    client.close()
-    if reason is None:
-        reason = _diagnose(client.settings)
-    hint = ""
-    if client.protocol == "5" and "protocol version" in reason.lower():
-        hint = " (this broker speaks only MQTT 3.1.1, as the embedded one does: set protocol 3.1.1)"
-    elif not client.settings.tls and "before the broker answered" in reason:
-        hint = " (a TLS port? then use mqtts://)"
-    raise DDNNError(
-        f"cannot connect to MQTT broker {client.url} within {timeout:g} s: {reason}{hint}"
-    )

@@ -28,7 +28,9 @@ from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role
-from ddnn.live.mqtt import BrokerSettings, MqttClient, Will, connect_or_fail
+from ddnn.live.memory import MemoryBus
+from ddnn.live.mqtt import BrokerSettings, MqttClient
+from ddnn.live.transport import Transport, Will
 from ddnn.live.wire import Features, Message, Status, Topics, WireError, decode, encode
 
 log = logging.getLogger("ddnn")
@@ -87,15 +89,29 @@ class Rejected(DDNNError):
     """A well-formed message that this service cannot use (unknown device, wrong shape)."""
 
 
+Broker = BrokerSettings | MemoryBus  # a real broker, or the in-process one of fast tests
+
+
+def open_transport(broker: Broker, client_id: str, will: Will) -> Transport:
+    if isinstance(broker, MemoryBus):
+        return broker.client(client_id, will=will)
+    return MqttClient(broker, client_id, will=will)
+
+
 class Service:
+    """The base of every service. `run()` serves until stopped; tests that drive a service
+    in-process call `open()`, hand it messages with `receive()`, call `poll()` with the time
+    they want, and `close()`."""
+
     role: Role
 
-    def __init__(self, manifest: Manifest, broker: BrokerSettings, deployment: str) -> None:
+    def __init__(self, manifest: Manifest, broker: Broker, deployment: str) -> None:
         self.manifest = manifest
         self.topics = Topics(deployment, manifest.model_version)
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.stopping = threading.Event()
+        self._connections = 0  # the transport's connections when last announced
         self.log = logging.getLogger(f"ddnn.{self.role}")
         if (torch := sys.modules.get("torch")) is not None:
             # One sample at a time gains nothing from more threads, and several services on
@@ -103,10 +119,10 @@ class Service:
             # samples/s at ~1 s latency with PyTorch's default threads, 280/s at 40 ms with 1.
             torch.set_num_threads(1)
         offline = encode(Status(role=self.role, state="offline", t=time.time()))
-        self.client = MqttClient(
+        self.client = open_transport(
             broker,
-            client_id=f"ddnn-{deployment}-{self.role}-{os.getpid()}",
-            will=Will(self.topics.status(self.role), offline),
+            f"ddnn-{deployment}-{self.role}-{os.getpid()}",
+            Will(self.topics.status(self.role), offline),
         )
 
     # -- what subclasses provide -------------------------------------------------------
@@ -144,17 +160,26 @@ class Service:
     def run(self, connect_timeout: float = 30.0) -> None:
         """Serve until SIGINT/SIGTERM (or `stop()`)."""
         self._install_signal_handlers()
-        self.client.start()
-        for topic in self.subscriptions():
-            self.client.subscribe(topic, qos=1)
         try:
-            connect_or_fail(self.client, timeout=connect_timeout)
-            self.log.info("online at %s under %s", self.client.url, self.topics.root)
+            self.open(connect_timeout)
             self._loop()
         finally:
-            self.announce("offline")
-            self.client.close()
-            self.log.info("%s stopped; %s", self.role, self.summary())
+            self.close()
+
+    def open(self, connect_timeout: float = 30.0) -> None:
+        """Subscribe, connect (or raise `DDNNError` saying why not) and announce `online`."""
+        for topic in self.subscriptions():
+            self.client.subscribe(topic, qos=1)
+        self.client.connect(timeout=connect_timeout)
+        self.log.info("online at %s under %s", self.client.url, self.topics.root)
+        self._connections = self.client.connections
+        self.announce("online")
+
+    def close(self) -> None:
+        """Announce `offline` and disconnect cleanly."""
+        self.announce("offline")
+        self.client.close()
+        self.log.info("%s stopped; %s", self.role, self.summary())
 
     def announce(self, state: str) -> None:
         """Publish the retained status with the counters so far."""
@@ -167,27 +192,31 @@ class Service:
         )
         self.publish(self.topics.status(self.role), status, retain=True)
 
+    def receive(self, topic: str, payload: bytes) -> None:
+        """One message off the transport: decode, check it belongs on its topic, handle it.
+        A message that fails any of that is counted under its reason and dropped."""
+        self.counters["received"] += 1
+        try:
+            message = decode(payload)
+            self.topics.check(topic, message)
+            self.handle(topic, message)
+        except (WireError, Rejected) as e:
+            self.reject(str(e))
+
     def _loop(self) -> None:
         wake: float | None = None
-        connections, announced = 0, 0.0
+        announced = time.monotonic()
         while not self.stopping.is_set():
-            # Announce on every (re)connect, since a restarted broker has lost the retained
+            # Announce on every reconnect, since a restarted broker has lost the retained
             # status, and every few seconds, so that operators see the counters move.
             now = time.monotonic()
-            if self.client.connections != connections or now - announced > STATUS_EVERY:
-                connections, announced = self.client.connections, now
+            if self.client.connections != self._connections or now - announced > STATUS_EVERY:
+                self._connections, announced = self.client.connections, now
                 self.announce("online")
             timeout = 0.5 if wake is None else min(0.5, max(0.0, wake - time.monotonic()))
             item = self.client.get(timeout=timeout)
             if item is not None:
-                topic, payload = item
-                self.counters["received"] += 1
-                try:
-                    message = decode(payload)
-                    self.topics.check(topic, message)
-                    self.handle(topic, message)
-                except (WireError, Rejected) as e:
-                    self.reject(str(e))
+                self.receive(*item)
             wake = self.poll(time.monotonic())
 
     def stop(self) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, Role
 from ddnn.live.broker import start_broker
-from ddnn.live.mqtt import MqttClient, connect_or_fail
+from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.deploy import deployment
@@ -235,7 +235,7 @@ def rogue_payloads(topics: Topics, sample: int, decided: int) -> list[tuple[str,
 
 def bad_input(h: Harness) -> list[dict[str, Any]]:
     """7. A rogue client publishes garbage on every topic the services read, mid-stream."""
-    rogue = connect_or_fail(MqttClient(h.driver.client.settings, "ddnn-rogue").start())
+    rogue = MqttClient(h.driver.client.settings, "ddnn-rogue").connect()
     sent: list[int] = []
     start = h.next_sample
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import Role
-from ddnn.live.mqtt import BrokerSettings, MqttClient, connect_or_fail
+from ddnn.live.mqtt import BrokerSettings, MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
 from ddnn.ops.stats import percentiles
 
@@ -132,7 +132,7 @@ class Driver:
         self.client.start()
         self.client.subscribe(topics.all_status)
         self.client.subscribe(topics.decisions)
-        connect_or_fail(self.client)
+        self.client.connect()
         self.decisions: dict[int, Decision] = {}
         self.decided_at: dict[int, float] = {}  # monotonic
         self.ticked_at: dict[int, float] = {}  # monotonic, of the latest tick

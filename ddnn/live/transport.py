@@ -1,0 +1,58 @@
+"""The seam between a service and its broker: what a service needs of a connection.
+
+Two implementations: `ddnn.live.mqtt.MqttClient` (a real broker, over TCP or TLS) and
+`ddnn.live.memory.MemoryBus` (an in-process broker with the same topic, retain and last-will
+semantics). Services only ever use this interface, so their handlers run unchanged against
+either: the real broker in deployments and integration tests, the in-memory one in fast
+tests of each service's state machine (and, later, in fuzzing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+Received = tuple[str, bytes]  # (topic, payload) of one incoming message
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for a client whose connection is lost uncleanly."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class Transport(Protocol):
+    """One connection to a broker. `publish` never blocks and says False when the message was
+    dropped; incoming messages wait for `get()`."""
+
+    @property
+    def url(self) -> str:
+        """Where the broker is, for log lines."""
+        ...
+
+    @property
+    def connections(self) -> int:
+        """Successful (re)connects so far: a new one means the broker may have lost the
+        retained statuses."""
+        ...
+
+    def connect(self, timeout: float = 10.0) -> Transport:
+        """Connect (retrying in the background after) and wait until connected; raise
+        `DDNNError` naming the broker and the reason when that fails within `timeout`."""
+        ...
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool: ...
+
+    def get(self, timeout: float | None = None) -> Received | None:
+        """The next incoming message, waiting up to `timeout` seconds; None when none came."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect cleanly (the will does not fire)."""
+        ...

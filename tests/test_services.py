@@ -1,0 +1,506 @@
+"""Each service's state machine, in-process on the in-memory bus: fast and deterministic.
+
+The services are the real ones (the real exported model, the packed device slices, the
+cloud's torch layers, the aggregator's NumPy fusion); only the broker is `MemoryBus`, and the
+clock of deadlines is whatever `poll(now)` is told. `Rig.settle()` hands every service its
+inbox until no message is left, so one call runs a whole exchange. The same services against
+real processes and a real broker are in test_live.py and test_faults.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.service import AggregatorService, Deadlines, load_fusions
+from cloud.service import TierService
+from ddnn.core.manifest import Manifest, read_manifest
+from ddnn.core.payloads import pack_scores
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
+from ddnn.data import trained_on
+from ddnn.live.memory import MemoryBus
+from ddnn.live.service import Service
+from ddnn.live.transport import Will
+from ddnn.live.wire import (
+    Decision,
+    Features,
+    Message,
+    Offload,
+    Scores,
+    Status,
+    Tick,
+    Topics,
+    WireError,
+    decode,
+    encode,
+)
+from ddnn.nn.export import load_cloud, load_edge
+from devices.runtime import PackedSlice
+from devices.service import DeviceService
+from devices.sources import open_source
+from tests.helpers import ddnn_json, exported
+
+DEPLOYMENT = "inproc"
+LATER = 60.0  # seconds: past every deadline of these tests
+
+
+@pytest.fixture(scope="module")
+def plain(tiny: Path, tmp_path_factory) -> Path:
+    """The exported local + cloud model."""
+    return exported(tiny, tmp_path_factory.mktemp("plain") / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def with_edges(tiny_edge: Path, tmp_path_factory) -> Path:
+    """The exported local + edge + cloud model."""
+    return exported(tiny_edge, tmp_path_factory.mktemp("edges") / "artifacts")
+
+
+@dataclass
+class Rig:
+    """A deployment on a `MemoryBus`: the services under test, and a probe that sees every
+    message under the deployment's root (as an operator's `mosquitto_sub -t 'ddnn/#'`)."""
+
+    manifest: Manifest
+    bus: MemoryBus = field(default_factory=MemoryBus)
+    services: list[Service] = field(default_factory=list)
+    seen: list[tuple[str, Message]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics(DEPLOYMENT, self.manifest.model_version)
+        self.probe = self.bus.client("probe").connect()
+        self.probe.subscribe(f"{self.topics.root}/#")
+
+    def add(self, service: Service) -> Service:
+        service.open()
+        self.services.append(service)
+        return service
+
+    def send(self, message: Message, topic: str | None = None, retain: bool = False) -> None:
+        """Publish `message` as a peer would (on its own topic unless `topic` is given)."""
+        self.send_raw(topic or self.topic_of(message), encode(message), retain)
+
+    def send_raw(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.bus.publish(topic, payload, retain=retain)
+
+    def topic_of(self, m: Message) -> str:
+        t = self.topics
+        if isinstance(m, Status):
+            return t.status(m.role)
+        if isinstance(m, Scores):
+            return t.scores(m.source)
+        if isinstance(m, Features):
+            return t.features(m.source)
+        return {Tick: t.tick, Offload: t.offload, Decision: t.decisions}[type(m)]
+
+    def settle(self, later: float = 0.0) -> None:
+        """Deliver until every inbox is empty, then poll every service `later` seconds from
+        now (deadlines that fall before then pass), and deliver what that caused."""
+        self._drain()
+        for s in self.services:
+            s.poll(time.monotonic() + later)
+        self._drain()
+
+    def _drain(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for s in self.services:
+                while (item := s.client.get(0)) is not None:
+                    s.receive(*item)
+                    moved = True
+        while (item := self.probe.get(0)) is not None:
+            with contextlib.suppress(WireError):  # the garbage a test sent on purpose
+                self.seen.append((item[0], decode(item[1])))
+
+    def of(self, kind: type[Message]) -> list:
+        return [m for _, m in self.seen if isinstance(m, kind)]
+
+    def decisions(self) -> list[Decision]:
+        return self.of(Decision)
+
+
+def scores(sample: int, source: Role, values: list[float], **kw) -> Scores:
+    array = np.asarray(values, dtype=np.float32)
+    return Scores(sample=sample, source=source, scores=pack_scores(array), t0=time.time(), **kw)
+
+
+SURE = [12.0, -12.0, -12.0]  # confident of class 0: leaves at the first exit
+UNSURE = [0.0, 0.0, 0.0]  # normalized entropy 1: never leaves early
+
+
+def aggregator_rig(
+    artifacts: Path, online: int = 6, **deadlines: float
+) -> tuple[Rig, AggregatorService]:
+    manifest, fusions = load_fusions(artifacts)
+    rig = Rig(manifest)
+    for d in range(online):
+        rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
+    agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, Deadlines(**deadlines))
+    rig.add(agg)
+    rig.settle()
+    return rig, agg
+
+
+def test_the_memory_bus_keeps_mqtts_retain_will_and_wildcard_rules():
+    bus = MemoryBus()
+    bus.publish("a/kept", b"1", retain=True)
+    bus.publish("a/gone", b"2", retain=True)
+    bus.publish("a/gone", b"", retain=True)  # an empty retained payload clears it
+    dying = bus.client("dying", will=Will("a/will", b"dead")).connect()
+    watcher = bus.client("watcher").connect()
+    watcher.subscribe("a/+")
+    assert watcher.get(0) == ("a/kept", b"1") and watcher.get(0) is None
+    bus.publish("a/b/c", b"deep")  # + is one level
+    assert watcher.get(0) is None
+    dying.close()
+    assert watcher.get(0) is None  # a clean close does not fire the will
+    again = bus.client("dying", will=Will("a/will", b"dead")).connect()
+    bus.lose(again)
+    assert watcher.get(0) == ("a/will", b"dead")
+    assert not again.publish("a/x", b"after death")
+
+
+# -- the aggregator -------------------------------------------------------------------
+
+
+def test_confident_devices_end_a_sample_at_the_local_exit_at_once(plain):
+    rig, agg = aggregator_rig(plain)
+    rig.send(Tick(sample=7, t=time.time()))
+    for d in range(6):
+        rig.send(scores(7, Role.device(d), SURE))
+    rig.settle()  # no deadline needed: every online device answered
+    [d] = rig.decisions()
+    assert (d.sample, d.decided, d.exit, d.class_index, d.degraded) == (7, True, "local", 0, False)
+    assert d.devices == list(range(6)) and d.bytes == {"device_scores": 6 * 12}
+    assert not rig.of(Offload) and agg.pending == {}
+
+
+def test_the_aggregator_waits_only_for_the_devices_online(plain):
+    rig, agg = aggregator_rig(plain, online=6)
+    rig.send(Status(role=Role.device(5), state="offline", t=time.time()), retain=True)
+    rig.send(Tick(sample=0, t=time.time()))
+    for d in range(5):
+        rig.send(scores(0, Role.device(d), SURE))
+    rig.settle()
+    [d] = rig.decisions()
+    assert d.devices == [0, 1, 2, 3, 4] and not d.degraded
+
+
+def test_after_the_score_deadline_the_devices_that_answered_decide(plain):
+    rig, agg = aggregator_rig(plain, scores=1.0)
+    rig.send(Tick(sample=3, t=time.time()))
+    rig.send(scores(3, Role.device(1), SURE))
+    rig.send(scores(3, Role.device(4), SURE))
+    rig.settle()
+    assert rig.decisions() == []  # four online devices are still to answer
+    rig.settle(later=LATER)
+    [d] = rig.decisions()
+    assert d.exit == "local" and d.devices == [1, 4]
+
+
+def test_a_sample_no_device_answered_for_is_undecided_with_the_reason(plain):
+    rig, agg = aggregator_rig(plain, scores=0.5)
+    rig.send(Tick(sample=1, t=time.time()))
+    rig.settle(later=LATER)
+    [d] = rig.decisions()
+    assert not d.decided and d.class_index is None
+    assert d.reason == "no device answered within 0.5 s"
+    assert agg.counters["undecided"] == 1
+
+
+def test_an_unsure_sample_goes_to_the_cloud_and_the_cloud_decides(plain):
+    rig, agg = aggregator_rig(plain)
+    rig.send(Tick(sample=2, t=time.time()))
+    for d in range(6):
+        rig.send(scores(2, Role.device(d), UNSURE))
+    rig.settle()
+    [offload] = rig.of(Offload)
+    assert offload.to == "cloud" and offload.sources == [Role.device(d) for d in range(6)]
+    assert rig.decisions() == []
+    received = {Role.device(d): 40 for d in (0, 2)}  # the maps of two devices arrived
+    rig.send(scores(2, CLOUD, [-5.0, 9.0, -5.0], received=received))
+    rig.settle()
+    [d] = rig.decisions()
+    assert (d.exit, d.class_index, d.degraded) == ("cloud", 1, False)
+    assert d.upper_devices == [0, 2] and d.bytes["device_features"] == 80
+
+
+def test_a_silent_cloud_leaves_the_local_answer_marked_degraded(plain):
+    rig, agg = aggregator_rig(plain, cloud=3.0)
+    rig.send(Tick(sample=4, t=time.time()))
+    for d in range(6):
+        rig.send(scores(4, Role.device(d), [0.2, 0.0, 0.1]))
+    rig.settle()
+    assert rig.of(Offload) and rig.decisions() == []
+    rig.settle(later=LATER)
+    [d] = rig.decisions()
+    assert (d.exit, d.class_index, d.degraded) == ("local", 0, True)
+    assert d.reason == "the cloud did not answer within 3 s"
+    assert agg.counters["degraded"] == 1
+
+
+def test_duplicates_and_late_messages_never_make_a_second_decision(plain):
+    rig, agg = aggregator_rig(plain, online=2)
+    rig.send(Tick(sample=5, t=time.time()))
+    rig.send(scores(5, Role.device(0), SURE))
+    rig.send(scores(5, Role.device(0), SURE))  # a QoS 1 redelivery
+    rig.send(scores(5, Role.device(1), SURE))
+    rig.send(scores(5, Role.device(1), SURE))  # after the decision
+    rig.send(scores(5, CLOUD, SURE))  # nobody asked the cloud
+    rig.send(Tick(sample=5, t=time.time()))  # a repeated tick does not reopen it
+    rig.settle(later=LATER)
+    assert len(rig.decisions()) == 1
+    assert agg.counters["duplicate"] == 1 and agg.counters["late"] == 2
+    assert agg.pending == {}
+
+
+def test_every_rejection_is_counted_by_reason_and_the_aggregator_goes_on(plain):
+    rig, agg = aggregator_rig(plain, online=1)
+    t = rig.topics
+    rig.send(scores(9, Role.device(0), SURE))  # no tick opened sample 9
+    rig.send(Tick(sample=1, t=time.time()))
+    rig.send(scores(1, Role.device(0), [1.0, 2.0]))  # two classes, the model has three
+    rig.send(scores(1, Role.device(6), SURE))  # the model has six devices
+    rig.send(scores(1, AGGREGATOR, SURE))  # no aggregator sends scores
+    rig.send(Tick(sample=1, t=time.time()), topic=t.scores(Role.device(0)))  # wrong topic
+    rig.send(scores(1, Role.device(2), SURE), topic=t.scores(Role.device(0)))  # forged sender
+    rig.send_raw(t.scores(Role.device(0)), b"\xc1 not msgpack")
+    rig.send_raw(t.tick, encode(Tick(sample=1, t=0.0)).replace(b"\x01", b"\x02", 1))  # v: 2
+    rig.settle()
+    assert dict(agg.rejected) == {
+        "scores for sample 9, which no tick started": 1,
+        "device-0 sent 2 scores, the model has 3 classes": 1,
+        "scores from device-6; this model has 6 devices": 1,
+        "scores from aggregator": 1,
+        f"a tick message on {t.scores(Role.device(0))}": 1,
+        f"a scores message from device-2 on {t.scores(Role.device(0))}": 1,
+        "not msgpack: FormatError": 1,
+        "schema version 2 is not the supported 1": 1,
+    }
+    rig.send(scores(1, Role.device(0), SURE))  # and a good message still decides
+    rig.settle()
+    assert [d.sample for d in rig.decisions()] == [1]
+
+
+def test_the_edge_exit_and_its_fallbacks(with_edges):
+    rig, agg = aggregator_rig(with_edges, edge=2.0)
+    for sample in (0, 1, 2):
+        rig.send(Tick(sample=sample, t=time.time()))
+        for d in range(6):
+            rig.send(scores(sample, Role.device(d), UNSURE))
+    rig.settle()
+    assert [(o.sample, o.to) for o in rig.of(Offload)] == [(0, "edge"), (1, "edge"), (2, "edge")]
+    # Sample 0: both edges sure -> the edge exit. Sample 1: unsure -> on to the cloud.
+    for e in (0, 1):
+        rig.send(scores(0, Role.edge(e), [-9.0, -9.0, 9.0]))
+        rig.send(scores(1, Role.edge(e), UNSURE))
+    rig.settle()
+    to_cloud = [o for o in rig.of(Offload) if o.to == "cloud"]
+    assert [(o.sample, o.sources) for o in to_cloud] == [(1, [Role.edge(0), Role.edge(1)])]
+    rig.send(scores(1, CLOUD, SURE))
+    rig.settle(later=LATER)  # sample 2: no edge answers
+    by_sample = {d.sample: d for d in rig.decisions()}
+    assert (by_sample[0].exit, by_sample[0].class_index) == ("edge", 2)
+    assert (by_sample[1].exit, by_sample[1].degraded) == ("cloud", False)
+    assert (by_sample[2].exit, by_sample[2].degraded) == ("local", True)
+    assert by_sample[2].reason == "no edge answered within 2 s"
+
+
+# -- a device -------------------------------------------------------------------------
+
+
+def device_service(rig: Rig, artifacts: Path, device: int, **kw) -> DeviceService:
+    """Device `device` with its packed slice, replaying the model's own test part."""
+    runtime = PackedSlice(artifacts, device)
+    cfg = runtime.manifest.ddnn_config()
+    data, grid = trained_on(runtime.manifest.meta)
+    source = open_source(
+        data, device, cfg.model.input_shape, grid=grid, train_config=cfg.train, model=cfg.model
+    )
+    return DeviceService(runtime.manifest, device, runtime, source, rig.bus, DEPLOYMENT, **kw)
+
+
+def device_rig(artifacts: Path, device: int = 2, **kw) -> tuple[Rig, DeviceService]:
+    rig = Rig(read_manifest(artifacts))
+    service = device_service(rig, artifacts, device, **kw)
+    rig.add(service)
+    return rig, service
+
+
+def test_a_device_answers_a_tick_with_its_scores_and_sends_its_map_when_asked(plain):
+    rig, dev = device_rig(plain, device=2)
+    rig.send(Tick(sample=11, t=123.0))
+    rig.settle()
+    [s] = rig.of(Scores)
+    expected, fmap = dev.runtime(dev.source.frame(11).image)
+    assert (s.sample, s.source, s.t0) == (11, Role.device(2), 123.0)
+    assert np.array_equal(s.values(), expected)
+    rig.send(Offload(sample=11, sources=[Role.device(0)], to="cloud"))  # not this device
+    rig.settle()
+    assert rig.of(Features) == []
+    rig.send(Offload(sample=11, sources=[Role.device(2)], to="cloud"))
+    rig.settle()
+    [f] = rig.of(Features)
+    assert f.encoding == "bits" and np.array_equal(f.array(fmap.shape), fmap)
+    assert len(f.data) == fmap.size // 8
+    rig.send(Offload(sample=11, sources=[Role.device(2)], to="cloud"))  # asked again
+    rig.settle()
+    assert len(rig.of(Features)) == 1 and dev.counters["features_expired"] == 1
+
+
+def test_a_device_keeps_maps_for_a_while_and_a_bounded_number(plain):
+    rig, dev = device_rig(plain, keep_seconds=5.0, keep_max=2)
+    for sample in range(3):
+        rig.send(Tick(sample=sample, t=time.time()))
+    rig.settle()
+    assert dev.counters["frames"] == 3 and dev.counters["features_dropped"] == 1
+    rig.settle(later=LATER)  # past keep_seconds
+    assert dev.counters["features_dropped"] == 3
+    rig.send(Offload(sample=2, sources=[Role.device(2)], to="cloud"))
+    rig.settle()
+    assert rig.of(Features) == [] and dev.counters["features_expired"] == 1
+
+
+def test_a_device_refuses_what_it_has_no_use_for(plain):
+    rig, dev = device_rig(plain)
+    rig.send(scores(0, Role.device(2), SURE), topic=rig.topics.tick)
+    rig.send_raw(rig.topics.offload, encode(Offload(sample=0, sources=[], to="cloud"))[:-3])
+    rig.settle()
+    assert sum(dev.rejected.values()) == 2 and dev.counters["frames"] == 0
+    assert f"a scores message on {rig.topics.tick}" in dev.rejected
+
+
+# -- an upper tier --------------------------------------------------------------------
+
+
+def cloud_rig(artifacts: Path, deadline: float = 1.0) -> tuple[Rig, TierService]:
+    manifest, module = load_cloud(artifacts)
+    rig = Rig(manifest)
+    inputs = tier_inputs(manifest.ddnn_config().model, CLOUD)
+    cloud = TierService(
+        CLOUD, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT, deadline=deadline
+    )
+    rig.add(cloud)
+    return rig, cloud
+
+
+def features(sample: int, source: Role, shape: tuple[int, ...], seed: int = 0) -> Features:
+    fmap = np.where(np.random.default_rng(seed).random(shape) < 0.5, -1.0, 1.0)
+    return Features.of(sample, source, fmap.astype(np.float32), "binary")
+
+
+def test_the_cloud_runs_once_every_expected_map_arrived(plain):
+    rig, cloud = cloud_rig(plain)
+    shape = cloud.input_shape
+    rig.send(Offload(sample=6, sources=[Role.device(1), Role.device(3)], to="cloud"))
+    rig.send(features(6, Role.device(1), shape))
+    rig.settle()
+    assert rig.of(Scores) == []  # device 3's map is still to come
+    rig.send(features(6, Role.device(3), shape))
+    rig.settle()
+    [s] = rig.of(Scores)
+    nbytes = int(np.prod(shape)) // 8
+    assert s.source == CLOUD and s.received == {Role.device(1): nbytes, Role.device(3): nbytes}
+    rig.send(features(6, Role.device(3), shape))  # late: the sample already ran
+    rig.settle(later=LATER)
+    assert len(rig.of(Scores)) == 1 and cloud.counters["late"] == 1
+
+
+def test_the_cloud_runs_on_the_maps_it_has_at_its_deadline(plain):
+    rig, cloud = cloud_rig(plain, deadline=0.5)
+    shape = cloud.input_shape
+    rig.send(Offload(sample=1, sources=[Role.device(d) for d in range(6)], to="cloud"))
+    rig.send(features(1, Role.device(4), shape))
+    rig.send(Offload(sample=2, sources=[Role.device(0)], to="cloud"))  # nothing comes
+    rig.settle(later=LATER)
+    [s] = rig.of(Scores)
+    assert s.sample == 1 and list(s.received) == [Role.device(4)]
+    assert cloud.counters["nothing_arrived"] == 1
+
+
+def test_the_cloud_refuses_maps_that_are_not_its_inputs_or_not_its_shape(plain):
+    rig, cloud = cloud_rig(plain)
+    shape = cloud.input_shape
+    wrong = (shape[0], shape[1] + 1, shape[2])
+    rig.send(Offload(sample=0, sources=[Role.device(0)], to="cloud"))
+    cloud.receive(rig.topics.features(Role.edge(0)), encode(features(0, Role.edge(0), shape)))
+    rig.send(features(0, Role.device(0), wrong))
+    rig.settle()
+    assert dict(cloud.rejected) == {
+        "features from edge-0, not an input of cloud": 1,
+        f"features of device-0 have shape {list(wrong)}, expected {list(shape)}": 1,
+    }
+    assert rig.of(Scores) == []
+
+
+def test_an_edge_passes_its_own_map_to_the_cloud_when_asked(with_edges):
+    manifest, module = load_edge(with_edges, 1)
+    rig = Rig(manifest)
+    role = Role.edge(1)
+    inputs = tier_inputs(manifest.ddnn_config().model, role)
+    assert inputs == [Role.device(d) for d in (3, 4, 5)]
+    edge = TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT)
+    rig.add(edge)
+    rig.send(Offload(sample=8, sources=inputs, to="edge"))
+    for i, d in enumerate(inputs):
+        rig.send(features(8, d, module.in_shape, seed=i))
+    rig.settle()
+    [s] = rig.of(Scores)
+    assert s.source == role and set(s.received) == set(inputs)
+    rig.send(Offload(sample=8, sources=[Role.edge(0), role], to="cloud"))
+    rig.settle()
+    [f] = [f for f in rig.of(Features) if f.source == role]
+    assert f.sample == 8 and f.encoding == "bits"
+
+
+# -- a whole deployment ---------------------------------------------------------------
+
+
+def test_a_whole_deployment_in_process_decides_as_offline_evaluation(with_edges, tmp_path):
+    """Devices, edges, cloud and aggregator on the in-memory bus: every sample's decision
+    (class and exit) equals `ddnn eval`'s, as it must over the real broker (test_live.py)."""
+    manifest, fusions = load_fusions(with_edges)
+    model = manifest.ddnn_config().model
+    rig = Rig(manifest)
+    for d in range(model.n_devices):
+        rig.add(device_service(rig, with_edges, d))
+    for e in range(len(model.edge.groups)):
+        _, module = load_edge(with_edges, e)
+        role = Role.edge(e)
+        inputs = tier_inputs(model, role)
+        rig.add(TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT))
+    _, cloud = load_cloud(with_edges)
+    inputs = tier_inputs(model, CLOUD)
+    rig.add(TierService(CLOUD, manifest, cloud, inputs, cloud.in_shape, rig.bus, DEPLOYMENT))
+    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))
+    samples = 120
+    for sample in range(samples):
+        rig.send(Tick(sample=sample, t=time.time()))
+        rig.settle()
+    live = {d.sample: d for d in rig.decisions()}
+    offline_file = tmp_path / "offline.jsonl"
+    ddnn_json("eval", "--model", str(with_edges), "--decisions", str(offline_file))
+    offline = [json.loads(line) for line in offline_file.read_text().splitlines()]
+    assert sorted(live) == list(range(samples))
+    got = [(live[k].class_index, live[k].exit) for k in range(samples)]
+    want = [(offline[k]["class_index"], offline[k]["exit"]) for k in range(samples)]
+    assert got == want
+    assert {e for _, e in got} == {"local", "edge", "cloud"}
+    assert all(not s.rejected for s in rig.services)
+
+
+def test_services_announce_online_retained_and_offline_on_close(plain):
+    rig, dev = device_rig(plain, device=4)
+    late = rig.bus.client("late").connect()
+    late.subscribe(rig.topics.all_status)  # joins after: gets the retained status
+    topic, payload = late.get(0)
+    assert topic == rig.topics.status(Role.device(4)) and decode(payload).state == "online"
+    dev.close()
+    assert decode(late.get(0)[1]).state == "offline"
