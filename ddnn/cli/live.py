@@ -219,28 +219,23 @@ def faults(
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
     service restarts, a rogue client) and check every sample against offline evaluation."""
     from ddnn.ops.demo import demo_model
-    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, run_scenario
+    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, run_faults
 
     def log(text: str) -> None:
         if not as_json:
             err.print(text)
 
     names = scenario or [*SCENARIOS, "dropout"]
-    unknown = [n for n in names if n not in SCENARIOS and n != "dropout"]
-    if unknown:
-        raise DDNNError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}, dropout")
     cache = data_dir() / "demo"
     model = model_path or demo_model(False, cache, log)
-    results = []
-    for name in names:
-        if name == "dropout":
-            baseline = compare_model or demo_model(False, cache, log, dropout=0.0)
-            for label, path in (("with dropout", model), ("without dropout", baseline)):
-                result = run_scenario("device-down", path, log, data=data)
-                result["scenario"] = f"dropout: {label}"
-                results.append(result)
-        else:
-            results.append(run_scenario(name, model, log, data=data))
+    report = run_faults(
+        names,
+        model,
+        lambda: compare_model or demo_model(False, cache, log, dropout=0.0),
+        log,
+        data=data,
+    )
+    results = report["results"]
     tables = []
     for result in results:
         rows = [
@@ -268,7 +263,12 @@ def faults(
         f"is {SCORE_DEADLINE * 1000:g} ms); cost: accuracy points lost on the whole test part "
         "without that device"
     )
-    show({"results": results}, as_json, [*tables, legend])
+    rejected = [
+        f"{d['model']}: messages rejected by "
+        + (", ".join(f"{r} {sum(n.values())}" for r, n in d["rejected"].items()) or "none")
+        for d in report["deployments"]
+    ]
+    show(report, as_json, [*tables, legend, *rejected])
 
 
 @app.command("inspect")

@@ -1,8 +1,10 @@
 """`ddnn faults`: fault injection against a live deployment, checked against offline truth.
 
-Every scenario starts a fresh deployment (broker, one process per role), streams test
-samples through it with `tick` messages while it kills, pauses or restarts processes, the
-broker, or lets a rogue client publish garbage, and then checks what the design promises:
+The scenarios run one after another on one deployment (broker, one process per role). Each
+streams test samples through it with `tick` messages while it kills, pauses or restarts
+processes, the broker, or lets a rogue client publish garbage; after it, every service it
+killed is restarted and all must be back online before the next one begins. What the design
+promises is then checked:
 
 - every sample ticked ends in exactly one decision or one explicit undecided message;
 - no service dies of bad input, and every rejected message is counted with its reason
@@ -90,6 +92,7 @@ class Harness:
         local_latency = summary["latency_ms"].get("local", {"p50": None})
         return {
             "scenario": name,
+            "first_sample": samples.start,
             **{k: summary[k] for k in ("samples", "decided", "undecided", "degraded")},
             "lost": summary["missing"],
             "accuracy": summary["accuracy"],
@@ -263,23 +266,28 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
 }
 
 
-def run_scenario(
-    name: str,
+def run_scenarios(
+    names: list[str],
     model: Path,
     log: Callable[[str], None],
     workdir: Path | None = None,
     data: str | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario on a fresh deployment of `model`, its devices replaying the test part
-    of `data` (a SPEC; default: the data the model was trained on), the very samples the
-    offline reference decides; the rows, the services' final counters and rejections, and
-    whether every process that should live is alive."""
-    if name not in SCENARIOS:
-        raise DDNNError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    """Run scenarios `names`, in order, on one deployment of `model`, its devices replaying
+    the test part of `data` (a SPEC; default: the data the model was trained on), the very
+    samples the offline reference decides.
+
+    Returns per scenario its rows, whether every process that should live was alive at its
+    end, and the anomalies and restarts it caused; and for the deployment, the services'
+    final counters and rejections (from their last status) and whether each exited cleanly."""
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise DDNNError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
     net, cfg, meta = load_model(model)
     aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
     aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
     aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
         broker = start_broker()
         port = broker.port
@@ -298,7 +306,7 @@ def run_scenario(
                 meta,
                 workdir or Path(tmp),
                 broker.settings(),
-                f"faults-{name}",
+                "faults",
                 data=data,
                 extra={AGGREGATOR: aggregator},
                 log_level="info",
@@ -307,21 +315,62 @@ def run_scenario(
             ) as running:
                 fleet, driver, roles = running.fleet, running.driver, running.roles
                 reference = running.reference
-                log(f"{name}: {len(roles)} services online; devices replay {reference.spec} (test)")
+                log(f"{len(roles)} services online; devices replay {reference.spec} (test)")
                 h = Harness(fleet, driver, reference, roles, restart_broker)
-                rows = SCENARIOS[name](h)
-                alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
+                for name in names:
+                    log(f"scenario {name}")
+                    anomalies, restarts = Counter(driver.anomalies), Counter(fleet.restarts)
+                    rows = SCENARIOS[name](h)
+                    alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
+                    for role in sorted(driver.dead):
+                        h.restart(role)  # the next scenario starts from a whole deployment
+                    driver.wait_online(roles)
+                    results.append(
+                        {
+                            "scenario": name,
+                            "data": reference.spec,
+                            "rows": rows,
+                            "alive": alive,
+                            "anomalies": dict(driver.anomalies - anomalies),
+                            "restarts": dict(fleet.restarts - restarts),
+                        }
+                    )
         finally:
             broker.stop()
-    codes = running.codes
     return {
-        "scenario": name,
+        "model": str(model),
         "data": reference.spec,
-        "rows": rows,
-        "alive": alive,
-        "clean_exits": {role: code == 0 for role, code in codes.items()},
+        "scenarios": results,
+        "clean_exits": {role: code == 0 for role, code in running.codes.items()},
         "counters": {r: s.counters for r, s in driver.status.items()},
         "rejected": {r: s.rejected for r, s in driver.status.items() if s.rejected},
-        "anomalies": dict(driver.anomalies),
-        "restarts": dict(fleet.restarts),
     }
+
+
+def run_faults(
+    names: list[str],
+    model: Path,
+    baseline: Callable[[], Path],
+    log: Callable[[str], None],
+    data: str | None = None,
+) -> dict[str, Any]:
+    """What `ddnn faults` reports: scenarios `names` on one deployment of `model`; "dropout"
+    among them sets device-down of `model` beside device-down of `baseline()` (a model trained
+    without device dropout, on a second deployment), reusing the first's device-down run."""
+    wanted = [n for n in names if n != "dropout"]
+    if "dropout" in names and "device-down" not in wanted:
+        wanted.append("device-down")
+    runs = [run_scenarios(wanted, model, log, data=data)]
+    results = [r for r in runs[0]["scenarios"] if r["scenario"] in names]
+    if "dropout" in names:
+        runs.append(run_scenarios(["device-down"], baseline(), log, data=data))
+        pair = [
+            (
+                "with dropout",
+                next(r for r in runs[0]["scenarios"] if r["scenario"] == "device-down"),
+            ),
+            ("without dropout", runs[1]["scenarios"][0]),
+        ]
+        results += [{**r, "scenario": f"dropout: {label}"} for label, r in pair]
+    deployments = [{k: v for k, v in run.items() if k != "scenarios"} for run in runs]
+    return {"results": results, "deployments": deployments}
