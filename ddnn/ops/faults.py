@@ -282,7 +282,8 @@ def run_scenarios(
     final counters and rejections (from their last status) and whether each exited cleanly."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        raise DDNNError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
+        known = ", ".join([*SCENARIOS, "dropout"])
+        raise DDNNError(f"unknown scenario {unknown[0]!r}; known: {known}")
     net, cfg, meta = load_model(model)
     aggregator = ["--score-deadline", str(SCORE_DEADLINE)]
     aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
