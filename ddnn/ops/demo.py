@@ -17,6 +17,7 @@ devices saw other frames than its labels describe would report a meaningless acc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -27,7 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
+from ddnn.data import check_fits, load_spec, trained_on
 from ddnn.live.broker import broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.nn.checkpoint import load_model
@@ -43,18 +46,23 @@ def demo_model(
     edge: bool, cache: Path, log: Callable[[str], None], dropout: float | None = None
 ) -> Path:
     """The cached demo model, trained on the default synthetic set on first use
-    (`dropout`: a device dropout other than the config's, for comparisons)."""
+    (`dropout`: a device dropout other than the config's, for comparisons). The file name
+    holds a hash of the config it is trained with, so that a release with other defaults
+    trains a new one instead of reusing a stale one."""
+    overrides = [f"train.epochs={DEMO_EPOCHS}"]
+    if edge:
+        overrides.append(f"model.edge={{groups: {EDGE_GROUPS}}}")
+    if dropout is not None:
+        overrides.append(f"train.device_dropout={dropout}")
+    digest = hashlib.sha256(load_config(None, overrides).model_dump_json().encode()).hexdigest()
     variant = "-nodropout" if dropout == 0 else "" if dropout is None else f"-dropout{dropout}"
-    path = cache / f"demo-{'edge' if edge else 'local-cloud'}{variant}-e{DEMO_EPOCHS}.pt"
+    path = cache / f"demo-{'edge' if edge else 'local-cloud'}{variant}-{digest[:10]}.pt"
     if path.exists():
         return path
     log(f"training a demo model ({DEMO_EPOCHS} epochs) into {path}; later demos reuse it")
-    command = [sys.executable, "-m", "ddnn", "train", "--epochs", str(DEMO_EPOCHS)]
-    command += ["--out", str(path)]
-    if edge:
-        command += ["--set", f"model.edge={{groups: {EDGE_GROUPS}}}"]
-    if dropout is not None:
-        command += ["--set", f"train.device_dropout={dropout}"]
+    command = [sys.executable, "-m", "ddnn", "train", "--out", str(path)]
+    for override in overrides:
+        command += ["--set", override]
     # Training's table is progress here, not the caller's output: it goes to stderr, so that
     # the stdout of `ddnn demo --json` / `ddnn faults --json` holds their JSON alone.
     if subprocess.run(command, stdout=STDERR_FD).returncode != 0:
@@ -85,6 +93,8 @@ def run_demo(
         raise DDNNError(f"--devices must be 1..{n} for this model, got {k}")
     if cfg.model.local is None:
         raise DDNNError("the live system needs a model with a local exit")
+    if data is not None:  # refuse data that does not fit before anything starts
+        check_fits(load_spec(data, trained_on(meta)[1]), cfg.model)
 
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         broker = None
