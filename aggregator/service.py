@@ -111,12 +111,12 @@ class AggregatorService(Service):
             self._open(message.sample, message.t)
             return
         if not isinstance(message, Scores):
-            raise Rejected(f"a {message.kind} message on {topic}")
+            raise Rejected("a message of a kind this service does not take", message.kind)
         values = message.values()
         if len(values) != len(self.cfg.model.classes):
             raise Rejected(
-                f"{message.source} sent {len(values)} scores, the model has "
-                f"{len(self.cfg.model.classes)} classes"
+                "scores of another number of classes than the model's",
+                f"{message.source} sent {len(values)}, the model has {len(self.cfg.model.classes)}",
             )
         if message.sample in self.decided:
             self.counters["late"] += 1
@@ -129,21 +129,21 @@ class AggregatorService(Service):
         elif source == CLOUD:
             self._cloud_scores(message, values)
         else:
-            raise Rejected(f"scores from {source}")
+            raise Rejected("scores from a role that sends none", source)
 
     def _open(self, sample: int, t0: float, ticked: bool = True) -> Pending | None:
         if sample in self.decided:
             return None
         if sample not in self.pending:
             if not ticked and self.clock == "tick":
-                raise Rejected(f"scores for sample {sample}, which no tick started")
+                raise Rejected("scores for a sample no tick started", str(sample))
             deadline = time.monotonic() + self.deadlines.scores
             self.pending[sample] = Pending(sample, t0, "scores", deadline)
         return self.pending[sample]
 
     def _device_scores(self, m: Scores, device: int, values: np.ndarray) -> None:
         if device >= self.n_devices:
-            raise Rejected(f"scores from {m.source}; this model has {self.n_devices} devices")
+            raise Rejected("scores from a device the model does not have", m.source)
         p = self._open(m.sample, m.t0, ticked=False)
         if p is None or p.stage != "scores" or device in p.scores:
             self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1

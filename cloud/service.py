@@ -83,9 +83,9 @@ class TierService(Service):
                 self.send_kept(self.kept, message.sample, self.output_format)
             return
         if not isinstance(message, Features):
-            raise Rejected(f"a {message.kind} message on {topic}")
+            raise Rejected("a message of a kind this service does not take", message.kind)
         if message.source not in self.slot:
-            raise Rejected(f"features from {message.source}, not an input of {self.role}")
+            raise Rejected("features from a role that is not an input of this tier", message.source)
         if message.sample in self.done:
             self.counters["late"] += 1
             return

@@ -58,13 +58,13 @@ class DeviceService(Service):
         if isinstance(message, Tick) and self.clock == "tick":
             image = self._image(message.sample)
             if image is None:
-                raise Rejected(f"no frame {message.sample} in {self.source.name}")
+                raise Rejected("a tick for a frame the source does not have", self.source.name)
             self.capture(message.sample, image, message.t)
         elif isinstance(message, Offload):
             if self.role in message.sources:
                 self.send_kept(self.kept, message.sample, self.feature_format)
         elif not isinstance(message, Tick):
-            raise Rejected(f"a {message.kind} message on {topic}")
+            raise Rejected("a message of a kind this service does not take", message.kind)
 
     def _index(self, sample: int) -> int:
         """Finite sources (replay, image folders) cycle through their frames."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ddnn.data import save_mvmc
-from tests.helpers import EDGE, make_mvmc_arrays, tiny_model
+from tests.helpers import EDGE, exported, make_mvmc_arrays, tiny_model
 
 
 @pytest.fixture
@@ -31,3 +31,15 @@ def tiny_edge(tmp_path_factory) -> Path:
     return tiny_model(
         tmp_path_factory.mktemp("tiny_edge"), "e", "local=0.4,edge=0.3", "--set", EDGE
     )
+
+
+@pytest.fixture(scope="session")
+def plain(tiny: Path, tmp_path_factory) -> Path:
+    """The exported local + cloud model."""
+    return exported(tiny, tmp_path_factory.mktemp("plain") / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def with_edges(tiny_edge: Path, tmp_path_factory) -> Path:
+    """The exported local + edge + cloud model."""
+    return exported(tiny_edge, tmp_path_factory.mktemp("edges") / "artifacts")

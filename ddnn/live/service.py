@@ -25,16 +25,17 @@ from types import FrameType
 import numpy as np
 
 from ddnn.core.config import FeatureFormat
-from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role
 from ddnn.live.memory import MemoryBus
 from ddnn.live.mqtt import BrokerSettings, MqttClient
 from ddnn.live.transport import Transport, Will
-from ddnn.live.wire import Features, Message, Status, Topics, WireError, decode, encode
+from ddnn.live.wire import Features, Message, Refused, Status, Topics, decode, encode
 
 log = logging.getLogger("ddnn")
 LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
+MAX_REASONS = 64  # refusal reasons counted by name; any further one counts as "other"
+INTERNAL_ERROR = "a message the service failed on (a bug: see the log)"
 STATUS_EVERY = 5.0  # seconds between status messages with the counters
 
 
@@ -85,7 +86,7 @@ class KeptMaps:
         return dropped
 
 
-class Rejected(DDNNError):
+class Rejected(Refused):
     """A well-formed message that this service cannot use (unknown device, wrong shape)."""
 
 
@@ -152,10 +153,16 @@ class Service:
         self.publish(self.topics.features(self.role), Features.of(sample, self.role, fmap, fmt))
         self.counters["features_sent"] += 1
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, detail: str = "") -> None:
+        """Count a refused message under `reason` (one of a fixed set of templates) and log
+        it with its `detail`, loudly only the first few times per reason."""
+        if reason not in self.rejected and len(self.rejected) >= MAX_REASONS:
+            reason = "other"
         self.rejected[reason] += 1
-        level = logging.WARNING if self.rejected[reason] <= LOUD_REPEATS else logging.DEBUG
-        self.log.log(level, "rejected a message: %s (%d so far)", reason, self.rejected[reason])
+        n = self.rejected[reason]
+        level = logging.WARNING if n <= LOUD_REPEATS else logging.DEBUG
+        if self.log.isEnabledFor(level):
+            self.log.log(level, "rejected a message: %s: %s (%d so far)", reason, detail[:300], n)
 
     def run(self, connect_timeout: float = 30.0) -> None:
         """Serve until SIGINT/SIGTERM (or `stop()`)."""
@@ -194,14 +201,19 @@ class Service:
 
     def receive(self, topic: str, payload: bytes) -> None:
         """One message off the transport: decode, check it belongs on its topic, handle it.
-        A message that fails any of that is counted under its reason and dropped."""
+        A message that fails any of that is counted under its reason and dropped; so is one
+        that makes the handler raise anything else, which is a bug, logged with its trace."""
         self.counters["received"] += 1
         try:
             message = decode(payload)
             self.topics.check(topic, message)
             self.handle(topic, message)
-        except (WireError, Rejected) as e:
-            self.reject(str(e))
+        except Refused as e:
+            self.reject(e.reason, e.detail)
+        except Exception as e:  # noqa: BLE001 - one message must never stop a service
+            self.reject(INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+            if self.rejected[INTERNAL_ERROR] <= LOUD_REPEATS:
+                self.log.exception("failed on a message on %s", topic[:200])
 
     def _loop(self) -> None:
         wake: float | None = None

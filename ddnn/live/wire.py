@@ -38,8 +38,25 @@ RoleName = Annotated[str, Field(max_length=16), AfterValidator(Role)]
 Sample = Annotated[int, Field(ge=0, lt=2**63)]
 
 
-class WireError(DDNNError):
-    """A payload that is not a valid message of the expected kind."""
+def shown(value: object, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters: what a log line may quote of hostile input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Refused(DDNNError):
+    """A message a service does not use. `reason` is one of a fixed set of templates (what
+    services count refusals under, so that hostile input cannot grow the counters: the
+    variable part, `detail`, is only logged); `str()` gives both."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class WireError(Refused):
+    """A payload that is not a valid message of the expected kind, or not on its topic."""
 
 
 class _Message(BaseModel):
@@ -125,24 +142,24 @@ class Features(_Message):
         """The map as float32 of `expected_shape`; raises WireError on any mismatch."""
         if tuple(self.shape) != tuple(expected_shape):
             raise WireError(
-                f"features of {self.source} have shape {self.shape}, "
-                f"expected {list(expected_shape)}"
+                "features of another shape than the tier takes",
+                f"{self.source} sent {self.shape}, expected {list(expected_shape)}",
             )
         n = math.prod(expected_shape)
         if self.encoding == "bits":
             try:
                 return unpack_bits(self.data, expected_shape)
             except ValueError as e:
-                raise WireError(str(e)) from None
+                raise WireError("features whose bits do not fill the shape", str(e)) from None
         dtype = np.uint8 if self.encoding == "u8" else np.dtype("<f4")
         if len(self.data) != n * np.dtype(dtype).itemsize:
             raise WireError(
-                f"features of {self.source} hold {len(self.data)} bytes, expected "
-                f"{n * np.dtype(dtype).itemsize}"
+                "features whose bytes do not fill the shape",
+                f"{self.source} sent {len(self.data)}, expected {n * np.dtype(dtype).itemsize}",
             )
         out = np.frombuffer(self.data, dtype=dtype).astype(np.float32).reshape(expected_shape)
         if not np.isfinite(out).all():
-            raise WireError(f"features of {self.source} hold a NaN or infinite value")
+            raise WireError("features holding a NaN or infinite value", self.source)
         return out
 
 
@@ -179,22 +196,24 @@ def encode(message: _Message) -> bytes:
 def decode(payload: bytes) -> Message:
     """Parse and validate one payload."""
     if len(payload) > MAX_PAYLOAD:
-        raise WireError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+        raise WireError("payload over the size limit", f"{len(payload)} > {MAX_PAYLOAD} bytes")
     try:
         raw: Any = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise WireError(f"not msgpack: {type(e).__name__}") from None
+        raise WireError("not msgpack", type(e).__name__) from None
     if not isinstance(raw, dict):
-        raise WireError(f"a message is a msgpack map, got {type(raw).__name__}")
-    if raw.get("v") != SCHEMA:
-        raise WireError(f"schema version {raw.get('v')!r} is not the supported {SCHEMA}")
-    cls = KINDS.get(raw.get("kind"))  # type: ignore[arg-type]
-    if cls is None:
-        raise WireError(f"unknown message kind {raw.get('kind')!r}")
+        raise WireError("not a msgpack map", type(raw).__name__)
+    # The envelope's types are checked before use: an unhashable `kind` or a `v` of True
+    # must be refused like any other bad value, not raise in a lookup.
+    version, kind = raw.get("v"), raw.get("kind")
+    if type(version) is not int or version != SCHEMA:
+        raise WireError("unsupported schema version", f"{shown(version)}, not {SCHEMA}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise WireError("unknown message kind", shown(kind))
     try:
-        return cls.model_validate(raw)  # type: ignore[return-value]
+        return KINDS[kind].model_validate(raw)  # type: ignore[return-value]
     except ValidationError as e:
-        raise WireError(f"bad {raw['kind']} message: {problems(e, 1)}") from None
+        raise WireError(f"bad {kind} message", problems(e, 1)[:200]) from None
 
 
 # The first topic level under a deployment's root -> the kind of message that travels there.
@@ -229,10 +248,11 @@ class Topics:
         level, _, role = topic.removeprefix(self.root + "/").partition("/")
         expected = TOPIC_KINDS.get(level)
         if expected is None or not isinstance(message, expected):
-            raise WireError(f"a {message.kind} message on {topic}")
+            detail = f"{message.kind}: {topic}"
+            raise WireError("a message of another kind than its topic's", detail)
         sender = getattr(message, "role", None) or getattr(message, "source", None)
         if role and sender != role:
-            raise WireError(f"a {message.kind} message from {sender} on {topic}")
+            raise WireError("a sender other than its topic's role", f"{sender} on {topic}")
 
     def status(self, role: Role) -> str:
         return f"{self.root}/status/{role}"

@@ -1,0 +1,194 @@
+"""Hostile input into every service, in-process: nothing kills a service, refusals are
+counted under a bounded set of reasons, and the service still works afterwards.
+
+Structured fuzzing (hypothesis) starts from a valid message of each kind and replaces or
+drops its fields with values of any type (NaN, +-3.4e38, huge integers, nested maps, bytes of
+any length); raw fuzzing sends arbitrary bytes. Each payload goes to each service on the
+topic its kind belongs on, so that it passes the topic check and reaches the handler. A
+message that makes a handler raise counts as "a message the service failed on": the tests
+demand none. The default run sends a few hundred of each; `-m slow` sends 10,000.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud.service import TierService
+from ddnn.core.roles import CLOUD, Role, tier_inputs
+from ddnn.live.service import INTERNAL_ERROR, MAX_REASONS, Service
+from ddnn.live.wire import Decision, Features, Offload, Status, Tick, encode
+from ddnn.nn.export import load_edge
+from tests.inprocess import (
+    DEPLOYMENT,
+    SURE,
+    Rig,
+    aggregator_rig,
+    cloud_rig,
+    device_rig,
+    scores,
+)
+
+FEW, MANY = 300, 10_000
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([3.4e38, -3.4e38, 1e308, -0.0]),
+    st.text(max_size=24),
+    st.binary(max_size=64),
+    st.sampled_from(["device-0", "device-5", "device-6", "edge-0", "cloud", "aggregator"]),
+)
+anything = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+float32s = st.lists(
+    st.floats(width=32, allow_nan=True, allow_infinity=True) | st.sampled_from([3.4e38, -3.4e38]),
+    max_size=6,
+).map(lambda values: np.array(values, dtype="<f4").tobytes())
+
+
+def mutations(valid: dict) -> st.SearchStrategy[dict]:
+    """`valid` with each field kept or replaced by anything (float32 arrays for the byte
+    fields), some fields dropped, and maybe one field added."""
+    fields = {
+        k: st.one_of(st.just(v), float32s if isinstance(v, bytes) else anything, anything)
+        for k, v in valid.items()
+    }
+    return st.tuples(
+        st.fixed_dictionaries(fields),
+        st.sets(st.sampled_from(sorted(valid))),
+        st.dictionaries(st.text(max_size=6), anything, max_size=1),
+    ).map(lambda t: {**{k: v for k, v in t[0].items() if k not in t[1]}, **t[2]})
+
+
+def valid_messages(fmap_shape: tuple[int, ...]) -> dict[str, tuple[str, dict]]:
+    """Kind -> (the role whose topic it travels on, a valid message as a dict)."""
+    fmap = np.ones(fmap_shape, dtype=np.float32)
+    now = time.time()
+    messages = {
+        "status": (Role.device(1), Status(role=Role.device(1), state="online", t=now)),
+        "tick": (None, Tick(sample=3, t=now)),
+        "scores": (Role.device(1), scores(3, Role.device(1), SURE)),
+        "offload": (None, Offload(sample=3, sources=[Role.device(1)], to="cloud")),
+        "features": (Role.device(1), Features.of(3, Role.device(1), fmap, "binary")),
+        "decision": (None, Decision(sample=3, decided=True, class_index=0, exit="local")),
+    }
+    return {kind: (role, m.model_dump()) for kind, (role, m) in messages.items()}
+
+
+def topic_for(rig: Rig, kind: str, role: Role | None) -> str:
+    t = rig.topics
+    by_kind = {
+        "status": lambda: t.status(role),
+        "tick": lambda: t.tick,
+        "scores": lambda: t.scores(role),
+        "offload": lambda: t.offload,
+        "features": lambda: t.features(role),
+        "decision": lambda: t.decisions,
+    }
+    return by_kind[kind]()
+
+
+def fuzz(rig: Rig, service: Service, fmap_shape: tuple[int, ...], examples: int) -> None:
+    """Structured fuzz of every kind, then raw bytes, into `service` on each kind's topic."""
+    for kind, (role, valid) in valid_messages(fmap_shape).items():
+        fuzz_topic(service, topic_for(rig, kind, role), valid, examples)
+        rig.settle()  # what the service published in answer goes its way
+    assert service.rejected[INTERNAL_ERROR] == 0, service.rejected
+    assert len(service.rejected) <= MAX_REASONS
+
+
+def fuzz_topic(service: Service, topic: str, valid: dict, examples: int) -> None:
+    quiet = settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+
+    @quiet
+    @given(message=mutations(valid))
+    def structured(message: dict) -> None:
+        service.receive(topic, msgpack.packb(message, use_bin_type=True))
+
+    @settings(quiet, max_examples=max(10, examples // 10))
+    @given(payload=st.binary(max_size=256))
+    def raw(payload: bytes) -> None:
+        service.receive(topic, payload)
+
+    structured()
+    raw()
+
+
+def edge_rig(artifacts: Path) -> tuple[Rig, TierService]:
+    manifest, module = load_edge(artifacts, 0)
+    rig = Rig(manifest)
+    role = Role.edge(0)
+    inputs = tier_inputs(manifest.ddnn_config().model, role)
+    edge = TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT)
+    rig.add(edge)
+    return rig, edge
+
+
+def still_decides(rig: Rig, sample: int) -> None:
+    """The aggregator of `rig` decides a good sample after all that."""
+    rig.send(Tick(sample=sample, t=time.time()))
+    for d in range(6):
+        rig.send(scores(sample, Role.device(d), SURE))
+    rig.settle()
+    assert sample in {d.sample for d in rig.decisions()}
+
+
+@pytest.mark.parametrize("examples", [FEW, pytest.param(MANY, marks=pytest.mark.slow)])
+def test_fuzzed_messages_kill_no_service_and_grow_no_reason_list(plain, with_edges, examples):
+    rig, cloud = cloud_rig(plain)
+    shape = cloud.input_shape  # a device's feature map
+    fuzz(rig, cloud, shape, examples)
+
+    rig, agg = aggregator_rig(plain)
+    fuzz(rig, agg, shape, examples)
+    for d in range(6):
+        rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
+    still_decides(rig, 10**6)
+
+    rig, device = device_rig(plain)
+    fuzz(rig, device, shape, examples)
+    rig.send(Tick(sample=10**6, t=time.time()))
+    rig.settle()
+    assert device.counters["frames"] >= 1
+
+    rig, edge = edge_rig(with_edges)
+    fuzz(rig, edge, shape, examples)
+
+
+def test_retained_poison_on_every_status_topic_never_stops_a_service_starting(plain):
+    """A poisoned retained status (an unhashable kind, a map for a kind, not msgpack) is
+    delivered to every service that subscribes to statuses, on every start."""
+    rig, _ = aggregator_rig(plain, online=0)
+    poisons = [
+        msgpack.packb({"v": 1, "kind": [1]}),
+        msgpack.packb({"v": 1, "kind": {"a": 1}}),
+        b"\xc1",
+        encode(Tick(sample=0, t=0.0)),  # a valid message of another kind
+    ]
+    roles = [*(Role.device(d) for d in range(6)), CLOUD]
+    for role, poison in zip(roles, poisons * 2, strict=False):
+        rig.send_raw(rig.topics.status(role), poison, retain=True)
+    for restart in range(3):
+        rig, agg = aggregator_rig(plain, online=0, bus=rig.bus)
+        assert sum(agg.rejected.values()) == len(roles), agg.rejected
+        assert agg.rejected[INTERNAL_ERROR] == 0
+        for d in range(6):
+            rig.send(Status(role=Role.device(d), state="online", t=time.time()))
+        still_decides(rig, restart)
+        agg.close()
