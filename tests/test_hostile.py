@@ -6,7 +6,7 @@ drops its fields with values of any type (NaN, +-3.4e38, huge integers, nested m
 any length); raw fuzzing sends arbitrary bytes. Each payload goes to each service on the
 topic its kind belongs on, so that it passes the topic check and reaches the handler. A
 message that makes a handler raise counts as "a message the service failed on": the tests
-demand none. The default run sends a few hundred of each; `-m slow` sends 10,000.
+demand none. The default run sends a hundred of each; `-m slow` sends 10,000.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.inprocess import (
     scores,
 )
 
-FEW, MANY = 300, 10_000
+FEW, MANY = 100, 10_000
 
 scalars = st.one_of(
     st.none(),
