@@ -73,3 +73,14 @@ def test_a_step_fuses_what_arrived_and_decides_exit_or_escalate():
     assert s.probs.argmax(axis=1).tolist() == [0, 0]
     assert s.exits.tolist() == [True, False]  # alone, device 0 is sure; averaged, unsure
     assert step(point, ExitInputs(scores, present, ScoreFusion("AP", 2)), last=True).exits.all()
+
+
+@pytest.mark.parametrize("name", sorted(CRITERIA))
+def test_non_finite_probabilities_never_count_as_confident(name):
+    """NaN has entropy 0 as computed (0 log 0 = 0): without the check it would exit at once."""
+    probs = np.array([[np.nan, 0.5, 0.5], [1.0, 0.0, 0.0], [np.inf, 0.0, 0.0]])
+    assert get_criterion(name).exits(probs, 1.0 if name == "entropy" else 0.0).tolist() == [
+        False,
+        True,
+        False,
+    ]

@@ -70,6 +70,7 @@ def test_features_travel_bit_packed_and_unpack_exactly():
         (msgpack.packb(scores(kind="x" * 10_000)), "unknown message kind", "xxx..."),  # cut
         (msgpack.packb(scores(scores=np.array([1, np.nan, 0], "<f4").tobytes())), None, "NaN"),
         (msgpack.packb(scores(scores=b"\0" * 5)), None, "whole number of float32"),
+        (msgpack.packb(scores(scores=np.array([3.4e38, 0, 0], "<f4").tobytes())), None, "beyond"),
         (msgpack.packb(scores(sample=-1)), None, "sample"),
         (msgpack.packb(scores(source="device-x")), None, "source"),
         (msgpack.packb(scores(source="device-03")), None, "not a role"),  # one spelling per role

@@ -60,9 +60,11 @@ class Criterion:
     confident_below: bool  # True: exit when statistic <= T; False: exit when >= T
 
     def exits(self, probs: np.ndarray, threshold: float) -> np.ndarray:
-        """Boolean mask of the rows of `probs` (N, |C|) that exit at `threshold`."""
+        """Boolean mask of the rows of `probs` (N, |C|) that exit at `threshold`. A row with
+        a non-finite probability never exits early: its entropy would read as 0, certain."""
         stat = self.statistic(probs)
-        return stat <= threshold if self.confident_below else stat >= threshold
+        confident = stat <= threshold if self.confident_below else stat >= threshold
+        return confident & np.isfinite(probs).all(axis=-1)
 
 
 CRITERIA: dict[str, Criterion] = {

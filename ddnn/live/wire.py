@@ -33,6 +33,9 @@ from ddnn.core.roles import Role
 
 SCHEMA = 1
 MAX_PAYLOAD = 1 << 20  # no DDNN message comes near 1 MiB: a bigger one is refused unread
+# Class scores are logits: a trained model's are in the tens. Bounding them keeps fusion
+# finite (two scores of 3.4e38 averaged overflow to inf, and softmax then gives NaN).
+MAX_SCORE = 1e6
 # A role on the wire is a string in canonical form, read as a Role (ddnn.core.roles).
 RoleName = Annotated[str, Field(max_length=16), AfterValidator(Role)]
 Sample = Annotated[int, Field(ge=0, lt=2**63)]
@@ -99,8 +102,11 @@ class Scores(_Message):
     def _finite(cls, v: bytes) -> bytes:
         if len(v) % 4:
             raise ValueError(f"scores hold {len(v)} bytes, not a whole number of float32")
-        if not np.isfinite(np.frombuffer(v, dtype="<f4")).all():
+        values = np.frombuffer(v, dtype="<f4")
+        if not np.isfinite(values).all():
             raise ValueError("scores hold a NaN or infinite value")
+        if values.size and np.abs(values).max() > MAX_SCORE:
+            raise ValueError(f"scores beyond +-{MAX_SCORE:g}")
         return v
 
     def values(self) -> np.ndarray:
