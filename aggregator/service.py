@@ -14,10 +14,18 @@ decision message: when a tier does not answer before its deadline the best answe
 tiers below stands and the decision says it is degraded; a sample no device answered for is
 published as undecided with the reason. Late or duplicate messages for a decided sample are
 counted and dropped.
+
+Bounded by design: at most `MAX_PENDING` samples wait at once (a sample beyond is refused and
+counted), their deadlines wait in a heap, so that a message costs the same at 10 or 10,000
+pending, and a graceful stop ends every pending sample with an undecided decision. A device
+whose status has not come for `SILENT_AFTER` seconds (three status intervals) counts as
+offline, so a device that died while the broker was down (its last will lost with the broker)
+does not make every later sample wait out the deadline for it.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +39,12 @@ from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.mqtt import BrokerSettings
-from ddnn.live.service import Recent, Rejected, Service
+from ddnn.live.service import STATUS_EVERY, Recent, Rejected, Service
 from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
 
 DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
+MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
+SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
 
 
 @dataclass
@@ -94,7 +104,9 @@ class AggregatorService(Service):
         self.groups = cfg.model.edge.groups if cfg.model.edge is not None else []
         self.deadlines = deadlines or Deadlines()
         self.online: set[int] = set()
+        self.heard: dict[int, float] = {}  # device -> monotonic time of its latest status
         self.pending: dict[int, Pending] = {}
+        self.deadlines_due: list[tuple[float, int]] = []  # heap of (deadline, sample)
         self.decided = Recent(DECIDED_MEMORY)
 
     def subscriptions(self) -> list[str]:
@@ -106,6 +118,7 @@ class AggregatorService(Service):
             role = message.role
             if role.tier == "device" and role.index is not None and role.index < self.n_devices:
                 (self.online.add if message.state == "online" else self.online.discard)(role.index)
+                self.heard[role.index] = time.monotonic()
             return
         if isinstance(message, Tick):
             self._open(message.sample, message.t)
@@ -137,9 +150,17 @@ class AggregatorService(Service):
         if sample not in self.pending:
             if not ticked and self.clock == "tick":
                 raise Rejected("scores for a sample no tick started", str(sample))
-            deadline = time.monotonic() + self.deadlines.scores
-            self.pending[sample] = Pending(sample, t0, "scores", deadline)
+            if len(self.pending) >= MAX_PENDING:
+                raise Rejected("a new sample while too many are pending", str(sample))
+            p = Pending(sample, t0, "scores", 0.0)
+            self.pending[sample] = p
+            self._wait(p, self.deadlines.scores)
         return self.pending[sample]
+
+    def _wait(self, p: Pending, seconds: float) -> None:
+        """Give `p` a deadline `seconds` from now (an earlier one of it is void)."""
+        p.deadline = time.monotonic() + seconds
+        heapq.heappush(self.deadlines_due, (p.deadline, p.sample))
 
     def _device_scores(self, m: Scores, device: int, values: np.ndarray) -> None:
         if device >= self.n_devices:
@@ -149,6 +170,7 @@ class AggregatorService(Service):
             self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1
             return
         p.scores[device] = values
+        self.heard[device] = time.monotonic()  # scores say it is alive as a status does
         p.t0 = min(p.t0, m.t0)
         p.bytes["device_scores"] = p.bytes.get("device_scores", 0) + len(m.scores)
         if self.online <= set(p.scores):
@@ -205,8 +227,7 @@ class AggregatorService(Service):
             self._decide(p, "local", local.probs[0])
             return
         p.stage = "edge" if "edge" in self.fusions else "cloud"
-        wait = self.deadlines.edge if p.stage == "edge" else self.deadlines.cloud
-        p.deadline = time.monotonic() + wait
+        self._wait(p, self.deadlines.edge if p.stage == "edge" else self.deadlines.cloud)
         sources = [Role.device(d) for d in p.devices]
         self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to=p.stage))
 
@@ -222,19 +243,44 @@ class AggregatorService(Service):
         if edge.exits[0]:
             self._decide(p, "edge", edge.probs[0])
             return
-        p.stage, p.deadline = "cloud", time.monotonic() + self.deadlines.cloud
+        p.stage = "cloud"
+        self._wait(p, self.deadlines.cloud)
         sources = [Role.edge(e) for e in sorted(p.edge_scores)]
         self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="cloud"))
 
     def poll(self, now: float) -> float | None:
-        for p in [p for p in self.pending.values() if p.deadline <= now]:
+        self._forget_silent(now)
+        due = self.deadlines_due
+        while due and due[0][0] <= now:
+            deadline, sample = heapq.heappop(due)
+            p = self.pending.get(sample)
+            if p is None or p.deadline != deadline:
+                continue  # decided since, or waiting on a later stage's deadline
             if p.stage == "scores":
                 self._local_step(p)
             elif p.stage == "edge":
                 self._edge_step(p)
             else:
                 self._degraded(p, f"the cloud did not answer within {self.deadlines.cloud:g} s")
-        return min((p.deadline for p in self.pending.values()), default=None)
+        return due[0][0] if due else None
+
+    def _forget_silent(self, now: float) -> None:
+        silent = [d for d in self.online if now - self.heard.get(d, now) > SILENT_AFTER]
+        for device in sorted(silent):
+            self.online.discard(device)
+            self.counters["devices_silent"] += 1
+            role = Role.device(device)
+            self.log.warning("%s silent for %g s: counted offline", role, SILENT_AFTER)
+        if silent:  # samples that waited only for them are complete now
+            for p in [p for p in self.pending.values() if p.stage == "scores" and p.scores]:
+                if self.online <= set(p.scores):
+                    self._local_step(p)
+
+    def close(self) -> None:
+        """End every pending sample with an undecided decision, then stop."""
+        for p in list(self.pending.values()):
+            self._undecided(p, "the aggregator stopped")
+        super().close()
 
     # -- endings -------------------------------------------------------------------------
     def _degraded(self, p: Pending, reason: str) -> None:

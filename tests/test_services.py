@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from aggregator.service import AggregatorService, load_fusions
+import aggregator.service
+from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
 from cloud.service import TierService
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
 from ddnn.live.memory import MemoryBus
@@ -365,3 +366,46 @@ def test_services_announce_online_retained_and_offline_on_close(plain):
     assert topic == rig.topics.status(Role.device(4)) and decode(payload).state == "online"
     dev.close()
     assert decode(late.get(0)[1]).state == "offline"
+
+
+def test_a_device_silent_for_three_status_intervals_counts_as_offline(plain):
+    """Its last will may have been lost with a broker that went down: without this, every
+    later sample would wait out the score deadline for it."""
+    rig, agg = aggregator_rig(plain, scores=1000.0)
+    rig.send(Tick(sample=0, t=time.time()))
+    for d in range(5):
+        rig.send(scores(0, Role.device(d), SURE))
+    rig.settle()
+    assert rig.decisions() == []  # device 5 said online and has not answered
+    agg.heard[5] = time.monotonic() - SILENT_AFTER - 1  # its last status, long ago
+    rig.settle()
+    [d] = rig.decisions()
+    assert d.devices == [0, 1, 2, 3, 4] and agg.counters["devices_silent"] == 1
+    assert agg.online == {0, 1, 2, 3, 4}
+
+
+def test_a_graceful_stop_ends_every_pending_sample_undecided(plain):
+    rig, agg = aggregator_rig(plain)
+    for sample in (1, 2):
+        rig.send(Tick(sample=sample, t=time.time()))
+    rig.send(scores(1, Role.device(0), SURE))
+    rig.settle()
+    agg.close()
+    rig.settle()
+    decisions = rig.decisions()
+    assert sorted(d.sample for d in decisions) == [1, 2]
+    assert all(not d.decided and d.reason == "the aggregator stopped" for d in decisions)
+
+
+def test_pending_samples_are_capped(plain, monkeypatch):
+    monkeypatch.setattr(aggregator.service, "MAX_PENDING", 3)
+    rig, agg = aggregator_rig(plain)
+    for sample in range(5):
+        rig.send(Tick(sample=sample, t=time.time()))
+    rig.settle()
+    assert sorted(agg.pending) == [0, 1, 2]
+    assert agg.rejected["a new sample while too many are pending"] == 2
+    rig.settle(later=LATER)  # the three end (undecided: no device answered); room again
+    rig.send(Tick(sample=9, t=time.time()))
+    rig.settle()
+    assert sorted(agg.pending) == [9]
