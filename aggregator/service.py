@@ -38,8 +38,7 @@ from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized
 from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
-from ddnn.live.mqtt import BrokerSettings
-from ddnn.live.service import STATUS_EVERY, Recent, Rejected, Service
+from ddnn.live.service import STATUS_EVERY, Broker, Recent, Rejected, Service
 from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
 
 DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
@@ -86,7 +85,7 @@ class AggregatorService(Service):
         self,
         manifest: Manifest,
         fusions: dict[str, ScoreFusion],
-        broker: BrokerSettings,
+        broker: Broker,
         deployment: str,
         deadlines: Deadlines | None = None,
         clock: str = "tick",

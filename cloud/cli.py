@@ -57,7 +57,6 @@ def edge(
 
     manifest, module = load_edge(artifacts, edge_id)
     model = manifest.ddnn_config().model
-    assert model.edge is not None  # load_edge refuses a topology without this edge
     role = Role.edge(edge_id)
     TierService(
         role,
@@ -67,6 +66,6 @@ def edge(
         module.in_shape,
         setup.broker,
         setup.deployment,
-        output_format="binary" if model.edge.precision == "binary" else "float",
+        output_format=model.edge_feature_format,
         deadline=deadline,
     ).run()

@@ -7,6 +7,12 @@ what arrived (missing inputs as in training: masked for MP/AP, zero slots for CC
 layers and publishes its class scores with the bytes it received per source. An edge also
 keeps its own feature map for the cloud and sends it when asked; the cloud's scores are the
 last exit's.
+
+What a tier holds is bounded: at most `KEEP_MAX` samples in all, and at most
+`UNASKED_PER_SOURCE` per input whose offload request has not come yet (a map may arrive just
+before the request, so a few are normal), so that one source flooding maps for samples nobody
+asked about cannot push out the real ones in flight. The tier takes maps only in the encoding
+its inputs produce (bits from binary devices), never a float map where it expects bits.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import torch
 from ddnn.core.config import FeatureFormat
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
-from ddnn.core.roles import Role
-from ddnn.live.mqtt import BrokerSettings
-from ddnn.live.service import KeptMaps, Recent, Rejected, Service
-from ddnn.live.wire import Features, Message, Offload, Scores
+from ddnn.core.roles import Role, tier_input_format
+from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service
+from ddnn.live.wire import ENCODINGS, Features, Message, Offload, Scores
 from ddnn.nn.model import UpperTier
 
 KEEP_MAX = 1024  # samples remembered at most: collecting, run, and kept for the cloud
+UNASKED_PER_SOURCE = 64  # maps of one input collecting before their offload request came
 
 
 @dataclass
@@ -49,7 +55,7 @@ class TierService(Service):
         module: UpperTier,
         inputs: list[Role],
         input_shape: tuple[int, int, int],
-        broker: BrokerSettings,
+        broker: Broker,
         deployment: str,
         *,
         output_format: FeatureFormat = "binary",
@@ -65,6 +71,7 @@ class TierService(Service):
         self.tier = role.tier  # "edge" or "cloud"
         self.deadline = deadline
         self.output_format = output_format
+        self.input_encoding = ENCODINGS[tier_input_format(manifest.ddnn_config().model, role)]
         self.collecting: OrderedDict[int, Collecting] = OrderedDict()
         self.done = Recent(KEEP_MAX)  # samples already run: their late feature maps are dropped
         self.kept = KeptMaps(keep_seconds, KEEP_MAX)
@@ -85,10 +92,16 @@ class TierService(Service):
         if not isinstance(message, Features):
             raise Rejected("a message of a kind this service does not take", message.kind)
         if message.source not in self.slot:
-            raise Rejected("features from a role that is not an input of this tier", message.source)
+            reason = "features from a role that is not an input of this tier"
+            raise Rejected(reason, message.source)
+        if message.encoding != self.input_encoding:
+            raise Rejected("features in another encoding than the tier takes", message.encoding)
         if message.sample in self.done:
             self.counters["late"] += 1
             return
+        new = message.sample not in self.collecting
+        if new and self._unasked(message.source) >= UNASKED_PER_SOURCE:
+            raise Rejected("features not asked for, over the per-source limit", message.source)
         c = self._collecting(message.sample)
         c.maps[message.source] = message.array(self.input_shape)
         c.received[message.source] = len(message.data)
@@ -102,6 +115,10 @@ class TierService(Service):
                 self.collecting.popitem(last=False)
                 self.counters["dropped"] += 1
         return self.collecting[sample]
+
+    def _unasked(self, source: str) -> int:
+        """Samples collecting a map of `source` whose offload request has not come."""
+        return sum(c.expected is None and source in c.maps for c in self.collecting.values())
 
     def _maybe_run(self, sample: int) -> None:
         c = self.collecting[sample]

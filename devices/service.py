@@ -19,8 +19,7 @@ import numpy as np
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role
-from ddnn.live.mqtt import BrokerSettings
-from ddnn.live.service import KeptMaps, Rejected, Service
+from ddnn.live.service import Broker, KeptMaps, Rejected, Service
 from ddnn.live.wire import Message, Offload, Scores, Tick
 from devices.runtime import SliceRuntime
 from devices.sources import FrameSource, VideoSource
@@ -33,7 +32,7 @@ class DeviceService(Service):
         device: int,
         runtime: SliceRuntime,
         source: FrameSource,
-        broker: BrokerSettings,
+        broker: Broker,
         deployment: str,
         *,
         clock: str = "tick",

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import aggregator.service
+import cloud.service as cloud_service
 from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
 from cloud.service import TierService
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
@@ -409,3 +410,29 @@ def test_pending_samples_are_capped(plain, monkeypatch):
     rig.send(Tick(sample=9, t=time.time()))
     rig.settle()
     assert sorted(agg.pending) == [9]
+
+
+def test_a_tier_takes_maps_only_in_the_encoding_its_inputs_produce(plain):
+    rig, cloud = cloud_rig(plain)
+    fmap = np.ones(cloud.input_shape, dtype=np.float32)
+    rig.send(Offload(sample=0, sources=[Role.device(0)], to="cloud"))
+    rig.send(Features.of(0, Role.device(0), fmap, "float"))  # binary devices send bits
+    rig.settle()
+    assert dict(cloud.rejected) == {"features in another encoding than the tier takes": 1}
+    assert rig.of(Scores) == []
+
+
+def test_a_flood_of_maps_nobody_asked_for_cannot_push_out_real_ones(plain):
+    rig, cloud = cloud_rig(plain)
+    shape = cloud.input_shape
+    rig.send(Offload(sample=1, sources=[Role.device(0), Role.device(1)], to="cloud"))
+    rig.send(features(1, Role.device(0), shape))
+    flood = 2000  # more than the tier's whole buffer
+    for sample in range(1000, 1000 + flood):
+        rig.send(features(sample, Role.device(2), shape))
+    rig.settle()
+    limit = cloud_service.UNASKED_PER_SOURCE
+    assert cloud.rejected["features not asked for, over the per-source limit"] == flood - limit
+    rig.send(features(1, Role.device(1), shape))  # the real sample completes
+    rig.settle()
+    assert [s.sample for s in rig.of(Scores)] == [1]

@@ -105,6 +105,11 @@ class ModelConfig(_Strict):
         return "binary" if self.device.precision == "binary" else "float"
 
     @property
+    def edge_feature_format(self) -> FeatureFormat:
+        """How an edge's feature map is encoded on the wire, on its way to the cloud."""
+        return "binary" if self.edge is None or self.edge.precision == "binary" else "float"
+
+    @property
     def exits(self) -> list[str]:
         """The exit points of this topology, lowest tier first; the last always decides."""
         present = {

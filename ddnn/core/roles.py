@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ddnn.core.config import ModelConfig
+from ddnn.core.config import FeatureFormat, ModelConfig
 
 MAX_INDEX = 9999
 PATTERN = r"(?:device|edge)-(?:0|[1-9][0-9]{0,3})|cloud|aggregator"
@@ -83,3 +83,11 @@ def tier_inputs(model: ModelConfig, role: Role) -> list[Role]:
     if model.edge is not None:
         return [Role.edge(e) for e in range(len(model.edge.groups))]
     return [Role.device(d) for d in range(model.n_devices)]
+
+
+def tier_input_format(model: ModelConfig, role: Role) -> FeatureFormat:
+    """How the feature maps an upper tier fuses travel: the devices' format for an edge and
+    for a cloud fed by devices, the edges' for a cloud fed by edges."""
+    if role.tier == "cloud" and model.edge is not None:
+        return model.edge_feature_format
+    return model.device_feature_format
