@@ -18,11 +18,19 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import paho.mqtt.client as paho
 import pytest
 from pydantic import ValidationError
 
 from ddnn.core.errors import ConfigError, DDNNError
-from ddnn.live.broker import RunningBroker, broker_ceiling, find_mosquitto, free_port, start_broker
+from ddnn.live.broker import (
+    MAX_PACKET,
+    RunningBroker,
+    broker_ceiling,
+    find_mosquitto,
+    free_port,
+    start_broker,
+)
 from ddnn.live.mqtt import BrokerSettings, MqttClient, parse_broker_url
 from ddnn.live.transport import Will
 
@@ -333,3 +341,31 @@ def test_port_in_use_is_refused() -> None:
 def test_unknown_broker_kind() -> None:
     with pytest.raises(DDNNError, match="broker kind"):
         start_broker(kind="rabbit")
+
+
+def test_mosquitto_refuses_packets_over_the_limit(clients: list[MqttClient]) -> None:
+    """No DDNN message comes near MAX_PAYLOAD. A client that sends a bigger packet anyway
+    (paho itself, not our client, which refuses to) is cut off by the broker, and no
+    subscriber gets it. (The embedded broker has no such setting.)"""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    with start_broker(kind="mosquitto") as broker:
+        topic = unique("big")
+        sub = subscriber(broker, clients, "sub", topic)
+        pub = connected(broker, clients, "pub")
+        while not wait_for(sub, topic, b"p", 0.2):
+            pub.publish(topic, b"p")
+        while sub.get(0.1) is not None:
+            pass
+        big = b"x" * (MAX_PACKET + 1)
+        assert not pub.publish(topic, big, qos=1)  # ours does not even try
+        rogue = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        rogue.connect(broker.host, broker.port)
+        rogue.loop_start()
+        try:
+            rogue.publish(topic, big, qos=0)
+            assert sub.get(timeout=1.0) is None
+        finally:
+            rogue.loop_stop()
+        assert pub.publish(topic, b"small", qos=1)
+        assert wait_for(sub, topic, b"small", 5)

@@ -35,6 +35,7 @@ from ddnn.live.mqtt import (
     as_settings,
     format_broker_url,
 )
+from ddnn.live.wire import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ class RunningBroker:
         return f"<RunningBroker {self.kind} {self.url} MQTT {self.protocol} {state}>"
 
 
+MAX_PACKET = MAX_PAYLOAD + 65536  # the largest payload, with room for topic and headers
+
+
 class _Mosquitto(RunningBroker):
     def __init__(self, binary: str, host: str, port: int) -> None:
         super().__init__("mosquitto", host, port, "5")
@@ -138,6 +142,9 @@ class _Mosquitto(RunningBroker):
             "allow_anonymous true\n"
             "set_tcp_nodelay true\n"
             "persistence false\n"
+            # No DDNN message comes near MAX_PAYLOAD: refuse bigger packets at the broker,
+            # before they cost its memory and every subscriber's.
+            f"max_packet_size {MAX_PACKET}\n"
             "log_dest stderr\n"
             "log_type error\n"
             "log_type warning\n"

@@ -22,6 +22,7 @@ from paho.mqtt.matcher import MQTTMatcher
 
 from ddnn.core.errors import DDNNError
 from ddnn.live.transport import Received, Will
+from ddnn.live.wire import MAX_PAYLOAD
 
 
 class MemoryBus:
@@ -112,8 +113,8 @@ class MemoryClient:
             self._inbox.put((topic, payload))
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        if not self._attached:
-            return False  # as the MQTT client's QoS 0 while disconnected
+        if not self._attached or len(payload) > MAX_PAYLOAD:
+            return False  # as the MQTT client drops it while disconnected, or too big
         self.bus.publish(topic, payload, retain=retain)
         return True
 

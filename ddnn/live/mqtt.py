@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ddnn.core.errors import ConfigError, DDNNError, problems
 from ddnn.live.transport import Received, Will
+from ddnn.live.wire import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +364,10 @@ class MqttClient:
         """Send (QoS 0) or queue (QoS 1) a message; False when it was dropped."""
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, got {qos}")
+        if len(payload) > MAX_PAYLOAD:
+            # The broker would cut the connection off, and paho would resend a QoS 1 one
+            # after every reconnect, for ever: it is refused here, like any dropped message.
+            return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
