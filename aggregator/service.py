@@ -15,7 +15,9 @@ tiers below stands and the decision says it is degraded; a sample no device answ
 published as undecided with the reason. Late or duplicate messages for a decided sample are
 counted and dropped.
 
-Bounded by design: at most `MAX_PENDING` samples wait at once (a sample beyond is refused and
+Exactly once: decided ids are remembered (`DECIDED_MEMORY`) and an id more than
+`SAMPLE_WINDOW` below the newest is refused, so a replay of old samples is never decided
+twice. Bounded by design: at most `MAX_PENDING` samples wait at once (a sample beyond is refused and
 counted), their deadlines wait in a heap, so that a message costs the same at 10 or 10,000
 pending, and a graceful stop ends every pending sample with an undecided decision. A device
 whose status has not come for `SILENT_AFTER` seconds (three status intervals) counts as
@@ -42,6 +44,9 @@ from ddnn.live.service import STATUS_EVERY, Broker, Recent, Rejected, Service
 from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
 
 DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
+# Sample ids more than this far below the newest are refused: every decided id within the
+# window is still remembered, so a replay of old ids cannot be decided a second time.
+SAMPLE_WINDOW = DECIDED_MEMORY // 2
 MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
 SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
 
@@ -107,6 +112,7 @@ class AggregatorService(Service):
         self.pending: dict[int, Pending] = {}
         self.deadlines_due: list[tuple[float, int]] = []  # heap of (deadline, sample)
         self.decided = Recent(DECIDED_MEMORY)
+        self.newest = -1  # the highest sample id opened
 
     def subscriptions(self) -> list[str]:
         return [self.topics.all_status, self.topics.tick, self.topics.all_scores]
@@ -146,6 +152,8 @@ class AggregatorService(Service):
     def _open(self, sample: int, t0: float, ticked: bool = True) -> Pending | None:
         if sample in self.decided:
             return None
+        if sample < self.newest - SAMPLE_WINDOW:
+            raise Rejected("a sample id older than the window", str(sample))
         if sample not in self.pending:
             if not ticked and self.clock == "tick":
                 raise Rejected("scores for a sample no tick started", str(sample))
@@ -153,6 +161,7 @@ class AggregatorService(Service):
                 raise Rejected("a new sample while too many are pending", str(sample))
             p = Pending(sample, t0, "scores", 0.0)
             self.pending[sample] = p
+            self.newest = max(self.newest, sample)
             self._wait(p, self.deadlines.scores)
         return self.pending[sample]
 

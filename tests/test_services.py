@@ -436,3 +436,17 @@ def test_a_flood_of_maps_nobody_asked_for_cannot_push_out_real_ones(plain):
     rig.send(features(1, Role.device(1), shape))  # the real sample completes
     rig.settle()
     assert [s.sample for s in rig.of(Scores)] == [1]
+
+
+def test_a_replay_of_old_samples_after_many_newer_ones_is_never_decided_twice(plain, monkeypatch):
+    """The issue's case scaled down: 1k old samples replayed after 70k newer ones, when the
+    aggregator remembers 65,536 decided ids, becomes 30 after 200 with a memory of 100."""
+    monkeypatch.setattr(aggregator.service, "DECIDED_MEMORY", 100)
+    monkeypatch.setattr(aggregator.service, "SAMPLE_WINDOW", 50)
+    rig, agg = aggregator_rig(plain, online=1)
+    for sample in [*range(200), *range(30)]:
+        rig.send(Tick(sample=sample, t=time.time()))
+        rig.send(scores(sample, Role.device(0), SURE))
+        rig.settle()
+    assert sorted(d.sample for d in rig.decisions()) == list(range(200))
+    assert agg.rejected["a sample id older than the window"] == 2 * 30  # tick and scores
