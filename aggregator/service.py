@@ -113,14 +113,30 @@ class AggregatorService(Service):
         self.deadlines_due: list[tuple[float, int]] = []  # heap of (deadline, sample)
         self.decided = Recent(DECIDED_MEMORY)
         self.newest = -1  # the highest sample id opened
+        self.rival: str | None = None  # another aggregator of this deployment, seen online
 
     def subscriptions(self) -> list[str]:
         return [self.topics.all_status, self.topics.tick, self.topics.all_scores]
+
+    def before_online(self) -> None:
+        """Refuse to run beside another aggregator of the deployment: two would each decide
+        every sample. Its retained status says whether one is online."""
+        self.catch_up()
+        if self.rival is not None:
+            raise DDNNError(
+                f"another aggregator ({self.rival}) is online for deployment "
+                f"{self.topics.root}: stop it first (a killed one is offline once the broker "
+                "sees its connection drop)"
+            )
 
     # -- messages ------------------------------------------------------------------------
     def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Status):
             role = message.role
+            other = message.instance != self.instance
+            if role == AGGREGATOR and message.state == "online" and other:
+                self.rival = message.instance
+                self.log.error("another aggregator of this deployment is online: %s", self.rival)
             if role.tier == "device" and role.index is not None and role.index < self.n_devices:
                 (self.online.add if message.state == "online" else self.online.discard)(role.index)
                 self.heard[role.index] = time.monotonic()

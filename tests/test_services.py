@@ -8,11 +8,13 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 import aggregator.service
 import cloud.service as cloud_service
 from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
 from cloud.service import TierService
+from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
 from ddnn.live.memory import MemoryBus
 from ddnn.live.transport import Will
@@ -450,3 +452,17 @@ def test_a_replay_of_old_samples_after_many_newer_ones_is_never_decided_twice(pl
         rig.settle()
     assert sorted(d.sample for d in rig.decisions()) == list(range(200))
     assert agg.rejected["a sample id older than the window"] == 2 * 30  # tick and scores
+
+
+def test_a_second_aggregator_of_a_deployment_refuses_to_start(plain):
+    rig, first = aggregator_rig(plain)
+    manifest, fusions = load_fusions(plain)
+    second = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT)
+    with pytest.raises(DDNNError, match="another aggregator .* is online"):
+        second.open()
+    second.close()  # says nothing: the first's retained status still stands
+    rig.settle()
+    statuses = [m for m in rig.of(Status) if m.role == AGGREGATOR]
+    assert statuses[-1].state == "online" and statuses[-1].instance == first.instance
+    first.close()  # once the first is gone, another may start
+    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))

@@ -268,13 +268,16 @@ class MqttClient:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # the socket already closed; the reconnect sets it again
+        # The subscriptions go out before anyone learns of the connection: a message the
+        # caller publishes once connected then follows them, so the broker has sent the
+        # retained messages of those subscriptions before it delivers that one.
         with self._lock:
+            filters = list(self._filters.items())
+            if filters:
+                client.subscribe(filters)
             self.last_error = None
             self.connections += 1
             self._connected.set()
-            filters = list(self._filters.items())
-        if filters:
-            client.subscribe(filters)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:

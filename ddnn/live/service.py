@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -113,17 +114,17 @@ class Service:
         self.rejected: Counter[str] = Counter()
         self.stopping = threading.Event()
         self._connections = 0  # the transport's connections when last announced
+        self.announced = False  # said online: on stopping, it says offline
         self.log = logging.getLogger(f"ddnn.{self.role}")
         if (torch := sys.modules.get("torch")) is not None:
             # One sample at a time gains nothing from more threads, and several services on
             # one machine then fight over the cores: 8 services on 2 cores decided 16
             # samples/s at ~1 s latency with PyTorch's default threads, 280/s at 40 ms with 1.
             torch.set_num_threads(1)
-        offline = encode(Status(role=self.role, state="offline", t=time.time()))
+        self.instance = f"ddnn-{deployment}-{self.role}-{os.getpid()}-{secrets.token_hex(4)}"
+        offline = Status(role=self.role, state="offline", t=time.time(), instance=self.instance)
         self.client = open_transport(
-            broker,
-            f"ddnn-{deployment}-{self.role}-{os.getpid()}",
-            Will(self.topics.status(self.role), offline),
+            broker, self.instance, Will(self.topics.status(self.role), encode(offline))
         )
 
     # -- what subclasses provide -------------------------------------------------------
@@ -180,11 +181,33 @@ class Service:
         self.client.connect(timeout=connect_timeout)
         self.log.info("online at %s under %s", self.client.url, self.topics.root)
         self._connections = self.client.connections
+        self.before_online()
         self.announce("online")
+        self.announced = True
+
+    def before_online(self) -> None:
+        """What a service checks once connected, before it says it is online."""
+
+    def catch_up(self, timeout: float = 5.0) -> None:
+        """Handle what the broker holds for this service's subscriptions (their retained
+        messages) before going on: a probe published now comes back after all of it."""
+        probe = f"{self.topics.hello}/{self.instance}"
+        self.client.subscribe(probe, qos=1)
+        self.client.publish(probe, b"", qos=1)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            item = self.client.get(timeout=left)
+            if item is None:
+                break
+            if item[0] == probe:
+                return
+            self.receive(*item)
+        self.log.warning("the broker did not echo a probe within %g s", timeout)
 
     def close(self) -> None:
-        """Announce `offline` and disconnect cleanly."""
-        self.announce("offline")
+        """Announce `offline` (if it said online) and disconnect cleanly."""
+        if self.announced:
+            self.announce("offline")
         self.client.close()
         self.log.info("%s stopped; %s", self.role, self.summary())
 
@@ -196,6 +219,7 @@ class Service:
             t=time.time(),
             counters=dict(self.counters),
             rejected=dict(self.rejected.most_common(200)),
+            instance=self.instance,
         )
         self.publish(self.topics.status(self.role), status, retain=True)
 

@@ -69,12 +69,14 @@ class _Message(BaseModel):
 
 class Status(_Message):
     """A service's liveness, with its message counters and rejections by reason (none in
-    the last will, which the broker publishes for a process that died)."""
+    the last will, which the broker publishes for a process that died). `instance` names
+    the process, so that a second one of the same role can tell it is not the first."""
 
     kind: Literal["status"] = "status"
     role: RoleName
     state: Literal["online", "offline"]
     t: float
+    instance: str = Field(default="", max_length=128)
     counters: dict[str, int] = Field(default={}, max_length=256)
     rejected: dict[str, int] = Field(default={}, max_length=256)
 
@@ -244,6 +246,7 @@ class Topics:
         self.tick = f"{self.root}/tick"
         self.offload = f"{self.root}/offload"
         self.decisions = f"{self.root}/decisions"
+        self.hello = f"{self.root}/hello"  # + /<instance>: a service's own probe
         self.all_scores = f"{self.root}/scores/+"
         self.all_status = f"{self.root}/status/+"
 
