@@ -217,7 +217,7 @@ def rogue_payloads(topics: Topics, sample: int, decided: int) -> list[tuple[str,
         msgpack.packb({**as_map, "scores": b"\0" * 16}),  # 4 classes, not 3
         msgpack.packb({**as_map, "scores": np.array([1, np.nan, 0], "<f4").tobytes()}),
         msgpack.packb({**as_map, "scores": np.array([np.inf, 0, 0], "<f4").tobytes()}),
-        b"\x80" * (MAX_PAYLOAD + 1),  # oversized
+        b"\x80" * (MAX_PAYLOAD + 1),  # oversized: our client does not even send it
         encode(scores),  # duplicate of a decided sample: late
         encode(scores.model_copy(update={"sample": sample})),  # a sample no tick started
         encode(scores.model_copy(update={"source": "device-77"})),  # unknown device
