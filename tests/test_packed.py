@@ -3,6 +3,7 @@ runnable without PyTorch (ddnn/packed/, devices/runtime.py `PackedSlice`)."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import time
@@ -254,6 +255,12 @@ def test_encoding_round_trips_and_corruption_is_refused(tmp_path):
     newer[8:10] = (FORMAT_VERSION + 1).to_bytes(2, "little")
     with pytest.raises(ModelFileError, match="version"):
         decode(bytes(newer))
+    # A NaN parameter in an intact file (its hash recomputed): refused on load, not on the
+    # device's first frame.
+    poisoned = copy.deepcopy(packed)
+    poisoned.head.beta[0] = np.nan
+    with pytest.raises(ModelFileError, match="NaN parameter"):
+        decode(encode(poisoned))
     for kernel in KERNELS:
         with pytest.raises(ValueError, match="shape"):
             runner(packed, kernel)(x[:, :16])

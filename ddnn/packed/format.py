@@ -346,6 +346,12 @@ def decode(buf: bytes, where: str = "packed slice") -> PackedModel:
     )
     if (head.override_class >= n_out).any():
         raise ModelFileError(f"{where}: an override names a class the head does not have")
+    # The hash only says the file is what was written: a NaN written there would load and
+    # then kill the device on its first frame. (An infinite threshold is legitimate: a
+    # filter whose batch norm has gamma 0 is always, or never, on.)
+    head_floats = [head.alpha, head.beta, head.override_score]
+    if np.isnan(convs[0].threshold).any() or not all(np.isfinite(a).all() for a in head_floats):
+        raise ModelFileError(f"{where} holds a NaN parameter, or an infinite one in the head")
     if r.pos != len(body):
         raise ModelFileError(f"{where} has {len(body) - r.pos} bytes after the head")
     return PackedModel((c, h, w), convs, head)
