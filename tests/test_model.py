@@ -132,6 +132,26 @@ def test_model_file_with_code_is_not_unpickled(tmp_path: Path):
         load_model(path)
 
 
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        (["data", "synth"], "metadata is not a map"),
+        ("synth", "metadata is not a map"),
+        ({1: "x"}, "metadata is not a map"),
+        ({"data": 5}, "metadata 'data' is not a string"),
+        ({"grid": ["2x3"]}, "metadata 'grid' is not a string"),
+    ],
+)
+def test_corrupt_metadata_is_a_clear_error(tmp_path: Path, meta, problem):
+    cfg = load_config()
+    path = tmp_path / "m.pt"
+    save_model(path, DDNN(cfg.model), cfg, {})
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "meta": meta}, path)
+    with pytest.raises(ModelFileError, match=problem):
+        load_model(path)
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path):
     cfg = load_config()
     model = DDNN(cfg.model)

@@ -71,4 +71,10 @@ def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
     except (RuntimeError, KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: weights do not match its config: {_first_line(e)}") from None
     model.eval()
-    return model, cfg, dict(payload.get("meta") or {})
+    meta = payload.get("meta") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+        raise ModelFileError(f"{path}: its metadata is not a map of names to values")
+    for key in ("data", "grid"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ModelFileError(f"{path}: metadata {key!r} is not a string: {meta[key]!r:.40}")
+    return model, cfg, dict(meta)
