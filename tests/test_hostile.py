@@ -102,32 +102,37 @@ def topic_for(rig: Rig, kind: str, role: Role | None) -> str:
     return by_kind[kind]()
 
 
-def fuzz(rig: Rig, service: Service, fmap_shape: tuple[int, ...], examples: int) -> None:
-    """Structured fuzz of every kind, then raw bytes, into `service` on each kind's topic."""
+def fuzz(under_test: list[tuple[Rig, Service]], fmap_shape: tuple[int, ...], n: int) -> None:
+    """`n` structured payloads of every kind, and `n // 10` raw ones, into every service
+    (each on its own rig), on the kind's topic: each payload, once made, goes to all."""
+    rig = under_test[0][0]  # every rig has the same deployment topics
     for kind, (role, valid) in valid_messages(fmap_shape).items():
-        fuzz_topic(service, topic_for(rig, kind, role), valid, examples)
-        rig.settle()  # what the service published in answer goes its way
-    assert service.rejected[INTERNAL_ERROR] == 0, service.rejected
-    assert len(service.rejected) <= MAX_REASONS
+        topic = topic_for(rig, kind, role)
+        structured = mutations(valid).map(lambda m: msgpack.packb(m, use_bin_type=True))
+        send_all(under_test, topic, structured, n)
+        send_all(under_test, topic, st.binary(max_size=256), max(1, n // 10))
+        for r, _ in under_test:
+            r.settle()  # what the services published in answer goes its way
+    for _, service in under_test:
+        assert service.rejected[INTERNAL_ERROR] == 0, service.rejected
+        assert len(service.rejected) <= MAX_REASONS
 
 
-def fuzz_topic(service: Service, topic: str, valid: dict, examples: int) -> None:
-    quiet = settings(
+def send_all(
+    under_test: list[tuple[Rig, Service]],
+    topic: str,
+    payloads: st.SearchStrategy[bytes],
+    examples: int,
+) -> None:
+    @settings(
         max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
     )
+    @given(payload=payloads)
+    def one(payload: bytes) -> None:
+        for _, service in under_test:
+            service.receive(topic, payload)
 
-    @quiet
-    @given(message=mutations(valid))
-    def structured(message: dict) -> None:
-        service.receive(topic, msgpack.packb(message, use_bin_type=True))
-
-    @settings(quiet, max_examples=max(10, examples // 10))
-    @given(payload=st.binary(max_size=256))
-    def raw(payload: bytes) -> None:
-        service.receive(topic, payload)
-
-    structured()
-    raw()
+    one()
 
 
 def edge_rig(artifacts: Path) -> tuple[Rig, TierService]:
@@ -151,24 +156,18 @@ def still_decides(rig: Rig, sample: int) -> None:
 
 @pytest.mark.parametrize("examples", [FEW, pytest.param(MANY, marks=pytest.mark.slow)])
 def test_fuzzed_messages_kill_no_service_and_grow_no_reason_list(plain, with_edges, examples):
-    rig, cloud = cloud_rig(plain)
-    shape = cloud.input_shape  # a device's feature map
-    fuzz(rig, cloud, shape, examples)
-
-    rig, agg = aggregator_rig(plain)
-    fuzz(rig, agg, shape, examples)
+    cloud_at, cloud = cloud_rig(plain)
+    agg_at, agg = aggregator_rig(plain)
+    device_at, device = device_rig(plain)
+    edge_at, edge = edge_rig(with_edges)
+    under_test = [(cloud_at, cloud), (agg_at, agg), (device_at, device), (edge_at, edge)]
+    fuzz(under_test, cloud.input_shape, examples)  # a device's feature map
     for d in range(6):
-        rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
-    still_decides(rig, 10**6)
-
-    rig, device = device_rig(plain)
-    fuzz(rig, device, shape, examples)
-    rig.send(Tick(sample=10**6, t=time.time()))
-    rig.settle()
+        agg_at.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
+    still_decides(agg_at, 10**6)
+    device_at.send(Tick(sample=10**6, t=time.time()))
+    device_at.settle()
     assert device.counters["frames"] >= 1
-
-    rig, edge = edge_rig(with_edges)
-    fuzz(rig, edge, shape, examples)
 
 
 def test_retained_poison_on_every_status_topic_never_stops_a_service_starting(plain):
