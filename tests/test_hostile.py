@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.service import TierService
+from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import CLOUD, Role, tier_inputs
 from ddnn.live.service import INTERNAL_ERROR, MAX_REASONS, Service
 from ddnn.live.wire import Decision, Features, Offload, Status, Tick, encode
@@ -173,7 +174,7 @@ def test_fuzzed_messages_kill_no_service_and_grow_no_reason_list(plain, with_edg
 def test_retained_poison_on_every_status_topic_never_stops_a_service_starting(plain):
     """A poisoned retained status (an unhashable kind, a map for a kind, not msgpack) is
     delivered to every service that subscribes to statuses, on every start."""
-    rig, _ = aggregator_rig(plain, online=0)
+    rig = Rig(read_manifest(plain))
     poisons = [
         msgpack.packb({"v": 1, "kind": [1]}),
         msgpack.packb({"v": 1, "kind": {"a": 1}}),
