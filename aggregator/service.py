@@ -17,12 +17,12 @@ counted and dropped.
 
 Exactly once: decided ids are remembered (`DECIDED_MEMORY`) and an id more than
 `SAMPLE_WINDOW` below the newest is refused, so a replay of old samples is never decided
-twice. Bounded by design: at most `MAX_PENDING` samples wait at once (a sample beyond is refused and
-counted), their deadlines wait in a heap, so that a message costs the same at 10 or 10,000
-pending, and a graceful stop ends every pending sample with an undecided decision. A device
-whose status has not come for `SILENT_AFTER` seconds (three status intervals) counts as
-offline, so a device that died while the broker was down (its last will lost with the broker)
-does not make every later sample wait out the deadline for it.
+twice. Bounded by design: at most `MAX_PENDING` samples wait at once (a sample beyond is
+refused and counted), their deadlines wait in a heap, so that a message costs the same at 10
+or 10,000 pending, and a graceful stop ends every pending sample with an undecided decision.
+A device whose status has not come for `SILENT_AFTER` seconds (three status intervals)
+counts as offline, so a device that died while the broker was down (its last will lost with
+the broker) does not make every later sample wait out the deadline for it.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ class Service:
             # one machine then fight over the cores: 8 services on 2 cores decided 16
             # samples/s at ~1 s latency with PyTorch's default threads, 280/s at 40 ms with 1.
             torch.set_num_threads(1)
-        self.instance = f"ddnn-{deployment}-{self.role}-{os.getpid()}-{secrets.token_hex(4)}"
+        # The client id too: unique per process, and short enough for any broker.
+        self.instance = f"ddnn-{deployment[:64]}-{self.role}-{os.getpid()}-{secrets.token_hex(4)}"
         offline = Status(role=self.role, state="offline", t=time.time(), instance=self.instance)
         self.client = open_transport(
             broker, self.instance, Will(self.topics.status(self.role), encode(offline))
