@@ -47,6 +47,9 @@ DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late mess
 # Sample ids more than this far below the newest are refused: every decided id within the
 # window is still remembered, so a replay of old ids cannot be decided a second time.
 SAMPLE_WINDOW = DECIDED_MEMORY // 2
+# On the wall clock any sample id may open a sample: only one captured near now (clocks in
+# sync within this many seconds, as NTP keeps them) is taken.
+WALL_SKEW = 30.0
 MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
 SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
 
@@ -173,6 +176,8 @@ class AggregatorService(Service):
         if sample not in self.pending:
             if not ticked and self.clock == "tick":
                 raise Rejected("scores for a sample no tick started", str(sample))
+            if not ticked and abs(t0 - time.time()) > WALL_SKEW:
+                raise Rejected("scores captured too far from now", f"{t0 - time.time():+.0f} s")
             if len(self.pending) >= MAX_PENDING:
                 raise Rejected("a new sample while too many are pending", str(sample))
             p = Pending(sample, t0, "scores", 0.0)

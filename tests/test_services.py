@@ -466,3 +466,16 @@ def test_a_second_aggregator_of_a_deployment_refuses_to_start(plain):
     assert statuses[-1].state == "online" and statuses[-1].instance == first.instance
     first.close()  # once the first is gone, another may start
     rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))
+
+
+def test_on_the_wall_clock_only_scores_captured_near_now_open_a_sample(plain):
+    manifest, fusions = load_fusions(plain)
+    rig = Rig(manifest)
+    agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, clock="wall")
+    rig.add(agg)
+    stale = scores(5, Role.device(0), SURE).model_copy(update={"t0": time.time() - 3600})
+    rig.send(stale)
+    rig.send(scores(6, Role.device(0), SURE))  # captured now: no tick needed on this clock
+    rig.settle()
+    assert agg.rejected["scores captured too far from now"] == 1
+    assert [d.sample for d in rig.decisions()] == [6]
