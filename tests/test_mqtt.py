@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -31,7 +32,7 @@ from ddnn.live.broker import (
     free_port,
     start_broker,
 )
-from ddnn.live.mqtt import BrokerSettings, MqttClient, parse_broker_url
+from ddnn.live.mqtt import BrokerSettings, MqttClient, is_loopback, parse_broker_url
 from ddnn.live.transport import Will
 
 KINDS = [
@@ -369,3 +370,23 @@ def test_mosquitto_refuses_packets_over_the_limit(clients: list[MqttClient]) -> 
             rogue.loop_stop()
         assert pub.publish(topic, b"small", qos=1)
         assert wait_for(sub, topic, b"small", 5)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.3.4.5", True), ("localhost", True), ("::1", True),
+     ("[::1]", True), ("0.0.0.0", False), ("10.0.0.7", False), ("broker.example", False)],
+)  # fmt: skip
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_a_password_in_clear_text_to_another_machine_is_warned(caplog) -> None:
+    remote = BrokerSettings(url="mqtt://10.0.0.7:1883", username="u", password="secret")
+    with caplog.at_level(logging.WARNING, logger="ddnn.live.mqtt"):
+        MqttClient(remote, "warned")  # no connection is made before start()
+        MqttClient(BrokerSettings(url="mqtt://127.0.0.1:1883", password="p"), "local")
+    assert [r.getMessage() for r in caplog.records] == [
+        "the password for mqtt://10.0.0.7:1883 travels in clear text over mqtt:// to another "
+        "machine: use mqtts://"
+    ]

@@ -15,7 +15,7 @@ from ddnn.cli.render import Rows, err, show
 from ddnn.core.errors import DDNNError
 from ddnn.data import data_dir
 from ddnn.live.broker import broker_ceiling, start_broker
-from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.mqtt import BrokerSettings, is_loopback
 from ddnn.packed.inspect import inspect_artifact
 
 # The `ddnn` command runs every service, a device and the aggregator too, which must not
@@ -42,6 +42,11 @@ def broker_cmd(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if not is_loopback(host):
+        err.print(
+            f"WARNING: this broker takes anonymous clients on {host}: anyone who can reach it "
+            "can publish any message, as any role. Use it on a trusted network only."
+        )
     broker = start_broker(port=port, host=host, kind=kind)
     try:
         info = {"url": broker.url, "kind": broker.kind, "protocol": broker.protocol}

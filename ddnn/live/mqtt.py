@@ -29,6 +29,7 @@ cleanly, which does *not* fire the will: a service that stops on purpose publish
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import socket
@@ -88,6 +89,16 @@ def parse_broker_url(url: str) -> BrokerAddress:
     if port == 0:
         raise ConfigError(f"broker URL {url!r}: port 0 is not a port a broker listens on")
     return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def format_broker_url(host: str, port: int) -> str:
@@ -218,6 +229,12 @@ class MqttClient:
         client.max_queued_messages_set(MAX_QUEUED)
         if self.settings.username is not None:
             client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.password and not self._address.tls and not is_loopback(self._address.host):
+            log.warning(
+                "the password for %s travels in clear text over mqtt:// to another machine: "
+                "use mqtts://",
+                self.settings.url,
+            )
         self._configure_tls(client)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
