@@ -339,6 +339,12 @@ def test_port_in_use_is_refused() -> None:
             start_broker(port=port, kind="embedded")
 
 
+def test_port_zero_means_any_free_port_and_the_url_says_which() -> None:
+    with start_broker(port=0, kind="embedded") as broker:
+        assert broker.port > 0 and broker.url.endswith(f":{broker.port}")
+        MqttClient(broker.settings(), "port-zero").connect(timeout=5).close()
+
+
 def test_unknown_broker_kind() -> None:
     with pytest.raises(DDNNError, match="broker kind"):
         start_broker(kind="rabbit")

@@ -295,6 +295,8 @@ def start_broker(
             "no mosquitto binary found (install the mosquitto package, or use --kind embedded)"
         )
     use_mosquitto = kind == "mosquitto" or (kind == "auto" and binary is not None)
+    if port == 0:
+        port = None  # "any free port", as for a socket: the one chosen is in the URL
     if port is not None and port_in_use(host, port):
         raise DDNNError(f"cannot start a broker on {host}:{port}: the address is in use")
     attempts = 1 if port is not None else 3
