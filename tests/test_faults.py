@@ -139,6 +139,14 @@ def test_bad_input_on_every_topic_is_counted_with_its_reason(run):
         assert "not msgpack" in rejected[role], role
 
 
+def test_samples_replayed_after_much_newer_ones_are_not_decided_again(run):
+    result = scenario(run, "replay")
+    assert_sound(result)  # no decided_twice among the anomalies
+    before, after = result["rows"]
+    assert after["first_sample"] - before["first_sample"] >= 70_000
+    assert before["decided"] == after["decided"] == 20
+
+
 def test_dropout_trained_and_untrained_models_side_by_side(run):
     with_dropout = scenario(run, "dropout: with dropout")
     assert with_dropout["rows"] == scenario(run, "device-down")["rows"]  # one run, reused

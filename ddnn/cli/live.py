@@ -206,7 +206,7 @@ def faults(
         list[str] | None,
         typer.Option(
             help="device-down, attrition, straggler, flapping, broker-restart, "
-            "service-restart, bad-input or dropout (repeatable; default: all)"
+            "service-restart, bad-input, replay or dropout (repeatable; default: all)"
         ),
     ] = None,
     model_path: Annotated[

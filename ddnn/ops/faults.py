@@ -255,6 +255,20 @@ def bad_input(h: Harness) -> list[dict[str, Any]]:
     return [h.row("rogue messages on every topic", samples, rogue_messages=len(sent))]
 
 
+def replay(h: Harness) -> list[dict[str, Any]]:
+    """8. Samples ticked again after ones 70,000 ids newer: none may be decided twice (a
+    second decision would count as the anomaly `decided_twice`)."""
+    old = h.segment(20)
+    h.next_sample += 70_000
+    newer = h.segment(20)
+    for k in old:  # decided already: the driver's run would not tick them again
+        h.driver.tick(k)
+    end = time.monotonic() + 2.0  # what the services answer to the replay, if anything
+    while time.monotonic() < end:
+        h.driver.pump(0.1)
+    return [h.row("before the jump", old), h.row("70,000 ids later", newer)]
+
+
 SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "device-down": device_down,
     "attrition": attrition,
@@ -263,6 +277,7 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "broker-restart": broker_restart,
     "service-restart": service_restart,
     "bad-input": bad_input,
+    "replay": replay,
 }
 
 
