@@ -10,11 +10,10 @@ import typer
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import Role
-from ddnn.data import trained_on
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 from devices.runtime import open_runtime
 from devices.service import DeviceService
-from devices.sources import open_source
+from devices.sources import open_device_source
 
 
 @service_command
@@ -58,17 +57,7 @@ def device(
     log = logging.getLogger(f"ddnn.{Role.device(device_id)}")
     runtime = open_runtime(artifacts, device_id, runtime_name)
     log.info("slice runtime: %s", runtime.name)
-    # Replay: the test part exactly as `ddnn train` and `ddnn eval` cut it, on the model's
-    # grid, of the model's own data unless told otherwise (never silently another set).
-    own_data, grid = trained_on(manifest.meta)
-    frames = open_source(
-        source or own_data,
-        device_id,
-        cfg.model.input_shape,
-        grid=grid,
-        train_config=cfg.train,
-        model=cfg.model,
-    )
+    frames = open_device_source(manifest, device_id, source)
     log.info("frames: %s", frames.name)
     service = DeviceService(
         runtime.manifest,

@@ -61,7 +61,8 @@ import numpy as np
 
 from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
-from ddnn.data import MultiViewData, check_fits, load_spec, split
+from ddnn.core.manifest import Manifest
+from ddnn.data import MultiViewData, check_fits, load_spec, split, trained_on
 
 log = logging.getLogger(__name__)
 
@@ -425,4 +426,22 @@ def open_source(
     raise DataError(
         f"frame source {spec!r}: no such file or folder, and not one of synth, mvmc:PATH, "
         "tiles:PATH, camera:N, a stream URL, a video file or an image folder"
+    )
+
+
+def open_device_source(
+    manifest: Manifest, device: int, spec: str | None = None
+) -> ReplaySource | VideoSource | ImageFolderSource:
+    """The frames of device `device` of an export: `spec` (any SPEC above), by default a
+    replay of the test part of the data the model was trained on, on the model's grid, cut
+    as `ddnn train` and `ddnn eval` cut it (never silently another set)."""
+    cfg = manifest.ddnn_config()
+    own_data, grid = trained_on(manifest.meta)
+    return open_source(
+        spec or own_data,
+        device,
+        cfg.model.input_shape,
+        grid=grid,
+        train_config=cfg.train,
+        model=cfg.model,
     )

@@ -21,7 +21,6 @@ from cloud.service import TierService
 from ddnn.core.manifest import Manifest, read_manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import CLOUD, Role, tier_inputs
-from ddnn.data import trained_on
 from ddnn.live.memory import MemoryBus
 from ddnn.live.service import Service
 from ddnn.live.wire import (
@@ -40,7 +39,7 @@ from ddnn.live.wire import (
 from ddnn.nn.export import load_cloud
 from devices.runtime import PackedSlice
 from devices.service import DeviceService
-from devices.sources import open_source
+from devices.sources import open_device_source
 
 DEPLOYMENT = "inproc"
 LATER = 60.0  # seconds: past every deadline of these tests
@@ -136,11 +135,7 @@ def aggregator_rig(
 def device_service(rig: Rig, artifacts: Path, device: int, **kw) -> DeviceService:
     """Device `device` with its packed slice, replaying the model's own test part."""
     runtime = PackedSlice(artifacts, device)
-    cfg = runtime.manifest.ddnn_config()
-    data, grid = trained_on(runtime.manifest.meta)
-    source = open_source(
-        data, device, cfg.model.input_shape, grid=grid, train_config=cfg.train, model=cfg.model
-    )
+    source = open_device_source(runtime.manifest, device)
     return DeviceService(runtime.manifest, device, runtime, source, rig.bus, DEPLOYMENT, **kw)
 
 

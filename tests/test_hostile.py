@@ -24,7 +24,7 @@ from cloud.service import TierService
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import CLOUD, Role, tier_inputs
 from ddnn.live.service import INTERNAL_ERROR, MAX_REASONS, Service
-from ddnn.live.wire import Decision, Features, Offload, Status, Tick, encode
+from ddnn.live.wire import Decision, Features, Message, Offload, Status, Tick, encode
 from ddnn.nn.export import load_edge
 from tests.inprocess import (
     DEPLOYMENT,
@@ -75,42 +75,28 @@ def mutations(valid: dict) -> st.SearchStrategy[dict]:
     ).map(lambda t: {**{k: v for k, v in t[0].items() if k not in t[1]}, **t[2]})
 
 
-def valid_messages(fmap_shape: tuple[int, ...]) -> dict[str, tuple[str, dict]]:
-    """Kind -> (the role whose topic it travels on, a valid message as a dict)."""
+def valid_messages(fmap_shape: tuple[int, ...]) -> list[Message]:
+    """A valid message of every kind, each from device 1 where it has a sender."""
     fmap = np.ones(fmap_shape, dtype=np.float32)
     now = time.time()
-    messages = {
-        "status": (Role.device(1), Status(role=Role.device(1), state="online", t=now)),
-        "tick": (None, Tick(sample=3, t=now)),
-        "scores": (Role.device(1), scores(3, Role.device(1), SURE)),
-        "offload": (None, Offload(sample=3, sources=[Role.device(1)], to="cloud")),
-        "features": (Role.device(1), Features.of(3, Role.device(1), fmap, "binary")),
-        "decision": (None, Decision(sample=3, decided=True, class_index=0, exit="local")),
-    }
-    return {kind: (role, m.model_dump()) for kind, (role, m) in messages.items()}
-
-
-def topic_for(rig: Rig, kind: str, role: Role | None) -> str:
-    t = rig.topics
-    by_kind = {
-        "status": lambda: t.status(role),
-        "tick": lambda: t.tick,
-        "scores": lambda: t.scores(role),
-        "offload": lambda: t.offload,
-        "features": lambda: t.features(role),
-        "decision": lambda: t.decisions,
-    }
-    return by_kind[kind]()
+    return [
+        Status(role=Role.device(1), state="online", t=now),
+        Tick(sample=3, t=now),
+        scores(3, Role.device(1), SURE),
+        Offload(sample=3, sources=[Role.device(1)], to="cloud"),
+        Features.of(3, Role.device(1), fmap, "binary"),
+        Decision(sample=3, decided=True, class_index=0, exit="local"),
+    ]
 
 
 def fuzz(under_test: list[tuple[Rig, Service]], fmap_shape: tuple[int, ...], n: int) -> None:
     """`n` structured payloads of every kind, and `n // 10` raw ones, into every service
     (each on its own rig), on the kind's topic: each payload, once made, goes to all."""
     rig = under_test[0][0]  # every rig has the same deployment topics
-    for kind, (role, valid) in valid_messages(fmap_shape).items():
-        topic = topic_for(rig, kind, role)
-        structured = mutations(valid).map(lambda m: msgpack.packb(m, use_bin_type=True))
-        send_all(under_test, topic, structured, n)
+    for valid in valid_messages(fmap_shape):
+        topic = rig.topic_of(valid)
+        packed = mutations(valid.model_dump()).map(lambda m: msgpack.packb(m, use_bin_type=True))
+        send_all(under_test, topic, packed, n)
         send_all(under_test, topic, st.binary(max_size=256), max(1, n // 10))
         for r, _ in under_test:
             r.settle()  # what the services published in answer goes its way

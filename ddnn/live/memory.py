@@ -21,7 +21,7 @@ import threading
 from paho.mqtt.matcher import MQTTMatcher
 
 from ddnn.core.errors import DDNNError
-from ddnn.live.transport import Received, Will
+from ddnn.live.transport import Received, Will, take
 from ddnn.live.wire import MAX_PAYLOAD
 
 
@@ -119,12 +119,7 @@ class MemoryClient:
         return True
 
     def get(self, timeout: float | None = None) -> Received | None:
-        try:
-            if timeout is not None and timeout <= 0:
-                return self._inbox.get_nowait()
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return take(self._inbox, timeout)
 
     def close(self) -> None:
         self.detach()

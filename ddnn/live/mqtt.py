@@ -48,7 +48,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ddnn.core.errors import ConfigError, DDNNError, problems
-from ddnn.live.transport import Received, Will
+from ddnn.live.transport import Received, Will, take
 from ddnn.live.wire import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
@@ -401,12 +401,7 @@ class MqttClient:
     def get(self, timeout: float | None = None) -> Received | None:
         """The next `(topic, payload)`, waiting up to `timeout` seconds (forever if None);
         None when nothing came."""
-        try:
-            if timeout is not None and timeout <= 0:
-                return self._inbox.get_nowait()
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return take(self._inbox, timeout)
 
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect cleanly and stop the network thread. Idempotent.

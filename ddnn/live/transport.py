@@ -9,6 +9,7 @@ tests of each service's state machine (and, later, in fuzzing).
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,3 +57,14 @@ class Transport(Protocol):
     def close(self) -> None:
         """Disconnect cleanly (the will does not fire)."""
         ...
+
+
+def take(inbox: queue.Queue[Received], timeout: float | None) -> Received | None:
+    """The next message of a transport's inbox, waiting up to `timeout` seconds (forever if
+    None, not at all if <= 0); None when nothing came."""
+    try:
+        if timeout is not None and timeout <= 0:
+            return inbox.get_nowait()
+        return inbox.get(timeout=timeout)
+    except queue.Empty:
+        return None
