@@ -8,6 +8,7 @@ import typer
 
 from aggregator.service import AggregatorService, Deadlines, load_fusions
 from ddnn.core.errors import DDNNError
+from ddnn.core.roles import AGGREGATOR
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 
 
@@ -34,5 +35,12 @@ def aggregator(
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
-    service = AggregatorService(manifest, fusions, setup.broker, setup.deployment, deadlines, clock)
+    service = AggregatorService(
+        manifest,
+        fusions,
+        setup.login(artifacts, AGGREGATOR, manifest.model_version),
+        setup.deployment,
+        deadlines,
+        clock,
+    )
     service.run()

@@ -35,7 +35,7 @@ def cloud(
         module,
         tier_inputs(manifest.ddnn_config().model, CLOUD),
         module.in_shape,
-        setup.broker,
+        setup.login(artifacts, CLOUD, manifest.model_version),
         setup.deployment,
         deadline=deadline,
     ).run()
@@ -64,7 +64,7 @@ def edge(
         module,
         tier_inputs(model, role),
         module.in_shape,
-        setup.broker,
+        setup.login(artifacts, role, manifest.model_version),
         setup.deployment,
         output_format=model.edge_feature_format,
         deadline=deadline,

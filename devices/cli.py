@@ -64,7 +64,7 @@ def device(
         device_id,
         runtime,
         frames,
-        setup.broker,
+        setup.login(artifacts, Role.device(device_id), runtime.manifest.model_version),
         setup.deployment,
         clock=clock,
         fps=fps,

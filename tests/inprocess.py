@@ -36,7 +36,7 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from ddnn.nn.export import load_cloud
+from ddnn.nn.export import load_cloud, load_edge
 from devices.runtime import PackedSlice
 from devices.service import DeviceService
 from devices.sources import open_device_source
@@ -155,6 +155,26 @@ def cloud_rig(artifacts: Path, deadline: float = 1.0) -> tuple[Rig, TierService]
     )
     rig.add(cloud)
     return rig, cloud
+
+
+def whole_rig(artifacts: Path) -> Rig:
+    """Every service of a deployment of `artifacts`, opened on one bus."""
+    manifest, fusions = load_fusions(artifacts)
+    model = manifest.ddnn_config().model
+    rig = Rig(manifest)
+    for d in range(model.n_devices):
+        rig.add(device_service(rig, artifacts, d))
+    for e in range(len(model.edge.groups) if model.edge is not None else 0):
+        _, module = load_edge(artifacts, e)
+        role = Role.edge(e)
+        inputs = tier_inputs(model, role)
+        rig.add(TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT))
+    if model.cloud is not None:
+        _, cloud = load_cloud(artifacts)
+        inputs = tier_inputs(model, CLOUD)
+        rig.add(TierService(CLOUD, manifest, cloud, inputs, cloud.in_shape, rig.bus, DEPLOYMENT))
+    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))
+    return rig
 
 
 def features(sample: int, source: Role, shape: tuple[int, ...], seed: int = 0) -> Features:

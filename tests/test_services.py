@@ -27,7 +27,7 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from ddnn.nn.export import load_cloud, load_edge
+from ddnn.nn.export import load_edge
 from tests.helpers import ddnn_json
 from tests.inprocess import (
     DEPLOYMENT,
@@ -38,9 +38,9 @@ from tests.inprocess import (
     aggregator_rig,
     cloud_rig,
     device_rig,
-    device_service,
     features,
     scores,
+    whole_rig,
 )
 
 
@@ -331,20 +331,7 @@ def test_an_edge_passes_its_own_map_to_the_cloud_when_asked(with_edges):
 def test_a_whole_deployment_in_process_decides_as_offline_evaluation(with_edges, tmp_path):
     """Devices, edges, cloud and aggregator on the in-memory bus: every sample's decision
     (class and exit) equals `ddnn eval`'s, as it must over the real broker (test_live.py)."""
-    manifest, fusions = load_fusions(with_edges)
-    model = manifest.ddnn_config().model
-    rig = Rig(manifest)
-    for d in range(model.n_devices):
-        rig.add(device_service(rig, with_edges, d))
-    for e in range(len(model.edge.groups)):
-        _, module = load_edge(with_edges, e)
-        role = Role.edge(e)
-        inputs = tier_inputs(model, role)
-        rig.add(TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT))
-    _, cloud = load_cloud(with_edges)
-    inputs = tier_inputs(model, CLOUD)
-    rig.add(TierService(CLOUD, manifest, cloud, inputs, cloud.in_shape, rig.bus, DEPLOYMENT))
-    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))
+    rig = whole_rig(with_edges)
     samples = 120
     for sample in range(samples):
         rig.send(Tick(sample=sample, t=time.time()))

@@ -12,7 +12,7 @@ from ddnn.core.roles import Role
 from ddnn.live.broker import start_broker
 from ddnn.nn.checkpoint import load_model
 from ddnn.nn.evaluate import load_for_eval, run_model
-from ddnn.ops.deploy import deployment
+from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.fleet import python_m_ddnn
 from tests.helpers import BLOCK_TORCH, run_without_torch
 
@@ -54,10 +54,11 @@ def without_torch(role: Role) -> list[str]:
 def test_devices_and_the_aggregator_run_a_live_deployment_without_pytorch(tiny, tmp_path: Path):
     net, cfg, meta = load_model(tiny)
     samples = 60
-    with start_broker() as broker:
+    prepared = prepare(net, cfg, meta, tmp_path, "no-torch")
+    with start_broker(access=prepared.access) as broker:
         settings = broker.settings()
         with deployment(
-            net, cfg, meta, tmp_path, settings, "no-torch", log_level="info", launch=without_torch
+            prepared, settings, tmp_path, log_level="info", launch=without_torch
         ) as running:
             running.driver.run(range(samples))
             decisions = running.driver.decisions

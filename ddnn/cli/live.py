@@ -13,7 +13,9 @@ from ddnn.cli.app import app, bench_app
 from ddnn.cli.options import JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.core.errors import DDNNError
+from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
+from ddnn.live.access import access_dir, write_access
 from ddnn.live.broker import broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings, is_loopback
 from ddnn.packed.inspect import inspect_artifact
@@ -30,29 +32,95 @@ BrokerKindOption = Annotated[
 ]
 
 
+DeploymentOption = Annotated[
+    str, typer.Option(help="the deployment (topics ddnn/<deployment>/<model version>/)")
+]
+
+
+@app.command("credentials")
+def credentials_cmd(
+    artifacts: Annotated[Path, typer.Option(help="a directory written by `ddnn export`")],
+    deployment: DeploymentOption = "default",
+    as_json: JsonFlag = False,
+) -> None:
+    """Write new broker accounts for one deployment of an export (`ddnn export` makes those of
+    deployment "default"): a password file and ACL for the broker, and one credentials file
+    per role (mode 0600) for that role's machine alone. Each role may publish only on its own
+    topics and read only what its service needs; `trigger` ticks samples, `observer` reads."""
+    manifest = read_manifest(artifacts)
+    folder = write_access(
+        artifacts, manifest.ddnn_config().model, deployment, manifest.model_version
+    )
+    accounts = sorted(p.stem for p in folder.glob("*.json"))
+    document = {"access": str(folder), "deployment": deployment, "accounts": accounts}
+    lines = [
+        f"accounts of deployment {deployment!r} in {folder}: {', '.join(accounts)}",
+        f"start a broker that enforces them: ddnn broker --artifacts {artifacts}"
+        + ("" if deployment == "default" else f" --deployment {deployment}"),
+    ]
+    show(document, as_json, lines)
+
+
 @app.command("broker")
 def broker_cmd(
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            help="take only the accounts `ddnn export` / `ddnn credentials` wrote into this "
+            "export for --deployment, each limited to its role's topics"
+        ),
+    ] = None,
+    deployment: DeploymentOption = "default",
+    anonymous: Annotated[
+        bool,
+        typer.Option("--anonymous", help="take anyone instead, with any topic (this machine only)"),
+    ] = False,
     port: Annotated[int | None, typer.Option(help="port to listen on (default: free)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     kind: BrokerKindOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried on one
-    machine with nothing installed by hand (mosquitto when present, else a Python broker)."""
+    """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried with
+    nothing installed by hand (mosquitto when present, else a Python broker). It takes only
+    the accounts of one deployment of an export (--artifacts), or, on this machine alone,
+    anyone (--anonymous)."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if (artifacts is None) == (not anonymous):
+        raise DDNNError(
+            "say who may connect: --artifacts DIR (the accounts of an export, each limited to "
+            "its role's topics) or --anonymous (anyone, anything; this machine only)"
+        )
+    if anonymous and not is_loopback(host):
+        raise DDNNError(
+            f"refusing to take anonymous clients on {host}: anyone who could reach it could "
+            "publish any message as any role. Use --artifacts DIR (per-role accounts), and "
+            "TLS in front of it (README, Security)"
+        )
+    access = None if artifacts is None else access_dir(artifacts, deployment)
+    if access is not None and not access.is_dir():
+        raise DDNNError(
+            f"{artifacts} has no accounts for deployment {deployment!r}: "
+            f"run `ddnn credentials --artifacts {artifacts} --deployment {deployment}`"
+        )
     if not is_loopback(host):
         err.print(
-            f"WARNING: this broker takes anonymous clients on {host}: anyone who can reach it "
-            "can publish any message, as any role. Use it on a trusted network only."
+            f"WARNING: listening on {host} over plain MQTT: passwords and messages travel in "
+            "clear text. Put TLS in front of it on any network you do not trust."
         )
-    broker = start_broker(port=port, host=host, kind=kind)
+    broker = start_broker(port=port, host=host, kind=kind, access=access)
     try:
-        info = {"url": broker.url, "kind": broker.kind, "protocol": broker.protocol}
+        info = {
+            "url": broker.url,
+            "kind": broker.kind,
+            "protocol": broker.protocol,
+            "access": str(access) if access is not None else None,
+        }
+        who = f"the accounts in {access}" if access is not None else "anonymous clients"
         listening = (
-            f"{broker.kind} broker listening on {broker.url} (clients: MQTT {broker.protocol}); "
-            "Ctrl-C stops it"
+            f"{broker.kind} broker listening on {broker.url} (clients: MQTT {broker.protocol}; "
+            f"{who}); Ctrl-C stops it"
         )
         show(info, as_json, [listening])
         while not stop.wait(0.2):

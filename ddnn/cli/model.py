@@ -34,6 +34,7 @@ from ddnn.core.config import DDNNConfig
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade, exit_points
 from ddnn.data import MultiViewData, absolute_spec, split
+from ddnn.live.access import write_access
 
 if TYPE_CHECKING:
     from ddnn.nn.model import DDNN
@@ -365,22 +366,36 @@ def show_config(
 def export_(
     model_path: ModelPath,
     out_dir: Annotated[Path, typer.Option("--out", help="directory for the artifacts")],
+    deployment: Annotated[
+        str, typer.Option(help="the deployment whose broker accounts to write")
+    ] = "default",
     as_json: JsonFlag = False,
 ) -> None:
     """Split a trained model into one artifact per role (each device, the aggregator, each
-    edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact."""
+    edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact,
+    and broker accounts for one deployment of it (`ddnn credentials` writes more)."""
     from ddnn.nn.checkpoint import load_model
     from ddnn.nn.export import export
 
     model, cfg, meta = load_model(model_path)
     manifest = export(model, cfg, out_dir, meta)
+    access = write_access(out_dir, cfg.model, deployment, manifest.model_version)
     rows = [
         {"role": role, "file": a.file, "bytes": a.bytes, "sha256": a.sha256[:16]}
         for role, a in manifest.artifacts.items()
     ]
-    document = {"out": str(out_dir), "model_version": manifest.model_version, "artifacts": rows}
+    document = {
+        "out": str(out_dir),
+        "model_version": manifest.model_version,
+        "artifacts": rows,
+        "access": str(access),
+    }
     show(
         document,
         as_json,
-        [Rows(f"exported model version {manifest.model_version} to {out_dir}", rows)],
+        [
+            Rows(f"exported model version {manifest.model_version} to {out_dir}", rows),
+            f"broker accounts of deployment {deployment!r}: {access} (each role's file goes to "
+            "its machine only)",
+        ],
     )

@@ -3,10 +3,12 @@
 `start_broker` is how `ddnn demo`, `ddnn broker` and the tests get a broker without anything
 installed by hand: the `mosquitto` binary when there is one (the production broker; MQTT 5),
 else amqtt, a pure-Python broker run in a thread of this process (MQTT 3.1.1 only, and about
-four times slower). Either way it listens on 127.0.0.1 only, unless told otherwise, allows
-anonymous clients, and keeps nothing on disk. The returned `RunningBroker` says which MQTT
-version its clients must use (`.protocol`) and hands out matching client settings
-(`.settings()`).
+four times slower). Either way it listens on 127.0.0.1 only, unless told otherwise, and keeps
+nothing on disk. Given the access files of a deployment (ddnn/live/access.py), it takes only
+their accounts and enforces their grants (mosquitto natively, the embedded broker through
+ddnn/live/embedded_access.py); without them it allows anonymous clients to do anything. The
+returned `RunningBroker` says which MQTT version its clients must use (`.protocol`) and hands
+out matching client settings (`.settings(account)`).
 
 `broker_ceiling` measures the raw rate a broker relays small messages from one paho client to
 another: the ceiling under any service built on it, whatever the model costs.
@@ -18,16 +20,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ddnn.core.errors import DDNNError
+from ddnn.live.access import ACL, PASSWORDS, login, read_acl, read_passwords
 from ddnn.live.mqtt import (
     BrokerSettings,
     MqttClient,
@@ -89,17 +94,35 @@ def _accepts(host: str, port: int) -> bool:
 class RunningBroker:
     """A broker started by `start_broker`. `stop()` is idempotent; also a context manager."""
 
-    def __init__(self, kind: str, host: str, port: int, protocol: Protocol) -> None:
+    def __init__(
+        self,
+        kind: str,
+        host: str,
+        port: int,
+        protocol: Protocol,
+        access: Path | None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.kind = kind
         self.host = host
         self.port = port
         self.protocol: Protocol = protocol
-        self.url = format_broker_url(host, port)
+        self.access = access  # the access files it enforces; None: anonymous clients
+        self.tls = tls
+        self.url = format_broker_url(host, port, tls is not None)
         self._stopped = False
 
-    def settings(self) -> BrokerSettings:
-        """Client settings for this broker (URL and protocol filled in)."""
-        return BrokerSettings(url=self.url, protocol=self.protocol)
+    def settings(self, account: str | None = None) -> BrokerSettings:
+        """Client settings for this broker (URL and protocol filled in), logged in as
+        `account` of its access files."""
+        settings = BrokerSettings(url=self.url, protocol=self.protocol)
+        if account is None:
+            return settings
+        if self.access is None:
+            raise DDNNError(
+                f"the broker at {self.url} has no accounts (it takes anonymous clients)"
+            )
+        return login(settings, self.access, account)
 
     @property
     def running(self) -> bool:
@@ -132,14 +155,37 @@ class RunningBroker:
 MAX_PACKET = MAX_PAYLOAD + 65536  # the largest payload, with room for topic and headers
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The broker's certificate (PEM, its chain after it) and private key: it then speaks
+    TLS only (mqtts://)."""
+
+    cert: Path
+    key: Path
+
+
 class _Mosquitto(RunningBroker):
-    def __init__(self, binary: str, host: str, port: int) -> None:
-        super().__init__("mosquitto", host, port, "5")
+    def __init__(
+        self, binary: str, host: str, port: int, access: Path | None, tls: TlsFiles | None
+    ) -> None:
+        super().__init__("mosquitto", host, port, "5", access, tls)
         self._dir = Path(tempfile.mkdtemp(prefix="ddnn-mosquitto-"))
         config = self._dir / "mosquitto.conf"
+        if access is None:
+            auth = "allow_anonymous true\n"
+        else:
+            auth = "allow_anonymous false\n"
+            auth += f"password_file {(access / PASSWORDS).resolve()}\n"
+            auth += f"acl_file {(access / ACL).resolve()}\n"
+            if os.geteuid() == 0:
+                # Started as root, mosquitto drops to the `mosquitto` user, which cannot read
+                # files only their owner may: it stays the user that wrote them.
+                auth += f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+        if tls is not None:
+            auth += f"certfile {Path(tls.cert).resolve()}\nkeyfile {Path(tls.key).resolve()}\n"
         config.write_text(
             f"listener {port} {host}\n"
-            "allow_anonymous true\n"
+            f"{auth}"
             "set_tcp_nodelay true\n"
             "persistence false\n"
             # No DDNN message comes near MAX_PAYLOAD: refuse bigger packets at the broker,
@@ -217,8 +263,8 @@ def _amqtt_broker_class() -> type:
 class _Embedded(RunningBroker):
     """amqtt's broker on its own event loop in a daemon thread."""
 
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__("embedded", host, port, "3.1.1")
+    def __init__(self, host: str, port: int, access: Path | None) -> None:
+        super().__init__("embedded", host, port, "3.1.1", access)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -228,14 +274,18 @@ class _Embedded(RunningBroker):
 
     def _config(self) -> dict[str, Any]:
         bind = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return {
-            # amqtt's default listener binds 0.0.0.0: bind the one address asked for.
-            "listeners": {"default": {"type": "tcp", "bind": bind}},
-            # No packet/event logging and no $SYS publisher: both cost time per message.
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
+        # No packet/event logging and no $SYS publisher: both cost time per message.
+        plugins: dict[str, Any] = {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
         }
+        if self.access is not None:
+            checks = {"access": str(self.access.resolve())}
+            plugins = {
+                "ddnn.live.embedded_access.PasswordCheck": checks,
+                "ddnn.live.embedded_access.TopicGrants": checks,
+            }
+        # amqtt's default listener binds 0.0.0.0: bind the one address asked for.
+        return {"listeners": {"default": {"type": "tcp", "bind": bind}}, "plugins": plugins}
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -282,11 +332,24 @@ class _Embedded(RunningBroker):
 
 
 def start_broker(
-    port: int | None = None, host: str = "127.0.0.1", kind: str = "auto"
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    kind: str = "auto",
+    access: Path | None = None,
+    tls: TlsFiles | None = None,
 ) -> RunningBroker:
     """Start a broker on host:port (a free port when None) and return once it accepts
     connections. kind: "mosquitto", "embedded" (amqtt, in this process), or "auto"
-    (mosquitto when the binary is installed, else embedded)."""
+    (mosquitto when the binary is installed, else embedded). `access`: a folder of access
+    files (ddnn/live/access.py) whose accounts alone it takes; None: anonymous clients.
+    `tls`: speak TLS only, with this certificate (mosquitto only)."""
+    if access is not None:
+        access = Path(access)
+        for name in (PASSWORDS, ACL):
+            if not (access / name).is_file():
+                raise DDNNError(f"{access} has no {name} file: make it with `ddnn credentials`")
+        read_acl(access / ACL)  # a broken file is refused here, by both kinds, with its line
+        read_passwords(access / PASSWORDS)
     if kind not in KINDS:
         raise DDNNError(f"broker kind must be one of {', '.join(KINDS)}, got {kind!r}")
     binary = find_mosquitto()
@@ -295,6 +358,12 @@ def start_broker(
             "no mosquitto binary found (install the mosquitto package, or use --kind embedded)"
         )
     use_mosquitto = kind == "mosquitto" or (kind == "auto" and binary is not None)
+    if tls is not None:
+        if not use_mosquitto:
+            raise DDNNError("TLS needs the mosquitto broker (install the mosquitto package)")
+        for path in (tls.cert, tls.key):
+            if not Path(path).is_file():
+                raise DDNNError(f"TLS file {path} does not exist")
     if port == 0:
         port = None  # "any free port", as for a socket: the one chosen is in the URL
     if port is not None and port_in_use(host, port):
@@ -304,7 +373,10 @@ def start_broker(
     for _ in range(attempts):
         chosen = port if port is not None else free_port(host)
         broker: _Mosquitto | _Embedded
-        broker = _Mosquitto(binary, host, chosen) if use_mosquitto else _Embedded(host, chosen)
+        if use_mosquitto:
+            broker = _Mosquitto(binary, host, chosen, access, tls)
+        else:
+            broker = _Embedded(host, chosen, access)
         failure = broker.wait_ready(START_TIMEOUT)
         if failure is None:
             log.info("started %r", broker)
@@ -322,20 +394,22 @@ def broker_ceiling(
     messages: int = 2000,
     payload_bytes: int = 64,
     timeout: float = 30.0,
+    topic: str | None = None,
 ) -> dict[str, Any]:
     """Relay `messages` QoS 0 messages of `payload_bytes` from one paho client through the
     broker to another and time it, from the first publish to the last receipt.
 
-    Bounded: after `timeout` seconds it reports what was received by then. The publisher
-    waits whenever it is more than a few hundred messages ahead of the subscriber, so that
-    neither the broker nor the client drops QoS 0 messages it cannot keep up with; the figure
-    is the rate the pair sustains, not a burst.
+    `topic`: where (default: a new one under `ddnn/bench/`), for a broker whose accounts may
+    publish only on their own topics. Bounded: after `timeout` seconds it reports what was
+    received by then. The publisher waits whenever it is more than a few hundred messages
+    ahead of the subscriber, so that neither the broker nor the client drops QoS 0 messages
+    it cannot keep up with; the figure is the rate the pair sustains, not a burst.
     """
     if messages < 1:
         raise DDNNError(f"messages must be at least 1, got {messages}")
     settings = as_settings(settings_or_url)
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
-    topic = f"ddnn/bench/{stamp}"
+    topic = topic or f"ddnn/bench/{stamp}"
     payload = bytes(payload_bytes)
     subscriber = MqttClient(settings, f"ddnn-bench-sub-{stamp}")
     publisher = MqttClient(settings, f"ddnn-bench-pub-{stamp}")

@@ -92,6 +92,7 @@ class MemoryClient:
         self.client_id = client_id
         self.will = will
         self.connections = 0
+        self.denied = 0  # this bus grants everything: see ddnn/live/access.py for brokers
         self._filters = MQTTMatcher()
         self._inbox: queue.Queue[Received] = queue.Queue()
         self._attached = False

@@ -101,9 +101,9 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def format_broker_url(host: str, port: int) -> str:
+def format_broker_url(host: str, port: int, tls: bool = False) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"mqtt://{shown}:{port}"
+    return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"
 
 
 class BrokerSettings(BaseModel):
@@ -214,6 +214,11 @@ class MqttClient:
         self.unsolicited = 0
         self._unacked: deque[paho.MQTTMessageInfo] = deque()  # QoS 1 sent, no PUBACK yet
         self._connected = threading.Event()
+        # What the broker refused: publishes (MQTT 5 PUBACK reason codes; a 3.1.1 broker
+        # drops them without a word) and subscriptions (SUBACK), filter -> reason.
+        self.denied = 0
+        self.refused_filters: dict[str, str] = {}
+        self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its filters
         self.connections = 0  # successful (re)connects: a broker restart loses retained state
         self._started = False
         self._closed = False
@@ -241,6 +246,8 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         self._unsubscribe_acks: set[int] = set()
         self._client = client
@@ -291,7 +298,7 @@ class MqttClient:
         with self._lock:
             filters = list(self._filters.items())
             if filters:
-                client.subscribe(filters)
+                self._subscribed(client.subscribe(filters), [f for f, _ in filters])
             self.last_error = None
             self.connections += 1
             self._connected.set()
@@ -309,6 +316,31 @@ class MqttClient:
                     f"the connection closed before the broker answered ({reason_code})"
                 )
         log.info("MQTT %s: disconnected (%s); reconnecting", self.settings.url, reason_code)
+
+    def _subscribed(self, result: tuple[MQTTErrorCode, int | None], filters: list[str]) -> None:
+        rc, mid = result
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._subscribing[mid] = filters
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        filters = self._subscribing.pop(mid, [])
+        for topic_filter, code in zip(filters, reason_codes, strict=False):
+            if code.is_failure:
+                self.refused_filters[topic_filter] = str(code)
+                log.error(
+                    "MQTT %s: the broker refused the subscription to %s: %s",
+                    self.settings.url,
+                    topic_filter,
+                    code,
+                )
+
+    def _on_publish(self, client, userdata, mid, reason_code: ReasonCode, properties) -> None:
+        if reason_code.is_failure:
+            self.denied += 1
+            if self.denied <= 5:
+                log.warning(
+                    "MQTT %s: the broker refused a publish: %s", self.settings.url, reason_code
+                )
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self._unsubscribe_acks.add(mid)
@@ -353,6 +385,7 @@ class MqttClient:
             if self.refused_for_good or time.monotonic() >= deadline:
                 break
         else:
+            self._check_subscriptions(deadline)
             return self
         reason = self.last_error
         self.close()
@@ -368,6 +401,21 @@ class MqttClient:
             f"cannot connect to MQTT broker {self.url} within {timeout:g} s: {reason}{hint}"
         )
 
+    def _check_subscriptions(self, deadline: float) -> None:
+        """Wait (until `deadline`) for the broker's answer to the subscriptions made on
+        connecting, and raise if it refused one: a service that cannot hear its inputs must
+        not say it is online."""
+        while self._subscribing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self.refused_filters:
+            topic_filter, reason = next(iter(self.refused_filters.items()))
+            self.close()
+            who = f"user {self.settings.username!r}" if self.settings.username else "anonymous"
+            raise DDNNError(
+                f"the broker at {self.url} refused the subscription to {topic_filter} ({reason}) "
+                f"for {who}: are these the credentials of this role, for this deployment?"
+            )
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -378,7 +426,7 @@ class MqttClient:
             self._matcher[topic_filter] = True
             now = self._connected.is_set()
         if now:
-            self._client.subscribe(topic_filter, qos)
+            self._subscribed(self._client.subscribe(topic_filter, qos), [topic_filter])
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         """Send (QoS 0) or queue (QoS 1) a message; False when it was dropped."""

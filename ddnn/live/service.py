@@ -192,7 +192,7 @@ class Service:
     def catch_up(self, timeout: float = 5.0) -> None:
         """Handle what the broker holds for this service's subscriptions (their retained
         messages) before going on: a probe published now comes back after all of it."""
-        probe = f"{self.topics.hello}/{self.instance}"
+        probe = f"{self.topics.hello}/{self.role}/{self.instance}"
         self.client.subscribe(probe, qos=1)
         self.client.publish(probe, b"", qos=1)
         deadline = time.monotonic() + timeout
@@ -218,11 +218,14 @@ class Service:
             role=self.role,
             state=state,  # type: ignore[arg-type]
             t=time.time(),
-            counters=dict(self.counters),
+            counters=dict(self.counters) | self._transport_counters(),
             rejected=dict(self.rejected.most_common(200)),
             instance=self.instance,
         )
         self.publish(self.topics.status(self.role), status, retain=True)
+
+    def _transport_counters(self) -> dict[str, int]:
+        return {"publish_denied": self.client.denied} if self.client.denied else {}
 
     def receive(self, topic: str, payload: bytes) -> None:
         """One message off the transport: decode, check it belongs on its topic, handle it.

@@ -20,6 +20,8 @@ from typing import Annotated, Any
 import typer
 
 from ddnn.core.errors import ConfigError
+from ddnn.core.roles import Role
+from ddnn.live.access import login_for, read_credentials
 from ddnn.live.mqtt import BrokerSettings
 
 Artifacts = Annotated[
@@ -40,6 +42,17 @@ SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
         Annotated[str | None, typer.Option(envvar="DDNN_MQTT_PASSWORD", help="broker password")],
         None,
     ),
+    (
+        "credentials",
+        Annotated[
+            Path | None,
+            typer.Option(
+                help="this role's credentials file from `ddnn credentials` (default: the "
+                "one in --artifacts for this role and --deployment, if any)"
+            ),
+        ],
+        None,
+    ),
     ("tls_ca", Annotated[Path | None, typer.Option(help="CA bundle to trust (mqtts://)")], None),
     ("tls_cert", Annotated[Path | None, typer.Option(help="client certificate (mqtts://)")], None),
     ("tls_key", Annotated[Path | None, typer.Option(help="the client certificate's key")], None),
@@ -54,10 +67,34 @@ SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
 
 @dataclass
 class ServiceSetup:
-    """What the shared options amount to: where the broker is and which deployment."""
+    """What the shared options amount to: where the broker is, which deployment, and the
+    credentials file asked for."""
 
     broker: BrokerSettings
     deployment: str
+    credentials: Path | None = None
+
+    def login(self, artifacts: Path, role: Role, model_version: str) -> BrokerSettings:
+        """The broker settings `role` connects with: --username/--password when given, else
+        the --credentials file, else the account `ddnn credentials` made for `role` of this
+        deployment in `artifacts` when there is one, else anonymous."""
+        if self.broker.username is not None:
+            return self.broker
+        if self.credentials is not None:
+            login = read_credentials(self.credentials)
+            if login.username != role or login.deployment != self.deployment:
+                raise ConfigError(
+                    f"{self.credentials} holds the account {login.username!r} of deployment "
+                    f"{login.deployment!r}, not {role!r} of {self.deployment!r}"
+                )
+        else:
+            login = login_for(artifacts, role, self.deployment, model_version)
+            if login is None:
+                return self.broker
+        logging.getLogger(f"ddnn.{role}").info("logging in as %s", login.username)
+        return self.broker.model_copy(
+            update={"username": login.username, "password": login.password}
+        )
 
 
 def service_command(fn: Callable[..., None]) -> Callable[..., None]:
@@ -81,8 +118,9 @@ def service_command(fn: Callable[..., None]) -> Callable[..., None]:
     def command(**options: Any) -> None:
         values = {name: options.pop(name) for name, _, _ in SHARED_OPTIONS}
         setup_logging(values.pop("log_level"))
-        deployment = values.pop("deployment")
-        fn(setup=ServiceSetup(broker_settings(**values), deployment), **options)
+        deployment, credentials = values.pop("deployment"), values.pop("credentials")
+        setup = ServiceSetup(broker_settings(**values), deployment, credentials)
+        fn(setup=setup, **options)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

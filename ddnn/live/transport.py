@@ -41,6 +41,12 @@ class Transport(Protocol):
         retained statuses."""
         ...
 
+    @property
+    def denied(self) -> int:
+        """Publishes the broker refused (MQTT 5 PUBACK reason codes: an account publishing
+        outside its grants; a 3.1.1 broker drops them without a word)."""
+        ...
+
     def connect(self, timeout: float = 10.0) -> Transport:
         """Connect (retrying in the background after) and wait until connected; raise
         `DDNNError` naming the broker and the reason when that fails within `timeout`."""

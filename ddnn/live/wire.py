@@ -246,7 +246,7 @@ class Topics:
         self.tick = f"{self.root}/tick"
         self.offload = f"{self.root}/offload"
         self.decisions = f"{self.root}/decisions"
-        self.hello = f"{self.root}/hello"  # + /<instance>: a service's own probe
+        self.hello = f"{self.root}/hello"  # + /<role>/<instance>: a service's own probe
         self.all_scores = f"{self.root}/scores/+"
         self.all_status = f"{self.root}/status/+"
 

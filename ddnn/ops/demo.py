@@ -30,11 +30,12 @@ from typing import Any
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.data import check_fits, load_spec, trained_on
+from ddnn.live.access import TRIGGER, login
 from ddnn.live.broker import broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
-from ddnn.ops.deploy import deployment
+from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.fleet import summarize
 
 DEMO_EPOCHS = 30
@@ -93,21 +94,21 @@ def run_demo(
         raise DDNNError(f"--devices must be 1..{n} for this model, got {k}")
     if cfg.model.local is None:
         raise DDNNError("the live system needs a model with a local exit")
-    if data is not None:  # refuse data that does not fit before anything starts
-        check_fits(load_spec(data, trained_on(meta)[1]), cfg.model)
-
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
+        name = f"demo-{os.getpid()}"
+        prepared = prepare(net, cfg, meta, Path(tmp), name, data)  # refuses data that misfits
         broker = None
         if broker_url is None:
-            broker = start_broker()
+            broker = start_broker(access=prepared.access)
             settings = broker.settings()
         else:
             settings = BrokerSettings.from_url(broker_url, protocol=broker_protocol)
         try:
-            ceiling = broker_ceiling(settings, messages=2000)
-            with deployment(
-                net, cfg, meta, Path(tmp), settings, f"demo-{os.getpid()}", devices=k, data=data
-            ) as running:
+            # through the trigger account's own probe topics: the one account it has here
+            trigger = login(settings, prepared.access, TRIGGER)
+            bench = f"{Topics(name, prepared.manifest.model_version).hello}/{TRIGGER}/ceiling"
+            ceiling = broker_ceiling(trigger, messages=2000, topic=bench)
+            with deployment(prepared, settings, Path(tmp), devices=k) as running:
                 driver, reference = running.driver, running.reference
                 log(
                     f"{len(running.roles)} services online; driving {samples} samples of the "

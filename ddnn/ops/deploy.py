@@ -1,11 +1,13 @@
 """One deployment on this machine, as `ddnn demo` and `ddnn faults` (and the tests) run it.
 
-`deployment(...)` exports a trained model into per-role artifacts, checks that the data the
-devices are to replay fits the model (the offline `Reference` of the same samples), starts one
-process per role against a broker (as an operator would: `python -m ddnn <role> ...`), every
-device replaying the test part of that data, connects a driver and waits until every service
-is online; on leaving, it stops the processes and keeps their exit codes. The broker is the
-caller's: the demo may use an external one, fault injection restarts its own.
+`prepare(...)` exports a trained model into per-role artifacts, writes the deployment's
+broker accounts (ddnn/live/access.py) and checks that the data the devices are to replay fits
+the model (the offline `Reference` of the same samples). The caller then starts a broker
+that enforces those accounts (or uses its own), and `deployment(...)` starts one process per
+role against it (as an operator would: `python -m ddnn <role> ...`, each logging in with its
+own account), every device replaying the test part of that data, connects a driver (the
+`trigger` account) and waits until every service is online; on leaving, it stops the
+processes and keeps their exit codes.
 """
 
 from __future__ import annotations
@@ -20,11 +22,40 @@ from typing import Any
 from ddnn.core.config import DDNNConfig
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role, deployment_roles
+from ddnn.live.access import TRIGGER, login, write_access
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.wire import Topics
 from ddnn.nn.export import export
 from ddnn.nn.model import DDNN
 from ddnn.ops.fleet import Driver, Fleet, Launch, Reference, replaying
+
+
+@dataclass
+class Prepared:
+    """An export with the accounts of one deployment of it, and the data its devices replay."""
+
+    name: str  # the deployment
+    artifacts: Path
+    manifest: Manifest
+    access: Path  # the accounts' files, for the broker
+    reference: Reference  # offline decisions on the data the devices replay
+
+
+def prepare(
+    model: DDNN,
+    cfg: DDNNConfig,
+    meta: dict[str, Any],
+    workdir: Path,
+    name: str,
+    data: str | None = None,
+) -> Prepared:
+    """Export `model` into `workdir`/artifacts, with accounts for deployment `name`; `data`
+    is the SPEC the devices will replay (default: the data the model was trained on), refused
+    here, before anything starts, when it does not fit the model."""
+    artifacts = workdir / "artifacts"
+    manifest = export(model, cfg, artifacts, meta)
+    access = write_access(artifacts, cfg.model, name, manifest.model_version)
+    return Prepared(name, artifacts, manifest, access, Reference(artifacts, data))
 
 
 @dataclass
@@ -40,33 +71,27 @@ class Deployment:
 
 @contextmanager
 def deployment(
-    model: DDNN,
-    cfg: DDNNConfig,
-    meta: dict[str, Any],
-    workdir: Path,
+    prepared: Prepared,
     settings: BrokerSettings,
-    name: str,
+    workdir: Path,
     *,
     devices: int | None = None,
-    data: str | None = None,
     extra: dict[Role, list[str]] | None = None,
     log_level: str = "warning",
     retry_after: float = 5.0,
     drain: float = 0.0,
     launch: Launch | None = None,
 ) -> Iterator[Deployment]:
-    """Export `model` into `workdir`/artifacts and run deployment `name` of it (the first
-    `devices` devices, all by default, replaying the test part of `data`, a SPEC that must
-    fit the model, by default the data it was trained on; `extra` options per role; logs in
-    `workdir`) until the block ends; then stop every process, after `drain` seconds of
-    collecting the services' last status messages (with their final counters)."""
-    artifacts = workdir / "artifacts"
-    manifest = export(model, cfg, artifacts, meta)
-    reference = Reference(artifacts, data)  # checks that the data fits, before any start
+    """Run the prepared deployment (the first `devices` devices, all by default; `extra`
+    options per role; logs in `workdir`) on the broker of `settings` (no account: each
+    process logs in with its own) until the block ends; then stop every process, after
+    `drain` seconds of collecting the services' last status messages (with their final
+    counters)."""
+    artifacts, manifest, name = prepared.artifacts, prepared.manifest, prepared.name
     common = ["--artifacts", str(artifacts), "--broker", settings.url]
     common += ["--mqtt", settings.protocol, "--deployment", name, "--log-level", log_level]
-    roles = deployment_roles(cfg.model, devices)
-    options = replaying(roles, reference.spec)
+    roles = deployment_roles(manifest.ddnn_config().model, devices)
+    options = replaying(roles, prepared.reference.spec)
     for role, more in (extra or {}).items():
         options[role] = [*options.get(role, []), *more]
     fleet = Fleet(common, workdir, options, launch)
@@ -75,9 +100,10 @@ def deployment(
     try:
         for role in roles:
             fleet.start(role)
-        driver = Driver(settings, Topics(name, manifest.model_version), fleet, retry_after)
+        topics = Topics(name, manifest.model_version)
+        driver = Driver(login(settings, prepared.access, TRIGGER), topics, fleet, retry_after)
         driver.wait_online(roles)
-        running = Deployment(artifacts, manifest, reference, roles, fleet, driver)
+        running = Deployment(artifacts, manifest, prepared.reference, roles, fleet, driver)
         yield running
     finally:
         codes = fleet.stop()

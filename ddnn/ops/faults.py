@@ -30,11 +30,12 @@ import numpy as np
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, Role
+from ddnn.live.access import grants, login, writer_of
 from ddnn.live.broker import start_broker
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.mqtt import BrokerSettings, MqttClient
 from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
 from ddnn.nn.checkpoint import load_model
-from ddnn.ops.deploy import deployment
+from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
 
 RATE = 25.0  # samples per second while faults happen
@@ -50,6 +51,7 @@ class Harness:
     driver: Driver
     reference: Reference
     roles: list[Role]
+    access: Path  # the deployment's accounts: a rogue logs in with a role's own
     restart_broker: Callable[[float], float] | None  # down for s seconds -> restart time
     next_sample: int = 0
     killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill
@@ -78,6 +80,10 @@ class Harness:
     def restart(self, role: Role) -> None:
         self.fleet.restart(role)
         self.driver.dead.discard(role)
+
+    def login(self, account: str) -> BrokerSettings:
+        """Broker settings logged in as `account` of the deployment."""
+        return login(self.driver.client.settings, self.access, account)
 
     def detected(self, role: Role, since: float) -> float | None:
         """Seconds from `since` until `role` was seen offline (its last will)."""
@@ -237,21 +243,33 @@ def rogue_payloads(topics: Topics, sample: int, decided: int) -> list[tuple[str,
 
 
 def bad_input(h: Harness) -> list[dict[str, Any]]:
-    """7. A rogue client publishes garbage on every topic the services read, mid-stream."""
-    rogue = MqttClient(h.driver.client.settings, "ddnn-rogue").connect()
+    """7. Compromised accounts publish garbage on every topic the services read, mid-stream:
+    each topic's garbage comes from the account allowed to write it (the broker would refuse
+    it from any other, see `forgery`)."""
+    topics = h.driver.topics
+    accounts = grants(h.reference.cfg.model, topics)
+    rogues: dict[str, MqttClient] = {}
     sent: list[int] = []
     start = h.next_sample
 
+    def rogue(topic: str) -> MqttClient:
+        account = writer_of(accounts, topic)
+        if account not in rogues:
+            settings = h.login(account)
+            rogues[account] = MqttClient(settings, f"ddnn-rogue-{account}").connect()
+        return rogues[account]
+
     def attack(at: int) -> None:
         # `at - 10` was ticked a while ago: decided, or about to be
-        for topic, payload in rogue_payloads(h.driver.topics, 10**9, start + at - 10):
-            rogue.publish(topic, payload, qos=1)
+        for topic, payload in rogue_payloads(topics, 10**9, start + at - 10):
+            rogue(topic).publish(topic, payload, qos=1)
             sent.append(len(payload))
 
     try:
         samples = h.segment(60, {20: lambda: attack(20), 40: lambda: attack(40)})
     finally:
-        rogue.close()
+        for client in rogues.values():
+            client.close()
     return [h.row("rogue messages on every topic", samples, rogue_messages=len(sent))]
 
 
@@ -305,25 +323,23 @@ def run_scenarios(
     aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
-        broker = start_broker()
+        work = workdir or Path(tmp)
+        prepared = prepare(net, cfg, meta, work, "faults", data)
+        broker = start_broker(access=prepared.access)
         port = broker.port
 
         def restart_broker(down: float) -> float:
             nonlocal broker
             broker.stop()
             time.sleep(down)
-            broker = start_broker(port=port)
+            broker = start_broker(port=port, access=prepared.access)
             return time.monotonic()
 
         try:
             with deployment(
-                net,
-                cfg,
-                meta,
-                workdir or Path(tmp),
+                prepared,
                 broker.settings(),
-                "faults",
-                data=data,
+                work,
                 extra={AGGREGATOR: aggregator},
                 log_level="info",
                 retry_after=3.0,
@@ -332,7 +348,7 @@ def run_scenarios(
                 fleet, driver, roles = running.fleet, running.driver, running.roles
                 reference = running.reference
                 log(f"{len(roles)} services online; devices replay {reference.spec} (test)")
-                h = Harness(fleet, driver, reference, roles, restart_broker)
+                h = Harness(fleet, driver, reference, roles, prepared.access, restart_broker)
                 for name in names:
                     log(f"scenario {name}")
                     anomalies, restarts = Counter(driver.anomalies), Counter(fleet.restarts)

@@ -1,0 +1,264 @@
+"""Who may publish and read what: per-role broker accounts, generated from the topology.
+
+Every role of a deployment gets its own broker account (user name = role name), plus two
+that no service holds:
+
+- `trigger` ticks samples (writes `tick`) and reads statuses and decisions: what `ddnn demo`'s
+  driver, or a camera trigger, needs;
+- `observer` reads everything of the deployment and writes nothing: monitors.
+
+What each account may do (`grants`) follows from the topology alone:
+
+- every role writes only its own `status`, `scores` and `features` topics;
+- only the aggregator writes `offload` and `decisions`; only `trigger` writes `tick`;
+- a role reads only what its service subscribes to: a device the ticks and offload
+  requests, an edge its group's feature maps, the cloud its inputs' maps, the aggregator the
+  statuses, ticks and scores;
+- each account may also use `hello/<account>/...`, the probe topics of `Service.catch_up`.
+
+`write_access` turns that into the files a broker enforces and each service logs in with, in
+`<artifacts>/access/<deployment>/`:
+
+- `passwords`: a mosquitto password file (PBKDF2-SHA512, as `mosquitto_passwd` writes);
+- `acl`: a mosquitto ACL file, one `user` block per account; everything not granted is denied;
+- `<account>.json`: that account's credentials, for one machine only (mode 0600, as is
+  `passwords`).
+
+Both brokers `ddnn broker` starts read the same two files: mosquitto natively, the embedded
+one through `read_acl` and `check_password` (see ddnn/live/broker.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ddnn.core.config import ModelConfig
+from ddnn.core.errors import ConfigError, problems
+from ddnn.core.files import replaced
+from ddnn.core.roles import AGGREGATOR, Role, deployment_roles, tier_inputs
+from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.wire import Topics
+
+TRIGGER = "trigger"
+OBSERVER = "observer"
+ACCESS = "access"  # the folder of an export that holds the access files, one per deployment
+PASSWORDS = "passwords"
+ACL = "acl"
+ITERATIONS = 101  # what mosquitto_passwd uses for its PBKDF2-SHA512 ("$7$") hashes
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The topic filters one account may read (subscribe to, receive) and write (publish)."""
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+
+
+def grants(model: ModelConfig, topics: Topics) -> dict[str, Grant]:
+    """Each account of a deployment of `model` -> what it may read and write (module doc)."""
+    out: dict[str, Grant] = {}
+    for role in deployment_roles(model):
+        own = (topics.status(role), topics.scores(role), topics.features(role))
+        if role.tier == "device":
+            read: tuple[str, ...] = (topics.tick, topics.offload)
+        elif role == AGGREGATOR:
+            read = (topics.all_status, topics.tick, topics.all_scores)
+            own = (topics.status(role), topics.offload, topics.decisions)
+        else:  # an edge or the cloud
+            read = (topics.offload, *(topics.features(r) for r in tier_inputs(model, role)))
+        out[role] = Grant(read, own)
+    out[TRIGGER] = Grant((topics.all_status, topics.decisions), (topics.tick,))
+    out[OBSERVER] = Grant((f"{topics.root}/#",), ())
+    probe = f"{topics.hello}/{{}}/#"
+    return {
+        name: Grant(g.read + (probe.format(name),), g.write + (probe.format(name),))
+        for name, g in out.items()
+    }
+
+
+class Credentials(BaseModel):
+    """One account's login, and the deployment it is for: a service refuses to use the
+    credentials of another deployment or model version (the broker would deny it all)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str
+    password: str
+    deployment: str
+    model_version: str
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A mosquitto `$7$` hash: PBKDF2-SHA512 over `ITERATIONS` rounds, a 12-byte salt."""
+    salt = secrets.token_bytes(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, ITERATIONS)
+    return f"$7${ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """Whether `password` matches a `$7$` hash (anything else never matches)."""
+    try:
+        _, kind, rounds, salt, digest = hashed.split("$")
+        if kind != "7":
+            return False
+        got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(rounds))
+        return hmac.compare_digest(got, base64.b64decode(digest))
+    except ValueError:  # a malformed hash (wrong fields, bad base64, bad rounds)
+        return False
+
+
+def covers(granted: str, topic: str) -> bool:
+    """Whether the granted filter `granted` covers `topic`, a topic name or a subscription's
+    filter (whose `+` and `#` must then be covered too), as mosquitto's ACL check does."""
+    want, have = topic.split("/"), granted.split("/")
+    for i, level in enumerate(have):
+        if level == "#":
+            return True
+        if i >= len(want) or want[i] == "#" or (level != "+" and level != want[i]):
+            return False
+    return len(want) == len(have)
+
+
+def writer_of(accounts: dict[str, Grant], topic: str) -> str:
+    """The account that may publish on `topic` (a `KeyError` naming it when none may)."""
+    for name, grant in accounts.items():
+        if any(covers(f, topic) for f in grant.write):
+            return name
+    raise KeyError(f"no account may publish on {topic}")
+
+
+def access_dir(artifacts: Path, deployment: str) -> Path:
+    return Path(artifacts) / ACCESS / deployment
+
+
+def write_access(artifacts: Path, model: ModelConfig, deployment: str, model_version: str) -> Path:
+    """Write new accounts for deployment `deployment` of an export (module doc); returns
+    their folder. Each call makes new passwords: the old ones stop working once the broker
+    reloads the files."""
+    topics = Topics(deployment, model_version)
+    accounts = grants(model, topics)
+    folder = access_dir(artifacts, deployment)
+    folder.mkdir(parents=True, exist_ok=True)
+    passwords = {name: secrets.token_urlsafe(24) for name in accounts}
+    for name, password in passwords.items():
+        login = Credentials(
+            username=name, password=password, deployment=deployment, model_version=model_version
+        )
+        _write_private(folder / f"{name}.json", login.model_dump_json(indent=2) + "\n")
+    lines = [f"{name}:{hash_password(p)}" for name, p in passwords.items()]
+    _write_private(folder / PASSWORDS, "\n".join(lines) + "\n")
+    with replaced(folder / ACL) as tmp:
+        tmp.write_text(acl_text(accounts))
+    return folder
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner can read, whole or not at all."""
+    with replaced(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
+def acl_text(accounts: dict[str, Grant]) -> str:
+    """The mosquitto ACL file of `accounts` (anything not granted is denied)."""
+    lines = ["# generated by ddnn: each account may read and write only these topics"]
+    for name, grant in accounts.items():
+        lines += ["", f"user {name}"]
+        both = [f for f in grant.read if f in grant.write]
+        lines += [f"topic readwrite {f}" for f in both]
+        lines += [f"topic read {f}" for f in grant.read if f not in both]
+        lines += [f"topic write {f}" for f in grant.write if f not in both]
+    return "\n".join(lines) + "\n"
+
+
+def read_acl(path: Path) -> dict[str, Grant]:
+    """The accounts of an ACL file as `acl_text` writes it (a `ConfigError` for a line of
+    any other form: the embedded broker must not guess what mosquitto would do)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    user: str | None = None
+    for number, raw in enumerate(_read(path).splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0] == "user" and len(words) == 2:
+            user = words[1]
+            out.setdefault(user, ([], []))
+        elif words[0] == "topic" and len(words) == 3 and user is not None:
+            access, topic = words[1], words[2]
+            if access not in ("read", "write", "readwrite"):
+                raise ConfigError(f"{path}:{number}: unknown access {access!r}")
+            if access != "write":
+                out[user][0].append(topic)
+            if access != "read":
+                out[user][1].append(topic)
+        else:
+            raise ConfigError(f"{path}:{number}: not a line of a ddnn ACL: {line[:80]!r}")
+    return {name: Grant(tuple(r), tuple(w)) for name, (r, w) in out.items()}
+
+
+def read_passwords(path: Path) -> dict[str, str]:
+    """user -> password hash, from a mosquitto password file."""
+    out = {}
+    for number, raw in enumerate(_read(path).splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user or not hashed.startswith("$7$"):
+            raise ConfigError(f"{path}:{number}: not `user:$7$...` (a mosquitto_passwd line)")
+        out[user] = hashed
+    return out
+
+
+def read_credentials(path: Path) -> Credentials:
+    try:
+        return Credentials.model_validate(json.loads(_read(path)))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"credentials file {path} is not JSON: {e}") from None
+    except ValidationError as e:
+        raise ConfigError(f"credentials file {path}: {problems(e, 1)}") from None
+
+
+def login(settings: BrokerSettings, access: Path, account: str) -> BrokerSettings:
+    """`settings` logged in as `account` of the access files in `access`."""
+    creds = read_credentials(Path(access) / f"{account}.json")
+    return settings.model_copy(update={"username": creds.username, "password": creds.password})
+
+
+def login_for(
+    artifacts: Path, role: Role, deployment: str, model_version: str
+) -> Credentials | None:
+    """The credentials `write_access` made for `role` of `deployment`, or None if it made
+    none; a `ConfigError` when they are for another model version (a stale export)."""
+    path = access_dir(artifacts, deployment) / f"{role}.json"
+    if not path.exists():
+        return None
+    login = read_credentials(path)
+    if login.model_version != model_version or login.deployment != deployment:
+        raise ConfigError(
+            f"{path} is for model version {login.model_version} of deployment "
+            f"{login.deployment!r}, not {model_version} of {deployment!r}: run `ddnn credentials` "
+            "again"
+        )
+    return login
+
+
+def _read(path: Path) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file") from None
