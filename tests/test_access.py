@@ -125,6 +125,7 @@ def test_export_writes_private_accounts_that_round_trip(plain, tmp_path):
         assert check_password(login.password, hashes[name])
         assert not check_password(login.password + "x", hashes[name])
     assert stat.S_IMODE((folder / PASSWORDS).stat().st_mode) == 0o600
+
     def as_sets(accounts):
         return {name: (set(g.read), set(g.write)) for name, g in accounts.items()}
 

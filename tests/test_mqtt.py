@@ -246,7 +246,8 @@ def test_broker_ceiling(broker: RunningBroker) -> None:
 def test_broker_command_serves_until_sigterm(broker: RunningBroker) -> None:
     """`ddnn broker` (the same kind as the fixture's) accepts clients and exits 0 on SIGTERM."""
     port = free_port()
-    command = [sys.executable, "-m", "ddnn", "broker", "--port", str(port), "--kind", broker.kind]
+    command = [sys.executable, "-m", "ddnn", "broker", "--anonymous", "--port", str(port)]
+    command += ["--kind", broker.kind]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
     )

@@ -16,7 +16,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
 from ddnn.live.access import access_dir, write_access
-from ddnn.live.broker import broker_ceiling, start_broker
+from ddnn.live.broker import TlsFiles, broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings, is_loopback
 from ddnn.packed.inspect import inspect_artifact
 
@@ -77,6 +77,11 @@ def broker_cmd(
     ] = False,
     port: Annotated[int | None, typer.Option(help="port to listen on (default: free)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="speak TLS only (mqtts://) with this certificate (PEM; mosquitto)"),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the --tls-cert's private key")] = None,
     kind: BrokerKindOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
@@ -95,8 +100,8 @@ def broker_cmd(
     if anonymous and not is_loopback(host):
         raise DDNNError(
             f"refusing to take anonymous clients on {host}: anyone who could reach it could "
-            "publish any message as any role. Use --artifacts DIR (per-role accounts), and "
-            "TLS in front of it (README, Security)"
+            "publish any message as any role. Use --artifacts DIR (per-role accounts), with "
+            "--tls-cert and --tls-key (README, Security)"
         )
     access = None if artifacts is None else access_dir(artifacts, deployment)
     if access is not None and not access.is_dir():
@@ -104,12 +109,15 @@ def broker_cmd(
             f"{artifacts} has no accounts for deployment {deployment!r}: "
             f"run `ddnn credentials --artifacts {artifacts} --deployment {deployment}`"
         )
-    if not is_loopback(host):
+    if (tls_cert is None) != (tls_key is None):
+        raise DDNNError("--tls-cert and --tls-key go together")
+    tls = None if tls_cert is None or tls_key is None else TlsFiles(tls_cert, tls_key)
+    if not is_loopback(host) and tls is None:
         err.print(
             f"WARNING: listening on {host} over plain MQTT: passwords and messages travel in "
-            "clear text. Put TLS in front of it on any network you do not trust."
+            "clear text. Give it --tls-cert and --tls-key on any network you do not trust."
         )
-    broker = start_broker(port=port, host=host, kind=kind, access=access)
+    broker = start_broker(port=port, host=host, kind=kind, access=access, tls=tls)
     try:
         info = {
             "url": broker.url,
