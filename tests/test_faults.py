@@ -139,6 +139,22 @@ def test_bad_input_on_every_topic_is_counted_with_its_reason(run):
         assert "not msgpack" in rejected[role], role
 
 
+def test_forgeries_from_every_account_reach_no_one_and_are_counted(run):
+    result = scenario(run, "forgery")
+    assert_sound(result)
+    [row] = result["rows"]
+    assert row["undecided"] == 0 and row["decided"] == row["samples"]
+    assert row["forged_sent"] > 300
+    assert row["forged_delivered"] == 0
+    if row["forged_denied"] is not None:  # mosquitto: MQTT 5 PUBACK reason codes
+        assert row["forged_denied"] == row["forged_sent"]
+    assert row["service_deaths"] == 0 and row["reason_keys"] <= 64
+    assert 0 < row["max_rss_mb"] < 500
+    # the services themselves stay within their grants: the broker refused none of theirs
+    for role, counters in run["deployments"][0]["counters"].items():
+        assert "publish_denied" not in counters, role
+
+
 def test_samples_replayed_after_much_newer_ones_are_not_decided_again(run):
     result = scenario(run, "replay")
     assert_sound(result)  # no decided_twice among the anomalies

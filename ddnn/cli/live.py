@@ -282,7 +282,7 @@ def faults(
         list[str] | None,
         typer.Option(
             help="device-down, attrition, straggler, flapping, broker-restart, "
-            "service-restart, bad-input, replay or dropout (repeatable; default: all)"
+            "service-restart, bad-input, replay, forgery or dropout (repeatable; default: all)"
         ),
     ] = None,
     model_path: Annotated[
@@ -298,7 +298,9 @@ def faults(
     as_json: JsonFlag = False,
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
-    service restarts, a rogue client) and check every sample against offline evaluation."""
+    service restarts, compromised accounts sending garbage, every account forging every other
+    role's messages, old samples replayed) and check every sample against offline evaluation.
+    Each service logs in with its own account of a broker that enforces them."""
     from ddnn.ops.demo import demo_model
     from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, run_faults
 
@@ -337,6 +339,12 @@ def faults(
             for row in result["rows"]
         ]
         tables.append(Rows(f"{result['scenario']} ({result['data']})", rows))
+        hostile = [row for row in result["rows"] if "service_deaths" in row]
+        if hostile:
+            keys = ("service_deaths", "reason_keys", "max_rss_mb")
+            keys += ("forged_sent", "forged_denied", "forged_delivered")
+            shown = [{"stretch": r["scenario"], **{k: r.get(k) for k in keys}} for r in hostile]
+            tables.append(Rows(f"{result['scenario']}: what hostile input did", shown))
     legend = (
         "acc: live accuracy; offline: `ddnn eval` with the same devices present, on the same "
         "samples; differ: decisions that differ from it; local p50: latency of local exits "

@@ -17,6 +17,7 @@ promises is then checked:
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections import Counter
@@ -29,11 +30,23 @@ import msgpack
 import numpy as np
 
 from ddnn.core.errors import DDNNError
+from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import AGGREGATOR, Role
-from ddnn.live.access import grants, login, writer_of
+from ddnn.core.roles import PATTERN as ROLE_PATTERN
+from ddnn.live.access import OBSERVER, TRIGGER, Grant, covers, grants, login, writer_of
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import BrokerSettings, MqttClient
-from ddnn.live.wire import MAX_PAYLOAD, Features, Offload, Scores, Tick, Topics, encode
+from ddnn.live.wire import (
+    MAX_PAYLOAD,
+    Decision,
+    Features,
+    Offload,
+    Scores,
+    Status,
+    Tick,
+    Topics,
+    encode,
+)
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
@@ -41,6 +54,8 @@ from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
 CLOUD_DEADLINE = 1.5
+FORGED = 10**9  # the sample id of forged messages: far from any real one
+CONFIDENT = np.array([12.0, -12.0, -12.0], dtype=np.float32)
 
 
 @dataclass
@@ -84,6 +99,18 @@ class Harness:
     def login(self, account: str) -> BrokerSettings:
         """Broker settings logged in as `account` of the deployment."""
         return login(self.driver.client.settings, self.access, account)
+
+    def health(self) -> dict[str, Any]:
+        """What no hostile input may change: processes that died by themselves, reasons
+        counted per service (at most 64 keys), the largest resident memory of a service."""
+        deaths = [r for r in self.roles if r not in self.driver.dead and not self.fleet.alive(r)]
+        keys = [len(s.rejected) for s in self.driver.status.values()]
+        rss = [self.fleet.rss_mb(r) for r in self.roles if r not in self.driver.dead]
+        return {
+            "service_deaths": len(deaths),
+            "reason_keys": max(keys, default=0),
+            "max_rss_mb": max((m for m in rss if m is not None), default=None),
+        }
 
     def detected(self, role: Role, since: float) -> float | None:
         """Seconds from `since` until `role` was seen offline (its last will)."""
@@ -270,7 +297,7 @@ def bad_input(h: Harness) -> list[dict[str, Any]]:
     finally:
         for client in rogues.values():
             client.close()
-    return [h.row("rogue messages on every topic", samples, rogue_messages=len(sent))]
+    return [h.row("rogue messages on every topic", samples, rogue_messages=len(sent), **h.health())]
 
 
 def replay(h: Harness) -> list[dict[str, Any]]:
@@ -284,7 +311,79 @@ def replay(h: Harness) -> list[dict[str, Any]]:
     end = time.monotonic() + 2.0  # what the services answer to the replay, if anything
     while time.monotonic() < end:
         h.driver.pump(0.1)
-    return [h.row("before the jump", old), h.row("70,000 ids later", newer)]
+    return [h.row("before the jump", old), h.row("70,000 ids later", newer, **h.health())]
+
+
+def forged_topics(topics: Topics, account: str, accounts: dict[str, Grant]) -> list[str]:
+    """Every topic a service reads, and spellings of them, that `account` may not write:
+    other roles' statuses, scores and feature maps, ticks, offload requests, decisions, role
+    names that are not roles (`device-00`, `Device-0`), extra levels, others' probes."""
+    roles = [name for name in accounts if name not in (TRIGGER, OBSERVER)]
+    candidates = [topics.tick, topics.offload, topics.decisions]
+    for role in roles:
+        candidates += [topics.status(role), topics.scores(role), topics.features(role)]
+    candidates += [f"{topics.root}/scores/device-00", f"{topics.root}/scores/Device-0"]
+    candidates += [f"{topics.root}/scores/device-0/", f"{topics.root}/status/aggregator/x"]
+    candidates += [f"{topics.hello}/{other}/x" for other in accounts if other != account]
+    return [t for t in candidates if not any(covers(g, t) for g in accounts[account].write)]
+
+
+def forged_payload(topic: str, topics: Topics) -> bytes:
+    """A well-formed message that would do harm if delivered on `topic`: its role said
+    offline, confident scores or a decision for a sample nobody started, a tick of one."""
+    level, _, name = topic.removeprefix(topics.root + "/").partition("/")
+    role = name if re.fullmatch(ROLE_PATTERN, name) else "device-0"
+    now = time.time()
+    if level == "status":
+        return encode(Status(role=role, state="offline", t=now))
+    if level == "scores":
+        return encode(Scores(sample=FORGED, source=role, scores=pack_scores(CONFIDENT), t0=now))
+    if level == "decisions":
+        return encode(Decision(sample=FORGED, decided=True, class_index=0, exit="local"))
+    return encode(Tick(sample=FORGED, t=now))
+
+
+def forgery(h: Harness) -> list[dict[str, Any]]:
+    """9. Mid-stream, every account of the deployment publishes a forged message on every
+    topic it may not write (`forged_topics`), retained where statuses are: an observer that
+    reads the whole deployment must receive none of them."""
+    topics = h.driver.topics
+    accounts = grants(h.reference.cfg.model, topics)
+    observer = MqttClient(h.login(OBSERVER), "ddnn-faults-observer")
+    observer.subscribe(f"{topics.root}/#")
+    observer.connect()
+    forged: set[bytes] = set()
+    sent = denied = 0
+
+    def attack() -> None:
+        nonlocal sent, denied
+        for account in accounts:
+            client = MqttClient(h.login(account), f"ddnn-forger-{account}").connect()
+            for topic in forged_topics(topics, account, accounts):
+                payload = forged_payload(topic, topics)
+                forged.add(payload)
+                sent += client.publish(topic, payload, qos=1, retain="/status/" in topic)
+            client.close()
+            denied += client.denied
+
+    try:
+        samples = h.segment(60, {20: attack})
+        delivered = 0
+        while (item := observer.get(1.0)) is not None:
+            delivered += item[1] in forged
+    finally:
+        observer.close()
+    counted = denied if observer.protocol == "5" else None  # 3.1.1 has no PUBACK codes
+    return [
+        h.row(
+            "forged messages from every account",
+            samples,
+            forged_sent=sent,
+            forged_denied=counted,
+            forged_delivered=delivered,
+            **h.health(),
+        )
+    ]
 
 
 SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
@@ -296,6 +395,7 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "service-restart": service_restart,
     "bad-input": bad_input,
     "replay": replay,
+    "forgery": forgery,
 }
 
 

@@ -92,6 +92,17 @@ class Fleet:
         proc.send_signal(signal.SIGSTOP)
         threading.Timer(seconds, proc.send_signal, args=(signal.SIGCONT,)).start()
 
+    def rss_mb(self, role: Role) -> float | None:
+        """The resident memory of `role`'s process in MB (Linux; None elsewhere or dead)."""
+        try:
+            status = Path(f"/proc/{self.procs[role].pid}/status").read_text()
+        except OSError:
+            return None
+        kb = next(
+            (line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")), None
+        )
+        return round(int(kb) / 1024, 1) if kb is not None else None
+
     def alive(self, role: Role) -> bool:
         return self.procs[role].poll() is None
 
