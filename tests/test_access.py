@@ -44,6 +44,7 @@ from ddnn.live.access import (
 from ddnn.live.broker import KINDS, RunningBroker, TlsFiles, find_mosquitto, free_port, start_broker
 from ddnn.live.mqtt import BrokerSettings, MqttClient
 from ddnn.live.wire import Tick, Topics
+from ddnn.ops.faults import forged_topics
 from tests.helpers import ddnn, ddnn_json
 from tests.inprocess import DEPLOYMENT, whole_rig
 
@@ -180,20 +181,6 @@ def guarded(request, secured) -> RunningBroker:
         yield broker
 
 
-def forgeries(topics: Topics, account: str, accounts: dict) -> list[str]:
-    """Every topic a service reads (and a few spellings of them) that `account` may not
-    write."""
-    roles = [name for name in accounts if name not in (TRIGGER, OBSERVER)]
-    candidates = [topics.tick, topics.offload, topics.decisions]
-    for role in roles:
-        candidates += [topics.status(role), topics.scores(role), topics.features(role)]
-    # aliases of role names that are not roles, and the hello probes of others
-    candidates += [f"{topics.root}/scores/device-00", f"{topics.root}/scores/Device-0"]
-    candidates += [f"{topics.root}/scores/device-0/", f"{topics.root}/status/aggregator/x"]
-    candidates += [f"{topics.hello}/{other}/x" for other in accounts if other != account]
-    return [t for t in candidates if not any(covers(g, t) for g in accounts[account].write)]
-
-
 def test_every_forgery_by_every_account_is_denied_and_counted(guarded, secured):
     access, topics = secured
     accounts = grants(read_manifest(access.parent.parent).ddnn_config().model, topics)
@@ -203,7 +190,7 @@ def test_every_forgery_by_every_account_is_denied_and_counted(guarded, secured):
     forged = 0
     for account in accounts:
         client = MqttClient(guarded.settings(account), f"forger-{account}").connect()
-        for topic in forgeries(topics, account, accounts):
+        for topic in forged_topics(topics, account, accounts):
             assert client.publish(topic, b"forged", qos=1, retain=topic.count("/status/") > 0)
             forged += 1
         # its own topics still work: the control that the observer hears at all
@@ -211,7 +198,7 @@ def test_every_forgery_by_every_account_is_denied_and_counted(guarded, secured):
         assert client.publish(own, b"own", qos=1)
         client.close()
         if guarded.protocol == "5":  # MQTT 5: every denial came back as a PUBACK code
-            assert client.denied == len(forgeries(topics, account, accounts)), account
+            assert client.denied == len(forged_topics(topics, account, accounts)), account
     heard = []
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:

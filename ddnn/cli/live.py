@@ -282,7 +282,8 @@ def faults(
         list[str] | None,
         typer.Option(
             help="device-down, attrition, straggler, flapping, broker-restart, "
-            "service-restart, bad-input, replay, forgery or dropout (repeatable; default: all)"
+            "service-restart, bad-input, replay, forgery or dropout (repeatable, or "
+            "comma-separated; default: all)"
         ),
     ] = None,
     model_path: Annotated[
@@ -308,7 +309,7 @@ def faults(
         if not as_json:
             err.print(text)
 
-    names = scenario or [*SCENARIOS, "dropout"]
+    names = [n.strip() for s in scenario or [] for n in s.split(",")] or [*SCENARIOS, "dropout"]
     cache = data_dir() / "demo"
     model = model_path or demo_model(False, cache, log)
     report = run_faults(
