@@ -16,6 +16,7 @@ from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
 from cloud.service import TierService
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
+from ddnn.live.access import TRIGGER, covers, grants
 from ddnn.live.memory import MemoryBus
 from ddnn.live.transport import Will
 from ddnn.live.wire import (
@@ -346,6 +347,12 @@ def test_a_whole_deployment_in_process_decides_as_offline_evaluation(with_edges,
     assert got == want
     assert {e for _, e in got} == {"local", "edge", "cloud"}
     assert all(not s.rejected for s in rig.services)
+    # every message went out on a topic its sender's broker account may write
+    accounts = grants(rig.manifest.ddnn_config().model, rig.topics)
+    for topic, message in rig.seen:
+        sender = getattr(message, "role", None) or getattr(message, "source", None)
+        account = TRIGGER if isinstance(message, Tick) else sender or AGGREGATOR
+        assert any(covers(g, topic) for g in accounts[account].write), (account, topic)
 
 
 def test_services_announce_online_retained_and_offline_on_close(plain):
