@@ -73,7 +73,8 @@ class TierService(Service):
         self.output_format = output_format
         self.input_encoding = ENCODINGS[tier_input_format(manifest.ddnn_config().model, role)]
         self.collecting: OrderedDict[int, Collecting] = OrderedDict()
-        self.done = Recent(KEEP_MAX)  # samples already run: their late feature maps are dropped
+        # samples already run: their late feature maps are dropped
+        self.done: Recent[None] = Recent(KEEP_MAX)
         self.kept = KeptMaps(keep_seconds, KEEP_MAX)
 
     def subscriptions(self) -> list[str]:

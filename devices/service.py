@@ -19,7 +19,7 @@ import numpy as np
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role
-from ddnn.live.service import Broker, KeptMaps, Rejected, Service
+from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service, check_fresh
 from ddnn.live.wire import Message, Offload, Scores, Tick
 from devices.runtime import SliceRuntime
 from devices.sources import FrameSource, VideoSource
@@ -48,6 +48,7 @@ class DeviceService(Service):
         self.fps = fps
         self.feature_format = manifest.ddnn_config().model.device_feature_format
         self.kept = KeptMaps(keep_seconds, keep_max)
+        self.answered: Recent[Scores] = Recent(keep_max)  # the scores of recent samples
         self.next_capture = 0.0
 
     def subscriptions(self) -> list[str]:
@@ -55,6 +56,14 @@ class DeviceService(Service):
 
     def handle(self, topic: str, message: Message) -> None:
         if isinstance(message, Tick) and self.clock == "tick":
+            check_fresh(message.t, "a tick")
+            answered = self.answered.get(message.sample)
+            if answered is not None:
+                # A repeat (the driver's retry after a lost decision, or a replay): the same
+                # scores again, without a second inference, so a flood of them costs little.
+                self.publish(self.topics.scores(self.role), answered)
+                self.counters["tick_repeats"] += 1
+                return
             image = self._image(message.sample)
             if image is None:
                 raise Rejected("a tick for a frame the source does not have", self.source.name)
@@ -82,10 +91,9 @@ class DeviceService(Service):
 
     def capture(self, sample: int, image: np.ndarray, t0: float) -> None:
         scores, features = self.runtime(image)
-        self.publish(
-            self.topics.scores(self.role),
-            Scores(sample=sample, source=self.role, scores=pack_scores(scores), t0=t0),
-        )
+        message = Scores(sample=sample, source=self.role, scores=pack_scores(scores), t0=t0)
+        self.publish(self.topics.scores(self.role), message)
+        self.answered.add(sample, message)
         self.counters["frames"] += 1
         self.counters["features_dropped"] += self.kept.put(sample, features)
 

@@ -18,6 +18,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
 from ddnn.live.access import TRIGGER, covers, grants
 from ddnn.live.memory import MemoryBus
+from ddnn.live.service import WALL_SKEW
 from ddnn.live.transport import Will
 from ddnn.live.wire import (
     Features,
@@ -77,6 +78,25 @@ def test_confident_devices_end_a_sample_at_the_local_exit_at_once(plain):
     assert (d.sample, d.decided, d.exit, d.class_index, d.degraded) == (7, True, "local", 0, False)
     assert d.devices == list(range(6)) and d.bytes == {"device_scores": 6 * 12}
     assert not rig.of(Offload) and agg.pending == {}
+
+
+def test_a_decision_the_transport_dropped_is_published_once_it_is_back(plain):
+    rig, agg = aggregator_rig(plain)
+    rig.send(Tick(sample=7, t=time.time()))
+    for d in range(6):
+        rig.send(scores(7, Role.device(d), SURE))
+    rig.bus.lose(agg.client)  # the messages are in its inbox; its publishes are dropped
+    rig.settle()
+    assert rig.decisions() == [] and len(agg.unsent) == 1
+    assert agg.counters["publish_failed"] >= 1
+    agg.resend()  # still disconnected: kept
+    assert len(agg.unsent) == 1
+    agg.client.connect()
+    agg.resend()
+    rig.settle()
+    [d] = rig.decisions()
+    assert (d.sample, d.exit) == (7, "local") and not agg.unsent
+    assert agg.counters["publish_retried"] == 1
 
 
 def test_the_aggregator_waits_only_for_the_devices_online(plain):
@@ -215,11 +235,12 @@ def test_the_edge_exit_and_its_fallbacks(with_edges):
 
 def test_a_device_answers_a_tick_with_its_scores_and_sends_its_map_when_asked(plain):
     rig, dev = device_rig(plain, device=2)
-    rig.send(Tick(sample=11, t=123.0))
+    now = time.time()
+    rig.send(Tick(sample=11, t=now))
     rig.settle()
     [s] = rig.of(Scores)
     expected, fmap = dev.runtime(dev.source.frame(11).image)
-    assert (s.sample, s.source, s.t0) == (11, Role.device(2), 123.0)
+    assert (s.sample, s.source, s.t0) == (11, Role.device(2), now)
     assert np.array_equal(s.values(), expected)
     rig.send(Offload(sample=11, sources=[Role.device(0)], to="cloud"))  # not this device
     rig.settle()
@@ -232,6 +253,23 @@ def test_a_device_answers_a_tick_with_its_scores_and_sends_its_map_when_asked(pl
     rig.send(Offload(sample=11, sources=[Role.device(2)], to="cloud"))  # asked again
     rig.settle()
     assert len(rig.of(Features)) == 1 and dev.counters["features_expired"] == 1
+
+
+def test_a_device_answers_a_repeated_tick_without_a_second_inference_and_refuses_stale_ones(
+    plain,
+):
+    """A repeat (the driver's retry, a replay, a flood) gets the same scores again from the
+    device's memory, not a second run of its slice; a tick captured far from now is refused."""
+    rig, dev = device_rig(plain)
+    tick = Tick(sample=4, t=time.time())
+    for _ in range(3):
+        rig.send(tick)
+    rig.send(Tick(sample=5, t=time.time() - 2 * WALL_SKEW))
+    rig.settle()
+    first, *again = rig.of(Scores)
+    assert again == [first, first]
+    assert dev.counters["frames"] == 1 and dev.counters["tick_repeats"] == 2
+    assert dict(dev.rejected) == {"a tick captured too far from now": 1}
 
 
 def test_a_device_keeps_maps_for_a_while_and_a_bounded_number(plain):

@@ -82,6 +82,13 @@ def broker_cmd(
         typer.Option(help="speak TLS only (mqtts://) with this certificate (PEM; mosquitto)"),
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="the --tls-cert's private key")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="keep retained statuses and client sessions in this folder across restarts "
+            "(mosquitto; default: nothing on disk)"
+        ),
+    ] = None,
     kind: BrokerKindOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
@@ -117,7 +124,7 @@ def broker_cmd(
             f"WARNING: listening on {host} over plain MQTT: passwords and messages travel in "
             "clear text. Give it --tls-cert and --tls-key on any network you do not trust."
         )
-    broker = start_broker(port=port, host=host, kind=kind, access=access, tls=tls)
+    broker = start_broker(port=port, host=host, kind=kind, access=access, tls=tls, state=state)
     try:
         info = {
             "url": broker.url,

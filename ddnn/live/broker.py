@@ -3,12 +3,17 @@
 `start_broker` is how `ddnn demo`, `ddnn broker` and the tests get a broker without anything
 installed by hand: the `mosquitto` binary when there is one (the production broker; MQTT 5),
 else amqtt, a pure-Python broker run in a thread of this process (MQTT 3.1.1 only, and about
-four times slower). Either way it listens on 127.0.0.1 only, unless told otherwise, and keeps
-nothing on disk. Given the access files of a deployment (ddnn/live/access.py), it takes only
-their accounts and enforces their grants (mosquitto natively, the embedded broker through
+four times slower). Either way it listens on 127.0.0.1 only, unless told otherwise, and
+keeps nothing on disk unless given a `state` folder: mosquitto then keeps its retained
+messages and its clients' sessions there (saved every few seconds and on a clean stop), so
+that a restarted broker still knows which services are online and what they had not yet
+received (amqtt keeps nothing across restarts: the services announce themselves again on
+reconnect, and the aggregator counts a device silent for three status intervals as offline).
+Given the access files of a deployment (ddnn/live/access.py), it takes only their accounts
+and enforces their grants (mosquitto natively, the embedded broker through
 ddnn/live/embedded_access.py); without them it allows anonymous clients to do anything. The
-returned `RunningBroker` says which MQTT version its clients must use (`.protocol`) and hands
-out matching client settings (`.settings(account)`).
+returned `RunningBroker` says which MQTT version its clients must use (`.protocol`) and
+hands out matching client settings (`.settings(account)`).
 
 `broker_ceiling` measures the raw rate a broker relays small messages from one paho client to
 another: the ceiling under any service built on it, whatever the model costs.
@@ -153,6 +158,11 @@ class RunningBroker:
 
 
 MAX_PACKET = MAX_PAYLOAD + 65536  # the largest payload, with room for topic and headers
+# What mosquitto holds per client beyond the messages in flight to it (a slow or lost client
+# with a live session): a flood waits here, bounded, instead of in the client's memory.
+MAX_QUEUED_MESSAGES = 1000
+MAX_QUEUED_BYTES = 32 * 2**20
+AUTOSAVE_SECONDS = 2  # how often mosquitto saves its state folder, when it has one
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,13 @@ class TlsFiles:
 
 class _Mosquitto(RunningBroker):
     def __init__(
-        self, binary: str, host: str, port: int, access: Path | None, tls: TlsFiles | None
+        self,
+        binary: str,
+        host: str,
+        port: int,
+        access: Path | None,
+        tls: TlsFiles | None,
+        state: Path | None,
     ) -> None:
         super().__init__("mosquitto", host, port, "5", access, tls)
         self._dir = Path(tempfile.mkdtemp(prefix="ddnn-mosquitto-"))
@@ -177,17 +193,20 @@ class _Mosquitto(RunningBroker):
             auth = "allow_anonymous false\n"
             auth += f"password_file {(access / PASSWORDS).resolve()}\n"
             auth += f"acl_file {(access / ACL).resolve()}\n"
-            if os.geteuid() == 0:
-                # Started as root, mosquitto drops to the `mosquitto` user, which cannot read
-                # files only their owner may: it stays the user that wrote them.
-                auth += f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to the `mosquitto` user, which can neither read
+            # the access files nor write the state folder, both only their owner's: it stays
+            # the user that made them.
+            auth += f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
         if tls is not None:
             auth += f"certfile {Path(tls.cert).resolve()}\nkeyfile {Path(tls.key).resolve()}\n"
         config.write_text(
             f"listener {port} {host}\n"
             f"{auth}"
             "set_tcp_nodelay true\n"
-            "persistence false\n"
+            f"{_persistence(state)}"
+            f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
+            f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
             # No DDNN message comes near MAX_PAYLOAD: refuse bigger packets at the broker,
             # before they cost its memory and every subscriber's.
             f"max_packet_size {MAX_PACKET}\n"
@@ -237,6 +256,17 @@ class _Mosquitto(RunningBroker):
                 self._process.kill()
                 self._process.wait(5)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _persistence(state: Path | None) -> str:
+    """mosquitto's persistence lines: off, or kept in the folder `state`."""
+    if state is None:
+        return "persistence false\n"
+    state = Path(state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    return (
+        f"persistence true\npersistence_location {state}/\nautosave_interval {AUTOSAVE_SECONDS}\n"
+    )
 
 
 def _amqtt_broker_class() -> type:
@@ -337,12 +367,14 @@ def start_broker(
     kind: str = "auto",
     access: Path | None = None,
     tls: TlsFiles | None = None,
+    state: Path | None = None,
 ) -> RunningBroker:
     """Start a broker on host:port (a free port when None) and return once it accepts
     connections. kind: "mosquitto", "embedded" (amqtt, in this process), or "auto"
     (mosquitto when the binary is installed, else embedded). `access`: a folder of access
     files (ddnn/live/access.py) whose accounts alone it takes; None: anonymous clients.
-    `tls`: speak TLS only, with this certificate (mosquitto only)."""
+    `tls`: speak TLS only, with this certificate (mosquitto only). `state`: a folder where
+    mosquitto keeps retained messages and sessions across restarts (ignored by amqtt)."""
     if access is not None:
         access = Path(access)
         for name in (PASSWORDS, ACL):
@@ -374,7 +406,7 @@ def start_broker(
         chosen = port if port is not None else free_port(host)
         broker: _Mosquitto | _Embedded
         if use_mosquitto:
-            broker = _Mosquitto(binary, host, chosen, access, tls)
+            broker = _Mosquitto(binary, host, chosen, access, tls, state)
         else:
             broker = _Embedded(host, chosen, access)
         failure = broker.wait_ready(START_TIMEOUT)

@@ -93,6 +93,7 @@ class MemoryClient:
         self.will = will
         self.connections = 0
         self.denied = 0  # this bus grants everything: see ddnn/live/access.py for brokers
+        self.dropped = 0  # its inboxes are unbounded: tests hand them their floods whole
         self._filters = MQTTMatcher()
         self._inbox: queue.Queue[Received] = queue.Queue()
         self._attached = False

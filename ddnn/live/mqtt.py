@@ -12,6 +12,16 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
 - TCP_NODELAY is set on the socket (Nagle adds ~40 ms to small messages), the keepalive is
   short (5 s) so that a dead device's last will fires within seconds, and the queue of
   outgoing QoS 1 messages kept while disconnected is bounded.
+- The inbox is bounded too (`MAX_INBOX`), with back-pressure: a QoS 1 message is
+  acknowledged only once the caller has processed it (paho's manual acks; "processed" is
+  "asked for the next one"), and over MQTT 5 the client tells the broker to have at most
+  `MAX_INBOX` unacknowledged ones in flight to it (Receive Maximum), so a flood waits in the
+  broker's bounded queue for this client instead of in this process. What still finds the
+  inbox full (QoS 0, or a 3.1.1 broker, which has no such limit) is dropped and counted in
+  `dropped`.
+- Over MQTT 5 the session outlives a lost connection by `SESSION_EXPIRY` seconds: the
+  broker keeps the QoS 1 messages for this client while it reconnects and sends them after,
+  with the ones it sent but never saw acknowledged (a duplicate, which receivers drop).
 
 Protocol version. The client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
 is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
@@ -44,6 +54,8 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.matcher import MQTTMatcher
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -57,6 +69,8 @@ Protocol = Literal["5", "3.1.1"]
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _PAHO_PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 MAX_QUEUED = 10_000  # outgoing QoS 1 messages kept while disconnected; more are dropped
+MAX_INBOX = 1000  # incoming messages waiting for the caller; QoS 1 ones in flight to us
+SESSION_EXPIRY = 60  # seconds an MQTT 5 broker keeps our session after a lost connection
 
 
 class BrokerAddress(NamedTuple):
@@ -189,7 +203,8 @@ class MqttClient:
     can report it instead of losing it silently.
     QoS 1 is at-least-once: receivers must tolerate duplicates. A message on a topic that
     none of this client's filters matches is dropped and counted in `unsolicited` (amqtt 0.12
-    sends such messages).
+    sends such messages). One thread reads (`get`): taking a message acknowledges the one it
+    took before.
     """
 
     def __init__(
@@ -205,7 +220,10 @@ class MqttClient:
         self._address = self.settings.address
         self.last_error: str | None = None
         self.refused_for_good = False  # a refusal that retrying will not change
-        self._inbox: queue.Queue[Received] = queue.Queue()
+        # (topic, payload, mid, qos, connection): the last three to acknowledge it once done
+        self._inbox: queue.Queue[tuple[str, bytes, int, int, int]] = queue.Queue(MAX_INBOX)
+        self._taken: tuple[int, int, int] | None = None  # (mid, qos, connection) to ack
+        self.dropped = 0  # messages that found the inbox full
         self._lock = threading.Lock()
         self._filters: dict[str, int] = {}
         # The filters again, for matching topics: only added to (under the lock), read by
@@ -228,6 +246,7 @@ class MqttClient:
             client_id=client_id,
             protocol=_PAHO_PROTOCOLS[self.protocol],
             reconnect_on_failure=True,
+            manual_ack=True,
         )
         client.suppress_exceptions = True
         client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
@@ -351,8 +370,15 @@ class MqttClient:
         # client retained messages of other clients' subscriptions.
         if next(self._matcher.iter_match(topic), None) is None:
             self.unsolicited += 1
+            client.ack(message.mid, message.qos)
             return
-        self._inbox.put((topic, bytes(message.payload)))
+        try:
+            self._inbox.put_nowait(
+                (topic, bytes(message.payload), message.mid, message.qos, self.connections)
+            )
+        except queue.Full:
+            self.dropped += 1
+            client.ack(message.mid, message.qos)  # dropped on purpose: counted, not redelivered
 
     # ------------------------------------------------------------------------- API
 
@@ -371,7 +397,20 @@ class MqttClient:
         if not self._started:
             self._started = True
             host, port, _ = self._address
-            self._client.connect_async(host, port, keepalive=self.settings.keepalive)
+            properties = None
+            if self.protocol == "5":
+                properties = Properties(PacketTypes.CONNECT)
+                properties.ReceiveMaximum = MAX_INBOX
+                properties.SessionExpiryInterval = SESSION_EXPIRY
+            self._client.connect_async(
+                host,
+                port,
+                keepalive=self.settings.keepalive,
+                # never clean over MQTT 5: every process has a client id of its own, and
+                # mosquitto saves in its state only sessions that did not start clean
+                clean_start=self.protocol != "5",
+                properties=properties,
+            )
             self._client.loop_start()
         return self
 
@@ -395,6 +434,10 @@ class MqttClient:
         if self.protocol == "5" and "protocol version" in reason.lower():
             hint = " (this broker speaks only MQTT 3.1.1, as the embedded one does: "
             hint += "set protocol 3.1.1)"
+        elif self.protocol == "5" and "no MQTT session" in reason:
+            # amqtt neither answers nor hangs up on an MQTT 5 CONNECT with properties
+            hint = " (a broker that speaks only MQTT 3.1.1, as the embedded one does, never "
+            hint += "answers an MQTT 5 client: then set protocol 3.1.1)"
         elif not self.settings.tls and "before the broker answered" in reason:
             hint = " (a TLS port? then use mqtts://)"
         raise DDNNError(
@@ -448,8 +491,25 @@ class MqttClient:
 
     def get(self, timeout: float | None = None) -> Received | None:
         """The next `(topic, payload)`, waiting up to `timeout` seconds (forever if None);
-        None when nothing came."""
-        return take(self._inbox, timeout)
+        None when nothing came. The message taken before is acknowledged first: the caller
+        has processed it."""
+        self._ack_taken()
+        item = take(self._inbox, timeout)
+        if item is None:
+            return None
+        topic, payload, mid, qos, connection = item
+        if qos > 0:
+            self._taken = (mid, qos, connection)
+        return topic, payload
+
+    def _ack_taken(self) -> None:
+        """Acknowledge the message taken last, if it came on the current connection (a
+        packet id means nothing on another; the broker sends such a message again)."""
+        if self._taken is not None:
+            mid, qos, connection = self._taken
+            self._taken = None
+            if connection == self.connections and self._connected.is_set():
+                self._client.ack(mid, qos)
 
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect cleanly and stop the network thread. Idempotent.
@@ -468,6 +528,7 @@ class MqttClient:
         if not self._started:
             return
         deadline = time.monotonic() + timeout
+        self._ack_taken()
         if self._connected.is_set():
             self._quiesce(deadline)
             while self._connected.is_set() and time.monotonic() < deadline:
@@ -477,12 +538,21 @@ class MqttClient:
                     if not self._unacked:
                         break
                 time.sleep(0.005)
-            self._client.disconnect()
+            self._client.disconnect(properties=self._session_end())
             while self._connected.is_set() and time.monotonic() < deadline:
                 time.sleep(0.005)
         else:
             self._client.disconnect()
         self._client.loop_stop()
+
+    def _session_end(self) -> Properties | None:
+        """DISCONNECT properties that end the session with the connection: a client that
+        says goodbye wants nothing kept for it."""
+        if self.protocol != "5":
+            return None
+        properties = Properties(PacketTypes.DISCONNECT)
+        properties.SessionExpiryInterval = 0
+        return properties
 
     def _quiesce(self, deadline: float) -> None:
         """Stop the broker sending us anything, so that nothing is left unread when paho

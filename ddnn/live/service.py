@@ -20,8 +20,9 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from types import FrameType
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -38,19 +39,29 @@ LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
 MAX_REASONS = 64  # refusal reasons counted by name; any further one counts as "other"
 INTERNAL_ERROR = "a message the service failed on (a bug: see the log)"
 STATUS_EVERY = 5.0  # seconds between status messages with the counters
+MAX_UNSENT = 10_000  # messages kept to publish again after the transport dropped them
+# A sample captured (ticked) further than this from now, by the wall clock, is refused:
+# clocks in sync within this many seconds, as NTP keeps them, and a replayed stale tick or
+# score is cheap to turn away.
+WALL_SKEW = 30.0
+V = TypeVar("V")
 
 
-class Recent:
-    """The last `limit` sample ids seen: what a service remembers to drop late repeats."""
+class Recent(Generic[V]):
+    """The last `limit` sample ids seen, each with what the service keeps of it (its answer,
+    or nothing): what a service remembers to drop, or answer cheaply, late repeats."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._ids: OrderedDict[int, None] = OrderedDict()
+        self._ids: OrderedDict[int, V | None] = OrderedDict()
 
-    def add(self, sample: int) -> None:
-        self._ids[sample] = None
+    def add(self, sample: int, value: V | None = None) -> None:
+        self._ids[sample] = value
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
+
+    def get(self, sample: int) -> V | None:
+        return self._ids.get(sample)
 
     def __contains__(self, sample: object) -> bool:
         return sample in self._ids
@@ -91,6 +102,13 @@ class Rejected(Refused):
     """A well-formed message that this service cannot use (unknown device, wrong shape)."""
 
 
+def check_fresh(t: float, what: str) -> None:
+    """Refuse `what` ("a tick", "scores": one of a fixed few, it names the counted reason)
+    captured at Unix time `t` further than `WALL_SKEW` from now."""
+    if not abs(t - time.time()) <= WALL_SKEW:
+        raise Rejected(f"{what} captured too far from now", f"{t - time.time():+.0f} s")
+
+
 Broker = BrokerSettings | MemoryBus  # a real broker, or the in-process one of fast tests
 
 
@@ -113,6 +131,7 @@ class Service:
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.stopping = threading.Event()
+        self.unsent: deque[tuple[str, bytes, int, bool]] = deque()  # see `publish(retry=)`
         self._connections = 0  # the transport's connections when last announced
         self.announced = False  # said online: on stopping, it says offline
         self.log = logging.getLogger(f"ddnn.{self.role}")
@@ -141,16 +160,42 @@ class Service:
         return None
 
     # -- the loop ------------------------------------------------------------------------
-    def publish(self, topic: str, message: Message, qos: int = 1, retain: bool = False) -> None:
-        if not self.client.publish(topic, encode(message), qos=qos, retain=retain):
+    def publish(
+        self, topic: str, message: Message, qos: int = 1, retain: bool = False, retry: bool = False
+    ) -> None:
+        """Publish `message`; one the transport dropped (disconnected for long, its queue
+        full) is counted, and with `retry` kept (at most `MAX_UNSENT`) and sent again by
+        `resend`, in order, once the transport takes messages again."""
+        payload = encode(message)
+        if self.unsent and retry:
+            self._keep(topic, payload, qos, retain)  # behind those still waiting: in order
+        elif not self.client.publish(topic, payload, qos=qos, retain=retain):
             self.counters["publish_failed"] += 1
+            if retry:
+                self._keep(topic, payload, qos, retain)
+
+    def _keep(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if len(self.unsent) >= MAX_UNSENT:
+            self.counters["publish_lost"] += 1
+            return
+        self.unsent.append((topic, payload, qos, retain))
+
+    def resend(self) -> None:
+        """Publish what `publish(retry=True)` kept, oldest first, until one is dropped again."""
+        while self.unsent:
+            topic, payload, qos, retain = self.unsent[0]
+            if not self.client.publish(topic, payload, qos=qos, retain=retain):
+                return
+            self.unsent.popleft()
+            self.counters["publish_retried"] += 1
 
     def send_kept(self, kept: KeptMaps, sample: int, fmt: FeatureFormat) -> None:
         """Publish the kept feature map of `sample` (encoded as `fmt`) to the tier above."""
         fmap = kept.take(sample)
         if fmap is None:
             self.counters["features_expired"] += 1
-            self.log.warning("asked for the features of sample %d, no longer kept", sample)
+            if self.counters["features_expired"] <= LOUD_REPEATS:
+                self.log.warning("asked for the features of sample %d, no longer kept", sample)
             return
         self.publish(self.topics.features(self.role), Features.of(sample, self.role, fmap, fmt))
         self.counters["features_sent"] += 1
@@ -207,6 +252,7 @@ class Service:
 
     def close(self) -> None:
         """Announce `offline` (if it said online) and disconnect cleanly."""
+        self.resend()
         if self.announced:
             self.announce("offline")
         self.client.close()
@@ -225,7 +271,8 @@ class Service:
         self.publish(self.topics.status(self.role), status, retain=True)
 
     def _transport_counters(self) -> dict[str, int]:
-        return {"publish_denied": self.client.denied} if self.client.denied else {}
+        counts = {"publish_denied": self.client.denied, "inbox_dropped": self.client.dropped}
+        return {name: n for name, n in counts.items() if n}
 
     def receive(self, topic: str, payload: bytes) -> None:
         """One message off the transport: decode, check it belongs on its topic, handle it.
@@ -257,6 +304,7 @@ class Service:
             item = self.client.get(timeout=timeout)
             if item is not None:
                 self.receive(*item)
+            self.resend()
             wake = self.poll(time.monotonic())
 
     def stop(self) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 Received = tuple[str, bytes]  # (topic, payload) of one incoming message
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class Transport(Protocol):
         outside its grants; a 3.1.1 broker drops them without a word)."""
         ...
 
+    @property
+    def dropped(self) -> int:
+        """Incoming messages dropped because the inbox was full (a flood the broker's flow
+        control did not hold back: QoS 0, or an MQTT 3.1.1 broker)."""
+        ...
+
     def connect(self, timeout: float = 10.0) -> Transport:
         """Connect (retrying in the background after) and wait until connected; raise
         `DDNNError` naming the broker and the reason when that fails within `timeout`."""
@@ -65,7 +72,7 @@ class Transport(Protocol):
         ...
 
 
-def take(inbox: queue.Queue[Received], timeout: float | None) -> Received | None:
+def take(inbox: queue.Queue[T], timeout: float | None) -> T | None:
     """The next message of a transport's inbox, waiting up to `timeout` seconds (forever if
     None, not at all if <= 0); None when nothing came."""
     try:

@@ -425,14 +425,15 @@ def run_scenarios(
     with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
         work = workdir or Path(tmp)
         prepared = prepare(net, cfg, meta, work, "faults", data)
-        broker = start_broker(access=prepared.access)
+        state = work / "broker-state"  # a restarted broker knows who is online
+        broker = start_broker(access=prepared.access, state=state)
         port = broker.port
 
         def restart_broker(down: float) -> float:
             nonlocal broker
             broker.stop()
             time.sleep(down)
-            broker = start_broker(port=port, access=prepared.access)
+            broker = start_broker(port=port, access=prepared.access, state=state)
             return time.monotonic()
 
         try:
