@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,13 +29,22 @@ def aggregator(
     clock: Annotated[
         str, typer.Option(help="tick: samples start with tick messages; wall: with any scores")
     ] = "tick",
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder for the ledger of decided samples, so that a restarted aggregator "
+            "decides none twice (default: state/ in --artifacts)"
+        ),
+    ] = None,
 ) -> None:
     """Run the local aggregator: fuse the devices' class scores, exit when confident,
-    otherwise escalate; publish exactly one decision per sample."""
+    otherwise escalate; publish exactly one decision per sample, also across restarts."""
     manifest, fusions = load_fusions(artifacts)
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
+    folder = state if state is not None else artifacts / "state"
+    ledger = folder / f"decided-{setup.deployment}-{manifest.model_version}.ids"
     service = AggregatorService(
         manifest,
         fusions,
@@ -42,5 +52,6 @@ def aggregator(
         setup.deployment,
         deadlines,
         clock,
+        ledger,
     )
     service.run()

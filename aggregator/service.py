@@ -15,11 +15,12 @@ tiers below stands and the decision says it is degraded; a sample no device answ
 published as undecided with the reason. Late or duplicate messages for a decided sample are
 counted and dropped.
 
-Exactly once: decided ids are remembered (`DECIDED_MEMORY`) and an id more than
-`SAMPLE_WINDOW` below the newest is refused, so a replay of old samples is never decided
-twice; a decision the transport dropped (disconnected past its queue) is kept and published
-again once it takes messages. Bounded by design: at most `MAX_PENDING` samples wait at once
-(a sample beyond is refused and counted), their deadlines wait in a heap, so that a message
+Exactly once: the decided ids are kept as ranges (aggregator/ledger.py) in a file that
+outlives a restart, so a repeated tick, a replay of old samples or a restarted aggregator
+never decides a sample twice, and a forged id far ahead of the rest shifts no window; a
+decision the transport dropped (disconnected past its queue) is kept and published again
+once it takes messages. Bounded by design: at most `MAX_PENDING` samples wait at once (a
+sample beyond is refused and counted), their deadlines wait in a heap, so that a message
 costs the same at 10 or 10,000 pending, and a graceful stop ends every pending sample with
 an undecided decision. A device whose status has not come for `SILENT_AFTER` seconds (three
 status intervals) counts as offline, so a device that died while the broker was down (its
@@ -36,19 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
+from aggregator.ledger import Ledger
 from ddnn.core.config import DDNNConfig
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized_entropy, step
 from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
-from ddnn.live.service import STATUS_EVERY, Broker, Recent, Rejected, Service, check_fresh
+from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh
 from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
 
-DECIDED_MEMORY = 65536  # decided sample ids remembered, to drop their late messages
-# Sample ids more than this far below the newest are refused: every decided id within the
-# window is still remembered, so a replay of old ids cannot be decided a second time.
-SAMPLE_WINDOW = DECIDED_MEMORY // 2
+# Ranges of decided sample ids remembered (one per run of consecutive ids), to drop their
+# late messages and never decide one twice: aggregator/ledger.py.
+DECIDED_RANGES = 65536
 MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
 SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
 
@@ -96,6 +97,7 @@ class AggregatorService(Service):
         deployment: str,
         deadlines: Deadlines | None = None,
         clock: str = "tick",
+        ledger: Path | None = None,
     ) -> None:
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
@@ -113,8 +115,8 @@ class AggregatorService(Service):
         self.heard: dict[int, float] = {}  # device -> monotonic time of its latest status
         self.pending: dict[int, Pending] = {}
         self.deadlines_due: list[tuple[float, int]] = []  # heap of (deadline, sample)
-        self.decided: Recent[None] = Recent(DECIDED_MEMORY)
-        self.newest = -1  # the highest sample id opened
+        # decided ids, in the file `ledger` too (None: memory only, as in-process tests)
+        self.decided = Ledger(ledger, DECIDED_RANGES)
         self.rival: str | None = None  # another aggregator of this deployment, seen online
 
     def subscriptions(self) -> list[str]:
@@ -170,8 +172,6 @@ class AggregatorService(Service):
     def _open(self, sample: int, t0: float, ticked: bool = True) -> Pending | None:
         if sample in self.decided:
             return None
-        if sample < self.newest - SAMPLE_WINDOW:
-            raise Rejected("a sample id older than the window", str(sample))
         if sample not in self.pending:
             if not ticked and self.clock == "tick":
                 raise Rejected("scores for a sample no tick started", str(sample))
@@ -180,7 +180,6 @@ class AggregatorService(Service):
                 raise Rejected("a new sample while too many are pending", str(sample))
             p = Pending(sample, t0, "scores", 0.0)
             self.pending[sample] = p
-            self.newest = max(self.newest, sample)
             self._wait(p, self.deadlines.scores)
         return self.pending[sample]
 
@@ -308,6 +307,7 @@ class AggregatorService(Service):
         for p in list(self.pending.values()):
             self._undecided(p, "the aggregator stopped")
         super().close()
+        self.decided.close()
 
     # -- endings -------------------------------------------------------------------------
     def _degraded(self, p: Pending, reason: str) -> None:

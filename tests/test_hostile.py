@@ -151,11 +151,8 @@ def test_fuzzed_messages_kill_no_service_and_grow_no_reason_list(plain, with_edg
     fuzz(under_test, cloud.input_shape, examples)  # a device's feature map
     for d in range(6):
         agg_at.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
-    # a fuzzed tick may have opened a sample far ahead (the trigger alone starts samples):
-    # a real one comes after it
-    sample = max(10**6, agg.newest + 1)
-    still_decides(agg_at, sample)
-    device_at.send(Tick(sample=sample, t=time.time()))
+    still_decides(agg_at, 10**6)  # whatever sample ids the fuzzed ticks opened
+    device_at.send(Tick(sample=10**6, t=time.time()))
     device_at.settle()
     assert device.counters["frames"] >= 1
 

@@ -12,6 +12,7 @@ import pytest
 
 import aggregator.service
 import cloud.service as cloud_service
+from aggregator.ledger import Ledger
 from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
 from cloud.service import TierService
 from ddnn.core.errors import DDNNError
@@ -78,6 +79,58 @@ def test_confident_devices_end_a_sample_at_the_local_exit_at_once(plain):
     assert (d.sample, d.decided, d.exit, d.class_index, d.degraded) == (7, True, "local", 0, False)
     assert d.devices == list(range(6)) and d.bytes == {"device_scores": 6 * 12}
     assert not rig.of(Offload) and agg.pending == {}
+
+
+def test_a_restarted_aggregator_decides_no_sample_twice(plain, tmp_path):
+    """Its ledger file outlives it: a tick repeated after the restart is late, the sample
+    window is where it was, and a record cut short by a kill is dropped."""
+    ledger = tmp_path / "decided.ids"
+    manifest, fusions = load_fusions(plain)
+
+    def started(rig: Rig) -> AggregatorService:
+        agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, ledger=ledger)
+        rig.add(agg)
+        rig.settle()
+        return agg
+
+    rig = Rig(manifest)
+    for d in range(6):
+        rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
+    first = started(rig)
+    for sample in (7, 9):
+        rig.send(Tick(sample=sample, t=time.time()))
+        for d in range(6):
+            rig.send(scores(sample, Role.device(d), SURE))
+    rig.settle()
+    first.close()
+    with ledger.open("ab") as f:
+        f.write(b"\x01\x02\x03")  # a kill in the middle of a record
+    again = Rig(manifest, rig.bus)
+    second = started(again)
+    assert 7 in second.decided and 9 in second.decided and 8 not in second.decided
+    again.send(Tick(sample=7, t=time.time()))
+    for d in range(6):
+        again.send(scores(7, Role.device(d), SURE))
+    again.settle()
+    assert again.decisions() == [] and second.counters["late"] == 6
+    second.close()
+    assert ledger.stat().st_size == 8 + 2 * 16  # header and two ids: the cut record is gone
+    ledger.write_bytes(b"something else")
+    with pytest.raises(DDNNError, match="not an aggregator ledger"):
+        AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, ledger=ledger)
+
+
+def test_the_ledger_keeps_ranges_and_a_file_of_their_size(tmp_path):
+    path = tmp_path / "ids"
+    ledger = Ledger(path, max_ranges=10)
+    for sample in [*range(5000), *range(6000, 9000, 2)]:
+        ledger.add(sample)
+    ledger.close()
+    assert len(ledger) == 10 and 0 in ledger and 5500 in ledger and 8998 in ledger
+    assert 9000 not in ledger
+    assert path.stat().st_size <= 8 + 4 * 1024 * 16 + 16  # rewritten as ranges, not ids
+    reread = Ledger(path, max_ranges=10)
+    assert [s in reread for s in (0, 4999, 5500, 8998, 8999)] == [True] * 4 + [False]
 
 
 def test_a_decision_the_transport_dropped_is_published_once_it_is_back(plain):
@@ -473,17 +526,28 @@ def test_a_flood_of_maps_nobody_asked_for_cannot_push_out_real_ones(plain):
 
 
 def test_a_replay_of_old_samples_after_many_newer_ones_is_never_decided_twice(plain, monkeypatch):
-    """The issue's case scaled down: 1k old samples replayed after 70k newer ones, when the
-    aggregator remembers 65,536 decided ids, becomes 30 after 200 with a memory of 100."""
-    monkeypatch.setattr(aggregator.service, "DECIDED_MEMORY", 100)
-    monkeypatch.setattr(aggregator.service, "SAMPLE_WINDOW", 50)
+    """The issue's case scaled down, with a memory of 4 ranges of ids instead of 65,536:
+    ticks far ahead (forged) cover no real sample, and once scattered ids overflow the
+    memory, the old ones between the two lowest ranges count as decided, never twice."""
+    monkeypatch.setattr(aggregator.service, "DECIDED_RANGES", 4)
     rig, agg = aggregator_rig(plain, online=1)
-    for sample in [*range(200), *range(30)]:
-        rig.send(Tick(sample=sample, t=time.time()))
-        rig.send(scores(sample, Role.device(0), SURE))
-        rig.settle()
-    assert sorted(d.sample for d in rig.decisions()) == list(range(200))
-    assert agg.rejected["a sample id older than the window"] == 2 * 30  # tick and scores
+
+    def run(ids) -> None:
+        for sample in ids:
+            rig.send(Tick(sample=sample, t=time.time()))
+            rig.send(scores(sample, Role.device(0), SURE))
+            rig.settle()
+
+    run([*range(200), 10**12, *range(200, 300), *range(30)])  # a far one, a replay
+    assert sorted(d.sample for d in rig.decisions()) == [*range(300), 10**12]
+    assert len(agg.decided) == 2  # 0..299 and the far one
+    run([400, 500, 600, 350])  # scattered: 0..299, 350, 400, 500, 600, 10**12 is 6 ranges
+    assert len(agg.decided) == 4
+    assert 320 in agg.decided  # between the two lowest, merged: refused from now on
+    run([320, 700])
+    decided = [d.sample for d in rig.decisions()]
+    assert 320 not in decided and 700 in decided
+    assert len(decided) == len(set(decided))
 
 
 def test_a_second_aggregator_of_a_deployment_refuses_to_start(plain):

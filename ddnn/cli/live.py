@@ -289,10 +289,18 @@ def faults(
         list[str] | None,
         typer.Option(
             help="device-down, attrition, straggler, flapping, broker-restart, "
-            "service-restart, bad-input, replay, forgery or dropout (repeatable, or "
-            "comma-separated; default: all)"
+            "service-restart, bad-input, replay, forgery, fuzz, flood or dropout "
+            "(repeatable, or comma-separated; default: all)"
         ),
     ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="send less in the hostile scenarios (fuzz: 150 payloads per topic instead "
+            "of 10,000; flood: 8 s instead of 60; replay: 100 samples instead of 1,000)",
+        ),
+    ] = False,
     model_path: Annotated[
         Path | None, typer.Option("--model", help="a model file (default: the demo model)")
     ] = None,
@@ -307,10 +315,11 @@ def faults(
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
     service restarts, compromised accounts sending garbage, every account forging every other
-    role's messages, old samples replayed) and check every sample against offline evaluation.
-    Each service logs in with its own account of a broker that enforces them."""
+    role's messages, old samples replayed, fuzzed payloads on every topic, floods) and check
+    every sample against offline evaluation. Each service logs in with its own account of a
+    broker that enforces them."""
     from ddnn.ops.demo import demo_model
-    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, run_faults
+    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, Sizes, run_faults
 
     def log(text: str) -> None:
         if not as_json:
@@ -325,6 +334,7 @@ def faults(
         lambda: compare_model or demo_model(False, cache, log, dropout=0.0),
         log,
         data=data,
+        sizes=Sizes.quick() if quick else Sizes(),
     )
     results = report["results"]
     tables = []
@@ -349,8 +359,8 @@ def faults(
         tables.append(Rows(f"{result['scenario']} ({result['data']})", rows))
         hostile = [row for row in result["rows"] if "service_deaths" in row]
         if hostile:
-            keys = ("service_deaths", "reason_keys", "max_rss_mb")
-            keys += ("forged_sent", "forged_denied", "forged_delivered")
+            keys = ("service_deaths", "reason_keys", "max_rss_mb", "max_anon_mb", "rss_growth_mb")
+            keys += ("forged_sent", "forged_denied", "forged_delivered", "in_time_pct")
             shown = [{"stretch": r["scenario"], **{k: r.get(k) for k in keys}} for r in hostile]
             tables.append(Rows(f"{result['scenario']}: what hostile input did", shown))
     legend = (

@@ -485,9 +485,25 @@ class MqttClient:
         if qos == 1:
             with self._lock:
                 self._unacked.append(info)
-                while self._unacked and self._unacked[0].is_published():
-                    self._unacked.popleft()
+            self._all_acknowledged()  # forget the acknowledged ones: the deque stays short
         return True
+
+    def wait_published(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged every QoS 1 message published so far;
+        False when some were still unacknowledged after `timeout` seconds. A publisher that
+        sends much paces itself with it, rather than overflow its queue (`MAX_QUEUED`)."""
+        deadline = time.monotonic() + timeout
+        while not self._all_acknowledged():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def _all_acknowledged(self) -> bool:
+        with self._lock:
+            while self._unacked and self._unacked[0].is_published():
+                self._unacked.popleft()
+            return not self._unacked
 
     def get(self, timeout: float | None = None) -> Received | None:
         """The next `(topic, payload)`, waiting up to `timeout` seconds (forever if None);
@@ -532,11 +548,8 @@ class MqttClient:
         if self._connected.is_set():
             self._quiesce(deadline)
             while self._connected.is_set() and time.monotonic() < deadline:
-                with self._lock:
-                    while self._unacked and self._unacked[0].is_published():
-                        self._unacked.popleft()
-                    if not self._unacked:
-                        break
+                if self._all_acknowledged():
+                    break
                 time.sleep(0.005)
             self._client.disconnect(properties=self._session_end())
             while self._connected.is_set() and time.monotonic() < deadline:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from types import FrameType
 from typing import Generic, TypeVar
 
@@ -65,6 +66,10 @@ class Recent(Generic[V]):
 
     def __contains__(self, sample: object) -> bool:
         return sample in self._ids
+
+    def __iter__(self) -> Iterator[int]:
+        """The ids, oldest first."""
+        return iter(self._ids)
 
 
 class KeptMaps:

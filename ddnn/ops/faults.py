@@ -12,16 +12,22 @@ promises is then checked:
 - each live decision equals the offline evaluation (`ddnn eval --missing ...`) for the set
   of devices that took part in it, so the accuracy with device i down is that of the
   offline model without device i (the cost column gives it on the whole test part);
-- after a restart, decisions resume on their own; the time they take is reported.
+- after a restart, decisions resume on their own; the time they take is reported;
+- hostile input (bad-input, forgery, fuzz, flood, replay) kills no service, keeps each one's
+  refusal reasons within 64 keys and its memory bounded (rows with `service_deaths`,
+  `reason_keys`, `max_rss_mb`, and `rss_growth_mb` where much is sent); how much the
+  hostile scenarios send is `Sizes` (`ddnn faults --quick` sends less).
 """
 
 from __future__ import annotations
 
+import random
 import re
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from ddnn.core.roles import PATTERN as ROLE_PATTERN
 from ddnn.live.access import OBSERVER, TRIGGER, Grant, covers, grants, login, writer_of
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import BrokerSettings, MqttClient
+from ddnn.live.service import STATUS_EVERY
 from ddnn.live.wire import (
     MAX_PAYLOAD,
     Decision,
@@ -50,12 +57,37 @@ from ddnn.live.wire import (
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
+from ddnn.ops.hostile import Flood, Kind, fuzzed, read_topics, send_paced
 
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
 CLOUD_DEADLINE = 1.5
 FORGED = 10**9  # the sample id of forged messages: far from any real one
 CONFIDENT = np.array([12.0, -12.0, -12.0], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the hostile scenarios send: the issue's bars by default, less with
+    `quick()` (tests, a first try)."""
+
+    fuzz_per_topic: int = 10_000  # fuzzed payloads on every topic a service reads
+    poison_rounds: int = 3  # retained garbage on every status topic, then every role restarts
+    flood_seconds: float = 60.0
+    flood_samples: int = 500  # real samples streamed through the flood
+    flood_rate: float = 250.0  # messages per second of each flooded kind
+    replayed: int = 1000  # old samples ticked again after 70,000 newer ones
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            fuzz_per_topic=150,
+            poison_rounds=1,
+            flood_seconds=8.0,
+            flood_samples=60,
+            flood_rate=100.0,
+            replayed=100,
+        )
 
 
 @dataclass
@@ -68,9 +100,11 @@ class Harness:
     roles: list[Role]
     access: Path  # the deployment's accounts: a rogue logs in with a role's own
     restart_broker: Callable[[float], float] | None  # down for s seconds -> restart time
+    sizes: Sizes = field(default_factory=Sizes)
     next_sample: int = 0
     killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill
     broker_back_at: float | None = None
+    _examples: dict[str, bytes] | None = None
 
     def segment(
         self, n: int, actions: dict[int, Callable[[], None]] | None = None, rate: float = RATE
@@ -102,15 +136,45 @@ class Harness:
 
     def health(self) -> dict[str, Any]:
         """What no hostile input may change: processes that died by themselves, reasons
-        counted per service (at most 64 keys), the largest resident memory of a service."""
-        deaths = [r for r in self.roles if r not in self.driver.dead and not self.fleet.alive(r)]
-        keys = [len(s.rejected) for s in self.driver.status.values()]
-        rss = [self.fleet.rss_mb(r) for r in self.roles if r not in self.driver.dead]
+        counted per service (at most 64 keys, from a status sent after this call), the
+        largest resident memory of a service, all of it and its own (`Memory`)."""
+        live = [r for r in self.roles if r not in self.driver.dead]
+        asked = time.time()
+        deadline = time.monotonic() + STATUS_EVERY + 2.0
+        while time.monotonic() < deadline and any(
+            r not in self.driver.status or self.driver.status[r].t < asked for r in live
+        ):
+            self.driver.pump(0.1)
+        deaths = [r for r in live if not self.fleet.alive(r)]
+        keys = [len(self.driver.status[r].rejected) for r in live if r in self.driver.status]
+        memory = [m for r in live if (m := self.fleet.memory_mb(r)) is not None]
         return {
             "service_deaths": len(deaths),
             "reason_keys": max(keys, default=0),
-            "max_rss_mb": max((m for m in rss if m is not None), default=None),
+            "max_rss_mb": max((m.rss for m in memory), default=None),
+            "max_anon_mb": max((m.anon for m in memory), default=None),
         }
+
+    def rss(self) -> dict[Role, float]:
+        """The resident memory of every live service, in MB."""
+        return {r: m.rss for r in self.roles if (m := self.fleet.memory_mb(r)) is not None}
+
+    def examples(self) -> dict[str, bytes]:
+        """One real payload of every topic a service reads, taken from the deployment's
+        own traffic while a few samples stream (what the fuzzers and floods start from)."""
+        if self._examples is None:
+            topics = self.driver.topics
+            observer = MqttClient(self.login(OBSERVER), "ddnn-faults-examples")
+            observer.subscribe(f"{topics.root}/#")
+            observer.connect()
+            try:
+                self.segment(30)
+                self._examples = {}
+                while (item := observer.get(1.0)) is not None:
+                    self._examples[item[0]] = item[1]
+            finally:
+                observer.close()
+        return self._examples
 
     def detected(self, role: Role, since: float) -> float | None:
         """Seconds from `since` until `role` was seen offline (its last will)."""
@@ -301,9 +365,9 @@ def bad_input(h: Harness) -> list[dict[str, Any]]:
 
 
 def replay(h: Harness) -> list[dict[str, Any]]:
-    """8. Samples ticked again after ones 70,000 ids newer: none may be decided twice (a
-    second decision would count as the anomaly `decided_twice`)."""
-    old = h.segment(20)
+    """8. Samples ticked again after ones 70,000 ids newer (`Sizes.replayed` of them): none
+    may be decided twice (a second decision would count as the anomaly `decided_twice`)."""
+    old = h.segment(h.sizes.replayed, rate=None)
     h.next_sample += 70_000
     newer = h.segment(20)
     for k in old:  # decided already: the driver's run would not tick them again
@@ -311,7 +375,10 @@ def replay(h: Harness) -> list[dict[str, Any]]:
     end = time.monotonic() + 2.0  # what the services answer to the replay, if anything
     while time.monotonic() < end:
         h.driver.pump(0.1)
-    return [h.row("before the jump", old), h.row("70,000 ids later", newer, **h.health())]
+    return [
+        h.row("before the jump", old),
+        h.row("70,000 ids later", newer, replayed=len(old), **h.health()),
+    ]
 
 
 def forged_topics(topics: Topics, account: str, accounts: dict[str, Grant]) -> list[str]:
@@ -386,6 +453,151 @@ def forgery(h: Harness) -> list[dict[str, Any]]:
     ]
 
 
+def fuzz(h: Harness) -> list[dict[str, Any]]:
+    """10. Every topic a service reads gets `Sizes.fuzz_per_topic` fuzzed payloads (made
+    from the deployment's own messages: noise, flipped bytes, cut, extended, fields of the
+    wrong type or absurd value) from the account that may write it, while real samples
+    stream. Then, `Sizes.poison_rounds` times: every service killed, garbage retained on
+    every status topic, every service started again; each must come online and decide."""
+    examples = h.examples()
+    topics = read_topics(h.driver.topics, h.roles)
+    accounts = grants(h.reference.cfg.model, h.driver.topics)
+    before = h.rss()
+    rng = random.Random(0)
+    per_account: dict[str, list[str]] = {}
+    for topic in topics:
+        per_account.setdefault(writer_of(accounts, topic), []).append(topic)
+
+    def send(account: str, mine: list[str]) -> int:
+        client = MqttClient(h.login(account), f"ddnn-fuzzer-{account}").connect()
+        try:
+            valid = {t: examples.get(t, forged_payload(t, h.driver.topics)) for t in mine}
+            stream = (
+                (t, fuzzed(valid[t], rng)) for _ in range(h.sizes.fuzz_per_topic) for t in mine
+            )
+            return send_paced(client, stream, batch=200)
+        finally:
+            client.close()
+
+    sent = 0
+    with ThreadPoolExecutor(max_workers=len(per_account)) as pool:
+        jobs = [pool.submit(send, a, mine) for a, mine in per_account.items()]
+        samples = h.segment(20)
+        while not all(j.done() for j in jobs):
+            samples = range(samples.start, h.segment(20).stop)
+        sent = sum(j.result() for j in jobs)
+    growth = {r: round(m - before[r], 1) for r, m in h.rss().items() if r in before}
+    rows = [
+        h.row(
+            f"{h.sizes.fuzz_per_topic} fuzzed payloads on each of {len(topics)} topics",
+            samples,
+            fuzz_sent=sent,
+            rss_growth_mb=max(growth.values(), default=None),
+            **h.health(),
+        )
+    ]
+    poisons = [
+        b"\xc1",
+        msgpack.packb({"v": 1, "kind": [1]}),
+        forged_payload(topics[0], h.driver.topics),
+    ]
+    for round_ in range(h.sizes.poison_rounds):
+        since = time.monotonic()
+        for role in h.roles:
+            h.kill(role)
+        for role in h.roles:  # after its last will, which would overwrite the garbage
+            while h.detected(role, since) is None and time.monotonic() - since < 10:
+                h.driver.pump(0.05)
+        for account, mine in per_account.items():
+            client = MqttClient(h.login(account), f"ddnn-poisoner-{account}").connect()
+            for topic in (t for t in mine if "/status/" in t):
+                client.publish(topic, poisons[round_ % len(poisons)], qos=1, retain=True)
+            client.close()
+        for role in h.roles:
+            h.restart(role)
+        h.driver.wait_online(h.roles)
+    rows.append(
+        h.row(
+            f"garbage retained on every status topic, every service restarted "
+            f"{h.sizes.poison_rounds} times",
+            h.segment(20),
+            **h.health(),
+        )
+    )
+    return rows
+
+
+def flood(h: Harness) -> list[dict[str, Any]]:
+    """11. For `Sizes.flood_seconds`, floods at `Sizes.flood_rate` per second each, from the
+    accounts that may send them: ticks repeating recent samples and stale ones (trigger),
+    scores and feature maps of samples nobody started (devices), offload requests of
+    samples long decided (aggregator); meanwhile `Sizes.flood_samples` real samples stream
+    at an even pace. Each must be decided within its deadlines."""
+    topics = h.driver.topics
+    examples = h.examples()
+    features = [(t, p) for t, p in examples.items() if "/features/device-" in t]
+    devices = _devices(h)
+    recent = list(range(max(0, h.next_sample - 50), h.next_sample))
+    clients: dict[str, MqttClient] = {}
+
+    def client(account: str) -> MqttClient:
+        if account not in clients:
+            clients[account] = MqttClient(h.login(account), f"ddnn-flood-{account}").connect()
+        return clients[account]
+
+    def tick(n: int) -> tuple[str, str, bytes]:
+        t = time.time() - (3600.0 if n % 2 else 0.0)
+        sample = recent[n % len(recent)] if n % 2 == 0 and recent else FORGED + n
+        return TRIGGER, topics.tick, encode(Tick(sample=sample, t=t))
+
+    def scores(n: int) -> tuple[str, str, bytes]:
+        role = devices[n % len(devices)]
+        message = Scores(
+            sample=FORGED + n, source=role, scores=pack_scores(CONFIDENT), t0=time.time()
+        )
+        return role, topics.scores(role), encode(message)
+
+    def feature_map(n: int) -> tuple[str, str, bytes]:
+        topic, payload = features[n % len(features)]
+        fields = msgpack.unpackb(payload)
+        fields["sample"] = FORGED + n
+        return fields["source"], topic, msgpack.packb(fields, use_bin_type=True)
+
+    def offload(n: int) -> tuple[str, str, bytes]:
+        message = Offload(sample=recent[n % len(recent)], sources=list(devices), to="cloud")
+        return AGGREGATOR, topics.offload, encode(message)
+
+    kinds = [Kind("ticks", tick), Kind("scores", scores), Kind("offloads", offload)]
+    if features:
+        kinds.append(Kind("features", feature_map))
+    before = h.rss()
+    deadline = SCORE_DEADLINE + CLOUD_DEADLINE * (2 if h.reference.cfg.model.edge else 1)
+    flooding = Flood(kinds, h.sizes.flood_rate, client).start()
+    try:
+        rate = h.sizes.flood_samples / h.sizes.flood_seconds
+        samples = h.segment(h.sizes.flood_samples, rate=rate)
+    finally:
+        sent = flooding.stop()
+        for c in clients.values():
+            c.close()
+    decided = [d for k in samples if (d := h.driver.decisions.get(k)) is not None]
+    in_time = sum(
+        d.decided and not d.degraded and (d.latency_ms or 0.0) <= 1000.0 * deadline for d in decided
+    )
+    growth = {r: round(m - before[r], 1) for r, m in h.rss().items() if r in before}
+    return [
+        h.row(
+            f"{h.sizes.flood_seconds:g} s of floods at {h.sizes.flood_rate:g}/s each",
+            samples,
+            in_time_pct=round(100.0 * in_time / len(samples), 2),
+            deadline_s=deadline,
+            flood_sent=sent,
+            rss_growth_mb=max(growth.values(), default=None),
+            **h.health(),
+        )
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "device-down": device_down,
     "attrition": attrition,
@@ -396,6 +608,8 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "bad-input": bad_input,
     "replay": replay,
     "forgery": forgery,
+    "fuzz": fuzz,
+    "flood": flood,
 }
 
 
@@ -405,6 +619,7 @@ def run_scenarios(
     log: Callable[[str], None],
     workdir: Path | None = None,
     data: str | None = None,
+    sizes: Sizes | None = None,
 ) -> dict[str, Any]:
     """Run scenarios `names`, in order, on one deployment of `model`, its devices replaying
     the test part of `data` (a SPEC; default: the data the model was trained on), the very
@@ -449,7 +664,15 @@ def run_scenarios(
                 fleet, driver, roles = running.fleet, running.driver, running.roles
                 reference = running.reference
                 log(f"{len(roles)} services online; devices replay {reference.spec} (test)")
-                h = Harness(fleet, driver, reference, roles, prepared.access, restart_broker)
+                h = Harness(
+                    fleet,
+                    driver,
+                    reference,
+                    roles,
+                    prepared.access,
+                    restart_broker,
+                    sizes or Sizes(),
+                )
                 for name in names:
                     log(f"scenario {name}")
                     anomalies, restarts = Counter(driver.anomalies), Counter(fleet.restarts)
@@ -486,6 +709,7 @@ def run_faults(
     baseline: Callable[[], Path],
     log: Callable[[str], None],
     data: str | None = None,
+    sizes: Sizes | None = None,
 ) -> dict[str, Any]:
     """What `ddnn faults` reports: scenarios `names` on one deployment of `model`; "dropout"
     among them sets device-down of `model` beside device-down of `baseline()` (a model trained
@@ -493,7 +717,7 @@ def run_faults(
     wanted = [n for n in names if n != "dropout"]
     if "dropout" in names and "device-down" not in wanted:
         wanted.append("device-down")
-    runs = [run_scenarios(wanted, model, log, data=data)]
+    runs = [run_scenarios(wanted, model, log, data=data, sizes=sizes)]
     results = [r for r in runs[0]["scenarios"] if r["scenario"] in names]
     if "dropout" in names:
         runs.append(run_scenarios(["device-down"], baseline(), log, data=data))

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,6 +32,15 @@ from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, en
 from ddnn.ops.stats import percentiles
 
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
+
+
+class Memory(NamedTuple):
+    """A process's resident memory, MB: all of it, and its own (anonymous: heap and stacks,
+    not the shared libraries mapped from disk, such as PyTorch's ~75 MB, which the kernel
+    can drop and read again and every process of the machine shares)."""
+
+    rss: float
+    anon: float
 
 
 # How a role's process is started: the command line up to the `ddnn` command's arguments.
@@ -92,16 +101,18 @@ class Fleet:
         proc.send_signal(signal.SIGSTOP)
         threading.Timer(seconds, proc.send_signal, args=(signal.SIGCONT,)).start()
 
-    def rss_mb(self, role: Role) -> float | None:
+    def memory_mb(self, role: Role) -> Memory | None:
         """The resident memory of `role`'s process in MB (Linux; None elsewhere or dead)."""
         try:
             status = Path(f"/proc/{self.procs[role].pid}/status").read_text()
         except OSError:
             return None
-        kb = next(
-            (line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")), None
+        kb = dict(
+            line.split()[:2] for line in status.splitlines() if line.startswith(("Vm", "Rss"))
         )
-        return round(int(kb) / 1024, 1) if kb is not None else None
+        if "VmRSS:" not in kb or "RssAnon:" not in kb:
+            return None
+        return Memory(round(int(kb["VmRSS:"]) / 1024, 1), round(int(kb["RssAnon:"]) / 1024, 1))
 
     def alive(self, role: Role) -> bool:
         return self.procs[role].poll() is None
