@@ -361,7 +361,17 @@ def bad_input(h: Harness) -> list[dict[str, Any]]:
     finally:
         for client in rogues.values():
             client.close()
-    return [h.row("rogue messages on every topic", samples, rogue_messages=len(sent), **h.health())]
+    health = h.health()  # from statuses sent after the attack: their refusals count it
+    rejected = {r: dict(s.rejected) for r, s in h.driver.status.items() if s.rejected}
+    return [
+        h.row(
+            "rogue messages on every topic",
+            samples,
+            rogue_messages=len(sent),
+            rejected=rejected,
+            **health,
+        )
+    ]
 
 
 def replay(h: Harness) -> list[dict[str, Any]]:
@@ -676,6 +686,7 @@ def run_scenarios(
                 for name in names:
                     log(f"scenario {name}")
                     anomalies, restarts = Counter(driver.anomalies), Counter(fleet.restarts)
+                    began = time.monotonic()
                     rows = SCENARIOS[name](h)
                     alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
                     for role in sorted(driver.dead):
@@ -689,6 +700,7 @@ def run_scenarios(
                             "alive": alive,
                             "anomalies": dict(driver.anomalies - anomalies),
                             "restarts": dict(fleet.restarts - restarts),
+                            "seconds": round(time.monotonic() - began, 1),
                         }
                     )
         finally:
