@@ -146,7 +146,8 @@ class AggregatorService(Service):
                 self.heard[role.index] = time.monotonic()
             return
         if isinstance(message, Tick):
-            self._open(message.sample, message.t)
+            if self._open(message.sample, message.t) is None:
+                self.counters["late"] += 1  # decided already: a repeat, a replay
             return
         if not isinstance(message, Scores):
             raise Rejected("a message of a kind this service does not take", message.kind)

@@ -234,6 +234,6 @@ def test_faults_replay_the_data_asked_for_and_check_against_the_same(tmp_path):
     save_mvmc(trained_on, *make_mvmc_arrays(200, seed=2))
     save_mvmc(other, *make_mvmc_arrays(100, seed=3))
     model = tiny_model(tmp_path, "m", "0.5", "--data", f"mvmc:{trained_on}")
-    (result,) = faults(model, "bad-input", data=f"mvmc:{other}")["results"]
+    (result,) = faults(model, "straggler", data=f"mvmc:{other}")["results"]
     assert result["data"] == f"mvmc:{other}"
     assert_sound(result)  # every compared live decision equals the offline one on b.npz

@@ -39,7 +39,7 @@ log = logging.getLogger("ddnn")
 LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
 MAX_REASONS = 64  # refusal reasons counted by name; any further one counts as "other"
 INTERNAL_ERROR = "a message the service failed on (a bug: see the log)"
-STATUS_EVERY = 5.0  # seconds between status messages with the counters
+STATUS_EVERY = 2.0  # seconds between status messages with the counters (and liveness)
 MAX_UNSENT = 10_000  # messages kept to publish again after the transport dropped them
 # A sample captured (ticked) further than this from now, by the wall clock, is refused:
 # clocks in sync within this many seconds, as NTP keeps them, and a replayed stale tick or
