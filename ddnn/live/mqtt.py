@@ -12,13 +12,13 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
 - TCP_NODELAY is set on the socket (Nagle adds ~40 ms to small messages), the keepalive is
   short (5 s) so that a dead device's last will fires within seconds, and the queue of
   outgoing QoS 1 messages kept while disconnected is bounded.
-- The inbox is bounded too (`MAX_INBOX`), with back-pressure: a QoS 1 message is
-  acknowledged only once the caller has processed it (paho's manual acks; "processed" is
-  "asked for the next one"), and over MQTT 5 the client tells the broker to have at most
-  `MAX_INBOX` unacknowledged ones in flight to it (Receive Maximum), so a flood waits in the
-  broker's bounded queue for this client instead of in this process. What still finds the
-  inbox full (QoS 0, or a 3.1.1 broker, which has no such limit) is dropped and counted in
-  `dropped`.
+- The inbox is bounded too (`MAX_INBOX`), with back-pressure over MQTT 5: a QoS 1 message
+  is acknowledged only once the caller has processed it (paho's manual acks; "processed" is
+  "asked for the next one"), and the client tells the broker to have at most `MAX_INBOX`
+  unacknowledged ones in flight to it (Receive Maximum), so a flood waits in the broker's
+  bounded queue for this client instead of in this process. What still finds the inbox full
+  (QoS 0, or any message from a 3.1.1 broker, which has no such limit and whose messages are
+  acknowledged on arrival) is dropped and counted in `dropped`.
 - Over MQTT 5 the session outlives a lost connection by `SESSION_EXPIRY` seconds: the
   broker keeps the QoS 1 messages for this client while it reconnects and sends them after,
   with the ones it sent but never saw acknowledged (a duplicate, which receivers drop).
@@ -246,7 +246,10 @@ class MqttClient:
             client_id=client_id,
             protocol=_PAHO_PROTOCOLS[self.protocol],
             reconnect_on_failure=True,
-            manual_ack=True,
+            # Acknowledged once processed over MQTT 5 only: a 3.1.1 session here is clean and
+            # has no flow control, so nothing would send the message again, and amqtt drops
+            # a QoS 1 message still unacknowledged when its publisher disconnects.
+            manual_ack=self.protocol == "5",
         )
         client.suppress_exceptions = True
         client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
