@@ -298,7 +298,8 @@ def faults(
         typer.Option(
             "--quick",
             help="send less in the hostile scenarios (fuzz: 150 payloads per topic instead "
-            "of 10,000; flood: 8 s instead of 60; replay: 100 samples instead of 1,000)",
+            "of 10,000, one round of retained garbage instead of 3; flood: 8 s at 100/s "
+            "instead of 60 s at 250/s; replay: 100 samples instead of 1,000)",
         ),
     ] = False,
     model_path: Annotated[

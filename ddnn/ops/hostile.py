@@ -92,14 +92,19 @@ def read_topics(topics: Topics, roles: list[Role]) -> list[str]:
     return out
 
 
-def send_paced(client: MqttClient, messages: Iterator[tuple[str, bytes]], batch: int) -> int:
-    """Publish `messages` at QoS 1 in batches of `batch`, each acknowledged by the broker
-    before the next (so the client's queue never overflows); returns how many were sent."""
+def send_paced(
+    client: MqttClient, messages: Iterator[tuple[str, bytes]], rate: float, batch: int = 100
+) -> int:
+    """Publish `messages` at QoS 1, at most `rate` per second, in batches of `batch` each
+    acknowledged by the broker before the next (so the client's queue never overflows);
+    returns how many were sent."""
     sent = 0
+    start = time.monotonic()
     for topic, payload in messages:
         sent += client.publish(topic, payload, qos=1)
         if sent % batch == 0:
             client.wait_published(10.0)
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
     client.wait_published(10.0)
     return sent
 
