@@ -7,8 +7,6 @@ The file records a format name and version; anything else is refused with a clea
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,8 @@ def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
         raise ModelFileError(f"model file {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - a corrupt file makes the unpickler raise anything
+        # (UnpicklingError, BadZipFile, RuntimeError, EOFError, UnicodeDecodeError, ...)
         raise ModelFileError(
             f"{path} is not a readable DDNN model file: {_first_line(e)}"
         ) from None
