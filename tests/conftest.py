@@ -19,6 +19,16 @@ def mvmc_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def on_mvmc_file(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny local + cloud model trained on an MVMC-format file (200 samples), and the
+    file: the live and fault tests check that devices replay it, not the default set."""
+    folder = tmp_path_factory.mktemp("on_mvmc")
+    data = folder / "cams.npz"
+    save_mvmc(data, *make_mvmc_arrays(200, seed=1))
+    return tiny_model(folder, "m", "0.5", "--data", f"mvmc:{data}"), data
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Path:
     """The local + cloud model the live and fault tests share."""
     return tiny_model(tmp_path_factory.mktemp("tiny"), "c", "0.5")

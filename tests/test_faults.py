@@ -227,13 +227,12 @@ def test_the_hostile_scenarios_at_full_size(tiny):
     assert_unharmed(after)
 
 
-def test_faults_replay_the_data_asked_for_and_check_against_the_same(tmp_path):
+def test_faults_replay_the_data_asked_for_and_check_against_the_same(tmp_path, on_mvmc_file):
     """A model trained on one MVMC-format file, faults run with `--data` another: the
     devices replay that file's test part, and the offline reference decides the same."""
-    trained_on, other = tmp_path / "a.npz", tmp_path / "b.npz"
-    save_mvmc(trained_on, *make_mvmc_arrays(200, seed=2))
+    model, _ = on_mvmc_file
+    other = tmp_path / "b.npz"
     save_mvmc(other, *make_mvmc_arrays(100, seed=3))
-    model = tiny_model(tmp_path, "m", "0.5", "--data", f"mvmc:{trained_on}")
     (result,) = faults(model, "straggler", data=f"mvmc:{other}")["results"]
     assert result["data"] == f"mvmc:{other}"
     assert_sound(result)  # every compared live decision equals the offline one on b.npz

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddnn.data import save_mvmc
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
-from tests.helpers import ddnn, ddnn_json, make_mvmc_arrays, tiny_model
+from tests.helpers import ddnn, ddnn_json
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -69,12 +68,12 @@ def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path, tin
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
 
 
-def test_live_decisions_of_a_model_trained_on_an_mvmc_file_equal_offline_evaluation(tmp_path):
+def test_live_decisions_of_a_model_trained_on_an_mvmc_file_equal_offline_evaluation(
+    tmp_path, on_mvmc_file
+):
     """The devices replay the data the model was trained on, not the default synthetic set:
     live accuracy is that of `ddnn eval` on the same samples."""
-    data = tmp_path / "cams.npz"
-    save_mvmc(data, *make_mvmc_arrays(200, seed=1))
-    model = tiny_model(tmp_path, "m", "0.5", "--data", f"mvmc:{data}")
+    model, _ = on_mvmc_file
     report, live, offline = live_and_offline(tmp_path, model, 40)
     assert len(offline) == 40  # the whole test part of the file, each sample once
     assert_parity(report, live, offline, 40)

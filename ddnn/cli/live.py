@@ -125,6 +125,11 @@ def broker_cmd(
             "clear text. Give it --tls-cert and --tls-key on any network you do not trust."
         )
     broker = start_broker(port=port, host=host, kind=kind, access=access, tls=tls, state=state)
+    if state is not None and broker.kind != "mosquitto":
+        err.print(
+            f"WARNING: the {broker.kind} broker keeps nothing across restarts: --state {state} "
+            "is ignored (install mosquitto)"
+        )
     try:
         info = {
             "url": broker.url,

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
 from types import FrameType
 from typing import Generic, TypeVar
 
@@ -66,10 +65,6 @@ class Recent(Generic[V]):
 
     def __contains__(self, sample: object) -> bool:
         return sample in self._ids
-
-    def __iter__(self) -> Iterator[int]:
-        """The ids, oldest first."""
-        return iter(self._ids)
 
 
 class KeptMaps:
