@@ -43,6 +43,7 @@ from ddnn.live.access import OBSERVER, TRIGGER, Grant, covers, grants, login, wr
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import BrokerSettings, MqttClient
 from ddnn.live.service import STATUS_EVERY
+from ddnn.live.transport import Received
 from ddnn.live.wire import (
     MAX_PAYLOAD,
     Decision,
@@ -173,9 +174,7 @@ class Harness:
             observer.connect()
             try:
                 self.segment(30)
-                self._examples = {}
-                while (item := observer.get(1.0)) is not None:
-                    self._examples[item[0]] = item[1]
+                self._examples = dict(received(observer, topics))
             finally:
                 observer.close()
         return self._examples
@@ -203,6 +202,21 @@ class Harness:
             "reasons": dict(Counter(d.reason for d in got.values() if d.reason)),
             **extra,
         }
+
+
+def received(observer: MqttClient, topics: Topics, timeout: float = 10.0) -> list[Received]:
+    """What `observer` (the observer account, subscribed to the deployment) has received,
+    up to a probe it publishes now on its own topic: the broker sends it after everything
+    published before. (Waiting for quiet would not end: statuses come every 2 s.)"""
+    probe = f"{topics.hello}/{OBSERVER}/{observer.client_id}"
+    observer.publish(probe, b"", qos=1)
+    got: list[Received] = []
+    deadline = time.monotonic() + timeout
+    while (item := observer.get(max(0.0, deadline - time.monotonic()))) is not None:
+        if item[0] == probe:
+            break
+        got.append(item)
+    return got
 
 
 def _devices(h: Harness) -> list[str]:
@@ -449,9 +463,7 @@ def forgery(h: Harness) -> list[dict[str, Any]]:
 
     try:
         samples = h.segment(60, {20: attack})
-        delivered = 0
-        while (item := observer.get(1.0)) is not None:
-            delivered += item[1] in forged
+        delivered = sum(payload in forged for _, payload in received(observer, topics))
     finally:
         observer.close()
     counted = denied if observer.protocol == "5" else None  # 3.1.1 has no PUBACK codes
