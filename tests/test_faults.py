@@ -166,7 +166,7 @@ def test_samples_replayed_after_much_newer_ones_are_not_decided_again(run):
     assert_sound(result)  # no decided_twice among the anomalies
     before, after = result["rows"]
     assert after["first_sample"] - before["first_sample"] >= 70_000
-    assert before["decided"] == after["replayed"] == 100 and after["decided"] == 20
+    assert before["decided"] == after["replayed"] == 50 and after["decided"] == 20
     assert_unharmed(after)
 
 
@@ -174,7 +174,7 @@ def test_fuzzed_payloads_on_every_topic_and_retained_poison_harm_no_service(run)
     result = scenario(run, "fuzz")
     assert_sound(result)
     fuzzed, poisoned = result["rows"]
-    assert fuzzed["fuzz_sent"] == 150 * 23  # every topic a service reads, 6 devices + cloud
+    assert fuzzed["fuzz_sent"] == 100 * 23  # every topic a service reads, 6 devices + cloud
     for row in (fuzzed, poisoned):
         assert row["undecided"] == 0, row
         assert_unharmed(row)
@@ -187,7 +187,7 @@ def test_floods_leave_the_real_samples_decided_in_time(run):
     assert_sound(result)
     [row] = result["rows"]
     assert row["in_time_pct"] >= 99.0, row
-    assert min(row["flood_sent"].values()) > 400  # 8 s at 100 per second each
+    assert min(row["flood_sent"].values()) > 250  # 5 s at 100 per second each
     assert set(row["flood_sent"]) == {"ticks", "scores", "offloads", "features"}
     assert_unharmed(row)
 

@@ -302,9 +302,9 @@ def faults(
         bool,
         typer.Option(
             "--quick",
-            help="send less in the hostile scenarios (fuzz: 150 payloads per topic instead "
-            "of 10,000, one round of retained garbage instead of 3; flood: 8 s at 100/s "
-            "instead of 60 s at 250/s; replay: 100 samples instead of 1,000)",
+            help="send less in the hostile scenarios (fuzz: 100 payloads per topic instead "
+            "of 10,000, one round of retained garbage instead of 3; flood: 5 s at 100/s "
+            "instead of 60 s at 250/s; replay: 50 samples instead of 1,000)",
         ),
     ] = False,
     model_path: Annotated[

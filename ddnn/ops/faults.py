@@ -86,12 +86,12 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
-            fuzz_per_topic=150,
+            fuzz_per_topic=100,
             poison_rounds=1,
-            flood_seconds=8.0,
-            flood_samples=60,
+            flood_seconds=5.0,
+            flood_samples=40,
             flood_rate=100.0,
-            replayed=100,
+            replayed=50,
         )
 
 
