@@ -164,6 +164,11 @@ class Harness:
         """The resident memory of every live service, in MB."""
         return {r: m.rss for r in self.roles if (m := self.fleet.memory_mb(r)) is not None}
 
+    def growth(self, before: dict[Role, float]) -> float | None:
+        """The largest growth of a service's resident memory since `before` (`rss()`), MB."""
+        now = self.rss()
+        return max((round(now[r] - mb, 1) for r, mb in before.items() if r in now), default=None)
+
     def examples(self) -> dict[str, bytes]:
         """One real payload of every topic a service reads, taken from the deployment's
         own traffic while a few samples stream (what the fuzzers and floods start from)."""
@@ -512,13 +517,12 @@ def fuzz(h: Harness) -> list[dict[str, Any]]:
         while not all(j.done() for j in jobs):
             samples = range(samples.start, h.segment(20).stop)
         sent = sum(j.result() for j in jobs)
-    growth = {r: round(m - before[r], 1) for r, m in h.rss().items() if r in before}
     rows = [
         h.row(
             f"{h.sizes.fuzz_per_topic} fuzzed payloads on each of {len(topics)} topics",
             samples,
             fuzz_sent=sent,
-            rss_growth_mb=max(growth.values(), default=None),
+            rss_growth_mb=h.growth(before),
             **h.health(),
         )
     ]
@@ -613,7 +617,6 @@ def flood(h: Harness) -> list[dict[str, Any]]:
     in_time = sum(
         d.decided and not d.degraded and (d.latency_ms or 0.0) <= 1000.0 * deadline for d in decided
     )
-    growth = {r: round(m - before[r], 1) for r, m in h.rss().items() if r in before}
     return [
         h.row(
             f"{h.sizes.flood_seconds:g} s of floods at {h.sizes.flood_rate:g}/s each",
@@ -621,7 +624,7 @@ def flood(h: Harness) -> list[dict[str, Any]]:
             in_time_pct=round(100.0 * in_time / len(samples), 2),
             deadline_s=deadline,
             flood_sent=sent,
-            rss_growth_mb=max(growth.values(), default=None),
+            rss_growth_mb=h.growth(before),
             **h.health(),
         )
     ]
