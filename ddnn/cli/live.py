@@ -216,6 +216,75 @@ def bench_device(
     show(result, as_json, [Rows(title, rows), summary])
 
 
+@bench_app.command("live")
+def bench_live(
+    model_path: Annotated[
+        Path | None, typer.Option("--model", help="a model file (default: the demo model)")
+    ] = None,
+    data: LiveData = None,
+    samples: Annotated[
+        int, typer.Option(min=10, help="samples of the flat-out runs (pattern and live)")
+    ] = 1000,
+    window: Annotated[int, typer.Option(min=1, help="samples in flight when flat out")] = 16,
+    fps: Annotated[
+        float, typer.Option(min=0.1, max=1000, help="samples per second of the paced run")
+    ] = 30.0,
+    seconds: Annotated[float, typer.Option(min=0.5, help="length of the paced run")] = 10.0,
+    kind: BrokerKindOption = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """The live system against the ceiling of its own message pattern, in one run on one
+    broker: the bare pattern (same roles, topics and message sizes, no model, QoS 0) flat
+    out; the live system paced like cameras (`--fps`), with decision latency per exit tier
+    from capture to decision; the live system flat out, with CPU seconds per sample of each
+    service; messages per sample; and every live decision checked against the offline one."""
+    from ddnn.ops.live_bench import bench_live as run_bench
+
+    r = run_bench(
+        model_path,
+        samples,
+        window,
+        fps,
+        seconds,
+        kind,
+        data_dir() / "demo",
+        lambda text: err.print(text),
+        data,
+    )
+    ceiling, flat, paced, parity = r["ceiling"], r["flat_out"], r["paced"], r["parity"]
+    rates = [
+        {
+            "run": "bare pattern (ceiling)",
+            "samples/s": ceiling["samples_per_second"],
+            "messages/sample": ceiling["messages_per_sample"],
+        },
+        {
+            "run": "live, flat out",
+            "samples/s": flat["samples_per_second"],
+            "messages/sample": r["messages_per_sample"],
+        },
+    ]
+    cpu = [
+        {"service": name, "CPU ms/sample": round(1000 * s, 3)}
+        for name, s in flat["cpu_seconds_per_sample"].items()
+    ]
+    latency = [{"tier": t, **v} for t, v in paced["latency_ms"].items()]
+    show(
+        r,
+        as_json,
+        [
+            Rows(f"{r['broker']['kind']} broker, {r['window']} samples in flight", rates),
+            f"live flat out is {flat['of_ceiling']} of the ceiling measured in this run",
+            Rows(f"paced at {paced['fps']:g} samples/s: latency ms, capture to decision", latency),
+            Rows("exit fraction % (paced)", [paced["exit_fraction"]]),
+            Rows("CPU per sample, flat out", cpu),
+            f"parity: {parity['mismatches']} of {parity['compared']} live decisions differ "
+            f"from offline; {parity['decided_twice']} decided twice; "
+            f"{parity['undecided']} undecided; {parity['missing']} missing",
+        ],
+    )
+
+
 @app.command()
 def demo(
     samples: Annotated[int, typer.Option(min=1, help="samples to decide")] = 500,

@@ -130,6 +130,11 @@ class RunningBroker:
         return login(settings, self.access, account)
 
     @property
+    def pid(self) -> int | None:
+        """The broker's own process (None: it runs inside this one)."""
+        return None
+
+    @property
     def running(self) -> bool:
         """False once stopped, or when the broker died by itself."""
         return not self._stopped and self._alive()
@@ -243,6 +248,10 @@ class _Mosquitto(RunningBroker):
                 return None
             time.sleep(0.05)
         return f"mosquitto did not accept connections on {self.url} within {timeout:g} s"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def _alive(self) -> bool:
         return self._process.poll() is None

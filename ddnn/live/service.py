@@ -167,6 +167,8 @@ class Service:
         full) is counted, and with `retry` kept (at most `MAX_UNSENT`) and sent again by
         `resend`, in order, once the transport takes messages again."""
         payload = encode(message)
+        if not retain:  # a sample's messages; not the statuses, which come with time
+            self.counters[f"sent_{message.kind}"] += 1
         if self.unsent and retry:
             self._keep(topic, payload, qos, retain)  # behind those still waiting: in order
         elif not self.client.publish(topic, payload, qos=qos, retain=retain):

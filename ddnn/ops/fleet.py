@@ -34,6 +34,17 @@ from ddnn.ops.stats import percentiles
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds process `pid` has used so far (Linux; None elsewhere or
+    once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Memory(NamedTuple):
     """A process's resident memory, MB: all of it, and its own (anonymous: heap and stacks,
     not the shared libraries mapped from disk, such as PyTorch's ~75 MB, which the kernel
@@ -161,6 +172,7 @@ class Driver:
         self.status: dict[Role, Status] = {}
         self.events: list[tuple[float, Role, str]] = []  # (monotonic, role, state)
         self.anomalies: Counter[str] = Counter()
+        self.ticks = 0  # tick messages published, repeats included
         self.dead: set[Role] = set()  # roles killed on purpose, not to be reported as crashed
 
     def close(self) -> None:
@@ -202,6 +214,7 @@ class Driver:
 
     def tick(self, sample: int) -> None:
         self.client.publish(self.topics.tick, encode(Tick(sample=sample, t=time.time())), qos=1)
+        self.ticks += 1
         self.ticked_at[sample] = time.monotonic()
 
     def run(
@@ -236,7 +249,8 @@ class Driver:
                     self.anomalies["retick"] += 1
                     self.tick(k)
             count = len(self.decisions)
-            self.pump(0.02 if todo else 0.2)
+            # wait for a message, but not past the next tick when paced
+            self.pump(max(0.0, min(0.02, next_at - now)) if todo else 0.2)
             if len(self.decisions) != count:
                 last = time.monotonic()
             elif time.monotonic() - last > stall:

@@ -1,0 +1,195 @@
+"""`ddnn bench live`: the live system against the ceiling of its own message pattern.
+
+One run, one broker (mosquitto when installed, else the embedded one, or as chosen), one
+export of the model, in this order:
+
+1. the bare message pattern of the deployment's shape (ddnn/ops/pattern.py): the same
+   roles, accounts, topics, message sizes and escalations, no model, QoS 0: the ceiling;
+2. the live system (one process per role, as `ddnn demo` runs it) paced like cameras:
+   `fps` samples per second for `seconds`, ticked on the wall clock; decision latency per
+   exit tier, from the tick (the capture) to the aggregator's decision;
+3. the live system flat out: `samples` samples with at most `window` in flight, timed, with
+   each service's CPU seconds per sample.
+
+Figures from one run compare; figures from two runs (two machines, or two loads of one)
+do not. Every live decision is also checked against the offline evaluation of the same
+samples (`mismatches`) and for exactly once (`decided_twice`): a faster system that decides
+differently is not faster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddnn.core.config import DDNNConfig
+from ddnn.core.roles import CLOUD, Role, deployment_roles, tier_inputs
+from ddnn.live.access import TRIGGER, login
+from ddnn.live.broker import start_broker
+from ddnn.live.wire import Decision, Features, Offload, Scores, Tick, Topics, encode
+from ddnn.nn.checkpoint import load_model
+from ddnn.nn.model import DDNN
+from ddnn.ops.demo import demo_model
+from ddnn.ops.deploy import Prepared, deployment, prepare
+from ddnn.ops.fleet import cpu_seconds, summarize
+from ddnn.ops.pattern import Shape, run_pattern
+
+WARMUP = 30  # samples decided before anything is timed (first frames, first connections)
+
+
+def pattern_shape(net: DDNN, cfg: DDNNConfig, prepared: Prepared) -> Shape:
+    """The message pattern of `prepared`'s deployment: its roles, where the offline model
+    exits on each row of the replayed data with every device present, and the size of each
+    kind of live message (encoded as the services encode them)."""
+    model = cfg.model
+    roles = deployment_roles(model)
+    devices = [r for r in roles if r.tier == "device"]
+    edges = {r: tier_inputs(model, r) for r in roles if r.tier == "edge"}
+    _, exit_names = prepared.reference.decide(tuple(range(model.n_devices)))
+    exits = list(net.exits)
+    n_classes = len(model.classes)
+    k, t = 10**6, time.time()  # a sample id and a time of the size the live ones have
+    scores = Scores(sample=k, source=devices[0], scores=bytes(4 * n_classes), t0=t)
+    fmt = model.device_feature_format
+    features = Features.of(k, devices[0], np.ones(net.device_feature_shape, np.float32), fmt)
+    return Shape(
+        topics=Topics(prepared.name, prepared.manifest.model_version),
+        devices=devices,
+        edges=edges,
+        cloud_inputs=tier_inputs(model, CLOUD) if model.cloud is not None else [],
+        exits=exits,
+        exit_of=[exits.index(name) for name in exit_names],
+        bytes={
+            "tick": len(encode(Tick(sample=k, t=t))),
+            "scores": len(encode(scores)),
+            "offload": len(encode(Offload(sample=k, sources=devices, to="cloud"))),
+            "features": len(encode(features)),
+            "decision": _decision_bytes(k, t, devices),
+        },
+    )
+
+
+def _decision_bytes(k: int, t: float, devices: list[Role]) -> int:
+    decision = Decision(
+        sample=k,
+        decided=True,
+        class_index=0,
+        class_name="person",
+        exit="local",
+        entropy=0.5,
+        devices=list(range(len(devices))),
+        bytes={"device_scores": 100},
+        latency_ms=t % 100,
+    )
+    return len(encode(decision))
+
+
+def bench_live(
+    model: Path | None,
+    samples: int,
+    window: int,
+    fps: float,
+    seconds: float,
+    kind: str,
+    cache: Path,
+    log: Callable[[str], None],
+    data: str | None = None,
+) -> dict[str, Any]:
+    """One run of the three measurements of the module doc; the figures as a document."""
+    path = model if model is not None else demo_model(False, cache, log)
+    net, cfg, meta = load_model(path)
+    with tempfile.TemporaryDirectory(prefix="ddnn-bench-live-") as tmp:
+        name = f"bench-{os.getpid()}"
+        prepared = prepare(net, cfg, meta, Path(tmp), name, data)
+        shape = pattern_shape(net, cfg, prepared)
+        with start_broker(kind=kind, access=prepared.access) as broker:
+            settings = broker.settings()
+            accounts = {
+                a: login(settings, prepared.access, a)
+                for a in [*deployment_roles(cfg.model), TRIGGER]
+            }
+            log(f"bare message pattern: {samples} samples, {window} in flight, {broker.kind}")
+            ceiling = run_pattern(shape, accounts, samples, window).figures()
+            with deployment(prepared, settings, Path(tmp), drain=1.0) as running:
+                driver, fleet = running.driver, running.fleet
+                log(f"live system: {len(running.roles)} services online; warming up")
+                driver.run(range(WARMUP), window=window)
+                paced_ids = range(WARMUP, WARMUP + max(1, round(fps * seconds)))
+                log(f"paced: {len(paced_ids)} samples at {fps:g} per second")
+                driver.run(paced_ids, rate=fps, window=max(window, int(fps * 10)))
+                flat_ids = range(paced_ids.stop, paced_ids.stop + samples)
+                log(f"flat out: {samples} samples, {window} in flight")
+                # CPU seconds of each service process, and of the broker's when it has one
+                pids = {str(role): fleet.procs[role].pid for role in running.roles}
+                if broker.pid is not None:
+                    pids["broker"] = broker.pid
+                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                start = time.monotonic()
+                driver.run(flat_ids, window=window)
+                ended = max((driver.decided_at.get(k, start) for k in flat_ids), default=start)
+                after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            kind_used = broker.kind
+    decisions = driver.decisions
+    sent = sum(
+        n
+        for status in driver.status.values()
+        for counter, n in status.counters.items()
+        if counter.startswith("sent_")
+    )
+    ticked = flat_ids.stop
+    paced = summarize(
+        {k: decisions[k] for k in paced_ids if k in decisions},
+        running.reference.labels,
+        len(paced_ids),
+        paced_ids.stop / fps,
+    )
+    flat = summarize(
+        {k: decisions[k] for k in flat_ids if k in decisions},
+        running.reference.labels,
+        samples,
+        ended - start,
+    )
+    flat_rate = flat["decided"] / (ended - start) if ended > start else None
+    parity = running.reference.compare(decisions.values())
+    return {
+        "model": str(path),
+        "data": running.reference.spec,
+        "broker": {"kind": kind_used, "url": settings.url, "protocol": settings.protocol},
+        "window": window,
+        "ceiling": ceiling,
+        "flat_out": {
+            "samples": samples,
+            "decided": flat["decided"],
+            "seconds": round(ended - start, 3),
+            "samples_per_second": round(flat_rate, 1) if flat_rate else None,
+            "of_ceiling": round(flat_rate / ceiling["samples_per_second"], 3)
+            if flat_rate and ceiling["samples_per_second"]
+            else None,
+            "cpu_seconds_per_sample": {
+                name: round((after[name] - was) / max(1, flat["decided"]), 6)
+                for name, was in before.items()
+                if was is not None and after[name] is not None
+            },
+        },
+        "paced": {
+            "fps": fps,
+            "samples": len(paced_ids),
+            "decided": paced["decided"],
+            "exit_fraction": paced["exit_fraction"],
+            "latency_ms": paced["latency_ms"],
+        },
+        "messages_per_sample": round((sent + driver.ticks) / max(1, ticked), 2),
+        "accuracy": summarize(decisions, running.reference.labels, ticked, 1.0)["accuracy"],
+        "parity": {
+            **parity,
+            "decided_twice": driver.anomalies.get("decided_twice", 0),
+            "undecided": sum(not d.decided for d in decisions.values()),
+            "missing": ticked - len(decisions),
+        },
+    }
