@@ -3,9 +3,17 @@
 Why a wrapper: paho's defaults are wrong for this system in ways that only show under load or
 faults (see `shared/notes/mqtt.md`). This module fixes them once:
 
-- The network loop runs in paho's own thread (`loop_start`) and reconnects by itself
-  (`connect_async`, 0.1 to 2 s back-off), so a service started before its broker, or one whose
-  broker restarts, carries on. Every subscription is made again on each (re)connect.
+- The client reconnects by itself (0.1 to 2 s back-off), so a service started before its
+  broker, or one whose broker restarts, carries on. Every subscription is made again on each
+  (re)connect.
+- Two ways to run the network: in paho's own thread (`loop_start`, the default: publish and
+  subscribe from any thread), or `threaded=False`, in the thread of the one caller that
+  owns the client, inside `get()` (and every other call that waits). The services run that
+  way: a publish is written to the socket at once, where a threaded client wakes its network
+  thread for every outgoing packet (an acknowledgement included) and the caller for every
+  incoming one, two thread switches per message that cost more than the message on a
+  loaded machine; and a service whose loop hangs stops answering the broker's keepalive, so
+  its last will says it is gone, as it should.
 - Callbacks do no work: an incoming message is put on a `queue.Queue` as `(topic, payload)`
   and the caller's main loop drains it with `get(timeout)`. An exception in a callback cannot
   kill the network thread (`suppress_exceptions`).
@@ -71,6 +79,7 @@ _PAHO_PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 MAX_QUEUED = 10_000  # outgoing QoS 1 messages kept while disconnected; more are dropped
 MAX_INBOX = 1000  # incoming messages waiting for the caller; QoS 1 ones in flight to us
 SESSION_EXPIRY = 60  # seconds an MQTT 5 broker keeps our session after a lost connection
+RECONNECT_DELAY = (0.1, 2.0)  # seconds: the first retry, and the most the back-off grows to
 
 
 class BrokerAddress(NamedTuple):
@@ -205,6 +214,10 @@ class MqttClient:
     none of this client's filters matches is dropped and counted in `unsolicited` (amqtt 0.12
     sends such messages). One thread reads (`get`): taking a message acknowledges the one it
     took before.
+
+    `threaded=False`: the network runs in the caller's thread, in `get()` and the other calls
+    that wait (module doc); then one thread only may use the client, and it must call `get()`
+    at least every `keepalive` seconds.
     """
 
     def __init__(
@@ -213,8 +226,12 @@ class MqttClient:
         client_id: str,
         *,
         will: Will | None = None,
+        threaded: bool = True,
     ) -> None:
         self.settings = as_settings(settings)
+        self.threaded = threaded
+        self._retry_at = 0.0  # unthreaded: when to try connecting next (monotonic)
+        self._delay = RECONNECT_DELAY[0]
         self.client_id = client_id
         self.protocol: Protocol = self.settings.protocol
         self._address = self.settings.address
@@ -252,7 +269,7 @@ class MqttClient:
             manual_ack=self.protocol == "5",
         )
         client.suppress_exceptions = True
-        client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
+        client.reconnect_delay_set(*RECONNECT_DELAY)  # type: ignore[arg-type]
         client.max_queued_messages_set(MAX_QUEUED)
         if self.settings.username is not None:
             client.username_pw_set(self.settings.username, self.settings.password)
@@ -323,6 +340,7 @@ class MqttClient:
                 self._subscribed(client.subscribe(filters), [f for f, _ in filters])
             self.last_error = None
             self.connections += 1
+            self._delay = RECONNECT_DELAY[0]
             self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -414,8 +432,35 @@ class MqttClient:
                 clean_start=self.protocol != "5",
                 properties=properties,
             )
-            self._client.loop_start()
+            if self.threaded:
+                self._client.loop_start()
         return self
+
+    def _pump(self, timeout: float) -> None:
+        """Unthreaded: do the network's work (connect, read, write, keepalive) in this
+        thread for up to `timeout` seconds, returning early once something was read."""
+        client = self._client
+        if client.socket() is None:  # not connected: try again once the back-off allows
+            now = time.monotonic()
+            if self._closed or now < self._retry_at:
+                time.sleep(max(0.0, min(timeout, self._retry_at - now)))
+                return
+            self._retry_at = now + self._delay
+            self._delay = min(2 * self._delay, RECONNECT_DELAY[1])
+            try:
+                client.reconnect()
+            except OSError as e:
+                self.last_error = f"connecting failed: {e.strerror or e}"
+                return
+        if client.loop(timeout) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._retry_at = time.monotonic() + self._delay  # lost: back off before retrying
+
+    def _idle(self, seconds: float) -> None:
+        """Wait `seconds`, keeping the network going when it runs in this thread."""
+        if self.threaded:
+            time.sleep(seconds)
+        else:
+            self._pump(seconds)
 
     def connect(self, timeout: float = 10.0) -> MqttClient:
         """Start and wait until connected; on timeout close and raise a `DDNNError` that
@@ -452,7 +497,7 @@ class MqttClient:
         connecting, and raise if it refused one: a service that cannot hear its inputs must
         not say it is online."""
         while self._subscribing and time.monotonic() < deadline:
-            time.sleep(0.005)
+            self._idle(0.005)
         if self.refused_filters:
             topic_filter, reason = next(iter(self.refused_filters.items()))
             self.close()
@@ -463,7 +508,12 @@ class MqttClient:
             )
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        if self.threaded:
+            return self._connected.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self._connected.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._pump(left)
+        return self._connected.is_set()
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected, and again after every reconnect."""
@@ -499,7 +549,7 @@ class MqttClient:
         while not self._all_acknowledged():
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.002)
+            self._idle(0.002)
         return True
 
     def _all_acknowledged(self) -> bool:
@@ -513,7 +563,15 @@ class MqttClient:
         None when nothing came. The message taken before is acknowledged first: the caller
         has processed it."""
         self._ack_taken()
-        item = take(self._inbox, timeout)
+        if self.threaded:
+            item = take(self._inbox, timeout)
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while (item := take(self._inbox, 0)) is None:
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._pump(min(left, 1.0))
         if item is None:
             return None
         topic, payload, mid, qos, connection = item
@@ -553,13 +611,14 @@ class MqttClient:
             while self._connected.is_set() and time.monotonic() < deadline:
                 if self._all_acknowledged():
                     break
-                time.sleep(0.005)
+                self._idle(0.005)
             self._client.disconnect(properties=self._session_end())
             while self._connected.is_set() and time.monotonic() < deadline:
-                time.sleep(0.005)
+                self._idle(0.005)
         else:
             self._client.disconnect()
-        self._client.loop_stop()
+        if self.threaded:
+            self._client.loop_stop()
 
     def _session_end(self) -> Properties | None:
         """DISCONNECT properties that end the session with the connection: a client that
@@ -584,7 +643,7 @@ class MqttClient:
         while mid not in self._unsubscribe_acks and time.monotonic() < deadline:
             if not self._connected.is_set():
                 return
-            time.sleep(0.002)
+            self._idle(0.002)
 
 
 def _diagnose(settings: BrokerSettings) -> str:

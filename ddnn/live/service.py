@@ -115,7 +115,8 @@ Broker = BrokerSettings | MemoryBus  # a real broker, or the in-process one of f
 def open_transport(broker: Broker, client_id: str, will: Will) -> Transport:
     if isinstance(broker, MemoryBus):
         return broker.client(client_id, will=will)
-    return MqttClient(broker, client_id, will=will)
+    # the network in the service's own loop (ddnn/live/mqtt.py says why)
+    return MqttClient(broker, client_id, will=will, threaded=False)
 
 
 class Service:

@@ -64,7 +64,10 @@ def _serve(
     role: Role, settings: BrokerSettings, shape: Shape, ready: Any, stop: Event, sent: Any
 ) -> None:
     """One pattern process: serve `role` until `stop`, then report how many it sent."""
-    client = MqttClient(settings, f"ddnn-pattern-{role}-{mp.current_process().pid}")
+    # unthreaded, as the services' clients are (ddnn/live/service.py)
+    client = MqttClient(
+        settings, f"ddnn-pattern-{role}-{mp.current_process().pid}", threaded=False
+    )
     t = shape.topics
     if role.tier == "device":
         inputs = [t.tick, t.offload]

@@ -12,6 +12,7 @@ imported, else NumPy. `ddnn bench device` measures both against torch.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from types import ModuleType
 
@@ -171,24 +172,30 @@ def _numba_runner(model: PackedModel, k: ModuleType) -> Runner:
     steps = []  # bound once: contiguous arrays of the dtypes the kernels are compiled for
     for conv in model.convs:
         shape = (conv.filters, *conv.out_size)
-        arrays = (
-            np.ascontiguousarray(conv.weights, np.uint64),
-            np.ascontiguousarray(conv.direction, np.int8),
-            np.ascontiguousarray(conv.threshold),
-        )
+        weights = np.ascontiguousarray(conv.weights, np.uint64)
+        ends = (np.ascontiguousarray(conv.direction, np.int8), np.ascontiguousarray(conv.threshold))
         if conv.real_input:
             pattern, gsign = first_layer_patterns(conv)
-            steps.append((True, (arrays[0], pattern, gsign, *arrays[1:]), shape, None))
+            steps.append((True, (weights, pattern, gsign, *ends), shape, None))
         else:
             shape_in = np.array([conv.in_channels, *conv.in_size], np.int64)
+            masks, n_valid = _valid_mask(conv)
+            arrays = (weights, np.ascontiguousarray(masks, np.uint64), n_valid, *ends)
             steps.append((False, arrays, shape, shape_in))
+    # Scratch reused from frame to frame: each layer's bits (the kernels clear them) and the
+    # activations of every layer but the last, which is returned (a device keeps it).
+    scratch = [
+        (np.empty(shape, np.float32), np.zeros(words_for(math.prod(shape)), np.uint64))
+        for _, _, shape, _ in steps
+    ]
     head_w = np.ascontiguousarray(head.weights, np.uint64)
     alpha = np.ascontiguousarray(head.alpha, np.float32)
     beta = np.ascontiguousarray(head.beta, np.float32)
     fma, n_in, n_classes = head.mode == "fma", head.in_features, head.out_features
     overrides = len(head.override_class) > 0
     conv_first, conv_binary, head_scores = k.conv_first, k.conv_binary, k.head_scores
-
+    dots = np.empty(n_classes, np.int64)
+    last = len(steps) - 1
     input_shape = model.input_shape
 
     def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,16 +203,16 @@ def _numba_runner(model: PackedModel, k: ModuleType) -> Runner:
         if a.shape != input_shape:  # the kernels do not check bounds
             raise ValueError(f"the slice takes frames of shape {input_shape}, got {a.shape}")
         bits = None
-        for real, arrays, shape, shape_in in steps:
-            out = np.empty(shape, np.float32)
-            out_bits = np.zeros(words_for(out.size), np.uint64)
+        for i, (real, arrays, shape, shape_in) in enumerate(steps):
+            out, out_bits = scratch[i]
+            if i == last:
+                out = np.empty(shape, np.float32)
             if real:
                 conv_first(a, *arrays, out, out_bits)
             else:
                 conv_binary(bits, shape_in, *arrays, out, out_bits)
             a, bits = out, out_bits
         scores = np.empty(n_classes, np.float32)
-        dots = np.empty(n_classes, np.int64)
         head_scores(bits, n_in, head_w, alpha, beta, fma, scores, dots)
         if overrides:
             scores = head.scores(dots)

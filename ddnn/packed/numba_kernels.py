@@ -65,27 +65,6 @@ def _row_max(pre, f, rowmax):
                 rowmax[oy, x] = max(rowmax[oy, x], pre[f, 2 * oy + 1, x])
 
 
-@njit(cache=True, inline="always")
-def _window_max(rowmax, oy, ox):
-    """The max of rowmax[oy, 2ox-1 .. 2ox+1] over the columns inside the map (the second
-    half of the separable max-pool, after `_row_max`)."""
-    m = max(rowmax[oy, max(2 * ox - 1, 0)], rowmax[oy, 2 * ox])
-    if 2 * ox + 1 < rowmax.shape[1]:
-        m = max(m, rowmax[oy, 2 * ox + 1])
-    return m
-
-
-@njit(cache=True, inline="always")
-def _emit(out, bits, f, oy, ox, on):
-    """One output activation: +-1 into out and its bit (flatten order) into bits, without
-    branches (the signs of real data are not predictable: branches cost more than the
-    arithmetic)."""
-    _, ho, wo = out.shape
-    i = (f * ho + oy) * wo + ox
-    out[f, oy, ox] = np.float32(2 * np.int64(on) - 1)
-    bits[i >> 6] |= np.uint64(on) << np.uint64(i & 63)
-
-
 @njit(cache=True)
 def _exact_window_max(padded, weights, f, oy, ox, h, w):
     """The exact (float64) max of filter f's pre-activations over pooling window (oy, ox)."""
@@ -145,88 +124,134 @@ def conv_first(image, weights, pattern, gsign, direction, threshold, out, bits):
                 d2[x] = (src[x] - src[x + 1]) + src[x + 2]
             for x in range(w):
                 d3[x] = (src[x] - src[x + 1]) - src[x + 2]
+    # A filter's sums over the whole map at once: kernel row ky of output row y is padded
+    # row y + ky, so in the flattened (rows, width) planes it is one contiguous run of
+    # h * w values starting ky rows in; one long loop vectorizes where 32-wide rows did not.
+    n = h * w
+    planes = rows.reshape(c_n * 4, (h + 2) * w)
     pre = np.empty((f_n, h, w), np.float32)
     for f in range(f_n):
-        for y in range(h):
-            acc = pre[f, y]
-            if c_n == 3:  # RGB: all nine rows in one pass
-                r0 = rows[0, pattern[f, 0], y]
-                r1 = rows[0, pattern[f, 1], y + 1]
-                r2 = rows[0, pattern[f, 2], y + 2]
-                r3 = rows[1, pattern[f, 3], y]
-                r4 = rows[1, pattern[f, 4], y + 1]
-                r5 = rows[1, pattern[f, 5], y + 2]
-                r6 = rows[2, pattern[f, 6], y]
-                r7 = rows[2, pattern[f, 7], y + 1]
-                r8 = rows[2, pattern[f, 8], y + 2]
-                # signs in locals: loads from gsign inside the loop could alias acc
-                g0, g1, g2 = gsign[f, 0], gsign[f, 1], gsign[f, 2]
-                g3, g4, g5 = gsign[f, 3], gsign[f, 4], gsign[f, 5]
-                g6, g7, g8 = gsign[f, 6], gsign[f, 7], gsign[f, 8]
-                for x in range(w):
-                    acc[x] = (
-                        g0 * r0[x]
-                        + g1 * r1[x]
-                        + g2 * r2[x]
-                        + g3 * r3[x]
-                        + g4 * r4[x]
-                        + g5 * r5[x]
-                        + g6 * r6[x]
-                        + g7 * r7[x]
-                        + g8 * r8[x]
-                    )
-            else:
-                for x in range(w):
-                    acc[x] = 0.0
-                for c in range(c_n):
-                    j = c * 3
-                    r0 = rows[c, pattern[f, j], y]
-                    r1 = rows[c, pattern[f, j + 1], y + 1]
-                    r2 = rows[c, pattern[f, j + 2], y + 2]
-                    g0 = gsign[f, j]
-                    g1 = gsign[f, j + 1]
-                    g2 = gsign[f, j + 2]
-                    for x in range(w):
-                        acc[x] = acc[x] + g0 * r0[x] + g1 * r1[x] + g2 * r2[x]
+        acc = pre[f].reshape(n)
+        if c_n == 3:  # RGB: all nine rows in one pass
+            r0 = planes[pattern[f, 0], 0:n]
+            r1 = planes[pattern[f, 1], w : w + n]
+            r2 = planes[pattern[f, 2], 2 * w : 2 * w + n]
+            r3 = planes[4 + pattern[f, 3], 0:n]
+            r4 = planes[4 + pattern[f, 4], w : w + n]
+            r5 = planes[4 + pattern[f, 5], 2 * w : 2 * w + n]
+            r6 = planes[8 + pattern[f, 6], 0:n]
+            r7 = planes[8 + pattern[f, 7], w : w + n]
+            r8 = planes[8 + pattern[f, 8], 2 * w : 2 * w + n]
+            # signs in locals: loads from gsign inside the loop could alias acc
+            g0, g1, g2 = gsign[f, 0], gsign[f, 1], gsign[f, 2]
+            g3, g4, g5 = gsign[f, 3], gsign[f, 4], gsign[f, 5]
+            g6, g7, g8 = gsign[f, 6], gsign[f, 7], gsign[f, 8]
+            for i in range(n):
+                acc[i] = (
+                    g0 * r0[i]
+                    + g1 * r1[i]
+                    + g2 * r2[i]
+                    + g3 * r3[i]
+                    + g4 * r4[i]
+                    + g5 * r5[i]
+                    + g6 * r6[i]
+                    + g7 * r7[i]
+                    + g8 * r8[i]
+                )
+        else:
+            for i in range(n):
+                acc[i] = 0.0
+            for c in range(c_n):
+                j = c * 3
+                r0 = planes[4 * c + pattern[f, j], 0:n]
+                r1 = planes[4 * c + pattern[f, j + 1], w : w + n]
+                r2 = planes[4 * c + pattern[f, j + 2], 2 * w : 2 * w + n]
+                g0 = gsign[f, j]
+                g1 = gsign[f, j + 1]
+                g2 = gsign[f, j + 2]
+                for i in range(n):
+                    acc[i] = acc[i] + g0 * r0[i] + g1 * r1[i] + g2 * r2[i]
     bound = (64.0 + 12.0 * c_n) * 9.0 * c_n * top * _U
     _pool_first(pre, padded, weights, direction, threshold, bound, out, bits)
 
 
 @njit(cache=True)
-def _pool_first(pre, padded, weights, direction, threshold, bound, out, bits):
-    """Max-pool and threshold the first block's float32 sums; a window whose max lies
-    within `bound` of the threshold is decided on its exact float64 sums instead."""
-    f_n, h, w = pre.shape
-    _, ho, wo = out.shape
-    rowmax = np.empty((ho, w), pre.dtype)
-    for f in range(f_n):
-        _row_max(pre, f, rowmax)
-        d = np.float64(direction[f])
-        t = np.float64(threshold[f])
-        for oy in range(ho):
-            for ox in range(wo):
-                m = _window_max(rowmax, oy, ox)
-                z = d * np.float64(m) - t
-                if abs(z) <= bound:  # too close to call in float32 (rare: a taken branch)
-                    z = d * _exact_window_max(padded, weights, f, oy, ox, h, w) - t
-                _emit(out, bits, f, oy, ox, z >= 0)
+def _column_max(rowmax, m):
+    """m[oy * wo + ox] = the max of rowmax[oy, 2ox-1 .. 2ox+1] over the columns inside the
+    map (the second half of the separable max-pool, after `_row_max`)."""
+    ho, w = rowmax.shape
+    wo = m.shape[0] // ho
+    full = wo if 2 * (wo - 1) + 1 < w else wo - 1  # windows whose third column is inside
+    for oy in range(ho):
+        r = rowmax[oy]
+        mr = m[oy * wo : (oy + 1) * wo]
+        mr[0] = max(r[0], r[1]) if w > 1 else r[0]
+        for ox in range(1, wo):
+            mr[ox] = max(r[2 * ox - 1], r[2 * ox])
+        for ox in range(1, full):
+            mr[ox] = max(mr[ox], r[2 * ox + 1])
 
 
 @njit(cache=True)
-def conv_binary(bits_in, shape_in, weights, direction, threshold, out, bits):
+def _emit(on, out, bits):
+    """The activations on[i] (1 or 0, flatten order) as +-1 into out and as bits, whole
+    words at a time, without branches (the signs of real data are not predictable: branches
+    cost more than the arithmetic)."""
+    total = on.shape[0]
+    flat = out.reshape(total)
+    for i in range(total):
+        flat[i] = np.float32(2 * on[i] - 1)
+    for q in range(bits.shape[0]):
+        word = np.uint64(0)
+        start = 64 * q
+        for i in range(start, min(start + 64, total)):
+            word |= np.uint64(on[i]) << np.uint64(i - start)
+        bits[q] = word
+
+
+@njit(cache=True)
+def _pool_first(pre, padded, weights, direction, threshold, bound, out, bits):
+    """Max-pool and threshold the first block's float32 sums; a window whose max lies
+    within `bound` of the threshold is decided on its exact float64 sums instead (rare: a
+    filter's check is one predictable branch)."""
+    f_n, h, w = pre.shape
+    _, ho, wo = out.shape
+    n = ho * wo
+    rowmax = np.empty((ho, w), pre.dtype)
+    m = np.empty(n, pre.dtype)
+    on = np.empty(f_n * n, np.int64)
+    for f in range(f_n):
+        _row_max(pre, f, rowmax)
+        _column_max(rowmax, m)
+        d = np.float64(direction[f])
+        t = np.float64(threshold[f])
+        near = False
+        for j in range(n):
+            near |= abs(d * np.float64(m[j]) - t) <= bound
+        for j in range(n):
+            on[f * n + j] = d * np.float64(m[j]) - t >= 0
+        if near:
+            for j in range(n):
+                if abs(d * np.float64(m[j]) - t) <= bound:
+                    exact = _exact_window_max(padded, weights, f, j // wo, j % wo, h, w)
+                    on[f * n + j] = d * exact - t >= 0
+    _emit(on, out, bits)
+
+
+@njit(cache=True)
+def conv_binary(bits_in, shape_in, weights, masks, n_valid, direction, threshold, out, bits):
     """A later ConvP block: input bits (flatten order of shape_in (C, H, W)) -> out
-    (F, H', W') float32 +-1 and its bits. Per position the 3x3xC patch is packed into words
-    with a mask of the taps inside the map; the dot with a filter is
-    n_valid - 2 * popcount((patch ^ weights) & mask)."""
+    (F, H', W') float32 +-1 and its bits. Per position the 3x3xC patch is packed into words;
+    its dot with a filter is n_valid - 2 * popcount((patch ^ weights) & mask), where
+    masks[y * W + x] marks the taps inside the map and n_valid counts them (both fixed by
+    the layer's shape: ddnn/packed/kernels.py computes them once)."""
     c_n, h, w = shape_in[0], shape_in[1], shape_in[2]
     f_n, n_words = weights.shape
     patch = np.zeros(n_words, np.uint64)
-    mask = np.zeros(n_words, np.uint64)
     pre = np.empty((f_n, h, w), np.int64)
     for y in range(h):
         for x in range(w):
             patch[:] = 0
-            mask[:] = 0
             for c in range(c_n):
                 for ky in range(3):
                     yy = y + ky - 1
@@ -237,19 +262,16 @@ def conv_binary(bits_in, shape_in, weights, direction, threshold, out, bits):
                         if xx < 0 or xx >= w:
                             continue
                         k = c * 9 + ky * 3 + kx
-                        bit = _ONE << np.uint64(k & 63)
-                        mask[k >> 6] |= bit
                         i = (c * h + yy) * w + xx
-                        if (bits_in[i >> 6] >> np.uint64(i & 63)) & _ONE:
-                            patch[k >> 6] |= bit
-            n_valid = 0
-            for j in range(n_words):
-                n_valid += popcount(mask[j])
+                        on = (bits_in[i >> 6] >> np.uint64(i & 63)) & _ONE
+                        patch[k >> 6] |= on << np.uint64(k & 63)
+            p = y * w + x
+            mask = masks[p]
             for f in range(f_n):
                 disagree = 0
                 for j in range(n_words):
                     disagree += popcount((patch[j] ^ weights[f, j]) & mask[j])
-                pre[f, y, x] = n_valid - 2 * disagree
+                pre[f, y, x] = n_valid[p] - 2 * disagree
     _pool_binary(pre, direction, threshold, out, bits)
 
 
@@ -258,15 +280,18 @@ def _pool_binary(pre, direction, threshold, out, bits):
     """Max-pool and threshold integer pre-activations."""
     f_n, h, w = pre.shape
     _, ho, wo = out.shape
+    n = ho * wo
     rowmax = np.empty((ho, w), pre.dtype)
+    m = np.empty(n, pre.dtype)
+    on = np.empty(f_n * n, np.int64)
     for f in range(f_n):
         _row_max(pre, f, rowmax)
+        _column_max(rowmax, m)
         d = np.int64(direction[f])
         t = np.int64(threshold[f])
-        for oy in range(ho):
-            for ox in range(wo):
-                m = _window_max(rowmax, oy, ox)
-                _emit(out, bits, f, oy, ox, d * m >= t)
+        for j in range(n):
+            on[f * n + j] = d * m[j] >= t
+    _emit(on, out, bits)
 
 
 @njit(cache=True)
