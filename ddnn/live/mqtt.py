@@ -22,11 +22,13 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
   outgoing QoS 1 messages kept while disconnected is bounded.
 - The inbox is bounded too (`MAX_INBOX`), with back-pressure over MQTT 5: a QoS 1 message
   is acknowledged only once the caller has processed it (paho's manual acks; "processed" is
-  "asked for the next one"), and the client tells the broker to have at most `MAX_INBOX`
-  unacknowledged ones in flight to it (Receive Maximum), so a flood waits in the broker's
-  bounded queue for this client instead of in this process. What still finds the inbox full
-  (QoS 0, or any message from a 3.1.1 broker, which has no such limit and whose messages are
-  acknowledged on arrival) is dropped and counted in `dropped`.
+  "asked for the next one"), and the client tells the broker to have at most
+  `RECEIVE_MAXIMUM` (half the inbox) unacknowledged ones in flight to it, so a flood waits
+  in the broker's bounded queue for this client instead of in this process, and QoS 0
+  messages (the services' class scores and feature maps) always find room beside it. What
+  still finds the inbox full (a flood of QoS 0, or any message from a 3.1.1 broker, which
+  has no such limit and whose messages are acknowledged on arrival) is dropped and counted
+  in `dropped`.
 - Over MQTT 5 the session outlives a lost connection by `SESSION_EXPIRY` seconds: the
   broker keeps the QoS 1 messages for this client while it reconnects and sends them after,
   with the ones it sent but never saw acknowledged (a duplicate, which receivers drop).
@@ -50,6 +52,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -77,9 +80,41 @@ Protocol = Literal["5", "3.1.1"]
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _PAHO_PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 MAX_QUEUED = 10_000  # outgoing QoS 1 messages kept while disconnected; more are dropped
-MAX_INBOX = 1000  # incoming messages waiting for the caller; QoS 1 ones in flight to us
+MAX_INBOX = 1000  # incoming messages waiting for the caller
+RECEIVE_MAXIMUM = MAX_INBOX // 2  # QoS 1 ones in flight to us: the rest of the inbox is QoS 0's
 SESSION_EXPIRY = 60  # seconds an MQTT 5 broker keeps our session after a lost connection
 RECONNECT_DELAY = (0.1, 2.0)  # seconds: the first retry, and the most the back-off grows to
+READ_CHUNK = 65536  # bytes an unthreaded client reads from its socket at once
+
+
+class _Paho(paho.Client):
+    """paho's client, reading its socket a chunk at a time when `chunked` (unthreaded
+    clients). paho reads every packet with two or three `recv` calls (its type byte, each
+    byte of its length, the rest); a system call costs 5-30 us on a virtual machine, more
+    than the packet's parsing, and a chunk holds many packets. Only the owner of the loop
+    can use this: bytes in the chunk are invisible to `select`, so it must read until
+    `buffered()` is False (`MqttClient._pump` does)."""
+
+    chunked = False
+    _chunk = b""
+    _at = 0
+    _chunk_of: object = None  # the socket the chunk came from: a new connection drops it
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self.chunked:
+            return super()._sock_recv(bufsize)
+        if self._chunk_of is not self._sock or self._at >= len(self._chunk):
+            self._chunk, self._at, self._chunk_of = b"", 0, self._sock
+            self._chunk = super()._sock_recv(READ_CHUNK)  # BlockingIOError when none
+            if not self._chunk:
+                return b""  # closed by the broker
+        out = self._chunk[self._at : self._at + bufsize]
+        self._at += len(out)
+        return out
+
+    def buffered(self) -> bool:
+        """Bytes read from the socket and not yet parsed."""
+        return self._chunk_of is self._sock and self._at < len(self._chunk)
 
 
 class BrokerAddress(NamedTuple):
@@ -258,7 +293,7 @@ class MqttClient:
         self._started = False
         self._closed = False
 
-        client = paho.Client(
+        client = _Paho(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=_PAHO_PROTOCOLS[self.protocol],
@@ -269,6 +304,7 @@ class MqttClient:
             manual_ack=self.protocol == "5",
         )
         client.suppress_exceptions = True
+        client.chunked = not threaded
         client.reconnect_delay_set(*RECONNECT_DELAY)  # type: ignore[arg-type]
         client.max_queued_messages_set(MAX_QUEUED)
         if self.settings.username is not None:
@@ -421,7 +457,7 @@ class MqttClient:
             properties = None
             if self.protocol == "5":
                 properties = Properties(PacketTypes.CONNECT)
-                properties.ReceiveMaximum = MAX_INBOX
+                properties.ReceiveMaximum = RECEIVE_MAXIMUM
                 properties.SessionExpiryInterval = SESSION_EXPIRY
             self._client.connect_async(
                 host,
@@ -438,9 +474,13 @@ class MqttClient:
 
     def _pump(self, timeout: float) -> None:
         """Unthreaded: do the network's work (connect, read, write, keepalive) in this
-        thread for up to `timeout` seconds, returning early once something was read."""
+        thread for up to `timeout` seconds, returning early once something was read. This
+        is paho's loop for callers with their own (`loop_read`, `loop_write`, `loop_misc`),
+        not `loop()`, which wakes itself through a socket pair on every publish: two more
+        system calls per message."""
         client = self._client
-        if client.socket() is None:  # not connected: try again once the back-off allows
+        sock = client.socket()
+        if sock is None:  # not connected: try again once the back-off allows
             now = time.monotonic()
             if self._closed or now < self._retry_at:
                 time.sleep(max(0.0, min(timeout, self._retry_at - now)))
@@ -451,8 +491,24 @@ class MqttClient:
                 client.reconnect()
             except OSError as e:
                 self.last_error = f"connecting failed: {e.strerror or e}"
-                return
-        if client.loop(timeout) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        readable = client.buffered() or bool(getattr(sock, "pending", lambda: 0)())
+        if not readable:
+            writers = [sock] if client.want_write() else []
+            try:
+                ready, _, _ = select.select([sock], writers, [], timeout)
+            except (OSError, ValueError):  # closed under us: the next call reconnects
+                ready = []
+            readable = bool(ready)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while readable and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = client.loop_read()
+            readable = client.buffered()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.want_write():
+            rc = client.loop_write()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = client.loop_misc()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._retry_at = time.monotonic() + self._delay  # lost: back off before retrying
 
     def _idle(self, seconds: float) -> None:

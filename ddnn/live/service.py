@@ -6,6 +6,13 @@ the role with a retained `online` status and an MQTT last will saying `offline`,
 loop that takes messages off the client's queue (paho's callbacks never do work), calls
 `poll()` for deadlines, and stops cleanly on SIGINT/SIGTERM with a final `offline` status.
 
+Quality of service: the class scores and feature maps of a sample go at QoS 0, everything
+else (ticks, offload requests, decisions, statuses) at QoS 1. A lost score or map costs
+what a late one costs (the aggregator's deadline, the decision made without it, saying so),
+while at QoS 1 each would cost an acknowledgement from the broker and one to it: a third of
+all packets of a sample, and on a virtual machine every packet is system calls that cost
+more than handling the message.
+
 Bad input never stops a service: a payload that fails validation, or a message that does not
 fit the deployment, is counted under its reason and logged (the first few of each reason at
 warning level, the rest at debug level, so a flood cannot flood the log).
@@ -40,6 +47,7 @@ MAX_REASONS = 64  # refusal reasons counted by name; any further one counts as "
 INTERNAL_ERROR = "a message the service failed on (a bug: see the log)"
 STATUS_EVERY = 2.0  # seconds between status messages with the counters (and liveness)
 MAX_UNSENT = 10_000  # messages kept to publish again after the transport dropped them
+DATA_KINDS = {"scores", "features"}  # published at QoS 0 (module doc); the rest at QoS 1
 # A sample captured (ticked) further than this from now, by the wall clock, is refused:
 # clocks in sync within this many seconds, as NTP keeps them, and a replayed stale tick or
 # score is cheap to turn away.
@@ -162,11 +170,13 @@ class Service:
 
     # -- the loop ------------------------------------------------------------------------
     def publish(
-        self, topic: str, message: Message, qos: int = 1, retain: bool = False, retry: bool = False
+        self, topic: str, message: Message, retain: bool = False, retry: bool = False
     ) -> None:
-        """Publish `message`; one the transport dropped (disconnected for long, its queue
-        full) is counted, and with `retry` kept (at most `MAX_UNSENT`) and sent again by
-        `resend`, in order, once the transport takes messages again."""
+        """Publish `message` (at the QoS of its kind: module doc); one the transport dropped
+        (disconnected for long, its queue full) is counted, and with `retry` kept (at most
+        `MAX_UNSENT`) and sent again by `resend`, in order, once the transport takes
+        messages again."""
+        qos = 0 if message.kind in DATA_KINDS else 1
         payload = encode(message)
         if not retain:  # a sample's messages; not the statuses, which come with time
             self.counters[f"sent_{message.kind}"] += 1

@@ -65,9 +65,7 @@ def _serve(
 ) -> None:
     """One pattern process: serve `role` until `stop`, then report how many it sent."""
     # unthreaded, as the services' clients are (ddnn/live/service.py)
-    client = MqttClient(
-        settings, f"ddnn-pattern-{role}-{mp.current_process().pid}", threaded=False
-    )
+    client = MqttClient(settings, f"ddnn-pattern-{role}-{mp.current_process().pid}", threaded=False)
     t = shape.topics
     if role.tier == "device":
         inputs = [t.tick, t.offload]
