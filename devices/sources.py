@@ -62,7 +62,7 @@ import numpy as np
 from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
 from ddnn.core.manifest import Manifest
-from ddnn.data import MultiViewData, check_fits, load_spec, split, trained_on
+from ddnn.data import MultiViewData, check_fits, load_spec, part_rows, trained_on
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ def to_model_input(image: np.ndarray, input_shape: Shape) -> np.ndarray:
 
 class ReplaySource(_Source):
     """View `device` of every sample of a `MultiViewData` (one part of a set): sample id =
-    row. Random access; `data` is the part replayed."""
+    row. Random access; `views` (N, C, H, W) is all it keeps of the set (a device replaying
+    a 150 MB set holds its own 1/6 of the part it replays, not the set)."""
 
     def __init__(
         self,
@@ -186,7 +187,7 @@ class ReplaySource(_Source):
                 f"{data.name} has views of shape {data.view_shape} but the model takes "
                 f"{tuple(input_shape)}"
             )
-        self.data = data
+        self.views = np.array(data.x[:, device], dtype=np.float32)
         self.device = device
         self.name = name or f"{data.name} view {device}"
         self.length = len(data)
@@ -194,8 +195,7 @@ class ReplaySource(_Source):
     def frame(self, sample: int) -> Frame | None:
         if not 0 <= sample < self.length:
             return None
-        image = np.array(self.data.x[sample, self.device], dtype=np.float32)
-        return Frame(sample, image)
+        return Frame(sample, self.views[sample].copy())
 
     def __iter__(self) -> Iterator[Frame]:
         for sample in range(self.length):
@@ -206,15 +206,15 @@ class ReplaySource(_Source):
 
 def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewData:
     """The part ("test", "validation", "train" or "all") of `data` that `ddnn train` and
-    `ddnn eval` use for a model trained with `cfg`: `ddnn.data.split` itself picks it."""
+    `ddnn eval` use for a model trained with `cfg`, on the rows `ddnn.data.split` picks."""
     if part == "all":
         return data
     if part not in ("test", "validation", "train"):
         raise DataError(f"unknown part {part!r}: use test, validation, train or all")
-    chosen = getattr(split(data, cfg), part)
-    if chosen is None:
+    rows = part_rows(len(data), cfg)[part]  # only this part is copied out of the set
+    if rows is None:
         raise DataError(f"the training config holds out no {part} part of {data.name}")
-    return chosen
+    return data.subset(rows)
 
 
 # --- OpenCV: cameras, streams, video files ------------------------------------------------

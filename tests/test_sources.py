@@ -73,15 +73,15 @@ def test_replay_parts_match_the_training_split(mvmc_file: Path):
     by_cfg = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, train_config=cfg)
     no_val = TrainConfig(split_seed=3, test_fraction=0.25, validation_fraction=0)
     by_tuple = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, train_config=no_val)
-    assert np.array_equal(by_cfg.data.x, parts.test.x)
-    assert np.array_equal(by_tuple.data.x, parts.test.x)
+    assert np.array_equal(by_cfg.views, parts.test.x[:, 1])
+    assert np.array_equal(by_tuple.views, parts.test.x[:, 1])
     val = open_source(f"mvmc:{mvmc_file}", 1, SHAPE, part="validation", train_config=cfg)
-    assert np.array_equal(val.data.x, parts.validation.x)
+    assert np.array_equal(val.views, parts.validation.x[:, 1])
     assert len(open_source(f"mvmc:{mvmc_file}", 1, SHAPE, part="all")) == len(data)
     assert len(replay_part(data, "train", cfg)) == len(parts.train)
     # the default split is the default TrainConfig's test part
     default = open_source(f"mvmc:{mvmc_file}", 0, SHAPE)
-    assert np.array_equal(default.data.x, split(data, TrainConfig()).test.x)
+    assert np.array_equal(default.views, split(data, TrainConfig()).test.x[:, 0])
 
 
 def test_video_file_frames_are_rgb_in_the_model_shape(tmp_path: Path):

@@ -223,7 +223,12 @@ def bench_live(
     ] = None,
     data: LiveData = None,
     samples: Annotated[
-        int, typer.Option(min=10, help="samples of the flat-out runs (pattern and live)")
+        int,
+        typer.Option(
+            min=10,
+            help="samples of the live flat-out run (the pattern runs over every sample of "
+            "the live run: warm-up, paced and flat out)",
+        ),
     ] = 1000,
     window: Annotated[int, typer.Option(min=1, help="samples in flight when flat out")] = 16,
     fps: Annotated[

@@ -51,9 +51,15 @@ class MultiViewData:
     def split(self, seed: int = 0, fraction: float = 0.8) -> tuple[MultiViewData, MultiViewData]:
         """A reproducible random split: `fraction` of the samples first (the paper's 80/20
         train/test split with the defaults), the rest second."""
-        order = np.random.default_rng(seed).permutation(len(self))
-        cut = int(round(fraction * len(self)))
-        return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
+        first, second = split_rows(len(self), seed, fraction)
+        return self.subset(first), self.subset(second)
+
+
+def split_rows(n: int, seed: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `MultiViewData.split`: `fraction` of 0..n-1 at random, and the rest."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(fraction * n))
+    return np.sort(order[:cut]), np.sort(order[cut:])
 
 
 def sample_labels(view_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +165,24 @@ class Splits:
     test: MultiViewData
 
 
+def part_rows(n: int, cfg: TrainConfig) -> dict[str, np.ndarray | None]:
+    """The rows of each part ("train", "validation": None when none is held out, "test") of
+    a set of `n` samples, reproducible from the config's seeds."""
+    train, test = split_rows(n, cfg.split_seed, 1 - cfg.test_fraction)
+    validation = None
+    if cfg.validation_fraction > 0:
+        kept, held = split_rows(len(train), cfg.split_seed + 1, 1 - cfg.validation_fraction)
+        train, validation = train[kept], train[held]
+    return {"train": train, "validation": validation, "test": test}
+
+
 def split(data: MultiViewData, cfg: TrainConfig) -> Splits:
     """The train / validation / test parts of `data`, reproducible from the config's seeds,
     so that `ddnn eval` and `ddnn calibrate` find the same parts that `ddnn train` used."""
-    train, test = data.split(cfg.split_seed, 1 - cfg.test_fraction)
-    validation = None
-    if cfg.validation_fraction > 0:
-        train, validation = train.split(cfg.split_seed + 1, 1 - cfg.validation_fraction)
-    return Splits(train, validation, test)
+    rows = part_rows(len(data), cfg)
+    validation = rows["validation"]
+    return Splits(
+        data.subset(rows["train"]),
+        None if validation is None else data.subset(validation),
+        data.subset(rows["test"]),
+    )

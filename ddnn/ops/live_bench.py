@@ -4,7 +4,8 @@ One run, one broker (mosquitto when installed, else the embedded one, or as chos
 export of the model, in this order:
 
 1. the bare message pattern of the deployment's shape (ddnn/ops/pattern.py): the same
-   roles, accounts, topics, message sizes and escalations, no model, QoS 0: the ceiling;
+   roles, accounts, topics, message sizes and escalations, no model, QoS 0, flat out over
+   the sample ids the live system then decides: the ceiling;
 2. the live system (one process per role, as `ddnn demo` runs it) paced like cameras:
    `fps` samples per second for `seconds`, ticked on the wall clock; decision latency per
    exit tier, from the tick (the capture) to the aggregator's decision;
@@ -114,13 +115,17 @@ def bench_live(
                 a: login(settings, prepared.access, a)
                 for a in [*deployment_roles(cfg.model), TRIGGER]
             }
-            log(f"bare message pattern: {samples} samples, {window} in flight, {broker.kind}")
-            ceiling = run_pattern(shape, accounts, samples, window).figures()
+            # the pattern runs over the live run's sample ids, so that both escalate the
+            # same samples and send the same messages
+            paced_n = max(1, round(fps * seconds))
+            total = WARMUP + paced_n + samples
+            log(f"bare message pattern: {total} samples, {window} in flight, {broker.kind}")
+            ceiling = run_pattern(shape, accounts, total, window).figures()
             with deployment(prepared, settings, Path(tmp), drain=1.0) as running:
                 driver, fleet = running.driver, running.fleet
                 log(f"live system: {len(running.roles)} services online; warming up")
                 driver.run(range(WARMUP), window=window)
-                paced_ids = range(WARMUP, WARMUP + max(1, round(fps * seconds)))
+                paced_ids = range(WARMUP, WARMUP + paced_n)
                 log(f"paced: {len(paced_ids)} samples at {fps:g} per second")
                 driver.run(paced_ids, rate=fps, window=max(window, int(fps * 10)))
                 flat_ids = range(paced_ids.stop, paced_ids.stop + samples)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -63,7 +63,8 @@ def _fields(payload: bytes) -> list[Any]:
 def _serve(
     role: Role, settings: BrokerSettings, shape: Shape, ready: Any, stop: Event, sent: Any
 ) -> None:
-    """One pattern process: serve `role` until `stop`, then report how many it sent."""
+    """One pattern process: serve `role` until `stop`, then report how many messages it
+    sent and the CPU seconds it used meanwhile."""
     # unthreaded, as the services' clients are (ddnn/live/service.py)
     client = MqttClient(settings, f"ddnn-pattern-{role}-{mp.current_process().pid}", threaded=False)
     t = shape.topics
@@ -78,6 +79,7 @@ def _serve(
         client.subscribe(topic, qos=0)
     client.connect()
     ready.put(role)
+    cpu = time.process_time()
     count = 0
     groups: dict[tuple[str, int], int] = {}  # (what is grouped, sample) -> arrived so far
     wanted = {"device": len(shape.devices), "edge": len(shape.edges)}
@@ -104,7 +106,7 @@ def _serve(
             out += _aggregate(shape, groups, wanted, Role(fields[1]), sample)
         for out_topic, out_payload in out:
             count += client.publish(out_topic, out_payload)
-    sent.put((role, count))
+    sent.put((role, count, time.process_time() - cpu))
     client.close()
 
 
@@ -136,14 +138,20 @@ class PatternResult:
     decided: int
     seconds: float
     messages: int  # published by every role, the driver's ticks included
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # per role, while serving
 
     def figures(self) -> dict[str, Any]:
+        per_sample = {
+            role: round(seconds / max(1, self.decided), 6)
+            for role, seconds in self.cpu_seconds.items()
+        }
         return {
             "samples": self.samples,
             "decided": self.decided,
             "seconds": round(self.seconds, 3),
             "samples_per_second": round(self.decided / self.seconds, 1) if self.seconds else None,
             "messages_per_sample": round(self.messages / max(1, self.samples), 2),
+            "cpu_seconds_per_sample": per_sample,
         }
 
 
@@ -185,10 +193,10 @@ def run_pattern(
         stop.set()
         driver.close()
         counts: Counter[str] = Counter()
+        cpu: dict[str, float] = {}
         for _ in procs:
             try:
-                role, count = sent.get(timeout=10)
-                counts[role] = count
+                role, counts[role], cpu[role] = sent.get(timeout=10)
             except Exception:  # queue.Empty: a process that died
                 break
         for p in procs:
@@ -196,6 +204,7 @@ def run_pattern(
             if p.is_alive():
                 p.kill()
     result.messages += sum(counts.values())
+    result.cpu_seconds = dict(sorted(cpu.items(), key=lambda kv: roles.index(kv[0])))
     return result
 
 

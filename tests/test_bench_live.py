@@ -1,0 +1,48 @@
+"""`ddnn bench live`: one run, one broker, the bare message pattern against the live system.
+
+Speed is a benchmark's figure, never a test's assertion (it flakes on shared machines); what
+is asserted here is what makes the figures mean something: every part ran and decided
+every sample, the live decisions equal the offline ones, exactly once, and the pattern the
+ceiling comes from has the live system's shape (the same messages per sample).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ddnn.live.broker import find_mosquitto
+from tests.helpers import ddnn_json
+
+KINDS = ["mosquitto", pytest.param("embedded", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bench_live_measures_the_pattern_and_the_live_system_in_one_run(tiny, kind):
+    if kind == "mosquitto" and find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    r = ddnn_json(
+        "bench", "live", "--model", str(tiny), "--samples", "60", "--seconds", "2",
+        "--fps", "20", "--kind", kind, timeout=600,
+    )  # fmt: skip
+    assert r["broker"]["kind"] == kind
+    ceiling, flat, paced = r["ceiling"], r["flat_out"], r["paced"]
+    assert ceiling["decided"] == ceiling["samples"] == 30 + 40 + 60  # warm-up, paced, flat
+    assert ceiling["samples_per_second"] > 0 and flat["samples_per_second"] > 0
+    assert flat["decided"] == 60
+    assert flat["of_ceiling"] == pytest.approx(
+        flat["samples_per_second"] / ceiling["samples_per_second"], abs=0.01
+    )
+    assert paced["fps"] == 20 and paced["samples"] == paced["decided"] == 40
+    # the tiny model's thresholds send samples to both exits; latency is per exit tier
+    assert set(paced["latency_ms"]) == {"local", "cloud"}
+    for tier in paced["latency_ms"].values():
+        assert 0 < tier["p50"] <= tier["p99"]
+    roles = {f"device-{i}" for i in range(6)} | {"aggregator", "cloud"}
+    assert roles <= set(flat["cpu_seconds_per_sample"])
+    assert roles <= set(ceiling["cpu_seconds_per_sample"])
+    # The pattern sends what the live system sends for the same samples: ticks, scores,
+    # offload requests, feature maps, cloud scores and decisions (statuses aside).
+    assert r["messages_per_sample"] == pytest.approx(ceiling["messages_per_sample"], abs=0.3)
+    parity = r["parity"]
+    assert parity["compared"] > 0 and parity["mismatches"] == 0
+    assert parity["decided_twice"] == parity["undecided"] == parity["missing"] == 0
