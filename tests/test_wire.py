@@ -42,6 +42,8 @@ def scores(**changes) -> dict:
 )
 def test_every_kind_round_trips(message):
     assert decode(encode(message)) == message
+    # encode packs the fields as they are: the very bytes of packing the model's dump
+    assert encode(message) == msgpack.packb(message.model_dump(), use_bin_type=True)
 
 
 def test_features_travel_bit_packed_and_unpack_exactly():

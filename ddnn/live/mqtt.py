@@ -59,7 +59,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -85,23 +85,59 @@ RECEIVE_MAXIMUM = MAX_INBOX // 2  # QoS 1 ones in flight to us: the rest of the 
 SESSION_EXPIRY = 60  # seconds an MQTT 5 broker keeps our session after a lost connection
 RECONNECT_DELAY = (0.1, 2.0)  # seconds: the first retry, and the most the back-off grows to
 READ_CHUNK = 65536  # bytes an unthreaded client reads from its socket at once
+FLUSH_AFTER = 0.002  # seconds an unthreaded client's gathered writes wait at most (busy)
+FLUSH_BYTES = 4096  # bytes of gathered writes that are sent at once
+MATCH_CACHE = 4096  # topics remembered as matching a filter or not
+# (topic, payload, mid, qos, connection): the last three to acknowledge it once done
+Incoming = tuple[str, bytes, int, int, int]
+
+
+class _Inbox:
+    """The inbox of an unthreaded client: one thread puts and takes, so a deque without a
+    `queue.Queue`'s locks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[Incoming] = deque()
+
+    def put_nowait(self, item: Incoming) -> None:
+        if len(self._items) >= self.limit:
+            raise queue.Full
+        self._items.append(item)
+
+    def pop(self) -> Incoming | None:
+        return self._items.popleft() if self._items else None
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 class _Paho(paho.Client):
-    """paho's client, reading its socket a chunk at a time when `chunked` (unthreaded
-    clients). paho reads every packet with two or three `recv` calls (its type byte, each
-    byte of its length, the rest); a system call costs 5-30 us on a virtual machine, more
-    than the packet's parsing, and a chunk holds many packets. Only the owner of the loop
-    can use this: bytes in the chunk are invisible to `select`, so it must read until
-    `buffered()` is False (`MqttClient._pump` does)."""
+    """paho's client, with the system calls of an owner loop (unthreaded clients, `owned`)
+    gathered: a system call costs 5-30 us on a virtual machine, more than handling the
+    packet it carries, and the wake-up of the process at the other end of the socket is
+    paid per write.
 
-    chunked = False
-    _chunk = b""
-    _at = 0
-    _chunk_of: object = None  # the socket the chunk came from: a new connection drops it
+    - Reads: paho reads every packet with two or three `recv` calls (its type byte, each
+      byte of its length, the rest); here the socket is read a chunk at a time and paho
+      parses the packets out of the chunk. Bytes in the chunk are invisible to `select`, so
+      the owner must read on while `buffered()` (`MqttClient._pump` does).
+    - Writes: paho writes every packet (an acknowledgement included) with its own `send`;
+      here they are gathered and `flush()` writes them in one, before the owner waits for
+      the network, or once `FLUSH_AFTER` seconds or `FLUSH_BYTES` have gathered.
+    """
+
+    def __init__(self, *args: object, owned: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.owned = owned
+        self._chunk = b""
+        self._at = 0
+        self._chunk_of: object = None  # the socket the chunk came from: a new one drops it
+        self._out = bytearray()
+        self.out_since = 0.0  # monotonic time the oldest gathered byte was written
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        if not self.chunked:
+        if not self.owned:
             return super()._sock_recv(bufsize)
         if self._chunk_of is not self._sock or self._at >= len(self._chunk):
             self._chunk, self._at, self._chunk_of = b"", 0, self._sock
@@ -115,6 +151,45 @@ class _Paho(paho.Client):
     def buffered(self) -> bool:
         """Bytes read from the socket and not yet parsed."""
         return self._chunk_of is self._sock and self._at < len(self._chunk)
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if not self.owned:
+            return super()._sock_send(buf)
+        if self._sock is None:
+            raise ConnectionError("self._sock is None")
+        if not self._out:
+            self.out_since = time.monotonic()
+        self._out += buf
+        return len(buf)
+
+    def gathered(self) -> int:
+        """Bytes written by paho and not yet sent."""
+        return len(self._out)
+
+    def flush(self) -> bool:
+        """Send what was gathered, as much as the socket takes now; True once all is sent.
+        A broken connection drops it: the next read finds the connection lost."""
+        if not self._out:
+            return True
+        if self._sock is None:
+            self._out.clear()
+            return True
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except OSError:
+            self._out.clear()
+            return True
+        del self._out[:sent]
+        return not self._out
+
+    def _sock_close(self) -> None:
+        # what paho wrote last (a DISCONNECT, say) goes out before the socket closes
+        if self.owned:
+            self.flush()
+            self._out.clear()
+        super()._sock_close()
 
 
 class BrokerAddress(NamedTuple):
@@ -272,8 +347,9 @@ class MqttClient:
         self._address = self.settings.address
         self.last_error: str | None = None
         self.refused_for_good = False  # a refusal that retrying will not change
-        # (topic, payload, mid, qos, connection): the last three to acknowledge it once done
-        self._inbox: queue.Queue[tuple[str, bytes, int, int, int]] = queue.Queue(MAX_INBOX)
+        self._inbox: queue.Queue[Incoming] | _Inbox = (
+            queue.Queue(MAX_INBOX) if threaded else _Inbox(MAX_INBOX)
+        )
         self._taken: tuple[int, int, int] | None = None  # (mid, qos, connection) to ack
         self.dropped = 0  # messages that found the inbox full
         self._lock = threading.Lock()
@@ -281,6 +357,7 @@ class MqttClient:
         # The filters again, for matching topics: only added to (under the lock), read by
         # the network thread without it.
         self._matcher = MQTTMatcher()
+        self._solicited: dict[str, bool] = {}  # topic -> matched by a filter (a cache)
         self.unsolicited = 0
         self._unacked: deque[paho.MQTTMessageInfo] = deque()  # QoS 1 sent, no PUBACK yet
         self._connected = threading.Event()
@@ -295,6 +372,7 @@ class MqttClient:
 
         client = _Paho(
             CallbackAPIVersion.VERSION2,
+            owned=not threaded,
             client_id=client_id,
             protocol=_PAHO_PROTOCOLS[self.protocol],
             reconnect_on_failure=True,
@@ -304,7 +382,6 @@ class MqttClient:
             manual_ack=self.protocol == "5",
         )
         client.suppress_exceptions = True
-        client.chunked = not threaded
         client.reconnect_delay_set(*RECONNECT_DELAY)  # type: ignore[arg-type]
         client.max_queued_messages_set(MAX_QUEUED)
         if self.settings.username is not None:
@@ -425,7 +502,13 @@ class MqttClient:
         topic = message.topic
         # Only what this client subscribed to: some brokers (amqtt 0.12) also send a new
         # client retained messages of other clients' subscriptions.
-        if next(self._matcher.iter_match(topic), None) is None:
+        solicited = self._solicited.get(topic)
+        if solicited is None:
+            if len(self._solicited) >= MATCH_CACHE:
+                self._solicited.clear()
+            solicited = next(self._matcher.iter_match(topic), None) is not None
+            self._solicited[topic] = solicited
+        if not solicited:
             self.unsolicited += 1
             client.ack(message.mid, message.qos)
             return
@@ -492,14 +575,19 @@ class MqttClient:
             except OSError as e:
                 self.last_error = f"connecting failed: {e.strerror or e}"
             return
+        if client.want_write():
+            client.loop_write()  # into the gathered writes
+        flushed = client.flush()
         readable = client.buffered() or bool(getattr(sock, "pending", lambda: 0)())
         if not readable:
-            writers = [sock] if client.want_write() else []
+            writers = [] if flushed else [sock]
             try:
-                ready, _, _ = select.select([sock], writers, [], timeout)
+                ready, writable, _ = select.select([sock], writers, [], timeout)
             except (OSError, ValueError):  # closed under us: the next call reconnects
-                ready = []
+                ready, writable = [], []
             readable = bool(ready)
+            if writable:
+                client.flush()
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         while readable and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             rc = client.loop_read()
@@ -508,6 +596,7 @@ class MqttClient:
             rc = client.loop_write()
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             rc = client.loop_misc()
+        client.flush()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._retry_at = time.monotonic() + self._delay  # lost: back off before retrying
 
@@ -576,6 +665,7 @@ class MqttClient:
         with self._lock:
             self._filters[topic_filter] = qos
             self._matcher[topic_filter] = True
+            self._solicited.clear()
             now = self._connected.is_set()
         if now:
             self._subscribed(self._client.subscribe(topic_filter, qos), [topic_filter])
@@ -620,10 +710,17 @@ class MqttClient:
         has processed it."""
         self._ack_taken()
         if self.threaded:
-            item = take(self._inbox, timeout)
+            item = take(cast("queue.Queue[Incoming]", self._inbox), timeout)
         else:
+            client = self._client
+            gathered = client.gathered()
+            if gathered >= FLUSH_BYTES or (
+                gathered and time.monotonic() - client.out_since >= FLUSH_AFTER
+            ):
+                client.flush()  # busy: the inbox may not run dry for a while
             deadline = None if timeout is None else time.monotonic() + timeout
-            while (item := take(self._inbox, 0)) is None:
+            inbox = cast(_Inbox, self._inbox)
+            while (item := inbox.pop()) is None:
                 left = 1.0 if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     break

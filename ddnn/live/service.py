@@ -236,8 +236,7 @@ class Service:
     def open(self, connect_timeout: float = 30.0) -> None:
         """Subscribe, connect (or raise `DDNNError` saying why not) and announce `online`."""
         for topic in self.subscriptions():
-            qos = 1 if "/status/" in topic or not os.environ.get("DDNN_EXP_Q0") else 0
-            self.client.subscribe(topic, qos=qos)
+            self.client.subscribe(topic, qos=1)
         self.client.connect(timeout=connect_timeout)
         self.log.info("online at %s under %s", self.client.url, self.topics.root)
         self._connections = self.client.connections

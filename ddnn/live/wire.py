@@ -208,7 +208,9 @@ KINDS: dict[str, type[_Message]] = {
 
 
 def encode(message: _Message) -> bytes:
-    return msgpack.packb(message.model_dump(), use_bin_type=True)
+    """The payload of `message`: its fields as a msgpack map. The fields are plain values
+    (no nested models), so they are packed as they are, without `model_dump`'s copy."""
+    return msgpack.packb(message.__dict__, use_bin_type=True)
 
 
 def decode(payload: bytes) -> Message:

@@ -38,7 +38,10 @@ class _SignSTE(torch.autograd.Function):
 
 
 def ste_sign(x: torch.Tensor) -> torch.Tensor:
-    """Binarize to {-1, +1}; gradients pass where |x| <= 1 and are zeroed elsewhere."""
+    """Binarize to {-1, +1}; gradients pass where |x| <= 1 and are zeroed elsewhere. With
+    no gradient to keep (inference), the same numbers without autograd's bookkeeping."""
+    if not torch.is_grad_enabled():
+        return (x >= 0).to(x.dtype).mul_(2).sub_(1)
     return _SignSTE.apply(x)
 
 
