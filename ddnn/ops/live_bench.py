@@ -194,6 +194,7 @@ def bench_live(
         "parity": {
             **parity,
             "decided_twice": driver.anomalies.get("decided_twice", 0),
+            "driver_anomalies": dict(driver.anomalies),
             "undecided": sum(not d.decided for d in decisions.values()),
             "missing": ticked - len(decisions),
         },
