@@ -396,6 +396,41 @@ def drain(client: MqttClient, quiet: float = 1.0) -> list[tuple[str, bytes]]:
     return got
 
 
+def test_an_unthreaded_client_does_its_network_in_its_callers_calls(
+    broker: RunningBroker, clients: list[MqttClient]
+) -> None:
+    """`threaded=False` (the services' clients): no network thread; `get()` reads (whole
+    chunks of packets at once), and what the client publishes goes out when it next waits,
+    in order, QoS 1 acknowledged; `get(0)` looks at the network once, too."""
+    topic = unique("owned")
+    owner = MqttClient(broker.settings(), f"owner-{uuid.uuid4().hex[:8]}", threaded=False)
+    clients.append(owner)
+    owner.subscribe(f"{topic}/in", qos=1)
+    owner.connect(timeout=5)  # subscribed once connected: it waits for the broker's answer
+    peer = subscriber(broker, clients, "peer", f"{topic}/out")
+    while not wait_for(peer, f"{topic}/out", b"p", 0.2):
+        assert owner.publish(f"{topic}/out", b"p")
+        owner.get(0)  # the owner's publish goes out when it next looks at the network
+    drain(peer, 0.3)
+    for i in range(300):
+        assert peer.publish(f"{topic}/in", i.to_bytes(2, "big"), qos=1)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 300 and time.monotonic() < deadline:
+        if (item := owner.get(timeout=0.5)) is not None:
+            got.append(int.from_bytes(item[1], "big"))
+            owner.publish(f"{topic}/out", item[1], qos=1)  # an echo, gathered
+    assert got == list(range(300))
+    assert owner.wait_published(5)  # every echo acknowledged by the broker
+    echoed = [int.from_bytes(p, "big") for _, p in drain(peer, 1.0)]
+    assert echoed == list(range(300))
+    peer.publish(f"{topic}/in", b"late", qos=0)
+    deadline = time.monotonic() + 5
+    while (item := owner.get(0)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert item == (f"{topic}/in", b"late")
+
+
 def test_a_flood_waits_in_the_broker_not_in_the_inbox(
     broker: RunningBroker, clients: list[MqttClient]
 ) -> None:

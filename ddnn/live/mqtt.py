@@ -9,14 +9,16 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
 - Two ways to run the network: in paho's own thread (`loop_start`, the default: publish and
   subscribe from any thread), or `threaded=False`, in the thread of the one caller that
   owns the client, inside `get()` (and every other call that waits). The services run that
-  way: a publish is written to the socket at once, where a threaded client wakes its network
-  thread for every outgoing packet (an acknowledgement included) and the caller for every
-  incoming one, two thread switches per message that cost more than the message on a
-  loaded machine; and a service whose loop hangs stops answering the broker's keepalive, so
-  its last will says it is gone, as it should.
-- Callbacks do no work: an incoming message is put on a `queue.Queue` as `(topic, payload)`
-  and the caller's main loop drains it with `get(timeout)`. An exception in a callback cannot
-  kill the network thread (`suppress_exceptions`).
+  way: what they publish goes out when they next wait, every packet since in one `send`, and
+  what arrives is read a chunk at a time (`_Paho`), where a threaded client wakes its
+  network thread for every outgoing packet (an acknowledgement included) and the caller for
+  every incoming one, thread switches and system calls that cost more than the message on a
+  virtual machine; and a service whose loop hangs stops answering the broker's keepalive,
+  so its last will says it is gone, as it should. paho's private socket calls are what
+  `_Paho` overrides: a paho that renamed them would only be slower.
+- Callbacks do no work: an incoming message is put on the inbox as `(topic, payload)` and the
+  caller's main loop drains it with `get(timeout)`. An exception in a callback cannot kill
+  the network thread (`suppress_exceptions`).
 - TCP_NODELAY is set on the socket (Nagle adds ~40 ms to small messages), the keepalive is
   short (5 s) so that a dead device's last will fires within seconds, and the queue of
   outgoing QoS 1 messages kept while disconnected is bounded.
@@ -669,6 +671,8 @@ class MqttClient:
             now = self._connected.is_set()
         if now:
             self._subscribed(self._client.subscribe(topic_filter, qos), [topic_filter])
+            if not self.threaded:
+                self._client.flush()  # now, not when the owner next waits
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         """Send (QoS 0) or queue (QoS 1) a message; False when it was dropped."""
@@ -720,11 +724,13 @@ class MqttClient:
                 client.flush()  # busy: the inbox may not run dry for a while
             deadline = None if timeout is None else time.monotonic() + timeout
             inbox = cast(_Inbox, self._inbox)
+            pumped = False
             while (item := inbox.pop()) is None:
                 left = 1.0 if deadline is None else deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 and pumped:
                     break
-                self._pump(min(left, 1.0))
+                self._pump(max(0.0, min(left, 1.0)))  # once at least, even for get(0)
+                pumped = True
         if item is None:
             return None
         topic, payload, mid, qos, connection = item
