@@ -29,6 +29,7 @@ from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.access import (
     ACL,
+    BRIDGE,
     OBSERVER,
     PASSWORDS,
     TRIGGER,
@@ -71,8 +72,10 @@ def test_each_service_subscribes_only_within_its_grants(with_edges):
 def test_no_role_may_write_another_roles_topics(with_edges):
     topics = topics_of(with_edges)
     accounts = grants(read_manifest(with_edges).ddnn_config().model, topics)
-    roles = [name for name in accounts if name not in (TRIGGER, OBSERVER)]
+    roles = [name for name in accounts if name not in (TRIGGER, OBSERVER, BRIDGE)]
     for name, grant in accounts.items():
+        if name == BRIDGE:
+            continue  # it forwards what the cloud's inputs write: the next test
         for other in roles:
             if other == name:
                 continue
@@ -90,6 +93,28 @@ def test_no_role_may_write_another_roles_topics(with_edges):
         for d in range(model.n_devices):
             readable = any(covers(g, topics.features(Role.device(d))) for g in reads)
             assert readable == (d in group), (e, d)
+
+
+def test_the_bridge_carries_what_the_cloud_takes_and_answers_and_nothing_else(with_edges):
+    """The `bridge` account (a site's broker logged in to the cloud's) writes what the cloud
+    reads (offload requests, its inputs' feature maps) and reads what the cloud writes but
+    its own feature maps, which no one beyond it takes."""
+    topics = topics_of(with_edges)
+    model = read_manifest(with_edges).ddnn_config().model
+    accounts = grants(model, topics)
+    cloud, bridge = accounts["cloud"], accounts[BRIDGE]
+    hello = f"{topics.hello}/"
+    assert {f for f in bridge.write if not f.startswith(hello)} == {
+        f for f in cloud.read if not f.startswith(hello)
+    }
+    assert {f for f in bridge.read if not f.startswith(hello)} == {
+        topics.scores("cloud"),
+        topics.status("cloud"),
+    }
+    for topic in (topics.tick, topics.decisions, topics.scores("edge-0"), topics.all_status):
+        assert not any(covers(g, topic) for g in bridge.write)
+    local_only = read_manifest(with_edges).ddnn_config().model.model_copy(update={"cloud": None})
+    assert BRIDGE not in grants(local_only, topics)
 
 
 def test_covers_is_mqtts_filter_rule():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddnn.live.broker import start_broker
+from ddnn.live.broker import find_mosquitto, start_broker
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
 from tests.helpers import ddnn, ddnn_json
@@ -25,11 +25,13 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def live_and_offline(tmp: Path, model: Path, samples: int) -> tuple[dict, list, list]:
+def live_and_offline(
+    tmp: Path, model: Path, samples: int, *options: str
+) -> tuple[dict, list, list]:
     live_file, offline_file = tmp / "live.jsonl", tmp / "offline.jsonl"
     report = ddnn_json(
         "demo", "--model", str(model), "--samples", str(samples),
-        "--decisions", str(live_file), timeout=600,
+        "--decisions", str(live_file), *options, timeout=600,
     )  # fmt: skip
     artifacts = tmp / "artifacts"
     exported = ddnn_json("export", "--model", str(model), "--out", str(artifacts))
@@ -66,6 +68,20 @@ def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path, tin
     report, live, offline = live_and_offline(tmp_path, tiny_edge, 200)
     assert_parity(report, live, offline, 200)
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
+
+
+def test_live_decisions_through_a_bridge_to_the_clouds_broker_equal_offline_evaluation(
+    tmp_path, tiny
+):
+    """The site's broker (devices, aggregator) and the cloud's (TLS, its own accounts)
+    joined by a mosquitto bridge that carries only offload requests, feature maps and the
+    cloud's answers: every decision, cloud exits included, as offline, exactly once."""
+    if find_mosquitto() is None:
+        pytest.skip("a bridge needs mosquitto")
+    report, live, offline = live_and_offline(tmp_path, tiny, 120, "--bridge")
+    assert report["broker"]["bridged"] and report["broker"]["cloud_url"].startswith("mqtts://")
+    assert_parity(report, live, offline, 120)
+    assert "cloud" in {d["exit"] for d in live}
 
 
 def test_live_decisions_of_a_model_trained_on_an_mvmc_file_equal_offline_evaluation(

@@ -309,6 +309,13 @@ def demo(
     decisions: Annotated[
         Path | None, typer.Option(help="write every decision message as JSON lines here")
     ] = None,
+    bridge: Annotated[
+        bool,
+        typer.Option(
+            help="the cloud on a broker of its own (TLS), joined to the site's broker by a "
+            "mosquitto bridge that carries only what the cloud takes and answers"
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
@@ -328,6 +335,7 @@ def demo(
         data_dir() / "demo",
         lambda text: err.print(text),
         data,
+        bridge,
     )
     b = report["broker"]
     show(

@@ -5,7 +5,11 @@ that no service holds:
 
 - `trigger` ticks samples (writes `tick`) and reads statuses and decisions: what `ddnn demo`'s
   driver, or a camera trigger, needs;
-- `observer` reads everything of the deployment and writes nothing: monitors.
+- `observer` reads everything of the deployment and writes nothing: monitors;
+- `bridge` (models with a cloud) is what a site broker logs in as to the cloud's broker
+  when the two are joined by a bridge (ddnn/live/broker.py `Bridge`): it writes there the
+  offload requests and the cloud's inputs' feature maps, and reads back the cloud's scores
+  and status.
 
 What each account may do (`grants`) follows from the topology alone:
 
@@ -44,12 +48,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ddnn.core.config import ModelConfig
 from ddnn.core.errors import ConfigError, problems
 from ddnn.core.files import replaced
-from ddnn.core.roles import AGGREGATOR, Role, deployment_roles, tier_inputs
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles, tier_inputs
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.wire import Topics
 
 TRIGGER = "trigger"
 OBSERVER = "observer"
+BRIDGE = "bridge"
 ACCESS = "access"  # the folder of an export that holds the access files, one per deployment
 PASSWORDS = "passwords"
 ACL = "acl"
@@ -79,11 +84,22 @@ def grants(model: ModelConfig, topics: Topics) -> dict[str, Grant]:
         out[role] = Grant(read, own)
     out[TRIGGER] = Grant((topics.all_status, topics.decisions), (topics.tick,))
     out[OBSERVER] = Grant((f"{topics.root}/#",), ())
+    if model.cloud is not None:
+        out[BRIDGE] = Grant(*bridged(model, topics))  # reads what goes in, writes what out
     probe = f"{topics.hello}/{{}}/#"
     return {
         name: Grant(g.read + (probe.format(name),), g.write + (probe.format(name),))
         for name, g in out.items()
     }
+
+
+def bridged(model: ModelConfig, topics: Topics) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What crosses a bridge between a site's broker (devices, aggregator, edges) and the
+    cloud's: (the topics the cloud writes, which go in to the site; the topics it reads,
+    which go out to the cloud)."""
+    to_site = (topics.scores(CLOUD), topics.status(CLOUD))
+    to_cloud = (topics.offload, *(topics.features(r) for r in tier_inputs(model, CLOUD)))
+    return to_site, to_cloud
 
 
 class Credentials(BaseModel):

@@ -179,6 +179,43 @@ class TlsFiles:
     key: Path
 
 
+@dataclass(frozen=True)
+class Bridge:
+    """A mosquitto bridge from the broker being started to `remote` (a broker URL, with the
+    account the bridge logs in with and, for mqtts://, the CA to trust): the usual site to
+    cloud topology. `to_remote` are the topics forwarded there, `from_remote` those
+    forwarded back (QoS 1 both ways: the bridge is one connection, its acknowledgements
+    cost little, and the topics it carries keep what the clients asked for)."""
+
+    remote: BrokerSettings
+    to_remote: tuple[str, ...]
+    from_remote: tuple[str, ...]
+
+    def config(self, name: str) -> str:
+        """The lines of mosquitto.conf that make this bridge."""
+        r = self.remote
+        host, port, tls = r.address
+        lines = [
+            f"connection {name}",
+            f"address {host}:{port}",
+            f"remote_clientid {name}",
+            "bridge_protocol_version mqttv311",
+            "cleansession true",
+            "notifications false",
+            "restart_timeout 1",
+            "start_type automatic",
+        ]
+        if r.username is not None:
+            lines += [f"remote_username {r.username}", f"remote_password {r.password}"]
+        if tls:
+            if r.tls_ca is None:
+                raise DDNNError(f"a bridge to {r.url} needs the CA to trust (tls_ca)")
+            lines.append(f"bridge_cafile {Path(r.tls_ca).resolve()}")
+        lines += [f"topic {t} out 1" for t in self.to_remote]
+        lines += [f"topic {t} in 1" for t in self.from_remote]
+        return "\n".join(lines) + "\n"
+
+
 class _Mosquitto(RunningBroker):
     def __init__(
         self,
@@ -188,6 +225,7 @@ class _Mosquitto(RunningBroker):
         access: Path | None,
         tls: TlsFiles | None,
         state: Path | None,
+        bridge: Bridge | None = None,
     ) -> None:
         super().__init__("mosquitto", host, port, "5", access, tls)
         self._dir = Path(tempfile.mkdtemp(prefix="ddnn-mosquitto-"))
@@ -218,6 +256,8 @@ class _Mosquitto(RunningBroker):
             "log_dest stderr\n"
             "log_type error\n"
             "log_type warning\n"
+            # a bridge's lines come last: everything after `connection` belongs to it
+            f"{bridge.config(f'ddnn-bridge-{port}') if bridge is not None else ''}"
         )
         self._log_path = self._dir / "stderr.log"
         # stderr goes to a file, not a pipe: a pipe nobody reads would stall the broker. Its
@@ -377,13 +417,15 @@ def start_broker(
     access: Path | None = None,
     tls: TlsFiles | None = None,
     state: Path | None = None,
+    bridge: Bridge | None = None,
 ) -> RunningBroker:
     """Start a broker on host:port (a free port when None) and return once it accepts
     connections. kind: "mosquitto", "embedded" (amqtt, in this process), or "auto"
     (mosquitto when the binary is installed, else embedded). `access`: a folder of access
     files (ddnn/live/access.py) whose accounts alone it takes; None: anonymous clients.
     `tls`: speak TLS only, with this certificate (mosquitto only). `state`: a folder where
-    mosquitto keeps retained messages and sessions across restarts (ignored by amqtt)."""
+    mosquitto keeps retained messages and sessions across restarts (ignored by amqtt).
+    `bridge`: forward topics to and from another broker (mosquitto only)."""
     if access is not None:
         access = Path(access)
         for name in (PASSWORDS, ACL):
@@ -399,6 +441,8 @@ def start_broker(
             "no mosquitto binary found (install the mosquitto package, or use --kind embedded)"
         )
     use_mosquitto = kind == "mosquitto" or (kind == "auto" and binary is not None)
+    if bridge is not None and not use_mosquitto:
+        raise DDNNError("a bridge needs the mosquitto broker (install the mosquitto package)")
     if tls is not None:
         if not use_mosquitto:
             raise DDNNError("TLS needs the mosquitto broker (install the mosquitto package)")
@@ -415,7 +459,7 @@ def start_broker(
         chosen = port if port is not None else free_port(host)
         broker: _Mosquitto | _Embedded
         if use_mosquitto:
-            broker = _Mosquitto(binary, host, chosen, access, tls, state)
+            broker = _Mosquitto(binary, host, chosen, access, tls, state, bridge)
         else:
             broker = _Embedded(host, chosen, access)
         failure = broker.wait_ready(START_TIMEOUT)

@@ -30,12 +30,14 @@ from typing import Any
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.live.access import TRIGGER, login
-from ddnn.live.broker import broker_ceiling, start_broker
+from ddnn.core.roles import CLOUD, Role
+from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
+from ddnn.live.broker import Bridge, RunningBroker, TlsFiles, broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
-from ddnn.ops.deploy import deployment, prepare
+from ddnn.ops.certs import local_certs
+from ddnn.ops.deploy import Prepared, deployment, prepare
 from ddnn.ops.fleet import summarize
 
 DEMO_EPOCHS = 30
@@ -71,6 +73,29 @@ def demo_model(
     return path
 
 
+def _bridged(
+    prepared: Prepared, workdir: Path
+) -> tuple[RunningBroker, RunningBroker, dict[Role, list[str]]]:
+    """The cloud's broker (TLS with throwaway certificates, the deployment's accounts), the
+    site's broker bridged to it (logged in as the `bridge` account), and the options that
+    point the cloud service at its own broker."""
+    certs = local_certs(workdir / "tls")
+    cloud_broker = start_broker(
+        kind="mosquitto", access=prepared.access, tls=TlsFiles(certs.cert, certs.key)
+    )
+    try:
+        model = prepared.manifest.ddnn_config().model
+        to_site, to_cloud = bridged(model, Topics(prepared.name, prepared.manifest.model_version))
+        remote = cloud_broker.settings(BRIDGE).model_copy(update={"tls_ca": certs.ca})
+        site = start_broker(
+            kind="mosquitto", access=prepared.access, bridge=Bridge(remote, to_cloud, to_site)
+        )
+    except BaseException:
+        cloud_broker.stop()
+        raise
+    return cloud_broker, site, {CLOUD: ["--broker", cloud_broker.url, "--tls-ca", str(certs.ca)]}
+
+
 def run_demo(
     model: Path | None,
     samples: int,
@@ -83,9 +108,13 @@ def run_demo(
     cache: Path,
     log: Callable[[str], None],
     data: str | None = None,
+    bridge: bool = False,
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
-    samples of `data` (a SPEC; default: the data the model was trained on); the summary."""
+    samples of `data` (a SPEC; default: the data the model was trained on); the summary.
+    `bridge`: the cloud on a broker of its own (TLS, its accounts), joined to the site's
+    broker (devices, aggregator, edges) by a mosquitto bridge that carries only the offload
+    requests, the cloud's inputs and its answers (and its status)."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -97,8 +126,14 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
         prepared = prepare(net, cfg, meta, Path(tmp), name, data)  # refuses data that misfits
-        broker = None
-        if broker_url is None:
+        broker = cloud_broker = None
+        extra: dict[Role, list[str]] = {}
+        if bridge:
+            if broker_url is not None or cfg.model.cloud is None:
+                raise DDNNError("--bridge starts both brokers, for a model with a cloud")
+            cloud_broker, broker, extra = _bridged(prepared, Path(tmp))
+            settings = broker.settings()
+        elif broker_url is None:
             broker = start_broker(access=prepared.access)
             settings = broker.settings()
         else:
@@ -108,7 +143,7 @@ def run_demo(
             trigger = login(settings, prepared.access, TRIGGER)
             bench = f"{Topics(name, prepared.manifest.model_version).hello}/{TRIGGER}/ceiling"
             ceiling = broker_ceiling(trigger, messages=2000, topic=bench)
-            with deployment(prepared, settings, Path(tmp), devices=k) as running:
+            with deployment(prepared, settings, Path(tmp), devices=k, extra=extra) as running:
                 driver, reference = running.driver, running.reference
                 log(
                     f"{len(running.roles)} services online; driving {samples} samples of the "
@@ -118,8 +153,9 @@ def run_demo(
                 driver.run(range(samples), window=window)
                 seconds = max(driver.decided_at.values(), default=start) - start
         finally:
-            if broker is not None:
-                broker.stop()
+            for started in (broker, cloud_broker):
+                if started is not None:
+                    started.stop()
     decisions, anomalies, manifest = driver.decisions, driver.anomalies, running.manifest
     report = summarize(decisions, reference.labels, samples, seconds)
     report.update(reference.compare(decisions.values()))
@@ -132,6 +168,9 @@ def run_demo(
         "kind": broker.kind if broker is not None else "external",
         "ceiling_messages_per_second": ceiling["messages_per_second"],
     }
+    if cloud_broker is not None:
+        report["broker"]["cloud_url"] = cloud_broker.url
+        report["broker"]["bridged"] = True
     report["clean_exits"] = all(code == 0 for code in running.codes.values())
     if decisions_path is not None:
         with decisions_path.open("w") as f:
