@@ -30,6 +30,7 @@ from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.access import (
     ACL,
     BRIDGE,
+    EMQX_ACL,
     OBSERVER,
     PASSWORDS,
     TRIGGER,
@@ -147,6 +148,15 @@ def test_export_writes_private_accounts_that_round_trip(plain, tmp_path):
         return {name: (set(g.read), set(g.write)) for name, g in accounts.items()}
 
     assert as_sets(read_acl(folder / ACL)) == as_sets(accounts)
+    # the same grants for an EMQX cluster: an allow rule per account and action, then deny
+    emqx = (folder / EMQX_ACL).read_text().splitlines()
+    assert emqx[-1] == "{deny, all}."
+    rules = [line for line in emqx if line.startswith("{allow")]
+    for name, grant in accounts.items():
+        for action, filters in (("subscribe", grant.read), ("publish", grant.write)):
+            head = f'{{allow, {{username, "{name}"}}, {action}, ['
+            (rule,) = [r for r in rules if r.startswith(head)]
+            assert json.loads(rule[len(head) - 1 : -2]) == list(filters)
     # mosquitto's own tool verifies the hashes we write the way the broker will
     if shutil.which("mosquitto_passwd"):
         check = tmp_path / "check"
