@@ -13,9 +13,10 @@ import pytest
 from ddnn.live.broker import find_mosquitto
 from tests.helpers import ddnn_json
 
-KINDS = ["mosquitto", pytest.param("embedded", marks=pytest.mark.slow)]
+KINDS = ["mosquitto", "embedded"]
 
 
+@pytest.mark.slow  # a minute each, most of it starting processes: the slow run has them
 @pytest.mark.parametrize("kind", KINDS)
 def test_bench_live_measures_the_pattern_and_the_live_system_in_one_run(tiny, kind):
     if kind == "mosquitto" and find_mosquitto() is None:
