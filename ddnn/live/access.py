@@ -191,8 +191,7 @@ def write_access(artifacts: Path, model: ModelConfig, deployment: str, model_ver
     _write_private(folder / PASSWORDS, "\n".join(lines) + "\n")
     with replaced(folder / ACL) as tmp:
         tmp.write_text(acl_text(accounts))
-    with replaced(folder / EMQX_ACL) as tmp:
-        tmp.write_text(emqx_acl_text(accounts))
+    _write_private(folder / EMQX_ACL, emqx_acl_text(accounts))  # for whoever runs the EMQX
     return folder
 
 
