@@ -32,7 +32,14 @@ from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import CLOUD, Role
 from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
-from ddnn.live.broker import Bridge, RunningBroker, TlsFiles, broker_ceiling, start_broker
+from ddnn.live.broker import (
+    Bridge,
+    RunningBroker,
+    TlsFiles,
+    broker_ceiling,
+    find_mosquitto,
+    start_broker,
+)
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
@@ -79,6 +86,8 @@ def _bridged(
     """The cloud's broker (TLS with throwaway certificates, the deployment's accounts), the
     site's broker bridged to it (logged in as the `bridge` account), and the options that
     point the cloud service at its own broker."""
+    if find_mosquitto() is None:
+        raise DDNNError("--bridge joins two mosquitto brokers: install the mosquitto package")
     certs = local_certs(workdir / "tls")
     cloud_broker = start_broker(
         kind="mosquitto", access=prepared.access, tls=TlsFiles(certs.cert, certs.key)
