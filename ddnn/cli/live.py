@@ -363,7 +363,12 @@ def demo(
                 [{"tier": t, **v} for t, v in report["latency_ms"].items()],
             ),
             f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
-            f"{b['ceiling_messages_per_second']} messages/s",
+            f"{b['ceiling_messages_per_second']} messages/s"
+            + (
+                f"; the cloud on its own broker {b['cloud_url']}, bridged to the site's"
+                if b.get("bridged")
+                else ""
+            ),
             "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
             "differ: live decisions (class or exit) that differ from it",
         ],
