@@ -110,9 +110,6 @@ class _Inbox:
     def pop(self) -> Incoming | None:
         return self._items.popleft() if self._items else None
 
-    def qsize(self) -> int:
-        return len(self._items)
-
 
 class _Paho(paho.Client):
     """paho's client, with the system calls of an owner loop (unthreaded clients, `owned`)

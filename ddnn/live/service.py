@@ -38,7 +38,7 @@ from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role
 from ddnn.live.memory import MemoryBus
 from ddnn.live.mqtt import BrokerSettings, MqttClient
-from ddnn.live.transport import Transport, Will
+from ddnn.live.transport import Transport, UntilEcho, Will
 from ddnn.live.wire import Features, Message, Refused, Status, Topics, decode, encode
 
 log = logging.getLogger("ddnn")
@@ -252,16 +252,11 @@ class Service:
         messages) before going on: a probe published now comes back after all of it."""
         probe = f"{self.topics.hello}/{self.role}/{self.instance}"
         self.client.subscribe(probe, qos=1)
-        self.client.publish(probe, b"", qos=1)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            item = self.client.get(timeout=left)
-            if item is None:
-                break
-            if item[0] == probe:
-                return
+        held = UntilEcho(self.client, probe, timeout)
+        for item in held:
             self.receive(*item)
-        self.log.warning("the broker did not echo a probe within %g s", timeout)
+        if not held.echoed:
+            self.log.warning("the broker did not echo a probe within %g s", timeout)
 
     def close(self) -> None:
         """Announce `offline` (if it said online) and disconnect cleanly."""

@@ -10,6 +10,8 @@ tests of each service's state machine (and, later, in fuzzing).
 from __future__ import annotations
 
 import queue
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -81,3 +83,26 @@ def take(inbox: queue.Queue[T], timeout: float | None) -> T | None:
         return inbox.get(timeout=timeout)
     except queue.Empty:
         return None
+
+
+class UntilEcho:
+    """What `transport` receives until a probe it publishes now on `probe` (a topic it
+    subscribes to) comes back: the broker sends the probe after everything published before
+    it, the retained messages of the subscriptions included, so this ends where "all there
+    was" ends (waiting for quiet would not: statuses come every few seconds). `echoed` says
+    whether the probe came back within `timeout` seconds."""
+
+    def __init__(self, transport: Transport, probe: str, timeout: float) -> None:
+        self.transport = transport
+        self.probe = probe
+        self.timeout = timeout
+        self.echoed = False
+
+    def __iter__(self) -> Iterator[Received]:
+        self.transport.publish(self.probe, b"", qos=1)
+        deadline = time.monotonic() + self.timeout
+        while (item := self.transport.get(max(0.0, deadline - time.monotonic()))) is not None:
+            if item[0] == self.probe:
+                self.echoed = True
+                return
+            yield item

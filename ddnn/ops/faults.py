@@ -43,7 +43,7 @@ from ddnn.live.access import OBSERVER, TRIGGER, Grant, covers, grants, login, wr
 from ddnn.live.broker import start_broker
 from ddnn.live.mqtt import BrokerSettings, MqttClient
 from ddnn.live.service import STATUS_EVERY
-from ddnn.live.transport import Received
+from ddnn.live.transport import Received, UntilEcho
 from ddnn.live.wire import (
     MAX_PAYLOAD,
     Decision,
@@ -210,18 +210,9 @@ class Harness:
 
 
 def received(observer: MqttClient, topics: Topics, timeout: float = 10.0) -> list[Received]:
-    """What `observer` (the observer account, subscribed to the deployment) has received,
-    up to a probe it publishes now on its own topic: the broker sends it after everything
-    published before. (Waiting for quiet would not end: statuses come every 2 s.)"""
-    probe = f"{topics.hello}/{OBSERVER}/{observer.client_id}"
-    observer.publish(probe, b"", qos=1)
-    got: list[Received] = []
-    deadline = time.monotonic() + timeout
-    while (item := observer.get(max(0.0, deadline - time.monotonic()))) is not None:
-        if item[0] == probe:
-            break
-        got.append(item)
-    return got
+    """What `observer` (the observer account, subscribed to the deployment, its own probe
+    topic included) has received up to now (`UntilEcho`)."""
+    return list(UntilEcho(observer, f"{topics.hello}/{OBSERVER}/{observer.client_id}", timeout))
 
 
 def _devices(h: Harness) -> list[str]:
