@@ -29,6 +29,13 @@ def aggregator(
     clock: Annotated[
         str, typer.Option(help="tick: samples start with tick messages; wall: with any scores")
     ] = "tick",
+    replicated_cloud: Annotated[
+        bool,
+        typer.Option(
+            help="gather the cloud's feature maps here and send each sample's as one job, "
+            "for a cloud replicated behind a shared subscription (`ddnn cloud --group`)"
+        ),
+    ] = False,
     state: Annotated[
         Path | None,
         typer.Option(
@@ -53,5 +60,6 @@ def aggregator(
         deadlines,
         clock,
         ledger,
+        replicated_cloud,
     )
     service.run()

@@ -26,6 +26,15 @@ an undecided decision. A device whose status has not come for `SILENT_AFTER` sec
 status intervals) counts as offline, so a device that died while the broker was down (its
 last will lost with the broker) does not make every later sample wait out the deadline for
 it.
+
+A replicated cloud (`replicated_cloud`, cloud/service.py): the aggregator gathers the
+feature maps the cloud's inputs send after an offload request, as the cloud would, for at
+most `Deadlines.gather` seconds, and sends them on as one `job`, which any replica may answer.
+A job that got no answer within `Deadlines.resend` seconds (lost with a replica that died
+holding it) is sent again, to whichever replica the broker picks, until the cloud deadline;
+an answer that comes twice is a late duplicate like any other. A map bigger than its share
+of the largest payload (`MAX_PAYLOAD` over the cloud's inputs) is refused, so that every
+job fits in a message.
 """
 
 from __future__ import annotations
@@ -43,9 +52,20 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized_entropy, step
 from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format, tier_inputs
 from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh
-from ddnn.live.wire import Decision, Message, Offload, Scores, Status, Tick
+from ddnn.live.wire import (
+    ENCODINGS,
+    MAX_PAYLOAD,
+    Decision,
+    Features,
+    Job,
+    Message,
+    Offload,
+    Scores,
+    Status,
+    Tick,
+)
 
 # Ranges of decided sample ids remembered (one per run of consecutive ids), to drop their
 # late messages and never decide one twice: aggregator/ledger.py.
@@ -57,25 +77,32 @@ SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device
 @dataclass
 class Deadlines:
     """Seconds each stage waits: for the devices' scores, and for an upper tier's answer
-    (its own wait for feature maps included)."""
+    (its own wait for feature maps included); with a replicated cloud, for the cloud's
+    feature maps here, and for a job's answer before it is sent again."""
 
     scores: float = 1.0
     edge: float = 2.0
     cloud: float = 3.0
+    gather: float = 1.0
+    resend: float = 0.5
 
 
 @dataclass
 class Pending:
     sample: int
     t0: float  # capture time (Unix), from the tick or the first scores
-    stage: str  # "scores", "edge" or "cloud"
-    deadline: float  # monotonic
+    stage: str  # "scores", "edge", "gather" (a replicated cloud's maps) or "cloud"
+    deadline: float  # monotonic: of the stage, or of a job's resending
+    until: float = 0.0  # monotonic: the cloud deadline, for a replicated cloud
     scores: dict[int, np.ndarray] = field(default_factory=dict)  # device -> class scores
     edge_scores: dict[int, np.ndarray] = field(default_factory=dict)  # edge -> class scores
     devices: list[int] = field(default_factory=list)  # devices that took part
     best: tuple[str, np.ndarray] | None = None  # (exit, probabilities) of the highest tier so far
     bytes: dict[str, int] = field(default_factory=dict)
     upper_devices: set[int] = field(default_factory=set)  # whose features reached edge/cloud
+    asked: set[str] = field(default_factory=set)  # replicated cloud: the maps asked for
+    maps: dict[str, Features] = field(default_factory=dict)  # ... and those gathered
+    job: Job | None = None  # ... and the job sent, to send again
 
 
 def load_fusions(artifacts: Path | str) -> tuple[Manifest, dict[str, ScoreFusion]]:
@@ -98,6 +125,7 @@ class AggregatorService(Service):
         deadlines: Deadlines | None = None,
         clock: str = "tick",
         ledger: Path | None = None,
+        replicated_cloud: bool = False,
     ) -> None:
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
@@ -118,9 +146,18 @@ class AggregatorService(Service):
         # decided ids, in the file `ledger` too (None: memory only, as in-process tests)
         self.decided = Ledger(ledger, DECIDED_RANGES)
         self.rival: str | None = None  # another aggregator of this deployment, seen online
+        self.replicated_cloud = replicated_cloud
+        if replicated_cloud and cfg.model.cloud is None:
+            raise DDNNError("a replicated cloud needs a model with a cloud")
+        self.cloud_inputs = set(tier_inputs(cfg.model, CLOUD))
+        self.cloud_encoding = ENCODINGS[tier_input_format(cfg.model, CLOUD)]
+        self.max_map = MAX_PAYLOAD // (len(self.cloud_inputs) + 1)  # every job fits
 
     def subscriptions(self) -> list[str]:
-        return [self.topics.all_status, self.topics.tick, self.topics.all_scores]
+        topics = [self.topics.all_status, self.topics.tick, self.topics.all_scores]
+        if self.replicated_cloud:
+            topics += [self.topics.features(r) for r in sorted(self.cloud_inputs)]
+        return topics
 
     def before_online(self) -> None:
         """Refuse to run beside another aggregator of the deployment: two would each decide
@@ -148,6 +185,9 @@ class AggregatorService(Service):
         if isinstance(message, Tick):
             if self._open(message.sample, message.t) is None:
                 self.counters["late"] += 1  # decided already: a repeat, a replay
+            return
+        if isinstance(message, Features) and self.replicated_cloud:
+            self._gathered(message)
             return
         if not isinstance(message, Scores):
             raise Rejected("a message of a kind this service does not take", message.kind)
@@ -223,6 +263,40 @@ class AggregatorService(Service):
             p, "cloud", step(self.points["cloud"], ExitInputs(values[None]), True).probs[0]
         )
 
+    def _gathered(self, m: Features) -> None:
+        """A feature map for a replicated cloud's job (module doc)."""
+        if m.source not in self.cloud_inputs:
+            raise Rejected("features from a role that is not an input of the cloud", m.source)
+        if m.encoding != self.cloud_encoding:
+            raise Rejected("features in another encoding than the cloud takes", m.encoding)
+        if len(m.data) > self.max_map:
+            raise Rejected("features too big for a job", f"{m.source}: {len(m.data)} bytes")
+        p = self.pending.get(m.sample)
+        if p is None or p.stage != "gather":
+            self.counters["late"] += 1
+            return
+        if m.source not in p.asked:
+            raise Rejected("features not asked for", m.source)
+        if m.source in p.maps:
+            self.counters["duplicate"] += 1
+            return
+        p.maps[m.source] = m
+        if set(p.maps) >= p.asked:
+            self._send_job(p)
+
+    def _send_job(self, p: Pending) -> None:
+        """Send the gathered maps as one job, or again the job sent before."""
+        now = time.monotonic()
+        if p.job is None:
+            if not p.maps:
+                self._degraded(p, f"no feature map came within {self.deadlines.gather:g} s")
+                return
+            p.job, p.maps, p.stage = Job.of(p.sample, p.t0, list(p.maps.values())), {}, "cloud"
+        else:
+            self.counters["jobs_resent"] += 1
+        self.publish(self.topics.job, p.job)
+        self._wait(p, min(self.deadlines.resend, max(0.0, p.until - now)))
+
     @staticmethod
     def _count_received(p: Pending, m: Scores) -> None:
         """Bytes of the feature maps an upper tier received, by the kind of sender."""
@@ -253,10 +327,13 @@ class AggregatorService(Service):
         if local.exits[0]:
             self._decide(p, "local", local.probs[0])
             return
-        p.stage = "edge" if "edge" in self.fusions else "cloud"
-        self._wait(p, self.deadlines.edge if p.stage == "edge" else self.deadlines.cloud)
         sources = [Role.device(d) for d in p.devices]
-        self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to=p.stage))
+        if "edge" in self.fusions:
+            p.stage = "edge"
+            self._wait(p, self.deadlines.edge)
+            self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="edge"))
+        else:
+            self._to_cloud(p, sources)
 
     def _expected_edges(self, p: Pending) -> set[int]:
         return {e for e, group in enumerate(self.groups) if set(group) & set(p.devices)}
@@ -270,16 +347,27 @@ class AggregatorService(Service):
         if edge.exits[0]:
             self._decide(p, "edge", edge.probs[0])
             return
-        p.stage = "cloud"
-        self._wait(p, self.deadlines.cloud)
-        sources = [Role.edge(e) for e in sorted(p.edge_scores)]
+        self._to_cloud(p, [Role.edge(e) for e in sorted(p.edge_scores)])
+
+    def _to_cloud(self, p: Pending, sources: list[Role]) -> None:
+        """Ask `sources` for their feature maps for the cloud, and wait for its answer (or,
+        for a replicated cloud, gather the maps here first)."""
+        if self.replicated_cloud:
+            p.stage, p.asked = "gather", set(sources)
+            p.until = time.monotonic() + self.deadlines.cloud
+            self._wait(p, min(self.deadlines.gather, self.deadlines.cloud))
+        else:
+            p.stage = "cloud"
+            self._wait(p, self.deadlines.cloud)
         self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="cloud"))
 
     def poll(self, now: float) -> float | None:
         self._forget_silent(now)
         due = self.deadlines_due
+        passed = []  # those set while acting on these wait for the next poll
         while due and due[0][0] <= now:
-            deadline, sample = heapq.heappop(due)
+            passed.append(heapq.heappop(due))
+        for deadline, sample in passed:
             p = self.pending.get(sample)
             if p is None or p.deadline != deadline:
                 continue  # decided since, or waiting on a later stage's deadline
@@ -287,6 +375,8 @@ class AggregatorService(Service):
                 self._local_step(p)
             elif p.stage == "edge":
                 self._edge_step(p)
+            elif p.stage == "gather" or (p.job is not None and now < p.until):
+                self._send_job(p)
             else:
                 self._degraded(p, f"the cloud did not answer within {self.deadlines.cloud:g} s")
         return due[0][0] if due else None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ddnn.core.errors import DDNNError
 from ddnn.core.roles import CLOUD, Role, tier_inputs
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
 
@@ -22,6 +23,13 @@ def cloud(
     deadline: Annotated[
         float, typer.Option(min=0.001, help="seconds to wait for the feature maps")
     ] = 1.0,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="run as one replica of this group (an MQTT 5 shared subscription), taking "
+            "whole jobs from an aggregator started with --replicated-cloud"
+        ),
+    ] = None,
 ) -> None:
     """Run the cloud: fuse the feature maps of the tier below, run the cloud layers and
     answer the aggregator with the last exit's class scores."""
@@ -29,15 +37,22 @@ def cloud(
     from ddnn.nn.export import load_cloud
 
     manifest, module = load_cloud(artifacts)
+    broker = setup.login(artifacts, CLOUD, manifest.model_version)
+    if group is not None and broker.protocol != "5":
+        raise DDNNError(
+            "--group shares jobs through an MQTT 5 shared subscription: not over MQTT "
+            f"{broker.protocol} (the embedded broker speaks only 3.1.1; use mosquitto)"
+        )
     TierService(
         CLOUD,
         manifest,
         module,
         tier_inputs(manifest.ddnn_config().model, CLOUD),
         module.in_shape,
-        setup.login(artifacts, CLOUD, manifest.model_version),
+        broker,
         setup.deployment,
         deadline=deadline,
+        group=group,
     ).run()
 
 

@@ -13,6 +13,14 @@ What a tier holds is bounded: at most `KEEP_MAX` samples in all, and at most
 before the request, so a few are normal), so that one source flooding maps for samples nobody
 asked about cannot push out the real ones in flight. The tier takes maps only in the encoding
 its inputs produce (bits from binary devices), never a float map where it expects bits.
+
+Replicated (`group`): the cloud as one of several replicas behind an MQTT 5 shared
+subscription. The aggregator then gathers the feature maps itself and sends each sample's as
+one `job` (ddnn/live/wire.py), which the broker hands to one member of the group; a replica
+holds nothing between messages, answers each job at once with the maps in it that check
+out, and keeps no session, so a dead one stops getting jobs as soon as the broker sees it
+go. A job lost with a dead replica is sent again by the aggregator, and a job answered
+twice is decided once (aggregator/service.py).
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ import numpy as np
 import torch
 
 from ddnn.core.config import FeatureFormat
+from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role, tier_input_format
 from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service
-from ddnn.live.wire import ENCODINGS, Features, Message, Offload, Scores
+from ddnn.live.wire import ENCODINGS, Features, Job, Message, Offload, Refused, Scores
 from ddnn.nn.model import UpperTier
 
 KEEP_MAX = 1024  # samples remembered at most: collecting, run, and kept for the cloud
@@ -46,7 +55,8 @@ class Collecting:
 
 
 class TierService(Service):
-    """`inputs`: the roles feeding this tier, in the order of the module's input slots."""
+    """`inputs`: the roles feeding this tier, in the order of the module's input slots;
+    `group`: the shared subscription group of a replicated cloud (module doc)."""
 
     def __init__(
         self,
@@ -61,9 +71,13 @@ class TierService(Service):
         output_format: FeatureFormat = "binary",
         deadline: float = 1.0,
         keep_seconds: float = 10.0,
+        group: str | None = None,
     ) -> None:
         self.role = role
-        super().__init__(manifest, broker, deployment)
+        self.group = group
+        if group is not None and role.tier != "cloud":
+            raise DDNNError("only the cloud runs replicated (its answer needs no kept map)")
+        super().__init__(manifest, broker, deployment, keep_session=group is None)
         self.module = module
         self.inputs = inputs
         self.slot = {r: i for i, r in enumerate(inputs)}
@@ -78,9 +92,14 @@ class TierService(Service):
         self.kept = KeptMaps(keep_seconds, KEEP_MAX)
 
     def subscriptions(self) -> list[str]:
+        if self.group is not None:
+            return [self.topics.shared_jobs(self.group)]
         return [self.topics.offload] + [self.topics.features(r) for r in self.inputs]
 
     def handle(self, topic: str, message: Message) -> None:
+        if isinstance(message, Job) and self.group is not None:
+            self._job(message)
+            return
         if isinstance(message, Offload):
             if message.to == self.tier and message.sample not in self.done:
                 mine = {s for s in message.sources if s in self.slot}
@@ -92,11 +111,7 @@ class TierService(Service):
             return
         if not isinstance(message, Features):
             raise Rejected("a message of a kind this service does not take", message.kind)
-        if message.source not in self.slot:
-            reason = "features from a role that is not an input of this tier"
-            raise Rejected(reason, message.source)
-        if message.encoding != self.input_encoding:
-            raise Rejected("features in another encoding than the tier takes", message.encoding)
+        self._check(message)
         if message.sample in self.done:
             self.counters["late"] += 1
             return
@@ -107,6 +122,28 @@ class TierService(Service):
         c.maps[message.source] = message.array(self.input_shape)
         c.received[message.source] = len(message.data)
         self._maybe_run(message.sample)
+
+    def _job(self, job: Job) -> None:
+        """Answer a job with its maps that check out; each one that does not is refused
+        (counted under its reason) as the same map sent on its own would be."""
+        c = Collecting(None, 0.0, job.t0)
+        for m in job.features():
+            try:
+                self._check(m)
+                c.maps[m.source] = m.array(self.input_shape)
+            except Refused as e:
+                self.reject(e.reason, e.detail)
+                continue
+            c.received[m.source] = len(m.data)
+        self._answer(job.sample, c)
+
+    def _check(self, message: Features) -> None:
+        """Refuse a map that is not from an input of this tier, or not in its encoding."""
+        if message.source not in self.slot:
+            reason = "features from a role that is not an input of this tier"
+            raise Rejected(reason, message.source)
+        if message.encoding != self.input_encoding:
+            raise Rejected("features in another encoding than the tier takes", message.encoding)
 
     def _collecting(self, sample: int) -> Collecting:
         if sample not in self.collecting:
@@ -127,8 +164,11 @@ class TierService(Service):
             self._run(sample)
 
     def _run(self, sample: int) -> None:
-        c = self.collecting.pop(sample)
         self.done.add(sample)
+        self._answer(sample, self.collecting.pop(sample))
+
+    def _answer(self, sample: int, c: Collecting) -> None:
+        """Fuse the maps of `c`, run the tier's layers, publish its scores."""
         if not c.maps:
             self.counters["nothing_arrived"] += 1
             return

@@ -157,8 +157,10 @@ def cloud_rig(artifacts: Path, deadline: float = 1.0) -> tuple[Rig, TierService]
     return rig, cloud
 
 
-def whole_rig(artifacts: Path) -> Rig:
-    """Every service of a deployment of `artifacts`, opened on one bus."""
+def whole_rig(artifacts: Path, replicas: int | None = None) -> Rig:
+    """Every service of a deployment of `artifacts`, opened on one bus; `replicas`: that
+    many cloud replicas in the shared subscription group "cloud", fed jobs by the
+    aggregator, instead of one cloud."""
     manifest, fusions = load_fusions(artifacts)
     model = manifest.ddnn_config().model
     rig = Rig(manifest)
@@ -172,8 +174,17 @@ def whole_rig(artifacts: Path) -> Rig:
     if model.cloud is not None:
         _, cloud = load_cloud(artifacts)
         inputs = tier_inputs(model, CLOUD)
-        rig.add(TierService(CLOUD, manifest, cloud, inputs, cloud.in_shape, rig.bus, DEPLOYMENT))
-    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))
+        group = None if replicas is None else "cloud"
+        for _ in range(replicas or 1):
+            rig.add(
+                TierService(
+                    CLOUD, manifest, cloud, inputs, cloud.in_shape, rig.bus, DEPLOYMENT, group=group
+                )
+            )
+    replicated = replicas is not None
+    rig.add(
+        AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=replicated)
+    )
     return rig
 
 

@@ -23,6 +23,7 @@ from ddnn.live.service import WALL_SKEW
 from ddnn.live.transport import Will
 from ddnn.live.wire import (
     Features,
+    Job,
     Offload,
     Scores,
     Status,
@@ -30,7 +31,7 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from ddnn.nn.export import load_edge
+from ddnn.nn.export import load_cloud, load_edge
 from tests.helpers import ddnn_json
 from tests.inprocess import (
     DEPLOYMENT,
@@ -64,6 +65,25 @@ def test_the_memory_bus_keeps_mqtts_retain_will_and_wildcard_rules():
     bus.lose(again)
     assert watcher.get(0) == ("a/will", b"dead")
     assert not again.publish("a/x", b"after death")
+
+
+def test_the_memory_bus_hands_each_message_of_a_shared_subscription_to_one_member():
+    bus = MemoryBus()
+    bus.publish("a/job", b"kept", retain=True)
+    members = [bus.client(f"m{i}").connect() for i in range(2)]
+    for m in members:
+        m.subscribe("$share/g/a/+")
+    plain = bus.client("plain").connect()
+    plain.subscribe("a/+")
+    assert all(m.get(0) is None for m in members)  # no retained message on a shared filter
+    for i in range(4):
+        bus.publish("a/job", str(i).encode())
+    got = [[p for _, p in iter(lambda m=m: m.get(0), None)] for m in members]
+    assert sorted(got[0] + got[1]) == [b"0", b"1", b"2", b"3"] and got[0] and got[1]
+    assert len([p for _, p in iter(lambda: plain.get(0), None)]) == 5  # everything, retained too
+    bus.lose(members[1])
+    bus.publish("a/job", b"4")
+    assert members[0].get(0) == ("a/job", b"4")
 
 
 # -- the aggregator -------------------------------------------------------------------
@@ -444,6 +464,107 @@ def test_a_whole_deployment_in_process_decides_as_offline_evaluation(with_edges,
         sender = getattr(message, "role", None) or getattr(message, "source", None)
         account = TRIGGER if isinstance(message, Tick) else sender or AGGREGATOR
         assert any(covers(g, topic) for g in accounts[account].write), (account, topic)
+
+
+@pytest.mark.parametrize("model", ["plain", "with_edges"])
+def test_replicated_clouds_decide_as_one_cloud_and_a_dead_ones_jobs_are_sent_again(model, request):
+    """Two cloud replicas in a shared subscription group, fed whole jobs by the aggregator:
+    the decisions are those of one cloud, both replicas answer jobs, and the jobs a replica
+    held when it died are sent again after `Deadlines.resend` and answered by the other,
+    so that no sample ends degraded, none twice."""
+    artifacts = request.getfixturevalue(model)
+    one, replicated = whole_rig(artifacts), whole_rig(artifacts, replicas=2)
+    for sample in range(60):
+        for rig in (one, replicated):
+            rig.send(Tick(sample=sample, t=time.time()))
+            rig.settle()
+    decided = [
+        {d.sample: (d.class_index, d.exit) for d in r.decisions()} for r in (one, replicated)
+    ]
+    assert decided[0] == decided[1] and sorted(decided[1]) == list(range(60))
+    assert sum(e == "cloud" for _, e in decided[1].values()) >= 5
+    clouds = [s for s in replicated.services if isinstance(s, TierService) and s.group]
+    aggregator = replicated.services[-1]
+    assert all(c.counters["samples"] > 0 for c in clouds) and not aggregator.rejected
+
+    # the next job goes to the first replica (the bus hands jobs out in turn), which dies
+    # before it reads it
+    dying, survivor = clouds
+    replicated.services.remove(dying)
+    replicated.bus._turns["cloud"] = 0
+    before = survivor.counters["samples"]
+    ticked = iter(range(60, 120))
+    for sample in ticked:
+        replicated.send(Tick(sample=sample, t=time.time()))
+        replicated.settle()
+        if dying.client.get(0) is not None:  # a job reached it: it dies holding it
+            replicated.bus.lose(dying.client)
+            break
+    assert not dying.client._attached, "no sample went to the cloud"
+    replicated.settle(later=0.6)  # past the resend delay, not the cloud deadline
+    for sample in ticked:
+        replicated.send(Tick(sample=sample, t=time.time()))
+        replicated.settle()
+    final = [d for d in replicated.decisions() if d.sample >= 60]
+    assert sorted(d.sample for d in final) == list(range(60, 120))
+    assert not any(d.degraded for d in final)
+    assert aggregator.counters["jobs_resent"] >= 1
+    assert survivor.counters["samples"] > before
+
+
+def test_a_replica_refuses_the_maps_of_a_job_that_do_not_check_out_and_answers_with_the_rest(
+    plain,
+):
+    manifest, module = load_cloud(plain)
+    rig = Rig(manifest)
+    inputs = tier_inputs(manifest.ddnn_config().model, CLOUD)
+    cloud = TierService(
+        CLOUD, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT, group="g"
+    )
+    rig.add(cloud)
+    good = [features(5, Role.device(d), module.in_shape, seed=d) for d in range(3)]
+    wrong_shape = features(5, Role.device(3), (1, 2, 2))
+    rig.send(Job.of(5, time.time(), [*good, wrong_shape]), topic=rig.topics.job)
+    rig.settle()
+    (answer,) = rig.of(Scores)
+    assert sorted(answer.received) == ["device-0", "device-1", "device-2"]
+    assert cloud.rejected == {"features of another shape than the tier takes": 1}
+    # a plain offload or map is not for a replica: it subscribed to neither
+    rig.send(good[0])
+    rig.settle()
+    assert len(rig.of(Scores)) == 1
+
+
+def test_the_aggregator_gathers_a_replicated_clouds_maps_and_refuses_what_it_did_not_ask(plain):
+    manifest, fusions = load_fusions(plain)
+    rig = Rig(manifest)
+    for d in range(6):
+        rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
+    agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=True)
+    rig.add(agg)
+    rig.send(Tick(sample=3, t=time.time()))
+    for d in range(6):
+        rig.send(scores(3, Role.device(d), UNSURE))
+    rig.settle()
+    (offload,) = rig.of(Offload)
+    shape = (4, 8, 8)
+    for d in range(5):
+        rig.send(features(3, Role.device(d), shape, seed=d))
+    rig.send(features(3, Role.device(0), shape))  # a repeat
+    rig.send(features(4, Role.device(1), shape))  # a sample not gathering
+    rig.send(Features(sample=3, source="device-5", encoding="f32", shape=[1], data=b"\0" * 4))
+    rig.settle()
+    assert rig.of(Job) == []  # device 5's map is still missing
+    assert agg.rejected == {"features in another encoding than the cloud takes": 1}
+    assert agg.counters["duplicate"] == 1 and agg.counters["late"] == 1
+    rig.settle(later=1.1)  # the gather deadline: the job goes with the five maps
+    (job,) = rig.of(Job)
+    assert sorted(job.maps) == [f"device-{d}" for d in range(5)] and job.sample == 3
+    rig.settle(later=1.7)  # no answer within the resend delay: the same job again
+    assert rig.of(Job) == [job, job] and agg.counters["jobs_resent"] == 1
+    rig.settle(later=LATER)  # no answer by the cloud deadline: the local answer stands
+    (decision,) = rig.decisions()
+    assert decision.degraded and decision.exit == "local"
 
 
 def test_services_announce_online_retained_and_offline_on_close(plain):

@@ -18,6 +18,9 @@ What each account may do (`grants`) follows from the topology alone:
 - a role reads only what its service subscribes to: a device the ticks and offload
   requests, an edge its group's feature maps, the cloud its inputs' maps, the aggregator the
   statuses, ticks and scores;
+- for a cloud replicated behind a shared subscription (cloud/service.py), the aggregator
+  also reads the cloud's inputs' maps and writes `job`, which the cloud reads (a broker
+  checks a `$share/<group>/<filter>` subscription against its filter);
 - each account may also use `hello/<account>/...`, the probe topics of `Service.catch_up`.
 
 `write_access` turns that into the files a broker enforces and each service logs in with, in
@@ -82,8 +85,13 @@ def grants(model: ModelConfig, topics: Topics) -> dict[str, Grant]:
         elif role == AGGREGATOR:
             read = (topics.all_status, topics.tick, topics.all_scores)
             own = (topics.status(role), topics.offload, topics.decisions)
+            if model.cloud is not None:  # gathering for a replicated cloud
+                read += tuple(topics.features(r) for r in tier_inputs(model, CLOUD))
+                own += (topics.job,)
         else:  # an edge or the cloud
             read = (topics.offload, *(topics.features(r) for r in tier_inputs(model, role)))
+            if role == CLOUD:
+                read += (topics.job,)
         out[role] = Grant(read, own)
     out[TRIGGER] = Grant((topics.all_status, topics.decisions), (topics.tick,))
     out[OBSERVER] = Grant((f"{topics.root}/#",), ())

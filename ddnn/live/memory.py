@@ -4,8 +4,10 @@ depend on them.
 What it keeps of MQTT: topic filters with `+` and `#`; retained messages (kept per topic, an
 empty retained payload clears one, a new subscription receives the matching ones first);
 last wills, published when a client is `lose`-d (the in-process way of killing a process) and
-not on a clean `close()`; and per-client inboxes read with `get(timeout)`, as the MQTT
-client's. What it leaves out: QoS (nothing is lost in-process), sessions and the network.
+not on a clean `close()`; MQTT 5 shared subscriptions (`$share/<group>/<filter>`: each
+message to one member of the group, in turn, and retained messages to none); and per-client
+inboxes read with `get(timeout)`, as the MQTT client's. What it leaves out: QoS (nothing is
+lost in-process), sessions and the network.
 
 Delivery is synchronous: `publish` puts the message in every matching subscriber's inbox
 before it returns, so a test that hands each service its inbox in turn (`settle`) runs a
@@ -35,6 +37,7 @@ class MemoryBus:
         self._clients: dict[str, MemoryClient] = {}
         self._retained: dict[str, bytes] = {}
         self._ids = itertools.count()
+        self._turns: dict[str, int] = {}  # shared subscription group -> messages handed out
 
     def client(self, client_id: str | None = None, *, will: Will | None = None) -> MemoryClient:
         return MemoryClient(self, client_id or f"memory-{next(self._ids)}", will)
@@ -49,6 +52,14 @@ class MemoryBus:
                 else:
                     self._retained.pop(topic, None)
             receivers = [c for c in self._clients.values() if c.wants(topic)]
+            members: dict[str, list[MemoryClient]] = {}
+            for c in self._clients.values():
+                for group in c.shares(topic):
+                    members.setdefault(group, []).append(c)
+            for group, clients in members.items():
+                turn = self._turns.get(group, 0)
+                self._turns[group] = turn + 1
+                receivers.append(clients[turn % len(clients)])
         for c in receivers:
             c.deliver(topic, payload)
 
@@ -95,6 +106,7 @@ class MemoryClient:
         self.denied = 0  # this bus grants everything: see ddnn/live/access.py for brokers
         self.dropped = 0  # its inboxes are unbounded: tests hand them their floods whole
         self._filters = MQTTMatcher()
+        self._shared: dict[str, MQTTMatcher] = {}  # group -> its filters
         self._inbox: queue.Queue[Received] = queue.Queue()
         self._attached = False
 
@@ -110,6 +122,10 @@ class MemoryClient:
         return self
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        if topic_filter.startswith("$share/"):
+            _, group, shared = topic_filter.split("/", 2)
+            self._shared.setdefault(group, MQTTMatcher())[shared] = True
+            return
         self._filters[topic_filter] = True
         for topic, payload in self.bus._retained_for(topic_filter):
             self._inbox.put((topic, payload))
@@ -129,6 +145,14 @@ class MemoryClient:
     # -- for MemoryBus -------------------------------------------------------------------
     def wants(self, topic: str) -> bool:
         return next(self._filters.iter_match(topic), None) is not None
+
+    def shares(self, topic: str) -> list[str]:
+        """The shared subscription groups through which this client takes `topic`."""
+        return [
+            group
+            for group, filters in self._shared.items()
+            if next(filters.iter_match(topic), None) is not None
+        ]
 
     def deliver(self, topic: str, payload: bytes) -> None:
         if self._attached:

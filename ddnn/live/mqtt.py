@@ -34,6 +34,9 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
 - Over MQTT 5 the session outlives a lost connection by `SESSION_EXPIRY` seconds: the
   broker keeps the QoS 1 messages for this client while it reconnects and sends them after,
   with the ones it sent but never saw acknowledged (a duplicate, which receivers drop).
+  Not for a member of a shared subscription (`keep_session=False`): mosquitto goes on
+  handing a kept session its share of the group's messages while nobody reads them, so a
+  dead replica would swallow half of them for a minute; its session ends with its connection.
 
 Protocol version. The client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
 is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
@@ -326,7 +329,8 @@ class MqttClient:
 
     `threaded=False`: the network runs in the caller's thread, in `get()` and the other calls
     that wait (module doc); then one thread only may use the client, and it must call `get()`
-    at least every `keepalive` seconds.
+    at least every `keepalive` seconds. `keep_session=False`: the broker drops the session
+    with the connection (module doc: for the members of a shared subscription).
     """
 
     def __init__(
@@ -336,9 +340,11 @@ class MqttClient:
         *,
         will: Will | None = None,
         threaded: bool = True,
+        keep_session: bool = True,
     ) -> None:
         self.settings = as_settings(settings)
         self.threaded = threaded
+        self.keep_session = keep_session
         self._retry_at = 0.0  # unthreaded: when to try connecting next (monotonic)
         self._delay = RECONNECT_DELAY[0]
         self.client_id = client_id
@@ -540,7 +546,7 @@ class MqttClient:
             if self.protocol == "5":
                 properties = Properties(PacketTypes.CONNECT)
                 properties.ReceiveMaximum = RECEIVE_MAXIMUM
-                properties.SessionExpiryInterval = SESSION_EXPIRY
+                properties.SessionExpiryInterval = SESSION_EXPIRY if self.keep_session else 0
             self._client.connect_async(
                 host,
                 port,

@@ -120,21 +120,26 @@ def check_fresh(t: float, what: str) -> None:
 Broker = BrokerSettings | MemoryBus  # a real broker, or the in-process one of fast tests
 
 
-def open_transport(broker: Broker, client_id: str, will: Will) -> Transport:
+def open_transport(
+    broker: Broker, client_id: str, will: Will, keep_session: bool = True
+) -> Transport:
     if isinstance(broker, MemoryBus):
-        return broker.client(client_id, will=will)
+        return broker.client(client_id, will=will)  # it keeps no sessions
     # the network in the service's own loop (ddnn/live/mqtt.py says why)
-    return MqttClient(broker, client_id, will=will, threaded=False)
+    return MqttClient(broker, client_id, will=will, threaded=False, keep_session=keep_session)
 
 
 class Service:
     """The base of every service. `run()` serves until stopped; tests that drive a service
     in-process call `open()`, hand it messages with `receive()`, call `poll()` with the time
-    they want, and `close()`."""
+    they want, and `close()`. `keep_session`: whether the broker keeps the MQTT session over
+    a lost connection (not for a member of a shared subscription: ddnn/live/mqtt.py)."""
 
     role: Role
 
-    def __init__(self, manifest: Manifest, broker: Broker, deployment: str) -> None:
+    def __init__(
+        self, manifest: Manifest, broker: Broker, deployment: str, keep_session: bool = True
+    ) -> None:
         self.manifest = manifest
         self.topics = Topics(deployment, manifest.model_version)
         self.counters: Counter[str] = Counter()
@@ -152,9 +157,8 @@ class Service:
         # The client id too: unique per process, and short enough for any broker.
         self.instance = f"ddnn-{deployment[:64]}-{self.role}-{os.getpid()}-{secrets.token_hex(4)}"
         offline = Status(role=self.role, state="offline", t=time.time(), instance=self.instance)
-        self.client = open_transport(
-            broker, self.instance, Will(self.topics.status(self.role), encode(offline))
-        )
+        will = Will(self.topics.status(self.role), encode(offline))
+        self.client = open_transport(broker, self.instance, will, keep_session)
 
     # -- what subclasses provide -------------------------------------------------------
     def subscriptions(self) -> list[str]:

@@ -8,6 +8,8 @@ versions share one broker without seeing each other's traffic:
     scores/<role>        class scores of a device, an edge or the cloud, for one sample
     offload              the aggregator asks `sources` to send their feature maps `to` a tier
     features/<role>      a device's or an edge's feature map, bit-packed when binary
+    job                  the cloud's inputs for one sample in one message, gathered by the
+                         aggregator, for a cloud replicated behind a shared subscription
     decisions            exactly one decision (or undecided) per sample
 
 Every payload is a msgpack map with the schema version `v` and a `kind`, validated by a
@@ -25,7 +27,15 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError, problems
@@ -42,6 +52,7 @@ _LITTLE = sys.byteorder == "little"
 # A role on the wire is a string in canonical form, read as a Role (ddnn.core.roles).
 RoleName = Annotated[str, Field(max_length=16), AfterValidator(Role)]
 Sample = Annotated[int, Field(ge=0, lt=2**63)]
+Shape = Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1, max_length=4)]
 
 
 def shown(value: object, limit: int = 40) -> str:
@@ -142,7 +153,7 @@ class Features(_Message):
     sample: Sample
     source: RoleName
     encoding: Literal["bits", "u8", "f32"]
-    shape: list[Annotated[int, Field(ge=1, le=65536)]] = Field(min_length=1, max_length=4)
+    shape: Shape
     data: bytes
 
     @classmethod
@@ -181,6 +192,51 @@ class Features(_Message):
         return out
 
 
+class Job(_Message):
+    """One sample's work for a replicated cloud, whole: the feature maps of its inputs that
+    reached the aggregator (`maps` and `shapes` by source, all in `encoding`). A replica needs
+    nothing else, so a shared subscription may hand each job to any member, and a job lost
+    with a killed member can be sent again to another (aggregator/service.py)."""
+
+    kind: Literal["job"] = "job"
+    sample: Sample
+    t0: float
+    encoding: Literal["bits", "u8", "f32"]
+    maps: dict[RoleName, bytes] = Field(max_length=4096)
+    shapes: dict[RoleName, Shape] = Field(max_length=4096)
+
+    @field_validator("shapes")
+    @classmethod
+    def _one_shape_per_map(cls, v: dict[str, list[int]], info: ValidationInfo) -> dict:
+        if set(v) != set(info.data.get("maps", {})):
+            raise ValueError("shapes name other sources than maps")
+        return v
+
+    @classmethod
+    def of(cls, sample: int, t0: float, maps: list[Features]) -> Job:
+        """The job of `maps` (all in one encoding, which the aggregator checked)."""
+        return cls(
+            sample=sample,
+            t0=t0,
+            encoding=maps[0].encoding if maps else "bits",
+            maps={m.source: m.data for m in maps},
+            shapes={m.source: m.shape for m in maps},
+        )
+
+    def features(self) -> list[Features]:
+        """The maps as the messages they came in (each still to be checked by `array`)."""
+        return [
+            Features(
+                sample=self.sample,
+                source=source,
+                encoding=self.encoding,
+                shape=self.shapes[source],
+                data=data,
+            )
+            for source, data in self.maps.items()
+        ]
+
+
 class Decision(_Message):
     """The one message that ends a sample. `decided` is False (with `reason`) when no tier
     could classify it; `degraded` is True when an upper tier failed to answer in time and
@@ -201,9 +257,10 @@ class Decision(_Message):
     upper_devices: list[int] | None = None  # devices whose feature maps reached edge/cloud
 
 
-Message = Status | Tick | Scores | Offload | Features | Decision
+Message = Status | Tick | Scores | Offload | Features | Job | Decision
 KINDS: dict[str, type[_Message]] = {
-    m.model_fields["kind"].default: m for m in (Status, Tick, Scores, Offload, Features, Decision)
+    m.model_fields["kind"].default: m
+    for m in (Status, Tick, Scores, Offload, Features, Job, Decision)
 }
 
 
@@ -243,6 +300,7 @@ TOPIC_KINDS: dict[str, type[_Message]] = {
     "scores": Scores,
     "offload": Offload,
     "features": Features,
+    "job": Job,
     "decisions": Decision,
 }
 
@@ -257,6 +315,7 @@ class Topics:
         self.root = f"ddnn/{deployment}/{model_version}"
         self.tick = f"{self.root}/tick"
         self.offload = f"{self.root}/offload"
+        self.job = f"{self.root}/job"
         self.decisions = f"{self.root}/decisions"
         self.hello = f"{self.root}/hello"  # + /<role>/<instance>: a service's own probe
         self.all_scores = f"{self.root}/scores/+"
@@ -283,6 +342,13 @@ class Topics:
 
     def status(self, role: Role) -> str:
         return f"{self.root}/status/{role}"
+
+    def shared_jobs(self, group: str) -> str:
+        """The filter by which replicas share the jobs: MQTT 5's `$share/<group>/<filter>`
+        hands each job to one member of `group`."""
+        if not group or any(c in group for c in "/+#") or not group.isprintable():
+            raise DDNNError(f"group {group!r} cannot name an MQTT shared subscription")
+        return f"$share/{group}/{self.job}"
 
     def scores(self, role: Role) -> str:
         return f"{self.root}/scores/{role}"
