@@ -182,9 +182,7 @@ def whole_rig(artifacts: Path, replicas: int | None = None) -> Rig:
                 )
             )
     replicated = replicas is not None
-    rig.add(
-        AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=replicated)
-    )
+    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=replicated))
     return rig
 
 

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddnn.core.roles import CLOUD
 from ddnn.live.broker import find_mosquitto, start_broker
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
+from ddnn.nn.checkpoint import load_model
+from ddnn.ops import deploy
 from tests.helpers import ddnn, ddnn_json
 
 
@@ -222,3 +225,50 @@ def test_a_cloud_outage_leaves_local_answers_standing_as_degraded(deployment, tm
     assert 0 < len(degraded) < 30  # the confident half exits locally as usual
     assert all("cloud did not answer" in d.reason for d in degraded)
     assert all(d.latency_ms >= 300 for d in degraded)
+
+
+def test_cloud_replicas_share_the_jobs_and_one_killed_mid_stream_loses_no_sample(tmp_path, tiny):
+    """Two cloud replicas behind an MQTT 5 shared subscription (real mosquitto, real
+    processes): both answer jobs; one is killed (SIGKILL) halfway through the stream; every
+    sample still ends in exactly one decision, none degraded, each equal to offline
+    evaluation, the cloud deciding after the kill as before it."""
+    if find_mosquitto() is None:
+        pytest.skip("shared subscriptions need an MQTT 5 broker: mosquitto")
+    net, cfg, meta = load_model(tiny)
+    prepared = deploy.prepare(net, cfg, meta, tmp_path, "replicas")
+    broker = start_broker(kind="mosquitto", access=prepared.access)
+    worked: dict[str, int] = {}
+    samples, kill_at = 300, 150
+
+    def kill_one(k: int) -> None:
+        if k == kill_at:  # 3 s in at 50/s: each replica has published a status with counters
+            for instance, status in driver.instances.items():
+                if status.role == CLOUD:
+                    worked[instance] = status.counters.get("samples", 0)
+            driver.dead.add("cloud.1")
+            fleet.kill("cloud.1")
+
+    try:
+        with deploy.deployment(prepared, broker.settings(), tmp_path, cloud_replicas=2) as running:
+            driver, fleet = running.driver, running.fleet
+            assert running.processes.count(CLOUD) == 1 and "cloud.1" in running.processes
+            driver.run(range(samples), rate=50.0, before=kill_one)
+    finally:
+        broker.stop()
+    assert len(worked) == 2 and all(n > 0 for n in worked.values()), worked
+    decisions = driver.decisions
+    assert sorted(decisions) == list(range(samples)) and dict(driver.anomalies) == {}
+    assert not any(d.degraded or not d.decided for d in decisions.values())
+    after = [d for k, d in decisions.items() if k > kill_at + 8]
+    assert sum(d.exit == "cloud" for d in after) >= 10
+    parity = running.reference.compare(decisions.values())
+    assert parity["compared"] == samples and parity["mismatches"] == 0
+    assert running.codes["cloud"] == 0 and running.codes["aggregator"] == 0
+
+
+def test_the_demo_refuses_cloud_replicas_it_cannot_run(tiny):
+    """Shared subscriptions are MQTT 5: the embedded broker (3.1.1) cannot hold replicas."""
+    result = ddnn("demo", "--model", str(tiny), "--cloud-replicas", "2", "--broker",
+                  "mqtt://127.0.0.1:1", "--mqtt", "3.1.1", check=False)  # fmt: skip
+    assert result.returncode != 0 and "MQTT 5 shared" in result.stderr
+    assert "Traceback" not in result.stderr

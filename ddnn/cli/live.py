@@ -316,6 +316,15 @@ def demo(
             "mosquitto bridge that carries only what the cloud takes and answers"
         ),
     ] = False,
+    cloud_replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="run the cloud as this many replicas sharing its work through an MQTT 5 "
+            "shared subscription (the aggregator gathers each sample's maps into one job); "
+            "needs mosquitto",
+        ),
+    ] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
@@ -336,6 +345,7 @@ def demo(
         lambda text: err.print(text),
         data,
         bridge,
+        cloud_replicas,
     )
     b = report["broker"]
     show(
@@ -367,6 +377,11 @@ def demo(
             + (
                 f"; the cloud on its own broker {b['cloud_url']}, bridged to the site's"
                 if b.get("bridged")
+                else ""
+            )
+            + (
+                f"; the cloud as {report['cloud_replicas']} replicas sharing jobs"
+                if report["cloud_replicas"] > 1
                 else ""
             ),
             "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "

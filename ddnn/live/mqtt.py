@@ -666,10 +666,14 @@ class MqttClient:
         return self._connected.is_set()
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        """Subscribe now if connected, and again after every reconnect."""
+        """Subscribe now if connected, and again after every reconnect. A shared
+        subscription's messages come on the topics of its filter after `$share/<group>/`."""
+        matched = topic_filter
+        if topic_filter.startswith("$share/"):
+            matched = topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else ""
         with self._lock:
             self._filters[topic_filter] = qos
-            self._matcher[topic_filter] = True
+            self._matcher[matched] = True
             self._solicited.clear()
             now = self._connected.is_set()
         if now:

@@ -118,12 +118,15 @@ def run_demo(
     log: Callable[[str], None],
     data: str | None = None,
     bridge: bool = False,
+    cloud_replicas: int = 1,
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
     `bridge`: the cloud on a broker of its own (TLS, its accounts), joined to the site's
     broker (devices, aggregator, edges) by a mosquitto bridge that carries only the offload
-    requests, the cloud's inputs and its answers (and its status)."""
+    requests, the cloud's inputs and its answers (and its status). `cloud_replicas` over 1:
+    the cloud as that many replicas behind an MQTT 5 shared subscription, fed whole jobs by
+    the aggregator (cloud/service.py)."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -132,6 +135,8 @@ def run_demo(
         raise DDNNError(f"--devices must be 1..{n} for this model, got {k}")
     if cfg.model.local is None:
         raise DDNNError("the live system needs a model with a local exit")
+    if cloud_replicas > 1 and (cfg.model.cloud is None or bridge):
+        raise DDNNError("--cloud-replicas needs a model with a cloud, and not --bridge (yet)")
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
         prepared = prepare(net, cfg, meta, Path(tmp), name, data)  # refuses data that misfits
@@ -147,12 +152,27 @@ def run_demo(
             settings = broker.settings()
         else:
             settings = BrokerSettings.from_url(broker_url, protocol=broker_protocol)
+        if cloud_replicas > 1 and settings.protocol != "5":
+            if broker is not None:
+                broker.stop()
+            raise DDNNError(
+                "--cloud-replicas shares the cloud's jobs through an MQTT 5 shared "
+                f"subscription; the broker speaks MQTT {settings.protocol} (the embedded "
+                "broker does: install mosquitto)"
+            )
         try:
             # through the trigger account's own probe topics: the one account it has here
             trigger = login(settings, prepared.access, TRIGGER)
             bench = f"{Topics(name, prepared.manifest.model_version).hello}/{TRIGGER}/ceiling"
             ceiling = broker_ceiling(trigger, messages=2000, topic=bench)
-            with deployment(prepared, settings, Path(tmp), devices=k, extra=extra) as running:
+            with deployment(
+                prepared,
+                settings,
+                Path(tmp),
+                devices=k,
+                extra=extra,
+                cloud_replicas=cloud_replicas,
+            ) as running:
                 driver, reference = running.driver, running.reference
                 log(
                     f"{len(running.roles)} services online; driving {samples} samples of the "
@@ -171,6 +191,7 @@ def run_demo(
     report["data"] = reference.spec
     report["anomalies"] = dict(anomalies)
     report["devices"] = k
+    report["cloud_replicas"] = cloud_replicas if cfg.model.cloud is not None else 0
     report["model_version"] = manifest.model_version
     report["broker"] = {
         "url": settings.url,

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.core.config import DDNNConfig
+from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
-from ddnn.core.roles import Role, deployment_roles
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles
 from ddnn.live.access import TRIGGER, login, write_access
 from ddnn.live.mqtt import BrokerSettings
 from ddnn.live.wire import Topics
@@ -64,9 +65,10 @@ class Deployment:
     manifest: Manifest
     reference: Reference  # offline decisions on the data the devices replay
     roles: list[Role]
+    processes: list[str]  # the fleet's names of their processes (cloud replicas: several)
     fleet: Fleet
     driver: Driver
-    codes: dict[Role, int | None] = field(default_factory=dict)  # exit codes, once stopped
+    codes: dict[str, int | None] = field(default_factory=dict)  # exit codes, once stopped
 
 
 @contextmanager
@@ -81,29 +83,40 @@ def deployment(
     retry_after: float = 5.0,
     drain: float = 0.0,
     launch: Launch | None = None,
+    cloud_replicas: int = 1,
 ) -> Iterator[Deployment]:
     """Run the prepared deployment (the first `devices` devices, all by default; `extra`
     options per role; logs in `workdir`) on the broker of `settings` (no account: each
     process logs in with its own) until the block ends; then stop every process, after
     `drain` seconds of collecting the services' last status messages (with their final
-    counters)."""
+    counters). `cloud_replicas` over 1: the cloud as that many replicas sharing the jobs
+    the aggregator gathers (cloud/service.py), which needs an MQTT 5 broker."""
     artifacts, manifest, name = prepared.artifacts, prepared.manifest, prepared.name
     common = ["--artifacts", str(artifacts), "--broker", settings.url]
     common += ["--mqtt", settings.protocol, "--deployment", name, "--log-level", log_level]
     roles = deployment_roles(manifest.ddnn_config().model, devices)
     options = replaying(roles, prepared.reference.spec)
+    replicas = {CLOUD: cloud_replicas} if cloud_replicas > 1 else {}
+    if replicas:
+        if CLOUD not in roles or settings.protocol != "5":
+            raise DDNNError("cloud replicas need a model with a cloud and an MQTT 5 broker")
+        options[CLOUD] = ["--group", "cloud"]
+        options[AGGREGATOR] = ["--replicated-cloud"]
     for role, more in (extra or {}).items():
         options[role] = [*options.get(role, []), *more]
     fleet = Fleet(common, workdir, options, launch)
     driver: Driver | None = None
     running: Deployment | None = None
     try:
-        for role in roles:
-            fleet.start(role)
+        processes = [
+            fleet.start(role, replica) for role in roles for replica in range(replicas.get(role, 1))
+        ]
         topics = Topics(name, manifest.model_version)
         driver = Driver(login(settings, prepared.access, TRIGGER), topics, fleet, retry_after)
-        driver.wait_online(roles)
-        running = Deployment(artifacts, manifest, prepared.reference, roles, fleet, driver)
+        driver.wait_online(roles, replicas=replicas)
+        running = Deployment(
+            artifacts, manifest, prepared.reference, roles, processes, fleet, driver
+        )
         yield running
     finally:
         codes = fleet.stop()

@@ -71,6 +71,12 @@ def replaying(roles: Iterable[Role], spec: str) -> dict[Role, list[str]]:
     return {role: ["--source", spec] for role in roles if role.tier == "device"}
 
 
+def replica_name(role: Role, replica: int) -> str:
+    """A fleet's name for process `replica` of `role`: the role itself for the first, as for
+    every role that runs one process; `cloud.1`, `cloud.2`, ... for more replicas."""
+    return role if replica == 0 else f"{role}.{replica}"
+
+
 class Fleet:
     """The service processes of one deployment; `common` are the options all of them take
     (artifacts, broker, deployment), `extra` the ones of a single role, `launch` how a role's
@@ -87,36 +93,45 @@ class Fleet:
         self.logs = logs
         self.extra = extra or {}
         self.launch = launch or python_m_ddnn
-        self.procs: dict[Role, subprocess.Popen] = {}
-        self.restarts: Counter[Role] = Counter()
+        self.argv: dict[str, list[str]] = {}  # process name -> its command line
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: Counter[str] = Counter()
 
-    def start(self, role: Role) -> None:
+    def start(self, role: Role, replica: int = 0) -> str:
+        """Start process `replica` of `role` (more than one: replicas of the cloud); its name
+        in this fleet (`replica_name`), which `kill`, `restart` and the others take."""
         argv = [*self.launch(role), role.tier, *self.common, *self.extra.get(role, [])]
         if role.index is not None:
             argv += ["--id", str(role.index)]
-        log = (self.logs / f"{role}.log").open("a")
-        self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        name = replica_name(role, replica)
+        self.argv[name] = argv
+        self._spawn(name)
+        return name
 
-    def kill(self, role: Role) -> None:
+    def _spawn(self, name: str) -> None:
+        log = (self.logs / f"{name}.log").open("a")
+        self.procs[name] = subprocess.Popen(self.argv[name], stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, name: str) -> None:
         """SIGKILL: no goodbye, the broker publishes the role's last will."""
-        self.procs[role].kill()
-        self.procs[role].wait()
+        self.procs[name].kill()
+        self.procs[name].wait()
 
-    def restart(self, role: Role) -> None:
-        self.restarts[role] += 1
-        self.start(role)
+    def restart(self, name: str) -> None:
+        self.restarts[name] += 1
+        self._spawn(name)
 
-    def pause(self, role: Role, seconds: float) -> None:
+    def pause(self, name: str, seconds: float) -> None:
         """SIGSTOP now, SIGCONT after `seconds` (without waiting): a straggler whose
         messages come late."""
-        proc = self.procs[role]
+        proc = self.procs[name]
         proc.send_signal(signal.SIGSTOP)
         threading.Timer(seconds, proc.send_signal, args=(signal.SIGCONT,)).start()
 
-    def memory_mb(self, role: Role) -> Memory | None:
-        """The resident memory of `role`'s process in MB (Linux; None elsewhere or dead)."""
+    def memory_mb(self, name: str) -> Memory | None:
+        """The resident memory of process `name` in MB (Linux; None elsewhere or dead)."""
         try:
-            status = Path(f"/proc/{self.procs[role].pid}/status").read_text()
+            status = Path(f"/proc/{self.procs[name].pid}/status").read_text()
         except OSError:
             return None
         kb = dict(
@@ -126,30 +141,30 @@ class Fleet:
             return None
         return Memory(round(int(kb["VmRSS:"]) / 1024, 1), round(int(kb["RssAnon:"]) / 1024, 1))
 
-    def alive(self, role: Role) -> bool:
-        return self.procs[role].poll() is None
+    def alive(self, name: str) -> bool:
+        return self.procs[name].poll() is None
 
-    def check(self, expected_dead: Iterable[Role] = ()) -> None:
+    def check(self, expected_dead: Iterable[str] = ()) -> None:
         """Raise if a process that should run has exited (a crash, a refused start)."""
-        for role, proc in self.procs.items():
-            if role not in expected_dead and proc.poll() is not None:
-                tail = (self.logs / f"{role}.log").read_text().strip().splitlines()[-3:]
+        for name, proc in self.procs.items():
+            if name not in expected_dead and proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text().strip().splitlines()[-3:]
                 raise DDNNError(
-                    f"the {role} process exited ({proc.returncode}): {' | '.join(tail)}"
+                    f"the {name} process exited ({proc.returncode}): {' | '.join(tail)}"
                 )
 
-    def stop(self) -> dict[Role, int | None]:
+    def stop(self) -> dict[str, int | None]:
         """SIGTERM to all, then their exit codes (0 is a clean shutdown)."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        codes: dict[Role, int | None] = {}
-        for role, proc in self.procs.items():
+        codes: dict[str, int | None] = {}
+        for name, proc in self.procs.items():
             try:
-                codes[role] = proc.wait(timeout=10)
+                codes[name] = proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                codes[role] = proc.wait()
+                codes[name] = proc.wait()
         return codes
 
 
@@ -171,10 +186,11 @@ class Driver:
         self.decided_at: dict[int, float] = {}  # monotonic
         self.ticked_at: dict[int, float] = {}  # monotonic, of the latest tick
         self.status: dict[Role, Status] = {}
+        self.instances: dict[str, Status] = {}  # the latest status of each process
         self.events: list[tuple[float, Role, str]] = []  # (monotonic, role, state)
         self.anomalies: Counter[str] = Counter()
         self.ticks = 0  # tick messages published, repeats included
-        self.dead: set[Role] = set()  # roles killed on purpose, not to be reported as crashed
+        self.dead: set[str] = set()  # processes killed on purpose, not to be reported as crashed
 
     def close(self) -> None:
         self.client.close()
@@ -195,6 +211,7 @@ class Driver:
             if previous is None or previous.state != m.state:
                 self.events.append((time.monotonic(), m.role, m.state))
             self.status[m.role] = m
+            self.instances[m.instance] = m
         elif isinstance(m, Decision):
             if m.sample in self.decisions:
                 if self.decisions[m.sample] != m:
@@ -208,13 +225,27 @@ class Driver:
     def online(self) -> set[Role]:
         return {role for role, s in self.status.items() if s.state == "online"}
 
-    def wait_online(self, roles: Iterable[Role], timeout: float = START_TIMEOUT) -> None:
-        wanted = set(roles)
+    def replicas_online(self, role: Role) -> int:
+        """Processes of `role` online: one, or the cloud's replicas, which share its status
+        topic (so `online()`, by the latest status there, cannot count them)."""
+        return sum(s.role == role and s.state == "online" for s in self.instances.values())
+
+    def wait_online(
+        self,
+        roles: Iterable[Role],
+        timeout: float = START_TIMEOUT,
+        replicas: dict[Role, int] | None = None,
+    ) -> None:
+        """Wait until every one of `roles` is online, with `replicas[role]` processes."""
+        wanted, counts = set(roles), replicas or {}
         deadline = time.monotonic() + timeout
-        while not wanted <= self.online():
+        while not wanted <= self.online() or any(
+            self.replicas_online(r) < n for r, n in counts.items()
+        ):
             self.fleet.check(self.dead)
             if time.monotonic() > deadline:
                 missing = sorted(wanted - self.online())
+                missing += [f"{r} x{n}" for r, n in counts.items() if self.replicas_online(r) < n]
                 raise DDNNError(f"services not online after {timeout:g} s: {missing}")
             self.pump(0.2)
 
