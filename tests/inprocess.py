@@ -26,6 +26,7 @@ from ddnn.live.service import Service
 from ddnn.live.wire import (
     Decision,
     Features,
+    Job,
     Message,
     Offload,
     Scores,
@@ -80,7 +81,7 @@ class Rig:
             return t.scores(m.source)
         if isinstance(m, Features):
             return t.features(m.source)
-        return {Tick: t.tick, Offload: t.offload, Decision: t.decisions}[type(m)]
+        return {Tick: t.tick, Offload: t.offload, Job: t.job, Decision: t.decisions}[type(m)]
 
     def settle(self, later: float = 0.0) -> None:
         """Deliver until every inbox is empty, then poll every service `later` seconds from
@@ -119,14 +120,26 @@ UNSURE = [0.0, 0.0, 0.0]  # normalized entropy 1: never leaves early
 
 
 def aggregator_rig(
-    artifacts: Path, online: int = 6, bus: MemoryBus | None = None, **deadlines: float
+    artifacts: Path,
+    online: int = 6,
+    bus: MemoryBus | None = None,
+    replicated_cloud: bool = False,
+    **deadlines: float,
 ) -> tuple[Rig, AggregatorService]:
-    """An aggregator (on `bus`, or a new one) after devices 0..online-1 said online."""
+    """An aggregator (on `bus`, or a new one) after devices 0..online-1 said online;
+    `replicated_cloud`: one that gathers jobs for cloud replicas."""
     manifest, fusions = load_fusions(artifacts)
     rig = Rig(manifest, bus or MemoryBus())
     for d in range(online):
         rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
-    agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, Deadlines(**deadlines))
+    agg = AggregatorService(
+        manifest,
+        fusions,
+        rig.bus,
+        DEPLOYMENT,
+        Deadlines(**deadlines),
+        replicated_cloud=replicated_cloud,
+    )
     rig.add(agg)
     rig.settle()
     return rig, agg
@@ -146,12 +159,23 @@ def device_rig(artifacts: Path, device: int = 2, **kw) -> tuple[Rig, DeviceServi
     return rig, service
 
 
-def cloud_rig(artifacts: Path, deadline: float = 1.0) -> tuple[Rig, TierService]:
+def cloud_rig(
+    artifacts: Path, deadline: float = 1.0, group: str | None = None
+) -> tuple[Rig, TierService]:
+    """The cloud alone; `group`: as a replica of that shared subscription group."""
     manifest, module = load_cloud(artifacts)
     rig = Rig(manifest)
     inputs = tier_inputs(manifest.ddnn_config().model, CLOUD)
     cloud = TierService(
-        CLOUD, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT, deadline=deadline
+        CLOUD,
+        manifest,
+        module,
+        inputs,
+        module.in_shape,
+        rig.bus,
+        DEPLOYMENT,
+        deadline=deadline,
+        group=group,
     )
     rig.add(cloud)
     return rig, cloud

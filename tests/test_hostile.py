@@ -24,11 +24,12 @@ from cloud.service import TierService
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import CLOUD, Role, tier_inputs
 from ddnn.live.service import INTERNAL_ERROR, MAX_REASONS, Service
-from ddnn.live.wire import Decision, Features, Message, Offload, Status, Tick, encode
+from ddnn.live.wire import Decision, Features, Job, Message, Offload, Status, Tick, encode
 from ddnn.nn.export import load_edge
 from tests.inprocess import (
     DEPLOYMENT,
     SURE,
+    UNSURE,
     Rig,
     aggregator_rig,
     cloud_rig,
@@ -85,6 +86,7 @@ def valid_messages(fmap_shape: tuple[int, ...]) -> list[Message]:
         scores(3, Role.device(1), SURE),
         Offload(sample=3, sources=[Role.device(1)], to="cloud"),
         Features.of(3, Role.device(1), fmap, "binary"),
+        Job.of(3, now, [Features.of(3, Role.device(d), fmap, "binary") for d in (1, 2)]),
         Decision(sample=3, decided=True, class_index=0, exit="local"),
     ]
 
@@ -147,11 +149,22 @@ def test_fuzzed_messages_kill_no_service_and_grow_no_reason_list(plain, with_edg
     agg_at, agg = aggregator_rig(plain)
     device_at, device = device_rig(plain)
     edge_at, edge = edge_rig(with_edges)
+    replica_at, replica = cloud_rig(plain, group="cloud")
+    gatherer_at, gatherer = aggregator_rig(plain, replicated_cloud=True)
+    gatherer_at.send(Tick(sample=3, t=time.time()))  # gathering maps for the fuzzed sample 3
+    for d in range(6):
+        gatherer_at.send(scores(3, Role.device(d), UNSURE))
+    gatherer_at.settle()
     under_test = [(cloud_at, cloud), (agg_at, agg), (device_at, device), (edge_at, edge)]
+    under_test += [(replica_at, replica), (gatherer_at, gatherer)]
     fuzz(under_test, cloud.input_shape, examples)  # a device's feature map
     for d in range(6):
         agg_at.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
     still_decides(agg_at, 10**6)  # whatever sample ids the fuzzed ticks opened
+    for d in range(6):
+        gatherer_at.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
+    still_decides(gatherer_at, 10**6)
+    assert replica.counters["samples"] >= 1  # the valid jobs among the fuzzed ones
     device_at.send(Tick(sample=10**6, t=time.time()))
     device_at.settle()
     assert device.counters["frames"] >= 1

@@ -109,8 +109,8 @@ def bridged(model: ModelConfig, topics: Topics) -> tuple[tuple[str, ...], tuple[
     cloud's: (the topics the cloud writes, which go in to the site; the topics it reads,
     which go out to the cloud)."""
     to_site = (topics.scores(CLOUD), topics.status(CLOUD))
-    to_cloud = (topics.offload, *(topics.features(r) for r in tier_inputs(model, CLOUD)))
-    return to_site, to_cloud
+    inputs = tuple(topics.features(r) for r in tier_inputs(model, CLOUD))
+    return to_site, (topics.offload, *inputs, topics.job)  # job: for a replicated cloud
 
 
 class Credentials(BaseModel):

@@ -135,8 +135,8 @@ def run_demo(
         raise DDNNError(f"--devices must be 1..{n} for this model, got {k}")
     if cfg.model.local is None:
         raise DDNNError("the live system needs a model with a local exit")
-    if cloud_replicas > 1 and (cfg.model.cloud is None or bridge):
-        raise DDNNError("--cloud-replicas needs a model with a cloud, and not --bridge (yet)")
+    if cloud_replicas > 1 and cfg.model.cloud is None:
+        raise DDNNError("--cloud-replicas needs a model with a cloud")
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
         prepared = prepare(net, cfg, meta, Path(tmp), name, data)  # refuses data that misfits
