@@ -38,6 +38,8 @@ from ddnn.live.access import (
     check_password,
     covers,
     grants,
+    login,
+    merge_access,
     read_acl,
     read_credentials,
     read_passwords,
@@ -118,6 +120,38 @@ def test_the_bridge_carries_what_the_cloud_takes_and_answers_and_nothing_else(wi
     assert BRIDGE not in grants(local_only, topics)
 
 
+@pytest.mark.parametrize("kind", BROKERS)
+def test_the_accounts_of_many_sites_share_one_broker_and_stay_apart(plain, tmp_path, kind):
+    """Sites are deployments: their accounts (user names qualified by the deployment) merge
+    into one broker's files, each logs in with its own, and no site's account can speak on
+    another site's topics, though its role has the same name there."""
+    artifacts = tmp_path / "export"
+    shutil.copytree(plain, artifacts)
+    manifest = read_manifest(artifacts)
+    model, version = manifest.ddnn_config().model, manifest.model_version
+    folders = [write_access(artifacts, model, site, version) for site in ("site-a", "site-b")]
+    merged = merge_access(folders, tmp_path / "merged")
+    users = set(read_passwords(merged / PASSWORDS))
+    assert {"site-a/device-0", "site-b/device-0", "site-b/aggregator"} <= users
+    assert set(read_acl(merged / ACL)) == users
+    with pytest.raises(ConfigError, match="in two of the access folders"):
+        merge_access([folders[0], folders[0]], tmp_path / "twice")
+    with pytest.raises(ConfigError, match="no ':' or spaces"):
+        write_access(artifacts, model, "site:c", version)
+    b = Topics("site-b", version)
+    with start_broker(kind=kind, access=merged) as broker:
+        observer = MqttClient(login(broker.settings(), folders[1], OBSERVER), "observer-b")
+        observer.subscribe(f"{b.root}/#")
+        observer.connect(timeout=5)
+        for site, folder in zip(("a", "b"), folders, strict=True):
+            device = MqttClient(login(broker.settings(), folder, "device-0"), f"device-0-{site}")
+            device.connect(timeout=5)
+            device.publish(b.scores(Role.device(0)), f"from {site}".encode(), qos=1)
+            device.close()
+        heard = drained(observer, b)
+    assert heard == [(b.scores(Role.device(0)), b"from b")]
+
+
 def test_covers_is_mqtts_filter_rule():
     assert covers("a/+/c", "a/b/c") and covers("a/#", "a/b/c") and covers("a/#", "a")
     assert not covers("a/+/c", "a/b/d") and not covers("a/b", "a/b/c")
@@ -139,29 +173,29 @@ def test_export_writes_private_accounts_that_round_trip(plain, tmp_path):
         path = folder / f"{name}.json"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         login = read_credentials(path)
-        assert login.username == name and login.deployment == "site-1"
-        assert check_password(login.password, hashes[name])
-        assert not check_password(login.password + "x", hashes[name])
+        assert login.username == f"site-1/{name}" and login.deployment == "site-1"
+        assert check_password(login.password, hashes[login.username])
+        assert not check_password(login.password + "x", hashes[login.username])
     assert stat.S_IMODE((folder / PASSWORDS).stat().st_mode) == 0o600
 
-    def as_sets(accounts):
-        return {name: (set(g.read), set(g.write)) for name, g in accounts.items()}
+    def as_sets(accounts, prefix=""):
+        return {prefix + name: (set(g.read), set(g.write)) for name, g in accounts.items()}
 
-    assert as_sets(read_acl(folder / ACL)) == as_sets(accounts)
+    assert as_sets(read_acl(folder / ACL)) == as_sets(accounts, "site-1/")
     # the same grants for an EMQX cluster: an allow rule per account and action, then deny
     emqx = (folder / EMQX_ACL).read_text().splitlines()
     assert emqx[-1] == "{deny, all}."
     rules = [line for line in emqx if line.startswith("{allow")]
     for name, grant in accounts.items():
         for action, filters in (("subscribe", grant.read), ("publish", grant.write)):
-            head = f'{{allow, {{username, "{name}"}}, {action}, ['
+            head = f'{{allow, {{username, "site-1/{name}"}}, {action}, ['
             (rule,) = [r for r in rules if r.startswith(head)]
             assert json.loads(rule[len(head) - 1 : -2]) == list(filters)
     # mosquitto's own tool verifies the hashes we write the way the broker will
     if shutil.which("mosquitto_passwd"):
         check = tmp_path / "check"
         login = read_credentials(folder / "cloud.json")
-        check.write_text(f"cloud:{login.password}\n")
+        check.write_text(f"site-1/cloud:{login.password}\n")
         subprocess.run(["mosquitto_passwd", "-U", str(check)], check=True)
         assert check_password(login.password, check.read_text().strip().partition(":")[2])
 
@@ -170,15 +204,15 @@ def test_a_services_credentials_of_another_role_or_deployment_are_refused(plain)
     version = read_manifest(plain).model_version
     wrong = access_dir(plain, "default") / "device-1.json"
     setup = ServiceSetup(BrokerSettings(), "default", credentials=wrong)
-    with pytest.raises(ConfigError, match="holds the account 'device-1'"):
+    with pytest.raises(ConfigError, match="holds the account 'default/device-1'"):
         setup.login(plain, Role.device(0), version)
-    assert setup.login(plain, Role.device(1), version).username == "device-1"
+    assert setup.login(plain, Role.device(1), version).username == "default/device-1"
     elsewhere = ServiceSetup(BrokerSettings(), "site-9", credentials=wrong)
     with pytest.raises(ConfigError, match="of deployment 'default', not 'device-1' of 'site-9'"):
         elsewhere.login(plain, Role.device(1), version)
     # by default the role's own file in the export, if the deployment has one
     found = ServiceSetup(BrokerSettings(), "default").login(plain, Role.device(2), version)
-    assert found.username == "device-2"
+    assert found.username == "default/device-2"
     assert ServiceSetup(BrokerSettings(), "nowhere").login(plain, CLOUD, version).username is None
     with pytest.raises(ConfigError, match="not 0000 of 'default'"):
         ServiceSetup(BrokerSettings(), "default").login(plain, CLOUD, "0000")
@@ -335,7 +369,7 @@ def test_ddnn_broker_takes_the_exports_accounts_and_nobody_else(plain, tmp_path)
         info = json.loads("".join(lines))
         base = BrokerSettings(url=info["url"], protocol=info["protocol"])
         login = read_credentials(access_dir(artifacts, "default") / "device-0.json")
-        settings = base.model_copy(update={"username": "device-0", "password": login.password})
+        settings = base.model_copy(update={"username": login.username, "password": login.password})
         MqttClient(settings, "member").connect(timeout=10).close()
         with pytest.raises(DDNNError, match="Not authorized"):
             MqttClient(base, "stranger").connect(timeout=5)

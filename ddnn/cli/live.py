@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,7 @@ from ddnn.cli.render import Rows, err, show
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
-from ddnn.live.access import access_dir, write_access
+from ddnn.live.access import access_dir, merge_access, write_access
 from ddnn.live.broker import TlsFiles, broker_ceiling, start_broker
 from ddnn.live.mqtt import BrokerSettings, is_loopback
 from ddnn.packed.inspect import inspect_artifact
@@ -70,7 +71,15 @@ def broker_cmd(
             "export for --deployment, each limited to its role's topics"
         ),
     ] = None,
-    deployment: DeploymentOption = "default",
+    deployments: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--deployment",
+            metavar="NAME",
+            help="the deployment whose accounts it takes; repeat it for several sites on one "
+            "broker (default: default)",
+        ),
+    ] = None,
     anonymous: Annotated[
         bool,
         typer.Option("--anonymous", help="take anyone instead, with any topic (this machine only)"),
@@ -94,8 +103,8 @@ def broker_cmd(
 ) -> None:
     """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried with
     nothing installed by hand (mosquitto when present, else a Python broker). It takes only
-    the accounts of one deployment of an export (--artifacts), or, on this machine alone,
-    anyone (--anonymous)."""
+    the accounts of the deployments (sites) of an export (--artifacts, --deployment), or, on
+    this machine alone, anyone (--anonymous)."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -110,12 +119,19 @@ def broker_cmd(
             "publish any message as any role. Use --artifacts DIR (per-role accounts), with "
             "--tls-cert and --tls-key (README, Security)"
         )
-    access = None if artifacts is None else access_dir(artifacts, deployment)
-    if access is not None and not access.is_dir():
-        raise DDNNError(
-            f"{artifacts} has no accounts for deployment {deployment!r}: "
-            f"run `ddnn credentials --artifacts {artifacts} --deployment {deployment}`"
-        )
+    folders = []
+    for deployment in deployments or ["default"]:
+        folder = access_dir(artifacts, deployment) if artifacts is not None else None
+        if folder is not None and not folder.is_dir():
+            raise DDNNError(
+                f"{artifacts} has no accounts for deployment {deployment!r}: "
+                f"run `ddnn credentials --artifacts {artifacts} --deployment {deployment}`"
+            )
+        folders += [folder] if folder is not None else []
+    merged = tempfile.TemporaryDirectory(prefix="ddnn-access-")  # several sites' accounts
+    access = None if not folders else folders[0]
+    if len(folders) > 1:
+        access = merge_access(folders, Path(merged.name))
     if (tls_cert is None) != (tls_key is None):
         raise DDNNError("--tls-cert and --tls-key go together")
     tls = None if tls_cert is None or tls_key is None else TlsFiles(tls_cert, tls_key)
@@ -148,6 +164,7 @@ def broker_cmd(
                 raise DDNNError(f"the {broker.kind} broker on {broker.url} stopped by itself")
     finally:
         broker.stop()
+        merged.cleanup()
     if not as_json:
         err.print("broker stopped")
 

@@ -1,7 +1,9 @@
 """Who may publish and read what: per-role broker accounts, generated from the topology.
 
-Every role of a deployment gets its own broker account (user name = role name), plus two
-that no service holds:
+Every role of a deployment gets its own broker account, plus some that no service holds.
+An account's user name is `<deployment>/<account>` (`site-3/device-0`, `site-3/trigger`):
+a deployment's name holds no `/`, so the names of many deployments (sites) never collide and
+their access files merge into one broker's (`merge_access`). The accounts besides the roles:
 
 - `trigger` ticks samples (writes `tick`) and reads statuses and decisions: what `ddnn demo`'s
   driver, or a camera trigger, needs;
@@ -177,6 +179,31 @@ def writer_of(accounts: dict[str, Grant], topic: str) -> str:
     raise KeyError(f"no account may publish on {topic}")
 
 
+def username(deployment: str, account: str) -> str:
+    """The broker user name of `account` (a role, `trigger`, ...) of `deployment`."""
+    return f"{deployment}/{account}"
+
+
+def merge_access(folders: list[Path], into: Path) -> Path:
+    """One broker's access files (passwords and ACL) for the deployments whose access folders
+    are `folders`: many sites on one broker. Returns `into`."""
+    hashes: dict[str, str] = {}
+    accounts: dict[str, Grant] = {}
+    for folder in folders:
+        theirs = read_passwords(Path(folder) / PASSWORDS)
+        grants_ = read_acl(Path(folder) / ACL)
+        clash = sorted((set(theirs) | set(grants_)) & (set(hashes) | set(accounts)))
+        if clash:
+            raise ConfigError(f"{folder}: account {clash[0]!r} is in two of the access folders")
+        hashes |= theirs
+        accounts |= grants_
+    into.mkdir(parents=True, exist_ok=True)
+    _write_private(into / PASSWORDS, "".join(f"{u}:{h}\n" for u, h in hashes.items()))
+    with replaced(into / ACL) as tmp:
+        tmp.write_text(acl_text(accounts))
+    return into
+
+
 def access_dir(artifacts: Path, deployment: str) -> Path:
     return Path(artifacts) / ACCESS / deployment
 
@@ -186,20 +213,28 @@ def write_access(artifacts: Path, model: ModelConfig, deployment: str, model_ver
     their folder. Each call makes new passwords: the old ones stop working once the broker
     reloads the files."""
     topics = Topics(deployment, model_version)
+    if any(c == ":" or c.isspace() for c in deployment):
+        raise ConfigError(
+            f"deployment {deployment!r} cannot name broker accounts: no ':' or spaces"
+        )
     accounts = grants(model, topics)
+    users = {username(deployment, name): grant for name, grant in accounts.items()}
     folder = access_dir(artifacts, deployment)
     folder.mkdir(parents=True, exist_ok=True)
     passwords = {name: secrets.token_urlsafe(24) for name in accounts}
     for name, password in passwords.items():
         login = Credentials(
-            username=name, password=password, deployment=deployment, model_version=model_version
+            username=username(deployment, name),
+            password=password,
+            deployment=deployment,
+            model_version=model_version,
         )
         _write_private(folder / f"{name}.json", login.model_dump_json(indent=2) + "\n")
-    lines = [f"{name}:{hash_password(p)}" for name, p in passwords.items()]
+    lines = [f"{username(deployment, n)}:{hash_password(p)}" for n, p in passwords.items()]
     _write_private(folder / PASSWORDS, "\n".join(lines) + "\n")
     with replaced(folder / ACL) as tmp:
-        tmp.write_text(acl_text(accounts))
-    _write_private(folder / EMQX_ACL, emqx_acl_text(accounts))  # for whoever runs the EMQX
+        tmp.write_text(acl_text(users))
+    _write_private(folder / EMQX_ACL, emqx_acl_text(users))  # for whoever runs the EMQX
     return folder
 
 

@@ -21,7 +21,7 @@ import typer
 
 from ddnn.core.errors import ConfigError
 from ddnn.core.roles import Role
-from ddnn.live.access import login_for, read_credentials
+from ddnn.live.access import login_for, read_credentials, username
 from ddnn.live.mqtt import BrokerSettings
 
 Artifacts = Annotated[
@@ -82,7 +82,7 @@ class ServiceSetup:
             return self.broker
         if self.credentials is not None:
             login = read_credentials(self.credentials)
-            if login.username != role or login.deployment != self.deployment:
+            if login.username != username(self.deployment, role):
                 raise ConfigError(
                     f"{self.credentials} holds the account {login.username!r} of deployment "
                     f"{login.deployment!r}, not {role!r} of {self.deployment!r}"
