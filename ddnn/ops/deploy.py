@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,24 @@ def prepare(
     manifest = export(model, cfg, artifacts, meta)
     access = write_access(artifacts, cfg.model, name, manifest.model_version)
     return Prepared(name, artifacts, manifest, access, Reference(artifacts, data))
+
+
+def prepare_sites(
+    model: DDNN,
+    cfg: DDNNConfig,
+    meta: dict[str, Any],
+    workdir: Path,
+    names: list[str],
+    data: str | None = None,
+) -> list[Prepared]:
+    """`prepare` for several deployments (sites) of one export: each with its own accounts,
+    all with the same artifacts and offline reference."""
+    first = prepare(model, cfg, meta, workdir, names[0], data)
+    version = first.manifest.model_version
+    return [first] + [
+        replace(first, name=name, access=write_access(first.artifacts, cfg.model, name, version))
+        for name in names[1:]
+    ]
 
 
 @dataclass

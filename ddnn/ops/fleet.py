@@ -12,6 +12,7 @@ restarted aggregator then decides it, and one that already did drops the repeat 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -177,7 +178,10 @@ class Driver:
         self.topics = topics
         self.fleet = fleet
         self.retry_after = retry_after
-        self.client = MqttClient(settings, client_id=f"ddnn-driver-{os.getpid()}")
+        # unique per driver: two with one id (two sites driven from one process) would take
+        # the connection from each other in turn
+        client_id = f"ddnn-driver-{os.getpid()}-{secrets.token_hex(4)}"
+        self.client = MqttClient(settings, client_id=client_id)
         self.client.start()
         self.client.subscribe(topics.all_status)
         self.client.subscribe(topics.decisions)
