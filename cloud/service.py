@@ -30,16 +30,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from cloud.runtime import TierRuntime
 from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError
-from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role, tier_input_format
 from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service
 from ddnn.live.wire import ENCODINGS, Features, Job, Message, Offload, Refused, Scores
-from ddnn.nn.model import UpperTier
 
 KEEP_MAX = 1024  # samples remembered at most: collecting, run, and kept for the cloud
 UNASKED_PER_SOURCE = 64  # maps of one input collecting before their offload request came
@@ -55,16 +53,15 @@ class Collecting:
 
 
 class TierService(Service):
-    """`inputs`: the roles feeding this tier, in the order of the module's input slots;
-    `group`: the shared subscription group of a replicated cloud (module doc)."""
+    """`runtime`: the tier's layers (cloud/runtime.py: packed, or PyTorch); `inputs`: the
+    roles feeding this tier, in the order of its input slots; `group`: the shared
+    subscription group of a replicated cloud (module doc)."""
 
     def __init__(
         self,
         role: Role,
-        manifest: Manifest,
-        module: UpperTier,
+        runtime: TierRuntime,
         inputs: list[Role],
-        input_shape: tuple[int, int, int],
         broker: Broker,
         deployment: str,
         *,
@@ -77,11 +74,14 @@ class TierService(Service):
         self.group = group
         if group is not None and role.tier != "cloud":
             raise DDNNError("only the cloud runs replicated (its answer needs no kept map)")
+        manifest = runtime.manifest
+        if manifest is None:
+            raise DDNNError("a tier's runtime must come from an export (it names the model)")
         super().__init__(manifest, broker, deployment, keep_session=group is None)
-        self.module = module
+        self.runtime = runtime
         self.inputs = inputs
         self.slot = {r: i for i, r in enumerate(inputs)}
-        self.input_shape = input_shape
+        self.input_shape = runtime.in_shape
         self.tier = role.tier  # "edge" or "cloud"
         self.deadline = deadline
         self.output_format = output_format
@@ -172,18 +172,17 @@ class TierService(Service):
         if not c.maps:
             self.counters["nothing_arrived"] += 1
             return
-        x = np.zeros((1, len(self.inputs), *self.input_shape), dtype=np.float32)
-        present = np.zeros((1, len(self.inputs)), dtype=bool)
+        x = np.zeros((len(self.inputs), *self.input_shape), dtype=np.float32)
+        present = np.zeros(len(self.inputs), dtype=bool)
         for source, fmap in c.maps.items():
-            x[0, self.slot[source]], present[0, self.slot[source]] = fmap, True
-        with torch.no_grad():
-            scores, own = self.module(torch.from_numpy(x), torch.from_numpy(present))
+            x[self.slot[source]], present[self.slot[source]] = fmap, True
+        scores, own = self.runtime(x, present)
         if self.tier == "edge":
-            self.counters["features_dropped"] += self.kept.put(sample, own[0].numpy())
+            self.counters["features_dropped"] += self.kept.put(sample, own)
         message = Scores(
             sample=sample,
             source=self.role,
-            scores=pack_scores(scores[0].numpy()),
+            scores=pack_scores(scores),
             t0=c.t0,
             received=c.received,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from aggregator.service import AggregatorService, Deadlines, load_fusions
+from cloud.runtime import open_tier
 from cloud.service import TierService
 from ddnn.core.manifest import Manifest, read_manifest
 from ddnn.core.payloads import pack_scores
@@ -37,7 +38,6 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from ddnn.nn.export import load_cloud, load_edge
 from devices.runtime import PackedSlice
 from devices.service import DeviceService
 from devices.sources import open_device_source
@@ -159,24 +159,23 @@ def device_rig(artifacts: Path, device: int = 2, **kw) -> tuple[Rig, DeviceServi
     return rig, service
 
 
+def tier_service(rig: Rig, artifacts: Path, role: Role, runtime: str = "auto", **kw) -> TierService:
+    """Upper tier `role` of `artifacts` on `rig`'s bus, in `runtime` (auto: its packed form
+    where the export holds one, as `ddnn cloud` runs it)."""
+    tier = open_tier(artifacts, role, runtime)
+    assert tier.manifest is not None
+    model = tier.manifest.ddnn_config().model
+    if role.tier == "edge":
+        kw.setdefault("output_format", model.edge_feature_format)
+    return TierService(role, tier, tier_inputs(model, role), rig.bus, DEPLOYMENT, **kw)
+
+
 def cloud_rig(
-    artifacts: Path, deadline: float = 1.0, group: str | None = None
+    artifacts: Path, deadline: float = 1.0, group: str | None = None, runtime: str = "auto"
 ) -> tuple[Rig, TierService]:
     """The cloud alone; `group`: as a replica of that shared subscription group."""
-    manifest, module = load_cloud(artifacts)
-    rig = Rig(manifest)
-    inputs = tier_inputs(manifest.ddnn_config().model, CLOUD)
-    cloud = TierService(
-        CLOUD,
-        manifest,
-        module,
-        inputs,
-        module.in_shape,
-        rig.bus,
-        DEPLOYMENT,
-        deadline=deadline,
-        group=group,
-    )
+    rig = Rig(read_manifest(artifacts))
+    cloud = tier_service(rig, artifacts, CLOUD, runtime, deadline=deadline, group=group)
     rig.add(cloud)
     return rig, cloud
 
@@ -191,20 +190,11 @@ def whole_rig(artifacts: Path, replicas: int | None = None) -> Rig:
     for d in range(model.n_devices):
         rig.add(device_service(rig, artifacts, d))
     for e in range(len(model.edge.groups) if model.edge is not None else 0):
-        _, module = load_edge(artifacts, e)
-        role = Role.edge(e)
-        inputs = tier_inputs(model, role)
-        rig.add(TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT))
+        rig.add(tier_service(rig, artifacts, Role.edge(e)))
     if model.cloud is not None:
-        _, cloud = load_cloud(artifacts)
-        inputs = tier_inputs(model, CLOUD)
         group = None if replicas is None else "cloud"
         for _ in range(replicas or 1):
-            rig.add(
-                TierService(
-                    CLOUD, manifest, cloud, inputs, cloud.in_shape, rig.bus, DEPLOYMENT, group=group
-                )
-            )
+            rig.add(tier_service(rig, artifacts, CLOUD, group=group))
     replicated = replicas is not None
     rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=replicated))
     return rig

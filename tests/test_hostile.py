@@ -22,12 +22,10 @@ from hypothesis import strategies as st
 
 from cloud.service import TierService
 from ddnn.core.manifest import read_manifest
-from ddnn.core.roles import CLOUD, Role, tier_inputs
+from ddnn.core.roles import CLOUD, Role
 from ddnn.live.service import INTERNAL_ERROR, MAX_REASONS, Service
 from ddnn.live.wire import Decision, Features, Job, Message, Offload, Status, Tick, encode
-from ddnn.nn.export import load_edge
 from tests.inprocess import (
-    DEPLOYMENT,
     SURE,
     UNSURE,
     Rig,
@@ -35,6 +33,7 @@ from tests.inprocess import (
     cloud_rig,
     device_rig,
     scores,
+    tier_service,
 )
 
 FEW, MANY = 100, 10_000
@@ -125,11 +124,8 @@ def send_all(
 
 
 def edge_rig(artifacts: Path) -> tuple[Rig, TierService]:
-    manifest, module = load_edge(artifacts, 0)
-    rig = Rig(manifest)
-    role = Role.edge(0)
-    inputs = tier_inputs(manifest.ddnn_config().model, role)
-    edge = TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT)
+    rig = Rig(read_manifest(artifacts))
+    edge = tier_service(rig, artifacts, Role.edge(0))
     rig.add(edge)
     return rig, edge
 

@@ -12,16 +12,19 @@ import numpy as np
 import pytest
 import torch
 
+from cloud.runtime import open_tier
 from ddnn.core.config import load_config
 from ddnn.core.errors import ModelFileError
 from ddnn.core.manifest import read_manifest
+from ddnn.core.roles import Role
 from ddnn.data import load_mvmc, load_spec, save_mvmc
 from ddnn.nn.export import export, load_device
-from ddnn.nn.model import DDNN, DeviceSlice
-from ddnn.nn.pack import NotPackable, pack_slice
-from ddnn.nn.runtime import TorchSlice
+from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
+from ddnn.nn.pack import NotPackable, pack_slice, pack_tier
+from ddnn.nn.runtime import TorchSlice, TorchTier
 from ddnn.packed.format import FORMAT_VERSION, decode, encode, read_packed, write_packed
 from ddnn.packed.kernels import conv_real, head_dots, numba_kernels, runner
+from ddnn.packed.tier import PackedTier
 from devices.runtime import PackedSlice, open_runtime
 from tests.helpers import (
     BLOCK_TORCH,
@@ -132,7 +135,7 @@ def assert_exact(packed, module: DeviceSlice, x: np.ndarray, kernels=KERNELS) ->
 
 def test_bit_exact_on_every_sample_of_the_synthetic_test_set(trained):
     model, cfg, test, artifacts, manifest = trained
-    assert sorted(manifest.packed) == [f"device-{i}" for i in range(6)]
+    assert sorted(manifest.packed) == ["cloud"] + [f"device-{i}" for i in range(6)]
     for d in range(cfg.model.n_devices):
         packed = read_packed(artifacts / manifest.packed[f"device-{d}"].file)
         assert_exact(packed, model.device_slices[d], test.x[:, d])
@@ -315,13 +318,97 @@ def test_a_corrupt_packed_artifact_is_refused_by_the_device(tmp_path):
     assert proc.returncode == 2 and "does not match its hash" in proc.stderr
 
 
+# --- packed upper tiers (ddnn/packed/tier.py) -----------------------------------------------
+
+
+def presence_patterns(n: int) -> list[np.ndarray]:
+    """Every set of present inputs but the empty one."""
+    return [np.array([(p >> i) & 1 for i in range(n)], bool) for p in range(1, 2**n)]
+
+
+def assert_tier_exact(tier: UpperTier, maps_per_pattern: int = 3, seed: int = 0) -> None:
+    """The packed tier's scores and own map bitwise equal torch's, for every presence
+    pattern, with each kernel."""
+    packed = pack_tier(tier)
+    n, shape = tier.aggregate.n_inputs, tier.in_shape
+    rng = np.random.default_rng(seed)
+    for kernel in KERNELS:
+        run = PackedTier(packed, tier.aggregate.scheme, n, shape, kernel)
+        for present in presence_patterns(n):
+            for _ in range(maps_per_pattern):
+                maps = np.where(rng.random((n, *shape)) < 0.5, -1.0, 1.0).astype(np.float32)
+                with torch.no_grad():
+                    scores, own = tier(
+                        torch.from_numpy(maps[None]), torch.from_numpy(present[None])
+                    )
+                got_scores, got_own = run(maps, present)
+                assert same_bits(got_own, own[0].numpy()), (kernel, present)
+                assert same_bits(got_scores, scores[0].numpy()), (kernel, present)
+
+
+def test_the_packed_cloud_equals_torch_for_every_set_of_present_devices(trained):
+    """CC over six devices' maps, a missing device's slot zeroed: 63 presence patterns."""
+    model, *_ = trained
+    assert_tier_exact(model.cloud)
+
+
+@pytest.mark.parametrize("scheme", ["CC", "MP"])
+def test_packed_tiers_of_either_binary_fusion_are_exact_off_their_defaults(scheme):
+    torch.manual_seed(3)
+    tier = UpperTier(scheme, 3, (4, 8, 8), [8, 8], [], "binary", 3).eval()
+    random_bn(tier, seed=3, scale=40.0)
+    assert_tier_exact(tier, maps_per_pattern=10, seed=3)
+
+
+def test_a_tier_that_is_not_binary_after_its_fusion_stays_on_torch(tmp_path):
+    for tier, why in [
+        (UpperTier("AP", 3, (4, 8, 8), [8], [], "binary", 3), "AP fusion"),
+        (UpperTier("CC", 3, (4, 8, 8), [8], [16], "binary", 3), "hidden FC"),
+        (UpperTier("CC", 3, (4, 8, 8), [8], [], "float", 3), "binary"),
+    ]:
+        with pytest.raises(NotPackable, match=why):
+            pack_tier(tier.eval())
+    cfg = load_config(overrides=["model.cloud.aggregation=AP"])
+    manifest = export(DDNN(cfg.model).eval(), cfg, tmp_path)
+    assert "cloud" not in manifest.packed and "device-0" in manifest.packed
+    assert isinstance(open_tier(tmp_path, Role("cloud")), TorchTier)
+    with pytest.raises(ModelFileError, match="no packed form of cloud"):
+        open_tier(tmp_path, Role("cloud"), "packed")
+
+
+def test_the_packed_cloud_runs_without_pytorch(trained, tmp_path):
+    model, _, _, artifacts, _ = trained
+    rng = np.random.default_rng(5)
+    maps = np.where(rng.random((6, *model.cloud.in_shape)) < 0.5, -1.0, 1.0).astype(np.float32)
+    present = np.array([1, 0, 1, 1, 0, 1], bool)
+    np.save(tmp_path / "maps.npy", maps)
+    proc = run_without_torch(
+        f"""
+        import numpy as np
+        from cloud.runtime import open_tier
+        from ddnn.core.roles import Role
+        tier = open_tier({str(artifacts)!r}, Role("cloud"))
+        maps = np.load({str(tmp_path / "maps.npy")!r})
+        scores, own = tier(maps, np.array({present.tolist()!r}))
+        np.savez({str(tmp_path / "out.npz")!r}, scores=scores, own=own)
+        print("torch imported:", "torch" in sys.modules, tier.name)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "torch imported: False" in proc.stdout
+    with torch.no_grad():
+        scores, own = model.cloud(torch.from_numpy(maps[None]), torch.from_numpy(present[None]))
+    with np.load(tmp_path / "out.npz") as z:
+        assert same_bits(z["scores"], scores[0].numpy()) and same_bits(z["own"], own[0].numpy())
+
+
 def test_a_float_device_tier_is_not_packed_and_keeps_the_torch_runtime(tmp_path):
     cfg = load_config(overrides=["model.device.precision=float"])
     model = DDNN(cfg.model).eval()
     with pytest.raises(NotPackable, match="binary"):
         pack_slice(model.device_slices[0], (3, 32, 32))
     manifest = export(model, cfg, tmp_path)
-    assert manifest.packed == {}
+    assert manifest.packed == {}  # the cloud's inputs are float maps too
     with pytest.raises(ModelFileError, match="precision 'float'"):
         PackedSlice(tmp_path, 0)
     assert isinstance(open_runtime(tmp_path, 0), TorchSlice)
@@ -348,7 +435,9 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
     proc = run_without_torch(
         f"""
         import numpy as np
-        from devices.runtime import PackedSlice, open_runtime
+        from ddnn.packed.tier import PackedTier
+from cloud.runtime import open_tier
+from devices.runtime import PackedSlice, open_runtime
         runtime = open_runtime({str(artifacts)!r}, 2)
         assert isinstance(runtime, PackedSlice)
         frames = np.load({str(tmp_path / "frames.npy")!r})

@@ -16,7 +16,8 @@ from aggregator.ledger import Ledger
 from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
 from cloud.service import TierService
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_inputs
+from ddnn.core.manifest import read_manifest
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.access import TRIGGER, covers, grants
 from ddnn.live.memory import MemoryBus
 from ddnn.live.service import WALL_SKEW
@@ -31,7 +32,6 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from ddnn.nn.export import load_cloud, load_edge
 from tests.helpers import ddnn_json
 from tests.inprocess import (
     DEPLOYMENT,
@@ -44,6 +44,7 @@ from tests.inprocess import (
     device_rig,
     features,
     scores,
+    tier_service,
     whole_rig,
 )
 
@@ -418,16 +419,15 @@ def test_the_cloud_refuses_maps_that_are_not_its_inputs_or_not_its_shape(plain):
 
 
 def test_an_edge_passes_its_own_map_to_the_cloud_when_asked(with_edges):
-    manifest, module = load_edge(with_edges, 1)
-    rig = Rig(manifest)
+    rig = Rig(read_manifest(with_edges))
     role = Role.edge(1)
-    inputs = tier_inputs(manifest.ddnn_config().model, role)
+    edge = tier_service(rig, with_edges, role)
+    inputs = edge.inputs
     assert inputs == [Role.device(d) for d in (3, 4, 5)]
-    edge = TierService(role, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT)
     rig.add(edge)
     rig.send(Offload(sample=8, sources=inputs, to="edge"))
     for i, d in enumerate(inputs):
-        rig.send(features(8, d, module.in_shape, seed=i))
+        rig.send(features(8, d, edge.input_shape, seed=i))
     rig.settle()
     [s] = rig.of(Scores)
     assert s.source == role and set(s.received) == set(inputs)
@@ -515,14 +515,8 @@ def test_replicated_clouds_decide_as_one_cloud_and_a_dead_ones_jobs_are_sent_aga
 def test_a_replica_refuses_the_maps_of_a_job_that_do_not_check_out_and_answers_with_the_rest(
     plain,
 ):
-    manifest, module = load_cloud(plain)
-    rig = Rig(manifest)
-    inputs = tier_inputs(manifest.ddnn_config().model, CLOUD)
-    cloud = TierService(
-        CLOUD, manifest, module, inputs, module.in_shape, rig.bus, DEPLOYMENT, group="g"
-    )
-    rig.add(cloud)
-    good = [features(5, Role.device(d), module.in_shape, seed=d) for d in range(3)]
+    rig, cloud = cloud_rig(plain, group="g")
+    good = [features(5, Role.device(d), cloud.input_shape, seed=d) for d in range(3)]
     wrong_shape = features(5, Role.device(3), (1, 2, 2))
     rig.send(Job.of(5, time.time(), [*good, wrong_shape]), topic=rig.topics.job)
     rig.settle()

@@ -1,6 +1,6 @@
-"""End devices and the local aggregator without PyTorch: every module imports, and a live
-deployment whose device and aggregator processes cannot import torch decides every sample as
-offline evaluation does."""
+"""The services without PyTorch: every module of the devices, the local aggregator and the
+upper tiers imports, and a live deployment whose device, aggregator and (packed) cloud
+processes cannot import torch decides every sample as offline evaluation does."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ from ddnn.live.broker import start_broker
 from ddnn.nn.checkpoint import load_model
 from ddnn.nn.evaluate import load_for_eval, run_model
 from ddnn.ops.deploy import deployment, prepare
-from ddnn.ops.fleet import python_m_ddnn
 from tests.helpers import BLOCK_TORCH, run_without_torch
 
-# What a device and the local aggregator import; torch-free by the import-linter contracts,
-# and here by running them.
-TORCH_FREE = ["devices", "aggregator", "ddnn.core", "ddnn.live", "ddnn.packed", "ddnn.data"]
+# What the services import; torch-free by the import-linter contracts, and here by running them.
+TORCH_FREE = [
+    "devices",
+    "aggregator",
+    "cloud",
+    "ddnn.core",
+    "ddnn.live",
+    "ddnn.packed",
+    "ddnn.data",
+]
 
 
-def test_every_module_of_the_devices_and_the_aggregator_imports_without_pytorch():
+def test_every_module_of_the_services_imports_without_pytorch():
     proc = run_without_torch(
         f"""
         import importlib, pkgutil
@@ -42,16 +48,15 @@ def test_every_module_of_the_devices_and_the_aggregator_imports_without_pytorch(
     assert imported == "False"
     for module in ("devices.cli", "devices.sources", "aggregator.cli", "aggregator.service"):
         assert module in names
+    assert {"cloud.cli", "cloud.service", "cloud.runtime", "ddnn.packed.tier"} <= set(names)
 
 
 def without_torch(role: Role) -> list[str]:
-    """Devices and the aggregator start where `import torch` fails; the cloud as usual."""
-    if role.tier in ("device", "aggregator"):
-        return [sys.executable, "-c", BLOCK_TORCH + "from ddnn.cli import main\nmain()\n"]
-    return python_m_ddnn(role)
+    """Every service starts where `import torch` fails."""
+    return [sys.executable, "-c", BLOCK_TORCH + "from ddnn.cli import main\nmain()\n"]
 
 
-def test_devices_and_the_aggregator_run_a_live_deployment_without_pytorch(tiny, tmp_path: Path):
+def test_a_live_deployment_runs_without_pytorch(tiny, tmp_path: Path):
     net, cfg, meta = load_model(tiny)
     samples = 60
     prepared = prepare(net, cfg, meta, tmp_path, "no-torch")
@@ -67,6 +72,7 @@ def test_devices_and_the_aggregator_run_a_live_deployment_without_pytorch(tiny, 
     for role in running.roles:
         if role.tier == "device":
             assert "slice runtime: packed" in (tmp_path / f"{role}.log").read_text()
+    assert "tier runtime: packed" in (tmp_path / "cloud.log").read_text()
     model, cfg, _, test = load_for_eval(artifacts, part="test")
     points = exit_points(cfg, model.exits)
     offline = cascade(points, run_model(model, test).inputs)

@@ -5,7 +5,8 @@ local aggregator, each edge, the cloud) plus `manifest.json`. An artifact is a N
 of that role's weights under their names in the whole model's state dict, read back with
 `allow_pickle=False`: plain arrays, no code. Each binary device slice is also written in the
 bit-packed format of ddnn/packed/format.py (`device-<i>.bits`, listed under the manifest's `packed`
-with its own SHA-256): what the NumPy device runtime runs without PyTorch. The manifest's
+with its own SHA-256): what the NumPy device runtime runs without PyTorch; so is each binary
+upper tier that packs (`edge-<e>.bits`, `cloud.bits`: ddnn/packed/tier.py). The manifest's
 schema and reading live in ddnn/core/manifest.py (no PyTorch either). The manifest holds the
 config (topology, exits and thresholds, data split), the software versions, and a SHA-256
 per artifact; the model version that topics carry is derived from those hashes, so two
@@ -22,11 +23,13 @@ import hashlib
 import json
 import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 import ddnn
 from ddnn.core.config import DDNNConfig, ModelConfig
@@ -41,11 +44,11 @@ from ddnn.core.manifest import (
     read_manifest,
     read_npz_artifact,
 )
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format
 from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
-from ddnn.nn.pack import NotPackable, pack_slice
+from ddnn.nn.pack import NotPackable, pack_slice, pack_tier
 from ddnn.packed.format import SUFFIX as PACKED_SUFFIX
-from ddnn.packed.format import packable, write_packed
+from ddnn.packed.format import PackedModel, packable, write_packed
 
 
 def weight_prefixes(cfg: ModelConfig) -> dict[Role, list[str]]:
@@ -62,22 +65,32 @@ def weight_prefixes(cfg: ModelConfig) -> dict[Role, list[str]]:
 
 def _export_packed(model: DDNN, cfg: ModelConfig, out: Path) -> dict[str, Artifact]:
     """Each device's slice in the bit-packed format as well (`device-<i>.bits`, see
-    ddnn/packed/format.py), where the slice packs: a binary device tier with an exit head. A slice
-    that fails the exactness checks of packing is left to the torch runtime, with a warning."""
-    if packable(cfg) is not None:
-        return {}
+    ddnn/packed/format.py), where the slice packs: a binary device tier with an exit head;
+    and each upper tier that packs (`edge-<e>.bits`, `cloud.bits`, ddnn/packed/tier.py): a
+    binary tier on binary maps, fused by CC or MP, without hidden FC blocks. A slice or tier
+    that fails the exactness checks of packing is left to the torch runtime, with a warning;
+    one that cannot pack at all is left to it silently (its runtime says why on request)."""
+    parts: list[tuple[Role, nn.Module, Callable[[], PackedModel]]] = []
+    if packable(cfg) is None:
+        for i, s in enumerate(model.device_slices):
+            parts.append((Role.device(i), s, lambda s=s: pack_slice(s, cfg.input_shape)))
+    for e, edge in enumerate(model.edges):
+        if cfg.device_feature_format == "binary":
+            parts.append((Role.edge(e), edge, lambda edge=edge: pack_tier(edge)))
+    if model.cloud is not None and tier_input_format(cfg, CLOUD) == "binary":
+        parts.append((CLOUD, model.cloud, lambda: pack_tier(model.cloud)))
     packed = {}
-    for i, device_slice in enumerate(model.device_slices):
-        role = Role.device(i)
-        was_training = device_slice.training
-        device_slice.eval()  # what the devices run: batch norm on its running statistics
+    for role, module, pack in parts:
+        was_training = module.training
+        module.eval()  # what the services run: batch norm on its running statistics
         try:
-            bits = pack_slice(device_slice, cfg.input_shape)
+            bits = pack()
         except NotPackable as e:
-            warnings.warn(f"{role} is exported for the torch runtime only: {e}", stacklevel=2)
+            if role.tier == "device":
+                warnings.warn(f"{role} is exported for the torch runtime only: {e}", stacklevel=2)
             continue
         finally:
-            device_slice.train(was_training)
+            module.train(was_training)
         path = out / f"{role}{PACKED_SUFFIX}"
         write_packed(path, bits)
         packed[role] = Artifact.of(path)

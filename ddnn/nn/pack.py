@@ -1,4 +1,5 @@
-"""Packing a trained torch device slice into the bit-packed format (ddnn.packed.format).
+"""Packing a trained torch device slice, or a binary upper tier, into the bit-packed format
+(ddnn.packed.format; ddnn.packed.tier runs a packed tier).
 
 The export's part of the packed runtime, and the only part that needs PyTorch: thresholds and
 the head's batch norm are found by evaluating the slice's own eval-mode batch norm modules in
@@ -15,8 +16,9 @@ from torch import nn
 from ddnn.core.config import pooled_size
 from ddnn.core.errors import DDNNError
 from ddnn.nn.layers import FC, ConvP
-from ddnn.nn.model import DeviceSlice
+from ddnn.nn.model import DeviceSlice, UpperTier
 from ddnn.packed.format import ConvLayer, HeadLayer, PackedModel, batch_norm_scores, pack_signs
+from ddnn.packed.tier import FUSIONS, fused_shape
 
 MAX_OVERRIDES = 64  # beyond this the head's batch norm is not the formula we think it is
 
@@ -27,7 +29,8 @@ BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d
 
 
 class NotPackable(DDNNError):
-    """The slice cannot be packed: a float device tier, no ConvP block or no exit head."""
+    """The slice or tier cannot be packed: a float tier, no ConvP block, no exit head, a
+    fusion whose output is not binary, hidden FC blocks."""
 
 
 def _f32_keys_to_values(keys: np.ndarray) -> np.ndarray:
@@ -185,13 +188,38 @@ def _head_layer(head: FC) -> HeadLayer:
 
 def pack_slice(module: DeviceSlice, input_shape: tuple[int, int, int]) -> PackedModel:
     """Pack an eval-mode binary `DeviceSlice` (see the module docstring for what is exact)."""
+    if module.head is None:
+        raise NotPackable("a packed slice needs an exit head")
+    return _pack(module, list(module.blocks), module.head, input_shape, real_input=True)
+
+
+def pack_tier(module: UpperTier) -> PackedModel:
+    """Pack an eval-mode binary upper tier (an edge or the cloud) for ddnn.packed.tier: its
+    blocks after the fusion, which must keep the maps binary (CC or MP), and its head."""
+    scheme = module.aggregate.scheme
+    if scheme not in FUSIONS:
+        raise NotPackable(f"{scheme} fusion of binary maps is not binary: only CC and MP pack")
+    if len(module.fcs):
+        raise NotPackable("hidden FC blocks do not pack (only the head)")
+    shape = fused_shape(scheme, module.aggregate.n_inputs, module.in_shape)
+    return _pack(module, list(module.blocks), module.head, shape, real_input=False)
+
+
+def _pack(
+    module: nn.Module,
+    blocks: list[nn.Module],
+    head: FC,
+    input_shape: tuple[int, ...],
+    real_input: bool,
+) -> PackedModel:
+    """ConvP `blocks` then `head` as a packed model; `real_input`: the first block takes
+    pixels (a device), not +-1 activations (an upper tier)."""
     if module.training:
-        raise NotPackable("pack the slice in eval mode (batch norm with running statistics)")
-    blocks = list(module.blocks)
-    if not blocks or module.head is None:
-        raise NotPackable("a packed slice needs at least one ConvP block and an exit head")
+        raise NotPackable("pack in eval mode (batch norm with running statistics)")
+    if not blocks:
+        raise NotPackable("a packed model needs at least one ConvP block")
     if any(not isinstance(b, ConvP) or b.precision != "binary" for b in blocks) or (
-        module.head.precision != "binary"
+        head.precision != "binary"
     ):
         raise NotPackable("only binary ConvP blocks and a binary head pack into bits")
     c, h, w = (int(d) for d in input_shape)
@@ -204,15 +232,16 @@ def pack_slice(module: DeviceSlice, input_shape: tuple[int, int, int]) -> Packed
         if cin != c:
             raise NotPackable(f"ConvP block {i} takes {cin} channels, gets {c}")
         out = (pooled_size(size[0], 1), pooled_size(size[1], 1))
-        if i == 0:
+        real = real_input and i == 0
+        if real:
             direction, threshold = _float_thresholds(block.bn, out)
             _check_float_thresholds(block.bn, direction, threshold, out)
         else:
             direction, threshold = _integer_thresholds(block.bn, 9 * cin, out)
         bits = pack_signs(weight.reshape(filters, -1) >= 0)
-        convs.append(ConvLayer(cin, filters, size, bits, direction, threshold, i == 0))
+        convs.append(ConvLayer(cin, filters, size, bits, direction, threshold, real))
         c, size = filters, out
-    head = _head_layer(module.head)
-    if head.in_features != c * size[0] * size[1]:
+    packed_head = _head_layer(head)
+    if packed_head.in_features != c * size[0] * size[1]:
         raise NotPackable("the head's input does not match the ConvP blocks' output")
-    return PackedModel((int(input_shape[0]), h, w), convs, head)
+    return PackedModel((int(input_shape[0]), h, w), convs, packed_head)

@@ -1,8 +1,10 @@
-"""The torch runtime of a device slice: the exported `.npz` weights run in PyTorch.
+"""The torch runtimes of a device slice and of an upper tier: the exported `.npz` weights
+run in PyTorch.
 
-Any slice runs this way, a float device tier included; a binary slice runs bit-exactly the
-same without PyTorch in its packed form (devices/runtime.py `PackedSlice`). A device reaches
-this class through the `ddnn.runtimes` entry point, never by importing it.
+Any slice or tier runs this way, float ones included; a binary slice runs bit-exactly the
+same without PyTorch in its packed form (devices/runtime.py `PackedSlice`), and so does a
+binary tier fused by CC or MP (ddnn/packed/tier.py). The services reach these classes
+through the `ddnn.runtimes` entry points, never by importing them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 import torch
 
 from ddnn.core.manifest import Manifest
-from ddnn.nn.export import load_device
+from ddnn.core.roles import Role
+from ddnn.nn.export import load_cloud, load_device, load_edge
 
 
 class TorchSlice:
@@ -29,3 +32,24 @@ class TorchSlice:
         if scores is None:
             raise ValueError("this device slice has no exit head (a topology without local exit)")
         return scores[0].numpy(), features[0].numpy()
+
+
+class TorchTier:
+    """An edge or the cloud in PyTorch: the inputs' maps (N, f, h, w) and which are present
+    (N,) -> (class scores (|C|,), the tier's own feature map)."""
+
+    name = "torch"
+
+    def __init__(self, artifacts: Path | str, role: Role) -> None:
+        self.manifest: Manifest
+        if role.tier == "cloud":
+            self.manifest, self.module = load_cloud(artifacts)
+        else:
+            assert role.index is not None
+            self.manifest, self.module = load_edge(artifacts, role.index)
+        self.in_shape: tuple[int, int, int] = self.module.in_shape
+
+    def __call__(self, maps: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            scores, own = self.module(torch.from_numpy(maps[None]), torch.from_numpy(present[None]))
+        return scores[0].numpy(), own[0].numpy()

@@ -52,7 +52,8 @@ So given equal feature maps, the class scores are bitwise equal, not merely with
 File format (`.bits`, little-endian)
 ------------------------------------
     header  "<8sHHHHH": magic b"DDNNBITS", format version, n ConvP blocks, C, H, W
-    per ConvP block  "<BBHH": kind (1: real-valued input, 2: binary input), 0, in channels,
+    per ConvP block  "<BBHH": kind (1: real-valued input, a device's first block only;
+            2: binary input, every later block and a packed tier's first), 0, in channels,
             filters; then weights uint64 (filters, ceil(9*in/64)), direction int8 (filters,),
             threshold float32 (kind 1) or int32 (kind 2) (filters,)
     head    "<BBHHH": kind 3, mode (0 fma, 1 mul_add), in features, classes, n overrides;
@@ -317,15 +318,17 @@ def decode(buf: bytes, where: str = "packed slice") -> PackedModel:
     in_ch, size = c, (h, w)
     for i in range(n_conv):
         kind, _, cin, filters = r.unpack(_CONV)
-        want = KIND_CONV_REAL if i == 0 else KIND_CONV_BINARY
-        if kind != want or cin != in_ch or filters < 1:
+        # pixels in only at the first block (a device's); a packed tier's takes bits too
+        kinds = (KIND_CONV_REAL, KIND_CONV_BINARY) if i == 0 else (KIND_CONV_BINARY,)
+        if kind not in kinds or cin != in_ch or filters < 1:
             raise ModelFileError(f"{where}: ConvP block {i} does not fit the one before it")
+        real = kind == KIND_CONV_REAL
         weights = r.array("<u8", filters * words_for(cin * 9), (filters, words_for(cin * 9)))
         direction = r.array("i1", filters)
-        threshold = r.array("<f4" if i == 0 else "<i4", filters)
+        threshold = r.array("<f4" if real else "<i4", filters)
         if not np.isin(direction, (-1, 1)).all():
             raise ModelFileError(f"{where}: ConvP block {i} has a direction other than +-1")
-        conv = ConvLayer(cin, filters, size, weights, direction, threshold, real_input=i == 0)
+        conv = ConvLayer(cin, filters, size, weights, direction, threshold, real_input=real)
         convs.append(conv)
         in_ch, size = filters, conv.out_size
     kind, mode, n_in, n_out, n_over = r.unpack(_HEAD)

@@ -32,7 +32,8 @@ def read_exported(
         )
     file = verified_path(artifacts, entry, f"the packed slice of {role}")
     model = read_packed(file)
-    if (model.input_shape, model.n_classes) != (tuple(cfg.input_shape), len(cfg.classes)):
+    shape = (model.input_shape, model.n_classes, model.convs[0].real_input)
+    if shape != (tuple(cfg.input_shape), len(cfg.classes), True):
         raise ModelFileError(f"{entry.file} does not fit the manifest's topology")
     return model, file
 

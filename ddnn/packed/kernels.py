@@ -98,7 +98,7 @@ def conv_real(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
     return (signs @ cols).reshape(layer.filters, h, w)
 
 
-def _valid_mask(layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
+def valid_mask(layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
     """Per output position: the valid-tap mask words (H*W, words) and their count."""
     if "mask" not in layer._cache:
         c = layer.in_channels
@@ -111,14 +111,21 @@ def _valid_mask(layer: ConvLayer) -> tuple[np.ndarray, np.ndarray]:
     return layer._cache["mask"]
 
 
-def conv_binary(layer: ConvLayer, a: np.ndarray) -> np.ndarray:
+def conv_binary(
+    layer: ConvLayer,
+    a: np.ndarray,
+    mask: np.ndarray | None = None,
+    n_valid: np.ndarray | None = None,
+) -> np.ndarray:
     """+-1 activations (C, H, W) -> integer pre-activations (F, H, W): per position
-    n_valid - 2 * popcount((patch XOR weights) AND valid)."""
+    n_valid - 2 * popcount((patch XOR weights) AND valid). `mask` and `n_valid`: other taps
+    than those inside the map (a packed tier's, with absent inputs: ddnn/packed/tier.py)."""
     c, h, w = a.shape
     padded = np.zeros((c, h + 2, w + 2), bool)
     padded[:, 1:-1, 1:-1] = a > 0
     patches = pack_signs(_windows(padded, (h, w), 1).reshape(c * 9, h * w).T)  # (HW, words)
-    mask, n_valid = _valid_mask(layer)
+    if mask is None or n_valid is None:
+        mask, n_valid = valid_mask(layer)
     disagree = np.bitwise_count((patches[None] ^ layer.weights[:, None, :]) & mask[None])
     return (n_valid - 2 * disagree.sum(axis=2, dtype=np.int64)).reshape(layer.filters, h, w)
 
@@ -179,7 +186,7 @@ def _numba_runner(model: PackedModel, k: ModuleType) -> Runner:
             steps.append((True, (weights, pattern, gsign, *ends), shape, None))
         else:
             shape_in = np.array([conv.in_channels, *conv.in_size], np.int64)
-            masks, n_valid = _valid_mask(conv)
+            masks, n_valid = valid_mask(conv)
             arrays = (weights, np.ascontiguousarray(masks, np.uint64), n_valid, *ends)
             steps.append((False, arrays, shape, shape_in))
     # Scratch reused from frame to frame: each layer's bits (the kernels clear them) and the
