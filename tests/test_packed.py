@@ -435,9 +435,7 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
     proc = run_without_torch(
         f"""
         import numpy as np
-        from ddnn.packed.tier import PackedTier
-from cloud.runtime import open_tier
-from devices.runtime import PackedSlice, open_runtime
+        from devices.runtime import PackedSlice, open_runtime
         runtime = open_runtime({str(artifacts)!r}, 2)
         assert isinstance(runtime, PackedSlice)
         frames = np.load({str(tmp_path / "frames.npy")!r})
