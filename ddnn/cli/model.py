@@ -31,6 +31,7 @@ from ddnn.cli.options import (
 )
 from ddnn.cli.render import Rows, err, out, progress_bar, report_blocks, show
 from ddnn.core.config import DDNNConfig
+from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade, exit_points
 from ddnn.data import MultiViewData, absolute_spec, split
@@ -163,6 +164,7 @@ def eval_(
     decided = cascade(points, outputs.inputs)
     report = evaluate(outputs, points, decided)
     report["missing"] = absent
+    report["energy_uj"] = energy_uj(cfg.model, outputs.present, decided.exit_index, model.exits)
     if decisions is not None:
         write_decisions(decisions, outputs, points, decided)
     if each_missing:

@@ -122,4 +122,15 @@ def report_blocks(report: dict[str, Any]) -> list[Block]:
         f"bytes per device per sample: formula (1) {b['formula']}, measured {b['measured']}, "
         f"raw offload {b['raw']} ({b['raw_over_measured']}x less than raw)",
         f"thresholds: {report['threshold']} ({report['criterion']})",
+        *_energy_line(report.get("energy_uj")),
+    ]
+
+
+def _energy_line(e: dict[str, Any] | None) -> list[Block]:
+    if e is None:
+        return []
+    return [
+        f"energy per sample (seed 000's Table I): {e['total']} uJ (local {e['local']}, edge "
+        f"{e['edge']}, cloud {e['cloud']}); float32 all-cloud reference {e['float_reference']} "
+        f"uJ, {e['reduction']}x more"
     ]

@@ -1,0 +1,203 @@
+"""Energy of inference per sample and per tier, counted from the topology as seed 000 counts
+it (Section III: operations times the energies of its Table I; communication not included).
+
+What is counted, per layer (every tap of a convolution is a multiply-accumulate, as in the
+paper; a ConvP block is conv 3x3 pad 1, max-pool 3x3/2 pad 1, batch norm, sign):
+
+- a convolution or FC layer: one binary MAC (XNOR and popcount) per weight use where both
+  weights and inputs are +-1; one 32-bit addition where only the weights are (a device's
+  first block on pixels: a +-1 weight turns the MAC into an add or a subtract); one 32-bit
+  MAC in a float tier;
+- max-pool: 8 comparisons (32-bit additions) per pooled output of a 3x3 window;
+- batch norm then sign: one comparison per output in a binary tier (folded into a threshold:
+  ddnn/packed/format.py), one 32-bit MAC (scale and shift) in a float tier; the head's batch
+  norm, whose scores stay real, one 32-bit MAC per class in either;
+- fusing maps: MP and AP compare or add each value of every input after the first; CC
+  nothing (a concatenation); fusing class scores at an exit: the same, and CC's linear layer
+  of n|C| x |C| 32-bit MACs; deciding an exit: |C| 32-bit MACs (the entropy's p log p);
+- memory: every bit read once per sample: the weights (1 bit when binary, 32 when float), the
+  per-channel parameters (a 32-bit threshold, or 2 x 32-bit batch-norm scale and shift), and
+  the layer's input (1 bit per +-1 value, 8 per pixel, 32 per float).
+
+A sample pays for the tiers it reached: the present devices and the local exit always, the
+edges and the edge exit if it went past the local exit, the cloud if it went past the edge
+exit. `float_reference` is the same topology with every tier in float32, every device
+present, and every sample through every tier: the paper's full-precision network on the
+cloud, against which it reports its ratios (5.5x on CIFAR-10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ddnn.core.config import Aggregation, ModelConfig, Precision, pooled_size
+
+# Table I of seed 000, picojoules
+PJ = {"mac1": 0.2, "mac32": 4.6, "add32": 0.9, "bits": 2.5}
+PIXEL_BITS = 8  # a camera frame's value
+
+
+@dataclass
+class Ops:
+    """Operations and memory bits of one pass of something, for one sample."""
+
+    mac1: int = 0  # binary MACs
+    mac32: int = 0  # 32-bit MACs
+    add32: int = 0  # 32-bit additions and comparisons
+    bits: int = 0  # memory bits read
+
+    def __add__(self, other: Ops) -> Ops:
+        return Ops(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __mul__(self, k: int) -> Ops:
+        return Ops(*(getattr(self, f.name) * k for f in fields(self)))
+
+    @property
+    def microjoules(self) -> float:
+        return sum(getattr(self, name) * pj for name, pj in PJ.items()) * 1e-6
+
+
+INPUT_BITS = {"binary": 1, "pixels": PIXEL_BITS, "float": 32}  # bits per input value read
+
+
+def conv_block(
+    cin: int, filters: int, size: tuple[int, int], precision: Precision, inputs: str
+) -> tuple[Ops, tuple[int, int]]:
+    """One ConvP block on a (cin, h, w) input; `inputs`: "pixels", "binary" or "float".
+    Returns its ops and its output size."""
+    h, w = size
+    out = (pooled_size(h, 1), pooled_size(w, 1))
+    taps = filters * cin * 9 * h * w
+    pooled = filters * out[0] * out[1]
+    binary = precision == "binary"
+    on_bits = binary and inputs == "binary"
+    compares = 8 * pooled + (pooled if binary else 0)  # max-pool, then the sign's threshold
+    ops = Ops(
+        mac1=taps if on_bits else 0,
+        add32=(taps if binary and not on_bits else 0) + compares,
+        mac32=0 if binary else taps + pooled,
+        bits=filters * cin * 9 * (1 if binary else 32)
+        + filters * (32 if binary else 64)
+        + cin * h * w * INPUT_BITS[inputs],
+    )
+    return ops, out
+
+
+def fc(n_in: int, n_out: int, precision: Precision, inputs: str, head: bool) -> Ops:
+    """A fully connected block (`head`: the exit head, whose batch-normed scores stay real)."""
+    binary = precision == "binary"
+    on_bits = binary and inputs == "binary"
+    products = n_in * n_out
+    norm_mac = head or not binary  # a real-valued batch norm; else the sign's threshold
+    return Ops(
+        mac1=products if on_bits else 0,
+        add32=(products if binary and not on_bits else 0) + (0 if norm_mac else n_out),
+        mac32=(0 if binary else products) + (n_out if norm_mac else 0),
+        bits=products * (1 if binary else 32)
+        + n_out * (64 if norm_mac else 32)
+        + n_in * INPUT_BITS[inputs],
+    )
+
+
+def fuse(scheme: Aggregation, n: int, values: int, n_classes: int | None = None) -> Ops:
+    """Fusing `n` inputs of `values` values each; `n_classes`: class scores at an exit (CC
+    then has its linear layer), with the exit's decision."""
+    ops = Ops(add32=(n - 1) * values if scheme in ("MP", "AP") else 0)
+    if n_classes is not None:
+        if scheme == "CC":
+            ops += Ops(mac32=n * n_classes * n_classes, add32=n_classes)
+        ops += Ops(mac32=n_classes)  # the exit's entropy
+    return ops
+
+
+def _stack(
+    filters: list[int], cin: int, size: tuple[int, int], precision: Precision, inputs: str
+) -> tuple[Ops, int, tuple[int, int]]:
+    """ConvP blocks one after the other: their ops, the output channels and size."""
+    total = Ops()
+    for f in filters:
+        ops, size = conv_block(cin, f, size, precision, inputs)
+        total, cin, inputs = total + ops, f, "binary" if precision == "binary" else "float"
+    return total, cin, size
+
+
+def tier_ops(model: ModelConfig, as_float: bool = False) -> dict[str, Ops]:
+    """One pass of each part of `model` for one sample: "device" (one device's ConvP
+    blocks) and "device_head"; "local" (fusing the devices' scores, deciding the exit);
+    "edge" (one edge's fusion and blocks), "edge_head" and "edge_exit"; "cloud" (its fusion,
+    blocks, hidden FC blocks and head). `as_float`: every tier in float32."""
+    n_classes = len(model.classes)
+
+    def precision(p: Precision) -> Precision:
+        return "float" if as_float else p
+
+    c, h, w = model.input_shape
+    device_p = precision(model.device.precision)
+    parts: dict[str, Ops] = {}
+    parts["device"], f, size = _stack(model.device.conv_filters, c, (h, w), device_p, "pixels")
+    inputs = "pixels" if not model.device.conv_filters else _format(device_p)
+    if model.local is not None:
+        parts["device_head"] = fc(f * size[0] * size[1], n_classes, device_p, inputs, head=True)
+        parts["local"] = fuse(model.local.aggregation, model.n_devices, n_classes, n_classes)
+    n_in = model.n_devices
+    if model.edge is not None:
+        e = model.edge
+        group = max(len(g) for g in e.groups)
+        edge_p = precision(e.precision)
+        fused = f * group if e.aggregation == "CC" else f
+        blocks, f, size = _stack(e.conv_filters, fused, size, edge_p, inputs)
+        parts["edge"] = fuse(e.aggregation, group, fused * size[0] * size[1] // fused) + blocks
+        inputs = _format(edge_p)
+        parts["edge_head"] = fc(f * size[0] * size[1], n_classes, edge_p, inputs, head=True)
+        parts["edge_exit"] = fuse(e.exit_aggregation, len(e.groups), n_classes, n_classes)
+        n_in = len(e.groups)
+    if model.cloud is not None:
+        cl = model.cloud
+        cloud_p = precision(cl.precision)
+        cloud = fuse(cl.aggregation, n_in, f * size[0] * size[1])
+        fused = f * n_in if cl.aggregation == "CC" else f
+        blocks, f, size = _stack(cl.conv_filters, fused, size, cloud_p, inputs)
+        cloud += blocks
+        width, fmt = f * size[0] * size[1], _format(cloud_p)
+        for m in cl.fc_hidden:
+            cloud += fc(width, m, cloud_p, fmt, head=False)
+            width = m
+        parts["cloud"] = cloud + fc(width, n_classes, cloud_p, fmt, head=True)
+    return parts
+
+
+def _format(p: Precision) -> str:
+    return "binary" if p == "binary" else "float"
+
+
+def energy_uj(
+    model: ModelConfig, present: np.ndarray, exit_index: np.ndarray, exits: list[str]
+) -> dict[str, float | None]:
+    """Mean energy per sample in microjoules, by tier, of samples with devices `present`
+    (N, D) that exited at `exits[exit_index]` (N,); the float reference, and how many times
+    the total it is (module doc)."""
+    uj = {name: ops.microjoules for name, ops in tier_ops(model).items()}
+    none = np.zeros(len(exit_index))
+    local = present.sum(axis=1) * (uj["device"] + uj.get("device_head", 0.0)) + uj.get("local", 0)
+    reached = {name: exit_index >= i for i, name in enumerate(exits)}
+    edge = cloud = none
+    if model.edge is not None:
+        edges = np.sum([present[:, g].any(axis=1) for g in model.edge.groups], axis=0)
+        edge = reached["edge"] * (edges * (uj["edge"] + uj["edge_head"]) + uj["edge_exit"])
+    if model.cloud is not None:
+        cloud = reached["cloud"] * uj["cloud"]
+    ref = tier_ops(model, as_float=True)  # no early exits: the blocks and the last head
+    full = ref["device"] * model.n_devices + ref.get("cloud", Ops())
+    if model.edge is not None:
+        full += ref["edge"] * len(model.edge.groups)
+    total = float(np.mean(local + edge + cloud))
+    return {
+        "local": round(float(np.mean(local)), 4),
+        "edge": round(float(np.mean(edge)), 4),
+        "cloud": round(float(np.mean(cloud)), 4),
+        "total": round(total, 4),
+        "float_reference": round(full.microjoules, 4),
+        "reduction": round(full.microjoules / total, 2) if total else None,
+    }
