@@ -4,7 +4,8 @@ When the aggregator asks a set of sources to send their feature maps to this tie
 expects the ones that are its inputs (an edge: the devices of its group; the cloud: every
 device, or every edge), collects their maps until all arrived or its deadline passed, fuses
 what arrived (missing inputs as in training: masked for MP/AP, zero slots for CC), runs its
-layers and publishes its class scores with the bytes it received per source. An edge also
+layers (its runtime, cloud/runtime.py: packed bits without PyTorch where the export has
+them) and publishes its class scores with the bytes it received per source. An edge also
 keeps its own feature map for the cloud and sends it when asked; the cloud's scores are the
 last exit's.
 

@@ -43,6 +43,13 @@ def test_eval_threshold_and_missing_devices(trained):
     all_local = ddnn_json("eval", "--model", str(model), "--threshold", "local=1")
     assert all_local["exit_fraction"]["local"] == 100.0
     assert all_local["bytes_per_device"]["measured"] == 12.0
+    # energy per sample (ddnn/core/energy.py): every sample pays the devices and the local
+    # exit; only those that go on pay the cloud
+    every, none = none_local["energy_uj"], all_local["energy_uj"]
+    assert every["local"] == none["local"] > 0 and none["cloud"] == 0 < every["cloud"]
+    for e in (every, none):
+        assert e["total"] == pytest.approx(e["local"] + e["edge"] + e["cloud"], abs=1e-3)
+        assert e["float_reference"] > e["total"] and e["edge"] == 0
     missing = ddnn_json("eval", "--model", str(model), "--missing", "0,3", "--each-missing")
     assert missing["present_devices"] == [1, 2, 4, 5] and missing["missing"] == [0, 3]
     assert [row["missing"] for row in missing["each_missing"]] == list(range(6))

@@ -10,7 +10,6 @@ import pytest
 
 from ddnn.core.config import load_config
 from ddnn.core.energy import PJ, Ops, energy_uj, tier_ops
-from tests.helpers import ddnn_json
 
 TINY = [
     "model.n_devices=2",
@@ -74,11 +73,3 @@ def test_edges_are_paid_for_by_the_samples_that_reach_them():
     edges = np.array([one_edge, 2 * one_edge]) + pj(parts["edge_exit"])
     assert e["edge"] == pytest.approx(edges.mean() * 1e-6, abs=1e-4)
     assert e["cloud"] == 0.0
-
-
-def test_ddnn_eval_reports_energy_per_tier(plain):
-    report = ddnn_json("eval", "--model", str(plain))
-    e = report["energy_uj"]
-    assert set(e) == {"local", "edge", "cloud", "total", "float_reference", "reduction"}
-    assert e["total"] == pytest.approx(e["local"] + e["edge"] + e["cloud"], abs=1e-3)
-    assert e["float_reference"] > e["total"] > e["local"] > 0
