@@ -227,6 +227,7 @@ def test_a_cloud_outage_leaves_local_answers_standing_as_degraded(deployment, tm
     assert all(d.latency_ms >= 300 for d in degraded)
 
 
+@pytest.mark.slow  # ~35 s of processes; the in-process replica tests run by default
 def test_cloud_replicas_share_the_jobs_and_one_killed_mid_stream_loses_no_sample(tmp_path, tiny):
     """Two cloud replicas behind an MQTT 5 shared subscription (real mosquitto, real
     processes): both answer jobs; one is killed (SIGKILL) halfway through the stream; every
