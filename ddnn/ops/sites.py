@@ -51,7 +51,7 @@ def bench_sites(
     path = model if model is not None else demo_model(False, cache, log)
     net, cfg, meta = load_model(path)
     names = [f"site-{i}" for i in range(sites)]
-    n = max(1, round(fps * seconds))
+    paced = range(WARMUP, WARMUP + max(1, round(fps * seconds)))
     with tempfile.TemporaryDirectory(prefix="ddnn-bench-sites-") as tmp:
         work = Path(tmp)
         prepared = prepare_sites(net, cfg, meta, work, names, data)
@@ -67,12 +67,13 @@ def bench_sites(
             pids += [broker.pid] if broker.pid is not None else []
             for r in running:  # one at a time: warming up is not what is measured
                 r.driver.run(range(WARMUP), window=4)
-            log(f"{sites} sites x {n} samples at {fps:g} per second, all at once")
+            log(f"{sites} sites x {len(paced)} samples at {fps:g} per second, all at once")
             before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
             start = time.monotonic()
+            phases = _phases(start, sites, fps)
             threads = [
-                threading.Thread(target=_drive, args=(r, range(WARMUP, WARMUP + n), fps, at))
-                for r, at in zip(running, _phases(start, sites, fps), strict=True)
+                threading.Thread(target=_drive, args=(r, paced, fps, at))
+                for r, at in zip(running, phases, strict=True)
             ]
             for t in threads:
                 t.start()
@@ -81,8 +82,6 @@ def bench_sites(
             cpu = sum(cpu_seconds(pid) or 0.0 for pid in pids) - before
             ended = time.monotonic()
             kind_used = broker.kind
-    paced = range(WARMUP, WARMUP + n)
-    phases = _phases(start, sites, fps)
     rows = [_site(r, p.name, paced, at) for r, p, at in zip(running, prepared, phases, strict=True)]
     decided = sum(row["decided"] for row in rows)
     return {
