@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aggregator.service import AggregatorService, Deadlines, load_fusions
+from aggregator.service import AggregatorService, Deadlines, load_exit_weights
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
@@ -46,7 +46,7 @@ def aggregator(
 ) -> None:
     """Run the local aggregator: fuse the devices' class scores, exit when confident,
     otherwise escalate; publish exactly one decision per sample, also across restarts."""
-    manifest, fusions = load_fusions(artifacts)
+    manifest, weights = load_exit_weights(artifacts)
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
@@ -54,7 +54,7 @@ def aggregator(
     ledger = folder / f"decided-{setup.deployment}-{manifest.model_version}.ids"
     service = AggregatorService(
         manifest,
-        fusions,
+        weights,
         setup.login(artifacts, AGGREGATOR, manifest.model_version),
         setup.deployment,
         deadlines,

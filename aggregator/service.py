@@ -53,6 +53,7 @@ from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized
 from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format, tier_inputs
+from ddnn.core.routing import Router, routers_from_state
 from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh
 from ddnn.live.wire import (
     ENCODINGS,
@@ -105,12 +106,22 @@ class Pending:
     job: Job | None = None  # ... and the job sent, to send again
 
 
-def load_fusions(artifacts: Path | str) -> tuple[Manifest, dict[str, ScoreFusion]]:
-    """The manifest, and the fusions of the local and edge exits from the aggregator's
-    artifact (hash-checked), in NumPy."""
+@dataclass(frozen=True)
+class ExitWeights:
+    """What the aggregator's artifact holds, in NumPy: the fusion of the local and the edge
+    exit, and the router of each exit whose policy is "router" (ddnn/core/routing.py)."""
+
+    fusions: dict[str, ScoreFusion]
+    routers: dict[str, Router]
+
+
+def load_exit_weights(artifacts: Path | str) -> tuple[Manifest, ExitWeights]:
+    """The manifest, and the weights of the exits from the aggregator's artifact
+    (hash-checked)."""
     manifest = read_manifest(artifacts)
     arrays = read_npz_artifact(artifacts, manifest, "aggregator")
-    return manifest, score_fusions(manifest.ddnn_config().model, arrays)
+    cfg = manifest.ddnn_config()
+    return manifest, ExitWeights(score_fusions(cfg.model, arrays), routers_from_state(cfg, arrays))
 
 
 class AggregatorService(Service):
@@ -119,7 +130,7 @@ class AggregatorService(Service):
     def __init__(
         self,
         manifest: Manifest,
-        fusions: dict[str, ScoreFusion],
+        weights: ExitWeights,
         broker: Broker,
         deployment: str,
         deadlines: Deadlines | None = None,
@@ -130,11 +141,12 @@ class AggregatorService(Service):
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
         cfg: DDNNConfig = manifest.ddnn_config()
-        if "local" not in fusions:
+        if "local" not in weights.fusions:
             raise DDNNError("a live deployment needs a local exit (Fig. 2 (b), (c), (e), (f))")
         self.cfg = cfg
-        self.fusions = fusions
-        self.points: dict[str, ExitPoint] = {p.name: p for p in exit_points(cfg, cfg.model.exits)}
+        self.fusions = weights.fusions
+        points = exit_points(cfg, cfg.model.exits, weights.routers)
+        self.points: dict[str, ExitPoint] = {p.name: p for p in points}
         self.last_exit = cfg.model.exits[-1]
         self.n_devices = cfg.model.n_devices
         self.groups = cfg.model.edge.groups if cfg.model.edge is not None else []

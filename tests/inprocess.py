@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.service import AggregatorService, Deadlines, load_fusions
+from aggregator.service import AggregatorService, Deadlines, load_exit_weights
 from cloud.runtime import open_tier
 from cloud.service import TierService
 from ddnn.core.manifest import Manifest, read_manifest
@@ -128,13 +128,13 @@ def aggregator_rig(
 ) -> tuple[Rig, AggregatorService]:
     """An aggregator (on `bus`, or a new one) after devices 0..online-1 said online;
     `replicated_cloud`: one that gathers jobs for cloud replicas."""
-    manifest, fusions = load_fusions(artifacts)
+    manifest, weights = load_exit_weights(artifacts)
     rig = Rig(manifest, bus or MemoryBus())
     for d in range(online):
         rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
     agg = AggregatorService(
         manifest,
-        fusions,
+        weights,
         rig.bus,
         DEPLOYMENT,
         Deadlines(**deadlines),
@@ -184,7 +184,7 @@ def whole_rig(artifacts: Path, replicas: int | None = None) -> Rig:
     """Every service of a deployment of `artifacts`, opened on one bus; `replicas`: that
     many cloud replicas in the shared subscription group "cloud", fed jobs by the
     aggregator, instead of one cloud."""
-    manifest, fusions = load_fusions(artifacts)
+    manifest, weights = load_exit_weights(artifacts)
     model = manifest.ddnn_config().model
     rig = Rig(manifest)
     for d in range(model.n_devices):
@@ -196,7 +196,7 @@ def whole_rig(artifacts: Path, replicas: int | None = None) -> Rig:
         for _ in range(replicas or 1):
             rig.add(tier_service(rig, artifacts, CLOUD, group=group))
     replicated = replicas is not None
-    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=replicated))
+    rig.add(AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, replicated_cloud=replicated))
     return rig
 
 

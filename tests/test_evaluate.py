@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ddnn.core.config import load_config
-from ddnn.core.exits import ExitInputs, ExitPoint, exit_points, get_criterion
+from ddnn.core.exits import ExitInputs, ExitPoint, exit_points, get_policy
 from ddnn.core.payloads import pack_bits, pack_scores, unpack_bits
 from ddnn.data import from_mvmc_arrays
 from ddnn.nn.evaluate import (
@@ -46,7 +46,7 @@ def synthetic_outputs(n: int = 200, seed: int = 0) -> ExitOutputs:
 
 
 def entropy_points(t: float = 0.5) -> list[ExitPoint]:
-    e = get_criterion("entropy")
+    e = get_policy("entropy")
     return [ExitPoint("local", e, t), ExitPoint("cloud", e, 0.0)]
 
 
@@ -115,9 +115,7 @@ def test_thresholds_for_target_exit_fraction_hit_the_target():
     out.inputs["local"] = ExitInputs(rng.normal(size=(300, 3)) * 3)
     for target in (0.0, 0.25, 0.6, 1.0):
         t = thresholds_for_fractions(out, entropy_points(), {"local": target})["local"]
-        report = evaluate(
-            out, [ExitPoint("local", get_criterion("entropy"), t), entropy_points()[1]]
-        )
+        report = evaluate(out, [ExitPoint("local", get_policy("entropy"), t), entropy_points()[1]])
         assert report["exit_fraction"]["local"] == pytest.approx(100 * target, abs=0.5)
     with pytest.raises(ValueError, match="cannot exit"):
         thresholds_for_fractions(out, entropy_points(), {"local": 1.5})

@@ -13,7 +13,7 @@ import pytest
 import aggregator.service
 import cloud.service as cloud_service
 from aggregator.ledger import Ledger
-from aggregator.service import SILENT_AFTER, AggregatorService, load_fusions
+from aggregator.service import SILENT_AFTER, AggregatorService, load_exit_weights
 from cloud.service import TierService
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
@@ -106,10 +106,10 @@ def test_a_restarted_aggregator_decides_no_sample_twice(plain, tmp_path):
     """Its ledger file outlives it: a tick repeated after the restart is late, the sample
     window is where it was, and a record cut short by a kill is dropped."""
     ledger = tmp_path / "decided.ids"
-    manifest, fusions = load_fusions(plain)
+    manifest, weights = load_exit_weights(plain)
 
     def started(rig: Rig) -> AggregatorService:
-        agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, ledger=ledger)
+        agg = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, ledger=ledger)
         rig.add(agg)
         rig.settle()
         return agg
@@ -138,7 +138,7 @@ def test_a_restarted_aggregator_decides_no_sample_twice(plain, tmp_path):
     assert ledger.stat().st_size == 8 + 2 * 16  # header and two ids: the cut record is gone
     ledger.write_bytes(b"something else")
     with pytest.raises(DDNNError, match="not an aggregator ledger"):
-        AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, ledger=ledger)
+        AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, ledger=ledger)
 
 
 def test_the_ledger_keeps_ranges_and_a_file_of_their_size(tmp_path):
@@ -530,11 +530,11 @@ def test_a_replica_refuses_the_maps_of_a_job_that_do_not_check_out_and_answers_w
 
 
 def test_the_aggregator_gathers_a_replicated_clouds_maps_and_refuses_what_it_did_not_ask(plain):
-    manifest, fusions = load_fusions(plain)
+    manifest, weights = load_exit_weights(plain)
     rig = Rig(manifest)
     for d in range(6):
         rig.send(Status(role=Role.device(d), state="online", t=time.time()), retain=True)
-    agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, replicated_cloud=True)
+    agg = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, replicated_cloud=True)
     rig.add(agg)
     rig.send(Tick(sample=3, t=time.time()))
     for d in range(6):
@@ -667,8 +667,8 @@ def test_a_replay_of_old_samples_after_many_newer_ones_is_never_decided_twice(pl
 
 def test_a_second_aggregator_of_a_deployment_refuses_to_start(plain):
     rig, first = aggregator_rig(plain)
-    manifest, fusions = load_fusions(plain)
-    second = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT)
+    manifest, weights = load_exit_weights(plain)
+    second = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT)
     with pytest.raises(DDNNError, match="another aggregator .* is online"):
         second.open()
     second.close()  # says nothing: the first's retained status still stands
@@ -676,13 +676,13 @@ def test_a_second_aggregator_of_a_deployment_refuses_to_start(plain):
     statuses = [m for m in rig.of(Status) if m.role == AGGREGATOR]
     assert statuses[-1].state == "online" and statuses[-1].instance == first.instance
     first.close()  # once the first is gone, another may start
-    rig.add(AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT))
+    rig.add(AggregatorService(manifest, weights, rig.bus, DEPLOYMENT))
 
 
 def test_on_the_wall_clock_only_scores_captured_near_now_open_a_sample(plain):
-    manifest, fusions = load_fusions(plain)
+    manifest, weights = load_exit_weights(plain)
     rig = Rig(manifest)
-    agg = AggregatorService(manifest, fusions, rig.bus, DEPLOYMENT, clock="wall")
+    agg = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, clock="wall")
     rig.add(agg)
     stale = scores(5, Role.device(0), SURE).model_copy(update={"t0": time.time() - 3600})
     rig.send(stale)

@@ -33,7 +33,7 @@ from ddnn.cli.render import Rows, err, out, progress_bar, report_blocks, show
 from ddnn.core.config import DDNNConfig
 from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import cascade, exit_points
+from ddnn.core.exits import cascade
 from ddnn.data import MultiViewData, absolute_spec, split
 from ddnn.live.access import write_access
 
@@ -65,7 +65,13 @@ def train(
 ) -> None:
     """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
     from ddnn.nn.checkpoint import save_model
-    from ddnn.nn.evaluate import evaluate, pick_thresholds, run_model, set_thresholds
+    from ddnn.nn.evaluate import (
+        evaluate,
+        model_exit_points,
+        pick_thresholds,
+        run_model,
+        set_thresholds,
+    )
     from ddnn.nn.train import fit
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
@@ -76,11 +82,11 @@ def train(
     picked: dict[str, float] = {}
     if parts.validation is not None:
         outputs = run_model(model, parts.validation)
-        points = exit_points(cfg, model.exits)
+        points = model_exit_points(model, cfg)
         c = cfg.calibration
         picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
         cfg = set_thresholds(cfg, picked)
-    test_report = evaluate(run_model(model, parts.test), exit_points(cfg, model.exits))
+    test_report = evaluate(run_model(model, parts.test), model_exit_points(model, cfg))
     meta = {
         "data": absolute_spec(data),
         "grid": grid,
@@ -149,6 +155,7 @@ def eval_(
         accuracy_each_missing,
         device_ranking,
         evaluate,
+        model_exit_points,
         presence_mask,
         run_model,
         with_thresholds,
@@ -157,7 +164,7 @@ def eval_(
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     thresholds = parse_thresholds(threshold, model.exits)
-    points = with_thresholds(exit_points(cfg, model.exits), thresholds)
+    points = with_thresholds(model_exit_points(model, cfg), thresholds)
     absent = parse_devices(missing)
     present = presence_mask(len(dataset), dataset.n_views, absent)
     outputs = run_model(model, dataset, present)
@@ -193,11 +200,11 @@ def sweep(
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
-    from ddnn.nn.evaluate import pick_thresholds, run_model
+    from ddnn.nn.evaluate import model_exit_points, pick_thresholds, run_model
     from ddnn.nn.evaluate import sweep as sweep_rows
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
-    points = exit_points(cfg, model.exits)
+    points = model_exit_points(model, cfg)
     if len(points) < 2:
         raise DDNNError("this model has a single exit: there is no threshold to sweep")
     outputs = run_model(model, dataset)
@@ -240,6 +247,7 @@ def calibrate(
     from ddnn.nn.evaluate import (
         evaluate,
         local_fraction_for_budget,
+        model_exit_points,
         pick_thresholds,
         run_model,
         set_thresholds,
@@ -254,7 +262,7 @@ def calibrate(
             "calibrate the model file and export it again (or pass --no-write)"
         )
     model, cfg, meta, dataset = _eval_context(model_path, data, None, part, as_json)
-    points = exit_points(cfg, model.exits)
+    points = model_exit_points(model, cfg)
     if len(points) < 2:
         raise DDNNError("this model has a single exit: there is no threshold to calibrate")
     outputs = run_model(model, dataset)
@@ -273,7 +281,7 @@ def calibrate(
             }
         thresholds = thresholds_for_fractions(outputs, points, fractions)
     cfg = set_thresholds(cfg, thresholds)
-    report = evaluate(outputs, exit_points(cfg, model.exits))
+    report = evaluate(outputs, model_exit_points(model, cfg))
     if write:
         save_model(model_path, model, cfg, {**meta, "calibrated_on": part})
     document = {"thresholds": thresholds, "written": write, part: report}

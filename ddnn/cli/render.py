@@ -121,7 +121,7 @@ def report_blocks(report: dict[str, Any]) -> list[Block]:
         Rows(f"{report['samples']} samples, devices {report['present_devices']}", rows),
         f"bytes per device per sample: formula (1) {b['formula']}, measured {b['measured']}, "
         f"raw offload {b['raw']} ({b['raw_over_measured']}x less than raw)",
-        f"thresholds: {report['threshold']} ({report['criterion']})",
+        f"thresholds: {report['threshold']} ({report['policy']})",
         *_energy_line(report.get("energy_uj")),
     ]
 

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from ddnn.core.errors import ConfigError, problems
 
@@ -156,9 +163,41 @@ class TrainConfig(_Strict):
     seed: int = Field(default=0, description="seed of initialization, batches and dropout")
 
 
+# The exit policy learned from data (seed 002): ddnn/core/routing.py; the others are rules on
+# the exit's probabilities (ddnn/core/exits.py).
+ROUTER = "router"
+
+
 class ExitSpec(_Strict):
-    criterion: str = "entropy"
+    # "criterion" is this field's name in model files written before the router existed.
+    policy: Literal["entropy", "max_prob", "margin", "router"] = Field(
+        default="entropy",
+        validation_alias=AliasChoices("policy", "criterion"),
+        description="how the exit decides: a rule on its probabilities, or a learned router",
+    )
     threshold: float = 0.8
+
+
+class RouterSpec(_Strict):
+    """How `ddnn train` fits the learned router of each exit whose policy is "router"
+    (seed 002): a 2-layer MLP on the exit's outputs (ddnn/core/routing.py), trained on the
+    routing oracle o(x) = 1{this exit is wrong and the next tier right} over the training
+    split, with the coverage penalty of eq. (7)."""
+
+    hidden: int = Field(default=32, ge=1, description="units of the router's hidden layer")
+    coverage: float = Field(
+        default=0.7, gt=0, lt=1, description="share of samples the penalty keeps at the exit"
+    )
+    penalty: float = Field(default=1.0, ge=0, description="lambda_r of eq. (7)")
+    epochs: int = Field(default=300, ge=1, description="full-batch Adam steps")
+    lr: float = Field(default=1e-2, gt=0)
+    masks: int = Field(
+        default=3,
+        ge=0,
+        description="passes over the training split with random devices absent (train."
+        "device_dropout), besides the one with all present: the router learns what a "
+        "missing device means",
+    )
 
 
 class CalibrationSpec(_Strict):
@@ -177,18 +216,29 @@ class CalibrationSpec(_Strict):
 class DDNNConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    exits: dict[str, ExitSpec] = Field(default={}, description="per-exit criterion and threshold")
+    exits: dict[str, ExitSpec] = Field(default={}, description="per-exit policy and threshold")
     calibration: CalibrationSpec = CalibrationSpec()
+    router: RouterSpec = RouterSpec()
 
     @model_validator(mode="after")
     def _check_exits(self) -> DDNNConfig:
         unknown = set(self.exits) - set(self.model.exits)
         if unknown:
             raise ValueError(f"exits {sorted(unknown)} are not in this topology {self.model.exits}")
+        last = self.model.exits[-1]
+        if last in self.exits and self.exits[last].policy == ROUTER:
+            raise ValueError(
+                f"the last exit ({last}) always decides: it has no next tier to route to"
+            )
         unknown = set(self.train.exit_weights) - set(self.model.exits)
         if unknown:
             raise ValueError(f"train.exit_weights names unknown exits {sorted(unknown)}")
         return self
+
+    @property
+    def routed_exits(self) -> list[str]:
+        """The exits whose policy is the learned router, lowest tier first."""
+        return [n for n in self.model.exits if n in self.exits and self.exits[n].policy == ROUTER]
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,18 +1,21 @@
-"""Exit criteria and the exit cascade (paper Section III-D).
+"""Exit policies and the exit cascade (paper Section III-D).
 
-An exit criterion turns a sample's class probabilities into a statistic and says whether the
-sample is confident enough to exit at that point given the exit's threshold T. Criteria are
-chosen by name per exit. One step of the cascade (`step`) fuses an exit's inputs with the
-presence mask, takes the softmax and decides, for each sample, to exit or to escalate;
-offline evaluation (`cascade`, over a whole data set) and the live aggregator (one sample at
-a time, as its inputs arrive) both run exits through it, so they decide alike:
+An exit policy turns what an exit decides on (its `ExitInputs`) into a statistic per sample
+and says whether the sample is confident enough to exit there given the exit's threshold T.
+Policies are chosen by name per exit (`exits.<name>.policy`). One step of the cascade
+(`step`) fuses an exit's inputs with the presence mask, takes the softmax and decides, for
+each sample, to exit or to escalate; offline evaluation (`cascade`, over a whole data set)
+and the live aggregator (one sample at a time, as its inputs arrive) both run exits through
+it, so they decide alike:
 
 - `entropy`: normalized entropy eta(p) = -sum p log p / log |C| in [0, 1]; exits when
   eta <= T (the paper's rule: T = 0 never exits, T = 1 always does);
 - `max_prob`: exits when max p >= T;
-- `margin`: exits when the gap between the two largest probabilities is >= T.
+- `margin`: exits when the gap between the two largest probabilities is >= T;
+- `router`: a learned router (seed 002, ddnn/core/routing.py) gives the probability that the
+  next tier should decide; exits when it is <= T. Its weights come with the model.
 
-The last exit of a cascade always decides, whatever its criterion says.
+The last exit of a cascade always decides, whatever its policy says.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 
-from ddnn.core.config import DDNNConfig, ExitSpec
+from ddnn.core.config import ROUTER, DDNNConfig, ExitSpec
+from ddnn.core.errors import ModelFileError
 from ddnn.core.fusion import ScoreFusion
 
 
@@ -52,55 +57,6 @@ def top2_margin(probs: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Criterion:
-    """A confidence statistic and the direction in which it means "confident"."""
-
-    name: str
-    statistic: Callable[[np.ndarray], np.ndarray]
-    confident_below: bool  # True: exit when statistic <= T; False: exit when >= T
-
-    def exits(self, probs: np.ndarray, threshold: float) -> np.ndarray:
-        """Boolean mask of the rows of `probs` (N, |C|) that exit at `threshold`. A row with
-        a non-finite probability never exits early: its entropy would read as 0, certain."""
-        stat = self.statistic(probs)
-        confident = stat <= threshold if self.confident_below else stat >= threshold
-        return confident & np.isfinite(probs).all(axis=-1)
-
-
-CRITERIA: dict[str, Criterion] = {
-    c.name: c
-    for c in (
-        Criterion("entropy", normalized_entropy, confident_below=True),
-        Criterion("max_prob", max_probability, confident_below=False),
-        Criterion("margin", top2_margin, confident_below=False),
-    )
-}
-
-
-def get_criterion(name: str) -> Criterion:
-    try:
-        return CRITERIA[name]
-    except KeyError:
-        raise ValueError(f"unknown exit criterion {name!r}; known: {sorted(CRITERIA)}") from None
-
-
-@dataclass(frozen=True)
-class ExitPoint:
-    name: str  # "local", "edge" or "cloud"
-    criterion: Criterion
-    threshold: float
-
-
-def exit_points(cfg: DDNNConfig, exits: Sequence[str]) -> list[ExitPoint]:
-    default = ExitSpec()
-    return [
-        ExitPoint(name, get_criterion(spec.criterion), spec.threshold)
-        for name in exits
-        for spec in [cfg.exits.get(name, default)]
-    ]
-
-
-@dataclass(frozen=True)
 class ExitInputs:
     """What one exit decides on, for N samples: the class scores of its inputs (N, n, |C|),
     those present (N, n), and the fusion of the exit (the local exit fuses the devices' scores,
@@ -120,28 +76,105 @@ class ExitInputs:
         return softmax(self.fusion(self.scores, self.present))
 
 
+@dataclass(frozen=True)
+class Policy:
+    """An exit's statistic and the direction in which it means "confident"."""
+
+    name: str
+    statistic: Callable[[ExitInputs], np.ndarray]  # (N,) per sample
+    confident_below: bool  # True: exit when statistic <= T; False: exit when >= T
+
+    def exits(self, statistic: np.ndarray, probs: np.ndarray, threshold: float) -> np.ndarray:
+        """Which samples exit at `threshold`, given their `statistic` under this policy and
+        their class `probs`. A sample with a non-finite probability never exits early: its
+        entropy would read as 0, certain."""
+        confident = statistic <= threshold if self.confident_below else statistic >= threshold
+        return confident & np.isfinite(probs).all(axis=-1)
+
+
+def _of_probs(name: str, of: Callable[[np.ndarray], np.ndarray], below: bool) -> Policy:
+    return Policy(name, lambda inputs: of(inputs.probs), confident_below=below)
+
+
+# The policies that need nothing but the exit's probabilities; "router" needs weights.
+POLICIES: dict[str, Policy] = {
+    p.name: p
+    for p in (
+        _of_probs("entropy", normalized_entropy, below=True),
+        _of_probs("max_prob", max_probability, below=False),
+        _of_probs("margin", top2_margin, below=False),
+    )
+}
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        known = sorted([*POLICIES, ROUTER])
+        raise ValueError(f"unknown exit policy {name!r}; known: {known}") from None
+
+
+class Router(Protocol):
+    """A learned router (ddnn/core/routing.py): P(the next tier should decide) per sample."""
+
+    def escalation(self, inputs: ExitInputs) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ExitPoint:
+    name: str  # "local", "edge" or "cloud"
+    policy: Policy
+    threshold: float
+
+
+def exit_points(
+    cfg: DDNNConfig, exits: Sequence[str], routers: Mapping[str, Router] | None = None
+) -> list[ExitPoint]:
+    """The cascade's exits, with the policy and threshold of each from `cfg.exits`; an exit
+    whose policy is "router" takes its router from `routers` (ddnn.core.routing)."""
+    default = ExitSpec()
+    points = []
+    for name in exits:
+        spec = cfg.exits.get(name, default)
+        if spec.policy != ROUTER:
+            policy = get_policy(spec.policy)
+        elif routers is None or name not in routers:
+            raise ModelFileError(
+                f"exit {name!r} has the policy 'router' but the model holds no router for it"
+            )
+        else:
+            policy = Policy(ROUTER, routers[name].escalation, confident_below=True)
+        points.append(ExitPoint(name, policy, spec.threshold))
+    return points
+
+
 @dataclass
 class Step:
     probs: np.ndarray  # (N, |C|) the exit's class probabilities
+    statistic: np.ndarray  # (N,) the exit policy's statistic
     exits: np.ndarray  # (N,) bool: decided at this exit; the others escalate
 
 
 def step(point: ExitPoint, inputs: ExitInputs, last: bool) -> Step:
     """One exit of the cascade: fuse what arrived (with the presence mask), then exit where
-    the criterion is confident (everywhere at the last exit, which always decides) and
+    the policy is confident (everywhere at the last exit, which always decides) and
     escalate the rest. At least one input of each sample must be present."""
     probs = inputs.probs
+    statistic = point.policy.statistic(inputs)
     exits = (
-        np.ones(len(probs), dtype=bool) if last else point.criterion.exits(probs, point.threshold)
+        np.ones(len(probs), dtype=bool)
+        if last
+        else point.policy.exits(statistic, probs, point.threshold)
     )
-    return Step(probs, exits)
+    return Step(probs, statistic, exits)
 
 
 @dataclass
 class Decisions:
     exit_index: np.ndarray  # (N,) index into the cascade's exits
     predictions: np.ndarray  # (N,) class id decided
-    statistic: np.ndarray  # (N,) the deciding exit's criterion statistic
+    statistic: np.ndarray  # (N,) the deciding exit's policy statistic
 
 
 def cascade(points: Sequence[ExitPoint], inputs: Mapping[str, ExitInputs]) -> Decisions:
@@ -155,10 +188,7 @@ def cascade(points: Sequence[ExitPoint], inputs: Mapping[str, ExitInputs]) -> De
         leaving = undecided & s.exits
         exit_index[leaving] = i
         undecided &= ~leaving
-    stacked = np.stack([s.probs for s in steps])  # (E, N, |C|)
-    chosen = stacked[exit_index, np.arange(n)]
-    statistic = np.empty(n)
-    for i, point in enumerate(points):
-        rows = exit_index == i
-        statistic[rows] = point.criterion.statistic(chosen[rows])
+    rows = np.arange(n)
+    chosen = np.stack([s.probs for s in steps])[exit_index, rows]  # (N, |C|)
+    statistic = np.stack([s.statistic for s in steps])[exit_index, rows]
     return Decisions(exit_index, chosen.argmax(axis=-1), statistic)

@@ -15,7 +15,7 @@ import torch
 from ddnn.core.config import DDNNConfig, validate_config
 from ddnn.core.errors import ConfigError, ModelFileError
 from ddnn.core.files import replaced
-from ddnn.nn.model import DDNN
+from ddnn.nn.model import DDNN, build_model
 
 FORMAT = "ddnn-model"
 VERSION = 1
@@ -64,7 +64,7 @@ def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
         cfg = validate_config(payload["config"], source=f"config in {path}")
     except (ConfigError, KeyError) as e:
         raise ModelFileError(str(e)) from None
-    model = DDNN(cfg.model)
+    model = build_model(cfg)
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError, TypeError) as e:

@@ -22,9 +22,10 @@ import torch
 
 from ddnn.core.config import EXIT_ORDER, DDNNConfig, ExitSpec
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import Decisions, ExitInputs, ExitPoint, cascade
+from ddnn.core.exits import Decisions, ExitInputs, ExitPoint, cascade, exit_points
 from ddnn.core.fusion import score_fusions
 from ddnn.core.payloads import pack_features, pack_scores
+from ddnn.core.routing import routers_from_state
 from ddnn.data import MultiViewData, check_fits, load_spec, split, trained_on
 from ddnn.nn.checkpoint import load_model
 from ddnn.nn.export import load_exported_model
@@ -86,8 +87,7 @@ def run_model(
             if value is not None:
                 parts.setdefault(name, []).append(value.numpy())
     arrays = {name: np.concatenate(values) for name, values in parts.items()}
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    fusions = score_fusions(model.cfg, state)
+    fusions = score_fusions(model.cfg, numpy_state(model))
     inputs = {}
     if "local" in fusions:
         inputs["local"] = ExitInputs(arrays["device_scores"], present, fusions["local"])
@@ -110,8 +110,19 @@ def run_model(
     )
 
 
+def numpy_state(model: DDNN) -> dict[str, np.ndarray]:
+    """The model's weights by state-dict name, as NumPy arrays (what an export holds)."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def model_exit_points(model: DDNN, cfg: DDNNConfig) -> list[ExitPoint]:
+    """The exits of `model` under `cfg`: each one's policy and threshold, with the model's
+    own routers for the exits that use one."""
+    return exit_points(cfg, model.exits, routers_from_state(cfg, numpy_state(model)))
+
+
 def with_thresholds(points: Sequence[ExitPoint], thresholds: dict[str, float]) -> list[ExitPoint]:
-    return [ExitPoint(p.name, p.criterion, thresholds.get(p.name, p.threshold)) for p in points]
+    return [ExitPoint(p.name, p.policy, thresholds.get(p.name, p.threshold)) for p in points]
 
 
 def _pct(x: float) -> float:
@@ -143,7 +154,7 @@ def evaluate(
         "exit_fraction": exit_fraction,
         "bytes_per_device": communication(outputs, decisions.exit_index, names),
         "threshold": {p.name: p.threshold for p in points[:-1]},
-        "criterion": {p.name: p.criterion.name for p in points[:-1]},
+        "policy": {p.name: p.policy.name for p in points[:-1]},
         "present_devices": [int(d) for d in np.flatnonzero(outputs.present.any(axis=0))],
     }
 
@@ -288,7 +299,8 @@ def thresholds_for_fractions(
     n = len(outputs.labels)
     reaching = np.ones(n, dtype=bool)
     for point in points[:-1]:
-        probs = outputs.probs[point.name]
+        inputs = outputs.inputs[point.name]
+        statistic = point.policy.statistic(inputs)
         if point.name in fractions:
             f = fractions[point.name]
             k = int(round(f * n))
@@ -298,10 +310,10 @@ def thresholds_for_fractions(
                     f"{reaching.mean():.0%} reach it"
                 )
             chosen[point.name] = _threshold_for_count(
-                point.criterion.statistic(probs[reaching]), k, point.criterion.confident_below
+                statistic[reaching], k, point.policy.confident_below
             )
-            point = ExitPoint(point.name, point.criterion, chosen[point.name])
-        reaching &= ~point.criterion.exits(probs, point.threshold)
+            point = ExitPoint(point.name, point.policy, chosen[point.name])
+        reaching &= ~point.policy.exits(statistic, inputs.probs, point.threshold)
     return chosen
 
 
@@ -315,11 +327,11 @@ def _threshold_for_count(stat: np.ndarray, k: int, confident_below: bool) -> flo
 
 
 def set_thresholds(cfg: DDNNConfig, thresholds: dict[str, float]) -> DDNNConfig:
-    """A copy of `cfg` whose exits have these thresholds (criteria unchanged)."""
+    """A copy of `cfg` whose exits have these thresholds (policies unchanged)."""
     exits = dict(cfg.exits)
     for name, t in thresholds.items():
-        criterion = exits.get(name, ExitSpec()).criterion
-        exits[name] = ExitSpec(criterion=criterion, threshold=t)
+        policy = exits.get(name, ExitSpec()).policy
+        exits[name] = ExitSpec(policy=policy, threshold=t)
     return cfg.model_copy(update={"exits": exits})
 
 

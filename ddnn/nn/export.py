@@ -45,7 +45,7 @@ from ddnn.core.manifest import (
     read_npz_artifact,
 )
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format
-from ddnn.nn.model import DDNN, DeviceSlice, UpperTier
+from ddnn.nn.model import DDNN, DeviceSlice, UpperTier, build_model
 from ddnn.nn.pack import NotPackable, pack_slice, pack_tier
 from ddnn.packed.format import SUFFIX as PACKED_SUFFIX
 from ddnn.packed.format import PackedModel, packable, write_packed
@@ -55,7 +55,7 @@ def weight_prefixes(cfg: ModelConfig) -> dict[Role, list[str]]:
     """Each role of an export -> the prefixes of its weights in the whole model's state dict
     (the aggregator's artifact exists, empty of weights, also where its fusions have none)."""
     out = {Role.device(i): [f"device_slices.{i}."] for i in range(cfg.n_devices)}
-    out[AGGREGATOR] = ["local.", "edge_exit."]
+    out[AGGREGATOR] = ["local.", "edge_exit.", "routers."]
     if cfg.edge is not None:
         out.update({Role.edge(e): [f"edges.{e}."] for e in range(len(cfg.edge.groups))})
     if cfg.cloud is not None:
@@ -168,7 +168,7 @@ def _load_roles(directory: Path | str, wanted: list[str] | None) -> tuple[Manife
         cfg = manifest.ddnn_config()
     except ConfigError as e:
         raise ModelFileError(f"{directory / MANIFEST}: {e}") from None
-    model = DDNN(cfg.model)
+    model = build_model(cfg)
     prefixes = weight_prefixes(cfg.model)
     for role in wanted:
         if role not in prefixes:

@@ -12,14 +12,16 @@ binary, which is what goes over the wire bit-packed when a sample is escalated.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ddnn.core.config import ModelConfig
+from ddnn.core.config import DDNNConfig, ModelConfig
 from ddnn.nn.fusion import Fusion
 from ddnn.nn.layers import FC, ConvP, Precision, parallel_conv_p, pooled_size
+from ddnn.nn.router import RouterNet
 
 
 def conv_stack(in_ch: int, filters: list[int], precision: Precision) -> nn.Sequential:
@@ -108,10 +110,16 @@ class DDNNOutput:
 
 
 class DDNN(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Every tier of the topology `cfg`; with `routed`, also the learned router of each of
+    those exits (ddnn/nn/router.py; trained after the model, run in NumPy)."""
+
+    def __init__(
+        self, cfg: ModelConfig, routed: Sequence[str] = (), router_hidden: int = 32
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         n_classes = len(cfg.classes)
+        self.routers = nn.ModuleDict({name: RouterNet(n_classes, router_hidden) for name in routed})
         self.device_slices = nn.ModuleList(DeviceSlice(cfg) for _ in range(cfg.n_devices))
         device_shape = self.device_slices[0].feature_shape
 
@@ -235,3 +243,8 @@ class DDNN(nn.Module):
         scores, features = self.devices(x)
         out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
         return self._above_devices(out, present)
+
+
+def build_model(cfg: DDNNConfig) -> DDNN:
+    """The untrained model of a whole config: its topology and the routers its exits use."""
+    return DDNN(cfg.model, cfg.routed_exits, cfg.router.hidden)

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig
 from ddnn.data import MultiViewData, Splits
-from ddnn.nn.evaluate import accuracy_percent, run_model
+from ddnn.nn.evaluate import ExitOutputs, accuracy_percent, presence_mask, run_model
 from ddnn.nn.layers import clip_quantized_weights
-from ddnn.nn.model import DDNN
+from ddnn.nn.model import DDNN, build_model
+from ddnn.nn.router import fit_router, router_exits, training_rows
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -140,13 +141,40 @@ class TrainResult:
 def fit(
     train: MultiViewData, cfg: DDNNConfig, on_epoch: EpochCallback | None = None
 ) -> TrainResult:
-    """Build the model for the data's shape and train it jointly on `train`."""
+    """Build the model for the data's shape, train it jointly on `train`, then fit the
+    router of each exit whose policy is "router" on the trained model's outputs."""
     cfg = adapt_config(cfg, train)
     torch.manual_seed(cfg.train.seed)
-    model = DDNN(cfg.model)
+    model = build_model(cfg)
     start = time.perf_counter()
     history = train_model(model, train, cfg.train, on_epoch)
+    train_routers(model, cfg, train)
     return TrainResult(model, cfg, history, time.perf_counter() - start)
+
+
+def router_passes(model: DDNN, cfg: DDNNConfig, data: MultiViewData) -> list[ExitOutputs]:
+    """The model's outputs on `data` that a router learns from: every device present, then
+    `cfg.router.masks` passes with devices absent at the training dropout rate."""
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    n, d = len(data), model.cfg.n_devices
+    masks = [presence_mask(n, d)] + [
+        random_presence(n, d, cfg.train.device_dropout, gen).numpy()
+        for _ in range(cfg.router.masks)
+    ]
+    return [run_model(model, data, m) for m in masks]
+
+
+def train_routers(model: DDNN, cfg: DDNNConfig, data: MultiViewData) -> None:
+    """Fit the router of each routed exit of `model` (in place) on its outputs over `data`
+    (ddnn/nn/router.py); nothing to do where no exit uses one."""
+    if not cfg.routed_exits:
+        return
+    passes = router_passes(model, cfg, data)
+    for name, after in router_exits(cfg).items():
+        features, oracle = training_rows(
+            [(out.inputs[name], out.probs[after]) for out in passes], data.labels
+        )
+        fit_router(model.routers[name], features, oracle, cfg.router, seed=cfg.train.seed)
 
 
 def individual_config(cfg: DDNNConfig) -> DDNNConfig:

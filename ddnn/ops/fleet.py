@@ -343,13 +343,12 @@ class Reference:
     so that live decisions are scored against the labels of the frames the devices saw."""
 
     def __init__(self, artifacts: Path, data: str | None = None) -> None:
-        from ddnn.core.exits import exit_points
         from ddnn.data import absolute_spec, trained_on
-        from ddnn.nn.evaluate import load_for_eval
+        from ddnn.nn.evaluate import load_for_eval, model_exit_points
 
         self.model, self.cfg, meta, self.test = load_for_eval(artifacts, data, part="test")
         self.spec = absolute_spec(data or trained_on(meta)[0])
-        self.points = exit_points(self.cfg, self.model.exits)
+        self.points = model_exit_points(self.model, self.cfg)
         self.labels = self.test.labels
         self.decide = cache(self._decide)
 
