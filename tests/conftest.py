@@ -44,6 +44,22 @@ def tiny_edge(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def routed(tmp_path_factory) -> Path:
+    """A local + edge + cloud model whose local and edge exits decide by learned routers
+    (seed 002), with a real share of samples out of every exit."""
+    return tiny_model(
+        tmp_path_factory.mktemp("routed"), "r", "local=0.4,edge=0.3", "--set", EDGE,
+        "--set", "exits.local.policy=router", "--set", "exits.edge.policy=router",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def with_routers(routed: Path, tmp_path_factory) -> Path:
+    """The exported model with routers."""
+    return exported(routed, tmp_path_factory.mktemp("with_routers") / "artifacts")
+
+
+@pytest.fixture(scope="session")
 def plain(tiny: Path, tmp_path_factory) -> Path:
     """The exported local + cloud model."""
     return exported(tiny, tmp_path_factory.mktemp("plain") / "artifacts")

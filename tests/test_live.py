@@ -67,8 +67,13 @@ def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
     assert report["broker"]["ceiling_messages_per_second"] > 0
 
 
-def test_live_decisions_with_an_edge_tier_equal_offline_evaluation(tmp_path, tiny_edge):
-    report, live, offline = live_and_offline(tmp_path, tiny_edge, 200)
+def test_live_decisions_with_an_edge_tier_and_learned_routers_equal_offline_evaluation(
+    tmp_path, routed
+):
+    """An edge tier, with learned routers (seed 002) deciding at the local and the edge exit:
+    the aggregator runs them in NumPy from its artifact. (Entropy exits with an edge tier
+    run the same step in test_services.py's whole deployment.)"""
+    report, live, offline = live_and_offline(tmp_path, routed, 200)
     assert_parity(report, live, offline, 200)
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
 

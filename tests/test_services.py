@@ -440,17 +440,20 @@ def test_an_edge_passes_its_own_map_to_the_cloud_when_asked(with_edges):
 # -- a whole deployment ---------------------------------------------------------------
 
 
-def test_a_whole_deployment_in_process_decides_as_offline_evaluation(with_edges, tmp_path):
+@pytest.mark.parametrize("model", ["with_edges", "with_routers"])
+def test_a_whole_deployment_in_process_decides_as_offline_evaluation(model, request, tmp_path):
     """Devices, edges, cloud and aggregator on the in-memory bus: every sample's decision
-    (class and exit) equals `ddnn eval`'s, as it must over the real broker (test_live.py)."""
-    rig = whole_rig(with_edges)
+    (class and exit) equals `ddnn eval`'s, as it must over the real broker (test_live.py);
+    with entropy exits, and with learned routers at the local and the edge exit."""
+    artifacts = request.getfixturevalue(model)
+    rig = whole_rig(artifacts)
     samples = 120
     for sample in range(samples):
         rig.send(Tick(sample=sample, t=time.time()))
         rig.settle()
     live = {d.sample: d for d in rig.decisions()}
     offline_file = tmp_path / "offline.jsonl"
-    ddnn_json("eval", "--model", str(with_edges), "--decisions", str(offline_file))
+    ddnn_json("eval", "--model", str(artifacts), "--decisions", str(offline_file))
     offline = [json.loads(line) for line in offline_file.read_text().splitlines()]
     assert sorted(live) == list(range(samples))
     got = [(live[k].class_index, live[k].exit) for k in range(samples)]

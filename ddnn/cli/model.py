@@ -1,5 +1,5 @@
-"""Training and offline evaluation: `ddnn train`, `eval`, `sweep`, `calibrate`, `baseline`,
-`results`, `config` and `export`."""
+"""Training and offline evaluation: `ddnn train`, `eval`, `sweep`, `calibrate`, `router`,
+`baseline`, `results`, `config` and `export`."""
 
 from __future__ import annotations
 
@@ -287,6 +287,48 @@ def calibrate(
     document = {"thresholds": thresholds, "written": write, part: report}
     written = f" written to {model_path}" if write else ""
     show(document, as_json, [f"thresholds {thresholds}{written}", *report_blocks(report)])
+
+
+@app.command()
+def router(
+    model_path: ModelPath,
+    data: OptionalData = None,
+    exit_name: Annotated[
+        str | None, typer.Option("--exit", help="the exit to compare at (default: the first)")
+    ] = None,
+    coverages: Annotated[
+        str, typer.Option(help="shares of samples the exit keeps, comma-separated")
+    ] = "0.5,0.6,0.7,0.8,0.9,0.95",
+    grid: OptionalGrid = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare a learned router (seed 002) with entropy thresholding at equal coverage: a
+    router fitted on the training split per coverage, both thresholds picked on validation
+    data, overall accuracy measured on the test split."""
+    from ddnn.nn.router_study import compare_router
+
+    try:
+        wanted = [float(c) for c in coverages.split(",")]
+    except ValueError:
+        raise DDNNError(
+            f"--coverages must be numbers separated by commas, got {coverages!r}"
+        ) from None
+    if not wanted or not all(0 < c < 1 for c in wanted):
+        raise DDNNError(f"every coverage must lie strictly between 0 and 1, got {coverages!r}")
+    model, cfg, _, dataset = _eval_context(model_path, data, grid, "all", as_json)
+    with progress_bar("routers", len(wanted), as_json) as advance:
+        parts = split(dataset, cfg.train)
+        document = compare_router(model, cfg, parts, exit_name, wanted, on_row=advance)
+    wins = sum(r["router_accuracy"] >= r["entropy_accuracy"] for r in document["rows"])
+    title = (
+        f"overall accuracy % at equal coverage of the {document['exit']} exit "
+        f"({document['samples']['test']} test samples)"
+    )
+    show(
+        document,
+        as_json,
+        [Rows(title, document["rows"]), f"router >= entropy at {wins} of {len(wanted)} coverages"],
+    )
 
 
 @app.command()
