@@ -176,3 +176,42 @@ def test_devices_side_by_side_equal_each_slice_alone(filters):
             alone_scores, alone_features = device(x[:, i])
             assert torch.equal(features[:, i], alone_features), (train, i)
             assert torch.equal(scores[:, i], alone_scores), (train, i)
+
+
+def test_training_strategies_change_only_what_each_stage_may(monkeypatch):
+    """separate: the main path on the last exit's loss, then only the early exits' heads
+    and fusions (the main path, batch-norm statistics included, untouched); layerwise:
+    each tier on its own exit's loss, the tiers below it frozen."""
+    from ddnn.nn import train as training
+
+    data = from_mvmc_arrays(*make_mvmc_arrays(60), name="small")
+    edge = "model.edge={groups: [[0,1,2],[3,4,5]]}"
+    snapshots: list[tuple[str, dict]] = []
+    original = training._freeze
+
+    def spy(model, stage):
+        snapshots.append((stage.name, {k: v.clone() for k, v in model.state_dict().items()}))
+        return original(model, stage)
+
+    monkeypatch.setattr(training, "_freeze", spy)
+    for strategy, names in {
+        "separate": ["main path", "early exits"],
+        "layerwise": ["local tier", "edge tier", "cloud tier"],
+    }.items():
+        snapshots.clear()
+        cfg = load_config(None, ["train.epochs=2", f"train.strategy={strategy}", edge])
+        assert [s.name for s in training.training_stages(cfg)] == names
+        result = training.fit(split(data, cfg.train).train, cfg)
+        assert len(result.history) == 2 * len(names)
+        ends = [state for _, state in snapshots[1:]] + [result.model.state_dict()]
+        for (name, start), end, stage in zip(
+            snapshots, ends, training.training_stages(cfg), strict=True
+        ):
+            changed = {k for k in start if not torch.equal(start[k], end[k])}
+            assert changed, name
+            assert all(stage.trains(k) for k in changed), (name, sorted(changed)[:5])
+        if strategy == "separate":  # the first stage cannot reach the early exits' heads
+            main, heads = snapshots[1][1], snapshots[0][1]
+            assert torch.equal(main["device_slices.0.head.linear.weight"],
+                               heads["device_slices.0.head.linear.weight"])  # fmt: skip
+    assert all(p.requires_grad for p in result.model.parameters())

@@ -60,10 +60,15 @@ def train(
     overrides: Overrides = None,
     epochs: Epochs = None,
     seed: Seed = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="joint (default), separate or layerwise: how the exits are trained"),
+    ] = None,
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
-    """Train a DDNN jointly over all exits, pick exit thresholds on held-out data, save it."""
+    """Train a DDNN (jointly over all exits by default), pick exit thresholds on held-out
+    data, save it."""
     from ddnn.nn.checkpoint import save_model
     from ddnn.nn.evaluate import (
         evaluate,
@@ -72,11 +77,12 @@ def train(
         run_model,
         set_thresholds,
     )
-    from ddnn.nn.train import fit
+    from ddnn.nn.train import fit, training_stages
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    cfg = config_from(config, overrides, epochs=epochs, seed=seed, strategy=strategy)
     parts = split(load_data(data, grid, as_json), cfg.train)
-    with progress_bar("training", cfg.train.epochs, as_json) as advance:
+    epochs_in_all = len(training_stages(cfg)) * cfg.train.epochs
+    with progress_bar("training", epochs_in_all, as_json) as advance:
         result = fit(parts.train, cfg, on_epoch=lambda e, s: advance(info=_epoch_info(s)))
     cfg, model = result.config, result.model
     picked: dict[str, float] = {}

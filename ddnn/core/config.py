@@ -140,6 +140,11 @@ class TrainConfig(_Strict):
     lr_schedule: Literal["constant", "cosine"] = Field(
         default="cosine", description="cosine: the learning rate decays to 0 over the epochs"
     )
+    strategy: Literal["joint", "separate", "layerwise"] = Field(
+        default="joint",
+        description="joint: every exit's loss at once (the paper); separate: the main path, "
+        "then the early exits on it frozen; layerwise: tier by tier (ddnn/nn/train.py)",
+    )
     exit_weights: dict[str, float] = Field(
         default={}, description="loss weight per exit name; missing exits weigh 1 (equal)"
     )

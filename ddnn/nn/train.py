@@ -64,60 +64,156 @@ def training_presence(
     return torch.ones(batch, n_devices, dtype=torch.bool)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training: the exits whose losses count, with their weights, and the
+    parameters it may change, by state-dict prefix (None: all of them)."""
+
+    name: str
+    weights: dict[str, float]
+    trainable: tuple[str, ...] | None = None
+
+    def trains(self, parameter: str) -> bool:
+        return self.trainable is None or parameter.startswith(self.trainable)
+
+
+def _exit_branches(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Each early exit's own parameters: the heads that score its inputs, and its fusion."""
+    out = {}
+    if cfg.local is not None:
+        out["local"] = (*(f"device_slices.{i}.head." for i in range(cfg.n_devices)), "local.")
+    if cfg.edge is not None:
+        out["edge"] = (*(f"edges.{e}.head." for e in range(len(cfg.edge.groups))), "edge_exit.")
+    return out
+
+
+def _tiers(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Each exit, lowest first -> the parameters that it is the first exit to depend on."""
+    own = {"local": ("device_slices.", "local."), "edge": ("edges.", "edge_exit."), "cloud": ()}
+    out, unclaimed = {}, ("device_slices.",)
+    for name in cfg.exits:
+        out[name] = tuple(dict.fromkeys((*unclaimed, *own[name], f"{name}.")))
+        unclaimed = ()
+    return out
+
+
+def training_stages(cfg: DDNNConfig) -> list[Stage]:
+    """The stages of `cfg.train.strategy` (seed 000 Section II-C; seed 003's survey):
+
+    - joint: every exit's loss at once, weighted by `train.exit_weights` (the DDNN paper);
+    - separate: the main path alone (the last exit's loss), then, with it frozen, the early
+      exits' own heads and fusions (seed 000: "train one early exit at a time"; with the
+      main path frozen their losses are independent, so one stage trains them all);
+    - layerwise: tier by tier, lowest first: each exit's loss trains the parameters it is
+      the first to depend on, with the tiers below frozen.
+
+    Each stage runs `train.epochs` epochs.
+    """
+    exits, strategy = cfg.model.exits, cfg.train.strategy
+    if strategy == "joint":
+        return [Stage("joint", {n: cfg.train.exit_weights.get(n, 1.0) for n in exits})]
+    if strategy == "separate":
+        stages = [Stage("main path", {exits[-1]: 1.0})]
+        branches = _exit_branches(cfg.model)
+        early = [n for n in exits[:-1] if n in branches]
+        if early:
+            heads = tuple(p for n in early for p in branches[n])
+            stages.append(Stage("early exits", dict.fromkeys(early, 1.0), heads))
+        return stages
+    return [Stage(f"{n} tier", {n: 1.0}, prefixes) for n, prefixes in _tiers(cfg.model).items()]
+
+
+def _freeze(model: DDNN, stage: Stage) -> list[torch.nn.Parameter]:
+    """Let `stage` change only its parameters; batch norms it may not train keep their
+    running statistics too. Returns the parameters it trains."""
+    trained = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(stage.trains(name))
+        if stage.trains(name):
+            trained.append(parameter)
+    model.train()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not stage.trains(
+            f"{name}."
+        ):
+            module.eval()
+    return trained
+
+
 def train_model(
     model: DDNN,
     data: MultiViewData,
-    cfg: TrainConfig,
+    cfg: DDNNConfig,
     on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
-    """Train `model` in place on `data`; returns per-epoch loss and training accuracy per exit."""
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    """Train `model` in place on `data` by the stages of `cfg.train.strategy`; returns per
+    epoch (of every stage in turn) the loss and the training accuracy of every exit."""
+    train = cfg.train
+    torch.manual_seed(train.seed)
+    gen = torch.Generator().manual_seed(train.seed)
     x = torch.from_numpy(data.x)
     y = torch.from_numpy(data.labels)
-    weights = {name: cfg.exit_weights.get(name, 1.0) for name in model.exits}
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-        if cfg.lr_schedule == "cosine"
-        else None
-    )
     history = []
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(len(y), generator=gen)
-        total, seen = 0.0, 0
-        correct = dict.fromkeys(weights, 0)
-        for start in range(0, len(y), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2:  # batch norm needs two samples to estimate a variance
-                continue
-            xb, yb = x[idx], y[idx]
-            scores, features = model.devices(xb)
-            passes = []
-            for kind in cfg.presence:
-                present = training_presence(kind, len(idx), model.cfg.n_devices, cfg, gen)
-                passes.append(model.exit_logits(scores, features, present))
-            loss = sum(
-                w * F.cross_entropy(logits[n], yb) for logits in passes for n, w in weights.items()
-            ) / len(passes)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            clip_quantized_weights(model)
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            for name in weights:
-                correct[name] += int((passes[0][name].argmax(1) == yb).sum())
-        if schedule is not None:
-            schedule.step()
-        stats = {"loss": total / max(seen, 1)}
-        stats.update({f"train_acc_{n}": 100.0 * c / max(seen, 1) for n, c in correct.items()})
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(epoch, stats)
+    for stage in training_stages(cfg):
+        params = _freeze(model, stage)
+        opt = torch.optim.Adam(params, lr=train.lr, betas=train.betas, eps=train.eps)
+        schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=train.epochs)
+            if train.lr_schedule == "cosine"
+            else None
+        )
+        for _ in range(train.epochs):
+            stats = _epoch(model, stage, x, y, train, opt, gen)
+            if schedule is not None:
+                schedule.step()
+            history.append(stats)
+            if on_epoch is not None:
+                on_epoch(len(history) - 1, stats)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     model.eval()
     return history
+
+
+def _epoch(
+    model: DDNN,
+    stage: Stage,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> dict[str, float]:
+    """One pass over the training data in random batches; the loss is the stage's."""
+    order = torch.randperm(len(y), generator=gen)
+    total, seen = 0.0, 0
+    correct = dict.fromkeys(model.exits, 0)
+    for start in range(0, len(y), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        if len(idx) < 2:  # batch norm needs two samples to estimate a variance
+            continue
+        xb, yb = x[idx], y[idx]
+        scores, features = model.devices(xb)
+        passes = []
+        for kind in cfg.presence:
+            present = training_presence(kind, len(idx), model.cfg.n_devices, cfg, gen)
+            passes.append(model.exit_logits(scores, features, present))
+        loss = sum(
+            w * F.cross_entropy(logits[n], yb)
+            for logits in passes
+            for n, w in stage.weights.items()
+        ) / len(passes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        clip_quantized_weights(model)
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        for name in correct:
+            correct[name] += int((passes[0][name].argmax(1) == yb).sum())
+    stats = {"loss": total / max(seen, 1)}
+    stats.update({f"train_acc_{n}": 100.0 * c / max(seen, 1) for n, c in correct.items()})
+    return stats
 
 
 def adapt_config(cfg: DDNNConfig, data: MultiViewData) -> DDNNConfig:
@@ -147,7 +243,7 @@ def fit(
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
     start = time.perf_counter()
-    history = train_model(model, train, cfg.train, on_epoch)
+    history = train_model(model, train, cfg, on_epoch)
     train_routers(model, cfg, train)
     return TrainResult(model, cfg, history, time.perf_counter() - start)
 
