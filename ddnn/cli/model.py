@@ -70,28 +70,15 @@ def train(
     """Train a DDNN (jointly over all exits by default), pick exit thresholds on held-out
     data, save it."""
     from ddnn.nn.checkpoint import save_model
-    from ddnn.nn.evaluate import (
-        evaluate,
-        model_exit_points,
-        pick_thresholds,
-        run_model,
-        set_thresholds,
-    )
-    from ddnn.nn.train import fit, training_stages
+    from ddnn.nn.evaluate import evaluate, model_exit_points, run_model
+    from ddnn.nn.train import fit_and_calibrate, training_stages
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed, strategy=strategy)
     parts = split(load_data(data, grid, as_json), cfg.train)
     epochs_in_all = len(training_stages(cfg)) * cfg.train.epochs
     with progress_bar("training", epochs_in_all, as_json) as advance:
-        result = fit(parts.train, cfg, on_epoch=lambda e, s: advance(info=_epoch_info(s)))
+        result, picked = fit_and_calibrate(parts, cfg, lambda e, s: advance(info=_epoch_info(s)))
     cfg, model = result.config, result.model
-    picked: dict[str, float] = {}
-    if parts.validation is not None:
-        outputs = run_model(model, parts.validation)
-        points = model_exit_points(model, cfg)
-        c = cfg.calibration
-        picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
-        cfg = set_thresholds(cfg, picked)
     test_report = evaluate(run_model(model, parts.test), model_exit_points(model, cfg))
     meta = {
         "data": absolute_spec(data),

@@ -21,7 +21,15 @@ import torch.nn.functional as F
 
 from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig
 from ddnn.data import MultiViewData, Splits
-from ddnn.nn.evaluate import ExitOutputs, accuracy_percent, presence_mask, run_model
+from ddnn.nn.evaluate import (
+    ExitOutputs,
+    accuracy_percent,
+    model_exit_points,
+    pick_thresholds,
+    presence_mask,
+    run_model,
+    set_thresholds,
+)
 from ddnn.nn.layers import clip_quantized_weights
 from ddnn.nn.model import DDNN, build_model
 from ddnn.nn.router import fit_router, router_exits, training_rows
@@ -271,6 +279,23 @@ def train_routers(model: DDNN, cfg: DDNNConfig, data: MultiViewData) -> None:
             [(out.inputs[name], out.probs[after]) for out in passes], data.labels
         )
         fit_router(model.routers[name], features, oracle, cfg.router, seed=cfg.train.seed)
+
+
+def fit_and_calibrate(
+    parts: Splits, cfg: DDNNConfig, on_epoch: EpochCallback | None = None
+) -> tuple[TrainResult, dict[str, float]]:
+    """`fit` on the training part, then the thresholds picked on the validation part by
+    `cfg.calibration` (none without one): what `ddnn train` does. The result's config
+    carries the thresholds."""
+    result = fit(parts.train, cfg, on_epoch)
+    if parts.validation is None:
+        return result, {}
+    c = result.config.calibration
+    outputs = run_model(result.model, parts.validation)
+    points = model_exit_points(result.model, result.config)
+    picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
+    result.config = set_thresholds(result.config, picked)
+    return result, picked
 
 
 def individual_config(cfg: DDNNConfig) -> DDNNConfig:

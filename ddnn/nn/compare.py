@@ -1,0 +1,120 @@
+"""Seed 000's comparisons, run on our data: training strategies (its Table II) and one vs two
+early exits (its Table IV).
+
+Each candidate is a config; it is trained and calibrated exactly as `ddnn train` does
+(`fit_and_calibrate`: thresholds picked on validation data by `calibration`), then measured
+on the test split: the share of samples leaving at each early exit, overall accuracy, each
+exit's accuracy and the energy per sample (ddnn/core/energy.py). Seed 000's own figures
+(CIFAR-10, ResNet-32, hybrid precision) stand beside ours in `PAPER`; they are not the
+same experiment, only the same question.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ddnn.core.config import DDNNConfig, EdgeSpec, validate_config
+from ddnn.core.energy import energy_uj
+from ddnn.core.errors import DDNNError
+from ddnn.core.exits import cascade
+from ddnn.data import Splits
+from ddnn.nn.evaluate import accuracy_percent, model_exit_points, run_model
+from ddnn.nn.train import EpochCallback, fit_and_calibrate, training_stages
+
+STRATEGIES = ("joint", "separate", "layerwise")
+
+PAPER = {
+    "source": "seed 000 (conditionally deep hybrid networks), CIFAR-10 on ResNet-32",
+    "strategies": {  # Table II: early exit %, accuracy %
+        "separate": {"early_exit": 24.1, "accuracy": 88.72},
+        "joint": {"early_exit": 52.8, "accuracy": 89.16},
+    },
+    "early_exits": {  # Table IV (20 E + 10 C): exit % per early exit, accuracy %, energy mJ
+        1: {"early_exit": [59.3], "accuracy": 88.61, "energy_mj": 729},
+        2: {"early_exit": [38.6, 19.7], "accuracy": 85.98, "energy_mj": 724},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: dict[str, Any]  # the columns that name the row
+    config: DDNNConfig
+
+    @property
+    def epochs(self) -> int:
+        """Epochs in all, over the stages of its strategy."""
+        return len(training_stages(self.config)) * self.config.train.epochs
+
+
+def strategy_candidates(
+    cfg: DDNNConfig, strategies: Sequence[str], early_weight: float
+) -> list[Candidate]:
+    """The config under each strategy. Joint weighs the early exits `early_weight` in all
+    (shared equally) and the last exit the rest, as seed 000 (0.6 on its early exit)."""
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise DDNNError(f"strategies must be some of {list(STRATEGIES)}, got {list(strategies)}")
+    if not 0 < early_weight < 1:
+        raise DDNNError(f"the early exits' weight must lie between 0 and 1, got {early_weight}")
+    exits = cfg.model.exits
+    if len(exits) < 2:
+        raise DDNNError("comparing training strategies needs a topology with an early exit")
+    weights = {n: early_weight / (len(exits) - 1) for n in exits[:-1]}
+    weights[exits[-1]] = 1.0 - early_weight
+    out = []
+    for strategy in strategies:
+        train = cfg.train.model_dump() | {"strategy": strategy}
+        if strategy == "joint":
+            train["exit_weights"] = weights
+        out.append(Candidate({"strategy": strategy}, _replaced(cfg, train=train)))
+    return out
+
+
+def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> list[Candidate]:
+    """One early exit (local, then the cloud) and two (local, an edge, then the cloud); the
+    edge tier of `groups` (default: the config's edge, or one edge over every device). `cfg`
+    must already fit the data (`adapt_config`)."""
+    model = cfg.model
+    if model.local is None or model.cloud is None:
+        raise DDNNError("comparing early exits needs a local exit and a cloud")
+    if groups is None:
+        groups = model.edge.groups if model.edge is not None else [list(range(model.n_devices))]
+    edge = (model.edge or EdgeSpec(groups=groups)).model_copy(update={"groups": groups})
+    exits = {n: spec.model_dump() for n, spec in cfg.exits.items() if n != "edge"}
+    weights = {n: w for n, w in cfg.train.exit_weights.items() if n != "edge"}
+    train = cfg.train.model_dump() | {"exit_weights": weights}
+    return [
+        Candidate({"early_exits": count}, _replaced(cfg, model=m, exits=exits, train=train))
+        for count, m in (
+            (1, model.model_dump() | {"edge": None}),
+            (2, model.model_dump() | {"edge": edge.model_dump()}),
+        )
+    ]
+
+
+def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None) -> dict:
+    """Train and calibrate the candidate, then its row on the test split."""
+    result, picked = fit_and_calibrate(parts, candidate.config, on_epoch)
+    model, cfg = result.model, result.config
+    outputs = run_model(model, parts.test)
+    decided = cascade(model_exit_points(model, cfg), outputs.inputs)
+    labels = outputs.labels
+    row = dict(candidate.label)
+    for i, name in enumerate(model.exits[:-1]):
+        row[f"{name}_exit"] = round(100.0 * float((decided.exit_index == i).mean()), 2)
+    row["accuracy"] = accuracy_percent(decided.predictions, labels)
+    for name in model.exits:
+        row[f"{name}_accuracy"] = accuracy_percent(outputs.probs[name].argmax(1), labels)
+    energy = energy_uj(cfg.model, outputs.present, decided.exit_index, model.exits)
+    row["energy_uj"] = energy["total"]
+    row["thresholds"] = picked
+    row["train_seconds"] = round(result.seconds, 1)
+    return row
+
+
+def _replaced(cfg: DDNNConfig, **sections: Any) -> DDNNConfig:
+    """`cfg` with whole sections replaced (dumped values), validated again."""
+    return validate_config(cfg.model_dump() | sections, source="compared config")

@@ -1,0 +1,52 @@
+"""`ddnn compare strategies` and `ddnn compare exits` (seed 000's Tables II and IV) on a
+small MVMC-format file: every row trained, calibrated and measured; bad requests refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddnn.core.config import load_config
+from ddnn.core.errors import DDNNError
+from ddnn.nn.compare import exit_count_candidates, strategy_candidates
+from tests.helpers import ddnn, ddnn_json
+
+
+def test_compare_strategies_trains_each_and_reports_exits_accuracy_and_energy(mvmc_file):
+    document = ddnn_json(
+        "compare", "strategies", "--data", f"mvmc:{mvmc_file}", "--epochs", "1",
+        "--strategies", "separate,joint,layerwise",
+    )  # fmt: skip
+    rows = document["rows"]
+    assert [r["strategy"] for r in rows] == ["separate", "joint", "layerwise"]
+    for row in rows:
+        assert 0 <= row["local_exit"] <= 100 and 0 <= row["accuracy"] <= 100
+        assert row["energy_uj"] > 0 and set(row["thresholds"]) == {"local"}
+    assert document["paper"]["joint"] == {"early_exit": 52.8, "accuracy": 89.16}
+
+
+def test_compare_exits_adds_an_edge_exit(mvmc_file):
+    document = ddnn_json(
+        "compare", "exits", "--data", f"mvmc:{mvmc_file}", "--epochs", "1",
+        "--groups", "[[0,1,2],[3,4,5]]",
+    )  # fmt: skip
+    one, two = document["rows"]
+    assert one["early_exits"] == 1 and "edge_exit" not in one
+    assert two["early_exits"] == 2 and set(two["thresholds"]) == {"local", "edge"}
+    assert 0 <= one["local_exit"] <= 100 and two["local_exit"] + two["edge_exit"] <= 100
+    assert one["energy_uj"] > 0 and two["energy_uj"] > 0
+
+
+def test_bad_comparisons_are_refused_by_name(mvmc_file):
+    cfg = load_config()
+    with pytest.raises(DDNNError, match="strategies must be some of"):
+        strategy_candidates(cfg, ["joint", "greedy"], 0.6)
+    with pytest.raises(DDNNError, match="between 0 and 1"):
+        strategy_candidates(cfg, ["joint"], 1.5)
+    with pytest.raises(DDNNError, match="needs a local exit and a cloud"):
+        exit_count_candidates(load_config(None, ["model.cloud=null"]), None)
+    weights = strategy_candidates(cfg, ["joint"], 0.6)[0].config.train.exit_weights
+    assert weights == pytest.approx({"local": 0.6, "cloud": 0.4})
+    bad = ("compare", "exits", "--data", f"mvmc:{mvmc_file}", "--groups", "[[0,1],[9]]")
+    result = ddnn(*bad, check=False)
+    assert result.returncode != 0 and "edge.groups must cover devices" in result.stderr
+    assert "Traceback" not in result.stderr
