@@ -44,6 +44,14 @@ def tiny_edge(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def float_cloud(tmp_path_factory) -> Path:
+    """A local + cloud model whose cloud is float32 over binary devices (seed 000's hybrid)."""
+    return tiny_model(
+        tmp_path_factory.mktemp("float_cloud"), "f", "0.5", "--set", "model.cloud.precision=float"
+    )
+
+
+@pytest.fixture(scope="session")
 def routed(tmp_path_factory) -> Path:
     """A local + edge + cloud model whose local and edge exits decide by learned routers
     (seed 002), with a real share of samples out of every exit."""

@@ -1,5 +1,6 @@
-"""`ddnn compare strategies` and `ddnn compare exits` (seed 000's Tables II and IV) on a
-small MVMC-format file: every row trained, calibrated and measured; bad requests refused."""
+"""`ddnn compare strategies`, `exits` and `precision` (seed 000's Tables II and IV, hybrid
+precision) on a small MVMC-format file: every row trained, calibrated and measured; bad
+requests refused."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.nn.compare import exit_count_candidates, strategy_candidates
+from ddnn.nn.compare import exit_count_candidates, precision_candidates, strategy_candidates
 from tests.helpers import ddnn, ddnn_json
 
 
@@ -36,12 +37,21 @@ def test_compare_exits_adds_an_edge_exit(mvmc_file):
     assert one["energy_uj"] > 0 and two["energy_uj"] > 0
 
 
+def test_compare_precision_adds_a_float_cloud_with_its_energy(mvmc_file):
+    document = ddnn_json("compare", "precision", "--data", f"mvmc:{mvmc_file}", "--epochs", "1")
+    binary, hybrid = document["rows"]
+    assert binary["precision"] == "as configured" and hybrid["precision"] == "float cloud"
+    assert hybrid["energy_reduction"] < binary["energy_reduction"]  # 32-bit MACs in the cloud
+
+
 def test_bad_comparisons_are_refused_by_name(mvmc_file):
     cfg = load_config()
     with pytest.raises(DDNNError, match="strategies must be some of"):
         strategy_candidates(cfg, ["joint", "greedy"], 0.6)
     with pytest.raises(DDNNError, match="between 0 and 1"):
         strategy_candidates(cfg, ["joint"], 1.5)
+    with pytest.raises(DDNNError, match=r"must be some of \['cloud'\], got \['edge'\]"):
+        precision_candidates(cfg, ["edge"])
     with pytest.raises(DDNNError, match="needs a local exit and a cloud"):
         exit_count_candidates(load_config(None, ["model.cloud=null"]), None)
     weights = strategy_candidates(cfg, ["joint"], 0.6)[0].config.train.exit_weights

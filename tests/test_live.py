@@ -78,6 +78,18 @@ def test_live_decisions_with_an_edge_tier_and_learned_routers_equal_offline_eval
     assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
 
 
+def test_live_decisions_with_a_float_cloud_over_binary_devices_equal_offline_evaluation(
+    tmp_path, float_cloud
+):
+    """A float32 cloud (no bit-packed form: the cloud runs its torch runtime) on the
+    devices' binary maps."""
+    report, live, offline = live_and_offline(tmp_path, float_cloud, 120)
+    assert_parity(report, live, offline, 120)
+    manifest = json.loads((tmp_path / "artifacts" / "manifest.json").read_text())
+    assert manifest["config"]["model"]["cloud"]["precision"] == "float"
+    assert "cloud" not in manifest["packed"] and "cloud" in {d["exit"] for d in live}
+
+
 def test_live_decisions_through_a_bridge_to_the_clouds_broker_equal_offline_evaluation(
     tmp_path, tiny
 ):

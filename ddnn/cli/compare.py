@@ -1,5 +1,6 @@
-"""`ddnn compare strategies` and `ddnn compare exits`: seed 000's Tables II and IV on our
-data, each row a model trained and calibrated as `ddnn train` does (ddnn/nn/compare.py)."""
+"""`ddnn compare strategies`, `exits` and `precision`: seed 000's Tables II and IV and its
+hybrid precision on our data, each row a model trained and calibrated as `ddnn train` does
+(ddnn/nn/compare.py)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,29 @@ def exits(
     rows = _rows(candidates, parts, as_json)
     document = {"data": data, "rows": rows, "paper": PAPER["early_exits"]}
     _show(f"one vs two early exits ({len(parts.test)} test samples)", document, as_json)
+
+
+@compare_app.command("precision")
+def precision(
+    data: DataSpec = "synth",
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    tiers: Annotated[
+        str, typer.Option("--float", help="tiers to run in float32: cloud, edge or edge,cloud")
+    ] = "cloud",
+    grid: Grid = "2x3",
+    as_json: JsonFlag = False,
+) -> None:
+    """Seed 000's hybrid precision: the model as configured (binary by default) and with
+    float32 upper tiers over the binary devices: accuracy of every exit, energy per sample
+    and its reduction against the full-precision network."""
+    from ddnn.nn.compare import PAPER, precision_candidates
+
+    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    parts = split(load_data(data, grid, as_json), cfg.train)
+    candidates = precision_candidates(cfg, [t.strip() for t in tiers.split(",")])
+    rows = _rows(candidates, parts, as_json)
+    document = {"data": data, "rows": rows, "paper": PAPER["precision"]}
+    _show(f"hybrid precision ({len(parts.test)} test samples)", document, as_json)

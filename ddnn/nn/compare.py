@@ -1,5 +1,6 @@
-"""Seed 000's comparisons, run on our data: training strategies (its Table II) and one vs two
-early exits (its Table IV).
+"""Seed 000's comparisons, run on our data: training strategies (its Table II), one vs two
+early exits (its Table IV), and hybrid precision (a float tier over binary devices, its
+Fig. 4: energy against a full-precision network).
 
 Each candidate is a config; it is trained and calibrated exactly as `ddnn train` does
 (`fit_and_calibrate`: thresholds picked on validation data by `calibration`), then measured
@@ -34,6 +35,10 @@ PAPER = {
     "early_exits": {  # Table IV (20 E + 10 C): exit % per early exit, accuracy %, energy mJ
         1: {"early_exit": [59.3], "accuracy": 88.61, "energy_mj": 729},
         2: {"early_exit": [38.6, 19.7], "accuracy": 85.98, "energy_mj": 724},
+    },
+    "precision": {  # Fig. 4 (a), 20 E + 10 C: energy reduction against full precision
+        "binary edge, float cloud, early exit": 5.5,
+        "full precision, early exit": round(5.5 / 3.9, 2),
     },
 }
 
@@ -95,6 +100,24 @@ def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> li
     ]
 
 
+def precision_candidates(cfg: DDNNConfig, tiers: Sequence[str]) -> list[Candidate]:
+    """The config as it is (all binary by default), then with each tier of `tiers` (edge,
+    cloud) in float32 over the binary devices."""
+    present = {"edge": cfg.model.edge is not None, "cloud": cfg.model.cloud is not None}
+    unknown = [t for t in tiers if not present.get(t)]
+    if unknown or not tiers:
+        have = [t for t, there in present.items() if there]
+        raise DDNNError(f"tiers to make float must be some of {have}, got {list(tiers)}")
+    float_model = cfg.model.model_dump()
+    for tier in tiers:
+        float_model[tier]["precision"] = "float"
+    name = "float " + " and ".join(tiers)
+    return [
+        Candidate({"precision": "as configured"}, cfg),
+        Candidate({"precision": name}, _replaced(cfg, model=float_model)),
+    ]
+
+
 def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None) -> dict:
     """Train and calibrate the candidate, then its row on the test split."""
     result, picked = fit_and_calibrate(parts, candidate.config, on_epoch)
@@ -110,6 +133,7 @@ def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None)
         row[f"{name}_accuracy"] = accuracy_percent(outputs.probs[name].argmax(1), labels)
     energy = energy_uj(cfg.model, outputs.present, decided.exit_index, model.exits)
     row["energy_uj"] = energy["total"]
+    row["energy_reduction"] = energy["reduction"]
     row["thresholds"] = picked
     row["train_seconds"] = round(result.seconds, 1)
     return row
