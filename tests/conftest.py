@@ -44,27 +44,23 @@ def tiny_edge(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def float_cloud(tmp_path_factory) -> Path:
-    """A local + cloud model whose cloud is float32 over binary devices (seed 000's hybrid)."""
+def hybrid(tmp_path_factory) -> Path:
+    """A local + edge + cloud model of what issue 11 adds, all at once: learned routers
+    (seed 002) decide at the local and the edge exit; the devices are 2-bit, the edges
+    4-bit and the cloud float32 (seed 000's hybrid precision), so 2-bit and 4-bit maps
+    travel; a real share of samples leaves at every exit."""
     return tiny_model(
-        tmp_path_factory.mktemp("float_cloud"), "f", "0.5", "--set", "model.cloud.precision=float"
-    )
-
-
-@pytest.fixture(scope="session")
-def routed(tmp_path_factory) -> Path:
-    """A local + edge + cloud model whose local and edge exits decide by learned routers
-    (seed 002), with a real share of samples out of every exit."""
-    return tiny_model(
-        tmp_path_factory.mktemp("routed"), "r", "local=0.4,edge=0.3", "--set", EDGE,
+        tmp_path_factory.mktemp("hybrid"), "h", "local=0.4,edge=0.3", "--set", EDGE,
         "--set", "exits.local.policy=router", "--set", "exits.edge.policy=router",
+        "--set", "model.device.precision=2bit", "--set", "model.edge.precision=4bit",
+        "--set", "model.cloud.precision=float",
     )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def with_routers(routed: Path, tmp_path_factory) -> Path:
-    """The exported model with routers."""
-    return exported(routed, tmp_path_factory.mktemp("with_routers") / "artifacts")
+def with_hybrid(hybrid: Path, tmp_path_factory) -> Path:
+    """The exported hybrid model."""
+    return exported(hybrid, tmp_path_factory.mktemp("with_hybrid") / "artifacts")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from devices.runtime import PackedSlice
+from devices.runtime import open_runtime
 from devices.service import DeviceService
 from devices.sources import open_device_source
 
@@ -146,8 +146,9 @@ def aggregator_rig(
 
 
 def device_service(rig: Rig, artifacts: Path, device: int, **kw) -> DeviceService:
-    """Device `device` with its packed slice, replaying the model's own test part."""
-    runtime = PackedSlice(artifacts, device)
+    """Device `device` with its packed slice (the torch one where the export has none, as
+    `ddnn device` runs it), replaying the model's own test part."""
+    runtime = open_runtime(artifacts, device)
     source = open_device_source(runtime.manifest, device)
     return DeviceService(runtime.manifest, device, runtime, source, rig.bus, DEPLOYMENT, **kw)
 

@@ -38,10 +38,16 @@ def test_compare_exits_adds_an_edge_exit(mvmc_file):
 
 
 def test_compare_precision_adds_a_float_cloud_with_its_energy(mvmc_file):
-    document = ddnn_json("compare", "precision", "--data", f"mvmc:{mvmc_file}", "--epochs", "1")
-    binary, hybrid = document["rows"]
-    assert binary["precision"] == "as configured" and hybrid["precision"] == "float cloud"
-    assert hybrid["energy_reduction"] < binary["energy_reduction"]  # 32-bit MACs in the cloud
+    document = ddnn_json(
+        "compare", "precision", "--data", f"mvmc:{mvmc_file}", "--epochs", "1",
+        "--variant", "cloud=float", "--variant", "device=2bit,cloud=4bit",
+    )  # fmt: skip
+    binary, hybrid, kbit = document["rows"]
+    assert binary["precision"] == "as configured" and hybrid["precision"] == "cloud=float"
+    assert kbit["precision"] == "device=2bit,cloud=4bit"
+    # 32-bit MACs in the float cloud; bit-serial k-bit products
+    assert hybrid["energy_reduction"] < binary["energy_reduction"]
+    assert kbit["energy_reduction"] < binary["energy_reduction"]
 
 
 def test_bad_comparisons_are_refused_by_name(mvmc_file):
@@ -50,8 +56,8 @@ def test_bad_comparisons_are_refused_by_name(mvmc_file):
         strategy_candidates(cfg, ["joint", "greedy"], 0.6)
     with pytest.raises(DDNNError, match="between 0 and 1"):
         strategy_candidates(cfg, ["joint"], 1.5)
-    with pytest.raises(DDNNError, match=r"must be some of \['cloud'\], got \['edge'\]"):
-        precision_candidates(cfg, ["edge"])
+    with pytest.raises(DDNNError, match=r"must be some of \['device', 'cloud'\], got \['edge'\]"):
+        precision_candidates(cfg, [{"edge": "float"}])
     with pytest.raises(DDNNError, match="needs a local exit and a cloud"):
         exit_count_candidates(load_config(None, ["model.cloud=null"]), None)
     weights = strategy_candidates(cfg, ["joint"], 0.6)[0].config.train.exit_weights

@@ -47,6 +47,23 @@ def test_the_counts_of_a_tiny_network_by_hand():
     assert parts["cloud"].microjoules == pytest.approx(1403.8e-6)
 
 
+def test_kbit_tiers_by_hand():
+    """A 2-bit device tier and a 4-bit cloud: k-bit products counted bit-serially."""
+    parts = tier_ops(load_config(overrides=[*TINY, "model.device.precision=2bit",
+                                            "model.cloud.precision=4bit"]).model)  # fmt: skip
+    # device block on pixels: 288 products of a 2-bit weight, 2 shift-adds each; 8 x 8 pool
+    # comparisons; batch norm and quantization of 8 outputs as 32-bit MACs; 18 x 2 weight
+    # bits, 2 x 64 parameter bits, 128 pixel bits
+    assert parts["device"] == Ops(mac1=0, mac32=8, add32=576 + 64, bits=36 + 128 + 128)
+    # head: 24 products of 2-bit weights and 2-bit features, 4 binary MACs each
+    assert parts["device_head"] == Ops(mac1=96, mac32=3, add32=0, bits=48 + 192 + 16)
+    # cloud block: 576 products of 4-bit weights and 2-bit maps (8 binary MACs each), 4 x 8
+    # comparisons, 4 outputs normalized; head 12 products of 4-bit by 4-bit (16 each)
+    block = Ops(mac1=576 * 8, mac32=4, add32=32, bits=144 * 4 + 256 + 16 * 2)
+    head = Ops(mac1=12 * 16, mac32=3, add32=0, bits=12 * 4 + 192 + 4 * 4)
+    assert parts["cloud"] == block + head
+
+
 def test_a_sample_pays_for_the_tiers_it_reached():
     model = load_config(overrides=TINY).model
     present = np.array([[True, True], [True, False]])

@@ -113,9 +113,9 @@ def test_policy_config():
     assert older.model_dump()["exits"]["local"] == {"policy": "max_prob", "threshold": 0.8}
 
 
-def test_router_command_compares_at_equal_coverage(routed):
+def test_router_command_compares_at_equal_coverage(hybrid):
     """On a tiny model: rows at each coverage, with both policies' test exit shares near it."""
-    document = ddnn_json("router", "--model", str(routed), "--coverages", "0.6,0.8")
+    document = ddnn_json("router", "--model", str(hybrid), "--coverages", "0.6,0.8")
     assert document["exit"] == "local" and document["next"] == "edge"
     assert [r["coverage"] for r in document["rows"]] == [0.6, 0.8]
     for row in document["rows"]:

@@ -440,11 +440,12 @@ def test_an_edge_passes_its_own_map_to_the_cloud_when_asked(with_edges):
 # -- a whole deployment ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["with_edges", "with_routers"])
+@pytest.mark.parametrize("model", ["with_edges", "with_hybrid"])
 def test_a_whole_deployment_in_process_decides_as_offline_evaluation(model, request, tmp_path):
     """Devices, edges, cloud and aggregator on the in-memory bus: every sample's decision
     (class and exit) equals `ddnn eval`'s, as it must over the real broker (test_live.py);
-    with entropy exits, and with learned routers at the local and the edge exit."""
+    with entropy exits on binary tiers, and with learned routers at the local and the edge
+    exit over 2-bit devices, 4-bit edges and a float cloud (2- and 4-bit maps on the wire)."""
     artifacts = request.getfixturevalue(model)
     rig = whole_rig(artifacts)
     samples = 120
@@ -459,8 +460,10 @@ def test_a_whole_deployment_in_process_decides_as_offline_evaluation(model, requ
     got = [(live[k].class_index, live[k].exit) for k in range(samples)]
     want = [(offline[k]["class_index"], offline[k]["exit"]) for k in range(samples)]
     assert got == want
-    assert {e for _, e in got} == {"local", "edge", "cloud"}
+    assert {e for _, e in got} == set(rig.manifest.ddnn_config().model.exits)
     assert all(not s.rejected for s in rig.services)
+    encodings = {m.encoding for _, m in rig.seen if isinstance(m, Features)}
+    assert encodings == ({"c2", "c4"} if model == "with_hybrid" else {"bits"})
     # every message went out on a topic its sender's broker account may write
     accounts = grants(rig.manifest.ddnn_config().model, rig.topics)
     for topic, message in rig.seen:

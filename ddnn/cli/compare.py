@@ -113,20 +113,40 @@ def precision(
     overrides: Overrides = None,
     epochs: Epochs = None,
     seed: Seed = None,
-    tiers: Annotated[
-        str, typer.Option("--float", help="tiers to run in float32: cloud, edge or edge,cloud")
-    ] = "cloud",
+    variants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            help="tier precisions to compare with the configured model, e.g. cloud=float or "
+            "device=4bit,cloud=float (repeat for more; default: cloud=float)",
+        ),
+    ] = None,
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
     """Seed 000's hybrid precision: the model as configured (binary by default) and with
-    float32 upper tiers over the binary devices: accuracy of every exit, energy per sample
-    and its reduction against the full-precision network."""
+    other precisions per tier (a float cloud over binary devices by default): accuracy of
+    every exit, energy per sample and its reduction against the full-precision network."""
     from ddnn.nn.compare import PAPER, precision_candidates
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    wanted = [_tier_precisions(v) for v in variants or ["cloud=float"]]
     parts = split(load_data(data, grid, as_json), cfg.train)
-    candidates = precision_candidates(cfg, [t.strip() for t in tiers.split(",")])
+    candidates = precision_candidates(cfg, wanted)
     rows = _rows(candidates, parts, as_json)
     document = {"data": data, "rows": rows, "paper": PAPER["precision"]}
     _show(f"hybrid precision ({len(parts.test)} test samples)", document, as_json)
+
+
+def _tier_precisions(text: str) -> dict[str, str]:
+    """ "device=4bit,cloud=float" -> {"device": "4bit", "cloud": "float"}."""
+    out = {}
+    for item in text.split(","):
+        tier, sep, precision = item.strip().partition("=")
+        if not sep or precision not in ("binary", "2bit", "4bit", "float"):
+            raise DDNNError(
+                f"--variant takes tier=precision pairs (precision binary, 2bit, 4bit or float), "
+                f"got {text!r}"
+            )
+        out[tier] = precision
+    return out

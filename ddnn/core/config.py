@@ -34,10 +34,12 @@ from ddnn.core.errors import ConfigError, problems
 
 # Literals here rather than in the layers, so that reading a config needs no PyTorch (a
 # device running the bit-packed slice reads its manifest's config without it).
-Precision = Literal["binary", "float"]
+# binary: +-1 weights and activations (the DDNN paper); 2bit, 4bit: k-bit weights (scaled) and
+# activations (seed 000's hybrid networks); float: float32 weights, ReLU activations.
+Precision = Literal["binary", "2bit", "4bit", "float"]
 Aggregation = Literal["MP", "AP", "CC"]
-# How a feature map travels (ddnn.core.payloads): bits, uint8 pixels or float32 values.
-FeatureFormat = Literal["binary", "pixels", "float"]
+# How a feature map travels (ddnn.core.payloads): bits, k-bit codes, uint8 pixels or float32.
+FeatureFormat = Literal["binary", "2bit", "4bit", "pixels", "float"]
 EXIT_ORDER = ("local", "edge", "cloud")
 
 
@@ -109,12 +111,12 @@ class ModelConfig(_Strict):
         """How a device's feature map is encoded on the wire (see ddnn.core.payloads)."""
         if not self.device.conv_filters:
             return "pixels"
-        return "binary" if self.device.precision == "binary" else "float"
+        return _format_of(self.device.precision)
 
     @property
     def edge_feature_format(self) -> FeatureFormat:
         """How an edge's feature map is encoded on the wire, on its way to the cloud."""
-        return "binary" if self.edge is None or self.edge.precision == "binary" else "float"
+        return "binary" if self.edge is None else _format_of(self.edge.precision)
 
     @property
     def exits(self) -> list[str]:
@@ -171,6 +173,12 @@ class TrainConfig(_Strict):
 # The exit policy learned from data (seed 002): ddnn/core/routing.py; the others are rules on
 # the exit's probabilities (ddnn/core/exits.py).
 ROUTER = "router"
+
+
+def _format_of(precision: Precision) -> FeatureFormat:
+    """How a tier of this precision sends its feature map: a float tier's values are not
+    quantized (ReLU), every other's travel as its codes."""
+    return "float" if precision == "float" else precision
 
 
 class ExitSpec(_Strict):

@@ -7,17 +7,21 @@ paper; a ConvP block is conv 3x3 pad 1, max-pool 3x3/2 pad 1, batch norm, sign):
 - a convolution or FC layer: one binary MAC (XNOR and popcount) per weight use where both
   weights and inputs are +-1; one 32-bit addition where only the weights are (a device's
   first block on pixels: a +-1 weight turns the MAC into an add or a subtract); one 32-bit
-  MAC in a float tier;
+  MAC in a float tier. Table I has no k-bit MAC; a k-bit tier (seed 000's 2- and 4-bit
+  layers) is counted bit-serially: k_w x k_a binary MACs per product on k-bit inputs, and
+  k_w 32-bit additions per product on pixels or float values (XNOR-Net's scaling factor
+  folds into the batch norm);
 - max-pool: 8 comparisons (32-bit additions) per pooled output of a 3x3 window;
 - batch norm then sign: one comparison per output in a binary tier (folded into a threshold:
-  ddnn/packed/format.py), one 32-bit MAC (scale and shift) in a float tier; the head's batch
-  norm, whose scores stay real, one 32-bit MAC per class in either;
+  ddnn/packed/format.py), one 32-bit MAC (scale and shift) in a k-bit or float tier; the
+  head's batch norm, whose scores stay real, one 32-bit MAC per class in any;
 - fusing maps: MP and AP compare or add each value of every input after the first; CC
   nothing (a concatenation); fusing class scores at an exit: the same, and CC's linear layer
   of n|C| x |C| 32-bit MACs; deciding an exit: |C| 32-bit MACs (the entropy's p log p);
-- memory: every bit read once per sample: the weights (1 bit when binary, 32 when float), the
-  per-channel parameters (a 32-bit threshold, or 2 x 32-bit batch-norm scale and shift), and
-  the layer's input (1 bit per +-1 value, 8 per pixel, 32 per float).
+- memory: every bit read once per sample: the weights (1 bit when binary, k when k-bit, 32
+  when float), the per-channel parameters (a 32-bit threshold, or 2 x 32-bit batch-norm
+  scale and shift), and the layer's input (1 bit per +-1 value, k per k-bit value, 8 per
+  pixel, 32 per float).
 
 A sample pays for the tiers it reached: the present devices and the local exit always, the
 edges and the edge exit if it went past the local exit, the cloud if it went past the edge
@@ -59,46 +63,61 @@ class Ops:
         return sum(getattr(self, name) * pj for name, pj in PJ.items()) * 1e-6
 
 
-INPUT_BITS = {"binary": 1, "pixels": PIXEL_BITS, "float": 32}  # bits per input value read
+BITS = {"binary": 1, "2bit": 2, "4bit": 4, "float": 32}  # bits per weight of a precision
+INPUT_BITS = {**BITS, "pixels": PIXEL_BITS}  # bits per input value read
+
+
+def _products(n: int, precision: Precision, inputs: str) -> Ops:
+    """`n` weight-times-input products: 32-bit MACs in a float tier; on real-valued inputs
+    (pixels, float values), one 32-bit addition per weight bit (a +-1 weight adds or
+    subtracts, a k-bit weight shifts and adds k times); on quantized inputs, binary MACs,
+    one per pair of weight and input bits (bit-serial: k_w x k_a XNOR-popcounts)."""
+    if precision == "float":
+        return Ops(mac32=n)
+    if inputs in ("pixels", "float"):
+        return Ops(add32=n * BITS[precision])
+    return Ops(mac1=n * BITS[precision] * INPUT_BITS[inputs])
+
+
+def _norm(n: int, precision: Precision, head: bool = False) -> Ops:
+    """Batch norm and activation of `n` outputs: a binary tier's sign is one threshold
+    comparison; otherwise (a head's real scores, a k-bit or float tier) a 32-bit MAC."""
+    if precision == "binary" and not head:
+        return Ops(add32=n)
+    return Ops(mac32=n)
+
+
+def _params(n: int, precision: Precision, head: bool = False) -> int:
+    """Bits of per-channel parameters: a 32-bit threshold, or batch norm's scale and shift."""
+    return n * (32 if precision == "binary" and not head else 64)
 
 
 def conv_block(
     cin: int, filters: int, size: tuple[int, int], precision: Precision, inputs: str
 ) -> tuple[Ops, tuple[int, int]]:
-    """One ConvP block on a (cin, h, w) input; `inputs`: "pixels", "binary" or "float".
-    Returns its ops and its output size."""
+    """One ConvP block on a (cin, h, w) input; `inputs`: "pixels", a precision's format
+    ("binary", "2bit", "4bit") or "float". Returns its ops and its output size."""
     h, w = size
     out = (pooled_size(h, 1), pooled_size(w, 1))
     taps = filters * cin * 9 * h * w
     pooled = filters * out[0] * out[1]
-    binary = precision == "binary"
-    on_bits = binary and inputs == "binary"
-    compares = 8 * pooled + (pooled if binary else 0)  # max-pool, then the sign's threshold
-    ops = Ops(
-        mac1=taps if on_bits else 0,
-        add32=(taps if binary and not on_bits else 0) + compares,
-        mac32=0 if binary else taps + pooled,
-        bits=filters * cin * 9 * (1 if binary else 32)
-        + filters * (32 if binary else 64)
-        + cin * h * w * INPUT_BITS[inputs],
+    ops = _products(taps, precision, inputs) + Ops(add32=8 * pooled) + _norm(pooled, precision)
+    ops.bits = (
+        filters * cin * 9 * BITS[precision]
+        + _params(filters, precision)
+        + cin * h * w * INPUT_BITS[inputs]
     )
     return ops, out
 
 
 def fc(n_in: int, n_out: int, precision: Precision, inputs: str, head: bool) -> Ops:
     """A fully connected block (`head`: the exit head, whose batch-normed scores stay real)."""
-    binary = precision == "binary"
-    on_bits = binary and inputs == "binary"
     products = n_in * n_out
-    norm_mac = head or not binary  # a real-valued batch norm; else the sign's threshold
-    return Ops(
-        mac1=products if on_bits else 0,
-        add32=(products if binary and not on_bits else 0) + (0 if norm_mac else n_out),
-        mac32=(0 if binary else products) + (n_out if norm_mac else 0),
-        bits=products * (1 if binary else 32)
-        + n_out * (64 if norm_mac else 32)
-        + n_in * INPUT_BITS[inputs],
+    ops = _products(products, precision, inputs) + _norm(n_out, precision, head)
+    ops.bits = (
+        products * BITS[precision] + _params(n_out, precision, head) + n_in * INPUT_BITS[inputs]
     )
+    return ops
 
 
 def fuse(scheme: Aggregation, n: int, values: int, n_classes: int | None = None) -> Ops:
@@ -119,7 +138,7 @@ def _stack(
     total = Ops()
     for f in filters:
         ops, size = conv_block(cin, f, size, precision, inputs)
-        total, cin, inputs = total + ops, f, "binary" if precision == "binary" else "float"
+        total, cin, inputs = total + ops, f, _format(precision)
     return total, cin, size
 
 
@@ -169,7 +188,8 @@ def tier_ops(model: ModelConfig, as_float: bool = False) -> dict[str, Ops]:
 
 
 def _format(p: Precision) -> str:
-    return "binary" if p == "binary" else "float"
+    """What a tier of precision `p` hands on: its quantized codes, or float values."""
+    return p
 
 
 def energy_uj(

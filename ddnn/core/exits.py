@@ -180,9 +180,16 @@ class Decisions:
 def cascade(points: Sequence[ExitPoint], inputs: Mapping[str, ExitInputs]) -> Decisions:
     """Run the exit cascade over N samples, one `step` per exit: every sample exits at the
     first point that is confident about it, or at the last point, which always decides."""
-    steps = [step(p, inputs[p.name], last=i == len(points) - 1) for i, p in enumerate(points)]
+    return decide(
+        [step(p, inputs[p.name], last=i == len(points) - 1) for i, p in enumerate(points)]
+    )
+
+
+def decide(steps: Sequence[Step]) -> Decisions:
+    """The cascade's decisions from the steps of its exits, lowest first (the last one's
+    `exits` all true). A threshold search builds steps from statistics computed once."""
     n = len(steps[0].probs)
-    exit_index = np.full(n, len(points) - 1)
+    exit_index = np.full(n, len(steps) - 1)
     undecided = np.ones(n, dtype=bool)
     for i, s in enumerate(steps[:-1]):
         leaving = undecided & s.exits

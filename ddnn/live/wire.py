@@ -39,7 +39,7 @@ from pydantic import (
 
 from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError, problems
-from ddnn.core.payloads import pack_features, unpack_bits
+from ddnn.core.payloads import pack_features, unpack_bits, unpack_codes
 from ddnn.core.roles import Role
 
 SCHEMA = 1
@@ -143,22 +143,26 @@ class Offload(_Message):
     to: Literal["edge", "cloud"]
 
 
-ENCODINGS = {"binary": "bits", "pixels": "u8", "float": "f32"}
+ENCODINGS = {"binary": "bits", "2bit": "c2", "4bit": "c4", "pixels": "u8", "float": "f32"}
+Encoding = Literal["bits", "c2", "c4", "u8", "f32"]
+CODES = {"c2": 2, "c4": 4}  # k-bit codes, k bits per value (ddnn/core/payloads.py)
 
 
 class Features(_Message):
-    """A feature map: `encoding` bits (1 per +-1 activation), u8 (raw pixels) or f32."""
+    """A feature map: `encoding` bits (1 per +-1 activation), c2 or c4 (2- or 4-bit codes of
+    a k-bit tier), u8 (raw pixels) or f32."""
 
     kind: Literal["features"] = "features"
     sample: Sample
     source: RoleName
-    encoding: Literal["bits", "u8", "f32"]
+    encoding: Encoding
     shape: Shape
     data: bytes
 
     @classmethod
     def of(cls, sample: int, source: str, features: np.ndarray, fmt: FeatureFormat) -> Features:
-        """The message for a feature map in format `fmt` (binary, pixels or float)."""
+        """The message for a feature map in format `fmt` (binary, 2bit, 4bit, pixels or
+        float)."""
         return cls(
             sample=sample,
             source=source,
@@ -180,6 +184,11 @@ class Features(_Message):
                 return unpack_bits(self.data, expected_shape)
             except ValueError as e:
                 raise WireError("features whose bits do not fill the shape", str(e)) from None
+        if self.encoding in CODES:
+            try:
+                return unpack_codes(self.data, expected_shape, CODES[self.encoding])
+            except ValueError as e:
+                raise WireError("features whose codes do not fill the shape", str(e)) from None
         dtype = np.uint8 if self.encoding == "u8" else np.dtype("<f4")
         if len(self.data) != n * np.dtype(dtype).itemsize:
             raise WireError(
@@ -201,7 +210,7 @@ class Job(_Message):
     kind: Literal["job"] = "job"
     sample: Sample
     t0: float
-    encoding: Literal["bits", "u8", "f32"]
+    encoding: Encoding
     maps: dict[RoleName, bytes] = Field(max_length=4096)
     shapes: dict[RoleName, Shape] = Field(max_length=4096)
 

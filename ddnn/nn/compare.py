@@ -100,22 +100,28 @@ def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> li
     ]
 
 
-def precision_candidates(cfg: DDNNConfig, tiers: Sequence[str]) -> list[Candidate]:
-    """The config as it is (all binary by default), then with each tier of `tiers` (edge,
-    cloud) in float32 over the binary devices."""
-    present = {"edge": cfg.model.edge is not None, "cloud": cfg.model.cloud is not None}
-    unknown = [t for t in tiers if not present.get(t)]
-    if unknown or not tiers:
-        have = [t for t, there in present.items() if there]
-        raise DDNNError(f"tiers to make float must be some of {have}, got {list(tiers)}")
-    float_model = cfg.model.model_dump()
-    for tier in tiers:
-        float_model[tier]["precision"] = "float"
-    name = "float " + " and ".join(tiers)
-    return [
-        Candidate({"precision": "as configured"}, cfg),
-        Candidate({"precision": name}, _replaced(cfg, model=float_model)),
-    ]
+def precision_candidates(cfg: DDNNConfig, variants: Sequence[dict[str, str]]) -> list[Candidate]:
+    """The config as it is (all binary by default), then each variant: tiers (device, edge,
+    cloud) -> precision (binary, 2bit, 4bit, float), e.g. {"cloud": "float"}."""
+    present = {
+        "device": True,
+        "edge": cfg.model.edge is not None,
+        "cloud": cfg.model.cloud is not None,
+    }
+    have = [t for t, there in present.items() if there]
+    out = [Candidate({"precision": "as configured"}, cfg)]
+    if not variants:
+        raise DDNNError("give at least one variant of tier precisions, e.g. cloud=float")
+    for variant in variants:
+        unknown = [t for t in variant if not present.get(t)]
+        if unknown or not variant:
+            raise DDNNError(f"tiers must be some of {have}, got {sorted(variant)}")
+        model = cfg.model.model_dump()
+        for tier, precision in variant.items():
+            model[tier]["precision"] = precision
+        label = ",".join(f"{t}={p}" for t, p in variant.items())
+        out.append(Candidate({"precision": label}, _replaced(cfg, model=model)))
+    return out
 
 
 def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None) -> dict:

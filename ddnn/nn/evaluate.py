@@ -22,9 +22,18 @@ import torch
 
 from ddnn.core.config import EXIT_ORDER, DDNNConfig, ExitSpec
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import Decisions, ExitInputs, ExitPoint, cascade, exit_points
+from ddnn.core.exits import (
+    Decisions,
+    ExitInputs,
+    ExitPoint,
+    Step,
+    cascade,
+    decide,
+    exit_points,
+    step,
+)
 from ddnn.core.fusion import score_fusions
-from ddnn.core.payloads import pack_features, pack_scores
+from ddnn.core.payloads import VALUE_BITS, pack_features, pack_scores
 from ddnn.core.routing import routers_from_state
 from ddnn.data import MultiViewData, check_fits, load_spec, split, trained_on
 from ddnn.nn.checkpoint import load_model
@@ -104,7 +113,7 @@ def run_model(
         present=present,
         score_bytes=len(pack_scores(np.zeros(n_classes))) if model.local is not None else 0,
         feature_bytes=len(pack_features(features, fmt)),
-        feature_bits=features.size * {"binary": 1, "pixels": 8, "float": 32}[fmt],
+        feature_bits=features.size * VALUE_BITS[fmt],
         raw_bytes=int(np.prod(data.view_shape)),
         n_classes=n_classes,
     )
@@ -267,10 +276,18 @@ def pick_thresholds(
         return {}
     searched = list(search) if search is not None else [p.name for p in points[:-1]]
     last_right = outputs.probs[points[-1].name].argmax(1) == outputs.labels
+    # each exit's statistic once (a router's is an MLP), then only thresholds vary
+    base = [step(p, outputs.inputs[p.name], i == len(points) - 1) for i, p in enumerate(points)]
     candidates = []
     for combo in product(grid, repeat=len(searched)):
-        pts = with_thresholds(points, dict(zip(searched, combo, strict=True)))
-        d = cascade(pts, outputs.inputs)
+        chosen = dict(zip(searched, combo, strict=True))
+        steps = [
+            Step(s.probs, s.statistic, p.policy.exits(s.statistic, s.probs, chosen[p.name]))
+            if p.name in chosen
+            else s
+            for p, s in zip(points, base, strict=True)
+        ]
+        d = decide(steps)
         right = d.predictions == outputs.labels
         diff = last_right.astype(np.float64) - right
         bound = 100.0 * (diff.mean() + confidence * diff.std() / np.sqrt(len(diff)))

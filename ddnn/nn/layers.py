@@ -1,8 +1,9 @@
 """Binarized building blocks of a DDNN: the fused ConvP and FC blocks of the paper (Fig. 3).
 
 A block's precision is a per-tier setting, not a property baked into the layer: the same
-`ConvP` is binary on an end device and may be float in the cloud. Quantizers are looked up by
-name (larq-style), so k-bit quantizers can be added to `QUANTIZERS` without touching the blocks.
+`ConvP` is binary on an end device and may be 2-bit, 4-bit or float in the cloud (seed 000's
+hybrid networks). Quantizers are objects passed to the layers (larq-style): `SteSign`
+(binary), `KBit` (seed 000's eq. (1)-(3), weights scaled by XNOR-Net's alpha), or none.
 
 Conventions every runtime must share (training, export, a packed bit runtime):
 - sign(x) = +1 for x >= 0 and -1 otherwise (so sign(0) = +1);
@@ -12,7 +13,7 @@ Conventions every runtime must share (training, export, a packed bit runtime):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,41 +46,118 @@ def ste_sign(x: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(x)
 
 
-def identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+class _KBitSTE(torch.autograd.Function):
+    """k-bit uniform quantization forward; clipped straight-through estimator backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, levels: int) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return kbit_values(kbit_codes(x, levels), levels)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype), None
 
 
-Quantizer = Callable[[torch.Tensor], torch.Tensor]
-QUANTIZERS: dict[str, Quantizer] = {"ste_sign": ste_sign, "none": identity}
+def kbit_codes(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Seed 000's eq. (1) with v0 = 1, v1 = 2, v2 = 1/2: x clipped to [-1, 1] onto Z + 1 =
+    `levels` evenly spaced values; the integer code of each, 0 .. Z (what the wire carries,
+    ddnn/core/payloads.py)."""
+    z = levels - 1
+    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * (z / 2.0))
 
 
-def get_quantizer(name: str) -> Quantizer:
-    try:
-        return QUANTIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown quantizer {name!r}; known: {sorted(QUANTIZERS)}") from None
+def kbit_values(codes: torch.Tensor, levels: int) -> torch.Tensor:
+    """The values of k-bit codes: code * (2 / Z) - 1, in float32 as the wire's decoding does."""
+    return codes * (2.0 / (levels - 1)) - 1.0
 
 
-def kernel_quantizer_for(precision: Precision) -> str:
-    """The weight quantizer a tier of the given precision uses."""
-    return {"binary": "ste_sign", "float": "none"}[precision]
+class Quantizer:
+    """A named, swappable quantizer (as larq's): what a layer applies to its weights or a
+    block to its activations. `bits` is what one value costs in memory and on the wire."""
+
+    name: str = "none"
+    bits: int = 32
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class SteSign(Quantizer):
+    """sign() to {-1, +1} with a clipped straight-through gradient (BinaryNet)."""
+
+    name, bits = "ste_sign", 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return ste_sign(x)
+
+
+class KBit(Quantizer):
+    """Uniform k-bit quantization of [-1, 1] (seed 000, eq. (1) and (3)), clipped
+    straight-through gradient. `scaled`: times the mean absolute latent value of each
+    output channel, XNOR-Net's scaling factor alpha of eq. (2), for weights."""
+
+    def __init__(self, bits: int, scaled: bool = False) -> None:
+        self.bits, self.scaled = bits, scaled
+        self.name = f"{bits}bit" + ("_scaled" if scaled else "")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        levels = 2**self.bits
+        if torch.is_grad_enabled():
+            q = _KBitSTE.apply(x, levels)
+        else:
+            q = kbit_values(kbit_codes(x, levels), levels)
+        if not self.scaled:
+            return q
+        alpha = x.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        return q * alpha
+
+
+class ReLU(Quantizer):
+    """The activation of a float tier (not a quantizer: values stay 32-bit)."""
+
+    name = "relu"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+KBITS = {"2bit": 2, "4bit": 4}
+
+
+def kernel_quantizer(precision: Precision) -> Quantizer:
+    """The weight quantizer of a tier of the given precision."""
+    if precision == "binary":
+        return SteSign()
+    if precision in KBITS:
+        return KBit(KBITS[precision], scaled=True)
+    return Quantizer()
+
+
+def activation_quantizer(precision: Precision) -> Quantizer:
+    """The activation of a tier of the given precision."""
+    if precision == "binary":
+        return SteSign()
+    if precision in KBITS:
+        return KBit(KBITS[precision])
+    return ReLU()
 
 
 class QuantConv2d(nn.Conv2d):
     """A conv whose weights pass through `kernel_quantizer` in the forward pass.
 
-    The latent real weights are what the optimizer updates; `clip_weights()` keeps them in
-    [-1, 1] so that the straight-through estimator keeps working (BinaryNet).
+    The latent real weights are what the optimizer updates; `clip_quantized_weights` keeps
+    them in [-1, 1] so that the straight-through estimator keeps working (BinaryNet).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_quantizer: str = "ste_sign") -> None:
+    def __init__(self, in_ch: int, out_ch: int, kernel_quantizer: Quantizer) -> None:
         super().__init__(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)
         self.kernel_quantizer = kernel_quantizer
-        self._quantize = get_quantizer(kernel_quantizer)
 
     def binarized_weight(self) -> torch.Tensor:
         """The weights the forward pass uses (quantized by `kernel_quantizer`)."""
-        return self._quantize(self.weight)
+        return self.kernel_quantizer(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.binarized_weight(), None, 1, 1)
@@ -88,17 +166,12 @@ class QuantConv2d(nn.Conv2d):
 class QuantLinear(nn.Linear):
     """A linear layer whose weights pass through `kernel_quantizer` in the forward pass."""
 
-    def __init__(self, in_f: int, out_f: int, kernel_quantizer: str = "ste_sign") -> None:
+    def __init__(self, in_f: int, out_f: int, kernel_quantizer: Quantizer) -> None:
         super().__init__(in_f, out_f, bias=False)
         self.kernel_quantizer = kernel_quantizer
-        self._quantize = get_quantizer(kernel_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._quantize(self.weight))
-
-
-def _activation(precision: Precision) -> Quantizer:
-    return ste_sign if precision == "binary" else F.relu
+        return F.linear(x, self.kernel_quantizer(self.weight))
 
 
 class ConvP(nn.Module):
@@ -108,9 +181,9 @@ class ConvP(nn.Module):
     def __init__(self, in_ch: int, filters: int, precision: Precision = "binary") -> None:
         super().__init__()
         self.precision = precision
-        self.conv = QuantConv2d(in_ch, filters, kernel_quantizer_for(precision))
+        self.conv = QuantConv2d(in_ch, filters, kernel_quantizer(precision))
         self.bn = nn.BatchNorm2d(filters)
-        self._act = _activation(precision)
+        self._act = activation_quantizer(precision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalize(conv_pool(x, self.conv.binarized_weight(), groups=1))
@@ -152,9 +225,9 @@ class FC(nn.Module):
     ) -> None:
         super().__init__()
         self.precision = precision
-        self.linear = QuantLinear(in_f, out_f, kernel_quantizer_for(precision))
+        self.linear = QuantLinear(in_f, out_f, kernel_quantizer(precision))
         self.bn = nn.BatchNorm1d(out_f)
-        self._act = _activation(precision) if activation else identity
+        self._act = activation_quantizer(precision) if activation else Quantizer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._act(self.bn(self.linear(x.flatten(1))))
@@ -168,5 +241,5 @@ def clip_quantized_weights(model: nn.Module) -> None:
     silently never clips (see shared/notes/bnn.md), which the tests check for.
     """
     for module in model.modules():
-        if isinstance(module, QuantConv2d | QuantLinear) and module.kernel_quantizer != "none":
+        if isinstance(module, QuantConv2d | QuantLinear) and module.kernel_quantizer.bits < 32:
             module.weight.clamp_(-1.0, 1.0)
