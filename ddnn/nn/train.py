@@ -1,6 +1,8 @@
-"""Joint training of all exits (paper Section III-C) and the "Individual" baseline.
+"""Training: joint over all exits (paper Section III-C) or by stages (`train.strategy`:
+separate, layerwise; `training_stages`), the learned routers after it, thresholds picked on
+validation data (`fit_and_calibrate`), and the "Individual" baseline.
 
-The loss is the weighted sum of the softmax cross-entropy at every exit (equal weights by
+The joint loss is the weighted sum of the softmax cross-entropy at every exit (equal weights by
 default), optimized with Adam using the paper's hyper-parameters, with the rate decayed to
 zero on a cosine (`lr_schedule`; a constant rate leaves a binary net wherever its last epoch
 lands). With `device_dropout` > 0 each device is independently absent from each training
@@ -97,10 +99,14 @@ def _exit_branches(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 def _tiers(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     """Each exit, lowest first -> the parameters that it is the first exit to depend on."""
-    own = {"local": ("device_slices.", "local."), "edge": ("edges.", "edge_exit."), "cloud": ()}
-    out, unclaimed = {}, ("device_slices.",)
+    own = {
+        "local": ("device_slices.", "local."),
+        "edge": ("edges.", "edge_exit."),
+        "cloud": ("cloud.",),
+    }
+    out, unclaimed = {}, ("device_slices.",)  # without a local exit, the next one claims them
     for name in cfg.exits:
-        out[name] = tuple(dict.fromkeys((*unclaimed, *own[name], f"{name}.")))
+        out[name] = tuple(dict.fromkeys((*unclaimed, *own[name])))
         unclaimed = ()
     return out
 
