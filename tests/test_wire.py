@@ -58,6 +58,21 @@ def test_features_travel_bit_packed_and_unpack_exactly():
         short.array((4, 16, 16))
 
 
+@pytest.mark.parametrize(("fmt", "encoding", "bits"), [("2bit", "c2", 2), ("4bit", "c4", 4)])
+def test_kbit_features_travel_at_k_bits_per_value_and_unpack_exactly(fmt, encoding, bits):
+    z = 2**bits - 1
+    codes = np.random.default_rng(1).integers(0, z + 1, (3, 5, 5)).astype(np.float32)
+    fmap = codes * np.float32(2 / z) - np.float32(1)  # the values a k-bit tier computes
+    m = Features.of(9, "device-0", fmap, fmt)
+    assert m.encoding == encoding and len(m.data) == -(-75 * bits // 8)
+    assert np.array_equal(decode(encode(m)).array((3, 5, 5)), fmap)
+    with pytest.raises(WireError, match="codes do not fill"):
+        m.model_copy(update={"data": m.data + b"\0"}).array((3, 5, 5))
+    # any byte decodes to values of the k-bit levels: nothing else can come in
+    noise = m.model_copy(update={"data": bytes(range(len(m.data)))}).array((3, 5, 5))
+    assert set(np.unique(noise)) <= set(np.arange(z + 1, dtype=np.float32) * np.float32(2 / z) - 1)
+
+
 @pytest.mark.parametrize(
     ("payload", "reason", "detail"),
     [
