@@ -339,6 +339,9 @@ class AggregatorService(Service):
         if local.exits[0]:
             self._decide(p, "local", local.probs[0])
             return
+        if local.abstains is not None and local.abstains[0]:
+            self._abstain(p, "local", local.probs[0])
+            return
         sources = [Role.device(d) for d in p.devices]
         if "edge" in self.fusions:
             p.stage = "edge"
@@ -358,6 +361,9 @@ class AggregatorService(Service):
         p.best = ("edge", edge.probs[0])
         if edge.exits[0]:
             self._decide(p, "edge", edge.probs[0])
+            return
+        if edge.abstains is not None and edge.abstains[0]:
+            self._abstain(p, "edge", edge.probs[0])
             return
         self._to_cloud(p, [Role.edge(e) for e in sorted(p.edge_scores)])
 
@@ -421,6 +427,20 @@ class AggregatorService(Service):
     def _undecided(self, p: Pending, reason: str) -> None:
         self.counters["undecided"] += 1
         self._finish(p, Decision(sample=p.sample, decided=False, reason=reason))
+
+    def _abstain(self, p: Pending, exit_name: str, probs: np.ndarray) -> None:
+        """Seed 001's drop: the sample is hopeless at `exit_name`; it ends here answered
+        "abstain" (no class), and nothing goes up."""
+        self.counters["abstained"] += 1
+        decision = Decision(
+            sample=p.sample,
+            decided=True,
+            abstained=True,
+            exit=exit_name,  # type: ignore[arg-type]
+            entropy=float(normalized_entropy(probs[None])[0]),
+            devices=p.devices,
+        )
+        self._finish(p, decision)
 
     def _decide(self, p: Pending, exit_name: str, probs: np.ndarray, reason: str | None = None):
         k = int(probs.argmax())

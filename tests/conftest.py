@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from ddnn.data import save_mvmc
-from tests.helpers import EDGE, exported, make_mvmc_arrays, tiny_model
+from tests.helpers import (
+    EDGE,
+    exported,
+    make_mvmc_arrays,
+    tiny_model,
+    with_drop_between_edge_and_cloud,
+)
 
 
 @pytest.fixture
@@ -45,16 +51,17 @@ def tiny_edge(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hybrid(tmp_path_factory) -> Path:
-    """A local + edge + cloud model of what issue 11 adds, all at once: learned routers
-    (seed 002) decide at the local and the edge exit; the devices are 2-bit, the edges
-    4-bit and the cloud float32 (seed 000's hybrid precision), so 2-bit and 4-bit maps
-    travel; a real share of samples leaves at every exit."""
-    return tiny_model(
+    """A local + edge + cloud model of what issue 11 adds, all at once: a learned router
+    (seed 002) decides at the local exit; the edge exit drops hopeless samples (seed 001:
+    a drop threshold, here halfway through the edge's escalated samples); the devices are
+    2-bit, the edges 4-bit and the cloud float32 (seed 000's hybrid precision), so 2-bit
+    and 4-bit maps travel. A real share of samples leaves at every exit, and some abstain."""
+    model = tiny_model(
         tmp_path_factory.mktemp("hybrid"), "h", "local=0.4,edge=0.3", "--set", EDGE,
-        "--set", "exits.local.policy=router", "--set", "exits.edge.policy=router",
-        "--set", "model.device.precision=2bit", "--set", "model.edge.precision=4bit",
-        "--set", "model.cloud.precision=float",
+        "--set", "exits.local.policy=router", "--set", "model.device.precision=2bit",
+        "--set", "model.edge.precision=4bit", "--set", "model.cloud.precision=float",
     )  # fmt: skip
+    return with_drop_between_edge_and_cloud(model)
 
 
 @pytest.fixture(scope="session")

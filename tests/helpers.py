@@ -53,6 +53,25 @@ def tiny_model(tmp: Path, name: str, fractions: str, *extra: str) -> Path:
     return model
 
 
+def with_drop_between_edge_and_cloud(model: Path) -> Path:
+    """Give `model`'s edge exit the drop threshold at which half the test samples that
+    would go on to the cloud abstain at the edge instead; returns `model`."""
+    from ddnn.nn.checkpoint import save_model
+    from ddnn.nn.evaluate import load_for_eval, model_exit_points, run_model
+
+    net, cfg, meta, test = load_for_eval(model)
+    points = model_exit_points(net, cfg)
+    edge = next(p for p in points if p.name == "edge")
+    statistic = edge.policy.statistic(run_model(net, test).inputs["edge"])
+    beyond = statistic[statistic > edge.threshold]
+    exits = {
+        **cfg.exits,
+        "edge": cfg.exits["edge"].model_copy(update={"drop": float(np.median(beyond))}),
+    }
+    save_model(model, net, cfg.model_copy(update={"exits": exits}), meta)
+    return model
+
+
 def exported(model: Path, out: Path) -> Path:
     """`ddnn export` of `model` into `out`; returns `out`."""
     ddnn_json("export", "--model", str(model), "--out", str(out))

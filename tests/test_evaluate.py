@@ -157,3 +157,19 @@ def test_missing_devices_change_the_evaluation_of_a_real_model():
     partial = run_model(model, data, presence_mask(len(data), 6, [0, 1, 2]))
     assert not np.allclose(full.probs["cloud"], partial.probs["cloud"])
     assert evaluate(partial, points)["present_devices"] == [3, 4, 5]
+
+
+def test_a_drop_threshold_reports_coverage_and_the_accuracy_of_what_was_answered():
+    """The unconfident 40 % (uniform local probabilities, entropy 1) abstain at the local
+    exit under a drop of 0.99: coverage 60 %, every answer right, no feature bytes for them."""
+    out = synthetic_outputs()
+    e = get_policy("entropy")
+    points = [ExitPoint("local", e, 0.5, drop=0.99), ExitPoint("cloud", e, 0.0)]
+    report = evaluate(out, points)
+    confident = report["exit_fraction"]["local"]
+    assert report["abstained"]["local"] == pytest.approx(100 - confident)
+    assert report["exit_fraction"]["cloud"] == 0.0
+    assert report["coverage"] == {"answered": confident, "accuracy": 100.0}
+    assert report["accuracy"]["overall"] == confident  # an abstention is not a right answer
+    assert report["bytes_per_device"]["measured"] == 12  # nothing went up
+    assert report["drop"] == {"local": 0.99}

@@ -93,3 +93,19 @@ def test_non_finite_probabilities_never_count_as_confident(name):
         True,
         False,
     ]
+
+
+def test_a_drop_threshold_ends_hopeless_samples_where_they_are():
+    """Seed 001: beyond the drop threshold a sample abstains at that exit; between the exit
+    threshold and the drop it escalates; the last exit still decides the rest."""
+    entropy = get_policy("entropy")
+    local = np.array([[0.98, 0.01, 0.01], [0.6, 0.3, 0.1], [0.34, 0.33, 0.33]])
+    cloud = np.array([[0.1, 0.8, 0.1]] * 3)
+    points = [ExitPoint("local", entropy, 0.3, drop=0.95), ExitPoint("cloud", entropy, 0.0)]
+    d = cascade(points, {"local": ExitInputs(np.log(local)), "cloud": ExitInputs(np.log(cloud))})
+    assert d.exit_index.tolist() == [0, 1, 0]
+    assert d.abstained.tolist() == [False, False, True]
+    assert d.predictions[:2].tolist() == [0, 1]
+    plain = [ExitPoint("local", entropy, 0.3), points[1]]
+    d = cascade(plain, {"local": ExitInputs(np.log(local)), "cloud": ExitInputs(np.log(cloud))})
+    assert not d.abstained.any() and d.exit_index.tolist() == [0, 1, 1]

@@ -70,14 +70,18 @@ def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
 def test_live_decisions_of_a_hybrid_model_with_an_edge_tier_equal_offline_evaluation(
     tmp_path, hybrid
 ):
-    """An edge tier, learned routers (seed 002) deciding at the local and the edge exit (the
-    aggregator runs them in NumPy from its artifact), 2-bit devices and 4-bit edges whose
-    maps travel at 2 and 4 bits per value, and a float cloud (torch runtime: it has no
+    """An edge tier, a learned router (seed 002) deciding at the local exit (the aggregator
+    runs it in NumPy from its artifact), a drop threshold at the edge exit (seed 001: those
+    samples end "abstained", still exactly once), 2-bit devices and 4-bit edges whose maps
+    travel at 2 and 4 bits per value, and a float cloud (torch runtime: it has no
     bit-packed form). Entropy exits on binary tiers with an edge run the same steps in
     test_services.py's whole deployment."""
     report, live, offline = live_and_offline(tmp_path, hybrid, 200)
     assert_parity(report, live, offline, 200)
-    assert {d["exit"] for d in live} == {"local", "edge", "cloud"}
+    assert {d["exit"] for d in live if not d["abstained"]} == {"local", "edge", "cloud"}
+    abstained = [d for d in live if d["abstained"]]
+    assert abstained and all(d["exit"] == "edge" and d["class_index"] is None for d in abstained)
+    assert report["abstained"] == len(abstained)
     manifest = json.loads((tmp_path / "artifacts" / "manifest.json").read_text())
     assert manifest["config"]["model"]["cloud"]["precision"] == "float"
     assert manifest["packed"] == {}  # no tier of it packs into bits

@@ -108,9 +108,17 @@ def test_policy_config():
         load_config(None, ["exits.cloud.policy=router"])
     with pytest.raises(ConfigError, match="exits.local.policy"):
         load_config(None, ["exits.local.policy=coin"])
+    with pytest.raises(ConfigError, match="a drop threshold belongs to an exit that would"):
+        load_config(None, ["exits.cloud.drop=0.9"])
+    with pytest.raises(ConfigError, match="a drop threshold needs a policy on the exit's own"):
+        load_config(None, ["exits.local.policy=router", "exits.local.drop=0.9"])
     older = load_config(None, ["exits.local.criterion=max_prob"])  # model files before routers
     assert older.exits["local"].policy == "max_prob"
-    assert older.model_dump()["exits"]["local"] == {"policy": "max_prob", "threshold": 0.8}
+    assert older.model_dump()["exits"]["local"] == {
+        "policy": "max_prob",
+        "threshold": 0.8,
+        "drop": None,
+    }
 
 
 def test_router_command_compares_at_equal_coverage(hybrid):

@@ -444,8 +444,9 @@ def test_an_edge_passes_its_own_map_to_the_cloud_when_asked(with_edges):
 def test_a_whole_deployment_in_process_decides_as_offline_evaluation(model, request, tmp_path):
     """Devices, edges, cloud and aggregator on the in-memory bus: every sample's decision
     (class and exit) equals `ddnn eval`'s, as it must over the real broker (test_live.py);
-    with entropy exits on binary tiers, and with learned routers at the local and the edge
-    exit over 2-bit devices, 4-bit edges and a float cloud (2- and 4-bit maps on the wire)."""
+    with entropy exits on binary tiers, and with a learned router at the local exit, a drop
+    threshold at the edge exit, 2-bit devices, 4-bit edges and a float cloud (2- and 4-bit
+    maps on the wire, abstentions decided)."""
     artifacts = request.getfixturevalue(model)
     rig = whole_rig(artifacts)
     samples = 120
@@ -457,10 +458,11 @@ def test_a_whole_deployment_in_process_decides_as_offline_evaluation(model, requ
     ddnn_json("eval", "--model", str(artifacts), "--decisions", str(offline_file))
     offline = [json.loads(line) for line in offline_file.read_text().splitlines()]
     assert sorted(live) == list(range(samples))
-    got = [(live[k].class_index, live[k].exit) for k in range(samples)]
-    want = [(offline[k]["class_index"], offline[k]["exit"]) for k in range(samples)]
+    got = [(live[k].class_index, live[k].exit, live[k].abstained) for k in range(samples)]
+    want = [(o["class_index"], o["exit"], o["abstained"]) for o in offline[:samples]]
     assert got == want
-    assert {e for _, e in got} == set(rig.manifest.ddnn_config().model.exits)
+    assert any(a for _, _, a in got) == (model == "with_hybrid")
+    assert {e for _, e, a in got if not a} == set(rig.manifest.ddnn_config().model.exits)
     assert all(not s.rejected for s in rig.services)
     encodings = {m.encoding for _, m in rig.seen if isinstance(m, Features)}
     assert encodings == ({"c2", "c4"} if model == "with_hybrid" else {"bits"})

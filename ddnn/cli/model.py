@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -120,6 +121,13 @@ def eval_(
         str | None,
         typer.Option(help="exit threshold T for every exit but the last, or local=T,edge=T"),
     ] = None,
+    drop: Annotated[
+        str | None,
+        typer.Option(
+            help="drop threshold (seed 001) for every exit but the last, or local=D: samples "
+            "beyond it abstain there instead of escalating"
+        ),
+    ] = None,
     missing: Annotated[
         str | None, typer.Option(help="devices absent, e.g. 0,3 (as in Fig. 10)")
     ] = None,
@@ -157,7 +165,11 @@ def eval_(
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     thresholds = parse_thresholds(threshold, model.exits)
-    points = with_thresholds(model_exit_points(model, cfg), thresholds)
+    drops = parse_thresholds(drop, model.exits)
+    points = [
+        replace(p, drop=drops.get(p.name, p.drop))
+        for p in with_thresholds(model_exit_points(model, cfg), thresholds)
+    ]
     absent = parse_devices(missing)
     present = presence_mask(len(dataset), dataset.n_views, absent)
     outputs = run_model(model, dataset, present)

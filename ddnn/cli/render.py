@@ -122,7 +122,18 @@ def report_blocks(report: dict[str, Any]) -> list[Block]:
         f"bytes per device per sample: formula (1) {b['formula']}, measured {b['measured']}, "
         f"raw offload {b['raw']} ({b['raw_over_measured']}x less than raw)",
         f"thresholds: {report['threshold']} ({report['policy']})",
+        *_coverage_line(report),
         *_energy_line(report.get("energy_uj")),
+    ]
+
+
+def _coverage_line(report: dict[str, Any]) -> list[Block]:
+    if not report.get("drop"):
+        return []
+    c = report["coverage"]
+    return [
+        f"drop thresholds {report['drop']}: abstained {report['abstained']} %; answered "
+        f"{c['answered']} %, {c['accuracy']} % of them right"
     ]
 
 

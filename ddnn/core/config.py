@@ -189,6 +189,11 @@ class ExitSpec(_Strict):
         description="how the exit decides: a rule on its probabilities, or a learned router",
     )
     threshold: float = 0.8
+    drop: float | None = Field(
+        default=None,
+        description="seed 001's drop threshold: a sample whose statistic lies beyond it, on "
+        "the side of doubt (entropy above it), is answered 'abstain' here, not escalated",
+    )
 
 
 class RouterSpec(_Strict):
@@ -242,6 +247,18 @@ class DDNNConfig(_Strict):
         if last in self.exits and self.exits[last].policy == ROUTER:
             raise ValueError(
                 f"the last exit ({last}) always decides: it has no next tier to route to"
+            )
+        for name, spec in self.exits.items():
+            if spec.drop is not None and spec.policy == ROUTER:
+                raise ValueError(
+                    f"exit {name!r}: a drop threshold needs a policy on the exit's own "
+                    "confidence (entropy, max_prob, margin); a router's statistic says where "
+                    "a sample should go, not whether it is hopeless"
+                )
+        if last in self.exits and self.exits[last].drop is not None:
+            raise ValueError(
+                f"the last exit ({last}) always decides: a drop threshold belongs to an exit "
+                "that would escalate"
             )
         unknown = set(self.train.exit_weights) - set(self.model.exits)
         if unknown:

@@ -91,6 +91,10 @@ class Policy:
         confident = statistic <= threshold if self.confident_below else statistic >= threshold
         return confident & np.isfinite(probs).all(axis=-1)
 
+    def hopeless(self, statistic: np.ndarray, drop: float) -> np.ndarray:
+        """Which samples lie beyond the drop threshold, on the side of doubt."""
+        return statistic > drop if self.confident_below else statistic < drop
+
 
 def _of_probs(name: str, of: Callable[[np.ndarray], np.ndarray], below: bool) -> Policy:
     return Policy(name, lambda inputs: of(inputs.probs), confident_below=below)
@@ -126,6 +130,7 @@ class ExitPoint:
     name: str  # "local", "edge" or "cloud"
     policy: Policy
     threshold: float
+    drop: float | None = None  # samples beyond it abstain here (seed 001), none: no dropping
 
 
 def exit_points(
@@ -145,7 +150,7 @@ def exit_points(
             )
         else:
             policy = Policy(ROUTER, routers[name].escalation, confident_below=True)
-        points.append(ExitPoint(name, policy, spec.threshold))
+        points.append(ExitPoint(name, policy, spec.threshold, spec.drop))
     return points
 
 
@@ -153,28 +158,36 @@ def exit_points(
 class Step:
     probs: np.ndarray  # (N, |C|) the exit's class probabilities
     statistic: np.ndarray  # (N,) the exit policy's statistic
-    exits: np.ndarray  # (N,) bool: decided at this exit; the others escalate
+    exits: np.ndarray  # (N,) bool: decided at this exit; the others escalate or abstain
+    abstains: np.ndarray | None = None  # (N,) bool: answered "abstain" here (seed 001)
 
 
 def step(point: ExitPoint, inputs: ExitInputs, last: bool) -> Step:
     """One exit of the cascade: fuse what arrived (with the presence mask), then exit where
-    the policy is confident (everywhere at the last exit, which always decides) and
-    escalate the rest. At least one input of each sample must be present."""
-    probs = inputs.probs
-    statistic = point.policy.statistic(inputs)
-    exits = (
-        np.ones(len(probs), dtype=bool)
-        if last
-        else point.policy.exits(statistic, probs, point.threshold)
-    )
-    return Step(probs, statistic, exits)
+    the policy is confident (everywhere at the last exit, which always decides), abstain
+    where the statistic lies beyond the exit's drop threshold, and escalate the rest. At
+    least one input of each sample must be present."""
+    return judge(point, inputs.probs, point.policy.statistic(inputs), last)
+
+
+def judge(point: ExitPoint, probs: np.ndarray, statistic: np.ndarray, last: bool) -> Step:
+    """The step of `point` for samples whose probabilities and statistic are known: a
+    threshold search judges the same statistic under many thresholds."""
+    if last:
+        return Step(probs, statistic, np.ones(len(probs), dtype=bool))
+    exits = point.policy.exits(statistic, probs, point.threshold)
+    abstains = None
+    if point.drop is not None:
+        abstains = ~exits & point.policy.hopeless(statistic, point.drop)
+    return Step(probs, statistic, exits, abstains)
 
 
 @dataclass
 class Decisions:
-    exit_index: np.ndarray  # (N,) index into the cascade's exits
-    predictions: np.ndarray  # (N,) class id decided
+    exit_index: np.ndarray  # (N,) index into the cascade's exits: where each sample ended
+    predictions: np.ndarray  # (N,) class id decided (an abstaining exit's best guess)
     statistic: np.ndarray  # (N,) the deciding exit's policy statistic
+    abstained: np.ndarray  # (N,) bool: answered "abstain" at its exit instead of a class
 
 
 def cascade(points: Sequence[ExitPoint], inputs: Mapping[str, ExitInputs]) -> Decisions:
@@ -191,11 +204,16 @@ def decide(steps: Sequence[Step]) -> Decisions:
     n = len(steps[0].probs)
     exit_index = np.full(n, len(steps) - 1)
     undecided = np.ones(n, dtype=bool)
+    abstained = np.zeros(n, dtype=bool)
     for i, s in enumerate(steps[:-1]):
         leaving = undecided & s.exits
+        if s.abstains is not None:
+            dropped = undecided & s.abstains
+            abstained |= dropped
+            leaving |= dropped
         exit_index[leaving] = i
         undecided &= ~leaving
     rows = np.arange(n)
     chosen = np.stack([s.probs for s in steps])[exit_index, rows]  # (N, |C|)
     statistic = np.stack([s.statistic for s in steps])[exit_index, rows]
-    return Decisions(exit_index, chosen.argmax(axis=-1), statistic)
+    return Decisions(exit_index, chosen.argmax(axis=-1), statistic, abstained)

@@ -249,7 +249,8 @@ class Job(_Message):
 class Decision(_Message):
     """The one message that ends a sample. `decided` is False (with `reason`) when no tier
     could classify it; `degraded` is True when an upper tier failed to answer in time and
-    a lower tier's answer stands."""
+    a lower tier's answer stands; `abstained` is True (with no class) when the sample was
+    beyond the drop threshold of its `exit` (seed 001) and was not sent further."""
 
     kind: Literal["decision"] = "decision"
     sample: Sample
@@ -262,6 +263,7 @@ class Decision(_Message):
     bytes: dict[str, int] = {}
     latency_ms: float | None = None
     degraded: bool = False
+    abstained: bool = False
     reason: str | None = None
     upper_devices: list[int] | None = None  # devices whose feature maps reached edge/cloud
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,10 @@ from ddnn.core.exits import (
     Decisions,
     ExitInputs,
     ExitPoint,
-    Step,
     cascade,
     decide,
     exit_points,
+    judge,
     step,
 )
 from ddnn.core.fusion import score_fusions
@@ -131,7 +131,7 @@ def model_exit_points(model: DDNN, cfg: DDNNConfig) -> list[ExitPoint]:
 
 
 def with_thresholds(points: Sequence[ExitPoint], thresholds: dict[str, float]) -> list[ExitPoint]:
-    return [ExitPoint(p.name, p.policy, thresholds.get(p.name, p.threshold)) for p in points]
+    return [replace(p, threshold=thresholds.get(p.name, p.threshold)) for p in points]
 
 
 def _pct(x: float) -> float:
@@ -147,22 +147,38 @@ def evaluate(
     outputs: ExitOutputs, points: Sequence[ExitPoint], decisions: Decisions | None = None
 ) -> dict:
     """The report of `ddnn eval`: accuracy and exit fractions per tier, bytes per device.
-    `decisions`: the cascade's on `outputs` under `points`, when already computed."""
+    `decisions`: the cascade's on `outputs` under `points`, when already computed.
+
+    With drop thresholds (seed 001), `exit_fraction` counts the samples answered at each
+    exit, `abstained` those dropped there, `accuracy.overall` the share of all samples
+    answered right, and `coverage` the share answered and the accuracy on those."""
     names = [p.name for p in points]
     if decisions is None:
         decisions = cascade(points, outputs.inputs)
+    answered = ~decisions.abstained
+    right = (decisions.predictions == outputs.labels) & answered
     accuracy: dict[str, float | None] = dict.fromkeys(EXIT_ORDER)
     exit_fraction: dict[str, float | None] = dict.fromkeys(EXIT_ORDER)
+    abstained: dict[str, float] = {}
     for i, name in enumerate(names):
         accuracy[name] = accuracy_percent(outputs.probs[name].argmax(1), outputs.labels)
-        exit_fraction[name] = _pct((decisions.exit_index == i).mean())
-    accuracy["overall"] = accuracy_percent(decisions.predictions, outputs.labels)
+        here = decisions.exit_index == i
+        exit_fraction[name] = _pct((here & answered).mean())
+        if points[i].drop is not None:
+            abstained[name] = _pct((here & decisions.abstained).mean())
+    accuracy["overall"] = _pct(right.mean())
     return {
         "samples": int(len(outputs.labels)),
         "accuracy": accuracy,
         "exit_fraction": exit_fraction,
+        "abstained": abstained,
+        "coverage": {
+            "answered": _pct(answered.mean()),
+            "accuracy": _pct(right.sum() / answered.sum()) if answered.any() else None,
+        },
         "bytes_per_device": communication(outputs, decisions.exit_index, names),
         "threshold": {p.name: p.threshold for p in points[:-1]},
+        "drop": {p.name: p.drop for p in points[:-1] if p.drop is not None},
         "policy": {p.name: p.policy.name for p in points[:-1]},
         "present_devices": [int(d) for d in np.flatnonzero(outputs.present.any(axis=0))],
     }
@@ -184,8 +200,9 @@ def write_decisions(
         for i, (k, e) in enumerate(zip(d.predictions, d.exit_index, strict=True)):
             line = {
                 "sample": i,
-                "class_index": int(k),
+                "class_index": None if d.abstained[i] else int(k),
                 "exit": names[e],
+                "abstained": bool(d.abstained[i]),
                 "device_bytes": int(sent[i]),
             }
             f.write(json.dumps(line) + "\n")
@@ -282,13 +299,13 @@ def pick_thresholds(
     for combo in product(grid, repeat=len(searched)):
         chosen = dict(zip(searched, combo, strict=True))
         steps = [
-            Step(s.probs, s.statistic, p.policy.exits(s.statistic, s.probs, chosen[p.name]))
+            judge(replace(p, threshold=chosen[p.name]), s.probs, s.statistic, False)
             if p.name in chosen
             else s
             for p, s in zip(points, base, strict=True)
         ]
         d = decide(steps)
-        right = d.predictions == outputs.labels
+        right = (d.predictions == outputs.labels) & ~d.abstained  # abstaining is not right
         diff = last_right.astype(np.float64) - right
         bound = 100.0 * (diff.mean() + confidence * diff.std() / np.sqrt(len(diff)))
         # cost: how many samples go past each exit, lowest exit first (device bytes first)
@@ -329,8 +346,11 @@ def thresholds_for_fractions(
             chosen[point.name] = _threshold_for_count(
                 statistic[reaching], k, point.policy.confident_below
             )
-            point = ExitPoint(point.name, point.policy, chosen[point.name])
-        reaching &= ~point.policy.exits(statistic, inputs.probs, point.threshold)
+            point = replace(point, threshold=chosen[point.name])
+        judged = judge(point, inputs.probs, statistic, last=False)
+        reaching &= ~judged.exits
+        if judged.abstains is not None:  # dropped samples go no further either
+            reaching &= ~judged.abstains
     return chosen
 
 
@@ -347,8 +367,7 @@ def set_thresholds(cfg: DDNNConfig, thresholds: dict[str, float]) -> DDNNConfig:
     """A copy of `cfg` whose exits have these thresholds (policies unchanged)."""
     exits = dict(cfg.exits)
     for name, t in thresholds.items():
-        policy = exits.get(name, ExitSpec()).policy
-        exits[name] = ExitSpec(policy=policy, threshold=t)
+        exits[name] = exits.get(name, ExitSpec()).model_copy(update={"threshold": t})
     return cfg.model_copy(update={"exits": exits})
 
 

@@ -311,7 +311,7 @@ def summarize(
     test part's `labels` cycle with the sample id), `seconds` the time they took."""
     decided = [d for d in decisions.values() if d.decided]
     tiers = ("local", "edge", "cloud")
-    by_exit = Counter(d.exit for d in decided)
+    by_exit = Counter(d.exit for d in decided if not d.abstained)
     right = sum(d.class_index == labels[d.sample % len(labels)] for d in decided)
     per_device = [
         (d.bytes.get("device_scores", 0) + d.bytes.get("device_features", 0)) / len(d.devices)
@@ -323,6 +323,7 @@ def summarize(
         "undecided": sum(not d.decided for d in decisions.values()),
         "missing": samples - len(decisions),
         "degraded": sum(d.degraded for d in decided),
+        "abstained": sum(d.abstained for d in decided),  # seed 001's drop: answered no class
         "accuracy": round(100.0 * right / len(decided), 2) if decided else None,
         "exit_fraction": {t: round(100.0 * by_exit[t] / max(1, len(decided)), 2) for t in tiers},
         "bytes_per_device": round(float(np.mean(per_device)), 2) if per_device else None,
@@ -352,7 +353,8 @@ class Reference:
         self.labels = self.test.labels
         self.decide = cache(self._decide)
 
-    def _decide(self, devices: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    def _decide(self, devices: tuple[int, ...]) -> tuple[list[int | None], list[str]]:
+        """Each test sample's class (None where it abstained) and exit."""
         from ddnn.core.exits import cascade
         from ddnn.nn.evaluate import presence_mask, run_model
 
@@ -360,13 +362,14 @@ class Reference:
         missing = [d for d in range(n) if d not in devices]
         outputs = run_model(self.model, self.test, presence_mask(len(self.test), n, missing))
         d = cascade(self.points, outputs.inputs)
-        return d.predictions, [self.points[e].name for e in d.exit_index]
+        classes = [None if a else int(k) for k, a in zip(d.predictions, d.abstained, strict=True)]
+        return classes, [self.points[e].name for e in d.exit_index]
 
     def accuracy(self, devices: tuple[int, ...]) -> float:
-        from ddnn.nn.evaluate import accuracy_percent
-
-        predictions, _ = self.decide(devices)
-        return accuracy_percent(predictions, self.labels)
+        """The share of the test part answered right (an abstention is not right), in %."""
+        classes, _ = self.decide(devices)
+        right = sum(k == y for k, y in zip(classes, self.labels, strict=True))
+        return round(100.0 * right / len(self.labels), 2)
 
     def compare(self, decisions: Iterable[Decision]) -> dict[str, Any]:
         """Live decisions against the offline ones with the same devices present (sample k is
@@ -380,11 +383,11 @@ class Reference:
                 continue
             if d.upper_devices is not None and d.upper_devices != d.devices:
                 continue
-            predictions, exits = self.decide(tuple(d.devices))
+            classes, exits = self.decide(tuple(d.devices))
             row = d.sample % n
             compared += 1
-            mismatches += (int(predictions[row]), exits[row]) != (d.class_index, d.exit)
-            right += int(predictions[row] == self.labels[row])
+            mismatches += (classes[row], exits[row]) != (d.class_index, d.exit)
+            right += int(classes[row] == self.labels[row])
         return {
             "offline_accuracy": round(100.0 * right / compared, 2) if compared else None,
             "compared": compared,
