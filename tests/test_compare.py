@@ -8,7 +8,14 @@ import pytest
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.nn.compare import exit_count_candidates, precision_candidates, strategy_candidates
+from ddnn.data import load_spec, split
+from ddnn.nn.compare import (
+    exit_count_candidates,
+    measure,
+    precision_candidates,
+    strategy_candidates,
+)
+from ddnn.nn.train import adapt_config
 from tests.helpers import ddnn, ddnn_json
 
 
@@ -25,24 +32,19 @@ def test_compare_strategies_trains_each_and_reports_exits_accuracy_and_energy(mv
     assert document["paper"]["joint"] == {"early_exit": 52.8, "accuracy": 89.16}
 
 
-def test_compare_exits_adds_an_edge_exit(mvmc_file):
-    document = ddnn_json(
-        "compare", "exits", "--data", f"mvmc:{mvmc_file}", "--epochs", "1",
-        "--groups", "[[0,1,2],[3,4,5]]",
-    )  # fmt: skip
-    one, two = document["rows"]
+def test_one_and_two_early_exits_and_precisions_are_measured_alike(mvmc_file):
+    """In process (the CLI's parsing of these two commands is in the next test): the rows
+    of `ddnn compare exits` and `ddnn compare precision`."""
+    data = load_spec(f"mvmc:{mvmc_file}")
+    cfg = adapt_config(load_config(None, ["train.epochs=1"]), data)
+    parts = split(data, cfg.train)
+    groups = [[0, 1, 2], [3, 4, 5]]
+    one, two = (measure(c, parts, None) for c in exit_count_candidates(cfg, groups))
     assert one["early_exits"] == 1 and "edge_exit" not in one
     assert two["early_exits"] == 2 and set(two["thresholds"]) == {"local", "edge"}
     assert 0 <= one["local_exit"] <= 100 and two["local_exit"] + two["edge_exit"] <= 100
-    assert one["energy_uj"] > 0 and two["energy_uj"] > 0
-
-
-def test_compare_precision_adds_a_float_cloud_with_its_energy(mvmc_file):
-    document = ddnn_json(
-        "compare", "precision", "--data", f"mvmc:{mvmc_file}", "--epochs", "1",
-        "--variant", "cloud=float", "--variant", "device=2bit,cloud=4bit",
-    )  # fmt: skip
-    binary, hybrid, kbit = document["rows"]
+    variants = [{"cloud": "float"}, {"device": "2bit", "cloud": "4bit"}]
+    binary, hybrid, kbit = (measure(c, parts, None) for c in precision_candidates(cfg, variants))
     assert binary["precision"] == "as configured" and hybrid["precision"] == "cloud=float"
     assert kbit["precision"] == "device=2bit,cloud=4bit"
     # 32-bit MACs in the float cloud; bit-serial k-bit products
@@ -66,3 +68,5 @@ def test_bad_comparisons_are_refused_by_name(mvmc_file):
     result = ddnn(*bad, check=False)
     assert result.returncode != 0 and "edge.groups must cover devices" in result.stderr
     assert "Traceback" not in result.stderr
+    result = ddnn("compare", "precision", "--variant", "cloud=8bit", check=False)
+    assert result.returncode != 0 and "--variant takes tier=precision pairs" in result.stderr

@@ -59,9 +59,9 @@ def assert_parity(report: dict, live: list[dict], offline: list[dict], samples: 
 
 
 def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
-    report, live, offline = live_and_offline(tmp_path, tiny, 500)
+    report, live, offline = live_and_offline(tmp_path, tiny, 420)
     assert len(offline) == 400
-    assert_parity(report, live, offline, 500)
+    assert_parity(report, live, offline, 420)  # past the end of the test part: it wraps
     assert set(report["latency_ms"]) == {"local", "cloud"}
     assert report["throughput"] == pytest.approx(report["decided"] / report["seconds"], rel=0.05)
     assert report["broker"]["ceiling_messages_per_second"] > 0
@@ -76,8 +76,8 @@ def test_live_decisions_of_a_hybrid_model_with_an_edge_tier_equal_offline_evalua
     travel at 2 and 4 bits per value, and a float cloud (torch runtime: it has no
     bit-packed form). Entropy exits on binary tiers with an edge run the same steps in
     test_services.py's whole deployment."""
-    report, live, offline = live_and_offline(tmp_path, hybrid, 200)
-    assert_parity(report, live, offline, 200)
+    report, live, offline = live_and_offline(tmp_path, hybrid, 150)
+    assert_parity(report, live, offline, 150)
     assert {d["exit"] for d in live if not d["abstained"]} == {"local", "edge", "cloud"}
     abstained = [d for d in live if d["abstained"]]
     assert abstained and all(d["exit"] == "edge" and d["class_index"] is None for d in abstained)
@@ -87,6 +87,7 @@ def test_live_decisions_of_a_hybrid_model_with_an_edge_tier_equal_offline_evalua
     assert manifest["packed"] == {}  # no tier of it packs into bits
 
 
+@pytest.mark.slow  # ~20 s of processes; the default run is near its 8 minutes
 def test_live_decisions_through_a_bridge_to_the_clouds_broker_equal_offline_evaluation(
     tmp_path, tiny
 ):
