@@ -96,6 +96,9 @@ class Status(_Message):
 
 
 class Tick(_Message):
+    """Sample `sample` begins: every camera captures its frame (`t`: when, by the wall
+    clock), and the aggregator starts waiting for the devices' scores."""
+
     kind: Literal["tick"] = "tick"
     sample: Sample
     t: float
@@ -137,6 +140,9 @@ class Scores(_Message):
 
 
 class Offload(_Message):
+    """The aggregator escalates `sample`: the `sources` (devices, or edges) send their
+    feature maps of it to the tier `to`, which fuses what arrives and answers."""
+
     kind: Literal["offload"] = "offload"
     sample: Sample
     sources: list[RoleName] = Field(max_length=4096)

@@ -1,0 +1,151 @@
+"""The wire protocol as an AsyncAPI 3 document (MQTT binding), generated, never hand-written.
+
+Everything in it comes from the code that the services run: the channels from the topic
+layout (`Topics`, `TOPIC_KINDS`), each payload's JSON Schema from its pydantic model
+(`model_json_schema`), who sends and who receives on each channel from the broker accounts'
+grants (`ddnn.live.access.grants`, over a deployment with every kind of role: devices, an
+edge, the cloud), the QoS from the services' rule (`DATA_KINDS` at QoS 0, the rest at 1),
+and the retained statuses with their last will. `docs/asyncapi.yaml` is its output, and a
+test fails when the two disagree, so that someone writing a device in another language can
+trust it.
+
+Payloads travel as msgpack maps of the fields below (`application/msgpack`); a `bytes`
+field is a msgpack bin. Topics carry the deployment and the model version (the manifest's),
+and a role name: `device-<i>`, `edge-<e>`, `cloud` or `aggregator`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddnn.core.config import ModelConfig
+from ddnn.core.roles import CLOUD, Role
+from ddnn.live.access import BRIDGE, OBSERVER, grants
+from ddnn.live.service import DATA_KINDS, STATUS_EVERY
+from ddnn.live.wire import SCHEMA, TOPIC_KINDS, Topics, _Message
+
+DEPLOYMENT, VERSION = "{deployment}", "{model_version}"
+# A deployment with every kind of role, so that every channel has its senders and receivers.
+EXAMPLE = ModelConfig(n_devices=2, edge={"groups": [[0, 1]]})
+PARAMETERS = {
+    "deployment": {"description": "the deployment's name (`--deployment`)"},
+    "model_version": {"description": "the export's model version (its manifest)"},
+    "role": {
+        "description": "the sending role: device-<i>, edge-<e>, cloud or aggregator",
+        "examples": ["device-0", "edge-0", "cloud"],
+    },
+}
+ACCOUNTS = {  # the kinds of account, by the prefix of their name
+    "device": "an end device (`ddnn device`)",
+    "edge": "an edge tier (`ddnn edge`)",
+    "cloud": "the cloud tier (`ddnn cloud`), or one of its replicas",
+    "aggregator": "the local aggregator (`ddnn aggregator`)",
+    "trigger": "what ticks the cameras, and reads the decisions",
+}
+
+
+def _channel_of(topic: str) -> str | None:
+    """The channel (the level after the root) a concrete topic or filter belongs to."""
+    level = topic.split("/")[3] if topic.count("/") >= 3 else None
+    return level if level in TOPIC_KINDS else None
+
+
+def _address(level: str) -> str:
+    role = "/{role}" if level in ("status", "scores", "features") else ""
+    return f"ddnn/{DEPLOYMENT}/{VERSION}/{level}{role}"
+
+
+def _schema(message: type[_Message]) -> dict[str, Any]:
+    schema = message.model_json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+def document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the wire protocol."""
+    topics = Topics("d", "v")
+    users: dict[tuple[str, str], set[str]] = {}  # (channel, send|receive) -> account kinds
+    for account, grant in grants(EXAMPLE, topics).items():
+        if account in (OBSERVER, BRIDGE):
+            continue  # reads everything / relays: no role of the protocol
+        kind = "trigger" if account == "trigger" else Role(account).tier
+        for action, filters in (("receive", grant.read), ("send", grant.write)):
+            for f in filters:
+                level = _channel_of(f)
+                # each account may write its own feature topic, but only the inputs of an
+                # upper tier send maps: the cloud has no tier above it
+                if level is not None and (level, action, account) != ("features", "send", CLOUD):
+                    users.setdefault((level, action), set()).add(kind)
+    channels, operations, messages = {}, {}, {}
+    for level, message in TOPIC_KINDS.items():
+        name = message.model_fields["kind"].default
+        messages[name] = {
+            "name": name,
+            "contentType": "application/msgpack",
+            "summary": " ".join((message.__doc__ or "").split("\n\n")[0].split()),
+            "payload": _schema(message),
+        }
+        channel: dict[str, Any] = {
+            "address": _address(level),
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+        }
+        channel["parameters"] = {
+            p: {"$ref": f"#/components/parameters/{p}"}
+            for p in PARAMETERS
+            if f"{{{p}}}" in channel["address"]
+        }
+        if level == "job":
+            channel["description"] = (
+                "cloud replicas receive it through the MQTT 5 shared subscription "
+                f"$share/<group>/{channel['address']}: each job reaches one replica"
+            )
+        if level == "status":
+            channel["description"] = (
+                f"retained; sent on connect and every {STATUS_EVERY:g} s with the counters; "
+                "the broker sends the last will (state offline) when a connection is lost"
+            )
+        channels[level] = channel
+        qos = 0 if name in DATA_KINDS else 1
+        for action in ("send", "receive"):
+            for kind in sorted(users.get((level, action), ())):
+                operations[f"{kind}_{action}s_{level}"] = {
+                    "action": action,
+                    "channel": {"$ref": f"#/channels/{level}"},
+                    "summary": f"{ACCOUNTS[kind]} {action}s {name}",
+                    "messages": [{"$ref": f"#/channels/{level}/messages/{name}"}],
+                    "bindings": {"mqtt": {"qos": qos, "retain": level == "status"}},
+                }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "DDNN wire protocol",
+            "version": str(SCHEMA),
+            # the module's doc, less its title, each paragraph on one line
+            "description": "\n\n".join(" ".join(p.split()) for p in __doc__.split("\n\n")[1:]),
+        },
+        "defaultContentType": "application/msgpack",
+        "servers": {
+            "site": {
+                "host": "localhost:1883",
+                "protocol": "mqtt",
+                "description": "a site's broker (mosquitto, or `ddnn broker`); mqtts on 8883",
+                "bindings": {
+                    "mqtt": {
+                        "lastWill": {
+                            "topic": _address("status"),
+                            "qos": 1,
+                            "retain": True,
+                            "message": "a status message with state offline",
+                        },
+                        "keepAlive": 5,
+                    }
+                },
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "messages": messages,
+            "parameters": PARAMETERS,
+        },
+    }
