@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from importlib.metadata import entry_points
 
-from ddnn.cli import compare, data, live, model, protocol  # noqa: F401 (they register their commands)
+from ddnn.cli import bench, compare, data, live, model, protocol  # noqa: F401 (they register their commands)
 from ddnn.cli.app import app
 from ddnn.core.errors import DDNNError
 
