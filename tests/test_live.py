@@ -67,6 +67,7 @@ def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
     assert report["broker"]["ceiling_messages_per_second"] > 0
 
 
+@pytest.mark.slow  # ~25 s of processes; test_services.py runs the same model in process
 def test_live_decisions_of_a_hybrid_model_with_an_edge_tier_equal_offline_evaluation(
     tmp_path, hybrid
 ):
