@@ -4,7 +4,8 @@ hybrid precision on our data, each row a model trained and calibrated as `ddnn t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 import yaml
@@ -22,6 +23,7 @@ from ddnn.cli.options import (
     load_data,
 )
 from ddnn.cli.render import Rows, progress_bar, show
+from ddnn.core.config import DDNNConfig, Precision
 from ddnn.core.errors import DDNNError
 from ddnn.data import Splits, split
 
@@ -29,21 +31,31 @@ if TYPE_CHECKING:
     from ddnn.nn.compare import Candidate
 
 
-def _rows(candidates: list[Candidate], parts: Splits, quiet: bool) -> list[dict]:
-    """Each candidate trained, calibrated and measured, with a progress bar per run."""
-    from ddnn.nn.compare import measure
+def _compare(
+    title: str,
+    paper: str,
+    cfg: DDNNConfig,
+    data: str,
+    grid: str,
+    as_json: bool,
+    candidates_of: Callable[[Splits], list[Candidate]],
+) -> None:
+    """What every comparison does: load and split the data, train, calibrate and measure
+    each candidate (a progress bar per run), show the rows beside the paper's figures."""
+    from ddnn.nn.compare import PAPER, measure
 
+    parts = split(load_data(data, grid, as_json), cfg.train)
     rows = []
-    for c in candidates:
+    for c in candidates_of(parts):
         name = " ".join(f"{k} {v}" for k, v in c.label.items())
-        with progress_bar(name, c.epochs, quiet) as advance:
+        with progress_bar(name, c.epochs, as_json) as advance:
             rows.append(measure(c, parts, lambda e, s: advance()))
-    return rows
-
-
-def _show(title: str, document: dict, as_json: bool) -> None:
-    table = [{k: v for k, v in r.items() if k != "thresholds"} for r in document["rows"]]
-    show(document, as_json, [Rows(title, table), f"paper: {document['paper']}"])
+    document = {"data": data, "rows": rows, "paper": PAPER[paper]}
+    # one set of columns (a one-exit row has no edge columns): the widest row's
+    columns = [k for k in max(rows, key=len) if k != "thresholds"]
+    table = [{k: r.get(k) for k in columns} for r in rows]
+    blocks = [Rows(f"{title} ({len(parts.test)} test samples)", table), f"paper: {PAPER[paper]}"]
+    show(document, as_json, blocks)
 
 
 @compare_app.command("strategies")
@@ -64,14 +76,11 @@ def strategies(
 ) -> None:
     """Seed 000's Table II: separate vs joint training (and layerwise): the share of
     samples leaving early and the accuracy, at thresholds picked on validation data."""
-    from ddnn.nn.compare import PAPER, strategy_candidates
+    from ddnn.nn.compare import strategy_candidates
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
-    parts = split(load_data(data, grid, as_json), cfg.train)
     candidates = strategy_candidates(cfg, [s.strip() for s in which.split(",")], early_weight)
-    rows = _rows(candidates, parts, as_json)
-    document = {"data": data, "rows": rows, "paper": PAPER["strategies"]}
-    _show(f"training strategies ({len(parts.test)} test samples)", document, as_json)
+    _compare("training strategies", "strategies", cfg, data, grid, as_json, lambda _: candidates)
 
 
 @compare_app.command("exits")
@@ -90,20 +99,19 @@ def exits(
 ) -> None:
     """Seed 000's Table IV: one early exit (local) vs two (local, then an edge tier): the
     share leaving at each, accuracy and energy per sample."""
-    from ddnn.nn.compare import PAPER, exit_count_candidates
+    from ddnn.nn.compare import exit_count_candidates
     from ddnn.nn.train import adapt_config
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
-    parts = split(load_data(data, grid, as_json), cfg.train)
     edge_groups = None
     if groups is not None:
         edge_groups = yaml.safe_load(groups)
         if not isinstance(edge_groups, list) or not all(isinstance(g, list) for g in edge_groups):
             raise DDNNError(f"--groups must be a list of lists of devices, got {groups!r}")
-    candidates = exit_count_candidates(adapt_config(cfg, parts.train), edge_groups)
-    rows = _rows(candidates, parts, as_json)
-    document = {"data": data, "rows": rows, "paper": PAPER["early_exits"]}
-    _show(f"one vs two early exits ({len(parts.test)} test samples)", document, as_json)
+    _compare(
+        "one vs two early exits", "early_exits", cfg, data, grid, as_json,
+        lambda parts: exit_count_candidates(adapt_config(cfg, parts.train), edge_groups),
+    )  # fmt: skip
 
 
 @compare_app.command("precision")
@@ -127,15 +135,12 @@ def precision(
     """Seed 000's hybrid precision: the model as configured (binary by default) and with
     other precisions per tier (a float cloud over binary devices by default): accuracy of
     every exit, energy per sample and its reduction against the full-precision network."""
-    from ddnn.nn.compare import PAPER, precision_candidates
+    from ddnn.nn.compare import precision_candidates
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
     wanted = [_tier_precisions(v) for v in variants or ["cloud=float"]]
-    parts = split(load_data(data, grid, as_json), cfg.train)
     candidates = precision_candidates(cfg, wanted)
-    rows = _rows(candidates, parts, as_json)
-    document = {"data": data, "rows": rows, "paper": PAPER["precision"]}
-    _show(f"hybrid precision ({len(parts.test)} test samples)", document, as_json)
+    _compare("hybrid precision", "precision", cfg, data, grid, as_json, lambda _: candidates)
 
 
 def _tier_precisions(text: str) -> dict[str, str]:
@@ -143,10 +148,10 @@ def _tier_precisions(text: str) -> dict[str, str]:
     out = {}
     for item in text.split(","):
         tier, sep, precision = item.strip().partition("=")
-        if not sep or precision not in ("binary", "2bit", "4bit", "float"):
+        if not sep or precision not in get_args(Precision):
             raise DDNNError(
-                f"--variant takes tier=precision pairs (precision binary, 2bit, 4bit or float), "
-                f"got {text!r}"
+                f"--variant takes tier=precision pairs (precision one of "
+                f"{', '.join(get_args(Precision))}), got {text!r}"
             )
         out[tier] = precision
     return out
