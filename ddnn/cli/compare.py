@@ -1,6 +1,7 @@
 """`ddnn compare strategies`, `exits` and `precision`: seed 000's Tables II and IV and its
 hybrid precision on our data, each row a model trained and calibrated as `ddnn train` does
-(ddnn/nn/compare.py)."""
+(ddnn/nn/compare.py); `ddnn compare placement`: seed 001's single-exit against multi-exit
+models at a fixed threshold (ddnn/nn/placement.py)."""
 
 from __future__ import annotations
 
@@ -29,33 +30,50 @@ from ddnn.data import Splits, split
 
 if TYPE_CHECKING:
     from ddnn.nn.compare import Candidate
+    from ddnn.nn.train import EpochCallback
+
+    Measure = Callable[[Candidate, Splits, EpochCallback], list[dict]]
+
+
+def _measure_calibrated(candidate: Candidate, parts: Splits, on_epoch: EpochCallback) -> list:
+    """Seed 000's comparisons: one row per candidate, at thresholds calibrated as `ddnn
+    train` picks them."""
+    from ddnn.nn.compare import measure
+
+    return [measure(candidate, parts, on_epoch)]
 
 
 def _compare(
     title: str,
-    paper: str,
+    paper: dict,
     cfg: DDNNConfig,
     data: str,
     grid: str,
     as_json: bool,
     candidates_of: Callable[[Splits], list[Candidate]],
+    measure: Measure = _measure_calibrated,
 ) -> None:
-    """What every comparison does: load and split the data, train, calibrate and measure
-    each candidate (a progress bar per run), show the rows beside the paper's figures."""
-    from ddnn.nn.compare import PAPER, measure
-
+    """What every comparison does: load and split the data, train and measure each
+    candidate (a progress bar per run), show the rows beside the paper's figures."""
     parts = split(load_data(data, grid, as_json), cfg.train)
     rows = []
     for c in candidates_of(parts):
         name = " ".join(f"{k} {v}" for k, v in c.label.items())
         with progress_bar(name, c.epochs, as_json) as advance:
-            rows.append(measure(c, parts, lambda e, s: advance()))
-    document = {"data": data, "rows": rows, "paper": PAPER[paper]}
+            rows.extend(measure(c, parts, lambda e, s: advance()))
+    document = {"data": data, "rows": rows, "paper": paper}
     # one set of columns (a one-exit row has no edge columns): the widest row's
     columns = [k for k in max(rows, key=len) if k != "thresholds"]
     table = [{k: r.get(k) for k in columns} for r in rows]
-    blocks = [Rows(f"{title} ({len(parts.test)} test samples)", table), f"paper: {PAPER[paper]}"]
+    blocks = [Rows(f"{title} ({len(parts.test)} test samples)", table), f"paper: {paper}"]
     show(document, as_json, blocks)
+
+
+def _paper(comparison: str) -> dict:
+    """Seed 000's figures for one of its comparisons, with the source named."""
+    from ddnn.nn.compare import PAPER
+
+    return {"source": PAPER["source"], **PAPER[comparison]}
 
 
 @compare_app.command("strategies")
@@ -80,7 +98,9 @@ def strategies(
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
     candidates = strategy_candidates(cfg, [s.strip() for s in which.split(",")], early_weight)
-    _compare("training strategies", "strategies", cfg, data, grid, as_json, lambda _: candidates)
+    _compare(
+        "training strategies", _paper("strategies"), cfg, data, grid, as_json, lambda _: candidates
+    )
 
 
 @compare_app.command("exits")
@@ -109,9 +129,52 @@ def exits(
         if not isinstance(edge_groups, list) or not all(isinstance(g, list) for g in edge_groups):
             raise DDNNError(f"--groups must be a list of lists of devices, got {groups!r}")
     _compare(
-        "one vs two early exits", "early_exits", cfg, data, grid, as_json,
+        "one vs two early exits", _paper("early_exits"), cfg, data, grid, as_json,
         lambda parts: exit_count_candidates(adapt_config(cfg, parts.train), edge_groups),
     )  # fmt: skip
+
+
+@compare_app.command("placement")
+def placement(
+    data: DataSpec = "synth",
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    path: Annotated[
+        str, typer.Option(help="filters of each block above the devices (edge, then cloud)")
+    ] = "16,32,64,64",
+    positions: Annotated[
+        str, typer.Option(help="the blocks after which an exit is compared, e.g. 1,2,3")
+    ] = "1,2,3",
+    threshold: Annotated[
+        float, typer.Option(help="the edge exit's normalized entropy threshold (seed 001: 0.3)")
+    ] = 0.3,
+    grid: Grid = "2x3",
+    as_json: JsonFlag = False,
+) -> None:
+    """Seed 001's Figs. 5-6: single-exit models (SEM-k: the exit after block k of the path,
+    one model each) against one multi-exit model (MEM, an exit after every compared block,
+    trained jointly, activated one at a time). Rows: samples leaving at the edge, edge,
+    cloud and overall accuracy, energy per sample."""
+    from ddnn.nn.placement import PAPER, measure_placement, placement_candidates
+    from ddnn.nn.train import adapt_config
+
+    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    blocks, at = _numbers("--path", path), _numbers("--positions", positions)
+    _compare(
+        "exit placement", PAPER, cfg, data, grid, as_json,
+        lambda parts: placement_candidates(adapt_config(cfg, parts.train), blocks, at, threshold),
+        measure_placement,
+    )  # fmt: skip
+
+
+def _numbers(option: str, text: str) -> list[int]:
+    """ "16,32,64" -> [16, 32, 64]."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise DDNNError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
 
 
 @compare_app.command("precision")
@@ -140,7 +203,9 @@ def precision(
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
     wanted = [_tier_precisions(v) for v in variants or ["cloud=float"]]
     candidates = precision_candidates(cfg, wanted)
-    _compare("hybrid precision", "precision", cfg, data, grid, as_json, lambda _: candidates)
+    _compare(
+        "hybrid precision", _paper("precision"), cfg, data, grid, as_json, lambda _: candidates
+    )
 
 
 def _tier_precisions(text: str) -> dict[str, str]:

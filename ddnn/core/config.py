@@ -69,6 +69,31 @@ class EdgeSpec(_Strict):
     exit_aggregation: Aggregation = "MP"
     conv_filters: list[int] = Field(default=[16], min_length=1)
     precision: Precision = "binary"
+    taps: list[int] = Field(
+        default=[],
+        description="seed 001's multi-exit model: more exit heads, after these blocks of the "
+        "edge (1-based, before its last), trained jointly as exits edge@<block>; `ddnn compare "
+        "placement` activates one at a time. The live edge decides on its last block's head",
+    )
+
+    @model_validator(mode="after")
+    def _check_taps(self) -> EdgeSpec:
+        if not self.taps:
+            return self
+        if len(self.groups) != 1:
+            raise ValueError("edge.taps needs one edge (a tap's scores are that edge's own)")
+        last = len(self.conv_filters)
+        if sorted(set(self.taps)) != self.taps or not all(1 <= t < last for t in self.taps):
+            raise ValueError(
+                f"edge.taps must be increasing block numbers from 1 to {last - 1} (the edge's "
+                f"last block has its own head), got {self.taps}"
+            )
+        return self
+
+
+def tap_exit(block: int) -> str:
+    """The name of the tap after edge block `block` (1-based), as exits are named."""
+    return f"edge@{block}"
 
 
 class CloudSpec(_Strict):
@@ -127,6 +152,12 @@ class ModelConfig(_Strict):
             "cloud": self.cloud is not None,
         }
         return [name for name in EXIT_ORDER if present[name]]
+
+    @property
+    def tap_exits(self) -> list[str]:
+        """The edge's taps (`EdgeSpec.taps`): exits that train and can be evaluated, but
+        that no deployment decides at."""
+        return [] if self.edge is None else [tap_exit(b) for b in self.edge.taps]
 
 
 class TrainConfig(_Strict):
@@ -260,9 +291,14 @@ class DDNNConfig(_Strict):
                 f"the last exit ({last}) always decides: a drop threshold belongs to an exit "
                 "that would escalate"
             )
-        unknown = set(self.train.exit_weights) - set(self.model.exits)
+        unknown = set(self.train.exit_weights) - {*self.model.exits, *self.model.tap_exits}
         if unknown:
             raise ValueError(f"train.exit_weights names unknown exits {sorted(unknown)}")
+        if self.model.tap_exits and self.train.strategy != "joint":
+            raise ValueError(
+                "edge.taps train jointly with every exit (seed 001); train.strategy must be "
+                f"joint, got {self.train.strategy}"
+            )
         return self
 
     @property

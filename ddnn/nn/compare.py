@@ -74,7 +74,7 @@ def strategy_candidates(
         train = cfg.train.model_dump() | {"strategy": strategy}
         if strategy == "joint":
             train["exit_weights"] = weights
-        out.append(Candidate({"strategy": strategy}, _replaced(cfg, train=train)))
+        out.append(Candidate({"strategy": strategy}, replaced(cfg, train=train)))
     return out
 
 
@@ -92,7 +92,7 @@ def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> li
     weights = {n: w for n, w in cfg.train.exit_weights.items() if n != "edge"}
     train = cfg.train.model_dump() | {"exit_weights": weights}
     return [
-        Candidate({"early_exits": count}, _replaced(cfg, model=m, exits=exits, train=train))
+        Candidate({"early_exits": count}, replaced(cfg, model=m, exits=exits, train=train))
         for count, m in (
             (1, model.model_dump() | {"edge": None}),
             (2, model.model_dump() | {"edge": edge.model_dump()}),
@@ -120,7 +120,7 @@ def precision_candidates(cfg: DDNNConfig, variants: Sequence[dict[str, str]]) ->
         for tier, precision in variant.items():
             model[tier]["precision"] = precision
         label = ",".join(f"{t}={p}" for t, p in variant.items())
-        out.append(Candidate({"precision": label}, _replaced(cfg, model=model)))
+        out.append(Candidate({"precision": label}, replaced(cfg, model=model)))
     return out
 
 
@@ -145,6 +145,6 @@ def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None)
     return row
 
 
-def _replaced(cfg: DDNNConfig, **sections: Any) -> DDNNConfig:
+def replaced(cfg: DDNNConfig, **sections: Any) -> DDNNConfig:
     """`cfg` with whole sections replaced (dumped values), validated again."""
     return validate_config(cfg.model_dump() | sections, source="compared config")

@@ -92,6 +92,7 @@ def run_model(
             ("edge_scores", out.edge_scores),
             ("edge_present", out.edge_present),
             ("cloud", out.logits.get("cloud")),
+            *((tap, out.logits[tap]) for tap in model.cfg.tap_exits),
         ):
             if value is not None:
                 parts.setdefault(name, []).append(value.numpy())
@@ -104,6 +105,8 @@ def run_model(
         inputs["edge"] = ExitInputs(arrays["edge_scores"], arrays["edge_present"], fusions["edge"])
     if "cloud" in arrays:
         inputs["cloud"] = ExitInputs(arrays["cloud"])
+    for tap in model.cfg.tap_exits:  # seed 001's multi-exit model: one edge's own scores
+        inputs[tap] = ExitInputs(arrays[tap])
     fmt = model.cfg.device_feature_format  # how a feature map travels (ddnn.core.payloads)
     features = np.ones(model.device_feature_shape, dtype=np.float32)
     n_classes = len(data.classes)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddnn.core.config import DDNNConfig, ModelConfig
+from ddnn.core.config import DDNNConfig, ModelConfig, tap_exit
 from ddnn.nn.fusion import Fusion
 from ddnn.nn.layers import FC, ConvP, Precision, parallel_conv_p, pooled_size
 from ddnn.nn.router import RouterNet
@@ -71,6 +71,7 @@ class UpperTier(nn.Module):
         fc_hidden: list[int],
         precision: Precision,
         n_classes: int,
+        taps: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.aggregate = Fusion(aggregation, n_inputs)
@@ -91,18 +92,38 @@ class UpperTier(nn.Module):
             width = m
         self.fcs = nn.Sequential(*fcs)
         self.head = FC(width, n_classes, precision, activation=False)
+        # Seed 001's multi-exit model: a head after each tapped block (keyed by its 1-based
+        # number), on that block's feature map; only the last head decides in a deployment.
+        self.taps = nn.ModuleDict()
+        for block in taps:
+            f, size = conv_filters[block - 1], pooled_size(h, block) * pooled_size(w, block)
+            self.taps[str(block)] = FC(f * size, n_classes, precision, activation=False)
 
     def forward(
         self, features: torch.Tensor, present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """features: (B, N, f, h, w), present: (B, N) -> (scores (B, |C|), own feature map)."""
-        x = self.blocks(self.aggregate(features, present))
-        return self.head(self.fcs(x)), x
+        scores, x, _ = self.forward_with_taps(features, present)
+        return scores, x
+
+    def forward_with_taps(
+        self, features: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """`forward`, and each tap's class scores (B, |C|) by block number."""
+        x = self.aggregate(features, present)
+        tapped = {}
+        for block, module in enumerate(self.blocks, start=1):
+            x = module(x)
+            if str(block) in self.taps:
+                tapped[block] = self.taps[str(block)](x)
+        return self.head(self.fcs(x)), x, tapped
 
 
 @dataclass
 class DDNNOutput:
-    logits: dict[str, torch.Tensor]  # exit name -> (B, |C|) class scores, lowest tier first
+    # exit name -> (B, |C|) class scores, lowest tier first; the edge's taps (edge@<block>)
+    # come before the edge's own exit
+    logits: dict[str, torch.Tensor]
     device_features: torch.Tensor  # (B, D, f, h, w)
     device_scores: torch.Tensor | None = None  # (B, D, |C|) when there is a local exit
     edge_scores: torch.Tensor | None = None  # (B, E, |C|) each edge's, when there are edges
@@ -144,6 +165,7 @@ class DDNN(nn.Module):
                         [],
                         e.precision,
                         n_classes,
+                        e.taps,
                     )
                 )
             self.edge_exit = Fusion(e.exit_aggregation, len(e.groups), out_features=n_classes)
@@ -192,20 +214,23 @@ class DDNN(nn.Module):
 
     def edge_tier(
         self, features: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Every edge on its group -> (each edge's class scores (B, E, |C|), edge feature maps
         (B, E, f, h, w), edge presence (B, E): an edge takes part when any of its devices
-        does). The edge exit fuses the scores (`edge_exit`)."""
-        scores, maps, edge_present = [], [], []
+        does; and the tap exits' scores (B, |C|) by exit name, where the one edge has taps).
+        The edge exit fuses the scores (`edge_exit`)."""
+        scores, maps, edge_present, taps = [], [], [], {}
         for edge, group in zip(self.edges, self.cfg.edge.groups, strict=True):
-            s, m = edge(features[:, group], present[:, group])
+            s, m, tapped = edge.forward_with_taps(features[:, group], present[:, group])
             scores.append(s)
             maps.append(m)
             edge_present.append(present[:, group].any(dim=1))
+            taps.update({tap_exit(block): t for block, t in tapped.items()})
         return (
             torch.stack(scores, dim=1),
             torch.stack(maps, dim=1),
             torch.stack(edge_present, dim=1),
+            taps,
         )
 
     def cloud_exit(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -228,10 +253,11 @@ class DDNN(nn.Module):
             out.logits["local"] = self.local_exit(out.device_scores, present)
         upper_features, upper_present = out.device_features, present
         if self.edge_exit is not None:
-            out.edge_scores, upper_features, upper_present = self.edge_tier(
+            out.edge_scores, upper_features, upper_present, taps = self.edge_tier(
                 out.device_features, present
             )
             out.edge_present = upper_present
+            out.logits.update(taps)
             out.logits["edge"] = self.edge_exit(out.edge_scores, upper_present)
         if self.cloud is not None:
             out.logits["cloud"] = self.cloud_exit(upper_features, upper_present)

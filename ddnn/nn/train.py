@@ -125,7 +125,8 @@ def training_stages(cfg: DDNNConfig) -> list[Stage]:
     """
     exits, strategy = cfg.model.exits, cfg.train.strategy
     if strategy == "joint":
-        return [Stage("joint", {n: cfg.train.exit_weights.get(n, 1.0) for n in exits})]
+        weighed = [*exits, *cfg.model.tap_exits]  # the taps of seed 001's multi-exit model too
+        return [Stage("joint", {n: cfg.train.exit_weights.get(n, 1.0) for n in weighed})]
     if strategy == "separate":
         stages = [Stage("main path", {exits[-1]: 1.0})]
         branches = _exit_branches(cfg.model)
