@@ -45,11 +45,13 @@ from ddnn.live.access import (
     read_passwords,
     write_access,
 )
-from ddnn.live.broker import KINDS, RunningBroker, TlsFiles, find_mosquitto, free_port, start_broker
-from ddnn.live.mqtt import BrokerSettings, MqttClient
+from ddnn.live.broker import KINDS, find_mosquitto, free_port, start_broker
+from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt import MqttClient
+from ddnn.live.running_broker import RunningBroker, TlsFiles
 from ddnn.live.service_cli import ServiceSetup
 from ddnn.live.wire import Topics
-from ddnn.ops.faults import forged_topics
+from ddnn.ops.hostile_scenarios import forged_topics
 from tests.helpers import ddnn, ddnn_json
 from tests.inprocess import DEPLOYMENT, whole_rig
 

@@ -26,22 +26,12 @@ import pytest
 from pydantic import ValidationError
 
 from ddnn.core.errors import ConfigError, DDNNError
-from ddnn.live.broker import (
-    MAX_PACKET,
-    RunningBroker,
-    broker_ceiling,
-    find_mosquitto,
-    free_port,
-    start_broker,
-)
-from ddnn.live.mqtt import (
-    MAX_INBOX,
-    RECEIVE_MAXIMUM,
-    BrokerSettings,
-    MqttClient,
-    is_loopback,
-    parse_broker_url,
-)
+from ddnn.live.broker import find_mosquitto, free_port, start_broker
+from ddnn.live.broker_ceiling import broker_ceiling
+from ddnn.live.broker_settings import BrokerSettings, is_loopback, parse_broker_url
+from ddnn.live.mosquitto import MAX_PACKET
+from ddnn.live.mqtt import MAX_INBOX, RECEIVE_MAXIMUM, MqttClient
+from ddnn.live.running_broker import RunningBroker
 from ddnn.live.transport import Will
 
 KINDS = [
@@ -173,7 +163,8 @@ def test_subscriptions_made_before_connecting_are_kept(
 DEVICE_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from ddnn.live.mqtt import BrokerSettings, MqttClient
+    from ddnn.live.broker_settings import BrokerSettings
+    from ddnn.live.mqtt import MqttClient
     from ddnn.live.transport import Will
     url, protocol, topic, how = sys.argv[1:5]
     settings = BrokerSettings(url=url, protocol=protocol, keepalive=1)

@@ -13,8 +13,9 @@ from ddnn.cli.live import BrokerKindOption
 from ddnn.cli.options import JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.data import data_dir
-from ddnn.live.broker import broker_ceiling, start_broker
-from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.broker import start_broker
+from ddnn.live.broker_ceiling import broker_ceiling
+from ddnn.live.broker_settings import BrokerSettings
 
 
 @bench_app.command("broker")

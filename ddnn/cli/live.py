@@ -17,8 +17,9 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
 from ddnn.live.access import access_dir, merge_access, write_access
-from ddnn.live.broker import TlsFiles, start_broker
-from ddnn.live.mqtt import is_loopback
+from ddnn.live.broker import start_broker
+from ddnn.live.broker_settings import is_loopback
+from ddnn.live.running_broker import TlsFiles
 from ddnn.packed.inspect import inspect_artifact
 
 # The `ddnn` command runs every service, a device and the aggregator too, which must not
@@ -306,7 +307,8 @@ def faults(
     every sample against offline evaluation. Each service logs in with its own account of a
     broker that enforces them."""
     from ddnn.ops.demo import demo_model
-    from ddnn.ops.faults import SCENARIOS, SCORE_DEADLINE, Sizes, run_faults
+    from ddnn.ops.fault_harness import SCORE_DEADLINE, Sizes
+    from ddnn.ops.faults import SCENARIOS, run_faults
 
     def log(text: str) -> None:
         if not as_json:

@@ -9,7 +9,7 @@ their access files merge into one broker's (`merge_access`). The accounts beside
   driver, or a camera trigger, needs;
 - `observer` reads everything of the deployment and writes nothing: monitors;
 - `bridge` (models with a cloud) is what a site broker logs in as to the cloud's broker
-  when the two are joined by a bridge (ddnn/live/broker.py `Bridge`): it writes there the
+  when the two are joined by a bridge (ddnn/live/mosquitto.py `Bridge`): it writes there the
   offload requests and the cloud's inputs' feature maps, and reads back the cloud's scores
   and status.
 
@@ -36,7 +36,8 @@ What each account may do (`grants`) follows from the topology alone:
   `passwords`).
 
 Both brokers `ddnn broker` starts read the same two files: mosquitto natively, the embedded
-one through `read_acl` and `check_password` (see ddnn/live/broker.py).
+one through `read_acl` and `check_password` (see ddnn/live/mosquitto.py and
+ddnn/live/embedded_access.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from ddnn.core.config import ModelConfig
 from ddnn.core.errors import ConfigError, problems
 from ddnn.core.files import replaced
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles, tier_inputs
-from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.wire import Topics
 
 TRIGGER = "trigger"

@@ -5,17 +5,13 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
 
 - The client reconnects by itself (0.1 to 2 s back-off), so a service started before its
   broker, or one whose broker restarts, carries on. Every subscription is made again on each
-  (re)connect.
-- Two ways to run the network: in paho's own thread (`loop_start`, the default: publish and
-  subscribe from any thread), or `threaded=False`, in the thread of the one caller that
-  owns the client, inside `get()` (and every other call that waits). The services run that
-  way: what they publish goes out when they next wait, every packet since in one `send`, and
-  what arrives is read a chunk at a time (`_Paho`), where a threaded client wakes its
-  network thread for every outgoing packet (an acknowledgement included) and the caller for
-  every incoming one, thread switches and system calls that cost more than the message on a
-  virtual machine; and a service whose loop hangs stops answering the broker's keepalive,
-  so its last will says it is gone, as it should. paho's private socket calls are what
-  `_Paho` overrides: a paho that renamed them would only be slower.
+  (re)connect (ddnn/live/mqtt_subscriptions.py).
+- Two ways to run the network: in paho's own thread (the default: publish and subscribe
+  from any thread), or `threaded=False`, in the thread of the one caller that owns the
+  client, inside `get()` (and every other call that waits). The services run that way:
+  fewer thread switches and system calls per message, and a service whose loop hangs stops
+  answering the broker's keepalive, so its last will says it is gone, as it should
+  (ddnn/live/mqtt_network.py says how).
 - Callbacks do no work: an incoming message is put on the inbox as `(topic, payload)` and the
   caller's main loop drains it with `get(timeout)`. An exception in a callback cannot kill
   the network thread (`suppress_exceptions`).
@@ -38,13 +34,8 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
   handing a kept session its share of the group's messages while nobody reads them, so a
   dead replica would swallow half of them for a minute; its session ends with its connection.
 
-Protocol version. The client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
-is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
-3.1.1. Callers choose it explicitly, there is no guessing: `ddnn.live.broker.start_broker` returns a
-`RunningBroker` whose `.protocol` says which version its clients must use and whose
-`.settings()` carries it; for an external broker it is part of the broker settings
-(`protocol: "3.1.1"`). A broker that rejects the version shows up as a failed connection
-whose message (from `MqttClient.connect`) says so.
+Protocol version: MQTT 5 by default, or 3.1.1, chosen per broker in its `BrokerSettings`
+(ddnn/live/broker_settings.py says why).
 
 Last will. The broker publishes a client's will only when the connection is lost uncleanly
 (a killed process, a dead network, a missed keepalive). `MqttClient.close()` disconnects
@@ -54,265 +45,32 @@ cleanly, which does *not* fire the will: a service that stops on purpose publish
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import queue
-import select
-import socket
-import ssl
 import threading
 import time
 from collections import deque
-from pathlib import Path
-from typing import Literal, NamedTuple, cast
-from urllib.parse import urlsplit
+from typing import cast
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.matcher import MQTTMatcher
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ddnn.core.errors import ConfigError, DDNNError, problems
+from ddnn.core.errors import DDNNError
+from ddnn.live import mqtt_diagnosis
+from ddnn.live.broker_settings import BrokerSettings, Protocol, as_settings, is_loopback
+from ddnn.live.mqtt_network import RECONNECT_DELAY, Inbox, Incoming, PahoClient
+from ddnn.live.mqtt_subscriptions import Subscriptions
 from ddnn.live.transport import Received, Will, take
 from ddnn.live.wire import MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["5", "3.1.1"]
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-_PAHO_PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
-MAX_QUEUED = 10_000  # outgoing QoS 1 messages kept while disconnected; more are dropped
 MAX_INBOX = 1000  # incoming messages waiting for the caller
 RECEIVE_MAXIMUM = MAX_INBOX // 2  # QoS 1 ones in flight to us: the rest of the inbox is QoS 0's
 SESSION_EXPIRY = 60  # seconds an MQTT 5 broker keeps our session after a lost connection
-RECONNECT_DELAY = (0.1, 2.0)  # seconds: the first retry, and the most the back-off grows to
-READ_CHUNK = 65536  # bytes an unthreaded client reads from its socket at once
-FLUSH_AFTER = 0.002  # seconds an unthreaded client's gathered writes wait at most (busy)
-FLUSH_BYTES = 4096  # bytes of gathered writes that are sent at once
-MATCH_CACHE = 4096  # topics remembered as matching a filter or not
-# (topic, payload, mid, qos, connection): the last three to acknowledge it once done
-Incoming = tuple[str, bytes, int, int, int]
-
-
-class _Inbox:
-    """The inbox of an unthreaded client: one thread puts and takes, so a deque without a
-    `queue.Queue`'s locks."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._items: deque[Incoming] = deque()
-
-    def put_nowait(self, item: Incoming) -> None:
-        if len(self._items) >= self.limit:
-            raise queue.Full
-        self._items.append(item)
-
-    def pop(self) -> Incoming | None:
-        return self._items.popleft() if self._items else None
-
-
-class _Paho(paho.Client):
-    """paho's client, with the system calls of an owner loop (unthreaded clients, `owned`)
-    gathered: a system call costs 5-30 us on a virtual machine, more than handling the
-    packet it carries, and the wake-up of the process at the other end of the socket is
-    paid per write.
-
-    - Reads: paho reads every packet with two or three `recv` calls (its type byte, each
-      byte of its length, the rest); here the socket is read a chunk at a time and paho
-      parses the packets out of the chunk. Bytes in the chunk are invisible to `select`, so
-      the owner must read on while `buffered()` (`MqttClient._pump` does).
-    - Writes: paho writes every packet (an acknowledgement included) with its own `send`;
-      here they are gathered and `flush()` writes them in one, before the owner waits for
-      the network, or once `FLUSH_AFTER` seconds or `FLUSH_BYTES` have gathered.
-    """
-
-    def __init__(self, *args: object, owned: bool = False, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.owned = owned
-        self._chunk = b""
-        self._at = 0
-        self._chunk_of: object = None  # the socket the chunk came from: a new one drops it
-        self._out = bytearray()
-        self.out_since = 0.0  # monotonic time the oldest gathered byte was written
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if not self.owned:
-            return super()._sock_recv(bufsize)
-        if self._chunk_of is not self._sock or self._at >= len(self._chunk):
-            self._chunk, self._at, self._chunk_of = b"", 0, self._sock
-            self._chunk = super()._sock_recv(READ_CHUNK)  # BlockingIOError when none
-            if not self._chunk:
-                return b""  # closed by the broker
-        out = self._chunk[self._at : self._at + bufsize]
-        self._at += len(out)
-        return out
-
-    def buffered(self) -> bool:
-        """Bytes read from the socket and not yet parsed."""
-        return self._chunk_of is self._sock and self._at < len(self._chunk)
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        if not self.owned:
-            return super()._sock_send(buf)
-        if self._sock is None:
-            raise ConnectionError("self._sock is None")
-        if not self._out:
-            self.out_since = time.monotonic()
-        self._out += buf
-        return len(buf)
-
-    def gathered(self) -> int:
-        """Bytes written by paho and not yet sent."""
-        return len(self._out)
-
-    def flush(self) -> bool:
-        """Send what was gathered, as much as the socket takes now; True once all is sent.
-        A broken connection drops it: the next read finds the connection lost."""
-        if not self._out:
-            return True
-        if self._sock is None:
-            self._out.clear()
-            return True
-        try:
-            sent = self._sock.send(self._out)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False
-        except OSError:
-            self._out.clear()
-            return True
-        del self._out[:sent]
-        return not self._out
-
-    def _sock_close(self) -> None:
-        # what paho wrote last (a DISCONNECT, say) goes out before the socket closes
-        if self.owned:
-            self.flush()
-            self._out.clear()
-        super()._sock_close()
-
-
-class BrokerAddress(NamedTuple):
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """`mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
-    8883). Anything else is a `ConfigError` that names the URL."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"broker URL {url!r} is not valid: {e}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ConfigError(
-            f"broker URL {url!r} must start with mqtt:// or mqtts:// (got scheme {parts.scheme!r})"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} has no host (expected {scheme}://HOST[:PORT])")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"broker URL {url!r} must be {scheme}://HOST[:PORT], nothing after it")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"broker URL {url!r}: give credentials as username/password settings, not in the URL"
-        )
-    if port == 0:
-        raise ConfigError(f"broker URL {url!r}: port 0 is not a port a broker listens on")
-    return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (localhost, 127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def format_broker_url(host: str, port: int, tls: bool = False) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"
-
-
-class BrokerSettings(BaseModel):
-    """Where the broker is and how to talk to it. TLS is on exactly when the URL is mqtts://;
-    the tls_* files are then the CA bundle to trust (system CAs when unset) and an optional
-    client certificate and key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password: str | None = None
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_insecure: bool = Field(
-        False, description="skip the server host name check (self-signed test brokers only)"
-    )
-    keepalive: int = Field(
-        5, ge=1, le=65535, description="seconds; a lost client's will fires after 1.5x this"
-    )
-    protocol: Protocol = Field("5", description="MQTT version: 5, or 3.1.1 for brokers without 5")
-
-    @field_validator("url")
-    @classmethod
-    def _valid_url(cls, url: str) -> str:
-        try:
-            parse_broker_url(url)
-        except ConfigError as e:
-            raise ValueError(str(e)) from None  # pydantic turns ValueError into its own error
-        return url
-
-    @classmethod
-    def from_url(cls, url: str, **fields: object) -> BrokerSettings:
-        """Settings for a URL; a bad URL, or a bad value of another field, is a one-line
-        `ConfigError` naming it."""
-        parse_broker_url(url)
-        try:
-            return cls(url=url, **fields)
-        except ValidationError as e:
-            got = e.errors()[0].get("input")
-            raise ConfigError(f"broker setting {problems(e, 1)} (got {got!r})") from None
-
-    @property
-    def address(self) -> BrokerAddress:
-        return parse_broker_url(self.url)
-
-    @property
-    def host(self) -> str:
-        return self.address.host
-
-    @property
-    def port(self) -> int:
-        return self.address.port
-
-    @property
-    def tls(self) -> bool:
-        return self.address.tls
-
-
-def as_settings(settings_or_url: BrokerSettings | str) -> BrokerSettings:
-    if isinstance(settings_or_url, BrokerSettings):
-        return settings_or_url
-    return BrokerSettings.from_url(settings_or_url)
-
-
-_TRANSIENT_REFUSALS = {
-    "Server unavailable",
-    "Server busy",
-    "Quota exceeded",
-    "Connection rate exceeded",
-    "Use another server",
-    "Server moved",
-}
 
 
 class MqttClient:
@@ -320,8 +78,8 @@ class MqttClient:
     messages wait in a queue for `get()`.
 
     `publish` never blocks. QoS 0 while disconnected is dropped and QoS 1 is queued (at most
-    `MAX_QUEUED` messages, then dropped); either way `publish` returns False, so that callers
-    can report it instead of losing it silently.
+    `MAX_QUEUED` messages, then dropped: ddnn/live/mqtt_network.py); either way `publish`
+    returns False, so that callers can report it instead of losing it silently.
     QoS 1 is at-least-once: receivers must tolerate duplicates. A message on a topic that
     none of this client's filters matches is dropped and counted in `unsolicited` (amqtt 0.12
     sends such messages). One thread reads (`get`): taking a message acknowledges the one it
@@ -345,94 +103,42 @@ class MqttClient:
         self.settings = as_settings(settings)
         self.threaded = threaded
         self.keep_session = keep_session
-        self._retry_at = 0.0  # unthreaded: when to try connecting next (monotonic)
-        self._delay = RECONNECT_DELAY[0]
         self.client_id = client_id
         self.protocol: Protocol = self.settings.protocol
         self._address = self.settings.address
         self.last_error: str | None = None
         self.refused_for_good = False  # a refusal that retrying will not change
-        self._inbox: queue.Queue[Incoming] | _Inbox = (
-            queue.Queue(MAX_INBOX) if threaded else _Inbox(MAX_INBOX)
+        self._inbox: queue.Queue[Incoming] | Inbox = (
+            queue.Queue(MAX_INBOX) if threaded else Inbox(MAX_INBOX)
         )
         self._taken: tuple[int, int, int] | None = None  # (mid, qos, connection) to ack
         self.dropped = 0  # messages that found the inbox full
         self._lock = threading.Lock()
-        self._filters: dict[str, int] = {}
-        # The filters again, for matching topics: only added to (under the lock), read by
-        # the network thread without it.
-        self._matcher = MQTTMatcher()
-        self._solicited: dict[str, bool] = {}  # topic -> matched by a filter (a cache)
+        self._subscriptions = Subscriptions()  # changed under the lock
         self.unsolicited = 0
         self._unacked: deque[paho.MQTTMessageInfo] = deque()  # QoS 1 sent, no PUBACK yet
         self._connected = threading.Event()
         # What the broker refused: publishes (MQTT 5 PUBACK reason codes; a 3.1.1 broker
-        # drops them without a word) and subscriptions (SUBACK), filter -> reason.
+        # drops them without a word) and subscriptions (`refused_filters`).
         self.denied = 0
-        self.refused_filters: dict[str, str] = {}
-        self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its filters
         self.connections = 0  # successful (re)connects: a broker restart loses retained state
         self._started = False
         self._closed = False
 
-        client = _Paho(
-            CallbackAPIVersion.VERSION2,
-            owned=not threaded,
-            client_id=client_id,
-            protocol=_PAHO_PROTOCOLS[self.protocol],
-            reconnect_on_failure=True,
-            # Acknowledged once processed over MQTT 5 only: a 3.1.1 session here is clean and
-            # has no flow control, so nothing would send the message again, and amqtt drops
-            # a QoS 1 message still unacknowledged when its publisher disconnects.
-            manual_ack=self.protocol == "5",
-        )
-        client.suppress_exceptions = True
-        client.reconnect_delay_set(*RECONNECT_DELAY)  # type: ignore[arg-type]
-        client.max_queued_messages_set(MAX_QUEUED)
-        if self.settings.username is not None:
-            client.username_pw_set(self.settings.username, self.settings.password)
         if self.settings.password and not self._address.tls and not is_loopback(self._address.host):
             log.warning(
                 "the password for %s travels in clear text over mqtt:// to another machine: "
                 "use mqtts://",
                 self.settings.url,
             )
-        self._configure_tls(client)
-        if will is not None:
-            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client = PahoClient(self.settings, client_id, will=will, owned=not threaded)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
-        self._unsubscribe_acks: set[int] = set()
         self._client = client
-
-    def _configure_tls(self, client: paho.Client) -> None:
-        s = self.settings
-        files = {"tls_ca": s.tls_ca, "tls_cert": s.tls_cert, "tls_key": s.tls_key}
-        if not self._address.tls:
-            given = [name for name, path in files.items() if path is not None]
-            if given or s.tls_insecure:
-                raise ConfigError(
-                    f"broker URL {s.url!r} is plain mqtt:// but TLS settings are given "
-                    f"({', '.join(given) or 'tls_insecure'}): use mqtts://"
-                )
-            return
-        for name, path in files.items():
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{name} file {path} does not exist")
-        try:
-            client.tls_set(
-                ca_certs=str(s.tls_ca) if s.tls_ca else None,
-                certfile=str(s.tls_cert) if s.tls_cert else None,
-                keyfile=str(s.tls_key) if s.tls_key else None,
-            )
-        except (OSError, ssl.SSLError, ValueError) as e:
-            raise ConfigError(f"TLS settings for {s.url}: {e}") from None
-        if s.tls_insecure:
-            client.tls_insecure_set(True)
 
     # ------------------------------------------------------------------ paho callbacks
     # These run in paho's network thread: they only record state and hand messages on.
@@ -440,25 +146,20 @@ class MqttClient:
     def _on_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
         if reason_code.is_failure:
             self.last_error = f"the broker refused the connection: {reason_code}"
-            self.refused_for_good = str(reason_code) not in _TRANSIENT_REFUSALS
+            self.refused_for_good = str(reason_code) not in mqtt_diagnosis.TRANSIENT_REFUSALS
             log.warning("MQTT %s: %s", self.settings.url, self.last_error)
             return
-        try:
-            sock = client.socket()
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # the socket already closed; the reconnect sets it again
+        self._client.set_nodelay()
         # The subscriptions go out before anyone learns of the connection: a message the
         # caller publishes once connected then follows them, so the broker has sent the
         # retained messages of those subscriptions before it delivers that one.
         with self._lock:
-            filters = list(self._filters.items())
+            filters = list(self._subscriptions.filters.items())
             if filters:
-                self._subscribed(client.subscribe(filters), [f for f, _ in filters])
+                self._subscriptions.sent(client.subscribe(filters), [f for f, _ in filters])
             self.last_error = None
             self.connections += 1
-            self._delay = RECONNECT_DELAY[0]
+            self._client.retry_delay = RECONNECT_DELAY[0]
             self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -475,22 +176,14 @@ class MqttClient:
                 )
         log.info("MQTT %s: disconnected (%s); reconnecting", self.settings.url, reason_code)
 
-    def _subscribed(self, result: tuple[MQTTErrorCode, int | None], filters: list[str]) -> None:
-        rc, mid = result
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-            self._subscribing[mid] = filters
-
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        filters = self._subscribing.pop(mid, [])
-        for topic_filter, code in zip(filters, reason_codes, strict=False):
-            if code.is_failure:
-                self.refused_filters[topic_filter] = str(code)
-                log.error(
-                    "MQTT %s: the broker refused the subscription to %s: %s",
-                    self.settings.url,
-                    topic_filter,
-                    code,
-                )
+        for topic_filter, code in self._subscriptions.answered(mid, reason_codes):
+            log.error(
+                "MQTT %s: the broker refused the subscription to %s: %s",
+                self.settings.url,
+                topic_filter,
+                code,
+            )
 
     def _on_publish(self, client, userdata, mid, reason_code: ReasonCode, properties) -> None:
         if reason_code.is_failure:
@@ -501,19 +194,13 @@ class MqttClient:
                 )
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self._unsubscribe_acks.add(mid)
+        self._subscriptions.unsubscribed.add(mid)
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         topic = message.topic
         # Only what this client subscribed to: some brokers (amqtt 0.12) also send a new
         # client retained messages of other clients' subscriptions.
-        solicited = self._solicited.get(topic)
-        if solicited is None:
-            if len(self._solicited) >= MATCH_CACHE:
-                self._solicited.clear()
-            solicited = next(self._matcher.iter_match(topic), None) is not None
-            self._solicited[topic] = solicited
-        if not solicited:
+        if not self._subscriptions.matches(topic):
             self.unsolicited += 1
             client.ack(message.mid, message.qos)
             return
@@ -534,6 +221,11 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def refused_filters(self) -> dict[str, str]:
+        """The subscriptions the broker refused (SUBACK): filter -> reason."""
+        return self._subscriptions.refused
 
     def start(self) -> MqttClient:
         """Begin connecting in the background (retrying until `close()`); returns at once."""
@@ -561,49 +253,11 @@ class MqttClient:
         return self
 
     def _pump(self, timeout: float) -> None:
-        """Unthreaded: do the network's work (connect, read, write, keepalive) in this
-        thread for up to `timeout` seconds, returning early once something was read. This
-        is paho's loop for callers with their own (`loop_read`, `loop_write`, `loop_misc`),
-        not `loop()`, which wakes itself through a socket pair on every publish: two more
-        system calls per message."""
-        client = self._client
-        sock = client.socket()
-        if sock is None:  # not connected: try again once the back-off allows
-            now = time.monotonic()
-            if self._closed or now < self._retry_at:
-                time.sleep(max(0.0, min(timeout, self._retry_at - now)))
-                return
-            self._retry_at = now + self._delay
-            self._delay = min(2 * self._delay, RECONNECT_DELAY[1])
-            try:
-                client.reconnect()
-            except OSError as e:
-                self.last_error = f"connecting failed: {e.strerror or e}"
-            return
-        if client.want_write():
-            client.loop_write()  # into the gathered writes
-        flushed = client.flush()
-        readable = client.buffered() or bool(getattr(sock, "pending", lambda: 0)())
-        if not readable:
-            writers = [] if flushed else [sock]
-            try:
-                ready, writable, _ = select.select([sock], writers, [], timeout)
-            except (OSError, ValueError):  # closed under us: the next call reconnects
-                ready, writable = [], []
-            readable = bool(ready)
-            if writable:
-                client.flush()
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        while readable and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = client.loop_read()
-            readable = client.buffered()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.want_write():
-            rc = client.loop_write()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = client.loop_misc()
-        client.flush()
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._retry_at = time.monotonic() + self._delay  # lost: back off before retrying
+        """Unthreaded: run the network in this thread for up to `timeout` seconds
+        (`PahoClient.pump`); reconnecting, unless closed."""
+        failure = self._client.pump(timeout, reconnect=not self._closed)
+        if failure is not None:
+            self.last_error = failure
 
     def _idle(self, seconds: float) -> None:
         """Wait `seconds`, keeping the network going when it runs in this thread."""
@@ -627,17 +281,8 @@ class MqttClient:
         reason = self.last_error
         self.close()
         if reason is None:
-            reason = _diagnose(self.settings)
-        hint = ""
-        if self.protocol == "5" and "protocol version" in reason.lower():
-            hint = " (this broker speaks only MQTT 3.1.1, as the embedded one does: "
-            hint += "set protocol 3.1.1)"
-        elif self.protocol == "5" and "no MQTT session" in reason:
-            # amqtt neither answers nor hangs up on an MQTT 5 CONNECT with properties
-            hint = " (a broker that speaks only MQTT 3.1.1, as the embedded one does, never "
-            hint += "answers an MQTT 5 client: then set protocol 3.1.1)"
-        elif not self.settings.tls and "before the broker answered" in reason:
-            hint = " (a TLS port? then use mqtts://)"
+            reason = mqtt_diagnosis.diagnose(self.settings)
+        hint = mqtt_diagnosis.hint(self.settings, reason)
         raise DDNNError(
             f"cannot connect to MQTT broker {self.url} within {timeout:g} s: {reason}{hint}"
         )
@@ -646,7 +291,7 @@ class MqttClient:
         """Wait (until `deadline`) for the broker's answer to the subscriptions made on
         connecting, and raise if it refused one: a service that cannot hear its inputs must
         not say it is online."""
-        while self._subscribing and time.monotonic() < deadline:
+        while self._subscriptions.pending and time.monotonic() < deadline:
             self._idle(0.005)
         if self.refused_filters:
             topic_filter, reason = next(iter(self.refused_filters.items()))
@@ -668,16 +313,11 @@ class MqttClient:
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected, and again after every reconnect. A shared
         subscription's messages come on the topics of its filter after `$share/<group>/`."""
-        matched = topic_filter
-        if topic_filter.startswith("$share/"):
-            matched = topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else ""
         with self._lock:
-            self._filters[topic_filter] = qos
-            self._matcher[matched] = True
-            self._solicited.clear()
+            self._subscriptions.add(topic_filter, qos)
             now = self._connected.is_set()
         if now:
-            self._subscribed(self._client.subscribe(topic_filter, qos), [topic_filter])
+            self._subscriptions.sent(self._client.subscribe(topic_filter, qos), [topic_filter])
             if not self.threaded:
                 self._client.flush()  # now, not when the owner next waits
 
@@ -723,14 +363,9 @@ class MqttClient:
         if self.threaded:
             item = take(cast("queue.Queue[Incoming]", self._inbox), timeout)
         else:
-            client = self._client
-            gathered = client.gathered()
-            if gathered >= FLUSH_BYTES or (
-                gathered and time.monotonic() - client.out_since >= FLUSH_AFTER
-            ):
-                client.flush()  # busy: the inbox may not run dry for a while
+            self._client.flush_if_due()  # busy: the inbox may not run dry for a while
             deadline = None if timeout is None else time.monotonic() + timeout
-            inbox = cast(_Inbox, self._inbox)
+            inbox = cast(Inbox, self._inbox)
             pumped = False
             while (item := inbox.pop()) is None:
                 left = 1.0 if deadline is None else deadline - time.monotonic()
@@ -800,43 +435,13 @@ class MqttClient:
         closes the socket: unsubscribe everything and wait for the broker's answer (messages
         sent before it arrive before it)."""
         with self._lock:
-            filters = list(self._filters)
+            filters = list(self._subscriptions.filters)
         if not filters:
             return
         rc, mid = self._client.unsubscribe(filters)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
-        while mid not in self._unsubscribe_acks and time.monotonic() < deadline:
+        while mid not in self._subscriptions.unsubscribed and time.monotonic() < deadline:
             if not self._connected.is_set():
                 return
             self._idle(0.002)
-
-
-def _diagnose(settings: BrokerSettings) -> str:
-    """Why a connection may have failed, from a plain TCP connect and, for mqtts://, a TLS
-    handshake made as the client makes it (paho keeps such errors to itself)."""
-    host, port, tls = settings.address
-    try:
-        sock = socket.create_connection((host, port), timeout=2.0)
-    except OSError as e:
-        return f"TCP connect failed: {e.strerror or e}"
-    with sock:
-        if not tls:
-            return "the port accepts TCP connections but no MQTT session was established"
-        try:
-            context = ssl.create_default_context(
-                cafile=str(settings.tls_ca) if settings.tls_ca else None
-            )
-            if settings.tls_cert:
-                context.load_cert_chain(
-                    str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None
-                )
-            if settings.tls_insecure:
-                context.check_hostname = False
-            with context.wrap_socket(sock, server_hostname=host):
-                pass
-        except ssl.SSLCertVerificationError as e:
-            return f"TLS handshake failed: {e.verify_message} (tls_ca is the CA to trust)"
-        except (OSError, ValueError) as e:
-            return f"TLS handshake failed: {e}"
-        return "TCP and TLS work but no MQTT session was established"

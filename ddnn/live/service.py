@@ -36,8 +36,9 @@ import numpy as np
 from ddnn.core.config import FeatureFormat
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role
+from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.memory import MemoryBus
-from ddnn.live.mqtt import BrokerSettings, MqttClient
+from ddnn.live.mqtt import MqttClient
 from ddnn.live.transport import Transport, UntilEcho, Will
 from ddnn.live.wire import Features, Message, Refused, Status, Topics, decode, encode
 

@@ -22,7 +22,7 @@ import typer
 from ddnn.core.errors import ConfigError
 from ddnn.core.roles import Role
 from ddnn.live.access import login_for, read_credentials, username
-from ddnn.live.mqtt import BrokerSettings
+from ddnn.live.broker_settings import BrokerSettings
 
 Artifacts = Annotated[
     Path, typer.Option("--artifacts", help="a directory written by `ddnn export`")

@@ -28,7 +28,8 @@ import numpy as np
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import Role
-from ddnn.live.mqtt import BrokerSettings, MqttClient
+from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
 from ddnn.ops.stats import percentiles
 

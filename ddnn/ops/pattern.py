@@ -25,7 +25,8 @@ import msgpack
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
-from ddnn.live.mqtt import BrokerSettings, MqttClient
+from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Topics
 
 READY_TIMEOUT = 60.0  # seconds for every pattern process to start and subscribe

@@ -1,0 +1,141 @@
+"""Where an MQTT broker is and how to talk to it: `BrokerSettings`, and its URL's parts.
+
+Every client of the live system (`MqttClient`, the services, the tools of ddnn/ops) takes
+one `BrokerSettings`; a service reads it from its options or an account file
+(ddnn/live/access.py). A URL is `mqtt://host[:port]` (plain TCP) or `mqtts://host[:port]`
+(TLS); a bad one is refused here, with a `ConfigError` that names it, before any connection
+is tried.
+
+Protocol version. A client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
+is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
+3.1.1. Callers choose it explicitly, there is no guessing: `ddnn.live.broker.start_broker`
+returns a `RunningBroker` whose `.protocol` says which version its clients must use and whose
+`.settings()` carries it; for an external broker it is part of the broker settings
+(`protocol: "3.1.1"`). A broker that rejects the version shows up as a failed connection
+whose message (from `MqttClient.connect`) says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ddnn.core.errors import ConfigError, problems
+
+Protocol = Literal["5", "3.1.1"]
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class BrokerAddress(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
+    8883). Anything else is a `ConfigError` that names the URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"broker URL {url!r} is not valid: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ConfigError(
+            f"broker URL {url!r} must start with mqtt:// or mqtts:// (got scheme {parts.scheme!r})"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} has no host (expected {scheme}://HOST[:PORT])")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"broker URL {url!r} must be {scheme}://HOST[:PORT], nothing after it")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"broker URL {url!r}: give credentials as username/password settings, not in the URL"
+        )
+    if port == 0:
+        raise ConfigError(f"broker URL {url!r}: port 0 is not a port a broker listens on")
+    return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def format_broker_url(host: str, port: int, tls: bool = False) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"
+
+
+class BrokerSettings(BaseModel):
+    """Where the broker is and how to talk to it. TLS is on exactly when the URL is mqtts://;
+    the tls_* files are then the CA bundle to trust (system CAs when unset) and an optional
+    client certificate and key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_insecure: bool = Field(
+        False, description="skip the server host name check (self-signed test brokers only)"
+    )
+    keepalive: int = Field(
+        5, ge=1, le=65535, description="seconds; a lost client's will fires after 1.5x this"
+    )
+    protocol: Protocol = Field("5", description="MQTT version: 5, or 3.1.1 for brokers without 5")
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        try:
+            parse_broker_url(url)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None  # pydantic turns ValueError into its own error
+        return url
+
+    @classmethod
+    def from_url(cls, url: str, **fields: object) -> BrokerSettings:
+        """Settings for a URL; a bad URL, or a bad value of another field, is a one-line
+        `ConfigError` naming it."""
+        parse_broker_url(url)
+        try:
+            return cls(url=url, **fields)
+        except ValidationError as e:
+            got = e.errors()[0].get("input")
+            raise ConfigError(f"broker setting {problems(e, 1)} (got {got!r})") from None
+
+    @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.url)
+
+    @property
+    def host(self) -> str:
+        return self.address.host
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+    @property
+    def tls(self) -> bool:
+        return self.address.tls
+
+
+def as_settings(settings_or_url: BrokerSettings | str) -> BrokerSettings:
+    if isinstance(settings_or_url, BrokerSettings):
+        return settings_or_url
+    return BrokerSettings.from_url(settings_or_url)

@@ -1,0 +1,91 @@
+"""What `start_broker` returns: a broker running on this machine, whichever kind it is.
+
+`RunningBroker` is the one interface to both kinds (mosquitto, ddnn/live/mosquitto.py, and
+the embedded amqtt, ddnn/live/embedded_broker.py): where it listens (`.url`), which MQTT
+version its clients must use (`.protocol`), client settings that match (`.settings(account)`),
+and `stop()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddnn.core.errors import DDNNError
+from ddnn.live.access import login
+from ddnn.live.broker_settings import BrokerSettings, Protocol, format_broker_url
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The broker's certificate (PEM, its chain after it) and private key: it then speaks
+    TLS only (mqtts://)."""
+
+    cert: Path
+    key: Path
+
+
+class RunningBroker:
+    """A broker started by `start_broker`. `stop()` is idempotent; also a context manager."""
+
+    def __init__(
+        self,
+        kind: str,
+        host: str,
+        port: int,
+        protocol: Protocol,
+        access: Path | None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self.kind = kind
+        self.host = host
+        self.port = port
+        self.protocol: Protocol = protocol
+        self.access = access  # the access files it enforces; None: anonymous clients
+        self.tls = tls
+        self.url = format_broker_url(host, port, tls is not None)
+        self._stopped = False
+
+    def settings(self, account: str | None = None) -> BrokerSettings:
+        """Client settings for this broker (URL and protocol filled in), logged in as
+        `account` of its access files."""
+        settings = BrokerSettings(url=self.url, protocol=self.protocol)
+        if account is None:
+            return settings
+        if self.access is None:
+            raise DDNNError(
+                f"the broker at {self.url} has no accounts (it takes anonymous clients)"
+            )
+        return login(settings, self.access, account)
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's own process (None: it runs inside this one)."""
+        return None
+
+    @property
+    def running(self) -> bool:
+        """False once stopped, or when the broker died by itself."""
+        return not self._stopped and self._alive()
+
+    def _alive(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop()
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> RunningBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<RunningBroker {self.kind} {self.url} MQTT {self.protocol} {state}>"

@@ -1,0 +1,183 @@
+"""The harness every `ddnn faults` scenario runs on: one deployment under test, with the
+offline reference its decisions are checked against.
+
+A scenario (ddnn/ops/outage_scenarios.py, ddnn/ops/hostile_scenarios.py) is a function of a
+`Harness` that streams samples through the deployment (`segment`), does harm meanwhile
+(`kill`, `restart`, rogue clients logged in as one of its accounts: `login`), and returns
+report rows (`row`: the checks every scenario makes, with `health` for what hostile input
+may not change). `Sizes` is how much the hostile scenarios send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddnn.core.roles import Role
+from ddnn.live.access import OBSERVER, login
+from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt import MqttClient
+from ddnn.live.service import STATUS_EVERY
+from ddnn.live.transport import Received, UntilEcho
+from ddnn.live.wire import Topics
+from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
+
+RATE = 25.0  # samples per second while faults happen
+SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
+CLOUD_DEADLINE = 1.5
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the hostile scenarios send: the issue's bars by default, less with
+    `quick()` (tests, a first try)."""
+
+    fuzz_per_topic: int = 10_000  # fuzzed payloads on every topic a service reads
+    # ... sent at this many per second in all: what the services take on 2 cores beside the
+    # real samples (the aggregator reads 16 of the 23 topics); faster, the broker's bounded
+    # queue for a service drops real messages with the garbage (that is the flood scenario)
+    fuzz_rate: float = 1000.0
+    poison_rounds: int = 3  # retained garbage on every status topic, then every role restarts
+    flood_seconds: float = 60.0
+    flood_samples: int = 500  # real samples streamed through the flood
+    flood_rate: float = 250.0  # messages per second of each flooded kind
+    replayed: int = 1000  # old samples ticked again after 70,000 newer ones
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            fuzz_per_topic=100,
+            poison_rounds=1,
+            flood_seconds=5.0,
+            flood_samples=40,
+            flood_rate=100.0,
+            replayed=50,
+        )
+
+
+@dataclass
+class Harness:
+    """One deployment under test: broker, fleet, driver, and the offline reference."""
+
+    fleet: Fleet
+    driver: Driver
+    reference: Reference
+    roles: list[Role]
+    access: Path  # the deployment's accounts: a rogue logs in with a role's own
+    restart_broker: Callable[[float], float] | None  # down for s seconds -> restart time
+    sizes: Sizes = field(default_factory=Sizes)
+    next_sample: int = 0
+    killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill
+    broker_back_at: float | None = None
+    _examples: dict[str, bytes] | None = None
+
+    def segment(
+        self, n: int, actions: dict[int, Callable[[], None]] | None = None, rate: float = RATE
+    ) -> range:
+        """Stream the next `n` samples; `actions[j]` runs just before the j-th of them."""
+        samples = range(self.next_sample, self.next_sample + n)
+        self.next_sample += n
+        actions = actions or {}
+
+        def before(k: int) -> None:
+            if (action := actions.get(k - samples.start)) is not None:
+                action()
+
+        self.driver.run(samples, rate=rate, before=before, window=64)
+        return samples
+
+    def devices(self) -> list[Role]:
+        """The device roles of the deployment, in order."""
+        return [r for r in self.roles if r.tier == "device"]
+
+    def kill(self, role: Role) -> None:
+        self.driver.dead.add(role)
+        self.fleet.kill(role)
+        self.killed_at[role] = time.monotonic()
+
+    def restart(self, role: Role) -> None:
+        self.fleet.restart(role)
+        self.driver.dead.discard(role)
+
+    def login(self, account: str) -> BrokerSettings:
+        """Broker settings logged in as `account` of the deployment."""
+        return login(self.driver.client.settings, self.access, account)
+
+    def health(self) -> dict[str, Any]:
+        """What no hostile input may change: processes that died by themselves, reasons
+        counted per service (at most 64 keys, from a status sent after this call), the
+        largest resident memory of a service, all of it and its own (`Memory`)."""
+        live = [r for r in self.roles if r not in self.driver.dead]
+        asked = time.time()
+        deadline = time.monotonic() + STATUS_EVERY + 2.0
+        while time.monotonic() < deadline and any(
+            r not in self.driver.status or self.driver.status[r].t < asked for r in live
+        ):
+            self.driver.pump(0.1)
+        deaths = [r for r in live if not self.fleet.alive(r)]
+        keys = [len(self.driver.status[r].rejected) for r in live if r in self.driver.status]
+        memory = [m for r in live if (m := self.fleet.memory_mb(r)) is not None]
+        return {
+            "service_deaths": len(deaths),
+            "reason_keys": max(keys, default=0),
+            "max_rss_mb": max((m.rss for m in memory), default=None),
+            "max_anon_mb": max((m.anon for m in memory), default=None),
+        }
+
+    def rss(self) -> dict[Role, float]:
+        """The resident memory of every live service, in MB."""
+        return {r: m.rss for r in self.roles if (m := self.fleet.memory_mb(r)) is not None}
+
+    def growth(self, before: dict[Role, float]) -> float | None:
+        """The largest growth of a service's resident memory since `before` (`rss()`), MB."""
+        now = self.rss()
+        return max((round(now[r] - mb, 1) for r, mb in before.items() if r in now), default=None)
+
+    def examples(self) -> dict[str, bytes]:
+        """One real payload of every topic a service reads, taken from the deployment's
+        own traffic while a few samples stream (what the fuzzers and floods start from)."""
+        if self._examples is None:
+            topics = self.driver.topics
+            observer = MqttClient(self.login(OBSERVER), "ddnn-faults-examples")
+            observer.subscribe(f"{topics.root}/#")
+            observer.connect()
+            try:
+                self.segment(30)
+                self._examples = dict(received(observer, topics))
+            finally:
+                observer.close()
+        return self._examples
+
+    def detected(self, role: Role, since: float) -> float | None:
+        """Seconds from `since` until `role` was seen offline (its last will)."""
+        events = self.driver.events
+        times = [t for t, r, s in events if r == role and s == "offline" and t >= since]
+        return round(min(times) - since, 3) if times else None
+
+    def row(self, name: str, samples: range, **extra: Any) -> dict[str, Any]:
+        """The report line of a stretch of samples, with the checks every scenario makes."""
+        got = {k: d for k in samples if (d := self.driver.decisions.get(k)) is not None}
+        summary = summarize(got, self.reference.labels, len(samples), seconds=0.0)
+        local_latency = summary["latency_ms"].get("local", {"p50": None})
+        return {
+            "scenario": name,
+            "first_sample": samples.start,
+            **{k: summary[k] for k in ("samples", "decided", "undecided", "degraded")},
+            "lost": summary["missing"],
+            "accuracy": summary["accuracy"],
+            **self.reference.compare(got.values()),
+            "exit_fraction": summary["exit_fraction"],
+            "latency_p50_ms": local_latency["p50"],
+            "reasons": dict(Counter(d.reason for d in got.values() if d.reason)),
+            **extra,
+        }
+
+
+def received(observer: MqttClient, topics: Topics, timeout: float = 10.0) -> list[Received]:
+    """What `observer` (the observer account, subscribed to the deployment, its own probe
+    topic included) has received up to now (`UntilEcho`)."""
+    return list(UntilEcho(observer, f"{topics.hello}/{OBSERVER}/{observer.client_id}", timeout))
