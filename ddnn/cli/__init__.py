@@ -3,8 +3,8 @@
 Every command prints human-readable progress and tables by default and one JSON document on
 stdout with `--json` (ddnn/cli/render.py). User mistakes (a missing file, a bad config, an
 unknown device) end in one line `error: ...` and exit status 2, never a traceback. The
-commands live by group in ddnn/cli/data.py, model.py and live.py; the live services add
-theirs through the `ddnn.services` entry points (pyproject.toml).
+commands live by group in ddnn/cli/ (data.py, model.py, live.py, monitor.py, ...); the live
+services add theirs through the `ddnn.services` entry points (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from __future__ import annotations
 import sys
 from importlib.metadata import entry_points
 
-from ddnn.cli import bench, compare, data, live, model, protocol  # noqa: F401 (they register their commands)
+from ddnn.cli import (  # noqa: F401 (they register their commands)
+    bench,
+    compare,
+    data,
+    live,
+    model,
+    monitor,
+    protocol,
+)
 from ddnn.cli.app import app
 from ddnn.core.errors import DDNNError
 

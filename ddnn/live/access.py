@@ -315,10 +315,11 @@ def login(settings: BrokerSettings, access: Path, account: str) -> BrokerSetting
 
 
 def login_for(
-    artifacts: Path, role: Role, deployment: str, model_version: str
+    artifacts: Path, role: Role | str, deployment: str, model_version: str
 ) -> Credentials | None:
-    """The credentials `write_access` made for `role` of `deployment`, or None if it made
-    none; a `ConfigError` when they are for another model version (a stale export)."""
+    """The credentials `write_access` made for `role` (or another account) of `deployment`,
+    or None if it made none; a `ConfigError` when they are for another model version (a
+    stale export)."""
     path = access_dir(artifacts, deployment) / f"{role}.json"
     if not path.exists():
         return None

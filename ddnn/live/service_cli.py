@@ -74,10 +74,11 @@ class ServiceSetup:
     deployment: str
     credentials: Path | None = None
 
-    def login(self, artifacts: Path, role: Role, model_version: str) -> BrokerSettings:
-        """The broker settings `role` connects with: --username/--password when given, else
-        the --credentials file, else the account `ddnn credentials` made for `role` of this
-        deployment in `artifacts` when there is one, else anonymous."""
+    def login(self, artifacts: Path | None, role: Role | str, model_version: str) -> BrokerSettings:
+        """The broker settings `role` (or another account: `observer`) connects with:
+        --username/--password when given, else the --credentials file, else the account `ddnn
+        credentials` made for `role` of this deployment in `artifacts` when there is one,
+        else anonymous."""
         if self.broker.username is not None:
             return self.broker
         if self.credentials is not None:
@@ -88,7 +89,11 @@ class ServiceSetup:
                     f"{login.deployment!r}, not {role!r} of {self.deployment!r}"
                 )
         else:
-            login = login_for(artifacts, role, self.deployment, model_version)
+            login = (
+                None
+                if artifacts is None
+                else login_for(artifacts, role, self.deployment, model_version)
+            )
             if login is None:
                 return self.broker
         logging.getLogger(f"ddnn.{role}").info("logging in as %s", login.username)

@@ -31,7 +31,7 @@ from ddnn.core.roles import Role
 from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
-from ddnn.ops.stats import percentiles
+from ddnn.ops.stats import bytes_per_device, percentiles
 
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
 CHECK_EVERY = 0.5  # seconds between the driver's checks that every process still runs
@@ -314,10 +314,7 @@ def summarize(
     tiers = ("local", "edge", "cloud")
     by_exit = Counter(d.exit for d in decided if not d.abstained)
     right = sum(d.class_index == labels[d.sample % len(labels)] for d in decided)
-    per_device = [
-        (d.bytes.get("device_scores", 0) + d.bytes.get("device_features", 0)) / len(d.devices)
-        for d in decided
-    ]
+    per_device = [b for d in decided if (b := bytes_per_device(d)) is not None]
     return {
         "samples": samples,
         "decided": len(decided),
