@@ -20,6 +20,7 @@ from ddnn.cli import (  # noqa: F401 (they register their commands)
     model,
     monitor,
     protocol,
+    report,
 )
 from ddnn.cli.app import app
 from ddnn.core.errors import DDNNError

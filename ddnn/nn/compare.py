@@ -20,8 +20,9 @@ from ddnn.core.config import DDNNConfig, EdgeSpec, validate_config
 from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade
-from ddnn.data import Splits
+from ddnn.data import MultiViewData, Splits
 from ddnn.nn.evaluate import accuracy_percent, model_exit_points, run_model
+from ddnn.nn.model import DDNN
 from ddnn.nn.train import EpochCallback, fit_and_calibrate, training_stages
 
 STRATEGIES = ("joint", "separate", "layerwise")
@@ -127,11 +128,26 @@ def precision_candidates(cfg: DDNNConfig, variants: Sequence[dict[str, str]]) ->
 def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None) -> dict:
     """Train and calibrate the candidate, then its row on the test split."""
     result, picked = fit_and_calibrate(parts, candidate.config, on_epoch)
-    model, cfg = result.model, result.config
-    outputs = run_model(model, parts.test)
+    return measure_trained(
+        candidate.label, result.model, result.config, parts.test, picked, result.seconds
+    )
+
+
+def measure_trained(
+    label: dict[str, Any],
+    model: DDNN,
+    cfg: DDNNConfig,
+    test: MultiViewData,
+    picked: dict[str, float],
+    seconds: float,
+) -> dict:
+    """The row of a candidate already trained and calibrated (`picked`: its thresholds,
+    `seconds`: its training time) on the test split; apart from `measure` so that a model
+    trained earlier (`ddnn report`'s cache) is measured the same way."""
+    outputs = run_model(model, test)
     decided = cascade(model_exit_points(model, cfg), outputs.inputs)
     labels = outputs.labels
-    row = dict(candidate.label)
+    row = dict(label)
     for i, name in enumerate(model.exits[:-1]):
         row[f"{name}_exit"] = round(100.0 * float((decided.exit_index == i).mean()), 2)
     row["accuracy"] = accuracy_percent(decided.predictions, labels)
@@ -141,7 +157,7 @@ def measure(candidate: Candidate, parts: Splits, on_epoch: EpochCallback | None)
     row["energy_uj"] = energy["total"]
     row["energy_reduction"] = energy["reduction"]
     row["thresholds"] = picked
-    row["train_seconds"] = round(result.seconds, 1)
+    row["train_seconds"] = round(seconds, 1)
     return row
 
 
