@@ -218,10 +218,16 @@ def test_the_hostile_scenarios_at_full_size(tiny):
 
 def test_faults_replay_the_data_asked_for_and_check_against_the_same(tmp_path, on_mvmc_file):
     """A model trained on one MVMC-format file, faults run with `--data` another: the
-    devices replay that file's test part, and the offline reference decides the same."""
+    devices replay that file's test part, and the offline reference decides the same.
+    With `--plot`, the scenario's time line is drawn (test_live_plots.py checks the drawing
+    on made-up data)."""
     model, _ = on_mvmc_file
     other = tmp_path / "b.npz"
     save_mvmc(other, *make_mvmc_arrays(100, seed=3))
-    (result,) = faults(model, "straggler", data=f"mvmc:{other}")["results"]
+    report = faults(model, "straggler", data=f"mvmc:{other}", plot=str(tmp_path / "plots"))
+    (result,) = report["results"]
     assert result["data"] == f"mvmc:{other}"
     assert_sound(result)  # every compared live decision equals the offline one on b.npz
+    figure = tmp_path / "plots" / "faults-straggler.png"
+    assert report["plots"] == [result["plot"]] == [str(figure)]
+    assert figure.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and figure.stat().st_size > 5_000

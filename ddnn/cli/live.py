@@ -6,7 +6,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -205,6 +205,14 @@ def demo(
             "needs mosquitto",
         ),
     ] = 1,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="also draw a histogram of each exit tier's latency, p50 and p99 marked, into "
+            "DIR/demo-latency.png",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
@@ -226,6 +234,7 @@ def demo(
         data,
         bridge,
         cloud_replicas,
+        plot,
     )
     b = report["broker"]
     show(
@@ -266,6 +275,7 @@ def demo(
             ),
             "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
             "differ: live decisions (class or exit) that differ from it",
+            *plotted(report, as_json),
         ],
     )
 
@@ -299,6 +309,14 @@ def faults(
         ),
     ] = None,
     data: LiveData = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="also draw each scenario over time into DIR/faults-<scenario>.png: accuracy "
+            "per time bin beside offline evaluation's, latency and its p50, the faults marked",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
@@ -324,6 +342,7 @@ def faults(
         log,
         data=data,
         sizes=Sizes.quick() if quick else Sizes(),
+        plot=plot,
     )
     results = report["results"]
     tables = []
@@ -364,7 +383,19 @@ def faults(
         + (", ".join(f"{r} {sum(n.values())}" for r, n in d["rejected"].items()) or "none")
         for d in report["deployments"]
     ]
-    show(report, as_json, [*tables, legend, *rejected])
+    show(report, as_json, [*tables, legend, *rejected, *plotted(report, as_json)])
+
+
+def plotted(report: dict[str, Any], as_json: bool) -> list[str]:
+    """The lines that name the figures a run drew (`--plot`): for the output a person reads,
+    or, with --json, on stderr at once, since stdout holds the JSON document alone (its
+    `plots` lists them too)."""
+    lines = [f"figure: {path}" for path in report.get("plots", [])]
+    if not as_json:
+        return lines
+    for line in lines:
+        err.print(line)
+    return []
 
 
 @app.command("inspect")

@@ -115,6 +115,7 @@ def run_demo(
     data: str | None = None,
     bridge: bool = False,
     cloud_replicas: int = 1,
+    plot: Path | None = None,
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
@@ -122,7 +123,9 @@ def run_demo(
     broker (devices, aggregator, edges) by a mosquitto bridge that carries only the offload
     requests, the cloud's inputs and its answers (and its status). `cloud_replicas` over 1:
     the cloud as that many replicas behind an MQTT 5 shared subscription, fed whole jobs by
-    the aggregator (cloud/service.py)."""
+    the aggregator (cloud/service.py). `plot`: a folder for a histogram of the latency of
+    each exit tier (demo-latency.png, drawn once the services have stopped), listed in
+    `plots`."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -198,6 +201,12 @@ def run_demo(
         report["broker"]["cloud_url"] = cloud_broker.url
         report["broker"]["bridged"] = True
     report["clean_exits"] = all(code == 0 for code in running.codes.values())
+    if plot is not None:
+        from ddnn.ops.live_plots import latency_histograms
+
+        title = f"latency per exit tier\n{samples} samples of {reference.spec}, {k} devices"
+        drawn = latency_histograms(decisions.values(), plot / "demo-latency.png", title)
+        report["plots"] = [str(drawn)]
     if decisions_path is not None:
         with decisions_path.open("w") as f:
             for sample in sorted(decisions):

@@ -3,9 +3,11 @@ offline reference its decisions are checked against.
 
 A scenario (ddnn/ops/outage_scenarios.py, ddnn/ops/hostile_scenarios.py) is a function of a
 `Harness` that streams samples through the deployment (`segment`), does harm meanwhile
-(`kill`, `restart`, rogue clients logged in as one of its accounts: `login`), and returns
-report rows (`row`: the checks every scenario makes, with `health` for what hostile input
-may not change). `Sizes` is how much the hostile scenarios send.
+(`kill`, `restart`, `pause`, rogue clients logged in as one of its accounts: `login`), and
+returns report rows (`row`: the checks every scenario makes, with `health` for what hostile
+input may not change). `Sizes` is how much the hostile scenarios send. Every fault is noted
+with its time (`mark`, `events`), so that `timeline` can draw a scenario with its faults on
+it (`ddnn faults --plot`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddnn.core.roles import Role
 from ddnn.live.access import OBSERVER, login
@@ -23,8 +25,11 @@ from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.service import STATUS_EVERY
 from ddnn.live.transport import Received, UntilEcho
-from ddnn.live.wire import Topics
+from ddnn.live.wire import Decision, Topics
 from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
+
+if TYPE_CHECKING:  # drawing (matplotlib) only when asked for: `timeline` imports it
+    from ddnn.ops.live_plots import Event, Point
 
 RATE = 25.0  # samples per second while faults happen
 SCORE_DEADLINE = 0.5  # the aggregator's wait for device scores, seconds
@@ -73,6 +78,8 @@ class Harness:
     next_sample: int = 0
     killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill
     broker_back_at: float | None = None
+    # (monotonic, what was done): one per fault a scenario does, so as many as it defines
+    events: list[tuple[float, str]] = field(default_factory=list)
     _examples: dict[str, bytes] | None = None
 
     def segment(
@@ -94,14 +101,53 @@ class Harness:
         """The device roles of the deployment, in order."""
         return [r for r in self.roles if r.tier == "device"]
 
+    def mark(self, what: str, at: float | None = None) -> None:
+        """Note a fault done at `at` (monotonic; default: now), for the time lines."""
+        self.events.append((time.monotonic() if at is None else at, what))
+
     def kill(self, role: Role) -> None:
         self.driver.dead.add(role)
         self.fleet.kill(role)
         self.killed_at[role] = time.monotonic()
+        self.mark(f"kill {role}", self.killed_at[role])
 
     def restart(self, role: Role) -> None:
         self.fleet.restart(role)
         self.driver.dead.discard(role)
+        self.mark(f"restart {role}")
+
+    def pause(self, role: Role, seconds: float) -> None:
+        """Stop `role` for `seconds` (without waiting): a straggler (`Fleet.pause`)."""
+        self.fleet.pause(role, seconds)
+        self.mark(f"pause {role} {seconds:g} s")
+
+    def timeline(self, since: float) -> tuple[list[Point], list[Event]]:
+        """The decisions that arrived from `since` (monotonic) on and the faults done since,
+        timed from `since`: what `live_plots.fault_timeline` draws. Each decision is scored
+        as `row` scores it, and the offline reference's decision beside it only where
+        `Reference.compare` has one (same devices, not degraded)."""
+        from ddnn.ops.live_plots import Event, Point
+
+        driver, labels = self.driver, self.reference.labels
+        points = []
+        for k, at in driver.decided_at.items():
+            if at < since:
+                continue
+            d = driver.decisions[k]
+            right = d.class_index == labels[k % len(labels)] if d.decided else None
+            points.append(Point(at - since, d.latency_ms, right, self._offline_right(d)))
+        events = [Event(t - since, what) for t, what in self.events if t >= since]
+        return points, events
+
+    def _offline_right(self, d: Decision) -> bool | None:
+        """Whether the offline reference decides `d`'s sample right with `d`'s devices."""
+        if not d.decided or d.degraded or not d.devices:
+            return None
+        if d.upper_devices is not None and d.upper_devices != d.devices:
+            return None
+        classes, _ = self.reference.decide(tuple(d.devices))
+        row = d.sample % len(self.reference.labels)
+        return bool(classes[row] == self.reference.labels[row])
 
     def login(self, account: str) -> BrokerSettings:
         """Broker settings logged in as `account` of the deployment."""

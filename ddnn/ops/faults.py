@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR
@@ -47,6 +47,9 @@ from ddnn.ops.outage_scenarios import (
     service_restart,
     straggler,
 )
+
+if TYPE_CHECKING:  # matplotlib only when a plot is asked for
+    from ddnn.ops.live_plots import Event, Point
 
 SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "device-down": device_down,
@@ -70,6 +73,8 @@ def run_scenarios(
     workdir: Path | None = None,
     data: str | None = None,
     sizes: Sizes | None = None,
+    plot: Path | None = None,
+    plot_prefix: str = "faults",
 ) -> dict[str, Any]:
     """Run scenarios `names`, in order, on one deployment of `model`, its devices replaying
     the test part of `data` (a SPEC; default: the data the model was trained on), the very
@@ -77,7 +82,10 @@ def run_scenarios(
 
     Returns per scenario its rows, whether every process that should live was alive at its
     end, and the anomalies and restarts it caused; and for the deployment, the services'
-    final counters and rejections (from their last status) and whether each exited cleanly."""
+    final counters and rejections (from their last status) and whether each exited cleanly.
+    `plot`: a folder where each scenario's time line goes (`<plot_prefix>-<scenario>.png`,
+    drawn once the deployment has stopped, not while it runs); its path is the result's
+    `plot`."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         known = ", ".join([*SCENARIOS, "dropout"])
@@ -87,6 +95,7 @@ def run_scenarios(
     aggregator += ["--edge-deadline", str(CLOUD_DEADLINE)]
     aggregator += ["--cloud-deadline", str(CLOUD_DEADLINE)]
     results: list[dict[str, Any]] = []
+    timelines: list[tuple[list[Point], list[Event]]] = []
     with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
         work = workdir or Path(tmp)
         prepared = prepare(net, cfg, meta, work, "faults", data)
@@ -132,6 +141,8 @@ def run_scenarios(
                     for role in sorted(driver.dead):
                         h.restart(role)  # the next scenario starts from a whole deployment
                     driver.wait_online(roles)
+                    if plot is not None:
+                        timelines.append(h.timeline(began))
                     results.append(
                         {
                             "scenario": name,
@@ -145,6 +156,13 @@ def run_scenarios(
                     )
         finally:
             broker.stop()
+    if plot is not None:
+        from ddnn.ops.live_plots import fault_timeline
+
+        for result, (points, events) in zip(results, timelines, strict=True):
+            path = plot / f"{plot_prefix}-{result['scenario']}.png"
+            title = f"{result['scenario']}: {model.name}\non {reference.spec}"
+            result["plot"] = str(fault_timeline(points, events, path, title))
     return {
         "model": str(model),
         "data": reference.spec,
@@ -162,17 +180,23 @@ def run_faults(
     log: Callable[[str], None],
     data: str | None = None,
     sizes: Sizes | None = None,
+    plot: Path | None = None,
 ) -> dict[str, Any]:
     """What `ddnn faults` reports: scenarios `names` on one deployment of `model`; "dropout"
     among them sets device-down of `model` beside device-down of `baseline()` (a model trained
-    without device dropout, on a second deployment), reusing the first's device-down run."""
+    without device dropout, on a second deployment), reusing the first's device-down run.
+    `plot`: a folder for each scenario's time line (PNG), listed in `plots`."""
     wanted = [n for n in names if n != "dropout"]
     if "dropout" in names and "device-down" not in wanted:
         wanted.append("device-down")
-    runs = [run_scenarios(wanted, model, log, data=data, sizes=sizes)]
+    runs = [run_scenarios(wanted, model, log, data=data, sizes=sizes, plot=plot)]
     results = [r for r in runs[0]["scenarios"] if r["scenario"] in names]
     if "dropout" in names:
-        runs.append(run_scenarios(["device-down"], baseline(), log, data=data))
+        runs.append(
+            run_scenarios(
+                ["device-down"], baseline(), log, data=data, plot=plot, plot_prefix="baseline"
+            )
+        )
         pair = [
             (
                 "with dropout",
@@ -182,4 +206,8 @@ def run_faults(
         ]
         results += [{**r, "scenario": f"dropout: {label}"} for label, r in pair]
     deployments = [{k: v for k, v in run.items() if k != "scenarios"} for run in runs]
-    return {"results": results, "deployments": deployments}
+    report: dict[str, Any] = {"results": results, "deployments": deployments}
+    if plot is not None:
+        drawn = [r["plot"] for run in runs for r in run["scenarios"] if r["scenario"] in wanted]
+        report["plots"] = drawn
+    return report

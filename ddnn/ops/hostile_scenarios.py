@@ -91,6 +91,7 @@ def bad_input(h: Harness) -> list[dict[str, Any]]:
         return rogues[account]
 
     def attack(at: int) -> None:
+        h.mark("rogue messages")
         # `at - 10` was ticked a while ago: decided, or about to be
         for topic, payload in rogue_payloads(topics, 10**9, start + at - 10):
             rogue(topic).publish(topic, payload, qos=1)
@@ -120,6 +121,7 @@ def replay(h: Harness) -> list[dict[str, Any]]:
     old = h.segment(h.sizes.replayed, rate=None)
     h.next_sample += 70_000
     newer = h.segment(20)
+    h.mark(f"{len(old)} old samples ticked again")
     for k in old:  # decided already: the driver's run would not tick them again
         h.driver.tick(k)
     end = time.monotonic() + 2.0  # what the services answer to the replay, if anything
@@ -174,6 +176,7 @@ def forgery(h: Harness) -> list[dict[str, Any]]:
 
     def attack() -> None:
         nonlocal sent, denied
+        h.mark("forgeries")
         for account in accounts:
             client = MqttClient(h.login(account), f"ddnn-forger-{account}").connect()
             for topic in forged_topics(topics, account, accounts):
@@ -228,12 +231,14 @@ def fuzz(h: Harness) -> list[dict[str, Any]]:
             client.close()
 
     sent = 0
+    h.mark("fuzzing starts")
     with ThreadPoolExecutor(max_workers=len(per_account)) as pool:
         jobs = [pool.submit(send, a, mine) for a, mine in per_account.items()]
         samples = h.segment(20)
         while not all(j.done() for j in jobs):
             samples = range(samples.start, h.segment(20).stop)
         sent = sum(j.result() for j in jobs)
+    h.mark("fuzzing ends")
     rows = [
         h.row(
             f"{h.sizes.fuzz_per_topic} fuzzed payloads on each of {len(topics)} topics",
@@ -322,12 +327,14 @@ def flood(h: Harness) -> list[dict[str, Any]]:
         kinds.append(Kind("features", feature_map))
     before = h.rss()
     deadline = SCORE_DEADLINE + CLOUD_DEADLINE * (2 if h.reference.cfg.model.edge else 1)
+    h.mark("flood starts")
     flooding = Flood(kinds, h.sizes.flood_rate, client).start()
     try:
         rate = h.sizes.flood_samples / h.sizes.flood_seconds
         samples = h.segment(h.sizes.flood_samples, rate=rate)
     finally:
         sent = flooding.stop()
+        h.mark("flood ends")
         for c in clients.values():
             c.close()
     decided = [d for k in samples if (d := h.driver.decisions.get(k)) is not None]

@@ -64,9 +64,7 @@ def straggler(h: Harness) -> list[dict[str, Any]]:
     """3. One device paused past the aggregator's score deadline on some samples."""
     role = h.devices()[2]
     pause = 3 * SCORE_DEADLINE
-    samples = h.segment(
-        80, {10: lambda: h.fleet.pause(role, pause), 50: lambda: h.fleet.pause(role, pause)}
-    )
+    samples = h.segment(80, {10: lambda: h.pause(role, pause), 50: lambda: h.pause(role, pause)})
     return [h.row(f"{role} paused {pause:g} s twice", samples)]
 
 
@@ -88,7 +86,9 @@ def broker_restart(h: Harness) -> list[dict[str, Any]]:
     restart_broker = h.restart_broker
 
     def restart() -> None:
+        h.mark("broker down")
         h.broker_back_at = restart_broker(1.0)
+        h.mark("broker back", h.broker_back_at)
 
     samples = h.segment(80, {20: restart})
     back = h.broker_back_at or 0.0
