@@ -298,6 +298,7 @@ class Enough(Exception):
     """Stops the driver's thread."""
 
 
+@pytest.mark.slow  # 30 s of processes; the default run keeps `watch` on the in-memory bus
 def test_monitor_json_watches_a_live_deployment_with_the_observers_account(tmp_path, tiny):
     """A real broker enforcing the accounts, real service processes, a driver ticking 40
     samples a second; `ddnn monitor --json` as a subprocess with the observer's credentials
