@@ -22,6 +22,7 @@ from ddnn.cli.options import (
     Seed,
     config_from,
     load_data,
+    parse_ints,
 )
 from ddnn.cli.render import Rows, progress_bar, show
 from ddnn.core.config import DDNNConfig, Precision
@@ -161,20 +162,12 @@ def placement(
     from ddnn.nn.train import adapt_config
 
     cfg = config_from(config, overrides, epochs=epochs, seed=seed)
-    blocks, at = _numbers("--path", path), _numbers("--positions", positions)
+    blocks, at = parse_ints(path, "--path"), parse_ints(positions, "--positions")
     _compare(
         "exit placement", PAPER, cfg, data, grid, as_json,
         lambda parts: placement_candidates(adapt_config(cfg, parts.train), blocks, at, threshold),
         measure_placement,
     )  # fmt: skip
-
-
-def _numbers(option: str, text: str) -> list[int]:
-    """ "16,32,64" -> [16, 32, 64]."""
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise DDNNError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
 
 
 @compare_app.command("precision")

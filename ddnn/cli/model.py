@@ -27,7 +27,7 @@ from ddnn.cli.options import (
     config_from,
     load_data,
     parse_devices,
-    parse_devices_ordered,
+    parse_ints,
     parse_thresholds,
 )
 from ddnn.cli.render import Rows, err, out, progress_bar, report_blocks, show
@@ -182,7 +182,7 @@ def eval_(
     if each_missing:
         report["each_missing"] = accuracy_each_missing(model, dataset, points)
     if scaling:
-        device_order = parse_devices_ordered(order) if order else device_ranking(model, dataset)
+        device_order = parse_ints(order, "--order") if order else device_ranking(model, dataset)
         report["scaling"] = accuracy_by_device_count(model, dataset, points, device_order)
     blocks = report_blocks(report)
     if each_missing:
@@ -386,7 +386,7 @@ def results(
     then every measure per seed with its mean and spread, and the bars each seed meets."""
     from ddnn.ops.results import BARS, seed_results
 
-    chosen = parse_devices_ordered(seeds)  # a list of integers, in the order given
+    chosen = parse_ints(seeds, "--seeds")
     document = seed_results(
         chosen, data, overrides or [], workdir, baseline, lambda line: err.print(line)
     )

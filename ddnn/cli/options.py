@@ -91,12 +91,13 @@ def parse_thresholds(text: str | None, exits: list[str]) -> dict[str, float]:
     return chosen
 
 
-def parse_devices_ordered(text: str) -> list[int]:
-    """A comma-separated list of integers, in the order given."""
+def parse_ints(text: str, option: str) -> list[int]:
+    """A comma-separated list of integers, in the order given (`option` names the flag in
+    the error)."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise DDNNError(f"expected integers separated by commas like 1,0,2, got {text!r}") from None
+        raise DDNNError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
 
 
 def config_from(config: Path | None, overrides: list[str] | None, **flags: Any) -> DDNNConfig:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ddnn.cli.app import app
-from ddnn.cli.options import DataSpec, Grid, JsonFlag, load_data, parse_devices_ordered
+from ddnn.cli.options import DataSpec, Grid, JsonFlag, load_data, parse_ints
 from ddnn.cli.render import err, progress_bar, show
 from ddnn.core.errors import DDNNError
 
@@ -50,7 +50,7 @@ def report(
     from ddnn.ops.report import build_report, write_report
     from ddnn.ops.report_plan import FULL_EPOCHS, Plan
 
-    chosen = tuple(parse_devices_ordered(seeds))
+    chosen = tuple(parse_ints(seeds, "--seeds"))
     if not chosen:
         raise DDNNError("--seeds needs at least one seed")
     plan = Plan.quick_plan(chosen, epochs) if quick else Plan(chosen, epochs or FULL_EPOCHS)
