@@ -33,17 +33,20 @@ def test_bench_live_measures_the_pattern_and_the_live_system_in_one_run(tiny, ki
     assert flat["of_ceiling"] == pytest.approx(
         flat["samples_per_second"] / ceiling["samples_per_second"], abs=0.01
     )
-    assert paced["fps"] == 20 and paced["samples"] == paced["decided"] == 40
-    # the tiny model's thresholds send samples to both exits; latency is per exit tier
-    assert set(paced["latency_ms"]) == {"local", "cloud"}
-    for tier in paced["latency_ms"].values():
-        assert 0 < tier["p50"] <= tier["p99"]
+    # paced twice: the devices free-running on the wall clock, then started by ticks
+    for run, clock in ((paced, "wall"), (r["paced_ticked"], "tick")):
+        assert run["clock"] == clock and run["fps"] == 20
+        assert run["samples"] == run["decided"] == 40 and run["degraded"] == 0
+        # the tiny model's thresholds send samples to both exits; latency is per exit tier
+        assert set(run["latency_ms"]) == {"local", "cloud"}
+        for tier in run["latency_ms"].values():
+            assert 0 < tier["p50"] <= tier["p99"]
     roles = {f"device-{i}" for i in range(6)} | {"aggregator", "cloud"}
     assert roles <= set(flat["cpu_seconds_per_sample"])
     assert roles <= set(ceiling["cpu_seconds_per_sample"])
     # The pattern sends what the live system sends for the same samples: ticks, scores,
     # offload requests, feature maps, cloud scores and decisions (statuses aside).
     assert r["messages_per_sample"] == pytest.approx(ceiling["messages_per_sample"], abs=0.3)
-    parity = r["parity"]
-    assert parity["compared"] > 0 and parity["mismatches"] == 0
+    parity = r["parity"]  # over every live decision: warm-up, both paced runs, flat out
+    assert parity["compared"] == 30 + 40 + 40 + 60 and parity["mismatches"] == 0
     assert parity["decided_twice"] == parity["undecided"] == parity["missing"] == 0

@@ -7,8 +7,14 @@ export of the model, in this order:
    roles, accounts, topics, message sizes and escalations, no model, QoS 0, flat out over
    the sample ids the live system then decides: the ceiling;
 2. the live system (one process per role, as `ddnn demo` runs it) paced like cameras:
-   `fps` samples per second for `seconds`, ticked on the wall clock; decision latency per
-   exit tier, from the tick (the capture) to the aggregator's decision;
+   `fps` samples per second for `seconds`, with decision latency per exit tier from the
+   capture to the aggregator's decision, twice:
+   - `paced`: every device free-running on the wall clock (`ddnn device --clock wall`),
+     as cameras on synchronized clocks do: sample k is the k-th 1/fps slot, and nothing
+     but the devices' scores starts it;
+   - `paced_ticked`: the devices in lockstep, each sample started by a tick message at
+     that rate (what `ddnn demo` does), so the tick's trip through the broker is part of
+     the latency;
 3. the live system flat out: `samples` samples with at most `window` in flight, timed, with
    each service's CPU seconds per sample.
 
@@ -20,6 +26,7 @@ differently is not faster.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -30,9 +37,10 @@ from typing import Any
 import numpy as np
 
 from ddnn.core.config import DDNNConfig
-from ddnn.core.roles import CLOUD, Role, deployment_roles, tier_inputs
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles, tier_inputs
 from ddnn.live.access import TRIGGER, login
 from ddnn.live.broker import start_broker
+from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.wire import Decision, Features, Offload, Scores, Tick, Topics, encode
 from ddnn.nn.checkpoint import load_model
 from ddnn.nn.model import DDNN
@@ -42,6 +50,8 @@ from ddnn.ops.fleet import cpu_seconds, summarize
 from ddnn.ops.pattern import Shape, run_pattern
 
 WARMUP = 30  # samples decided before anything is timed (first frames, first connections)
+SETTLE = 1.0  # seconds from every service online to the first timed slot of the wall clock
+LAST_WAIT = 5.0  # seconds after the last timed slot for its decision (past every deadline)
 
 
 def pattern_shape(net: DDNN, cfg: DDNNConfig, prepared: Prepared) -> Shape:
@@ -91,6 +101,27 @@ def _decision_bytes(k: int, t: float, devices: list[Role]) -> int:
     return len(encode(decision))
 
 
+def paced_on_wall_clock(
+    prepared: Prepared, settings: BrokerSettings, workdir: Path, fps: float, count: int
+) -> tuple[dict[int, Decision], range]:
+    """Run `prepared` with every device free-running at `fps` on the wall clock and the
+    aggregator starting each sample on its first scores (`--clock wall`): the decisions of
+    `count` consecutive slots from SETTLE seconds after every service is online, and the
+    ids of those slots. Nothing is ticked: the driver only listens."""
+    roles = deployment_roles(prepared.manifest.ddnn_config().model)
+    extra = {r: ["--clock", "wall", "--fps", f"{fps:g}"] for r in roles if r.tier == "device"}
+    extra[AGGREGATOR] = ["--clock", "wall"]
+    with deployment(prepared, settings, workdir, extra=extra) as running:
+        driver = running.driver
+        first = math.ceil((time.time() + SETTLE) * fps)
+        ids = range(first, first + count)
+        waiting, end = set(ids), ids.stop / fps + LAST_WAIT
+        while waiting and time.time() < end:
+            waiting.discard(driver.pump(0.05))
+        running.fleet.check()
+    return {k: driver.decisions[k] for k in ids if k in driver.decisions}, ids
+
+
 def bench_live(
     model: Path | None,
     samples: int,
@@ -121,12 +152,14 @@ def bench_live(
             total = WARMUP + paced_n + samples
             log(f"bare message pattern: {total} samples, {window} in flight, {broker.kind}")
             ceiling = run_pattern(shape, accounts, total, window).figures()
+            log(f"paced on the wall clock: {paced_n} samples at {fps:g} per second")
+            wall, wall_ids = paced_on_wall_clock(prepared, settings, Path(tmp), fps, paced_n)
             with deployment(prepared, settings, Path(tmp), drain=1.0) as running:
                 driver, fleet = running.driver, running.fleet
                 log(f"live system: {len(running.roles)} services online; warming up")
                 driver.run(range(WARMUP), window=window)
                 paced_ids = range(WARMUP, WARMUP + paced_n)
-                log(f"paced: {len(paced_ids)} samples at {fps:g} per second")
+                log(f"paced by ticks: {len(paced_ids)} samples at {fps:g} per second")
                 driver.run(paced_ids, rate=fps, window=max(window, int(fps * 10)))
                 flat_ids = range(paced_ids.stop, paced_ids.stop + samples)
                 log(f"flat out: {samples} samples, {window} in flight")
@@ -148,20 +181,23 @@ def bench_live(
         if counter.startswith("sent_")
     )
     ticked = flat_ids.stop
-    paced = summarize(
+    labels = running.reference.labels
+    paced = summarize(wall, labels, len(wall_ids), len(wall_ids) / fps)
+    paced_ticked = summarize(
         {k: decisions[k] for k in paced_ids if k in decisions},
-        running.reference.labels,
+        labels,
         len(paced_ids),
-        paced_ids.stop / fps,
+        len(paced_ids) / fps,
     )
     flat = summarize(
         {k: decisions[k] for k in flat_ids if k in decisions},
-        running.reference.labels,
+        labels,
         samples,
         ended - start,
     )
     flat_rate = flat["decided"] / (ended - start) if ended > start else None
-    parity = running.reference.compare(decisions.values())
+    everything = decisions | wall  # tick ids count from 0, wall ones from the Unix epoch
+    parity = running.reference.compare(everything.values())
     return {
         "model": str(path),
         "data": running.reference.spec,
@@ -182,20 +218,27 @@ def bench_live(
                 if was is not None and after[name] is not None
             },
         },
-        "paced": {
-            "fps": fps,
-            "samples": len(paced_ids),
-            "decided": paced["decided"],
-            "exit_fraction": paced["exit_fraction"],
-            "latency_ms": paced["latency_ms"],
-        },
+        "paced": _paced(paced, fps, "wall"),
+        "paced_ticked": _paced(paced_ticked, fps, "tick"),
         "messages_per_sample": round((sent + driver.ticks) / max(1, ticked), 2),
-        "accuracy": summarize(decisions, running.reference.labels, ticked, 1.0)["accuracy"],
+        "accuracy": summarize(everything, labels, ticked + len(wall_ids), 1.0)["accuracy"],
         "parity": {
             **parity,
             "decided_twice": driver.anomalies.get("decided_twice", 0),
             "driver_anomalies": dict(driver.anomalies),
-            "undecided": sum(not d.decided for d in decisions.values()),
-            "missing": ticked - len(decisions),
+            "undecided": sum(not d.decided for d in everything.values()),
+            "missing": ticked + len(wall_ids) - len(everything),
         },
+    }
+
+
+def _paced(summary: dict[str, Any], fps: float, clock: str) -> dict[str, Any]:
+    return {
+        "fps": fps,
+        "clock": clock,
+        "samples": summary["samples"],
+        "decided": summary["decided"],
+        "degraded": summary["degraded"],
+        "exit_fraction": summary["exit_fraction"],
+        "latency_ms": summary["latency_ms"],
     }
