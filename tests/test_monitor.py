@@ -52,6 +52,12 @@ def decision(sample: int, exit: str | None = "local", latency: float | None = 1.
     return TOPICS.decisions, encode(Decision(**(fields | kw)))
 
 
+def bad_decision(**fields) -> bytes:
+    """A decision payload with `fields` as they are, past what `Decision` would build."""
+    good = {"v": 1, "kind": "decision", "sample": 9, "decided": True, "exit": "local"}
+    return msgpack.packb(good | fields)
+
+
 def watcher(**kw) -> Monitor:
     return Monitor(
         DEPLOYMENT, kw.pop("version", VERSION), started=0.0, started_wall=START_WALL, **kw
@@ -151,7 +157,7 @@ def test_rejections_per_service_and_reason():
 
 def test_malformed_messages_are_counted_and_never_stop_it():
     m = watcher()
-    hostile = "[bold red]x\x1b[2J" + "y" * 500
+    hostile = "[bold red]x\x1b[2J" + "y" * 400  # within the wire's 512, over MAX_NAME
     feed(
         m,
         [
@@ -161,8 +167,12 @@ def test_malformed_messages_are_counted_and_never_stop_it():
             (TOPICS.decisions, encode(Tick(sample=1, t=1.0))),  # a tick on the decisions topic
             (TOPICS.status(Role("device-0")), status("device-1")[1]),  # another's status
             (TOPICS.decisions, msgpack.packb({"v": 1, "kind": "decision", "sample": -1})),
-            decision(1, latency=float("nan")),  # valid, but its latency is left out
-            decision(2, latency=float("inf"), bytes={"device_scores": -5}),
+            # refused by the wire: a NaN latency, an infinite one, a negative byte count
+            (TOPICS.decisions, bad_decision(latency_ms=float("nan"))),
+            (TOPICS.decisions, bad_decision(latency_ms=float("inf"))),
+            (TOPICS.decisions, bad_decision(bytes={"device_scores": -5})),
+            decision(1),
+            decision(2, latency=None),  # no latency: left out of the percentiles
             decision(3, degraded=True, reason=hostile),
         ],
     )
@@ -173,7 +183,7 @@ def test_malformed_messages_are_counted_and_never_stop_it():
         "unsupported schema version": 1,
         "a message of another kind than its topic's": 1,
         "a sender other than its topic's role": 1,
-        "bad decision message": 1,
+        "bad decision message": 4,
     }
     d = snap["decisions"]
     assert d["count"] == 3 and d["latency_ms"]["local"] == {"p50": 1.0, "p99": 1.0}

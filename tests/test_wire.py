@@ -106,6 +106,42 @@ def test_bad_payloads_fail_with_a_fixed_reason_and_their_detail(payload, reason,
     assert detail in raised.value.detail and len(raised.value.detail) <= 200
 
 
+def decision(**changes) -> dict:
+    m = Decision(sample=5, decided=True, class_index=1, exit="local", devices=[0, 1])
+    return {**m.model_dump(), **changes}
+
+
+def status(**changes) -> dict:
+    return {**Status(role="aggregator", state="online", t=1.0).model_dump(), **changes}
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        # no NaN or infinity in any float field: a NaN time compares false with everything,
+        # a NaN latency turns every percentile a reader takes into NaN
+        (msgpack.packb({"v": 1, "kind": "tick", "sample": 1, "t": float("nan")}), "finite"),
+        (msgpack.packb(scores(t0=float("inf"))), "finite"),
+        (msgpack.packb(status(t=float("-inf"))), "finite"),
+        (msgpack.packb(decision(latency_ms=float("nan"))), "finite"),
+        (msgpack.packb(decision(entropy=float("inf"))), "finite"),
+        (msgpack.packb(decision(entropy=1.5)), "entropy"),  # normalized: in [0, 1]
+        (msgpack.packb(decision(bytes={"device_scores": -5})), "bytes"),
+        (msgpack.packb(decision(devices=[-1])), "devices"),
+        (msgpack.packb(decision(class_index=-2)), "class_index"),
+        # names a peer chooses are bounded: one message cannot hold megabytes of keys
+        (msgpack.packb(decision(bytes={"x" * 200: 1})), "bytes"),
+        (msgpack.packb(decision(reason="r" * 600)), "reason"),
+        (msgpack.packb(status(counters={"c" * 200: 1})), "counters"),
+        (msgpack.packb(status(rejected={"c" * 200: 1})), "rejected"),
+    ],
+)
+def test_numbers_are_finite_and_names_bounded_in_every_kind(payload, detail):
+    with pytest.raises(WireError) as raised:
+        decode(payload)
+    assert raised.value.reason.startswith("bad ") and detail in raised.value.detail
+
+
 def test_topics_carry_deployment_and_model_version():
     t = Topics("site-a", "abc123")
     assert t.scores("device-1") == "ddnn/site-a/abc123/scores/device-1"

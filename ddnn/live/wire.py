@@ -48,6 +48,9 @@ MAX_PAYLOAD = 1 << 20  # no DDNN message comes near 1 MiB: a bigger one is refus
 # finite (two scores of 3.4e38 averaged overflow to inf, and softmax then gives NaN).
 MAX_SCORE = 1e6
 SMALL = 64  # score vectors up to this long are checked without NumPy
+# Names a peer chooses (counter and refusal names, byte-count keys, reasons) are bounded, so
+# that one message cannot hold megabytes of keys that every reader then keeps.
+Name = Annotated[str, Field(max_length=128)]
 _LITTLE = sys.byteorder == "little"
 # A role on the wire is a string in canonical form, read as a Role (ddnn.core.roles).
 RoleName = Annotated[str, Field(max_length=16), AfterValidator(Role)]
@@ -77,7 +80,9 @@ class WireError(Refused):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # no NaN or infinity in any float field: a NaN time passes every comparison as false,
+    # and a NaN latency would poison every percentile a reader computes from decisions
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     v: Literal[1] = SCHEMA
 
 
@@ -91,8 +96,8 @@ class Status(_Message):
     state: Literal["online", "offline"]
     t: float
     instance: str = Field(default="", max_length=128)
-    counters: dict[str, int] = Field(default={}, max_length=256)
-    rejected: dict[str, int] = Field(default={}, max_length=256)
+    counters: dict[Name, int] = Field(default={}, max_length=256)
+    rejected: dict[Name, int] = Field(default={}, max_length=256)
 
 
 class Tick(_Message):
@@ -261,17 +266,20 @@ class Decision(_Message):
     kind: Literal["decision"] = "decision"
     sample: Sample
     decided: bool
-    class_index: int | None = None
-    class_name: str | None = None
+    class_index: int | None = Field(default=None, ge=0)
+    class_name: Name | None = None
     exit: Literal["local", "edge", "cloud"] | None = None
-    entropy: float | None = None
-    devices: list[int] = []
-    bytes: dict[str, int] = {}
+    entropy: float | None = Field(default=None, ge=0, le=1)  # normalized: 0 sure, 1 uniform
+    devices: list[Annotated[int, Field(ge=0)]] = Field(default=[], max_length=4096)
+    bytes: dict[Name, Annotated[int, Field(ge=0)]] = Field(default={}, max_length=16)
+    # from the capture (a device's clock) to the decision (the aggregator's): below 0 when
+    # their clocks disagree by more than the latency, which is worth seeing, not refusing
     latency_ms: float | None = None
     degraded: bool = False
     abstained: bool = False
-    reason: str | None = None
-    upper_devices: list[int] | None = None  # devices whose feature maps reached edge/cloud
+    reason: str | None = Field(default=None, max_length=512)
+    # devices whose feature maps reached edge/cloud
+    upper_devices: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=4096)
 
 
 Message = Status | Tick | Scores | Offload | Features | Job | Decision

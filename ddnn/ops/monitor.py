@@ -166,12 +166,6 @@ class Seen(NamedTuple):
     abstained: bool
 
 
-def finite(value: float | None) -> float | None:
-    """`value` when it is a finite number >= 0, else None (a hostile decision's NaN must not
-    reach a percentile, nor the JSON)."""
-    return value if value is not None and 0 <= value < float("inf") else None
-
-
 class Monitor:
     """The folded picture of one deployment (module doc). `receive(topic, payload, now,
     wall)` files one message; `snapshot(now)` is the document. `model_version` None: every
@@ -268,8 +262,9 @@ class Monitor:
             Seen(
                 at=now,
                 exit=d.exit if d.decided else None,
-                latency_ms=finite(d.latency_ms),
-                device_bytes=finite(bytes_per_device(d)) if d.decided else None,
+                # the wire refuses NaN, infinities and negative byte counts
+                latency_ms=d.latency_ms,
+                device_bytes=bytes_per_device(d) if d.decided else None,
                 degraded=self._reason(d.reason) if d.decided and d.degraded else None,
                 undecided=None if d.decided else self._reason(d.reason),
                 abstained=d.abstained,
