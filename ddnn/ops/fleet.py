@@ -326,7 +326,9 @@ def summarize(
         "exit_fraction": {t: round(100.0 * by_exit[t] / max(1, len(decided)), 2) for t in tiers},
         "bytes_per_device": round(float(np.mean(per_device)), 2) if per_device else None,
         "latency_ms": {
-            t: percentiles([d.latency_ms for d in decided if d.exit == t and d.latency_ms])
+            t: percentiles(
+                [d.latency_ms for d in decided if d.exit == t and d.latency_ms is not None]
+            )
             for t in tiers
             if by_exit[t]
         },
