@@ -116,6 +116,23 @@ def test_live_decisions_of_a_model_trained_on_an_mvmc_file_equal_offline_evaluat
     assert report["accuracy"] == pytest.approx(evaluated["accuracy"]["overall"], abs=0.01)
 
 
+def test_demo_on_the_wall_clock_decides_consecutive_frames_as_offline(tmp_path, tiny):
+    """`--fps`: the devices free-run like cameras on synchronized clocks, nothing is
+    ticked, and every frame of the listened-for slots is decided once, as offline (slot k
+    replays row k mod the test part's length)."""
+    report, live, offline = live_and_offline(tmp_path, tiny, 60, "--fps", "20")
+    assert report["clock"] == {"kind": "wall", "fps": 20.0}
+    assert report["decided"] == 60 and report["missing"] == report["degraded"] == 0
+    first = live[0]["sample"]
+    assert abs(first / 20 - time.time()) < 300  # slot k began at Unix time k / fps
+    assert [d["sample"] for d in live] == list(range(first, first + 60))  # exactly once each
+    expected = [offline[d["sample"] % len(offline)] for d in live]
+    got = [(d["class_index"], d["exit"]) for d in live]
+    assert got == [(d["class_index"], d["exit"]) for d in expected]
+    assert report["mismatches"] == 0 and len({d["exit"] for d in live}) >= 2
+    assert report["throughput"] == 20.0  # the cameras' rate
+
+
 def test_data_that_does_not_fit_the_model_is_refused_by_device_and_demo(tmp_path, tiny):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (30, 64, 96, 3)).astype(np.float32)  # 6 tiles of 3x32x32

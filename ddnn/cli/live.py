@@ -213,11 +213,22 @@ def demo(
             "DIR/demo-latency.png",
         ),
     ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            max=1000,
+            help="the devices free-run on the wall clock at this many frames per second, as "
+            "cameras on synchronized clocks do, and the demo decides --samples consecutive "
+            "frames (default: samples are ticked as fast as --window allows)",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
-    aggregator, the edges and the cloud, driven over the test part of the model's data;
-    then a summary, with the offline evaluation of the same samples beside it."""
+    aggregator, the edges and the cloud, over the test part of the model's data (ticked
+    in lockstep, or with `--fps` free-running like cameras); then a summary, with the
+    offline evaluation of the same samples beside it."""
     from ddnn.ops.demo import run_demo
 
     report = run_demo(
@@ -235,6 +246,7 @@ def demo(
         bridge,
         cloud_replicas,
         plot,
+        fps,
     )
     b = report["broker"]
     show(
@@ -261,7 +273,9 @@ def demo(
                 "latency ms per exit tier",
                 [{"tier": t, **v} for t, v in report["latency_ms"].items()],
             ),
-            f"throughput {report['throughput']} samples/s; raw {b['kind']} broker ceiling "
+            f"throughput {report['throughput']} samples/s"
+            + (f" (cameras at {fps:g} frames/s)" if fps else "")
+            + f"; raw {b['kind']} broker ceiling "
             f"{b['ceiling_messages_per_second']} messages/s"
             + (
                 f"; the cloud on its own broker {b['cloud_url']}, bridged to the site's"

@@ -30,7 +30,7 @@ from typing import Any
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import CLOUD, Role
+from ddnn.core.roles import CLOUD, Role, deployment_roles
 from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
 from ddnn.live.broker import find_mosquitto, start_broker
 from ddnn.live.broker_ceiling import broker_ceiling
@@ -41,7 +41,7 @@ from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.certs import local_certs
 from ddnn.ops.deploy import Prepared, deployment, prepare
-from ddnn.ops.fleet import summarize
+from ddnn.ops.fleet import on_wall_clock, summarize
 
 DEMO_EPOCHS = 30
 STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
@@ -116,6 +116,7 @@ def run_demo(
     bridge: bool = False,
     cloud_replicas: int = 1,
     plot: Path | None = None,
+    fps: float | None = None,
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
@@ -125,7 +126,9 @@ def run_demo(
     the cloud as that many replicas behind an MQTT 5 shared subscription, fed whole jobs by
     the aggregator (cloud/service.py). `plot`: a folder for a histogram of the latency of
     each exit tier (demo-latency.png, drawn once the services have stopped), listed in
-    `plots`."""
+    `plots`. `fps`: the devices free-run on the wall clock at that rate, as synchronized
+    cameras do (`on_wall_clock`), and the demo decides `samples` consecutive frames
+    instead of ticking samples as fast as `window` allows."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -159,6 +162,9 @@ def run_demo(
                 f"subscription; the broker speaks MQTT {settings.protocol} (the embedded "
                 "broker does: install mosquitto)"
             )
+        if fps is not None:
+            for role, options in on_wall_clock(deployment_roles(cfg.model, k), fps).items():
+                extra[role] = [*extra.get(role, []), *options]
         try:
             # through the trigger account's own probe topics: the one account it has here
             trigger = login(settings, prepared.access, TRIGGER)
@@ -173,23 +179,33 @@ def run_demo(
                 cloud_replicas=cloud_replicas,
             ) as running:
                 driver, reference = running.driver, running.reference
+                how = f"at {fps:g} frames/s on the wall clock" if fps else "driving"
                 log(
-                    f"{len(running.roles)} services online; driving {samples} samples of the "
+                    f"{len(running.roles)} services online; {how} {samples} samples of the "
                     f"test part of {reference.spec} ({len(reference.labels)} samples)"
                 )
                 start = time.monotonic()
-                driver.run(range(samples), window=window)
-                seconds = max(driver.decided_at.values(), default=start) - start
+                if fps is None:
+                    ids = range(samples)
+                    driver.run(ids, window=window)
+                    seconds = max(driver.decided_at.values(), default=start) - start
+                else:  # the cameras' rate is the throughput: the slots' span, not the wait
+                    ids = driver.listen(fps, samples)
+                    seconds = samples / fps
         finally:
             for started in (broker, cloud_broker):
                 if started is not None:
                     started.stop()
-    decisions, anomalies, manifest = driver.decisions, driver.anomalies, running.manifest
+    decisions = {k: driver.decisions[k] for k in ids if k in driver.decisions}
+    anomalies, manifest = driver.anomalies, running.manifest
     report = summarize(decisions, reference.labels, samples, seconds)
     report.update(reference.compare(decisions.values()))
     report["data"] = reference.spec
     report["anomalies"] = dict(anomalies)
     report["devices"] = k
+    report["clock"] = (
+        {"kind": "tick", "window": window} if fps is None else {"kind": "wall", "fps": fps}
+    )
     report["cloud_replicas"] = cloud_replicas if cfg.model.cloud is not None else 0
     report["model_version"] = manifest.model_version
     report["broker"] = {

@@ -11,6 +11,7 @@ restarted aggregator then decides it, and one that already did drops the repeat 
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import Role
+from ddnn.core.roles import AGGREGATOR, Role
 from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
@@ -35,6 +36,8 @@ from ddnn.ops.stats import bytes_per_device, percentiles
 
 START_TIMEOUT = 120.0  # seconds for services to come online (each imports torch; 2 cores)
 CHECK_EVERY = 0.5  # seconds between the driver's checks that every process still runs
+SETTLE = 1.0  # seconds from every service online to the first listened-for wall-clock slot
+LAST_WAIT = 5.0  # seconds after the last wall-clock slot for its decision (past any deadline)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -71,6 +74,14 @@ def replaying(roles: Iterable[Role], spec: str) -> dict[Role, list[str]]:
     test part of `spec`: never the device's default, so the frames are those the driver's
     labels and the offline reference describe."""
     return {role: ["--source", spec] for role in roles if role.tier == "device"}
+
+
+def on_wall_clock(roles: Iterable[Role], fps: float) -> dict[Role, list[str]]:
+    """The options that put a deployment on the wall clock: every device free-running at
+    `fps` (sample k is the k-th 1/fps slot of Unix time, as cameras on synchronized clocks
+    agree on frames), the aggregator starting a sample on its first scores. No ticks."""
+    options = {r: ["--clock", "wall", "--fps", f"{fps:g}"] for r in roles if r.tier == "device"}
+    return options | {AGGREGATOR: ["--clock", "wall"]}
 
 
 def replica_name(role: Role, replica: int) -> str:
@@ -258,6 +269,21 @@ class Driver:
         self.client.publish(self.topics.tick, encode(Tick(sample=sample, t=time.time())), qos=1)
         self.ticks += 1
         self.ticked_at[sample] = time.monotonic()
+
+    def listen(self, fps: float, count: int) -> range:
+        """For a deployment on the wall clock (`on_wall_clock`): the ids of `count`
+        consecutive slots at `fps` from SETTLE seconds from now, once each is decided or
+        LAST_WAIT seconds have passed after the last."""
+        first = math.ceil((time.time() + SETTLE) * fps)
+        samples = range(first, first + count)
+        waiting, end = set(samples), samples.stop / fps + LAST_WAIT
+        checked = time.monotonic()
+        while waiting and time.time() < end:
+            waiting.discard(self.pump(0.05))
+            if time.monotonic() - checked > CHECK_EVERY:
+                checked = time.monotonic()
+                self.fleet.check(self.dead)
+        return samples
 
     def run(
         self,

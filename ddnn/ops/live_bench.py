@@ -26,7 +26,6 @@ differently is not faster.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ddnn.core.config import DDNNConfig
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles, tier_inputs
+from ddnn.core.roles import CLOUD, Role, deployment_roles, tier_inputs
 from ddnn.live.access import TRIGGER, login
 from ddnn.live.broker import start_broker
 from ddnn.live.broker_settings import BrokerSettings
@@ -46,12 +45,10 @@ from ddnn.nn.checkpoint import load_model
 from ddnn.nn.model import DDNN
 from ddnn.ops.demo import demo_model
 from ddnn.ops.deploy import Prepared, deployment, prepare
-from ddnn.ops.fleet import cpu_seconds, summarize
+from ddnn.ops.fleet import cpu_seconds, on_wall_clock, summarize
 from ddnn.ops.pattern import Shape, run_pattern
 
 WARMUP = 30  # samples decided before anything is timed (first frames, first connections)
-SETTLE = 1.0  # seconds from every service online to the first timed slot of the wall clock
-LAST_WAIT = 5.0  # seconds after the last timed slot for its decision (past every deadline)
 
 
 def pattern_shape(net: DDNN, cfg: DDNNConfig, prepared: Prepared) -> Shape:
@@ -104,21 +101,12 @@ def _decision_bytes(k: int, t: float, devices: list[Role]) -> int:
 def paced_on_wall_clock(
     prepared: Prepared, settings: BrokerSettings, workdir: Path, fps: float, count: int
 ) -> tuple[dict[int, Decision], range]:
-    """Run `prepared` with every device free-running at `fps` on the wall clock and the
-    aggregator starting each sample on its first scores (`--clock wall`): the decisions of
-    `count` consecutive slots from SETTLE seconds after every service is online, and the
-    ids of those slots. Nothing is ticked: the driver only listens."""
-    roles = deployment_roles(prepared.manifest.ddnn_config().model)
-    extra = {r: ["--clock", "wall", "--fps", f"{fps:g}"] for r in roles if r.tier == "device"}
-    extra[AGGREGATOR] = ["--clock", "wall"]
-    with deployment(prepared, settings, workdir, extra=extra) as running:
+    """Run `prepared` on the wall clock (`on_wall_clock`): the decisions of `count`
+    consecutive slots at `fps`, and the ids of those slots. Nothing is ticked."""
+    options = on_wall_clock(deployment_roles(prepared.manifest.ddnn_config().model), fps)
+    with deployment(prepared, settings, workdir, extra=options) as running:
         driver = running.driver
-        first = math.ceil((time.time() + SETTLE) * fps)
-        ids = range(first, first + count)
-        waiting, end = set(ids), ids.stop / fps + LAST_WAIT
-        while waiting and time.time() < end:
-            waiting.discard(driver.pump(0.05))
-        running.fleet.check()
+        ids = driver.listen(fps, count)
     return {k: driver.decisions[k] for k in ids if k in driver.decisions}, ids
 
 
