@@ -14,7 +14,7 @@ from ddnn.core.fusion import ScoreFusion
 from ddnn.core.routing import Router, n_features, route_features
 from ddnn.nn.evaluate import numpy_state
 from ddnn.nn.router import RouterNet, fit_router, routing_oracle
-from tests.helpers import ddnn_json
+from tests.helpers import ddnn, ddnn_json
 
 
 def fused_inputs(n: int = 50, seed: int = 0) -> ExitInputs:
@@ -132,3 +132,15 @@ def test_router_command_compares_at_equal_coverage(hybrid):
         }  # fmt: skip
         assert abs(row["entropy_exit"] - 100 * row["coverage"]) <= 15
         assert abs(row["router_exit"] - 100 * row["coverage"]) <= 15
+
+
+def test_eval_refuses_a_drop_threshold_on_an_exit_a_router_decides(hybrid):
+    """`--threshold` and `--drop` are checked as a config file's exits are: a router's
+    statistic says where a sample should go, not whether it is hopeless."""
+    proc = ddnn("eval", "--model", str(hybrid), "--drop", "local=0.5", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "--threshold/--drop" in proc.stderr and "drop threshold needs a policy" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # on an exit with a rule on its own confidence it applies, as before
+    report = ddnn_json("eval", "--model", str(hybrid), "--drop", "edge=0.1", "--threshold", "0.5")
+    assert report["abstained"]["edge"] > 0 and "local" not in report["abstained"]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,7 +30,7 @@ from ddnn.cli.options import (
     parse_thresholds,
 )
 from ddnn.cli.render import Rows, err, out, progress_bar, report_blocks, show
-from ddnn.core.config import DDNNConfig
+from ddnn.core.config import DDNNConfig, with_exit_settings
 from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade
@@ -159,17 +158,14 @@ def eval_(
         model_exit_points,
         presence_mask,
         run_model,
-        with_thresholds,
         write_decisions,
     )
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     thresholds = parse_thresholds(threshold, model.exits)
     drops = parse_thresholds(drop, model.exits)
-    points = [
-        replace(p, drop=drops.get(p.name, p.drop))
-        for p in with_thresholds(model_exit_points(model, cfg), thresholds)
-    ]
+    cfg = with_exit_settings(cfg, thresholds, drops, "--threshold/--drop")
+    points = model_exit_points(model, cfg)
     absent = parse_devices(missing)
     present = presence_mask(len(dataset), dataset.n_views, absent)
     outputs = run_model(model, dataset, present)

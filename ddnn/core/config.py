@@ -355,6 +355,20 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> DDNNConfig:
         raise ConfigError(f"invalid {source}: {problems(e)}") from None
 
 
+def with_exit_settings(
+    cfg: DDNNConfig, thresholds: dict[str, float], drops: dict[str, float], source: str
+) -> DDNNConfig:
+    """A copy of `cfg` with these exits' thresholds and drop thresholds (policies as they
+    were), checked as a config file's would be: `source` names what set them in the error,
+    for example a drop threshold on an exit decided by a router."""
+    exits = {name: spec.model_dump() for name, spec in cfg.exits.items()}
+    for name, t in thresholds.items():
+        exits.setdefault(name, {})["threshold"] = t
+    for name, d in drops.items():
+        exits.setdefault(name, {})["drop"] = d
+    return validate_config({**cfg.model_dump(), "exits": exits}, source)
+
+
 def pooled_size(size: int, n_blocks: int) -> int:
     """Spatial size after `n_blocks` ConvP blocks (each pool: k=3, s=2, p=1)."""
     for _ in range(n_blocks):
