@@ -251,7 +251,6 @@ def calibrate(
         model_exit_points,
         pick_thresholds,
         run_model,
-        set_thresholds,
         thresholds_for_fractions,
     )
 
@@ -281,7 +280,7 @@ def calibrate(
                 name: float(v) for name, v in parse_thresholds(exit_fraction, model.exits).items()
             }
         thresholds = thresholds_for_fractions(outputs, points, fractions)
-    cfg = set_thresholds(cfg, thresholds)
+    cfg = with_exit_settings(cfg, thresholds, {}, "calibration")
     report = evaluate(outputs, model_exit_points(model, cfg))
     if write:
         save_model(model_path, model, cfg, {**meta, "calibrated_on": part})

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddnn.core.config import EXIT_ORDER, DDNNConfig, ExitSpec
+from ddnn.core.config import EXIT_ORDER, DDNNConfig
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import (
     Decisions,
@@ -364,14 +364,6 @@ def _threshold_for_count(stat: np.ndarray, k: int, confident_below: bool) -> flo
     if k == len(stat):
         return float(stat[-1])
     return float((stat[k - 1] + stat[k]) / 2)
-
-
-def set_thresholds(cfg: DDNNConfig, thresholds: dict[str, float]) -> DDNNConfig:
-    """A copy of `cfg` whose exits have these thresholds (policies unchanged)."""
-    exits = dict(cfg.exits)
-    for name, t in thresholds.items():
-        exits[name] = exits.get(name, ExitSpec()).model_copy(update={"threshold": t})
-    return cfg.model_copy(update={"exits": exits})
 
 
 def local_fraction_for_budget(outputs: ExitOutputs, budget: float) -> float:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig
+from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig, with_exit_settings
 from ddnn.data import MultiViewData, Splits
 from ddnn.nn.evaluate import (
     ExitOutputs,
@@ -30,7 +30,6 @@ from ddnn.nn.evaluate import (
     pick_thresholds,
     presence_mask,
     run_model,
-    set_thresholds,
 )
 from ddnn.nn.layers import clip_quantized_weights
 from ddnn.nn.model import DDNN, build_model
@@ -301,7 +300,7 @@ def fit_and_calibrate(
     outputs = run_model(result.model, parts.validation)
     points = model_exit_points(result.model, result.config)
     picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
-    result.config = set_thresholds(result.config, picked)
+    result.config = with_exit_settings(result.config, picked, {}, "calibration")
     return result, picked
 
 
