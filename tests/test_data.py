@@ -10,6 +10,7 @@ from ddnn.data import (
     load_mvmc,
     load_spec,
     load_tiles,
+    parse_synth,
     sample_labels,
     save_mvmc,
 )
@@ -126,6 +127,25 @@ def test_tiles_spec_loads_views_with_the_image_label(tmp_path: Path):
 def test_unknown_spec_is_a_clear_error():
     with pytest.raises(DataError, match="unknown data spec 'imagenet'"):
         load_spec("imagenet")
+
+
+def test_synth_spec_names_another_size_and_seed_of_the_same_world(tmp_path: Path, monkeypatch):
+    """`synth:n=N,seed=S` is fresh data from the default set's world: what `ddnn results
+    --held-out` judges the bars on."""
+    monkeypatch.setenv("DDNN_DATA_DIR", str(tmp_path))  # the cache, not the checkout's
+    assert parse_synth("") == (2000, 0)
+    assert parse_synth("n=4000,seed=7") == (4000, 7)
+    assert parse_synth(" seed=3 ") == (2000, 3)
+    for bad in ("7", "n=x", "size=10", "n=-1", "seed=1.5"):
+        with pytest.raises(DataError, match="synth takes n=N,seed=S"):
+            parse_synth(bad)
+    with pytest.raises(DataError, match="at least one sample"):
+        parse_synth("n=0")
+    data = load_spec("synth:n=12,seed=5")
+    assert len(data) <= 12 and data.name == "synth:n=12,seed=5"  # unseen samples are left out
+    again = load_spec("synth:n=12,seed=5")  # from the cache: the same samples
+    assert np.array_equal(data.x, again.x) and np.array_equal(data.labels, again.labels)
+    assert not np.array_equal(data.x[:4], load_spec("synth:n=12,seed=6").x[:4])
 
 
 def test_a_model_records_its_data_with_an_absolute_path(tmp_path: Path, monkeypatch):

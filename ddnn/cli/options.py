@@ -17,7 +17,8 @@ DataSpec = Annotated[
     str,
     typer.Option(
         "--data",
-        help="synth (the default synthetic set), mvmc:PATH (an MVMC-format .npz) or "
+        help="synth (the default synthetic set; synth:n=N,seed=S another size or seed of it, "
+        "fresh data of the same world), mvmc:PATH (an MVMC-format .npz) or "
         "tiles:PATH (an .npz of images X (N,H,W[,C]) and labels y (N,), cut into --grid views)",
     ),
 ]
@@ -58,10 +59,13 @@ OptionalData = Annotated[
 
 
 def load_data(spec: str, grid: str, quiet: bool) -> MultiViewData:
-
-    if spec == "synth" and not data_mod.synthetic_cache_path().exists():
-        with progress_bar("generating synthetic set", data_mod.DEFAULT_SYNTH_SAMPLES, quiet) as adv:
-            return data_mod.load_spec(spec, grid, progress=lambda done: adv(completed=done))
+    """The data `spec` names, with a progress bar while a synthetic set is first generated."""
+    scheme, _, arg = spec.partition(":")
+    if scheme == "synth":
+        n, seed = data_mod.parse_synth(arg)
+        if not data_mod.synthetic_cache_path(n, seed).exists():
+            with progress_bar("generating synthetic set", n, quiet) as adv:
+                return data_mod.load_spec(spec, grid, progress=lambda done: adv(completed=done))
     return data_mod.load_spec(spec, grid)
 
 

@@ -1,7 +1,7 @@
 """Data SPECs: where a data set comes from, by name, and the cached synthetic set.
 
 - `synth`: the default synthetic multi-camera set (ddnn/data/synth/), generated once and
-  cached under `data_dir()`;
+  cached under `data_dir()`; `synth:n=N,seed=S` another size or seed of it (cached alike);
 - `mvmc:PATH`: any file in the MVMC format;
 - `tiles:PATH`: an `.npz` of images and labels, each image cut into a `--grid` of views.
 """
@@ -59,8 +59,23 @@ def synthetic(
         save_mvmc(path, x, y)
         data = from_mvmc_arrays(x, y, name=f"mvmc:{path}")
     is_default = (n_samples, seed) == (DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED)
-    data.name = "synth" if is_default else f"synth(n={n_samples}, seed={seed})"
+    data.name = "synth" if is_default else f"synth:n={n_samples},seed={seed}"
     return data
+
+
+def parse_synth(arg: str) -> tuple[int, int]:
+    """The size and seed `synth:n=N,seed=S` names (either may be left out; `synth` alone is
+    the default set). The world is the same for every seed (ddnn/data/synth/), so another
+    seed is fresh data from the same distribution: a held-out set as large as wanted."""
+    values = {"n": DEFAULT_SYNTH_SAMPLES, "seed": DEFAULT_SYNTH_SEED}
+    for part in filter(None, (p.strip() for p in arg.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in values or not value.isdigit():
+            raise DataError(f"synth takes n=N,seed=S (whole numbers), got {arg!r}")
+        values[key] = int(value)
+    if values["n"] < 1:
+        raise DataError(f"synth needs at least one sample, got n={values['n']}")
+    return values["n"], values["seed"]
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -75,13 +90,15 @@ def load_spec(
 ) -> MultiViewData:
     """Load the data set a SPEC names (see the module docstring)."""
     scheme, _, arg = spec.partition(":")
-    if scheme == "synth" and not arg:
-        return synthetic(progress=progress)
+    if scheme == "synth":
+        return synthetic(*parse_synth(arg), progress=progress)
     if scheme == "mvmc" and arg:
         return load_mvmc(arg)
     if scheme == "tiles" and arg:
         return load_tiles(arg, parse_grid(grid))
-    raise DataError(f"unknown data spec {spec!r}: use synth, mvmc:PATH or tiles:PATH")
+    raise DataError(
+        f"unknown data spec {spec!r}: use synth, synth:n=N,seed=S, mvmc:PATH or tiles:PATH"
+    )
 
 
 def absolute_spec(spec: str) -> str:

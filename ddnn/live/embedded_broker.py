@@ -1,5 +1,4 @@
-"""The embedded broker: amqtt, a pure-Python MQTT 3.1.1 broker, run in a thread of this
-process.
+"""The embedded broker: amqtt, a pure-Python MQTT 3.1.1 broker, run in a process of its own.
 
 `start_broker` falls back on it when no mosquitto binary is installed, so that `ddnn demo`,
 `ddnn broker` and the tests need nothing installed by hand. It is about four times slower
@@ -7,13 +6,23 @@ than mosquitto, speaks MQTT 3.1.1 only and keeps nothing across restarts (the se
 announce themselves again on reconnect, and the aggregator counts a device silent for three
 status intervals as offline). Given a deployment's access files it enforces them through
 ddnn/live/embedded_access.py.
+
+A process, not a thread: amqtt is the bottleneck of a deployment on it (every message goes
+through its event loop), and in a thread it shared one interpreter lock with whatever the
+starting process does meanwhile, such as `ddnn demo`'s driver decoding every decision. It
+is spawned (a fresh interpreter that imports only this module and amqtt), ignores Ctrl-C
+(the process that started it stops it, after the services have said goodbye through it),
+and stops by itself when that process is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import multiprocessing as mp
+import os
+import signal
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +51,20 @@ def _amqtt_broker_class() -> type:
 
 
 class EmbeddedBroker(RunningBroker):
-    """amqtt's broker on its own event loop in a daemon thread."""
+    """amqtt's broker in a spawned process (module doc)."""
 
     def __init__(self, host: str, port: int, access: Path | None) -> None:
         super().__init__("embedded", host, port, "3.1.1", access)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_request: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name=f"amqtt-{port}", daemon=True)
-        self._thread.start()
+        context = mp.get_context("spawn")
+        self._report, child_end = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_serve,
+            args=(self._config(), os.getpid(), child_end),
+            name=f"amqtt-{port}",
+            daemon=True,
+        )
+        self._process.start()
+        child_end.close()  # the child's copy stays open: EOF here means it is gone
 
     def _config(self) -> dict[str, Any]:
         bind = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -68,45 +81,56 @@ class EmbeddedBroker(RunningBroker):
         # amqtt's default listener binds 0.0.0.0: bind the one address asked for.
         return {"listeners": {"default": {"type": "tcp", "bind": bind}}, "plugins": plugins}
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as e:  # reported to start_broker through wait_ready
-            self._error = e
-        finally:
-            self._ready.set()
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop_request = asyncio.Event()
-        broker = _amqtt_broker_class()(self._config())
-        await broker.start()
-        self._ready.set()
-        try:
-            await self._stop_request.wait()
-        finally:
-            await broker.shutdown()
-
     def wait_ready(self, timeout: float) -> str | None:
-        if not self._ready.wait(timeout):
+        """None once the broker listens (amqtt's start() returns once its socket is bound:
+        no TCP probe, which amqtt would log as an error), else why it does not."""
+        if not self._report.poll(timeout):
             return f"the embedded broker did not start within {timeout:g} s"
-        if self._error is not None:
-            return f"the embedded broker failed to start: {self._error}"
-        # Broker.start() returns once its listening socket is bound: no TCP probe needed (amqtt
-        # would log a probe that sends nothing as an error).
-        return None
+        try:
+            failure = self._report.recv()
+        except EOFError:
+            return f"the embedded broker exited while starting ({self._process.exitcode})"
+        return None if failure is None else f"the embedded broker failed to start: {failure}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def _alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._process.is_alive()
 
     def _stop(self) -> None:
-        loop, request = self._loop, self._stop_request
-        if loop is not None and request is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(request.set)
-        self._thread.join(10)
+        self._process.terminate()  # SIGTERM: amqtt shuts down, closing every connection
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._report.close()
+
+
+PARENT_CHECK_S = 1.0  # how often the broker process checks that its starter still runs
+
+
+def _serve(config: dict[str, Any], parent: int, report: Connection) -> None:
+    """The broker process: serve `config` until SIGTERM or until process `parent` is gone;
+    send None on `report` once listening, or why it could not start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the starter (module doc)
+    try:
+        asyncio.run(_main(config, parent, report))
+    except BaseException as e:  # noqa: BLE001 - reported to the starter, which names it
+        with contextlib.suppress(OSError):
+            report.send(f"{type(e).__name__}: {e}")
+
+
+async def _main(config: dict[str, Any], parent: int, report: Connection) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    broker = _amqtt_broker_class()(config)
+    await broker.start()
+    report.send(None)
+    try:
+        while not stop.is_set() and os.getppid() == parent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PARENT_CHECK_S)
+    finally:
+        await broker.shutdown()

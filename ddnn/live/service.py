@@ -7,7 +7,8 @@ loop that takes messages off the client's queue (paho's callbacks never do work)
 `poll()` for deadlines, and stops cleanly on SIGINT/SIGTERM with a final `offline` status.
 
 Quality of service: the class scores and feature maps of a sample go at QoS 0, everything
-else (ticks, offload requests, decisions, statuses) at QoS 1. A lost score or map costs
+else (offload requests, decisions, statuses) at QoS 1; the trigger's ticks go at QoS 0 too
+(ddnn/ops/fleet.py, `Driver.tick`). A lost score or map costs
 what a late one costs (the aggregator's deadline, the decision made without it, saying so),
 while at QoS 1 each would cost an acknowledgement from the broker and one to it: a third of
 all packets of a sample, and on a virtual machine every packet is system calls that cost

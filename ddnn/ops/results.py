@@ -115,8 +115,11 @@ def seed_results(
     workdir: Path,
     baseline: bool,
     log: Callable[[str], None],
+    held_out: str | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate (and train the individual baselines) once per seed, in `workdir`."""
+    """Train, evaluate (and train the individual baselines) once per seed, in `workdir`.
+    Each model is evaluated on the test part of `data`, or on all of `held_out` (data the
+    model never saw, as large as wanted: the bars are then judged with less noise)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sets = [arg for item in overrides for arg in ("--set", item)]
     rows = []
@@ -125,12 +128,14 @@ def seed_results(
         common = ["--data", data, "--seed", str(seed), *sets]
         train = run_json(["train", *common, "--out", str(model)], log)
         train["seed"] = seed
-        report = run_json(["eval", "--model", str(model), "--each-missing"], log)
+        evaluation = ["--data", held_out, "--part", "all"] if held_out else []
+        report = run_json(["eval", "--model", str(model), "--each-missing", *evaluation], log)
         individual = run_json(["baseline", *common], log) if baseline else None
         rows.append(seed_row(train, report, individual))
         log(f"seed {seed}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'bars'})}")
     return {
         "data": data,
+        "evaluated_on": f"{held_out} (all)" if held_out else f"{data} (test part)",
         "overrides": list(overrides),
         "seeds": list(seeds),
         "rows": rows,
