@@ -2,7 +2,7 @@
 
 `start_broker` is how `ddnn demo`, `ddnn broker` and the tests get a broker without anything
 installed by hand: the `mosquitto` binary when there is one (the production broker; MQTT 5,
-ddnn/live/mosquitto.py), else amqtt, a pure-Python broker run in a thread of this process
+ddnn/live/mosquitto.py), else amqtt, a pure-Python broker run in a process of its own
 (MQTT 3.1.1 only, and about four times slower; ddnn/live/embedded_broker.py). Either way it
 listens on 127.0.0.1 only, unless told otherwise, and keeps nothing on disk unless given a
 `state` folder: mosquitto then keeps its retained messages and its clients' sessions there

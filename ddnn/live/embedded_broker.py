@@ -93,7 +93,7 @@ class EmbeddedBroker(RunningBroker):
         return None if failure is None else f"the embedded broker failed to start: {failure}"
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self._process.pid
 
     def _alive(self) -> bool:

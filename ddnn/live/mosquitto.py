@@ -147,7 +147,7 @@ class MosquittoBroker(RunningBroker):
         return f"mosquitto did not accept connections on {self.url} within {timeout:g} s"
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self._process.pid
 
     def _alive(self) -> bool:

@@ -59,9 +59,9 @@ class RunningBroker:
         return login(settings, self.access, account)
 
     @property
-    def pid(self) -> int | None:
-        """The broker's own process (None: it runs inside this one)."""
-        return None
+    def pid(self) -> int:
+        """The broker's own process (both kinds run in one: its CPU can be measured)."""
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:

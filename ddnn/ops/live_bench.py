@@ -151,10 +151,9 @@ def bench_live(
                 driver.run(paced_ids, rate=fps, window=max(window, int(fps * 10)))
                 flat_ids = range(paced_ids.stop, paced_ids.stop + samples)
                 log(f"flat out: {samples} samples, {window} in flight")
-                # CPU seconds of each service process, and of the broker's when it has one
+                # CPU seconds of each service process, and of the broker's
                 pids = {str(role): fleet.procs[role].pid for role in running.roles}
-                if broker.pid is not None:
-                    pids["broker"] = broker.pid
+                pids["broker"] = broker.pid
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 start = time.monotonic()
                 driver.run(flat_ids, window=window)

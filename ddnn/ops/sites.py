@@ -64,7 +64,7 @@ def bench_sites(
                 running.append(stack.enter_context(site))
                 log(f"{p.name}: {len(running[-1].processes)} services online")
             pids = [proc.pid for r in running for proc in r.fleet.procs.values()]
-            pids += [broker.pid] if broker.pid is not None else []
+            pids.append(broker.pid)
             for r in running:  # one at a time: warming up is not what is measured
                 r.driver.run(range(WARMUP), window=4)
             log(f"{sites} sites x {len(paced)} samples at {fps:g} per second, all at once")
