@@ -60,13 +60,11 @@ OptionalData = Annotated[
 
 def load_data(spec: str, grid: str, quiet: bool) -> MultiViewData:
     """The data `spec` names, with a progress bar while a synthetic set is first generated."""
-    scheme, _, arg = spec.partition(":")
-    if scheme == "synth":
-        n, seed = data_mod.parse_synth(arg)
-        if not data_mod.synthetic_cache_path(n, seed).exists():
-            with progress_bar("generating synthetic set", n, quiet) as adv:
-                return data_mod.load_spec(spec, grid, progress=lambda done: adv(completed=done))
-    return data_mod.load_spec(spec, grid)
+    n = data_mod.samples_to_generate(spec)
+    if n is None:
+        return data_mod.load_spec(spec, grid)
+    with progress_bar("generating synthetic set", n, quiet) as adv:
+        return data_mod.load_spec(spec, grid, progress=lambda done: adv(completed=done))
 
 
 def parse_devices(text: str | None) -> list[int]:

@@ -78,6 +78,16 @@ def parse_synth(arg: str) -> tuple[int, int]:
     return values["n"], values["seed"]
 
 
+def samples_to_generate(spec: str) -> int | None:
+    """How many samples loading `spec` would first render: a synthetic set not yet cached
+    (so that a command can show progress); None for anything else."""
+    scheme, _, arg = spec.partition(":")
+    if scheme != "synth":
+        return None
+    n, seed = parse_synth(arg)
+    return None if synthetic_cache_path(n, seed).exists() else n
+
+
 def parse_grid(text: str) -> tuple[int, int]:
     rows, sep, cols = text.lower().partition("x")
     if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
