@@ -30,7 +30,7 @@ from typing import Any
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import CLOUD, Role, deployment_roles
+from ddnn.core.roles import CLOUD, Role
 from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
 from ddnn.live.broker import find_mosquitto, start_broker
 from ddnn.live.broker_ceiling import broker_ceiling
@@ -41,7 +41,7 @@ from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.certs import local_certs
 from ddnn.ops.deploy import Prepared, deployment, prepare
-from ddnn.ops.fleet import on_wall_clock, summarize
+from ddnn.ops.fleet import summarize
 
 DEMO_EPOCHS = 30
 STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
@@ -162,9 +162,6 @@ def run_demo(
                 f"subscription; the broker speaks MQTT {settings.protocol} (the embedded "
                 "broker does: install mosquitto)"
             )
-        if fps is not None:
-            for role, options in on_wall_clock(deployment_roles(cfg.model, k), fps).items():
-                extra[role] = [*extra.get(role, []), *options]
         try:
             # through the trigger account's own probe topics: the one account it has here
             trigger = login(settings, prepared.access, TRIGGER)
@@ -177,6 +174,7 @@ def run_demo(
                 devices=k,
                 extra=extra,
                 cloud_replicas=cloud_replicas,
+                fps=fps,
             ) as running:
                 driver, reference = running.driver, running.reference
                 how = f"at {fps:g} frames/s on the wall clock" if fps else "driving"

@@ -28,7 +28,7 @@ from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.wire import Topics
 from ddnn.nn.export import export
 from ddnn.nn.model import DDNN
-from ddnn.ops.fleet import Driver, Fleet, Launch, Reference, replaying
+from ddnn.ops.fleet import Driver, Fleet, Launch, Reference, on_wall_clock, replaying
 
 
 @dataclass
@@ -102,13 +102,16 @@ def deployment(
     drain: float = 0.0,
     launch: Launch | None = None,
     cloud_replicas: int = 1,
+    fps: float | None = None,
 ) -> Iterator[Deployment]:
     """Run the prepared deployment (the first `devices` devices, all by default; `extra`
     options per role; logs in `workdir`) on the broker of `settings` (no account: each
     process logs in with its own) until the block ends; then stop every process, after
     `drain` seconds of collecting the services' last status messages (with their final
     counters). `cloud_replicas` over 1: the cloud as that many replicas sharing the jobs
-    the aggregator gathers (cloud/service.py), which needs an MQTT 5 broker."""
+    the aggregator gathers (cloud/service.py), which needs an MQTT 5 broker. `fps`: the
+    devices free-run on the wall clock at that rate (`on_wall_clock`) instead of being
+    ticked."""
     artifacts, manifest, name = prepared.artifacts, prepared.manifest, prepared.name
     common = ["--artifacts", str(artifacts), "--broker", settings.url]
     common += ["--mqtt", settings.protocol, "--deployment", name, "--log-level", log_level]
@@ -120,8 +123,9 @@ def deployment(
             raise DDNNError("cloud replicas need a model with a cloud and an MQTT 5 broker")
         options[CLOUD] = ["--group", "cloud"]
         options[AGGREGATOR] = ["--replicated-cloud"]
-    for role, more in (extra or {}).items():
-        options[role] = [*options.get(role, []), *more]
+    for more in (on_wall_clock(roles, fps) if fps is not None else {}, extra or {}):
+        for role, values in more.items():
+            options[role] = [*options.get(role, []), *values]
     fleet = Fleet(common, workdir, options, launch)
     driver: Driver | None = None
     running: Deployment | None = None

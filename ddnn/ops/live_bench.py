@@ -45,7 +45,7 @@ from ddnn.nn.checkpoint import load_model
 from ddnn.nn.model import DDNN
 from ddnn.ops.demo import demo_model
 from ddnn.ops.deploy import Prepared, deployment, prepare
-from ddnn.ops.fleet import cpu_seconds, on_wall_clock, summarize
+from ddnn.ops.fleet import cpu_seconds, summarize
 from ddnn.ops.pattern import Shape, run_pattern
 
 WARMUP = 30  # samples decided before anything is timed (first frames, first connections)
@@ -103,8 +103,7 @@ def paced_on_wall_clock(
 ) -> tuple[dict[int, Decision], range]:
     """Run `prepared` on the wall clock (`on_wall_clock`): the decisions of `count`
     consecutive slots at `fps`, and the ids of those slots. Nothing is ticked."""
-    options = on_wall_clock(deployment_roles(prepared.manifest.ddnn_config().model), fps)
-    with deployment(prepared, settings, workdir, extra=options) as running:
+    with deployment(prepared, settings, workdir, fps=fps) as running:
         driver = running.driver
         ids = driver.listen(fps, count)
     return {k: driver.decisions[k] for k in ids if k in driver.decisions}, ids
