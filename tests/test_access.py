@@ -218,6 +218,10 @@ def test_a_services_credentials_of_another_role_or_deployment_are_refused(plain)
     assert ServiceSetup(BrokerSettings(), "nowhere").login(plain, CLOUD, version).username is None
     with pytest.raises(ConfigError, match="not 0000 of 'default'"):
         ServiceSetup(BrokerSettings(), "default").login(plain, CLOUD, "0000")
+    with pytest.raises(ConfigError, match="not 0000 of 'default'"):  # given as a file too
+        ServiceSetup(BrokerSettings(), "default", credentials=wrong).login(
+            plain, Role.device(1), "0000"
+        )
 
 
 # -- real brokers --------------------------------------------------------------------------

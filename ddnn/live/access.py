@@ -323,8 +323,21 @@ def login_for(
     path = access_dir(artifacts, deployment) / f"{role}.json"
     if not path.exists():
         return None
+    return credentials_for(path, role, deployment, model_version)
+
+
+def credentials_for(
+    path: Path, role: Role | str, deployment: str, model_version: str
+) -> Credentials:
+    """The credentials in `path`, which must be `role`'s of `deployment` at `model_version`:
+    a `ConfigError` naming the mismatch otherwise (the broker would refuse every topic)."""
     login = read_credentials(path)
-    if login.model_version != model_version or login.deployment != deployment:
+    if login.username != username(deployment, role):
+        raise ConfigError(
+            f"{path} holds the account {login.username!r} of deployment "
+            f"{login.deployment!r}, not {role!r} of {deployment!r}"
+        )
+    if login.model_version != model_version:
         raise ConfigError(
             f"{path} is for model version {login.model_version} of deployment "
             f"{login.deployment!r}, not {model_version} of {deployment!r}: run `ddnn credentials` "

@@ -21,7 +21,7 @@ import typer
 
 from ddnn.core.errors import ConfigError
 from ddnn.core.roles import Role
-from ddnn.live.access import login_for, read_credentials, username
+from ddnn.live.access import credentials_for, login_for
 from ddnn.live.broker_settings import BrokerSettings
 
 Artifacts = Annotated[
@@ -82,12 +82,7 @@ class ServiceSetup:
         if self.broker.username is not None:
             return self.broker
         if self.credentials is not None:
-            login = read_credentials(self.credentials)
-            if login.username != username(self.deployment, role):
-                raise ConfigError(
-                    f"{self.credentials} holds the account {login.username!r} of deployment "
-                    f"{login.deployment!r}, not {role!r} of {self.deployment!r}"
-                )
+            login = credentials_for(self.credentials, role, self.deployment, model_version)
         else:
             login = (
                 None
