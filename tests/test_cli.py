@@ -109,6 +109,29 @@ def test_tiles_data_spec_trains(tmp_path):
     assert doc["test"]["bytes_per_device"]["raw"] == 8 * 8
 
 
+def test_a_config_is_checked_against_the_devices_of_its_data(tmp_path):
+    """Edge groups name the data's devices (nine on a 3x3 grid), not the default six: the
+    config is fitted to the data before it is checked, and a misfit names both."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 60)
+    x = rng.uniform(0, 100, (60, 24, 24)).astype(np.float32)
+    x[y == 1, :8, :8] = 255
+    images = f"tiles:{tmp_path / 'img.npz'}"
+    np.savez(tmp_path / "img.npz", X=x, y=y)
+    nine = "model.edge={groups: [[0,1,2],[3,4,5],[6,7,8]]}"
+    model = str(tmp_path / "e.pt")
+    ddnn_json("train", "--data", images, "--grid", "3x3", "--set", nine, "--out", model,
+              "--epochs", "1")  # fmt: skip
+    evaluated = ddnn_json("eval", "--model", model)
+    assert set(evaluated["accuracy"]) >= {"local", "edge", "cloud"}
+    assert evaluated["present_devices"] == list(range(9))
+    proc = ddnn("train", "--data", images, "--grid", "2x2", "--set", nine, "--out", model,
+                check=False)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "edge.groups must cover devices 0..3" in proc.stderr and "4 views" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_missing_data_file_is_a_one_line_error(tmp_path):
     proc = ddnn("train", "--data", f"mvmc:{tmp_path / 'nope.npz'}", check=False)
     assert proc.returncode == 2

@@ -27,7 +27,7 @@ from ddnn.cli.options import (
 from ddnn.cli.render import Rows, progress_bar, show
 from ddnn.core.config import DDNNConfig, Precision
 from ddnn.core.errors import DDNNError
-from ddnn.data import Splits, split
+from ddnn.data import MultiViewData, Splits, split
 
 if TYPE_CHECKING:
     from ddnn.nn.compare import Candidate
@@ -49,14 +49,14 @@ def _compare(
     paper: dict,
     cfg: DDNNConfig,
     data: str,
-    grid: str,
+    dataset: MultiViewData,
     as_json: bool,
     candidates_of: Callable[[Splits], list[Candidate]],
     measure: Measure = _measure_calibrated,
 ) -> None:
-    """What every comparison does: load and split the data, train and measure each
+    """What every comparison does: split the data, train and measure each
     candidate (a progress bar per run), show the rows beside the paper's figures."""
-    parts = split(load_data(data, grid, as_json), cfg.train)
+    parts = split(dataset, cfg.train)
     rows = []
     for c in candidates_of(parts):
         name = " ".join(f"{k} {v}" for k, v in c.label.items())
@@ -97,10 +97,17 @@ def strategies(
     samples leaving early and the accuracy, at thresholds picked on validation data."""
     from ddnn.nn.compare import strategy_candidates
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    dataset = load_data(data, grid, as_json)
+    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     candidates = strategy_candidates(cfg, [s.strip() for s in which.split(",")], early_weight)
     _compare(
-        "training strategies", _paper("strategies"), cfg, data, grid, as_json, lambda _: candidates
+        "training strategies",
+        _paper("strategies"),
+        cfg,
+        data,
+        dataset,
+        as_json,
+        lambda _: candidates,
     )
 
 
@@ -121,17 +128,17 @@ def exits(
     """Seed 000's Table IV: one early exit (local) vs two (local, then an edge tier): the
     share leaving at each, accuracy and energy per sample."""
     from ddnn.nn.compare import exit_count_candidates
-    from ddnn.nn.train import adapt_config
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
     edge_groups = None
     if groups is not None:
         edge_groups = yaml.safe_load(groups)
         if not isinstance(edge_groups, list) or not all(isinstance(g, list) for g in edge_groups):
             raise DDNNError(f"--groups must be a list of lists of devices, got {groups!r}")
+    dataset = load_data(data, grid, as_json)
+    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     _compare(
-        "one vs two early exits", _paper("early_exits"), cfg, data, grid, as_json,
-        lambda parts: exit_count_candidates(adapt_config(cfg, parts.train), edge_groups),
+        "one vs two early exits", _paper("early_exits"), cfg, data, dataset, as_json,
+        lambda parts: exit_count_candidates(cfg, edge_groups),
     )  # fmt: skip
 
 
@@ -159,13 +166,13 @@ def placement(
     trained jointly, activated one at a time). Rows: samples leaving at the edge, edge,
     cloud and overall accuracy, energy per sample."""
     from ddnn.nn.placement import PAPER, measure_placement, placement_candidates
-    from ddnn.nn.train import adapt_config
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    dataset = load_data(data, grid, as_json)
+    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     blocks, at = parse_ints(path, "--path"), parse_ints(positions, "--positions")
     _compare(
-        "exit placement", PAPER, cfg, data, grid, as_json,
-        lambda parts: placement_candidates(adapt_config(cfg, parts.train), blocks, at, threshold),
+        "exit placement", PAPER, cfg, data, dataset, as_json,
+        lambda parts: placement_candidates(cfg, blocks, at, threshold),
         measure_placement,
     )  # fmt: skip
 
@@ -193,11 +200,18 @@ def precision(
     every exit, energy per sample and its reduction against the full-precision network."""
     from ddnn.nn.compare import precision_candidates
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
+    dataset = load_data(data, grid, as_json)
+    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     wanted = [_tier_precisions(v) for v in variants or ["cloud=float"]]
     candidates = precision_candidates(cfg, wanted)
     _compare(
-        "hybrid precision", _paper("precision"), cfg, data, grid, as_json, lambda _: candidates
+        "hybrid precision",
+        _paper("precision"),
+        cfg,
+        data,
+        dataset,
+        as_json,
+        lambda _: candidates,
     )
 
 

@@ -73,8 +73,9 @@ def train(
     from ddnn.nn.evaluate import evaluate, model_exit_points, run_model
     from ddnn.nn.train import fit_and_calibrate, training_stages
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed, strategy=strategy)
-    parts = split(load_data(data, grid, as_json), cfg.train)
+    dataset = load_data(data, grid, as_json)
+    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed, strategy=strategy)
+    parts = split(dataset, cfg.train)
     epochs_in_all = len(training_stages(cfg)) * cfg.train.epochs
     with progress_bar("training", epochs_in_all, as_json) as advance:
         result, picked = fit_and_calibrate(parts, cfg, lambda e, s: advance(info=_epoch_info(s)))
@@ -344,8 +345,8 @@ def baseline(
     """Train each device's slice alone and test it (the paper's "Individual" accuracy)."""
     from ddnn.nn.train import individual_accuracy
 
-    cfg = config_from(config, overrides, epochs=epochs, seed=seed)
     dataset = load_data(data, grid, as_json)
+    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     parts = split(dataset, cfg.train)
     with progress_bar("devices", dataset.n_views * cfg.train.epochs, as_json) as advance:
         accuracies = [

@@ -10,7 +10,7 @@ import typer
 from ddnn import data as data_mod
 from ddnn.cli.render import json_mode, progress_bar
 from ddnn.core.config import DDNNConfig, load_config
-from ddnn.core.errors import DDNNError
+from ddnn.core.errors import ConfigError, DDNNError
 from ddnn.data import MultiViewData
 
 DataSpec = Annotated[
@@ -102,6 +102,20 @@ def parse_ints(text: str, option: str) -> list[int]:
         raise DDNNError(f"{option} takes comma-separated whole numbers, got {text!r}") from None
 
 
-def config_from(config: Path | None, overrides: list[str] | None, **flags: Any) -> DDNNConfig:
+def config_from(
+    config: Path | None,
+    overrides: list[str] | None,
+    data: MultiViewData | None = None,
+    **flags: Any,
+) -> DDNNConfig:
+    """The config file (or the defaults) with the --set overrides and the train.* flags given;
+    fitted to `data` (its classes, devices and view shape) when there is one."""
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
-    return load_config(config, [*(overrides or []), *extra])
+    if data is None:
+        return load_config(config, [*(overrides or []), *extra])
+    try:
+        return load_config(config, [*(overrides or []), *extra], data.model_settings())
+    except ConfigError as e:
+        raise ConfigError(
+            f"{e} (fitted to {data.name}: {data.n_views} views, a device each)"
+        ) from None

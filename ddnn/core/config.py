@@ -317,11 +317,17 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> DDNNConfig:
+def load_config(
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    fitted: dict[str, Any] | None = None,
+) -> DDNNConfig:
     """Read a YAML or JSON config file (or the defaults), apply `key.sub=value` overrides.
 
     Override values are parsed as YAML, so `train.epochs=5`, `model.edge.groups=[[0,1],[2]]`
-    and `model.edge=null` all work.
+    and `model.edge=null` all work. `fitted`: the `model` settings the data decides
+    (`MultiViewData.model_settings`), applied last, before anything is checked: edge groups
+    are then checked against the data's devices (nine on a 3x3 grid), not the default six.
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -345,6 +351,8 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
         _set_dotted(tree, key.strip(), value)
+    for key, value in (fitted or {}).items():
+        _set_dotted(tree, f"model.{key}", value)
     return validate_config(tree, source=str(path) if path else "config")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,15 @@ class MultiViewData:
     def view_shape(self) -> tuple[int, int, int]:
         c, h, w = self.x.shape[2:]
         return int(c), int(h), int(w)
+
+    def model_settings(self) -> dict[str, Any]:
+        """The `model` settings this data decides: its classes, one device per view, and the
+        view shape (every config is fitted to its data with them)."""
+        return {
+            "classes": list(self.classes),
+            "n_devices": self.n_views,
+            "input_shape": self.view_shape,
+        }
 
     def subset(self, index: np.ndarray) -> MultiViewData:
         return MultiViewData(

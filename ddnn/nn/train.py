@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddnn.core.config import DDNNConfig, ModelConfig, TrainConfig, with_exit_settings
+from ddnn.core.config import (
+    DDNNConfig,
+    ModelConfig,
+    TrainConfig,
+    validate_config,
+    with_exit_settings,
+)
 from ddnn.data import MultiViewData, Splits
 from ddnn.nn.evaluate import (
     ExitOutputs,
@@ -234,10 +240,8 @@ def adapt_config(cfg: DDNNConfig, data: MultiViewData) -> DDNNConfig:
     """Take the input shape, number of devices and classes from the data, so that one
     config serves MVMC, the synthetic set and tiled images."""
     tree = cfg.model_dump()
-    tree["model"].update(
-        classes=list(data.classes), n_devices=data.n_views, input_shape=data.view_shape
-    )
-    return DDNNConfig.model_validate(tree)
+    tree["model"].update(data.model_settings())
+    return validate_config(tree, source=f"config for {data.name}")
 
 
 @dataclass
