@@ -89,7 +89,9 @@ class _Message(BaseModel):
 class Status(_Message):
     """A service's liveness, with its message counters and rejections by reason (none in
     the last will, which the broker publishes for a process that died). `instance` names
-    the process, so that a second one of the same role can tell it is not the first."""
+    the process, so that a second one of the same role can tell it is not the first. `t`:
+    when the service wrote it, so a last will's is when its process started (a will is
+    written at connect), not when the broker published it."""
 
     kind: Literal["status"] = "status"
     role: RoleName
