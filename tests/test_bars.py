@@ -39,26 +39,25 @@ def seeds(tmp_path_factory) -> dict:
 
 
 def test_operating_point_keeps_cloud_accuracy_on_every_seed(seeds):
-    """Thresholds are picked with a margin of 1.5 standard errors on validation data, so the
-    cascade stays within 1 point of the cloud alone on fresh data (seeds 0-2 held out: +0.04
-    to +0.53; on the 400 test samples, seeds 0-4 on two machines: -0.75 to +1.0)."""
+    """The threshold sends 60 % of the validation samples out locally (calibration rule
+    "share"), where the local exit's confident answers cost the cascade little: fifteen
+    models (seeds 0-2 of five configs, on one and two threads) held out at that threshold
+    stayed within -0.38 to +0.90 points of their cloud (ddnn/nn/calibration.py)."""
     for row in seeds["rows"]:
         assert set(row["bars"]) == set(BARS)
         assert row["bars"]["overall_within_1_of_cloud"], row
         assert row["bars"]["cloud_20_above_individual"], row
 
 
-def test_local_exits_and_bytes_meet_the_bars_on_average_over_seeds(seeds):
+def test_local_exits_and_bytes_meet_the_bars_on_every_seed(seeds):
     """At least half the samples exit locally, so at least 40x fewer bytes than raw
-    (12 + 128 / 2 = 76 bytes). Which share the calibration can afford on its 240 validation
-    samples moves with the trajectory (seeds 0-2 held out: 45.9-63.5 %, mean 57.1 %; on the
-    test part, two machines: 43.5-69 %, means 60-61 %), so the bars hold on the mean over
-    seeds and each seed keeps 40 %."""
-    summary = seeds["summary"]
-    assert summary["local_exit"]["mean"] >= 50, summary["local_exit"]
-    assert summary["raw_over_measured"]["mean"] >= 40, summary["raw_over_measured"]
+    (12 + 128 / 2 = 76 bytes). The threshold is set for 60 % on 240 validation samples, a
+    share known to about 3 points (one standard error), so 50 % is three standard errors
+    below it: the fifteen models above exited 56-63 % of 4,000 fresh samples locally (under
+    the former rule "max_loss", 26-83 %)."""
     for row in seeds["rows"]:
-        assert row["local_exit"] >= 40, row
+        assert row["local_exit"] >= 50, row
+        assert row["raw_over_measured"] >= 40, row
 
 
 def test_any_single_device_missing_costs_at_most_5_points_on_average(seeds):

@@ -4,20 +4,24 @@ import numpy as np
 import pytest
 import torch
 
-from ddnn.core.config import load_config
+from ddnn.core.config import CalibrationSpec, load_config
 from ddnn.core.exits import ExitInputs, ExitPoint, exit_points, get_policy
 from ddnn.core.payloads import pack_bits, pack_scores, unpack_bits
 from ddnn.data import from_mvmc_arrays
+from ddnn.nn.calibration import (
+    calibrated,
+    local_fraction_for_budget,
+    pick_by_share,
+    pick_thresholds,
+    thresholds_for_fractions,
+)
 from ddnn.nn.evaluate import (
     ExitOutputs,
     communication,
     evaluate,
-    local_fraction_for_budget,
-    pick_thresholds,
     presence_mask,
     run_model,
     sweep,
-    thresholds_for_fractions,
 )
 from ddnn.nn.model import DDNN
 from tests.helpers import make_mvmc_arrays
@@ -138,6 +142,28 @@ def test_pick_thresholds_prefers_cheap_settings_within_the_accuracy_loss():
     assert report["exit_fraction"]["local"] == pytest.approx(
         100 * (out.probs["local"].max(1) > 0.5).mean()
     )
+
+
+def test_the_share_rule_exits_its_share_unless_the_samples_show_it_costs_too_much():
+    """Rule "share" (the default): 60 % of the samples leave locally where that costs
+    nothing; where the local exit is wrong when confident, the samples are evidence against
+    it and rule "max_loss" decides instead (which keeps every sample going up)."""
+    out = synthetic_outputs(400, seed=3)
+    points = entropy_points()
+    spec = CalibrationSpec()
+    assert spec.rule == "share" and spec.shares == {"local": 0.6}
+    picked = calibrated(out, points, spec)
+    report = evaluate(out, entropy_points(picked["local"]))
+    assert report["exit_fraction"]["local"] == pytest.approx(60, abs=0.5)
+    assert picked == pick_by_share(out, points, {"local": 0.6})
+    assert pick_by_share(out, points, {"edge": 0.5}) == pick_thresholds(out, points)  # no edge
+    wrong = synthetic_outputs(400, seed=3)
+    probs = wrong.probs["local"]
+    liar = np.roll(probs, 1, axis=1)  # confident and wrong: every confident answer moves class
+    wrong.inputs["local"] = ExitInputs(np.log(liar))
+    fallback = calibrated(wrong, points, spec)
+    assert fallback == pick_thresholds(wrong, points, "max_loss")
+    assert evaluate(wrong, entropy_points(fallback["local"]))["accuracy"]["overall"] == 100.0
 
 
 def test_presence_mask_rejects_unknown_devices_and_all_missing():

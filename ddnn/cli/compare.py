@@ -1,7 +1,7 @@
 """`ddnn compare strategies`, `exits` and `precision`: seed 000's Tables II and IV and its
-hybrid precision on our data, each row a model trained and calibrated as `ddnn train` does
-(ddnn/nn/compare.py); `ddnn compare placement`: seed 001's single-exit against multi-exit
-models at a fixed threshold (ddnn/nn/placement.py)."""
+hybrid precision on our data, each row a model trained as `ddnn train` does and calibrated
+by rule max_loss (ddnn/nn/compare.py); `ddnn compare placement`: seed 001's single-exit
+against multi-exit models at a fixed threshold (ddnn/nn/placement.py)."""
 
 from __future__ import annotations
 

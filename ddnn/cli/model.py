@@ -202,7 +202,8 @@ def sweep(
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
-    from ddnn.nn.evaluate import model_exit_points, pick_thresholds, run_model
+    from ddnn.nn.calibration import pick_thresholds
+    from ddnn.nn.evaluate import model_exit_points, run_model
     from ddnn.nn.evaluate import sweep as sweep_rows
 
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
@@ -234,7 +235,8 @@ def calibrate(
         float | None, typer.Option(help="bytes per device per sample to stay within")
     ] = None,
     rule: Annotated[
-        str | None, typer.Option(help="best or max_loss: search for accuracy instead")
+        str | None,
+        typer.Option(help="share, max_loss or best: the config's calibration rule (ddnn config)"),
     ] = None,
     max_loss: Annotated[
         float | None, typer.Option(help="accuracy points max_loss may give up (config's)")
@@ -245,15 +247,14 @@ def calibrate(
 ) -> None:
     """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
     an accuracy rule, and store them in the model file."""
-    from ddnn.nn.checkpoint import save_model
-    from ddnn.nn.evaluate import (
-        evaluate,
+    from ddnn.nn.calibration import (
+        RULES,
+        calibrated,
         local_fraction_for_budget,
-        model_exit_points,
-        pick_thresholds,
-        run_model,
         thresholds_for_fractions,
     )
+    from ddnn.nn.checkpoint import save_model
+    from ddnn.nn.evaluate import evaluate, model_exit_points, run_model
 
     if sum(x is not None for x in (exit_fraction, budget, rule)) != 1:
         raise DDNNError("give exactly one of --exit-fraction, --budget or --rule")
@@ -268,9 +269,12 @@ def calibrate(
         raise DDNNError("this model has a single exit: there is no threshold to calibrate")
     outputs = run_model(model, dataset)
     if rule is not None:
+        if rule not in RULES:
+            raise DDNNError(f"--rule must be {', '.join(RULES)}, got {rule!r}")
         c = cfg.calibration
-        loss = c.max_loss if max_loss is None else max_loss
-        thresholds = pick_thresholds(outputs, points, rule, loss, c.confidence)
+        if max_loss is not None:
+            c = c.model_copy(update={"max_loss": max_loss})
+        thresholds = calibrated(outputs, points, c, rule)
     else:
         if budget is not None:
             if points[0].name != "local":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -250,14 +250,21 @@ class RouterSpec(_Strict):
 
 
 class CalibrationSpec(_Strict):
-    """How `ddnn train` picks thresholds on the held-out validation part.
+    """How `ddnn train` picks thresholds on the held-out validation part
+    (ddnn/nn/calibration.py says why the default is a share).
 
-    rule "max_loss": the lowest communication whose accuracy loss against the last exit
-    alone, plus `confidence` standard errors of it, is at most `max_loss` points
-    (`ddnn.nn.evaluate.pick_thresholds` says why); "best": the best overall accuracy.
+    rule "share": `shares` of the samples leave at the exits named there, unless the samples
+    are evidence (`confidence` standard errors) that this loses more than `max_loss` points
+    against the last exit alone, when "max_loss" decides instead; "max_loss": the lowest
+    communication whose accuracy loss, plus `confidence` standard errors of it, is at most
+    `max_loss` points; "best": the best overall accuracy.
     """
 
-    rule: Literal["max_loss", "best"] = "max_loss"
+    rule: Literal["share", "max_loss", "best"] = "share"
+    shares: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default={"local": 0.6},
+        description="rule share: exit name -> share of all samples leaving there",
+    )
     max_loss: float = Field(default=1.0, ge=0)
     confidence: float = Field(default=1.5, ge=0, description="standard errors of margin")
 

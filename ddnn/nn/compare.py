@@ -2,8 +2,8 @@
 early exits (its Table IV), and hybrid precision (a float tier over binary devices, its
 Fig. 4: energy against a full-precision network).
 
-Each candidate is a config; it is trained and calibrated exactly as `ddnn train` does
-(`fit_and_calibrate`: thresholds picked on validation data by `calibration`), then measured
+Each candidate is a config; it is trained as `ddnn train` does and calibrated by rule
+max_loss on validation data (`by_loss`, `fit_and_calibrate`), then measured
 on the test split: the share of samples leaving at each early exit, overall accuracy, each
 exit's accuracy and the energy per sample (ddnn/core/energy.py). Seed 000's own figures
 (CIFAR-10, ResNet-32, hybrid precision) stand beside ours in `PAPER`; they are not the
@@ -65,6 +65,7 @@ def strategy_candidates(
         raise DDNNError(f"strategies must be some of {list(STRATEGIES)}, got {list(strategies)}")
     if not 0 < early_weight < 1:
         raise DDNNError(f"the early exits' weight must lie between 0 and 1, got {early_weight}")
+    cfg = by_loss(cfg)
     exits = cfg.model.exits
     if len(exits) < 2:
         raise DDNNError("comparing training strategies needs a topology with an early exit")
@@ -83,6 +84,7 @@ def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> li
     """One early exit (local, then the cloud) and two (local, an edge, then the cloud); the
     edge tier of `groups` (default: the config's edge, or one edge over every device). `cfg`
     must already fit the data (`adapt_config`)."""
+    cfg = by_loss(cfg)
     model = cfg.model
     if model.local is None or model.cloud is None:
         raise DDNNError("comparing early exits needs a local exit and a cloud")
@@ -110,6 +112,7 @@ def precision_candidates(cfg: DDNNConfig, variants: Sequence[dict[str, str]]) ->
         "cloud": cfg.model.cloud is not None,
     }
     have = [t for t, there in present.items() if there]
+    cfg = by_loss(cfg)
     out = [Candidate({"precision": "as configured"}, cfg)]
     if not variants:
         raise DDNNError("give at least one variant of tier precisions, e.g. cloud=float")
@@ -159,6 +162,15 @@ def measure_trained(
     row["thresholds"] = picked
     row["train_seconds"] = round(seconds, 1)
     return row
+
+
+def by_loss(cfg: DDNNConfig) -> DDNNConfig:
+    """`cfg` calibrated by rule max_loss: seed 000 asks how many samples leave early at equal
+    accuracy (the least communication within `calibration.max_loss` of the last exit), which
+    `ddnn train`'s fixed share would answer with the same share on every row."""
+    return cfg.model_copy(
+        update={"calibration": cfg.calibration.model_copy(update={"rule": "max_loss"})}
+    )
 
 
 def replaced(cfg: DDNNConfig, **sections: Any) -> DDNNConfig:

@@ -1,4 +1,4 @@
-"""Offline evaluation: accuracy per exit, the exit cascade, communication, sweeps, calibration.
+"""Offline evaluation: accuracy per exit, the exit cascade, communication, sweeps.
 
 Accuracy measures follow the paper (Section III-F): an exit's accuracy is the accuracy when
 every sample exits there; overall accuracy is the cascade's under the thresholds.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,7 @@ from ddnn.core.exits import (
     ExitInputs,
     ExitPoint,
     cascade,
-    decide,
     exit_points,
-    judge,
-    step,
 )
 from ddnn.core.fusion import score_fusions
 from ddnn.core.payloads import VALUE_BITS, pack_features, pack_scores
@@ -264,117 +260,6 @@ def sweep(
             }
         )
     return rows
-
-
-RULES = ("best", "max_loss")
-
-
-def pick_thresholds(
-    outputs: ExitOutputs,
-    points: Sequence[ExitPoint],
-    rule: str = "max_loss",
-    max_loss: float = 1.0,
-    confidence: float = 1.5,
-    grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 101)),
-    search: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Search thresholds of the exits named in `search` (default: all but the last) on
-    `grid`; the others keep theirs.
-
-    rule "best": the highest overall accuracy. rule "max_loss": the least communication (most
-    samples leaving at the lowest exits) whose accuracy loss against the last exit alone,
-    plus `confidence` standard errors of that loss, stays within `max_loss` points. The
-    standard error is that of the per-sample paired difference (last exit right, cascade
-    wrong, or the reverse), so a threshold is taken only where the held-out data is evidence
-    for it: the cheapest setting that merely happens to fit on a few hundred validation
-    samples sits at the edge of the region and lost 1.5-2 points on test. Ties go to cheaper
-    settings. Meant for held-out validation data, never the test set.
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be {' or '.join(RULES)}, got {rule!r}")
-    if len(points) < 2:
-        return {}
-    searched = list(search) if search is not None else [p.name for p in points[:-1]]
-    last_right = outputs.probs[points[-1].name].argmax(1) == outputs.labels
-    # each exit's statistic once (a router's is an MLP), then only thresholds vary
-    base = [step(p, outputs.inputs[p.name], i == len(points) - 1) for i, p in enumerate(points)]
-    candidates = []
-    for combo in product(grid, repeat=len(searched)):
-        chosen = dict(zip(searched, combo, strict=True))
-        steps = [
-            judge(replace(p, threshold=chosen[p.name]), s.probs, s.statistic, False)
-            if p.name in chosen
-            else s
-            for p, s in zip(points, base, strict=True)
-        ]
-        d = decide(steps)
-        right = (d.predictions == outputs.labels) & ~d.abstained  # abstaining is not right
-        diff = last_right.astype(np.float64) - right
-        bound = 100.0 * (diff.mean() + confidence * diff.std() / np.sqrt(len(diff)))
-        # cost: how many samples go past each exit, lowest exit first (device bytes first)
-        cost = tuple(float((d.exit_index > i).mean()) for i in range(len(searched)))
-        candidates.append((100.0 * right.mean(), bound, cost, combo))
-    if rule == "best":
-        best = max(c[0] for c in candidates)
-        eligible = [c for c in candidates if c[0] >= best - 1e-9]
-    else:
-        eligible = [c for c in candidates if c[1] <= max_loss + 1e-9]
-    _, _, _, combo = min(eligible, key=lambda c: (c[2], -c[0]))
-    return {name: round(float(t), 4) for name, t in zip(searched, combo, strict=True)}
-
-
-def thresholds_for_fractions(
-    outputs: ExitOutputs, points: Sequence[ExitPoint], fractions: dict[str, float]
-) -> dict[str, float]:
-    """Thresholds at which about `fractions[name]` of all samples exit at each named exit.
-
-    Exits are handled lowest first, each over the samples that reach it under the thresholds
-    already chosen; the threshold lies midway between the statistic of the last sample that
-    exits and that of the first that does not.
-    """
-    chosen: dict[str, float] = {}
-    n = len(outputs.labels)
-    reaching = np.ones(n, dtype=bool)
-    for point in points[:-1]:
-        inputs = outputs.inputs[point.name]
-        statistic = point.policy.statistic(inputs)
-        if point.name in fractions:
-            f = fractions[point.name]
-            k = int(round(f * n))
-            if not 0.0 <= f <= 1.0 or k > reaching.sum():
-                raise ValueError(
-                    f"cannot exit {f:.0%} of the samples at {point.name}: only "
-                    f"{reaching.mean():.0%} reach it"
-                )
-            chosen[point.name] = _threshold_for_count(
-                statistic[reaching], k, point.policy.confident_below
-            )
-            point = replace(point, threshold=chosen[point.name])
-        judged = judge(point, inputs.probs, statistic, last=False)
-        reaching &= ~judged.exits
-        if judged.abstains is not None:  # dropped samples go no further either
-            reaching &= ~judged.abstains
-    return chosen
-
-
-def _threshold_for_count(stat: np.ndarray, k: int, confident_below: bool) -> float:
-    stat = np.sort(stat) if confident_below else np.sort(stat)[::-1]
-    if k == 0:
-        return float(stat[0] + (-1e-6 if confident_below else 1e-6))
-    if k == len(stat):
-        return float(stat[-1])
-    return float((stat[k - 1] + stat[k]) / 2)
-
-
-def local_fraction_for_budget(outputs: ExitOutputs, budget: float) -> float:
-    """The local exit fraction l at which measured bytes per device meet `budget`:
-    score_bytes + (1 - l) * feature_bytes <= budget."""
-    if budget < outputs.score_bytes:
-        raise ValueError(
-            f"a budget of {budget} B is below the {outputs.score_bytes} B of scores every "
-            "sample costs"
-        )
-    return float(np.clip(1.0 - (budget - outputs.score_bytes) / outputs.feature_bytes, 0, 1))
 
 
 def accuracy_by_device_count(

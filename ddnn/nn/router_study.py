@@ -17,13 +17,13 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.exits import ExitPoint, Policy, cascade, get_policy
 from ddnn.core.routing import Router
 from ddnn.data import Splits
+from ddnn.nn.calibration import thresholds_for_fractions
 from ddnn.nn.evaluate import (
     ExitOutputs,
     accuracy_percent,
     model_exit_points,
     numpy_state,
     run_model,
-    thresholds_for_fractions,
     with_thresholds,
 )
 from ddnn.nn.model import DDNN

@@ -29,11 +29,11 @@ from ddnn.core.config import (
     with_exit_settings,
 )
 from ddnn.data import MultiViewData, Splits
+from ddnn.nn.calibration import calibrated
 from ddnn.nn.evaluate import (
     ExitOutputs,
     accuracy_percent,
     model_exit_points,
-    pick_thresholds,
     presence_mask,
     run_model,
 )
@@ -300,10 +300,9 @@ def fit_and_calibrate(
     result = fit(parts.train, cfg, on_epoch)
     if parts.validation is None:
         return result, {}
-    c = result.config.calibration
     outputs = run_model(result.model, parts.validation)
     points = model_exit_points(result.model, result.config)
-    picked = pick_thresholds(outputs, points, c.rule, c.max_loss, c.confidence)
+    picked = calibrated(outputs, points, result.config.calibration)
     result.config = with_exit_settings(result.config, picked, {}, "calibration")
     return result, picked
 

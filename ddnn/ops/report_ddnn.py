@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ddnn.nn.calibration import thresholds_for_fractions
 from ddnn.nn.evaluate import (
     accuracy_by_device_count,
     accuracy_each_missing,
@@ -20,7 +21,6 @@ from ddnn.nn.evaluate import (
     model_exit_points,
     run_model,
     sweep,
-    thresholds_for_fractions,
     with_thresholds,
 )
 from ddnn.nn.train import individual_accuracy, individual_config
