@@ -26,7 +26,7 @@ from itertools import product
 import numpy as np
 
 from ddnn.core.config import CalibrationSpec
-from ddnn.core.exits import ExitPoint, decide, judge, step
+from ddnn.core.exits import ExitPoint, cascade, decide, judge, step
 from ddnn.nn.evaluate import ExitOutputs, with_thresholds
 
 
@@ -59,10 +59,7 @@ def pick_by_share(
     if rest:
         fixed = with_thresholds(points, chosen)
         chosen |= pick_thresholds(outputs, fixed, "max_loss", max_loss, confidence, search=rest)
-    d = decide(
-        [step(p, outputs.inputs[p.name], i == len(points) - 1)
-         for i, p in enumerate(with_thresholds(points, chosen))]
-    )  # fmt: skip
+    d = cascade(with_thresholds(points, chosen), outputs.inputs)
     right = (d.predictions == outputs.labels) & ~d.abstained
     last_right = outputs.probs[points[-1].name].argmax(1) == outputs.labels
     if loss_bound(last_right, right, -confidence) > max_loss:
