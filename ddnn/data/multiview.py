@@ -111,12 +111,14 @@ def load_mvmc(path: Path | str) -> MultiViewData:
     return from_mvmc_arrays(arrays["X"], arrays["y"], name=f"mvmc:{path}")
 
 
-def save_mvmc(path: Path | str, x: np.ndarray, y: np.ndarray) -> None:
-    """Write arrays in the MVMC format (atomically, so a killed run leaves no half file)."""
+def save_mvmc(path: Path | str, x: np.ndarray, y: np.ndarray, compressed: bool = True) -> None:
+    """Write arrays in the MVMC format (atomically, so a killed run leaves no half file);
+    `compressed=False` for a file read far more often than it is moved (a cache)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    save = np.savez_compressed if compressed else np.savez
     with replaced(path, ".tmp.npz") as tmp:
-        np.savez_compressed(tmp, X=x.astype(np.float32), y=y.astype(np.int32))
+        save(tmp, X=x.astype(np.float32), y=y.astype(np.int32))
 
 
 def cut_tiles(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
