@@ -89,6 +89,8 @@ class MqttClient:
     that wait (module doc); then one thread only may use the client, and it must call `get()`
     at least every `keepalive` seconds. `keep_session=False`: the broker drops the session
     with the connection (module doc: for the members of a shared subscription).
+    `expect_denials=True`: publishes meant to be refused (a fault scenario's forger) are
+    counted in `denied` without a warning each.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class MqttClient:
         will: Will | None = None,
         threaded: bool = True,
         keep_session: bool = True,
+        expect_denials: bool = False,
     ) -> None:
         self.settings = as_settings(settings)
         self.threaded = threaded
@@ -121,6 +124,7 @@ class MqttClient:
         # What the broker refused: publishes (MQTT 5 PUBACK reason codes; a 3.1.1 broker
         # drops them without a word) and subscriptions (`refused_filters`).
         self.denied = 0
+        self.expect_denials = expect_denials  # an attacker's client: refusals are not news
         self.connections = 0  # successful (re)connects: a broker restart loses retained state
         self._started = False
         self._closed = False
@@ -188,7 +192,7 @@ class MqttClient:
     def _on_publish(self, client, userdata, mid, reason_code: ReasonCode, properties) -> None:
         if reason_code.is_failure:
             self.denied += 1
-            if self.denied <= 5:
+            if self.denied <= 5 and not self.expect_denials:
                 log.warning(
                     "MQTT %s: the broker refused a publish: %s", self.settings.url, reason_code
                 )

@@ -178,7 +178,9 @@ def forgery(h: Harness) -> list[dict[str, Any]]:
         nonlocal sent, denied
         h.mark("forgeries")
         for account in accounts:
-            client = MqttClient(h.login(account), f"ddnn-forger-{account}").connect()
+            client = MqttClient(
+                h.login(account), f"ddnn-forger-{account}", expect_denials=True
+            ).connect()
             for topic in forged_topics(topics, account, accounts):
                 payload = forged_payload(topic, topics)
                 forged.add(payload)
