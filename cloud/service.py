@@ -113,6 +113,7 @@ class TierService(Service):
         if not isinstance(message, Features):
             raise Rejected("a message of a kind this service does not take", message.kind)
         self._check(message)
+        array = message.array(self.input_shape)  # a malformed map is refused, late or not
         if message.sample in self.done:
             self.counters["late"] += 1
             return
@@ -120,7 +121,7 @@ class TierService(Service):
         if new and self._unasked(message.source) >= UNASKED_PER_SOURCE:
             raise Rejected("features not asked for, over the per-source limit", message.source)
         c = self._collecting(message.sample)
-        c.maps[message.source] = message.array(self.input_shape)
+        c.maps[message.source] = array
         c.received[message.source] = len(message.data)
         self._maybe_run(message.sample)
 

@@ -389,6 +389,11 @@ def test_the_cloud_runs_once_every_expected_map_arrived(plain):
     rig.send(features(6, Role.device(3), shape))  # late: the sample already ran
     rig.settle(later=LATER)
     assert len(rig.of(Scores)) == 1 and cloud.counters["late"] == 1
+    # a malformed map is refused for what it is, also when it comes late
+    rig.send(features(6, Role.device(1), (1, 2, 2)))
+    rig.settle()
+    assert cloud.counters["late"] == 1
+    assert cloud.rejected == {"features of another shape than the tier takes": 1}
 
 
 def test_the_cloud_runs_on_the_maps_it_has_at_its_deadline(plain):
