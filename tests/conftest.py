@@ -3,6 +3,7 @@ tiny trained models (local + cloud, and local + edge + cloud) that several modul
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ from tests.helpers import (
     tiny_model,
     with_drop_between_edge_and_cloud,
 )
+
+# The README's default run is `pytest -n 2`: two workers share the 2 cores, so each one's
+# PyTorch (and every `ddnn` it starts) computes on one thread; two threads per process spin
+# waiting for each other on a busy machine (README, Results). The slow run is one process.
+if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,25 @@ def test_split_is_reproducible_by_seed_and_80_20(mvmc_file: Path):
     assert not np.array_equal(a_test.labels, c_test.labels) or not np.array_equal(
         a_test.x, c_test.x
     )
+
+
+def test_writers_of_one_file_at_once_each_leave_it_whole(tmp_path: Path):
+    """Two first uses of the synthetic cache at once (two test workers, two commands): each
+    writes its own temporary file and replaces the cache whole; a writer that fails leaves
+    the file as it was."""
+    path = tmp_path / "cache.npz"
+    arrays = [make_mvmc_arrays(300, seed=s) for s in range(4)]
+    writers = [threading.Thread(target=save_mvmc, args=(path, *a)) for a in arrays]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    data = load_mvmc(path)
+    assert any(np.array_equal(data.view_labels, y) for _, y in arrays)
+    with pytest.raises(ValueError):
+        save_mvmc(path, np.zeros((2, 6, 3, 32, 32)), np.array([["no number"]]))
+    assert np.array_equal(load_mvmc(path).view_labels, data.view_labels)
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]  # no temporary file left
 
 
 def test_missing_data_file_is_a_clear_error(tmp_path: Path):

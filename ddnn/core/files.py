@@ -6,6 +6,8 @@ and reads `.npz` arrays (data sets, export artifacts) through `read_npz`.
 
 from __future__ import annotations
 
+import os
+import threading
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,11 +20,13 @@ from ddnn.core.errors import DDNNError
 
 @contextmanager
 def replaced(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path next to `path` (its name + `suffix`) for the block to write; when the
-    block ends it replaces `path` in one step, so a killed run leaves the old file (or none),
-    never half a file. A block that raises leaves `path` as it was."""
+    """A temporary path next to `path` (its name, this process and thread, `suffix`) for the
+    block to write; when the block ends it replaces `path` in one step, so a killed run
+    leaves the old file (or none), never half a file, and two processes writing the same
+    file at once (two first uses of a cache) each replace it whole. A block that raises
+    leaves `path` as it was."""
     path = Path(path)
-    tmp = path.with_name(path.name + suffix)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}{suffix}")
     try:
         yield tmp
         tmp.replace(path)
