@@ -10,7 +10,6 @@ from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
 from ddnn.data import load_spec, split
 from ddnn.nn.compare import (
-    by_loss,
     exit_count_candidates,
     measure,
     precision_candidates,
@@ -31,13 +30,6 @@ def test_compare_strategies_trains_each_and_reports_exits_accuracy_and_energy(mv
         assert 0 <= row["local_exit"] <= 100 and 0 <= row["accuracy"] <= 100
         assert row["energy_uj"] > 0 and set(row["thresholds"]) == {"local"}
     assert document["paper"]["joint"] == {"early_exit": 52.8, "accuracy": 89.16}
-
-
-def test_rows_are_calibrated_by_max_loss_unless_the_config_names_a_rule():
-    assert by_loss(load_config(None, ["train.epochs=1"])).calibration.rule == "max_loss"
-    named = load_config(None, ["calibration.rule=share", "calibration.shares={local: 0.3}"])
-    assert by_loss(named).calibration.rule == "share"
-    assert by_loss(named).calibration.shares == {"local": 0.3}
 
 
 def test_one_and_two_early_exits_and_precisions_are_measured_alike(mvmc_file):

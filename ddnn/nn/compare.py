@@ -167,10 +167,7 @@ def measure_trained(
 def by_loss(cfg: DDNNConfig) -> DDNNConfig:
     """`cfg` calibrated by rule max_loss: seed 000 asks how many samples leave early at equal
     accuracy (the least communication within `calibration.max_loss` of the last exit), which
-    `ddnn train`'s fixed share would answer with the same share on every row. A rule the
-    config names itself (its file or `--set calibration.rule=...`) is kept."""
-    if "rule" in cfg.calibration.model_fields_set:
-        return cfg
+    `ddnn train`'s fixed share would answer with the same share on every row."""
     return cfg.model_copy(
         update={"calibration": cfg.calibration.model_copy(update={"rule": "max_loss"})}
     )
