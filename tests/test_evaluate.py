@@ -22,6 +22,7 @@ from ddnn.nn.evaluate import (
     presence_mask,
     run_model,
     sweep,
+    with_thresholds,
 )
 from ddnn.nn.model import DDNN
 from tests.helpers import make_mvmc_arrays
@@ -164,6 +165,20 @@ def test_the_share_rule_exits_its_share_unless_the_samples_show_it_costs_too_muc
     fallback = calibrated(wrong, points, spec)
     assert fallback == pick_thresholds(wrong, points, "max_loss")
     assert evaluate(wrong, entropy_points(fallback["local"]))["accuracy"]["overall"] == 100.0
+
+
+def test_a_share_on_a_weak_local_exit_above_an_edge_falls_back_to_max_loss():
+    """With an edge between, rule "share" fixes the local threshold and searches the edge's;
+    when the local share alone already loses over `max_loss` points, no edge threshold is
+    within it: the whole search of rule "max_loss" decides (it crashed on an empty pick)."""
+    out = synthetic_outputs(400, seed=3)
+    out.inputs["local"] = ExitInputs(np.log(np.roll(out.probs["local"], 1, axis=1)))  # a liar
+    out.inputs["edge"] = out.inputs["cloud"]
+    e = get_policy("entropy")
+    points = [ExitPoint("local", e, 0.5), ExitPoint("edge", e, 0.5), ExitPoint("cloud", e, 0.0)]
+    picked = calibrated(out, points, CalibrationSpec())
+    assert picked == pick_thresholds(out, points, "max_loss")
+    assert evaluate(out, with_thresholds(points, picked))["accuracy"]["overall"] == 100.0
 
 
 def test_presence_mask_rejects_unknown_devices_and_all_missing():

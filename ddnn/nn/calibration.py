@@ -84,7 +84,8 @@ def pick_thresholds(
 
     rule "best": the highest overall accuracy. rule "max_loss": the least communication (most
     samples leaving at the lowest exits) whose accuracy loss against the last exit alone,
-    plus `confidence` standard errors of that loss, stays within `max_loss` points. The
+    plus `confidence` standard errors of that loss, stays within `max_loss` points (none
+    does, when exits the caller fixed already lose more: the least loss). The
     standard error is that of the per-sample paired difference (last exit right, cascade
     wrong, or the reverse), so a threshold is taken only where the held-out data is evidence
     for it: the cheapest setting that merely happens to fit on a few hundred validation
@@ -119,6 +120,8 @@ def pick_thresholds(
         eligible = [c for c in candidates if c[0] >= best - 1e-9]
     else:
         eligible = [c for c in candidates if c[1] <= max_loss + 1e-9]
+        # none within it (exits fixed by the caller already lose more): the least loss
+        eligible = eligible or [min(candidates, key=lambda c: c[1])]
     _, _, _, combo = min(eligible, key=lambda c: (c[2], -c[0]))
     return {name: round(float(t), 4) for name, t in zip(searched, combo, strict=True)}
 
