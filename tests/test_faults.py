@@ -74,13 +74,16 @@ def test_the_scenarios_share_one_deployment_and_leave_it_whole(run):
 def test_each_single_device_killed(run):
     result = scenario(run, "device-down")
     assert_sound(result)
-    killed = result["rows"][1:]
+    up, *killed = result["rows"]
+    # The deployment's first samples: a tier that compiled on its first sample (a fresh
+    # install's cold numba cache) answered them past the deadline, degraded.
+    assert up["degraded"] == 0, str(up)
     assert len(killed) == 6
     for row in killed:
         assert row["undecided"] == 0
         assert row["detect_s"] is not None and row["detect_s"] < 2.0  # by the last will
         # after detection the aggregator stops waiting for the dead device
-        assert row["local_p50_after_ms"] < 0.5 * 1000, row
+        assert row["local_p50_after_ms"] < 0.5 * 1000, str(row)  # whole, with its reasons
 
 
 def test_devices_killed_until_one_is_left(run):

@@ -402,6 +402,28 @@ def test_the_packed_cloud_runs_without_pytorch(trained, tmp_path):
         assert same_bits(z["scores"], scores[0].numpy()) and same_bits(z["own"], own[0].numpy())
 
 
+def test_a_packed_tier_compiles_its_kernels_when_opened_not_on_its_first_sample(trained):
+    """On a cold numba cache (a fresh install) the first call compiled for ~15 s on a busy
+    2-core machine, so a new deployment's first samples ran past the aggregator's cloud
+    deadline and were decided degraded (fresh-clone CI). Opening the tier, before the cloud
+    says online, compiles them now. In a fresh process, as a service starts."""
+    if "numba" not in KERNELS:
+        pytest.skip("numba is not installed")
+    artifacts = trained[3]
+    proc = run_without_torch(
+        f"""
+        from cloud.runtime import open_tier
+        from ddnn.core.roles import Role
+        from ddnn.packed import numba_kernels as k
+        tier = open_tier({str(artifacts)!r}, Role("cloud"))
+        print(tier.name, len(k.conv_binary.signatures), len(k.head_scores.signatures))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    name, convs, heads = proc.stdout.rsplit(maxsplit=2)
+    assert name == "packed (numba)" and int(convs) >= 1 and int(heads) >= 1, proc.stdout
+
+
 def test_a_float_device_tier_is_not_packed_and_keeps_the_torch_runtime(tmp_path):
     cfg = load_config(overrides=["model.device.precision=float"])
     model = DDNN(cfg.model).eval()
