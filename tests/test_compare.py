@@ -68,5 +68,24 @@ def test_bad_comparisons_are_refused_by_name(mvmc_file):
     result = ddnn(*bad, check=False)
     assert result.returncode != 0 and "edge.groups must cover devices" in result.stderr
     assert "Traceback" not in result.stderr
+    bad = ("compare", "precision", "--data", f"mvmc:{mvmc_file}", "--rule", "cheapest")
+    result = ddnn(*bad, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "rule must be one of share, max_loss, best, got 'cheapest'" in result.stderr
+
+
+def test_every_row_is_calibrated_by_max_loss_unless_a_rule_is_named():
+    """max_loss by default, whatever the config says (seed 000's question: the least
+    communication at equal accuracy); a named rule, for every row of every comparison."""
+    cfg = load_config(None, ["calibration.rule=best"])
+    for rule, expected in ((None, "max_loss"), ("share", "share"), ("best", "best")):
+        named = {} if rule is None else {"rule": rule}
+        candidates = [
+            *strategy_candidates(cfg, ["separate", "joint"], 0.6, **named),
+            *exit_count_candidates(cfg, None, **named),
+            *precision_candidates(cfg, [{"cloud": "float"}], **named),
+        ]
+        assert len(candidates) == 6
+        assert {c.config.calibration.rule for c in candidates} == {expected}, rule
     result = ddnn("compare", "precision", "--variant", "cloud=8bit", check=False)
     assert result.returncode != 0 and "--variant takes tier=precision pairs" in result.stderr

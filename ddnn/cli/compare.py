@@ -1,7 +1,8 @@
 """`ddnn compare strategies`, `exits` and `precision`: seed 000's Tables II and IV and its
 hybrid precision on our data, each row a model trained as `ddnn train` does and calibrated
-by rule max_loss (ddnn/nn/compare.py); `ddnn compare placement`: seed 001's single-exit
-against multi-exit models at a fixed threshold (ddnn/nn/placement.py)."""
+by rule max_loss, or the one `--rule` names (ddnn/nn/compare.py); `ddnn compare
+placement`: seed 001's single-exit against multi-exit models at a fixed threshold
+(ddnn/nn/placement.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ if TYPE_CHECKING:
     from ddnn.nn.train import EpochCallback
 
     Measure = Callable[[Candidate, Splits, EpochCallback], list[dict]]
+
+CalibrationRule = Annotated[
+    str,
+    typer.Option(
+        "--rule",
+        help="how every row's thresholds are picked on validation data: max_loss (the least "
+        "communication within calibration.max_loss of the last exit: seed 000's question), "
+        "share (calibration.shares, as ddnn train) or best",
+    ),
+]
 
 
 def _measure_calibrated(candidate: Candidate, parts: Splits, on_epoch: EpochCallback) -> list:
@@ -90,6 +101,7 @@ def strategies(
     early_weight: Annotated[
         float, typer.Option(help="joint: the early exits' share of the loss (seed 000: 0.6)")
     ] = 0.6,
+    rule: CalibrationRule = "max_loss",
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
@@ -99,7 +111,8 @@ def strategies(
 
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
-    candidates = strategy_candidates(cfg, [s.strip() for s in which.split(",")], early_weight)
+    strategies = [s.strip() for s in which.split(",")]
+    candidates = strategy_candidates(cfg, strategies, early_weight, rule)
     _compare(
         "training strategies",
         _paper("strategies"),
@@ -122,6 +135,7 @@ def exits(
         str | None,
         typer.Option(help="the edge's device groups, e.g. '[[0,1,2],[3,4,5]]' (default: one)"),
     ] = None,
+    rule: CalibrationRule = "max_loss",
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
@@ -138,7 +152,7 @@ def exits(
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     _compare(
         "one vs two early exits", _paper("early_exits"), cfg, data, dataset, as_json,
-        lambda parts: exit_count_candidates(cfg, edge_groups),
+        lambda parts: exit_count_candidates(cfg, edge_groups, rule),
     )  # fmt: skip
 
 
@@ -192,6 +206,7 @@ def precision(
             "device=4bit,cloud=float (repeat for more; default: cloud=float)",
         ),
     ] = None,
+    rule: CalibrationRule = "max_loss",
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
@@ -203,7 +218,7 @@ def precision(
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     wanted = [_tier_precisions(v) for v in variants or ["cloud=float"]]
-    candidates = precision_candidates(cfg, wanted)
+    candidates = precision_candidates(cfg, wanted, rule)
     _compare(
         "hybrid precision",
         _paper("precision"),

@@ -2,8 +2,9 @@
 early exits (its Table IV), and hybrid precision (a float tier over binary devices, its
 Fig. 4: energy against a full-precision network).
 
-Each candidate is a config; it is trained as `ddnn train` does and calibrated by rule
-max_loss on validation data (`by_loss`, `fit_and_calibrate`), then measured
+Each candidate is a config; it is trained as `ddnn train` does and calibrated on
+validation data (`fit_and_calibrate`) by rule max_loss unless asked otherwise (`with_rule`
+says why), then measured
 on the test split: the share of samples leaving at each early exit, overall accuracy, each
 exit's accuracy and the energy per sample (ddnn/core/energy.py). Seed 000's own figures
 (CIFAR-10, ResNet-32, hybrid precision) stand beside ours in `PAPER`; they are not the
@@ -21,6 +22,7 @@ from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade
 from ddnn.data import MultiViewData, Splits
+from ddnn.nn.calibration import RULES
 from ddnn.nn.evaluate import accuracy_percent, model_exit_points, run_model
 from ddnn.nn.model import DDNN
 from ddnn.nn.train import EpochCallback, fit_and_calibrate, training_stages
@@ -56,16 +58,17 @@ class Candidate:
 
 
 def strategy_candidates(
-    cfg: DDNNConfig, strategies: Sequence[str], early_weight: float
+    cfg: DDNNConfig, strategies: Sequence[str], early_weight: float, rule: str = "max_loss"
 ) -> list[Candidate]:
     """The config under each strategy. Joint weighs the early exits `early_weight` in all
-    (shared equally) and the last exit the rest, as seed 000 (0.6 on its early exit)."""
+    (shared equally) and the last exit the rest, as seed 000 (0.6 on its early exit). Every
+    candidate is calibrated by `rule` (`with_rule`), as in the next two."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         raise DDNNError(f"strategies must be some of {list(STRATEGIES)}, got {list(strategies)}")
     if not 0 < early_weight < 1:
         raise DDNNError(f"the early exits' weight must lie between 0 and 1, got {early_weight}")
-    cfg = by_loss(cfg)
+    cfg = with_rule(cfg, rule)
     exits = cfg.model.exits
     if len(exits) < 2:
         raise DDNNError("comparing training strategies needs a topology with an early exit")
@@ -80,11 +83,13 @@ def strategy_candidates(
     return out
 
 
-def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> list[Candidate]:
+def exit_count_candidates(
+    cfg: DDNNConfig, groups: list[list[int]] | None, rule: str = "max_loss"
+) -> list[Candidate]:
     """One early exit (local, then the cloud) and two (local, an edge, then the cloud); the
     edge tier of `groups` (default: the config's edge, or one edge over every device). `cfg`
     must already fit the data (`adapt_config`)."""
-    cfg = by_loss(cfg)
+    cfg = with_rule(cfg, rule)
     model = cfg.model
     if model.local is None or model.cloud is None:
         raise DDNNError("comparing early exits needs a local exit and a cloud")
@@ -103,7 +108,9 @@ def exit_count_candidates(cfg: DDNNConfig, groups: list[list[int]] | None) -> li
     ]
 
 
-def precision_candidates(cfg: DDNNConfig, variants: Sequence[dict[str, str]]) -> list[Candidate]:
+def precision_candidates(
+    cfg: DDNNConfig, variants: Sequence[dict[str, str]], rule: str = "max_loss"
+) -> list[Candidate]:
     """The config as it is (all binary by default), then each variant: tiers (device, edge,
     cloud) -> precision (binary, 2bit, 4bit, float), e.g. {"cloud": "float"}."""
     present = {
@@ -112,7 +119,7 @@ def precision_candidates(cfg: DDNNConfig, variants: Sequence[dict[str, str]]) ->
         "cloud": cfg.model.cloud is not None,
     }
     have = [t for t, there in present.items() if there]
-    cfg = by_loss(cfg)
+    cfg = with_rule(cfg, rule)
     out = [Candidate({"precision": "as configured"}, cfg)]
     if not variants:
         raise DDNNError("give at least one variant of tier precisions, e.g. cloud=float")
@@ -164,13 +171,14 @@ def measure_trained(
     return row
 
 
-def by_loss(cfg: DDNNConfig) -> DDNNConfig:
-    """`cfg` calibrated by rule max_loss: seed 000 asks how many samples leave early at equal
-    accuracy (the least communication within `calibration.max_loss` of the last exit), which
-    `ddnn train`'s fixed share would answer with the same share on every row."""
-    return cfg.model_copy(
-        update={"calibration": cfg.calibration.model_copy(update={"rule": "max_loss"})}
-    )
+def with_rule(cfg: DDNNConfig, rule: str) -> DDNNConfig:
+    """`cfg` calibrated by `rule` (ddnn/nn/calibration.py). The comparisons default to
+    max_loss: seed 000 asks how many samples leave early at equal accuracy (the least
+    communication within `calibration.max_loss` of the last exit), which `ddnn train`'s
+    fixed share would answer with the same share on every row."""
+    if rule not in RULES:
+        raise DDNNError(f"the calibration rule must be one of {', '.join(RULES)}, got {rule!r}")
+    return cfg.model_copy(update={"calibration": cfg.calibration.model_copy(update={"rule": rule})})
 
 
 def replaced(cfg: DDNNConfig, **sections: Any) -> DDNNConfig:
