@@ -251,21 +251,22 @@ def drained(observer: MqttClient, topics: Topics) -> list[tuple[str, bytes]]:
     after the broker acknowledged its messages, so the broker handled them all before it."""
     fence = f"{topics.hello}/{OBSERVER}/fence"
     observer.publish(fence, b"fence", qos=1)
-    heard = []
-    while (item := observer.get(5.0)) is not None and item[0] != fence:
-        heard.append(item)
-    assert item is not None, "the fence never came back"
+    heard: list[tuple[str, bytes]] = []
+    assert heard_until(observer, fence, heard), "the fence never came back"
     observer.close()
-    return heard
+    return heard[:-1]
 
 
-def heard_until(observer: MqttClient, topic: str, heard: list[tuple[str, bytes]]) -> None:
-    """Collect what `observer` receives into `heard` until `topic` comes (or 10 s pass)."""
-    deadline = time.monotonic() + 10.0
-    while (left := deadline - time.monotonic()) > 0 and (item := observer.get(left)) is not None:
+def heard_until(
+    observer: MqttClient, topic: str, heard: list[tuple[str, bytes]], quiet: float = 5.0
+) -> bool:
+    """Collect what `observer` receives into `heard` until `topic` comes (True, its message
+    last) or nothing comes for `quiet` seconds (False)."""
+    while (item := observer.get(quiet)) is not None:
         heard.append(item)
         if item[0] == topic:
-            return
+            return True
+    return False
 
 
 def test_every_forgery_by_every_account_is_denied_and_counted(guarded, secured):
@@ -286,7 +287,7 @@ def test_every_forgery_by_every_account_is_denied_and_counted(guarded, secured):
         # whose publisher disconnects right after its PUBACK (before it was forwarded).
         own = accounts[account].write[-1].replace("#", "own")  # its probe topics at least
         assert client.publish(own, b"own", qos=1)
-        heard_until(observer, own, heard)
+        heard_until(observer, own, heard, quiet=10.0)
         client.close()
         if guarded.protocol == "5":  # MQTT 5: every denial came back as a PUBACK code
             assert client.denied == len(forged_topics(topics, account, accounts)), account
