@@ -3,10 +3,13 @@ tiny trained models (local + cloud, and local + edge + cloud) that several modul
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from ddnn.data import save_mvmc
 from tests.helpers import (
@@ -20,8 +23,33 @@ from tests.helpers import (
 # The README's default run is `pytest -n 2`: two workers share the 2 cores, so each one's
 # PyTorch (and every `ddnn` it starts) computes on one thread; two threads per process spin
 # waiting for each other on a busy machine (README, Results). The slow run is one process.
-if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER is not None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+Made = Path | tuple[Path, ...]
+
+
+def made_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Made]
+) -> Made:
+    """`make(folder)`'s files, made once per test run: under xdist the workers share them
+    (the first makes them under a file lock while the others wait, as pytest-xdist
+    documents), so that a model is trained once, not once per worker. Every test only reads
+    them (one that changes a model works on a copy)."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if WORKER is not None else root  # the run's, above each worker's
+    folder = root / f"made-{name}"
+    record = folder / "made.json"  # written last: its presence says the files are whole
+    with FileLock(f"{folder}.lock"):
+        if not record.is_file():
+            folder.mkdir(exist_ok=True)
+            made = make(folder)
+            paths = [made] if isinstance(made, Path) else list(made)
+            record.write_text(json.dumps([str(p) for p in paths]))
+    paths = [Path(p) for p in json.loads(record.read_text())]
+    return paths[0] if len(paths) == 1 else tuple(paths)
 
 
 @pytest.fixture
@@ -35,24 +63,29 @@ def mvmc_file(tmp_path: Path) -> Path:
 def on_mvmc_file(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny local + cloud model trained on an MVMC-format file (200 samples), and the
     file: the live and fault tests check that devices replay it, not the default set."""
-    folder = tmp_path_factory.mktemp("on_mvmc")
-    data = folder / "cams.npz"
-    save_mvmc(data, *make_mvmc_arrays(200, seed=1))
-    return tiny_model(folder, "m", "0.5", "--data", f"mvmc:{data}"), data
+
+    def make(folder: Path) -> tuple[Path, Path]:
+        data = folder / "cams.npz"
+        save_mvmc(data, *make_mvmc_arrays(200, seed=1))
+        return tiny_model(folder, "m", "0.5", "--data", f"mvmc:{data}"), data
+
+    return made_once(tmp_path_factory, "on_mvmc", make)
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Path:
     """The local + cloud model the live and fault tests share."""
-    return tiny_model(tmp_path_factory.mktemp("tiny"), "c", "0.5")
+    return made_once(tmp_path_factory, "tiny", lambda folder: tiny_model(folder, "c", "0.5"))
 
 
 @pytest.fixture(scope="session")
 def tiny_edge(tmp_path_factory) -> Path:
     """A local + edge + cloud model (two edges of three devices) whose thresholds send a
     real share of samples out of every exit."""
-    return tiny_model(
-        tmp_path_factory.mktemp("tiny_edge"), "e", "local=0.4,edge=0.3", "--set", EDGE
+    return made_once(
+        tmp_path_factory,
+        "tiny_edge",
+        lambda folder: tiny_model(folder, "e", "local=0.4,edge=0.3", "--set", EDGE),
     )
 
 
@@ -63,27 +96,32 @@ def hybrid(tmp_path_factory) -> Path:
     a drop threshold, here halfway through the edge's escalated samples); the devices are
     2-bit, the edges 4-bit and the cloud float32 (seed 000's hybrid precision), so 2-bit
     and 4-bit maps travel. A real share of samples leaves at every exit, and some abstain."""
-    model = tiny_model(
-        tmp_path_factory.mktemp("hybrid"), "h", "local=0.4,edge=0.3", "--set", EDGE,
-        "--set", "exits.local.policy=router", "--set", "model.device.precision=2bit",
-        "--set", "model.edge.precision=4bit", "--set", "model.cloud.precision=float",
-    )  # fmt: skip
-    return with_drop_between_edge_and_cloud(model)
+    settings = [
+        "--set", EDGE, "--set", "exits.local.policy=router",
+        "--set", "model.device.precision=2bit", "--set", "model.edge.precision=4bit",
+        "--set", "model.cloud.precision=float",
+    ]  # fmt: skip
+
+    def make(folder: Path) -> Path:
+        model = tiny_model(folder, "h", "local=0.4,edge=0.3", *settings)
+        return with_drop_between_edge_and_cloud(model)
+
+    return made_once(tmp_path_factory, "hybrid", make)
 
 
 @pytest.fixture(scope="session")
 def with_hybrid(hybrid: Path, tmp_path_factory) -> Path:
     """The exported hybrid model."""
-    return exported(hybrid, tmp_path_factory.mktemp("with_hybrid") / "artifacts")
+    return made_once(tmp_path_factory, "with_hybrid", lambda f: exported(hybrid, f / "artifacts"))
 
 
 @pytest.fixture(scope="session")
 def plain(tiny: Path, tmp_path_factory) -> Path:
     """The exported local + cloud model."""
-    return exported(tiny, tmp_path_factory.mktemp("plain") / "artifacts")
+    return made_once(tmp_path_factory, "plain", lambda f: exported(tiny, f / "artifacts"))
 
 
 @pytest.fixture(scope="session")
 def with_edges(tiny_edge: Path, tmp_path_factory) -> Path:
     """The exported local + edge + cloud model."""
-    return exported(tiny_edge, tmp_path_factory.mktemp("edges") / "artifacts")
+    return made_once(tmp_path_factory, "edges", lambda f: exported(tiny_edge, f / "artifacts"))
