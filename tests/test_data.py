@@ -139,9 +139,32 @@ def test_tiles_spec_loads_views_with_the_image_label(tmp_path: Path):
     assert data.x.max() > 1.0  # 0..1 images are brought to the 0..255 convention
     assert data.classes == ["0", "1"] and data.labels.tolist() == [0, 1, 0, 1, 0]
     with pytest.raises(DataError, match="grid must look like"):
-        load_tiles(tmp_path / "img.npz", grid=(0, 2)) if False else load_spec(
-            f"tiles:{tmp_path / 'img.npz'}", grid="two"
-        )
+        load_spec(f"tiles:{tmp_path / 'img.npz'}", grid="two")
+
+
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (
+            np.full((4, 8, 8), np.nan),
+            np.arange(4) % 2,
+            r"NaN or infinite values \(first in sample 0\)",
+        ),
+        (
+            np.array([[[1.0, np.inf]]] * 4),
+            np.arange(4) % 2,
+            r"infinite values \(first in sample 0\)",
+        ),
+        (np.array(["a", "b"]), np.arange(2), "X must be numeric, got <U1"),
+        (np.zeros((4, 8, 8)), np.zeros(4, int), "class 0 only: a classifier needs at least two"),
+    ],
+)
+def test_tiles_that_no_camera_could_give_are_refused_by_name(tmp_path: Path, x, y, message):
+    """NaN pixels once trained silently (the sign of NaN is no camera's), and one class
+    failed as a config error about model.classes."""
+    np.savez(tmp_path / "img.npz", X=x, y=y)
+    with pytest.raises(DataError, match=message):
+        load_tiles(tmp_path / "img.npz", grid=(1, 1))
 
 
 def test_unknown_spec_is_a_clear_error():

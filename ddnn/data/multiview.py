@@ -87,10 +87,9 @@ def from_mvmc_arrays(x: np.ndarray, y: np.ndarray, name: str) -> MultiViewData:
         raise DataError(f"{name}: X must be (N, views, 1|3, H, W), got shape {x.shape}")
     if y.shape != x.shape[:2]:
         raise DataError(f"{name}: y must be (N, views) = {x.shape[:2]}, got shape {y.shape}")
-    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{name}: X must be numeric and y integer, got {x.dtype} and {y.dtype}")
-    if not np.isfinite(x).all():
-        raise DataError(f"{name}: X holds NaN or infinite values")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{name}: y must hold integers, got {y.dtype}")
+    check_pixels(x, name)
     if y.min(initial=0) < 0 or y.max(initial=0) > n_classes:
         raise DataError(f"{name}: y values must lie in 0..{n_classes} ({n_classes} = absent)")
     labels, keep = sample_labels(y, n_classes)
@@ -103,6 +102,16 @@ def from_mvmc_arrays(x: np.ndarray, y: np.ndarray, name: str) -> MultiViewData:
     if len(data) == 0:
         raise DataError(f"{name}: no usable samples")
     return data
+
+
+def check_pixels(x: np.ndarray, name: str) -> None:
+    """Refuse images that are not numbers, or hold NaN or infinities: the binary first layer
+    would turn them into signs that no camera could produce, silently."""
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{name}: X must be numeric, got {x.dtype}")
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        raise DataError(f"{name}: X holds NaN or infinite values (first in sample {bad[0]})")
 
 
 def load_mvmc(path: Path | str) -> MultiViewData:
@@ -139,19 +148,23 @@ def cut_tiles(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def load_tiles(path: Path | str, grid: tuple[int, int] = (2, 3)) -> MultiViewData:
     path = Path(path)
+    name = f"tiles:{path}"
     arrays = read_npz(path, ("X", "y"), DataError, "data file")
     x, y = arrays["X"], arrays["y"]
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: y must be (N,) with N = {len(x)}, got shape {y.shape}")
+        raise DataError(f"{name}: y must be (N,) with N = {len(x)}, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min(initial=0) < 0:
-        raise DataError(f"{path}: y must hold non-negative integer class ids")
+        raise DataError(f"{name}: y must hold non-negative integer class ids")
+    n_classes = int(y.max(initial=0)) + 1
+    if n_classes < 2:
+        raise DataError(f"{name}: y holds class 0 only: a classifier needs at least two")
+    check_pixels(x, name)
     x = cut_tiles(np.asarray(x, dtype=np.float32), grid)
     if x.max(initial=0) <= 1.0:
         x = x * 255.0  # images stored as 0..1 floats: bring to the 0..255 convention
-    n_classes = int(y.max()) + 1
     views = np.repeat(y[:, None], x.shape[1], axis=1).astype(np.int32)
     classes = [str(c) for c in range(n_classes)]
-    return MultiViewData(x, views, y.astype(np.int64), classes, f"tiles:{path}")
+    return MultiViewData(x, views, y.astype(np.int64), classes, name)
 
 
 def check_fits(data: MultiViewData, model: ModelConfig) -> None:
