@@ -111,8 +111,8 @@ def strategies(
 
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
-    strategies = [s.strip() for s in which.split(",")]
-    candidates = strategy_candidates(cfg, strategies, early_weight, rule)
+    named = [s.strip() for s in which.split(",")]
+    candidates = strategy_candidates(cfg, named, early_weight, rule)
     _compare(
         "training strategies",
         _paper("strategies"),
