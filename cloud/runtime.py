@@ -21,7 +21,7 @@ import numpy as np
 
 from ddnn.core.errors import ConfigError
 from ddnn.core.manifest import Manifest, read_manifest
-from ddnn.core.roles import Role
+from ddnn.core.roles import Role, tier_inputs
 from ddnn.packed.tier import read_exported_tier
 
 RUNTIMES = ("auto", "packed", "torch")
@@ -43,9 +43,17 @@ def open_tier(artifacts: Path | str, role: Role, runtime: str = "auto") -> TierR
     export holds a packed form of the tier, torch otherwise)."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    manifest = read_manifest(artifacts)
     if runtime == "auto":
-        runtime = "packed" if role in read_manifest(artifacts).packed else "torch"
+        runtime = "packed" if role in manifest.packed else "torch"
     if runtime == "packed":
-        return read_exported_tier(artifacts, role)
-    (plugin,) = entry_points(group="ddnn.runtimes", name="torch-tier")
-    return plugin.load()(artifacts, role)
+        tier: TierRuntime = read_exported_tier(artifacts, role)
+    else:
+        (plugin,) = entry_points(group="ddnn.runtimes", name="torch-tier")
+        tier = plugin.load()(artifacts, role)
+    # One run now, as a device runs its slice once on start (devices/runtime.py): numba
+    # compiles a packed tier's kernels on their first call, seconds on a fresh install's
+    # cold cache, which the first sample would wait out past the aggregator's deadline.
+    n = len(tier_inputs(manifest.ddnn_config().model, role))
+    tier(np.ones((n, *tier.in_shape), np.float32), np.ones(n, bool))
+    return tier

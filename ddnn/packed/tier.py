@@ -68,9 +68,6 @@ class PackedTier:
         self.name = f"packed ({self.kernel})"
         self._masks: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._blocks, self._head = self._bind() if self.kernel == "numba" else ([], ())
-        if self.kernel == "numba":  # compile now: seconds on a cold cache (a fresh install),
-            # which the first sample would wait out past the aggregator's cloud deadline
-            self(np.ones((n_inputs, *in_shape), np.float32), np.ones(n_inputs, bool))
 
     def __call__(self, maps: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         present = np.asarray(present, bool)
