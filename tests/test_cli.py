@@ -147,6 +147,19 @@ def test_malformed_data_file_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_training_on_one_class_is_a_one_line_error(tmp_path):
+    """It trained without a word: a model that answers "bus" for everything, perfect on its
+    own data. Evaluating on such a file stays allowed (tiles refuse class 0 alone at load:
+    they take their class list from the labels)."""
+    x, y = make_mvmc_arrays(20)
+    y[y != 3] = 1  # every camera that sees an object sees a bus
+    save_mvmc(tmp_path / "bus.npz", x, y)
+    proc = ddnn("train", "--data", f"mvmc:{tmp_path / 'bus.npz'}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "bus.npz: every training sample is of class bus" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_bad_config_is_a_one_line_error(tmp_path, trained):
     data, _ = trained
     cfg = tmp_path / "c.yaml"

@@ -21,6 +21,7 @@ from ddnn.live.mqtt import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops import deploy
+from ddnn.ops.demo import replayed
 from tests.helpers import ddnn, ddnn_json
 
 
@@ -131,6 +132,14 @@ def test_demo_on_the_wall_clock_decides_consecutive_frames_as_offline(tmp_path, 
     assert got == [(d["class_index"], d["exit"]) for d in expected]
     assert report["mismatches"] == 0 and len({d["exit"] for d in live}) >= 2
     assert report["throughput"] == 20.0  # the cameras' rate
+
+
+def test_the_demo_says_when_the_devices_replay_the_test_part():
+    """Sample k replays test sample k % size: `--data synth:n=5` (a test part of one sample)
+    once decided one image 500 times under the words "(1 samples)"."""
+    assert replayed(30, 400) == "400 samples"
+    assert replayed(20, 1) == "1 sample, each replayed in turn: 20 passes"
+    assert replayed(500, 400) == "400 samples, each replayed in turn: 1.25 passes"
 
 
 def test_data_that_does_not_fit_the_model_is_refused_by_device_and_demo(tmp_path, tiny):

@@ -104,6 +104,19 @@ def from_mvmc_arrays(x: np.ndarray, y: np.ndarray, name: str) -> MultiViewData:
     return data
 
 
+def check_trainable(data: MultiViewData) -> None:
+    """Refuse to train on samples of one class: the model would answer that class for
+    everything, with full confidence, and look perfect on its own data. (Evaluating or
+    replaying such a set is fine.)"""
+    present = np.unique(data.labels)
+    if len(present) < 2:
+        only = data.classes[int(present[0])] if len(present) else "none"
+        raise DataError(
+            f"{data.name}: every training sample is of class {only}: "
+            "a classifier needs at least two"
+        )
+
+
 def check_pixels(x: np.ndarray, name: str) -> None:
     """Refuse images that are not numbers, or hold NaN or infinities: the binary first layer
     would turn them into signs that no camera could produce, silently."""

@@ -28,7 +28,7 @@ from ddnn.core.config import (
     validate_config,
     with_exit_settings,
 )
-from ddnn.data import MultiViewData, Splits
+from ddnn.data import MultiViewData, Splits, check_trainable
 from ddnn.nn.calibration import calibrated
 from ddnn.nn.evaluate import (
     ExitOutputs,
@@ -257,6 +257,7 @@ def fit(
 ) -> TrainResult:
     """Build the model for the data's shape, train it jointly on `train`, then fit the
     router of each exit whose policy is "router" on the trained model's outputs."""
+    check_trainable(train)
     cfg = adapt_config(cfg, train)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)

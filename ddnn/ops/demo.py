@@ -101,6 +101,15 @@ def _bridged(
     return cloud_broker, site, {CLOUD: ["--broker", cloud_broker.url, "--tls-ca", str(certs.ca)]}
 
 
+def replayed(samples: int, size: int) -> str:
+    """How `samples` samples cover a test part of `size`: the devices replay it in a cycle
+    (sample k is test sample k % size), which a user should hear of when it repeats."""
+    part = f"{size} sample{'s' if size != 1 else ''}"
+    if samples <= size:
+        return part
+    return f"{part}, each replayed in turn: {samples / size:.3g} passes"
+
+
 def run_demo(
     model: Path | None,
     samples: int,
@@ -180,7 +189,7 @@ def run_demo(
                 how = f"at {fps:g} frames/s on the wall clock" if fps else "driving"
                 log(
                     f"{len(running.roles)} services online; {how} {samples} samples of the "
-                    f"test part of {reference.spec} ({len(reference.labels)} samples)"
+                    f"test part of {reference.spec} ({replayed(samples, len(reference.labels))})"
                 )
                 start = time.monotonic()
                 if fps is None:
