@@ -45,7 +45,7 @@ from ddnn.live.access import (
     read_passwords,
     write_access,
 )
-from ddnn.live.broker import KINDS, find_mosquitto, free_port, start_broker
+from ddnn.live.broker import find_mosquitto, free_port, start_broker
 from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.running_broker import RunningBroker, TlsFiles
@@ -55,7 +55,8 @@ from ddnn.ops.hostile_scenarios import forged_topics
 from tests.helpers import ddnn, ddnn_json
 from tests.inprocess import DEPLOYMENT, whole_rig
 
-BROKERS = [k for k in KINDS if k != "auto" and (k != "mosquitto" or find_mosquitto())]
+# the kinds that enforce grants (rumqttd checks accounts only: test_rumqttd_...)
+BROKERS = [k for k in ("mosquitto", "amqtt") if k != "mosquitto" or find_mosquitto()]
 
 
 def topics_of(artifacts: Path, deployment: str = DEPLOYMENT) -> Topics:
@@ -330,12 +331,12 @@ def test_a_forgery_through_an_mqtt5_topic_alias_is_denied(guarded, secured):
 
 
 def test_a_subscription_outside_the_grants_hears_nothing(guarded, secured):
-    """The embedded broker refuses the subscription (and connect says so); mosquitto 2.0
+    """amqtt refuses the subscription (and connect says so); mosquitto 2.0
     grants it but checks every delivery: either way device-0 never reads device-1's scores."""
     _, topics = secured
     snoop = MqttClient(guarded.settings("device-0"), "snoop")
     snoop.subscribe(topics.all_scores)  # the aggregator's inputs
-    if guarded.kind == "embedded":
+    if guarded.kind == "amqtt":
         with pytest.raises(DDNNError, match="refused the subscription to .*scores/\\+"):
             snoop.connect(timeout=5)
         return
@@ -362,6 +363,31 @@ def test_the_broker_refuses_whoever_has_no_account(guarded, who):
         settings = settings.model_copy(update={"username": "mallory"})
     with pytest.raises(DDNNError, match="refused the connection: Not authorized"):
         MqttClient(settings, "nobody").connect(timeout=5)
+
+
+def test_rumqttd_takes_the_accounts_and_nobody_else_but_never_stands_in_for_grants(
+    secured, tmp_path
+):
+    """rumqttd checks logins and has no topic grants: it is refused where grants must hold,
+    and where they need not (a demo's own processes) it takes the accounts alone. It reads
+    the passwords in clear from the account files, which a merged folder does not have."""
+    access, _ = secured
+    with pytest.raises(DDNNError, match="rumqttd checks accounts but not their topic grants"):
+        start_broker(kind="rumqttd", access=access)
+    with start_broker(kind="rumqttd", access=access, grants=False) as broker:
+        assert not broker.enforces_grants and broker.settings().quick_ack
+        MqttClient(broker.settings("device-0"), "device-0").connect(timeout=5).close()
+        device = broker.settings("device-0")
+        for nobody in (
+            broker.settings(),  # anonymous
+            device.model_copy(update={"password": "guess"}),
+            device.model_copy(update={"username": "mallory"}),
+        ):
+            with pytest.raises(DDNNError, match="closed before the broker answered"):
+                MqttClient(nobody, "nobody").connect(timeout=2)
+    merged = merge_access([access], tmp_path / "merged")
+    with pytest.raises(DDNNError, match="rumqttd needs each account's password in clear"):
+        start_broker(kind="rumqttd", access=merged, grants=False)
 
 
 def test_ddnn_broker_takes_the_exports_accounts_and_nobody_else(plain, tmp_path):

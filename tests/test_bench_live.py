@@ -13,7 +13,7 @@ import pytest
 from ddnn.live.broker import find_mosquitto
 from tests.helpers import ddnn_json
 
-KINDS = ["mosquitto", "embedded"]
+KINDS = ["mosquitto", "rumqttd", "amqtt"]
 
 
 @pytest.mark.slow  # a minute each, most of it starting processes: the slow run has them
@@ -43,7 +43,7 @@ def test_bench_live_measures_the_pattern_and_the_live_system_in_one_run(tiny, ki
             assert 0 < tier["p50"] <= tier["p99"]
     roles = {f"device-{i}" for i in range(6)} | {"aggregator", "cloud"}
     assert roles <= set(flat["cpu_seconds_per_sample"])
-    # either kind of broker runs in its own process, so its CPU is measured too
+    # every kind of broker runs in its own process, so its CPU is measured too
     assert flat["cpu_seconds_per_sample"]["broker"] > 0
     assert roles <= set(ceiling["cpu_seconds_per_sample"])
     # The pattern sends what the live system sends for the same samples: ticks, scores,

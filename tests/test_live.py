@@ -159,8 +159,15 @@ def test_data_that_does_not_fit_the_model_is_refused_by_device_and_demo(tmp_path
         assert "Traceback" not in proc.stderr
 
 
-def test_demo_through_the_embedded_broker(tiny):
-    with start_broker(kind="embedded") as broker:
+def test_demo_on_the_embedded_brokers(tiny):
+    """What the README's first command starts without mosquitto (rumqttd: accounts, no
+    grants), and amqtt as an external broker."""
+    report = ddnn_json(
+        "demo", "--model", str(tiny), "--samples", "40", "--kind", "rumqttd", timeout=600
+    )  # fmt: skip
+    assert report["broker"]["kind"] == "rumqttd" and report["broker"]["enforces_grants"] is False
+    assert report["decided"] == 40 and report["mismatches"] == report["degraded"] == 0
+    with start_broker(kind="amqtt") as broker:
         report = ddnn_json(
             "demo", "--model", str(tiny), "--samples", "40", "--devices", "4",
             "--broker", broker.url, "--mqtt", broker.protocol, timeout=600,

@@ -29,7 +29,9 @@ from ddnn.packed.inspect import inspect_artifact
 BrokerKindOption = Annotated[
     str,
     typer.Option(
-        "--kind", help="auto (mosquitto if installed, else embedded), mosquitto or embedded"
+        "--kind",
+        help="auto (mosquitto if installed, else the embedded rumqttd, or the embedded amqtt "
+        "where topic grants must hold), mosquitto, rumqttd or amqtt",
     ),
 ]
 
@@ -153,6 +155,7 @@ def broker_cmd(
             "kind": broker.kind,
             "protocol": broker.protocol,
             "access": str(access) if access is not None else None,
+            "enforces_grants": broker.enforces_grants,
         }
         who = f"the accounts in {access}" if access is not None else "anonymous clients"
         listening = (
@@ -185,6 +188,7 @@ def demo(
         str | None, typer.Option(help="use this broker URL instead of starting one")
     ] = None,
     mqtt: Annotated[str, typer.Option(help="MQTT version of --broker: 5 or 3.1.1")] = "5",
+    kind: BrokerKindOption = "auto",
     window: Annotated[int, typer.Option(min=1, help="samples in flight at most")] = 16,
     decisions: Annotated[
         Path | None, typer.Option(help="write every decision message as JSON lines here")
@@ -247,6 +251,7 @@ def demo(
         cloud_replicas,
         plot,
         fps,
+        kind,
     )
     b = report["broker"]
     show(
@@ -285,6 +290,11 @@ def demo(
             + (
                 f"; the cloud as {report['cloud_replicas']} replicas sharing jobs"
                 if report["cloud_replicas"] > 1
+                else ""
+            )
+            + (
+                f"; {b['kind']} checks the accounts but not their topic grants (mosquitto does)"
+                if b["enforces_grants"] is False
                 else ""
             ),
             "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "

@@ -2,19 +2,21 @@
 
 `start_broker` is how `ddnn demo`, `ddnn broker` and the tests get a broker without anything
 installed by hand: the `mosquitto` binary when there is one (the production broker; MQTT 5,
-ddnn/live/mosquitto.py), else amqtt, a pure-Python broker run in a process of its own
-(MQTT 3.1.1 only, and about four times slower; ddnn/live/embedded_broker.py). Either way it
-listens on 127.0.0.1 only, unless told otherwise, and keeps nothing on disk unless given a
-`state` folder: mosquitto then keeps its retained messages and its clients' sessions there
-(saved every few seconds and on a clean stop), so that a restarted broker still knows which
-services are online and what they had not yet received (amqtt keeps nothing across
-restarts: the services announce themselves again on reconnect, and the aggregator counts a
-device silent for three status intervals as offline). Given the access files of a
-deployment (ddnn/live/access.py), it takes only their accounts and enforces their grants
-(mosquitto natively, the embedded broker through ddnn/live/embedded_access.py); without
-them it allows anonymous clients to do anything. The returned `RunningBroker`
-(ddnn/live/running_broker.py) says which MQTT version its clients must use (`.protocol`)
-and hands out matching client settings (`.settings(account)`).
+ddnn/live/mosquitto.py), else an embedded one that `pip install` brought, run in a process
+of its own (MQTT 3.1.1; ddnn/live/embedded_broker.py): rumqttd, about as fast as mosquitto,
+where nothing relies on topic grants, and amqtt, four times slower, where something does.
+Either way it listens on 127.0.0.1 only, unless told otherwise, and keeps nothing on disk
+unless given a `state` folder: mosquitto then keeps its retained messages and its clients'
+sessions there (saved every few seconds and on a clean stop), so that a restarted broker
+still knows which services are online and what they had not yet received (the embedded
+brokers keep nothing across restarts: the services announce themselves again on reconnect,
+and the aggregator counts a device silent for three status intervals as offline). Given the
+access files of a deployment (ddnn/live/access.py), it takes only their accounts and, except
+rumqttd, enforces their grants (mosquitto natively, amqtt through
+ddnn/live/embedded_access.py); without them it allows anonymous clients to do anything. The
+returned `RunningBroker` (ddnn/live/running_broker.py) says which MQTT version its clients
+must use (`.protocol`), whether it enforces grants (`.enforces_grants`), and hands out
+matching client settings (`.settings(account)`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from pathlib import Path
 
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import ACL, PASSWORDS, read_acl, read_passwords
-from ddnn.live.embedded_broker import EmbeddedBroker
+from ddnn.live.embedded_broker import ENGINES, EmbeddedBroker
 from ddnn.live.mosquitto import Bridge, MosquittoBroker
 from ddnn.live.running_broker import RunningBroker, TlsFiles
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "mosquitto", "embedded")
+KINDS = ("auto", "mosquitto", *ENGINES)
 START_TIMEOUT = 10.0
 
 
@@ -80,29 +82,41 @@ def start_broker(
     tls: TlsFiles | None = None,
     state: Path | None = None,
     bridge: Bridge | None = None,
+    grants: bool = True,
 ) -> RunningBroker:
     """Start a broker on host:port (a free port when None) and return once it accepts
-    connections. kind: "mosquitto", "embedded" (amqtt, in this process), or "auto"
-    (mosquitto when the binary is installed, else embedded). `access`: a folder of access
-    files (ddnn/live/access.py) whose accounts alone it takes; None: anonymous clients.
-    `tls`: speak TLS only, with this certificate (mosquitto only). `state`: a folder where
-    mosquitto keeps retained messages and sessions across restarts (ignored by amqtt).
-    `bridge`: forward topics to and from another broker (mosquitto only)."""
+    connections. kind: "mosquitto", "rumqttd" or "amqtt" (embedded, module doc), or "auto":
+    mosquitto when the binary is installed, else rumqttd, or amqtt when `grants` must hold.
+    `access`: a folder of access files (ddnn/live/access.py) whose accounts alone it takes;
+    None: anonymous clients. `grants`: whether anything relies on the broker enforcing the
+    access files' topic grants (False: accounts are enough, as when every account is a
+    process of the caller's own). `tls`: speak TLS only, with this certificate (mosquitto
+    only). `state`: a folder where mosquitto keeps retained messages and sessions across
+    restarts (ignored by the embedded brokers). `bridge`: forward topics to and from another
+    broker (mosquitto only)."""
     if access is not None:
         access = Path(access)
         for name in (PASSWORDS, ACL):
             if not (access / name).is_file():
                 raise DDNNError(f"{access} has no {name} file: make it with `ddnn credentials`")
-        read_acl(access / ACL)  # a broken file is refused here, by both kinds, with its line
+        read_acl(access / ACL)  # a broken file is refused here, by every kind, with its line
         read_passwords(access / PASSWORDS)
     if kind not in KINDS:
         raise DDNNError(f"broker kind must be one of {', '.join(KINDS)}, got {kind!r}")
     binary = find_mosquitto()
     if kind == "mosquitto" and binary is None:
         raise DDNNError(
-            "no mosquitto binary found (install the mosquitto package, or use --kind embedded)"
+            "no mosquitto binary found (install the mosquitto package, or use --kind rumqttd "
+            "or amqtt)"
         )
     use_mosquitto = kind == "mosquitto" or (kind == "auto" and binary is not None)
+    if kind == "auto" and not use_mosquitto:
+        kind = "amqtt" if access is not None and grants else "rumqttd"
+    if kind == "rumqttd" and access is not None and grants:
+        raise DDNNError(
+            "rumqttd checks accounts but not their topic grants (any account could write any "
+            "topic): use mosquitto or amqtt where the grants must hold"
+        )
     if bridge is not None and not use_mosquitto:
         raise DDNNError("a bridge needs the mosquitto broker (install the mosquitto package)")
     if tls is not None:
@@ -123,7 +137,7 @@ def start_broker(
         if use_mosquitto:
             broker = MosquittoBroker(binary, host, chosen, access, tls, state, bridge)
         else:
-            broker = EmbeddedBroker(host, chosen, access)
+            broker = EmbeddedBroker(kind, host, chosen, access)
         failure = broker.wait_ready(START_TIMEOUT)
         if failure is None:
             log.info("started %r", broker)

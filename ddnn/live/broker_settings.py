@@ -97,6 +97,12 @@ class BrokerSettings(BaseModel):
         5, ge=1, le=65535, description="seconds; a lost client's will fires after 1.5x this"
     )
     protocol: Protocol = Field("5", description="MQTT version: 5, or 3.1.1 for brokers without 5")
+    quick_ack: bool = Field(
+        False,
+        description="acknowledge what the broker sends at once: for a broker that leaves "
+        "Nagle's algorithm on (rumqttd), whose second small packet in a row otherwise waits "
+        "~40 ms for this client's delayed TCP acknowledgement",
+    )
 
     @field_validator("url")
     @classmethod

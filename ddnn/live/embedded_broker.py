@@ -1,40 +1,62 @@
-"""The embedded broker: amqtt, a pure-Python MQTT 3.1.1 broker, run in a process of its own.
+"""The embedded brokers: an MQTT broker that `pip install` brings, run in a process of its own.
 
-`start_broker` falls back on it when no mosquitto binary is installed, so that `ddnn demo`,
-`ddnn broker` and the tests need nothing installed by hand. It is about four times slower
-than mosquitto, speaks MQTT 3.1.1 only and keeps nothing across restarts (the services
-announce themselves again on reconnect, and the aggregator counts a device silent for three
-status intervals as offline). Given a deployment's access files it enforces them through
-ddnn/live/embedded_access.py.
+`start_broker` falls back on one when no mosquitto binary is installed, so that `ddnn demo`,
+`ddnn broker` and the tests need nothing installed by hand. Two engines, both speaking MQTT
+3.1.1 here and keeping nothing across restarts (the services announce themselves again on
+reconnect, and the aggregator counts a device silent for three status intervals as offline):
 
-A process, not a thread: amqtt is the bottleneck of a deployment on it (every message goes
-through its event loop), and in a thread it shared one interpreter lock with whatever the
-starting process does meanwhile, such as `ddnn demo`'s driver decoding every decision. It
-is spawned (a fresh interpreter that imports only this module and amqtt), ignores Ctrl-C
-(the process that started it stops it, after the services have said goodbye through it),
-and stops by itself when that process is gone.
+- **rumqttd**, a broker written in Rust and compiled into the `iotcore` wheel: about as fast
+  as mosquitto (`ddnn bench live`). Given a deployment's access files it takes only their
+  accounts, but it has no topic grants: any account may write any topic. It needs each
+  account's password in clear, from the account files `write_access` leaves beside the
+  password file (a merged folder of many sites holds only hashes, and is refused).
+- **amqtt**, a pure-Python broker: about four times slower, and it enforces the accounts and
+  their grants, through ddnn/live/embedded_access.py.
+
+`start_broker` picks rumqttd where nothing relies on grants (the demo and the benches, whose
+accounts are all its own processes) and amqtt where something does (`ddnn faults`, whose
+forgery scenario is the broker's refusals; `ddnn broker --access`).
+
+A process, not a thread: the broker is then not slowed by the interpreter lock of whatever
+the starting process does meanwhile, such as `ddnn demo`'s driver decoding every decision.
+It is spawned (a fresh interpreter that imports only this module and its engine), ignores
+Ctrl-C (the process that started it stops it, after the services have said goodbye through
+it), stops on SIGTERM, and stops by itself when that process is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import multiprocessing as mp
 import os
 import signal
+import socket
+import tempfile
+import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ddnn.core.errors import DDNNError
+from ddnn.live.access import PASSWORDS, read_credentials, read_passwords
 from ddnn.live.running_broker import RunningBroker
+from ddnn.live.wire import MAX_PACKET
+
+Engine = Literal["rumqttd", "amqtt"]
+ENGINES: tuple[Engine, ...] = ("rumqttd", "amqtt")
+PARENT_CHECK_S = 1.0  # how often the broker process checks that its starter still runs
 
 
 def _amqtt_broker_class() -> type:
     """amqtt's Broker, less one bug of 0.12.1: on every connect it sends the new client the
     retained messages of every topic filter that *any* client subscribes to. Here a client
     gets the retained messages of its own subscriptions only."""
-    # Imported here, not at the top: only the embedded broker needs amqtt, and importing it
-    # (with its dependencies) would slow every service, which only ever uses the client.
+    # Imported here, not at the top: only the broker's own process needs its engine, and
+    # importing amqtt (with its dependencies) would slow every service.
     from amqtt.broker import Broker
 
     class ScopedRetainBroker(Broker):
@@ -50,47 +72,120 @@ def _amqtt_broker_class() -> type:
     return ScopedRetainBroker
 
 
-class EmbeddedBroker(RunningBroker):
-    """amqtt's broker in a spawned process (module doc)."""
+def clear_passwords(access: Path) -> dict[str, str]:
+    """user -> password of every account of the password file in `access`, from the account
+    files beside it: what rumqttd checks logins against (it takes no hashes)."""
+    users = read_passwords(access / PASSWORDS)
+    clear = {}
+    for path in sorted(access.glob("*.json")):
+        creds = read_credentials(path)
+        if creds.username in users:
+            clear[creds.username] = creds.password
+    missing = sorted(set(users) - set(clear))
+    if missing:
+        raise DDNNError(
+            f"{access}: rumqttd needs each account's password in clear, and {missing[0]!r} "
+            "has no account file there (a merged folder holds only hashes: use mosquitto "
+            "or amqtt)"
+        )
+    return clear
 
-    def __init__(self, host: str, port: int, access: Path | None) -> None:
-        super().__init__("embedded", host, port, "3.1.1", access)
+
+def rumqttd_config(bind: str, passwords: dict[str, str] | None) -> str:
+    """rumqttd's TOML: one MQTT 3.1.1 listener; logins checked against `passwords` (None:
+    anonymous clients)."""
+    lines = [
+        "id = 0",
+        "[router]",
+        "id = 0",
+        "max_connections = 10010",
+        "max_outgoing_packet_count = 200",
+        "max_segment_size = 104857600",
+        "max_segment_count = 10",
+        "[v4.1]",
+        'name = "v4-1"',
+        f"listen = {json.dumps(bind)}",
+        "next_connection_delay_ms = 1",
+        "[v4.1.connections]",
+        "connection_timeout_ms = 60000",
+        f"max_payload_size = {MAX_PACKET}",
+        "max_inflight_count = 100",
+        "dynamic_filters = true",
+    ]
+    if passwords is not None:  # TOML's basic strings are JSON's
+        pairs = ", ".join(f"{json.dumps(u)} = {json.dumps(p)}" for u, p in passwords.items())
+        lines.append(f"auth = {{ {pairs} }}")
+    return "\n".join(lines) + "\n"
+
+
+def amqtt_config(bind: str, access: Path | None) -> dict[str, Any]:
+    # No packet/event logging and no $SYS publisher: both cost time per message.
+    plugins: dict[str, Any] = {
+        "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+    }
+    if access is not None:
+        checks = {"access": str(access.resolve())}
+        plugins = {
+            "ddnn.live.embedded_access.PasswordCheck": checks,
+            "ddnn.live.embedded_access.TopicGrants": checks,
+        }
+    # amqtt's default listener binds 0.0.0.0: bind the one address asked for.
+    return {"listeners": {"default": {"type": "tcp", "bind": bind}}, "plugins": plugins}
+
+
+class EmbeddedBroker(RunningBroker):
+    """An embedded broker (module doc) in a spawned process; `kind` is its engine."""
+
+    def __init__(self, engine: Engine, host: str, port: int, access: Path | None) -> None:
+        super().__init__(engine, host, port, "3.1.1", access)
+        self.enforces_grants = engine == "amqtt" and access is not None
+        self.quick_ack = engine == "rumqttd"  # it leaves Nagle's algorithm on (BrokerSettings)
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._files = tempfile.TemporaryDirectory(prefix=f"ddnn-{engine}-")
+        config: Any
+        if engine == "rumqttd":
+            passwords = None if access is None else clear_passwords(Path(access))
+            config = Path(self._files.name) / "rumqttd.toml"  # in a folder only we can read
+            config.write_text(rumqttd_config(bind, passwords))
+            config = str(config)
+        else:
+            config = amqtt_config(bind, None if access is None else Path(access))
         context = mp.get_context("spawn")
         self._report, child_end = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_serve,
-            args=(self._config(), os.getpid(), child_end),
-            name=f"amqtt-{port}",
+            args=(engine, config, os.getpid(), child_end),
+            name=f"{engine}-{port}",
             daemon=True,
         )
         self._process.start()
         child_end.close()  # the child's copy stays open: EOF here means it is gone
 
-    def _config(self) -> dict[str, Any]:
-        bind = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        # No packet/event logging and no $SYS publisher: both cost time per message.
-        plugins: dict[str, Any] = {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-        }
-        if self.access is not None:
-            checks = {"access": str(self.access.resolve())}
-            plugins = {
-                "ddnn.live.embedded_access.PasswordCheck": checks,
-                "ddnn.live.embedded_access.TopicGrants": checks,
-            }
-        # amqtt's default listener binds 0.0.0.0: bind the one address asked for.
-        return {"listeners": {"default": {"type": "tcp", "bind": bind}}, "plugins": plugins}
-
     def wait_ready(self, timeout: float) -> str | None:
-        """None once the broker listens (amqtt's start() returns once its socket is bound:
-        no TCP probe, which amqtt would log as an error), else why it does not."""
+        """None once the broker listens, else why it does not. amqtt reports once its socket
+        is bound (no TCP probe, which it would log as an error); rumqttd binds inside a call
+        that never returns, so it is probed once it has started."""
+        deadline = time.monotonic() + timeout
         if not self._report.poll(timeout):
             return f"the embedded broker did not start within {timeout:g} s"
         try:
             failure = self._report.recv()
         except EOFError:
             return f"the embedded broker exited while starting ({self._process.exitcode})"
-        return None if failure is None else f"the embedded broker failed to start: {failure}"
+        if failure is not None:
+            return f"the embedded broker failed to start: {failure}"
+        while self.kind == "rumqttd" and not self._accepts():
+            if not self._process.is_alive():
+                return f"the embedded broker exited while starting ({self._process.exitcode})"
+            if time.monotonic() > deadline:
+                return f"the embedded broker did not listen within {timeout:g} s"
+            time.sleep(0.02)
+        return None
+
+    def _accepts(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            return True
+        return False
 
     @property
     def pid(self) -> int:
@@ -100,29 +195,50 @@ class EmbeddedBroker(RunningBroker):
         return self._process.is_alive()
 
     def _stop(self) -> None:
-        self._process.terminate()  # SIGTERM: amqtt shuts down, closing every connection
+        self._process.terminate()  # SIGTERM: amqtt closes every connection; rumqttd exits
         self._process.join(10)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
         self._report.close()
+        self._files.cleanup()
 
 
-PARENT_CHECK_S = 1.0  # how often the broker process checks that its starter still runs
-
-
-def _serve(config: dict[str, Any], parent: int, report: Connection) -> None:
+def _serve(engine: Engine, config: Any, parent: int, report: Connection) -> None:
     """The broker process: serve `config` until SIGTERM or until process `parent` is gone;
-    send None on `report` once listening, or why it could not start."""
+    send None on `report` once started, or why it could not start."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the starter (module doc)
     try:
-        asyncio.run(_main(config, parent, report))
+        if engine == "rumqttd":
+            _serve_rumqttd(config, parent, report)
+        else:
+            asyncio.run(_serve_amqtt(config, parent, report))
     except BaseException as e:  # noqa: BLE001 - reported to the starter, which names it
         with contextlib.suppress(OSError):
             report.send(f"{type(e).__name__}: {e}")
 
 
-async def _main(config: dict[str, Any], parent: int, report: Connection) -> None:
+def _serve_rumqttd(config_path: str, parent: int, report: Connection) -> None:
+    # Imported here: see _amqtt_broker_class.
+    from iotcore.iotcore import IotCoreBroker
+
+    # rumqttd logs through Python's logging, an ERROR record for every refused login and
+    # many per packet when verbose: the starter's own log says what failed, not this one
+    logging.getLogger("rumqttd").setLevel(logging.CRITICAL)
+    broker = IotCoreBroker(config_path=config_path)
+    broker.check_ports()  # a port in use is reported, not found out by the probe
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+    report.send(None)
+    broker.run_forever()  # SIGTERM's default action ends the process: rumqttd has no stop
+
+
+def _exit_without(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
+async def _serve_amqtt(config: dict[str, Any], parent: int, report: Connection) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     broker = _amqtt_broker_class()(config)

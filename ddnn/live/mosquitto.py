@@ -24,9 +24,8 @@ from ddnn.core.errors import DDNNError
 from ddnn.live.access import ACL, PASSWORDS
 from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.running_broker import RunningBroker, TlsFiles
-from ddnn.live.wire import MAX_PAYLOAD
+from ddnn.live.wire import MAX_PACKET
 
-MAX_PACKET = MAX_PAYLOAD + 65536  # the largest payload, with room for topic and headers
 # What mosquitto holds per client beyond the messages in flight to it (a slow or lost client
 # with a live session): a flood waits here, bounded, instead of in the client's memory.
 MAX_QUEUED_MESSAGES = 1000

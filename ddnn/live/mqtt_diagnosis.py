@@ -26,15 +26,20 @@ TRANSIENT_REFUSALS = {
 def hint(settings: BrokerSettings, reason: str) -> str:
     """What to try, given why the connection failed ("" when nothing comes to mind)."""
     if settings.protocol == "5" and "protocol version" in reason.lower():
-        return " (this broker speaks only MQTT 3.1.1, as the embedded one does: set protocol 3.1.1)"
+        return " (this broker speaks only MQTT 3.1.1, as the embedded ones do: set protocol 3.1.1)"
     if settings.protocol == "5" and "no MQTT session" in reason:
         # amqtt neither answers nor hangs up on an MQTT 5 CONNECT with properties
         return (
-            " (a broker that speaks only MQTT 3.1.1, as the embedded one does, never "
+            " (a broker that speaks only MQTT 3.1.1, as amqtt does, never "
             "answers an MQTT 5 client: then set protocol 3.1.1)"
         )
-    if not settings.tls and "before the broker answered" in reason:
-        return " (a TLS port? then use mqtts://)"
+    if "before the broker answered" in reason:
+        causes = [] if settings.tls else ["a TLS port? then use mqtts://"]
+        if settings.protocol == "5":  # rumqttd hangs up on an MQTT 5 CONNECT
+            causes.append("a broker of MQTT 3.1.1 only, as the embedded ones? then set 3.1.1")
+        if settings.username is not None:  # ... and on a login it refuses
+            causes.append("a broker that hangs up on a refused login? then check the account")
+        return f" ({'; '.join(causes)})" if causes else ""
     return ""
 
 

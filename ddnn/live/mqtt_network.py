@@ -18,6 +18,7 @@ socket calls are what `PahoClient` overrides: a paho that renamed them would onl
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import select
 import socket
@@ -39,6 +40,8 @@ RECONNECT_DELAY = (0.1, 2.0)  # seconds: the first retry, and the most the back-
 READ_CHUNK = 65536  # bytes an unthreaded client reads from its socket at once
 FLUSH_AFTER = 0.002  # seconds an unthreaded client's gathered writes wait at most (busy)
 FLUSH_BYTES = 4096  # bytes of gathered writes that are sent at once
+# Linux only: elsewhere `BrokerSettings.quick_ack` does nothing
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # (topic, payload, mid, qos, connection): the last three to acknowledge it once done
 Incoming = tuple[str, bytes, int, int, int]
 
@@ -89,6 +92,7 @@ class PahoClient(paho.Client):
             manual_ack=settings.protocol == "5",
         )
         self.owned = owned
+        self.quick_ack = settings.quick_ack and QUICKACK is not None
         self._chunk = b""
         self._at = 0
         self._chunk_of: object = None  # the socket the chunk came from: a new one drops it
@@ -141,12 +145,19 @@ class PahoClient(paho.Client):
 
     # ------------------------------------------------------------- gathered system calls
 
+    def _recv(self, bufsize: int) -> bytes:
+        data = super()._sock_recv(bufsize)
+        if self.quick_ack:  # Linux resets it after a while: set again on every read
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        return data
+
     def _sock_recv(self, bufsize: int) -> bytes:
         if not self.owned:
-            return super()._sock_recv(bufsize)
+            return self._recv(bufsize)
         if self._chunk_of is not self._sock or self._at >= len(self._chunk):
             self._chunk, self._at, self._chunk_of = b"", 0, self._sock
-            self._chunk = super()._sock_recv(READ_CHUNK)  # BlockingIOError when none
+            self._chunk = self._recv(READ_CHUNK)  # BlockingIOError when none
             if not self._chunk:
                 return b""  # closed by the broker
         out = self._chunk[self._at : self._at + bufsize]

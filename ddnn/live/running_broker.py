@@ -1,8 +1,9 @@
 """What `start_broker` returns: a broker running on this machine, whichever kind it is.
 
-`RunningBroker` is the one interface to both kinds (mosquitto, ddnn/live/mosquitto.py, and
-the embedded amqtt, ddnn/live/embedded_broker.py): where it listens (`.url`), which MQTT
-version its clients must use (`.protocol`), client settings that match (`.settings(account)`),
+`RunningBroker` is the one interface to every kind (mosquitto, ddnn/live/mosquitto.py, and
+the embedded rumqttd and amqtt, ddnn/live/embedded_broker.py): where it listens (`.url`),
+which MQTT version its clients must use (`.protocol`), whether it enforces the topic grants
+of its access files (`.enforces_grants`), client settings that match (`.settings(account)`),
 and `stop()`.
 """
 
@@ -42,6 +43,8 @@ class RunningBroker:
         self.port = port
         self.protocol: Protocol = protocol
         self.access = access  # the access files it enforces; None: anonymous clients
+        self.enforces_grants = access is not None  # False where it checks logins only
+        self.quick_ack = False  # whether its clients must ack at once (BrokerSettings)
         self.tls = tls
         self.url = format_broker_url(host, port, tls is not None)
         self._stopped = False
@@ -49,7 +52,7 @@ class RunningBroker:
     def settings(self, account: str | None = None) -> BrokerSettings:
         """Client settings for this broker (URL and protocol filled in), logged in as
         `account` of its access files."""
-        settings = BrokerSettings(url=self.url, protocol=self.protocol)
+        settings = BrokerSettings(url=self.url, protocol=self.protocol, quick_ack=self.quick_ack)
         if account is None:
             return settings
         if self.access is None:
@@ -60,7 +63,7 @@ class RunningBroker:
 
     @property
     def pid(self) -> int:
-        """The broker's own process (both kinds run in one: its CPU can be measured)."""
+        """The broker's own process (every kind runs in one: its CPU can be measured)."""
         raise NotImplementedError
 
     @property

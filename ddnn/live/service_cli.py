@@ -36,6 +36,17 @@ SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
         "mqtt://127.0.0.1:1883",
     ),
     ("mqtt", Annotated[str, typer.Option(help="MQTT version the broker speaks: 5 or 3.1.1")], "5"),
+    (
+        "quick_ack",
+        Annotated[
+            bool,
+            typer.Option(
+                help="acknowledge the broker's packets at once, for a broker that leaves "
+                "Nagle's algorithm on (rumqttd): else its replies can wait ~40 ms"
+            ),
+        ],
+        False,
+    ),
     ("username", Annotated[str | None, typer.Option(help="broker user name")], None),
     (
         "password",
@@ -131,6 +142,7 @@ def service_command(fn: Callable[..., None]) -> Callable[..., None]:
 def broker_settings(
     broker: str,
     mqtt: str = "5",
+    quick_ack: bool = False,
     username: str | None = None,
     password: str | None = None,
     tls_ca: Path | None = None,
@@ -140,6 +152,7 @@ def broker_settings(
     return BrokerSettings.from_url(
         broker,
         protocol=mqtt,
+        quick_ack=quick_ack,
         username=username,
         password=password,
         tls_ca=tls_ca,

@@ -44,6 +44,7 @@ from ddnn.core.roles import Role
 
 SCHEMA = 1
 MAX_PAYLOAD = 1 << 20  # no DDNN message comes near 1 MiB: a bigger one is refused unread
+MAX_PACKET = MAX_PAYLOAD + 65536  # what a broker is told to take: room for topic and headers
 # Class scores are logits: a trained model's are in the tens. Bounding them keeps fusion
 # finite (two scores of 3.4e38 averaged overflow to inf, and softmax then gives NaN).
 MAX_SCORE = 1e6

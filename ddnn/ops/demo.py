@@ -126,6 +126,7 @@ def run_demo(
     cloud_replicas: int = 1,
     plot: Path | None = None,
     fps: float | None = None,
+    kind: str = "auto",
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
@@ -137,7 +138,8 @@ def run_demo(
     each exit tier (demo-latency.png, drawn once the services have stopped), listed in
     `plots`. `fps`: the devices free-run on the wall clock at that rate, as synchronized
     cameras do (`on_wall_clock`), and the demo decides `samples` consecutive frames
-    instead of ticking samples as fast as `window` allows."""
+    instead of ticking samples as fast as `window` allows. `kind`: the broker to start
+    (`start_broker`'s kinds; none is started with `broker_url`)."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -148,6 +150,8 @@ def run_demo(
         raise DDNNError("the live system needs a model with a local exit")
     if cloud_replicas > 1 and cfg.model.cloud is None:
         raise DDNNError("--cloud-replicas needs a model with a cloud")
+    if kind != "auto" and (broker_url is not None or bridge):
+        raise DDNNError("--kind picks the broker the demo starts: not with --broker or --bridge")
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
         prepared = prepare(net, cfg, meta, Path(tmp), name, data)  # refuses data that misfits
@@ -159,7 +163,8 @@ def run_demo(
             cloud_broker, broker, extra = _bridged(prepared, Path(tmp))
             settings = broker.settings()
         elif broker_url is None:
-            broker = start_broker(access=prepared.access)
+            # its accounts are all processes of this demo: no grant needs enforcing
+            broker = start_broker(kind=kind, access=prepared.access, grants=False)
             settings = broker.settings()
         else:
             settings = BrokerSettings.from_url(broker_url, protocol=broker_protocol)
@@ -218,6 +223,7 @@ def run_demo(
     report["broker"] = {
         "url": settings.url,
         "kind": broker.kind if broker is not None else "external",
+        "enforces_grants": broker.enforces_grants if broker is not None else None,
         "ceiling_messages_per_second": ceiling["messages_per_second"],
     }
     if cloud_broker is not None:

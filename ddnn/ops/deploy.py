@@ -115,6 +115,7 @@ def deployment(
     artifacts, manifest, name = prepared.artifacts, prepared.manifest, prepared.name
     common = ["--artifacts", str(artifacts), "--broker", settings.url]
     common += ["--mqtt", settings.protocol, "--deployment", name, "--log-level", log_level]
+    common += ["--quick-ack"] if settings.quick_ack else []
     roles = deployment_roles(manifest.ddnn_config().model, devices)
     options = replaying(roles, prepared.reference.spec)
     replicas = {CLOUD: cloud_replicas} if cloud_replicas > 1 else {}

@@ -127,7 +127,7 @@ def bench_live(
         name = f"bench-{os.getpid()}"
         prepared = prepare(net, cfg, meta, Path(tmp), name, data)
         shape = pattern_shape(net, cfg, prepared)
-        with start_broker(kind=kind, access=prepared.access) as broker:
+        with start_broker(kind=kind, access=prepared.access, grants=False) as broker:
             settings = broker.settings()
             accounts = {
                 a: login(settings, prepared.access, a)
