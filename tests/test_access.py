@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from ddnn.core.errors import ConfigError, DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
+from ddnn.live import broker as broker_module
 from ddnn.live.access import (
     ACL,
     BRIDGE,
@@ -363,6 +364,24 @@ def test_the_broker_refuses_whoever_has_no_account(guarded, who):
         settings = settings.model_copy(update={"username": "mallory"})
     with pytest.raises(DDNNError, match="refused the connection: Not authorized"):
         MqttClient(settings, "nobody").connect(timeout=5)
+
+
+def test_without_mosquitto_the_embedded_broker_is_rumqttd_unless_grants_must_hold(
+    secured, monkeypatch
+):
+    """What the README's first command gets on a machine without mosquitto (rumqttd: the
+    demo's accounts are all its own processes), and what `ddnn faults` and `ddnn broker
+    --artifacts` get there (amqtt: their grants must hold)."""
+    access, _ = secured
+    monkeypatch.setattr(broker_module, "find_mosquitto", lambda: None)
+    for given, grants_needed, kind in (
+        (None, True, "rumqttd"),
+        (access, False, "rumqttd"),
+        (access, True, "amqtt"),
+    ):
+        with start_broker(access=given, grants=grants_needed) as broker:
+            assert broker.kind == kind
+            assert broker.enforces_grants == (kind == "amqtt")
 
 
 def test_rumqttd_takes_the_accounts_and_nobody_else_but_never_stands_in_for_grants(
