@@ -49,6 +49,13 @@ from ddnn.live.wire import MAX_PACKET
 Engine = Literal["rumqttd", "amqtt"]
 ENGINES: tuple[Engine, ...] = ("rumqttd", "amqtt")
 PARENT_CHECK_S = 1.0  # how often the broker process checks that its starter still runs
+# rumqttd keeps what each topic filter carried in a log of segments of about SEGMENT_BYTES
+# of payload, the oldest dropped past SEGMENTS: that bounds its memory. With its defaults
+# (100 MiB x 10 per filter) a demo at ~400 samples/s grew it by 1.3 MB a second with no end
+# in sight; with these it levels off near 100 MB. A bigger packet still goes (its own
+# segment), and a reader would have to lag by thousands of samples to miss a message.
+SEGMENT_BYTES = 256 * 1024
+SEGMENTS = 2
 
 
 def _amqtt_broker_class() -> type:
@@ -100,8 +107,8 @@ def rumqttd_config(bind: str, passwords: dict[str, str] | None) -> str:
         "id = 0",
         "max_connections = 10010",
         "max_outgoing_packet_count = 200",
-        "max_segment_size = 104857600",
-        "max_segment_count = 10",
+        f"max_segment_size = {SEGMENT_BYTES}",
+        f"max_segment_count = {SEGMENTS}",
         "[v4.1]",
         'name = "v4-1"',
         f"listen = {json.dumps(bind)}",
