@@ -146,6 +146,8 @@ class PahoClient(paho.Client):
     # ------------------------------------------------------------- gathered system calls
 
     def _recv(self, bufsize: int) -> bytes:
+        """paho's read, then with `quick_ack` the acknowledgement of what was read sent at
+        once (BrokerSettings.quick_ack)."""
         data = super()._sock_recv(bufsize)
         if self.quick_ack:  # Linux resets it after a while: set again on every read
             with contextlib.suppress(OSError):
