@@ -148,11 +148,12 @@ class EmbeddedBroker(RunningBroker):
         self.enforces_grants = engine == "amqtt" and access is not None
         self.quick_ack = engine == "rumqttd"  # it leaves Nagle's algorithm on (BrokerSettings)
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._files = tempfile.TemporaryDirectory(prefix=f"ddnn-{engine}-")
+        self._files: tempfile.TemporaryDirectory[str] | None = None
         config: Any
         if engine == "rumqttd":
             passwords = None if access is None else clear_passwords(Path(access))
-            config = Path(self._files.name) / "rumqttd.toml"  # in a folder only we can read
+            self._files = tempfile.TemporaryDirectory(prefix="ddnn-rumqttd-")  # ours alone
+            config = Path(self._files.name) / "rumqttd.toml"
             config.write_text(rumqttd_config(bind, passwords))
             config = str(config)
         else:
@@ -208,7 +209,8 @@ class EmbeddedBroker(RunningBroker):
             self._process.kill()
             self._process.join()
         self._report.close()
-        self._files.cleanup()
+        if self._files is not None:
+            self._files.cleanup()
 
 
 def _serve(engine: Engine, config: Any, parent: int, report: Connection) -> None:
