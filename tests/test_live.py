@@ -322,3 +322,17 @@ def test_the_demo_refuses_cloud_replicas_it_cannot_run(tiny):
                   "mqtt://127.0.0.1:1", "--mqtt", "3.1.1", check=False)  # fmt: skip
     assert result.returncode != 0 and "MQTT 5 shared" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--quick-ack"], "--mqtt and --quick-ack describe the broker of --broker"),
+        (["--mqtt", "3.1.1"], "--mqtt and --quick-ack describe the broker of --broker"),
+        (["--kind", "amqtt", "--broker", "mqtt://127.0.0.1:1"], "--kind picks the broker"),
+    ],
+)
+def test_the_demo_refuses_broker_options_that_do_not_go_together(tiny, options, message):
+    result = ddnn("demo", "--model", str(tiny), *options, check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
 from ddnn.live.access import access_dir, merge_access, write_access
 from ddnn.live.broker import start_broker
-from ddnn.live.broker_settings import is_loopback
+from ddnn.live.broker_settings import BrokerSettings, is_loopback
 from ddnn.live.running_broker import TlsFiles
 from ddnn.packed.inspect import inspect_artifact
 
@@ -188,6 +188,13 @@ def demo(
         str | None, typer.Option(help="use this broker URL instead of starting one")
     ] = None,
     mqtt: Annotated[str, typer.Option(help="MQTT version of --broker: 5 or 3.1.1")] = "5",
+    quick_ack: Annotated[
+        bool,
+        typer.Option(
+            help="--broker leaves Nagle's algorithm on (rumqttd): every client acknowledges "
+            "its packets at once"
+        ),
+    ] = False,
     kind: BrokerKindOption = "auto",
     window: Annotated[int, typer.Option(min=1, help="samples in flight at most")] = 16,
     decisions: Annotated[
@@ -235,13 +242,19 @@ def demo(
     offline evaluation of the same samples beside it."""
     from ddnn.ops.demo import run_demo
 
+    if broker is None and (mqtt != "5" or quick_ack):
+        raise DDNNError("--mqtt and --quick-ack describe the broker of --broker")
+    external = (
+        None
+        if broker is None
+        else BrokerSettings.from_url(broker, protocol=mqtt, quick_ack=quick_ack)
+    )
     report = run_demo(
         model_path,
         samples,
         devices,
         edge,
-        broker,
-        mqtt,
+        external,
         window,
         decisions,
         data_dir() / "demo",

@@ -115,8 +115,7 @@ def run_demo(
     samples: int,
     devices: int | None,
     edge: bool,
-    broker_url: str | None,
-    broker_protocol: str,
+    external: BrokerSettings | None,
     window: int,
     decisions_path: Path | None,
     cache: Path,
@@ -138,8 +137,9 @@ def run_demo(
     each exit tier (demo-latency.png, drawn once the services have stopped), listed in
     `plots`. `fps`: the devices free-run on the wall clock at that rate, as synchronized
     cameras do (`on_wall_clock`), and the demo decides `samples` consecutive frames
-    instead of ticking samples as fast as `window` allows. `kind`: the broker to start
-    (`start_broker`'s kinds; none is started with `broker_url`)."""
+    instead of ticking samples as fast as `window` allows. `external`: the settings of a
+    broker to use instead of starting one; `kind`: the broker to start otherwise
+    (`start_broker`'s kinds)."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -150,7 +150,7 @@ def run_demo(
         raise DDNNError("the live system needs a model with a local exit")
     if cloud_replicas > 1 and cfg.model.cloud is None:
         raise DDNNError("--cloud-replicas needs a model with a cloud")
-    if kind != "auto" and (broker_url is not None or bridge):
+    if kind != "auto" and (external is not None or bridge):
         raise DDNNError("--kind picks the broker the demo starts: not with --broker or --bridge")
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
@@ -158,16 +158,16 @@ def run_demo(
         broker = cloud_broker = None
         extra: dict[Role, list[str]] = {}
         if bridge:
-            if broker_url is not None or cfg.model.cloud is None:
+            if external is not None or cfg.model.cloud is None:
                 raise DDNNError("--bridge starts both brokers, for a model with a cloud")
             cloud_broker, broker, extra = _bridged(prepared, Path(tmp))
             settings = broker.settings()
-        elif broker_url is None:
+        elif external is None:
             # its accounts are all processes of this demo: no grant needs enforcing
             broker = start_broker(kind=kind, access=prepared.access, grants=False)
             settings = broker.settings()
         else:
-            settings = BrokerSettings.from_url(broker_url, protocol=broker_protocol)
+            settings = external
         if cloud_replicas > 1 and settings.protocol != "5":
             if broker is not None:
                 broker.stop()
