@@ -229,7 +229,7 @@ def _serve(engine: Engine, config: Any, parent: int, report: Connection) -> None
 
 def _serve_rumqttd(config_path: str, parent: int, report: Connection) -> None:
     # Imported here: see _amqtt_broker_class.
-    from iotcore.iotcore import IotCoreBroker
+    from iotcore import IotCoreBroker
 
     # rumqttd logs through Python's logging, an ERROR record for every refused login and
     # many per packet when verbose: the starter's own log says what failed, not this one
