@@ -33,7 +33,6 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -182,18 +181,13 @@ class EmbeddedBroker(RunningBroker):
             return f"the embedded broker exited while starting ({self._process.exitcode})"
         if failure is not None:
             return f"the embedded broker failed to start: {failure}"
-        while self.kind == "rumqttd" and not self._accepts():
+        while self.kind == "rumqttd" and not self.accepts():
             if not self._process.is_alive():
                 return f"the embedded broker exited while starting ({self._process.exitcode})"
             if time.monotonic() > deadline:
                 return f"the embedded broker did not listen within {timeout:g} s"
             time.sleep(0.02)
         return None
-
-    def _accepts(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
-            return True
-        return False
 
     @property
     def pid(self) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -140,7 +139,7 @@ class MosquittoBroker(RunningBroker):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 return f"mosquitto exited with status {self._process.returncode}"
-            if _accepts(self.host, self.port):
+            if self.accepts():
                 return None
             time.sleep(0.05)
         return f"mosquitto did not accept connections on {self.url} within {timeout:g} s"
@@ -172,11 +171,3 @@ def _persistence(state: Path | None) -> str:
     return (
         f"persistence true\npersistence_location {state}/\nautosave_interval {AUTOSAVE_SECONDS}\n"
     )
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False

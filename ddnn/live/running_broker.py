@@ -9,6 +9,7 @@ and `stop()`.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,15 @@ class RunningBroker:
                 f"the broker at {self.url} has no accounts (it takes anonymous clients)"
             )
         return login(settings, self.access, account)
+
+    def accepts(self) -> bool:
+        """Whether a TCP connection to the broker's port is accepted now: how a broker that
+        binds without saying so is seen to be up."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     @property
     def pid(self) -> int:
