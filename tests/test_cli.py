@@ -53,6 +53,7 @@ def test_eval_threshold_and_missing_devices(trained):
     missing = ddnn_json("eval", "--model", str(model), "--missing", "0,3", "--each-missing")
     assert missing["present_devices"] == [1, 2, 4, 5] and missing["missing"] == [0, 3]
     assert [row["missing"] for row in missing["each_missing"]] == list(range(6))
+    assert all(0 <= row["seen_alone"] < 50 for row in missing["each_missing"])
 
 
 def test_eval_scaling_adds_devices_one_by_one(trained):

@@ -6,6 +6,7 @@ import pytest
 
 from ddnn.core.errors import DataError
 from ddnn.data import (
+    MultiViewData,
     absolute_spec,
     cut_tiles,
     load_mvmc,
@@ -32,6 +33,18 @@ def test_sample_label_is_the_class_the_seeing_cameras_report():
     labels, keep = sample_labels(y, 3)
     assert labels[:2].tolist() == [1, 2]
     assert keep.tolist() == [True, True, False]
+
+
+def test_seen_alone_counts_the_samples_no_other_camera_sees():
+    views = np.array([[0, 3, 3], [1, 1, 3], [3, 3, 2], [2, 3, 3]])  # 3: absent
+    data = MultiViewData(
+        np.zeros((4, 3, 1, 2, 2), np.float32),
+        views,
+        views.min(axis=1),
+        ["car", "bus", "person"],
+        "small",
+    )
+    assert data.seen_alone() == [50.0, 0.0, 25.0]
 
 
 def test_samples_seen_by_no_camera_are_left_out_and_counted(tmp_path: Path):

@@ -53,6 +53,14 @@ class MultiViewData:
             "input_shape": self.view_shape,
         }
 
+    def seen_alone(self) -> list[float]:
+        """Per view, the % of samples that no other view sees (by the view labels): without
+        that device those samples are guesses, whatever the model, so its absence costs at
+        least part of that share."""
+        seen = self.view_labels < len(self.classes)
+        alone = seen & (seen.sum(axis=1, keepdims=True) == 1)
+        return [round(100.0 * float(a), 2) for a in alone.mean(axis=0)]
+
     def subset(self, index: np.ndarray) -> MultiViewData:
         return MultiViewData(
             self.x[index], self.view_labels[index], self.labels[index], self.classes, self.name

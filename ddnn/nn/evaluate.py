@@ -276,9 +276,12 @@ def accuracy_by_device_count(
 def accuracy_each_missing(
     model: DDNN, data: MultiViewData, points: Sequence[ExitPoint]
 ) -> list[dict]:
-    """Fig. 10: each single device absent in turn; accuracy per exit and overall."""
+    """Fig. 10: each single device absent in turn; accuracy per exit and overall, and the %
+    of samples that device alone sees (`MultiViewData.seen_alone`)."""
+    alone = data.seen_alone()
     return [
-        {"missing": d, **_accuracy_without(model, data, points, [d])} for d in range(data.n_views)
+        {"missing": d, **_accuracy_without(model, data, points, [d]), "seen_alone": alone[d]}
+        for d in range(data.n_views)
     ]
 
 
