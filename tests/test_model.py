@@ -10,7 +10,7 @@ from ddnn.core.errors import ModelFileError
 from ddnn.data import from_mvmc_arrays, split
 from ddnn.nn.checkpoint import load_model, save_model
 from ddnn.nn.model import DDNN
-from ddnn.nn.train import device_dropout, fit, random_presence, single_missing
+from ddnn.nn.train import dropout_presence, fit, random_presence, single_missing
 from tests.helpers import make_mvmc_arrays
 
 FIG2 = {
@@ -75,14 +75,14 @@ def test_single_missing_masks_cover_every_device_evenly():
     assert single_missing(10, 1, gen).all()  # a lone device is never dropped
 
 
-def test_device_dropout_gives_half_the_samples_one_device_missing():
+def test_dropout_presence_gives_half_the_samples_one_device_missing():
     gen = torch.Generator().manual_seed(0)
-    missing = (~device_dropout(6000, 6, TrainConfig(), gen)).sum(dim=1)
+    missing = (~dropout_presence(6000, 6, TrainConfig(), gen)).sum(dim=1)
     assert (missing < 6).all()
     # Half by the share, plus the 6/64 of the other half that dropout at 0.5 leaves so: 0.547.
     assert 0.52 < (missing == 1).float().mean() < 0.58
-    assert device_dropout(50, 6, TrainConfig(device_dropout=0), gen).all()  # 0 turns both off
-    alone = device_dropout(100, 6, TrainConfig(one_missing_share=1), gen)
+    assert dropout_presence(50, 6, TrainConfig(device_dropout=0), gen).all()  # 0 turns both off
+    alone = dropout_presence(100, 6, TrainConfig(one_missing_share=1), gen)
     assert ((~alone).sum(dim=1) == 1).all()
 
 

@@ -9,8 +9,8 @@ lands). With `device_dropout` > 0 each device is independently absent from each 
 sample with that probability (at least one device stays), through the same presence mask
 that evaluation and the live aggregators use, so the model learns to decide with whatever
 devices answered; `one_missing_share` of the samples lose exactly one device instead, the
-case of one dead camera. `presence` can train each batch under several masks (full, exactly one
-device missing): the devices run once, the tiers above once per mask.
+case of one dead camera. `presence` can train each batch under several masks (full, exactly
+one device missing): the devices run once, the tiers above once per mask.
 """
 
 from __future__ import annotations
@@ -69,12 +69,12 @@ def single_missing(batch: int, n_devices: int, generator: torch.Generator) -> to
     return present
 
 
-def device_dropout(
+def dropout_presence(
     batch: int, n_devices: int, cfg: TrainConfig, generator: torch.Generator
 ) -> torch.Tensor:
     """(batch, n_devices) bool: `cfg.one_missing_share` of the samples with exactly one device
-    missing, the others with each device absent at rate `cfg.device_dropout`; every device
-    present at rate 0. Dropout alone rarely leaves all but one device (9 % of the samples
+    missing, the others with each device absent at rate `cfg.device_dropout` (every device
+    present when that rate is 0). Dropout alone rarely leaves all but one device (9 % of the samples
     with six devices at 0.5), the case a dead camera makes, so the cloud would learn to lean
     on its best camera; half of the samples in that case cost no extra pass."""
     present = random_presence(batch, n_devices, cfg.device_dropout, generator)
@@ -90,7 +90,7 @@ def training_presence(
 ) -> torch.Tensor:
     """The presence mask of one training pass (`TrainConfig.presence`)."""
     if kind == "dropout":
-        return device_dropout(batch, n_devices, cfg, generator)
+        return dropout_presence(batch, n_devices, cfg, generator)
     if kind == "single":
         return single_missing(batch, n_devices, generator)
     return torch.ones(batch, n_devices, dtype=torch.bool)
