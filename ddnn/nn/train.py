@@ -74,9 +74,9 @@ def dropout_presence(
 ) -> torch.Tensor:
     """(batch, n_devices) bool: `cfg.one_missing_share` of the samples with exactly one device
     missing, the others with each device absent at rate `cfg.device_dropout` (every device
-    present when that rate is 0). Dropout alone rarely leaves all but one device (9 % of the samples
-    with six devices at 0.5), the case a dead camera makes, so the cloud would learn to lean
-    on its best camera; half of the samples in that case cost no extra pass."""
+    present when that rate is 0). Dropout alone rarely leaves all devices but one (9 % of
+    the samples with six devices at 0.5), the case a dead camera makes, and the cloud learns
+    to lean on its best camera. Drawn within the one pass: no extra pass over the tiers."""
     present = random_presence(batch, n_devices, cfg.device_dropout, generator)
     if cfg.device_dropout == 0 or cfg.one_missing_share == 0:
         return present
