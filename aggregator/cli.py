@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from aggregator.service import AggregatorService, Deadlines, load_exit_weights
+from aggregator.service import AggregatorService, Deadlines, ExitWeights, load_exit_weights
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR
-from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
+from ddnn.live.service_cli import (
+    Artifacts,
+    Durability,
+    DurabilityOption,
+    ServiceSetup,
+    service_command,
+)
+
+
+def robust(weights: ExitWeights) -> ExitWeights:
+    """`weights` with the local exit's fusion trimmed (ddnn/core/fusion.py): `--robust-fusion`."""
+    local = weights.fusions["local"].trimmed()
+    return replace(weights, fusions={**weights.fusions, "local": local})
 
 
 @service_command
@@ -36,21 +49,36 @@ def aggregator(
             "for a cloud replicated behind a shared subscription (`ddnn cloud --group`)"
         ),
     ] = False,
+    robust_fusion: Annotated[
+        bool,
+        typer.Option(
+            help="trimmed fusion at the local exit: per class, the highest and lowest of 3+ "
+            "devices are left out, so that one lying device cannot force the exit (on by "
+            "itself where the model's config has local.robust; offline: ddnn eval "
+            "--robust-fusion)"
+        ),
+    ] = False,
     state: Annotated[
         Path | None,
         typer.Option(
-            help="folder for the ledger of decided samples, so that a restarted aggregator "
-            "decides none twice (default: state/ in --artifacts)"
+            help="folder for the ledger of decided samples and the journal of decisions on "
+            "their way, so that a restarted aggregator decides none twice and loses none "
+            "(default: state/ in --artifacts; one aggregator at a time)"
         ),
     ] = None,
+    durability: DurabilityOption = Durability.none,
 ) -> None:
     """Run the local aggregator: fuse the devices' class scores, exit when confident,
     otherwise escalate; publish exactly one decision per sample, also across restarts."""
     manifest, weights = load_exit_weights(artifacts)
+    if robust_fusion:
+        weights = robust(weights)
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     deadlines = Deadlines(score_deadline, edge_deadline, cloud_deadline)
     folder = state if state is not None else artifacts / "state"
+    if folder.exists() and not folder.is_dir():
+        raise DDNNError(f"--state {folder} is a file: give it a folder (made if missing)")
     ledger = folder / f"decided-{setup.deployment}-{manifest.model_version}.ids"
     service = AggregatorService(
         manifest,
@@ -61,5 +89,7 @@ def aggregator(
         clock,
         ledger,
         replicated_cloud,
+        durability,
     )
+    service.limit_rate(setup.frame_rate)
     service.run()

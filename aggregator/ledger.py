@@ -9,10 +9,9 @@ ranges become one, so the old ids between them count as decided too (never decid
 at worst an old sample never decided at all). Only a flood of scattered ids, tens of
 thousands of decided samples from a compromised trigger, could so cover real ones.
 
-The file is a header and then one little-endian int64 pair (first, last id) per record,
-appended as each sample is decided (unbuffered: it survives the process being killed, not
-the machine losing power); a record cut short by a kill is dropped on reading. Once it holds
-four times as many records as there are ranges, it is rewritten with the ranges alone.
+The file is a header and then one little-endian int64 pair (first, last id) per range,
+rewritten whole when the decision outbox (aggregator/outbox.py), whose journal holds the
+ids decided since, is compacted.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import bisect
 import os
 import struct
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -32,7 +30,7 @@ RECORD = struct.Struct("<qq")
 
 
 class Ledger:
-    """Decided ids as ranges, at most `max_ranges` of them, also in `path` (None: memory
+    """Decided ids as ranges, at most `max_ranges` of them, saved in `path` (None: memory
     only, as the in-process tests run)."""
 
     def __init__(self, path: Path | None, max_ranges: int) -> None:
@@ -40,12 +38,9 @@ class Ledger:
         self.max_ranges = max_ranges
         self._starts: list[int] = []  # sorted
         self._ends: list[int] = []  # _ends[i] closes the range opened by _starts[i]
-        self._file: BinaryIO | None = None
-        self._records = 0
         if path is not None:
             for first, last in self._load(path):
                 self._insert(int(first), int(last))
-            self._file = self._open(path)
 
     # -- the ranges ------------------------------------------------------------------------
     def __contains__(self, sample: object) -> bool:
@@ -59,15 +54,9 @@ class Ledger:
         return len(self._starts)
 
     def add(self, sample: int) -> None:
-        """Record `sample` as decided."""
-        if sample in self:
-            return
-        self._insert(sample, sample)
-        if self._file is not None:
-            self._file.write(RECORD.pack(sample, sample))
-            self._records += 1
-            if self._records > 4 * max(len(self), 1024):
-                self._compact()
+        """Record `sample` as decided (in memory: `save` writes the file)."""
+        if sample not in self:
+            self._insert(sample, sample)
 
     def _insert(self, first: int, last: int) -> None:
         """Add the range first..last, merged with the ranges it touches."""
@@ -100,37 +89,25 @@ class Ledger:
             )
         body = data[len(MAGIC) :]
         whole = len(body) - len(body) % RECORD.size
-        self._records = whole // RECORD.size
         return np.frombuffer(body[:whole], "<i8").reshape(-1, 2)
 
-    def _open(self, path: Path) -> BinaryIO:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(path, "ab", buffering=0)  # noqa: SIM115 - held open for appends
-            if file.tell() == 0:
-                file.write(MAGIC)
-            else:
-                file.truncate(len(MAGIC) + self._records * RECORD.size)  # a cut record
-        except OSError as e:
-            raise DDNNError(
-                f"cannot write the aggregator's ledger {path}: {e.strerror} (give --state a "
-                "folder it may write)"
-            ) from None
-        return file
-
-    def _compact(self) -> None:
-        """Rewrite the file with the ranges alone (atomically: a kill mid-way leaves the
-        old file)."""
-        assert self.path is not None and self._file is not None
+    def save(self, sync: bool = False) -> None:
+        """Write the ranges to the file, atomically (a kill mid-way leaves the old file);
+        `sync`: so that they survive a lost machine too (fsync)."""
+        if self.path is None:
+            return
         ranges = np.array([self._starts, self._ends], "<i8").T
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(MAGIC + ranges.tobytes())
-        self._file.close()
-        os.replace(tmp, self.path)
-        self._records = len(ranges)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + ranges.tobytes())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise DDNNError(
+                f"cannot write the aggregator's ledger {self.path}: {e.strerror} (give --state "
+                "a folder it may write)"
+            ) from None

@@ -25,7 +25,8 @@ costs the same at 10 or 10,000 pending, and a graceful stop ends every pending s
 an undecided decision. A device whose status has not come for `SILENT_AFTER` seconds (three
 status intervals) counts as offline, so a device that died while the broker was down (its
 last will lost with the broker) does not make every later sample wait out the deadline for
-it.
+it; nor does a device whose scores are being dropped over its account's rate (a flood from
+its account, ddnn/live/rates.py): the samples are decided without it meanwhile.
 
 A replicated cloud (`replicated_cloud`, cloud/service.py): the aggregator gathers the
 feature maps the cloud's inputs send after an offload request, as the cloud would, for at
@@ -39,14 +40,18 @@ job fits in a message.
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from aggregator.ledger import Ledger
+from aggregator.outbox import Durability, Outbox
 from ddnn.core.config import DDNNConfig
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized_entropy, step
@@ -54,7 +59,9 @@ from ddnn.core.fusion import ScoreFusion, score_fusions
 from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format, tier_inputs
 from ddnn.core.routing import Router, routers_from_state
+from ddnn.live.bounds import ScoreBounds
 from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh
+from ddnn.live.transport import Receipt
 from ddnn.live.wire import (
     ENCODINGS,
     MAX_PAYLOAD,
@@ -66,13 +73,17 @@ from ddnn.live.wire import (
     Scores,
     Status,
     Tick,
+    encode,
 )
 
 # Ranges of decided sample ids remembered (one per run of consecutive ids), to drop their
 # late messages and never decide one twice: aggregator/ledger.py.
 DECIDED_RANGES = 65536
+RESTARTED = "undecided: the aggregator restarted while the sample was open"
+FAILED = "undecided: the aggregator failed on this sample (a bug: see its log)"
 MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
 SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
+STOP_WAIT = 1.0  # seconds a stopping aggregator waits for the broker to take its decisions
 
 
 @dataclass
@@ -104,6 +115,26 @@ class Pending:
     asked: set[str] = field(default_factory=set)  # replicated cloud: the maps asked for
     maps: dict[str, Features] = field(default_factory=dict)  # ... and those gathered
     job: Job | None = None  # ... and the job sent, to send again
+    opener: int | None = None  # --clock wall: the device whose scores opened it
+
+
+def lock_state(path: Path) -> IO[bytes]:
+    """Hold `path` locked while the process lives: two aggregators on one state folder
+    would each decide every sample, and interleave their journals."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "ab")  # noqa: SIM115 - held for the process's life
+    except OSError as e:
+        raise DDNNError(f"cannot write the aggregator's state {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DDNNError(
+            f"another aggregator holds the state in {path.parent} ({path.name} is locked): "
+            "stop it first, or give --state another folder"
+        ) from None
+    return lock
 
 
 @dataclass(frozen=True)
@@ -137,6 +168,7 @@ class AggregatorService(Service):
         clock: str = "tick",
         ledger: Path | None = None,
         replicated_cloud: bool = False,
+        durability: Durability = Durability.none,
     ) -> None:
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
@@ -145,6 +177,7 @@ class AggregatorService(Service):
             raise DDNNError("a live deployment needs a local exit (Fig. 2 (b), (c), (e), (f))")
         self.cfg = cfg
         self.fusions = weights.fusions
+        self.bounds = ScoreBounds.of(manifest)  # each sender's largest |score|
         points = exit_points(cfg, cfg.model.exits, weights.routers)
         self.points: dict[str, ExitPoint] = {p.name: p for p in points}
         self.last_exit = cfg.model.exits[-1]
@@ -153,10 +186,18 @@ class AggregatorService(Service):
         self.deadlines = deadlines or Deadlines()
         self.online: set[int] = set()
         self.heard: dict[int, float] = {}  # device -> monotonic time of its latest status
+        # device scores topic -> device; and the devices over their rate when last polled
+        self.score_topics = {self.topics.scores(Role.device(d)): d for d in range(self.n_devices)}
+        self.throttled: set[int] = set()
         self.pending: dict[int, Pending] = {}
         self.deadlines_due: list[tuple[float, int]] = []  # heap of (deadline, sample)
-        # decided ids, in the file `ledger` too (None: memory only, as in-process tests)
+        # decided ids, in the file `ledger` too (None: memory only, as in-process tests),
+        # and the decisions on their way to the broker, journaled beside it
+        self.state_lock = lock_state(ledger.with_suffix(".lock")) if ledger else None
         self.decided = Ledger(ledger, DECIDED_RANGES)
+        journal = ledger.with_suffix(".outbox") if ledger else None
+        self.outbox = Outbox(journal, durability, self._send_decision, self.decided)
+        self.opened_by: Counter[int] = Counter()  # --clock wall: samples each device opened
         self.rival: str | None = None  # another aggregator of this deployment, seen online
         self.replicated_cloud = replicated_cloud
         if replicated_cloud and cfg.model.cloud is None:
@@ -181,6 +222,14 @@ class AggregatorService(Service):
                 f"{self.topics.root}: stop it first (a killed one is offline once the broker "
                 "sees its connection drop)"
             )
+        for sample in sorted(self.outbox.restarted):  # open when the last process died
+            self.counters["undecided_restarted"] += 1
+            self._end(sample, Decision(sample=sample, decided=False, reason=RESTARTED))
+        self.outbox.pump(time.monotonic())
+
+    def _send_decision(self, payload: bytes) -> Receipt | None:
+        self.counters["sent_decision"] += 1
+        return self.client.send(self.topics.decisions, payload, qos=1)
 
     # -- messages ------------------------------------------------------------------------
     def handle(self, topic: str, message: Message) -> None:
@@ -209,6 +258,7 @@ class AggregatorService(Service):
                 "scores of another number of classes than the model's",
                 f"{message.source} sent {len(values)}, the model has {len(self.cfg.model.classes)}",
             )
+        self.bounds.check(message.source, values)  # no sender forces an exit
         if message.sample in self.decided:
             self.counters["late"] += 1
             return
@@ -222,17 +272,26 @@ class AggregatorService(Service):
         else:
             raise Rejected("scores from a role that sends none", source)
 
-    def _open(self, sample: int, t0: float, ticked: bool = True) -> Pending | None:
+    def _open(self, sample: int, t0: float, opener: int | None = None) -> Pending | None:
+        """The pending sample `sample`, opened now if new: by a tick, or (`--clock wall`)
+        by the scores of device `opener`. None when it is decided already."""
         if sample in self.decided:
             return None
         if sample not in self.pending:
+            ticked = opener is None
             if not ticked and self.clock == "tick":
                 raise Rejected("scores for a sample no tick started", str(sample))
             check_fresh(t0, "a tick" if ticked else "scores")
             if len(self.pending) >= MAX_PENDING:
                 raise Rejected("a new sample while too many are pending", str(sample))
-            p = Pending(sample, t0, "scores", 0.0)
+            if opener is not None:  # --clock wall: no device may hold more than its share
+                if self.opened_by[opener] >= MAX_PENDING // self.n_devices:
+                    reason = "a new sample from a device with its share pending"
+                    raise Rejected(reason, str(Role.device(opener)))
+                self.opened_by[opener] += 1
+            p = Pending(sample, t0, "scores", 0.0, opener=opener)
             self.pending[sample] = p
+            self.outbox.opened(sample)
             self._wait(p, self.deadlines.scores)
         return self.pending[sample]
 
@@ -244,7 +303,8 @@ class AggregatorService(Service):
     def _device_scores(self, m: Scores, device: int, values: np.ndarray) -> None:
         if device >= self.n_devices:
             raise Rejected("scores from a device the model does not have", m.source)
-        p = self._open(m.sample, m.t0, ticked=False)
+        check_fresh(m.t0, "scores")  # it may become the sample's capture time
+        p = self._open(m.sample, m.t0, opener=device)
         if p is None or p.stage != "scores" or device in p.scores:
             self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1
             return
@@ -252,16 +312,30 @@ class AggregatorService(Service):
         self.heard[device] = time.monotonic()  # scores say it is alive as a status does
         p.t0 = min(p.t0, m.t0)
         p.bytes["device_scores"] = p.bytes.get("device_scores", 0) + len(m.scores)
-        if self.online <= set(p.scores):
+        if self._awaited() <= set(p.scores):
             self._local_step(p)
+
+    def _awaited(self) -> set[int]:
+        """The devices a sample waits for: those online, less those whose scores are being
+        dropped over their account's rate (ddnn/live/rates.py): waiting for them would make
+        every sample wait out its deadline for a flooder."""
+        if self.rates is None or not self.rates.last_drop:
+            return self.online
+        return self.online - self._throttled_devices(time.monotonic())
+
+    def _throttled_devices(self, now: float) -> set[int]:
+        if self.rates is None or not self.rates.last_drop:
+            return set()
+        topics = self.score_topics
+        return {topics[t] for t in self.rates.throttled(now) if t in topics}
 
     def _edge_scores(self, m: Scores, edge: int, values: np.ndarray) -> None:
         p = self.pending.get(m.sample)
         if p is None or p.stage != "edge" or edge >= len(self.groups) or edge in p.edge_scores:
             self.counters["late"] += 1
             return
+        self._count_received(p, m, {Role.device(d) for d in self.groups[edge]})
         p.edge_scores[edge] = values
-        self._count_received(p, m)
         if set(p.edge_scores) >= self._expected_edges(p):
             self._edge_step(p)
 
@@ -270,7 +344,7 @@ class AggregatorService(Service):
         if p is None or p.stage != "cloud":
             self.counters["late"] += 1
             return
-        self._count_received(p, m)
+        self._count_received(p, m, self.cloud_inputs)
         self._decide(
             p, "cloud", step(self.points["cloud"], ExitInputs(values[None]), True).probs[0]
         )
@@ -310,8 +384,12 @@ class AggregatorService(Service):
         self._wait(p, min(self.deadlines.resend, max(0.0, p.until - now)))
 
     @staticmethod
-    def _count_received(p: Pending, m: Scores) -> None:
-        """Bytes of the feature maps an upper tier received, by the kind of sender."""
+    def _count_received(p: Pending, m: Scores, inputs: set[Role] | set[str]) -> None:
+        """Bytes of the feature maps an upper tier received, by the kind of sender; an
+        answer that names a sender other than the tier's `inputs` is refused whole."""
+        if not set(m.received) <= inputs:
+            strange = sorted(set(m.received) - inputs)[:3]
+            raise Rejected("scores that name inputs the tier does not have", str(strange))
         for source, n in m.received.items():
             key = "device_features" if source.tier == "device" else "edge_features"
             p.bytes[key] = p.bytes.get(key, 0) + n
@@ -381,6 +459,7 @@ class AggregatorService(Service):
 
     def poll(self, now: float) -> float | None:
         self._forget_silent(now)
+        self._skip_throttled(now)
         due = self.deadlines_due
         passed = []  # those set while acting on these wait for the next poll
         while due and due[0][0] <= now:
@@ -389,15 +468,31 @@ class AggregatorService(Service):
             p = self.pending.get(sample)
             if p is None or p.deadline != deadline:
                 continue  # decided since, or waiting on a later stage's deadline
-            if p.stage == "scores":
-                self._local_step(p)
-            elif p.stage == "edge":
-                self._edge_step(p)
-            elif p.stage == "gather" or (p.job is not None and now < p.until):
-                self._send_job(p)
-            else:
-                self._degraded(p, f"the cloud did not answer within {self.deadlines.cloud:g} s")
-        return due[0][0] if due else None
+            with self.guard(sample):
+                self._deadline(p, now)
+        wake = self.outbox.pump(now)
+        return min([t for t in (wake, due[0][0] if due else None) if t is not None], default=None)
+
+    def _deadline(self, p: Pending, now: float) -> None:
+        if p.stage == "scores":
+            self._local_step(p)
+        elif p.stage == "edge":
+            self._edge_step(p)
+        elif p.stage == "gather" or (p.job is not None and now < p.until):
+            self._send_job(p)
+        else:
+            self._degraded(p, f"the cloud did not answer within {self.deadlines.cloud:g} s")
+
+    def _skip_throttled(self, now: float) -> None:
+        """Once a device is over its rate, the samples that wait only for it are complete
+        (`_awaited`)."""
+        throttled = self._throttled_devices(now)
+        newly, self.throttled = throttled - self.throttled, throttled
+        if newly & self.online:
+            awaited = self.online - throttled
+            for p in [p for p in self.pending.values() if p.stage == "scores" and p.scores]:
+                if awaited <= set(p.scores):
+                    self._local_step(p)
 
     def _forget_silent(self, now: float) -> None:
         silent = [d for d in self.online if now - self.heard.get(d, now) > SILENT_AFTER]
@@ -408,15 +503,25 @@ class AggregatorService(Service):
             self.log.warning("%s silent for %g s: counted offline", role, SILENT_AFTER)
         if silent:  # samples that waited only for them are complete now
             for p in [p for p in self.pending.values() if p.stage == "scores" and p.scores]:
-                if self.online <= set(p.scores):
+                if self._awaited() <= set(p.scores):
                     self._local_step(p)
 
     def close(self) -> None:
-        """End every pending sample with an undecided decision, then stop."""
+        """End every pending sample with an undecided decision, give the broker a moment
+        to acknowledge the decisions (those it has not stay journaled for the next start),
+        then stop."""
         for p in list(self.pending.values()):
-            self._undecided(p, "the aggregator stopped")
+            with self.guard(p.sample):
+                self._undecided(p, "the aggregator stopped")
+        with self.guard():
+            self.outbox.pump(float("inf"))  # durability batch: publish what waits
+            if self.outbox.unacknowledged():
+                self.client.wait_published(STOP_WAIT)
+            self.outbox.pump(float("inf"))
         super().close()
-        self.decided.close()
+        self.outbox.close()
+        if self.state_lock is not None:
+            self.state_lock.close()
 
     # -- endings -------------------------------------------------------------------------
     def _degraded(self, p: Pending, reason: str) -> None:
@@ -426,42 +531,53 @@ class AggregatorService(Service):
 
     def _undecided(self, p: Pending, reason: str) -> None:
         self.counters["undecided"] += 1
-        self._finish(p, Decision(sample=p.sample, decided=False, reason=reason))
+        self._finish(p, decided=False, reason=reason)
 
     def _abstain(self, p: Pending, exit_name: str, probs: np.ndarray) -> None:
         """Seed 001's drop: the sample is hopeless at `exit_name`; it ends here answered
         "abstain" (no class), and nothing goes up."""
         self.counters["abstained"] += 1
-        decision = Decision(
-            sample=p.sample,
-            decided=True,
-            abstained=True,
-            exit=exit_name,  # type: ignore[arg-type]
-            entropy=float(normalized_entropy(probs[None])[0]),
-            devices=p.devices,
-        )
-        self._finish(p, decision)
+        entropy = float(normalized_entropy(probs[None])[0])
+        self._finish(p, decided=True, abstained=True, exit=exit_name, entropy=entropy)
 
     def _decide(self, p: Pending, exit_name: str, probs: np.ndarray, reason: str | None = None):
         k = int(probs.argmax())
         self.counters[f"exit_{exit_name}"] += 1
-        decision = Decision(
-            sample=p.sample,
+        self._finish(
+            p,
             decided=True,
             class_index=k,
             class_name=self.cfg.model.classes[k],
-            exit=exit_name,  # type: ignore[arg-type]
+            exit=exit_name,
             entropy=float(normalized_entropy(probs[None])[0]),
-            devices=p.devices,
             degraded=reason is not None,
             reason=reason,
         )
-        self._finish(p, decision)
 
-    def _finish(self, p: Pending, decision: Decision) -> None:
-        decision.bytes = dict(p.bytes)
-        decision.upper_devices = sorted(p.upper_devices) if p.stage != "scores" else None
-        decision.latency_ms = round(1000.0 * (time.time() - p.t0), 3)
-        self.publish(self.topics.decisions, decision, retry=True)
-        del self.pending[p.sample]
-        self.decided.add(p.sample)
+    def _finish(self, p: Pending, **fields: Any) -> None:
+        """Decide `p` with `fields` and what `p` gathered. The decision is validated as it
+        is made, as every reader validates it: one that fails (absurd values from another
+        account that no check foresaw) raises, and `guard` ends the sample undecided."""
+        if fields["decided"]:
+            fields["devices"] = p.devices
+        decision = Decision(
+            sample=p.sample,
+            bytes=p.bytes,
+            upper_devices=sorted(p.upper_devices) if p.stage != "scores" else None,
+            latency_ms=round(1000.0 * (time.time() - p.t0), 3),
+            **fields,
+        )
+        self._end(p.sample, decision)
+
+    def abandon(self, sample: int) -> None:
+        if sample in self.pending:
+            self.counters["undecided_failed"] += 1
+            self._end(sample, Decision(sample=sample, decided=False, reason=FAILED))
+
+    def _end(self, sample: int, decision: Decision) -> None:
+        """The one way a sample ends: out of the pending ones, into the outbox."""
+        payload = encode(decision)
+        p = self.pending.pop(sample, None)
+        if p is not None and p.opener is not None:
+            self.opened_by[p.opener] -= 1
+        self.outbox.put(sample, payload, time.monotonic())

@@ -52,7 +52,7 @@ def cloud(
             "--group shares jobs through an MQTT 5 shared subscription: not over MQTT "
             f"{broker.protocol} (the embedded broker speaks only 3.1.1; use mosquitto)"
         )
-    TierService(
+    service = TierService(
         CLOUD,
         runtime,
         tier_inputs(runtime.manifest.ddnn_config().model, CLOUD),
@@ -60,7 +60,9 @@ def cloud(
         setup.deployment,
         deadline=deadline,
         group=group,
-    ).run()
+    )
+    service.limit_rate(setup.frame_rate)
+    service.run()
 
 
 @service_command
@@ -80,7 +82,7 @@ def edge(
     logging.getLogger(f"ddnn.{role}").info("tier runtime: %s", runtime.name)
     assert runtime.manifest is not None  # opened from an export
     model = runtime.manifest.ddnn_config().model
-    TierService(
+    service = TierService(
         role,
         runtime,
         tier_inputs(model, role),
@@ -88,4 +90,6 @@ def edge(
         setup.deployment,
         output_format=model.edge_feature_format,
         deadline=deadline,
-    ).run()
+    )
+    service.limit_rate(setup.frame_rate)
+    service.run()

@@ -12,8 +12,12 @@ last exit's.
 What a tier holds is bounded: at most `KEEP_MAX` samples in all, and at most
 `UNASKED_PER_SOURCE` per input whose offload request has not come yet (a map may arrive just
 before the request, so a few are normal), so that one source flooding maps for samples nobody
-asked about cannot push out the real ones in flight. The tier takes maps only in the encoding
-its inputs produce (bits from binary devices), never a float map where it expects bits.
+asked about cannot push out the real ones in flight. Maps whose offload request has not come
+by their deadline are dropped unrun (`unasked_dropped`), and their sample is not marked done:
+sample ids count up, so a device could otherwise send a map for a sample yet to come and
+have the tier ignore that sample's real offload (the aggregator then falls back, degraded).
+The tier takes maps only in the encoding its inputs produce (bits from binary devices), never
+a float map where it expects bits.
 
 Replicated (`group`): the cloud as one of several replicas behind an MQTT 5 shared
 subscription. The aggregator then gathers the feature maps itself and sends each sample's as
@@ -192,7 +196,14 @@ class TierService(Service):
         self.counters["samples"] += 1
 
     def poll(self, now: float) -> float | None:
+        """Run each sample whose deadline passed on the maps it has; drop, unrun, those whose
+        offload request never came (module doc: the real request for that id may still come,
+        so the id is not marked done)."""
         for sample in [s for s, c in self.collecting.items() if c.deadline <= now]:
+            if self.collecting[sample].expected is None:
+                del self.collecting[sample]
+                self.counters["unasked_dropped"] += 1
+                continue
             self._run(sample)
         self.counters["features_dropped"] += self.kept.expire(now)
         return min((c.deadline for c in self.collecting.values()), default=None)

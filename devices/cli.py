@@ -70,6 +70,7 @@ def device(
         fps=fps,
         keep_seconds=keep_seconds,
     )
+    service.limit_rate(setup.frame_rate)
     try:
         service.run()
     finally:

@@ -46,6 +46,8 @@ def live_and_offline(
 
 def assert_parity(report: dict, live: list[dict], offline: list[dict], samples: int) -> None:
     assert report["decided"] == samples and report["missing"] == 0
+    assert report["decisions_missing"] == report["decisions_twice"] == 0
+    assert report["decisions_repeated"] == 0  # no connection broke: no QoS 1 redelivery
     assert report["anomalies"] == {} and report["degraded"] == 0
     assert [d["sample"] for d in live] == list(range(samples))  # exactly one each
     expected = [offline[k % len(offline)] for k in range(samples)]

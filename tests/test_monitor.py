@@ -112,6 +112,23 @@ def test_exit_fractions_percentiles_bytes_and_endings():
     }
 
 
+def test_a_decision_that_comes_again_is_counted_as_repeated_or_twice_never_hidden():
+    """The same decision delivered again (QoS 1) is `decisions_repeated`; another decision
+    for a sample already decided is `decisions_twice`, the promise of one decision broken.
+    Neither counts as a new decision, and the dashboard says both."""
+    m = watcher()
+    feed(m, [decision(1), decision(2)], now=1.0)
+    feed(m, [decision(1), decision(1)], now=1.5)  # delivered again, the same
+    feed(m, [decision(2, "cloud", 40.0), decision(2, degraded=True, reason="x")], now=2.0)
+    d = m.snapshot(now=2.0)["decisions"]
+    assert (d["total"], d["count"]) == (2, 2)
+    assert (d["decisions_repeated"], d["decisions_twice"]) == (2, 2)
+    assert d["exit_fraction"] == {"local": 1.0} and d["degraded"] == 0
+    console = Console(width=200, record=True)
+    console.print(dashboard(m.snapshot(now=2.0)))
+    assert "delivered again 2, decided twice 2" in console.export_text()
+
+
 def test_services_online_offline_silent_unseen_and_since_when():
     roles = [Role("device-0"), Role("device-1"), Role("aggregator")]
     m = watcher(roles=roles)
@@ -199,13 +216,14 @@ def test_memory_stays_bounded_whatever_arrives(monkeypatch):
     feed(m, (status(f"device-{i}") for i in range(20)))
     for k in range(1000):  # a flood: 1000 decisions, each with a reason of its own
         feed(m, [decision(k, degraded=True, reason=f"reason {k}")], now=k / 100)
-    feed(m, [decision(999)] * 5, now=10.0)  # delivered again
+    feed(m, [decision(999, degraded=True, reason="reason 999")] * 5, now=10.0)  # again
     snap = m.snapshot(now=10.0)
     assert len(snap["services"]) == 8 and snap["malformed"] == {"a role beyond the limit": 12}
     assert snap["services"]["device-0"]["instances"] == 1
     assert len(m.kept) == 100 and len(m.reasons) == MAX_REASONS
     d = snap["decisions"]
-    assert d["capped"] and d["count"] == 100 and d["total"] == 1000 and d["duplicates"] == 5
+    assert d["capped"] and d["count"] == 100 and d["total"] == 1000
+    assert d["decisions_repeated"] == 5 and d["decisions_twice"] == 0
     assert d["per_second"] == pytest.approx(100.0, rel=0.02)  # over the span the 100 cover
     assert sum(d["reasons"]["degraded"].values()) == 100
     assert set(d["reasons"]["degraded"]) == {"other"}  # the first 32 are no longer kept
@@ -368,7 +386,8 @@ def test_monitor_json_watches_a_live_deployment_with_the_observers_account(tmp_p
     for tier, figures in d["latency_ms"].items():
         assert 0 < figures["p50"] <= figures["p99"], tier
     assert d["bytes_per_device_per_sample"] >= 12.0  # at least the class scores
-    assert (d["degraded"], d["undecided"], d["duplicates"]) == (0, 0, 0)
+    assert (d["degraded"], d["undecided"]) == (0, 0)
+    assert (d["decisions_repeated"], d["decisions_twice"]) == (0, 0)
 
 
 def test_the_monitor_runs_without_pytorch():

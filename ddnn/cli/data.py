@@ -10,6 +10,7 @@ import typer
 from ddnn.cli.app import data_app
 from ddnn.cli.options import JsonFlag
 from ddnn.cli.render import progress_bar, show
+from ddnn.core.files import writable_file
 from ddnn.data import DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED, save_mvmc, synth
 
 # ---------------------------------------------------------------------------------- data
@@ -25,7 +26,7 @@ def data_synth(
     as_json: JsonFlag = False,
 ) -> None:
     """Generate a synthetic multi-view multi-camera set in the MVMC format."""
-
+    writable_file(out_path, "data file")
     with progress_bar("rendering", samples, as_json) as advance:
         x, y = synth.synthesize(samples, seed=seed, progress=lambda d: advance(completed=d))
     save_mvmc(out_path, x, y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import threading
@@ -14,12 +15,14 @@ from ddnn.cli.app import app
 from ddnn.cli.options import JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.core.errors import DDNNError
+from ddnn.core.files import make_folder, writable_file
 from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
 from ddnn.live.access import access_dir, merge_access, write_access
 from ddnn.live.broker import start_broker
 from ddnn.live.broker_settings import BrokerSettings, is_loopback
 from ddnn.live.running_broker import TlsFiles
+from ddnn.live.service_cli import Durability, DurabilityOption
 from ddnn.packed.inspect import inspect_artifact
 
 # The `ddnn` command runs every service, a device and the aggregator too, which must not
@@ -102,6 +105,14 @@ def broker_cmd(
         ),
     ] = None,
     kind: BrokerKindOption = "auto",
+    insecure_plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-plaintext",
+            help="listen on a --host other machines can reach without TLS (passwords and "
+            "messages in clear text: a network you trust only)",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried with
@@ -138,12 +149,29 @@ def broker_cmd(
     if (tls_cert is None) != (tls_key is None):
         raise DDNNError("--tls-cert and --tls-key go together")
     tls = None if tls_cert is None or tls_key is None else TlsFiles(tls_cert, tls_key)
-    if not is_loopback(host) and tls is None:
+    if not is_loopback(host) and tls is None and insecure_plaintext:
         err.print(
             f"WARNING: listening on {host} over plain MQTT: passwords and messages travel in "
             "clear text. Give it --tls-cert and --tls-key on any network you do not trust."
         )
-    broker = start_broker(port=port, host=host, kind=kind, access=access, tls=tls, state=state)
+    broker = start_broker(
+        port=port,
+        host=host,
+        kind=kind,
+        access=access,
+        tls=tls,
+        state=state,
+        insecure_plaintext=insecure_plaintext,
+    )
+    if os.geteuid() == 0 and broker.kind != "mosquitto":
+        # mosquitto drops to an unprivileged user by itself (ddnn/live/mosquitto.py); an
+        # embedded broker runs this project's code, which it may import at any time from
+        # wherever it is installed, and reads the access files wherever they are: it keeps
+        # the privileges of the user that started it.
+        err.print(
+            f"WARNING: the {broker.kind} broker runs as root: start it as an unprivileged "
+            "user, or install mosquitto (which drops to the mosquitto user by itself)"
+        )
     if state is not None and broker.kind != "mosquitto":
         err.print(
             f"WARNING: the {broker.kind} broker keeps nothing across restarts: --state {state} "
@@ -171,6 +199,15 @@ def broker_cmd(
         merged.cleanup()
     if not as_json:
         err.print("broker stopped")
+
+
+def _check_outputs(decisions: Path | None, plot: Path | None) -> None:
+    """Refuse a --decisions file or --plot folder that cannot be written before the run
+    that fills it, not after it."""
+    if decisions is not None:
+        writable_file(decisions, "decisions file", stream=True)
+    if plot is not None:
+        make_folder(plot, "--plot folder")
 
 
 @app.command()
@@ -234,6 +271,7 @@ def demo(
             "frames (default: samples are ticked as fast as --window allows)",
         ),
     ] = None,
+    durability: DurabilityOption = Durability.none,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
@@ -244,6 +282,7 @@ def demo(
 
     if broker is None and (mqtt != "5" or quick_ack):
         raise DDNNError("--mqtt and --quick-ack describe the broker of --broker")
+    _check_outputs(decisions, plot)
     external = (
         None
         if broker is None
@@ -265,6 +304,7 @@ def demo(
         plot,
         fps,
         kind,
+        durability,
     )
     b = report["broker"]
     show(
@@ -278,6 +318,9 @@ def demo(
                     {
                         "decided": report["decided"],
                         "undecided": report["undecided"],
+                        "missing": report["decisions_missing"],
+                        "twice": report["decisions_twice"],
+                        "repeated": report["decisions_repeated"],
                         "degraded": report["degraded"],
                         "acc %": report["accuracy"],
                         "offline %": report["offline_accuracy"],
@@ -370,6 +413,11 @@ def faults(
             err.print(text)
 
     names = [n.strip() for s in scenario or [] for n in s.split(",")] or [*SCENARIOS, "dropout"]
+    _check_outputs(None, plot)
+    if compare_model is not None:  # refused now, not after the scenarios that run first
+        from ddnn.nn.checkpoint import load_model
+
+        load_model(compare_model)
     cache = data_dir() / "demo"
     model = model_path or demo_model(False, cache, log)
     report = run_faults(
@@ -391,6 +439,11 @@ def faults(
                 "decided": row["decided"],
                 "undecided": row["undecided"],
                 "lost": row["lost"],
+                "seen miss/twice/again": "/".join(
+                    str(row[k])
+                    for k in ("decisions_missing", "decisions_twice", "decisions_repeated")
+                ),
+                "deaths": row["service_deaths"],
                 "acc %": row["accuracy"],
                 "offline %": row["offline_accuracy"],
                 "differ": row["mismatches"],
@@ -402,7 +455,7 @@ def faults(
             for row in result["rows"]
         ]
         tables.append(Rows(f"{result['scenario']} ({result['data']})", rows))
-        hostile = [row for row in result["rows"] if "service_deaths" in row]
+        hostile = [row for row in result["rows"] if "reason_keys" in row]  # `health`'s
         if hostile:
             keys = ("service_deaths", "reason_keys", "max_rss_mb", "max_anon_mb", "rss_growth_mb")
             keys += ("forged_sent", "forged_denied", "forged_delivered", "in_time_pct")
@@ -413,7 +466,9 @@ def faults(
         "samples; differ: decisions that differ from it; local p50: latency of local exits "
         "(for a killed device: of samples after its last will was seen; the score deadline "
         f"is {SCORE_DEADLINE * 1000:g} ms); cost: accuracy points lost on the whole test part "
-        "without that device"
+        "without that device; seen miss/twice/again: what an observer apart from the driver "
+        "saw: samples with no decision, decisions with another content than the sample's "
+        "first, the same again (a redelivery); deaths: services that exited unasked"
     )
     rejected = [
         f"{d['model']}: messages rejected by "

@@ -34,6 +34,7 @@ from ddnn.core.config import DDNNConfig, with_exit_settings
 from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade
+from ddnn.core.files import make_folder, writable_file
 from ddnn.data import MultiViewData, absolute_spec, split
 from ddnn.live.access import write_access
 
@@ -73,6 +74,7 @@ def train(
     from ddnn.nn.evaluate import evaluate, model_exit_points, run_model
     from ddnn.nn.train import fit_and_calibrate, training_stages
 
+    writable_file(out_path, "model file")  # before the training it would hold, not after
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed, strategy=strategy)
     parts = split(dataset, cfg.train)
@@ -147,6 +149,13 @@ def eval_(
         Path | None,
         typer.Option(help="write each sample's decision (class, exit) as JSON lines here"),
     ] = None,
+    robust_fusion: Annotated[
+        bool,
+        typer.Option(
+            help="trimmed fusion at the local exit, as `ddnn aggregator --robust-fusion` "
+            "runs it: what it costs on clean data (ddnn/core/fusion.py)"
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
@@ -162,7 +171,13 @@ def eval_(
         write_decisions,
     )
 
+    if decisions is not None:
+        writable_file(decisions, "decisions file", stream=True)
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
+    if robust_fusion and model.cfg.local is not None:  # every run_model below fuses so
+        model.cfg = model.cfg.model_copy(
+            update={"local": model.cfg.local.model_copy(update={"robust": True})}
+        )
     thresholds = parse_thresholds(threshold, model.exits)
     drops = parse_thresholds(drop, model.exits)
     cfg = with_exit_settings(cfg, thresholds, drops, "--threshold/--drop")
@@ -395,6 +410,7 @@ def results(
     from ddnn.ops.results import BARS, seed_results
 
     chosen = parse_ints(seeds, "--seeds")
+    make_folder(workdir, "--workdir folder")
     document = seed_results(
         chosen, data, overrides or [], workdir, baseline, lambda line: err.print(line), held_out
     )
@@ -441,16 +457,25 @@ def export_(
     deployment: Annotated[
         str, typer.Option(help="the deployment whose broker accounts to write")
     ] = "default",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="export into a non-empty folder that holds no earlier export: the export's "
+            "files replace those of the same names there, no other file is deleted",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Split a trained model into one artifact per role (each device, the aggregator, each
     edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact,
-    and broker accounts for one deployment of it (`ddnn credentials` writes more)."""
+    and broker accounts for one deployment of it (`ddnn credentials` writes more). --out is
+    a new or empty folder, or an earlier export (replaced); any other folder needs --force."""
     from ddnn.nn.checkpoint import load_model
     from ddnn.nn.export import export
 
     model, cfg, meta = load_model(model_path)
-    manifest = export(model, cfg, out_dir, meta)
+    manifest = export(model, cfg, out_dir, meta, force=force)
     access = write_access(out_dir, cfg.model, deployment, manifest.model_version)
     rows = [
         {"role": role, "file": a.file, "bytes": a.bytes, "sha256": a.sha256[:16]}

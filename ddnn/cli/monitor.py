@@ -147,7 +147,9 @@ def dashboard(snap: dict[str, Any]) -> RenderableType:
             f"{d['count']} decisions ({_number(d['per_second'])}/s"
             + (", more than kept: rate over the newest" if d["capped"] else "")
             + f"), {d['total']} since start; bytes per device per sample {_number(bytes_)}; "
-            f"degraded {d['degraded']}, undecided {d['undecided']}, abstained {d['abstained']}"
+            f"degraded {d['degraded']}, undecided {d['undecided']}, abstained {d['abstained']}; "
+            f"since start, delivered again {d['decisions_repeated']}, "
+            f"decided twice {d['decisions_twice']}"
         )
     )
     reasons = [

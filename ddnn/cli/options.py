@@ -9,7 +9,7 @@ import typer
 
 from ddnn import data as data_mod
 from ddnn.cli.render import json_mode, progress_bar
-from ddnn.core.config import DDNNConfig, load_config
+from ddnn.core.config import DDNNConfig, FittedSettingError, load_config
 from ddnn.core.errors import ConfigError, DDNNError
 from ddnn.data import MultiViewData
 
@@ -114,7 +114,9 @@ def config_from(
     if data is None:
         return load_config(config, [*(overrides or []), *extra])
     try:
-        return load_config(config, [*(overrides or []), *extra], data.model_settings())
+        return load_config(config, [*(overrides or []), *extra], data.model_settings(), data.name)
+    except FittedSettingError:
+        raise  # it names the data already
     except ConfigError as e:
         raise ConfigError(
             f"{e} (fitted to {data.name}: {data.n_views} views, a device each)"

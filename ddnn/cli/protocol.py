@@ -12,6 +12,8 @@ import yaml
 from ddnn.cli.app import app
 from ddnn.cli.options import JsonFlag
 from ddnn.cli.render import err, show
+from ddnn.core.errors import DDNNError
+from ddnn.core.files import reason
 from ddnn.live.asyncapi import document
 
 
@@ -33,7 +35,10 @@ def asyncapi(
     sends and who receives on it, QoS, retain, the last will, each payload's JSON Schema.
     Generated from the code the services run; docs/asyncapi.yaml is its output."""
     if out_path is not None:
-        out_path.write_text(render(as_json))
+        try:
+            out_path.write_text(render(as_json))
+        except OSError as e:
+            raise DDNNError(f"cannot write {out_path}: {reason(e)}") from None
         err.print(f"wrote {out_path}")
     elif as_json:
         show(document(), as_json=True)  # stdout holds the JSON document alone

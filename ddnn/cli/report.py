@@ -13,6 +13,7 @@ from ddnn.cli.app import app
 from ddnn.cli.options import DataSpec, Grid, JsonFlag, load_data, parse_ints
 from ddnn.cli.render import err, progress_bar, show
 from ddnn.core.errors import DDNNError
+from ddnn.core.files import make_folder
 
 
 @app.command()
@@ -54,13 +55,15 @@ def report(
     if not chosen:
         raise DDNNError("--seeds needs at least one seed")
     plan = Plan.quick_plan(chosen, epochs) if quick else Plan(chosen, epochs or FULL_EPOCHS)
+    make_folder(out, "report folder")  # before the runs that fill it, not after
+    cache = make_folder(cache or out / "cache", "cache folder")
     dataset = load_data(data, grid, False)
     results = build_report(
         dataset,
         data,
         grid,
         plan,
-        cache or out / "cache",
+        cache,
         lambda name, total: progress_bar(name, total, False),
         lambda line: err.print(line, soft_wrap=True),
         live=live,

@@ -58,6 +58,11 @@ class LocalSpec(_Strict):
     """The local aggregator: fuses the devices' class scores, then the local exit."""
 
     aggregation: Aggregation = "MP"
+    robust: bool = Field(
+        default=False,
+        description="trimmed fusion: per class, the highest and lowest of 3+ devices are left "
+        "out, so that one lying device cannot force the exit (ddnn/core/fusion.py; issue 27)",
+    )
 
 
 class EdgeSpec(_Strict):
@@ -340,10 +345,52 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+class FittedSettingError(ConfigError):
+    """A `model` setting given in a config file or override that the data decides otherwise
+    (`load_config`'s `fitted`): it would be replaced unseen, so it is refused by name."""
+
+
+# How an error names what the data gives each setting it decides (`load_config`'s `fitted`).
+_FITTED_AS = {
+    "n_devices": lambda v: f"{v} views (a device each)",
+    "classes": lambda v: f"the classes {', '.join(v)}",
+    "input_shape": lambda v: f"views of shape {'x'.join(str(n) for n in v)}",
+}
+
+
+def _check_fitted(tree: dict[str, Any], fitted: dict[str, Any], data: str, source: str) -> None:
+    """Refuse each `model` setting of `tree` (a config file's or an override's) that the data
+    decides otherwise: `model.n_devices=4` on six-view data once trained six devices without
+    a word. A setting that agrees with the data stays allowed; one that is not even a valid
+    value is a config error about that value."""
+    given = tree.get("model")
+    if not isinstance(given, dict):
+        return
+    try:
+        ours = ModelConfig.model_validate(fitted)
+    except ValidationError:
+        return  # data that fits no model: the whole config's check names the problem
+    for key in fitted:
+        if key not in given:
+            continue
+        try:
+            theirs = DDNNConfig.model_validate({"model": {**fitted, key: given[key]}})
+        except ValidationError as e:
+            raise ConfigError(f"invalid {source}: {problems(e)}") from None
+        if getattr(theirs.model, key) != getattr(ours, key):
+            value = getattr(ours, key)
+            described = _FITTED_AS[key](value) if key in _FITTED_AS else f"{key} {value}"
+            raise FittedSettingError(
+                f"model.{key}={given[key]} but {data} has {described}: the data decides "
+                f"model.{key}, so leave it out of the config and --set"
+            )
+
+
 def load_config(
     path: Path | None = None,
     overrides: list[str] | None = None,
     fitted: dict[str, Any] | None = None,
+    data: str = "the data",
 ) -> DDNNConfig:
     """Read a YAML or JSON config file (or the defaults), apply `key.sub=value` overrides.
 
@@ -351,6 +398,8 @@ def load_config(
     and `model.edge=null` all work. `fitted`: the `model` settings the data decides
     (`MultiViewData.model_settings`), applied last, before anything is checked: edge groups
     are then checked against the data's devices (nine on a 3x3 grid), not the default six.
+    The file or an override may give one of them only as the data has it (`data` names the
+    data in the error, a `FittedSettingError`).
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -358,6 +407,8 @@ def load_config(
             text = Path(path).read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:  # said without the file's name, it named no file
+            raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start})") from None
         try:
             loaded = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -374,9 +425,12 @@ def load_config(
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
         _set_dotted(tree, key.strip(), value)
+    source = str(path) if path else "config"
+    if fitted:
+        _check_fitted(tree, fitted, data, source)
     for key, value in (fitted or {}).items():
         _set_dotted(tree, f"model.{key}", value)
-    return validate_config(tree, source=str(path) if path else "config")
+    return validate_config(tree, source=source)
 
 
 def validate_config(tree: dict[str, Any], source: str = "config") -> DDNNConfig:

@@ -11,6 +11,15 @@ in a fixed order (torch sums in float32, in an order of its own), so that a samp
 Missing inputs are handled as in training (the presence mask): MP and AP pool over the
 present inputs only, CC fills a missing input's slot with zeros; a sample with no input
 present fuses to zeros (MP, AP) or the linear layer's bias (CC).
+
+Trimmed fusion (`trim`, the config's `local.robust`, `ddnn aggregator --robust-fusion`;
+issue 27): where at least `MIN_TRIMMED` inputs are present, each class leaves out its
+highest and its lowest input (by that input's contribution to the class: its score under
+MP and AP, its share of the linear layer's output under CC) and fuses the rest as above (CC:
+the left-out ones count as missing, as in training with device dropout). So no single input
+moves a class past what the others span: one lying device cannot decide alone. With fewer
+inputs present nothing is left out (two cannot outvote each other), and the only limit on
+one input is the bound of its scores (the aggregator's `ScoreBounds`).
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import numpy as np
 
 from ddnn.core.config import Aggregation, ModelConfig
 from ddnn.core.errors import ModelFileError
+
+MIN_TRIMMED = 3  # inputs present for trimmed fusion to leave out the extremes of a class
 
 
 class ScoreFusion:
@@ -33,6 +44,7 @@ class ScoreFusion:
         n_inputs: int,
         weight: np.ndarray | None = None,
         bias: np.ndarray | None = None,
+        trim: bool = False,
     ) -> None:
         if scheme == "CC" and (weight is None or bias is None):
             raise ValueError("CC fusion of class scores needs its linear layer's weights")
@@ -40,11 +52,18 @@ class ScoreFusion:
         self.n_inputs = n_inputs
         self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+        self.trim = trim  # trimmed fusion (module doc)
+
+    def trimmed(self, trim: bool = True) -> ScoreFusion:
+        """This fusion, trimmed (module doc) or not."""
+        return ScoreFusion(self.scheme, self.n_inputs, self.weight, self.bias, trim)
 
     def __call__(self, scores: np.ndarray, present: np.ndarray) -> np.ndarray:
         """scores (N, n_inputs, |C|), present (N, n_inputs) bool -> fused (N, |C|) float64."""
         x = np.asarray(scores, dtype=np.float64)
         present = np.asarray(present, dtype=bool)
+        if self.trim:
+            return self._trimmed(x, present)
         if self.scheme == "MP":
             fused = np.where(present[:, :, None], x, -np.inf).max(axis=1)
             return np.where(present.any(axis=1)[:, None], fused, 0.0)
@@ -59,6 +78,44 @@ class ScoreFusion:
         for j in range(flat.shape[1]):
             fused += flat[:, j, None] * self.weight[None, :, j]
         return fused
+
+    def _contributions(self, x: np.ndarray) -> np.ndarray:
+        """(N, n, |C|): what each input adds to each class's fused score (CC: its block of
+        the linear layer applied to its scores, summed in a fixed order)."""
+        if self.scheme != "CC":
+            return x
+        assert self.weight is not None
+        n, c = x.shape[1], x.shape[2]
+        out = np.zeros((x.shape[0], n, len(self.weight)))
+        for i in range(n):
+            for j in range(c):
+                out[:, i] += x[:, i, j, None] * self.weight[None, :, i * c + j]
+        return out
+
+    def _trimmed(self, x: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """The trimmed fusion of the module doc: per class, the highest and lowest present
+        input are left out where at least `MIN_TRIMMED` are present."""
+        parts = self._contributions(x)  # (N, n, C)
+        keep = np.broadcast_to(present[:, :, None], parts.shape).copy()
+        rows = (present.sum(axis=1) >= MIN_TRIMMED)[:, None]  # (N, 1)
+        inputs = np.arange(parts.shape[1])[None, :, None]
+        high = np.where(keep, parts, -np.inf).argmax(axis=1)[:, None]  # (N, 1, C)
+        low_of = np.where(keep & (inputs != high), parts, np.inf)
+        low = low_of.argmin(axis=1)[:, None]
+        keep &= ~(rows[:, :, None] & ((inputs == high) | (inputs == low)))
+        if self.scheme == "MP":
+            fused = np.where(keep, parts, -np.inf).max(axis=1)
+        else:
+            fused = np.zeros((parts.shape[0], parts.shape[2]))
+            for i in range(parts.shape[1]):
+                fused += np.where(keep[:, i], parts[:, i], 0.0)
+            if self.scheme == "AP":
+                fused /= np.maximum(keep.sum(axis=1), 1)
+            else:
+                assert self.bias is not None
+                fused += self.bias[None, :]
+        # rows with nothing left out: the plain fusion's very bits (CC sums in its own order)
+        return np.where(rows, fused, self.trimmed(False)(x, present))
 
 
 def _fusion(
@@ -78,15 +135,20 @@ def _fusion(
     return ScoreFusion(scheme, n_inputs, weight, bias)
 
 
-def score_fusions(model: ModelConfig, state: Mapping[str, np.ndarray]) -> dict[str, ScoreFusion]:
+def score_fusions(
+    model: ModelConfig, state: Mapping[str, np.ndarray], robust: bool | None = None
+) -> dict[str, ScoreFusion]:
     """The fusion of class scores at the local exit (over the devices) and at the edge exit
     (over the edges), by exit name, from weights named as in the whole model's state dict
-    (`local.linear.weight`, ...): the aggregator's artifact, or the model's own weights."""
+    (`local.linear.weight`, ...): the aggregator's artifact, or the model's own weights.
+    `robust`: whether the local exit's fusion is trimmed (module doc; None: as the config's
+    `local.robust` says). The edge exit's never is: a few edges cannot outvote one."""
     n_classes = len(model.classes)
     fusions = {}
     if model.local is not None:
         scheme = model.local.aggregation
-        fusions["local"] = _fusion(scheme, model.n_devices, n_classes, state, "local.")
+        local = _fusion(scheme, model.n_devices, n_classes, state, "local.")
+        fusions["local"] = local.trimmed(model.local.robust if robust is None else robust)
     if model.edge is not None:
         scheme, n_edges = model.edge.exit_aggregation, len(model.edge.groups)
         fusions["edge"] = _fusion(scheme, n_edges, n_classes, state, "edge_exit.")

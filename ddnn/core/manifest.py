@@ -48,6 +48,10 @@ class Manifest(BaseModel):
     # the same weights, so not a role of its own). Absent where a slice cannot be packed
     # (a float device tier) and in exports written before the packed format existed.
     packed: dict[str, Artifact] = {}
+    # Role -> the largest |class score| it may send (ddnn/nn/bounds.py: twice what it gave on
+    # the training data); the aggregator refuses scores beyond it. Absent in exports written
+    # before it existed and of untrained models: the wire's MAX_SCORE bounds those alone.
+    score_bounds: dict[str, float] = {}
 
     def ddnn_config(self) -> DDNNConfig:
         return validate_config(self.config, source="manifest config")

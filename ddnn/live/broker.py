@@ -5,7 +5,8 @@ installed by hand: the `mosquitto` binary when there is one (the production brok
 ddnn/live/mosquitto.py), else an embedded one that `pip install` brought, run in a process
 of its own (MQTT 3.1.1; ddnn/live/embedded_broker.py): rumqttd, about as fast as mosquitto,
 where nothing relies on topic grants, and amqtt, four times slower, where something does.
-Either way it listens on 127.0.0.1 only, unless told otherwise, and keeps nothing on disk
+Either way it listens on 127.0.0.1 only, unless told otherwise (an address other machines
+reach takes TLS, or `insecure_plaintext` said out loud), and keeps nothing on disk
 unless given a `state` folder: mosquitto then keeps its retained messages and its clients'
 sessions there (saved every few seconds and on a clean stop), so that a restarted broker
 still knows which services are online and what they had not yet received (the embedded
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import ACL, PASSWORDS, read_acl, read_passwords
+from ddnn.live.broker_settings import is_loopback
 from ddnn.live.embedded_broker import ENGINES, EmbeddedBroker
 from ddnn.live.mosquitto import Bridge, MosquittoBroker
 from ddnn.live.running_broker import RunningBroker, TlsFiles
@@ -83,6 +85,7 @@ def start_broker(
     state: Path | None = None,
     bridge: Bridge | None = None,
     grants: bool = True,
+    insecure_plaintext: bool = False,
 ) -> RunningBroker:
     """Start a broker on host:port (a free port when None) and return once it accepts
     connections. kind: "mosquitto", "rumqttd" or "amqtt" (embedded, module doc), or "auto":
@@ -93,7 +96,15 @@ def start_broker(
     process of the caller's own). `tls`: speak TLS only, with this certificate (mosquitto
     only). `state`: a folder where mosquitto keeps retained messages and sessions across
     restarts (ignored by the embedded brokers). `bridge`: forward topics to and from another
-    broker (mosquitto only)."""
+    broker (mosquitto only). `insecure_plaintext`: listen on an address other machines can
+    reach without TLS, where anyone on the way reads every password and message (refused
+    otherwise)."""
+    if tls is None and not is_loopback(host) and not insecure_plaintext:
+        raise DDNNError(
+            f"refusing to listen on {host} over plain MQTT: other machines could reach it, and "
+            "anyone on the way would read every password and message. Give it --tls-cert and "
+            "--tls-key, or --insecure-plaintext on a network you trust"
+        )
     if access is not None:
         access = Path(access)
         for name in (PASSWORDS, ACL):

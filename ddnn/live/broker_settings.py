@@ -72,6 +72,17 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def cleartext_password(settings: BrokerSettings) -> str | None:
+    """Why logging in with `settings` gives the password away, or None: plain mqtt:// to
+    another machine, where anyone on the way reads it. A client and a bridge both say so."""
+    if settings.password and not settings.tls and not is_loopback(settings.host):
+        return (
+            f"the password for {settings.url} travels in clear text over mqtt:// to another "
+            "machine: use mqtts://"
+        )
+    return None
+
+
 def format_broker_url(host: str, port: int, tls: bool = False) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"{'mqtts' if tls else 'mqtt'}://{shown}:{port}"

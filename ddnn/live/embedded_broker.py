@@ -21,7 +21,10 @@ A process, not a thread: the broker is then not slowed by the interpreter lock o
 the starting process does meanwhile, such as `ddnn demo`'s driver decoding every decision.
 It is spawned (a fresh interpreter that imports only this module and its engine), ignores
 Ctrl-C (the process that started it stops it, after the services have said goodbye through
-it), stops on SIGTERM, and stops by itself when that process is gone.
+it), stops on SIGTERM, and stops by itself when that process is gone. It keeps the user of
+the process that started it, root included (`ddnn broker` warns): unlike mosquitto it runs
+this project's code, which may import modules at any time from wherever it is installed, and
+amqtt reads the access files wherever they are, so no user fits it without more set-up.
 """
 
 from __future__ import annotations
@@ -57,25 +60,92 @@ SEGMENT_BYTES = 256 * 1024
 SEGMENTS = 2
 
 
+class PacketBound:
+    """Follows the MQTT framing of what a broker reads from one client and says when a
+    packet's fixed header announces more than `limit` bytes: amqtt 0.12 has no setting for
+    it, and would read (and hold) a packet of up to 256 MiB. The bytes are seen in the order
+    read and may come in pieces of any size; a packet is its fixed header (a type byte and
+    a variable-length remaining length) and then that many bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._header = bytearray()  # of the packet being started
+        self._left = 0  # bytes of the current packet's body not yet read
+
+    def over(self, data: bytes) -> bool:
+        """Take the next bytes read; True when a packet over the limit has begun."""
+        at = 0
+        while at < len(data):
+            if self._left:
+                step = min(self._left, len(data) - at)
+                self._left -= step
+                at += step
+                continue
+            self._header.append(data[at])
+            at += 1
+            if len(self._header) >= 2 and not self._header[-1] & 0x80:
+                length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(self._header[1:]))
+                size = len(self._header) + length
+                self._header.clear()
+                if size > self.limit:
+                    return True
+                self._left = length
+        return False
+
+
 def _amqtt_broker_class() -> type:
-    """amqtt's Broker, less one bug of 0.12.1: on every connect it sends the new client the
-    retained messages of every topic filter that *any* client subscribes to. Here a client
-    gets the retained messages of its own subscriptions only."""
+    """amqtt's Broker, with two changes:
+
+    - A client that sends a packet bigger than MAX_PACKET is cut off as soon as its fixed
+      header says so, before its body is read (mosquitto's `max_packet_size`, rumqttd's
+      `max_payload_size`): each client's reads go through `PacketBound`.
+    - Less one bug of 0.12.1: on every connect it sends the new client the retained messages
+      of every topic filter that *any* client subscribes to. Here a client gets the retained
+      messages of its own subscriptions only."""
     # Imported here, not at the top: only the broker's own process needs its engine, and
     # importing amqtt (with its dependencies) would slow every service.
+    from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
     from amqtt.broker import Broker
 
-    class ScopedRetainBroker(Broker):
-        async def _publish_retained_messages_for_subscription(
-            self, subscription: tuple[str, int], session: Any
-        ) -> None:
-            holders = self._subscriptions.get(subscription[0], ())
-            if any(held.client_id == session.client_id for held, _ in holders):
-                await super()._publish_retained_messages_for_subscription(subscription, session)
+    class BoundedReader(StreamReaderAdapter):
+        """A client's reads, cut off past MAX_PACKET: the connection is aborted, and the read
+        fails the way a lost connection's does (amqtt then ends the session, will included)."""
 
-    if not hasattr(Broker, "_publish_retained_messages_for_subscription"):
-        return Broker  # a later amqtt; MqttClient drops unsolicited messages anyway
-    return ScopedRetainBroker
+        def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            super().__init__(reader)
+            self._writer = writer
+            self._bound = PacketBound(MAX_PACKET)
+
+        async def read(self, n: int = -1) -> bytes:
+            data = await super().read(n)
+            if self._bound.over(data):
+                self._writer.transport.abort()
+                raise ConnectionResetError(f"a packet over {MAX_PACKET} bytes")
+            return data
+
+    class DdnnBroker(Broker):
+        if hasattr(Broker, "_client_connected"):  # else a later amqtt: unbounded
+
+            async def stream_connected(
+                self,
+                reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter,
+                listener_name: str,
+            ) -> None:
+                adapters = BoundedReader(reader, writer), StreamWriterAdapter(writer)
+                await self._client_connected(listener_name, *adapters)
+
+        # else a later amqtt; MqttClient drops unsolicited messages anyway
+        if hasattr(Broker, "_publish_retained_messages_for_subscription"):
+
+            async def _publish_retained_messages_for_subscription(
+                self, subscription: tuple[str, int], session: Any
+            ) -> None:
+                holders = self._subscriptions.get(subscription[0], ())
+                if any(held.client_id == session.client_id for held, _ in holders):
+                    await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return DdnnBroker
 
 
 def clear_passwords(access: Path) -> dict[str, str]:

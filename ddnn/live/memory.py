@@ -19,11 +19,12 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from collections.abc import Callable
 
 from paho.mqtt.matcher import MQTTMatcher
 
 from ddnn.core.errors import DDNNError
-from ddnn.live.transport import Received, Will, take
+from ddnn.live.transport import DELIVERED, Receipt, Received, Will, take
 from ddnn.live.wire import MAX_PAYLOAD
 
 
@@ -105,6 +106,7 @@ class MemoryClient:
         self.connections = 0
         self.denied = 0  # this bus grants everything: see ddnn/live/access.py for brokers
         self.dropped = 0  # its inboxes are unbounded: tests hand them their floods whole
+        self.admit: Callable[[str], bool] | None = None  # Transport.admit: none unless set
         self._filters = MQTTMatcher()
         self._shared: dict[str, MQTTMatcher] = {}  # group -> its filters
         self._inbox: queue.Queue[Received] = queue.Queue()
@@ -130,14 +132,22 @@ class MemoryClient:
         for topic, payload in self.bus._retained_for(topic_filter):
             self._inbox.put((topic, payload))
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+    def send(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> Receipt | None:
         if not self._attached or len(payload) > MAX_PAYLOAD:
-            return False  # as the MQTT client drops it while disconnected, or too big
+            return None  # as the MQTT client drops it past its queue, or too big
         self.bus.publish(topic, payload, retain=retain)
-        return True
+        return DELIVERED
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        return self.send(topic, payload, qos, retain) is not None
 
     def get(self, timeout: float | None = None) -> Received | None:
         return take(self._inbox, timeout)
+
+    def wait_published(self, timeout: float) -> bool:
+        return True  # delivered as published
 
     def close(self) -> None:
         self.detach()
@@ -155,7 +165,7 @@ class MemoryClient:
         ]
 
     def deliver(self, topic: str, payload: bytes) -> None:
-        if self._attached:
+        if self._attached and (self.admit is None or self.admit(topic)):
             self._inbox.put((topic, payload))
 
     def detach(self) -> bool:

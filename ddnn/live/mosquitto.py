@@ -6,22 +6,32 @@ persistence in a `state` folder when given one (retained messages and sessions, 
 few seconds and on a clean stop), the access files of a deployment (ddnn/live/access.py)
 when given them, TLS when given a certificate, and a `Bridge` to another broker when asked:
 the usual site to cloud topology (docs/scale-out.md).
+
+Started as root, mosquitto drops to an unprivileged user (`broker_user`: `mosquitto`, as the
+Debian package makes, else `nobody`) once it has bound its port: a flaw in it then gives away
+no more than that user. mosquitto reads the files it needs after dropping, so they are handed
+to that user: the access files, the TLS certificate and key and the bridge's CA are copied
+into the broker's own folder (a later change to the originals is not seen until a restart),
+and the state folder is given to it. mosquitto runs in the state folder and names its file
+there relative to it, so the folders above it need not be open to that user.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import ACL, PASSWORDS
-from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.broker_settings import BrokerSettings, cleartext_password
 from ddnn.live.running_broker import RunningBroker, TlsFiles
 from ddnn.live.wire import MAX_PACKET
 
@@ -30,6 +40,27 @@ from ddnn.live.wire import MAX_PACKET
 MAX_QUEUED_MESSAGES = 1000
 MAX_QUEUED_BYTES = 32 * 2**20
 AUTOSAVE_SECONDS = 2  # how often mosquitto saves its state folder, when it has one
+STATE_FILE = "mosquitto.db"  # in the state folder
+UNPRIVILEGED_USERS = ("mosquitto", "nobody")  # who mosquitto started as root runs as
+
+log = logging.getLogger(__name__)
+
+
+def broker_user() -> pwd.struct_passwd | None:
+    """The user mosquitto drops to once it has bound its port (module doc): None unless this
+    process is root, which no broker needs to stay."""
+    if os.geteuid() != 0:
+        return None
+    for name in UNPRIVILEGED_USERS:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise DDNNError(
+        "started as root, mosquitto must drop to an unprivileged user, and neither "
+        f"{' nor '.join(UNPRIVILEGED_USERS)} exists: create the mosquitto user (the Debian "
+        "package does), or start the broker as another user"
+    )
 
 
 @dataclass(frozen=True)
@@ -44,10 +75,14 @@ class Bridge:
     to_remote: tuple[str, ...]
     from_remote: tuple[str, ...]
 
-    def config(self, name: str) -> str:
-        """The lines of mosquitto.conf that make this bridge."""
+    def config(self, name: str, readable: Callable[[Path, str], Path] | None = None) -> str:
+        """The lines of mosquitto.conf that make this bridge; `readable(path, name)` is where
+        mosquitto can read the file `path` (default: where it is). A password that would go
+        out in clear text to another machine is warned about, naming the remote."""
         r = self.remote
         host, port, tls = r.address
+        if why := cleartext_password(r):
+            log.warning("the bridge %s: %s", name, why)
         lines = [
             f"connection {name}",
             f"address {host}:{port}",
@@ -63,7 +98,8 @@ class Bridge:
         if tls:
             if r.tls_ca is None:
                 raise DDNNError(f"a bridge to {r.url} needs the CA to trust (tls_ca)")
-            lines.append(f"bridge_cafile {Path(r.tls_ca).resolve()}")
+            ca = Path(r.tls_ca).resolve()
+            lines.append(f"bridge_cafile {readable(ca, 'bridge-ca.pem') if readable else ca}")
         lines += [f"topic {t} out 1" for t in self.to_remote]
         lines += [f"topic {t} in 1" for t in self.from_remote]
         return "\n".join(lines) + "\n"
@@ -83,41 +119,49 @@ class MosquittoBroker(RunningBroker):
         bridge: Bridge | None = None,
     ) -> None:
         super().__init__("mosquitto", host, port, "5", access, tls)
+        self.user = broker_user()  # None: it runs as this process's user
         self._dir = Path(tempfile.mkdtemp(prefix="ddnn-mosquitto-"))
-        config = self._dir / "mosquitto.conf"
-        if access is None:
-            auth = "allow_anonymous true\n"
-        else:
-            auth = "allow_anonymous false\n"
-            auth += f"password_file {(access / PASSWORDS).resolve()}\n"
-            auth += f"acl_file {(access / ACL).resolve()}\n"
-        if os.geteuid() == 0:
-            # Started as root, mosquitto drops to the `mosquitto` user, which can neither read
-            # the access files nor write the state folder, both only their owner's: it stays
-            # the user that made them.
-            auth += f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-        if tls is not None:
-            auth += f"certfile {Path(tls.cert).resolve()}\nkeyfile {Path(tls.key).resolve()}\n"
-        config.write_text(
-            f"listener {port} {host}\n"
-            f"{auth}"
-            "set_tcp_nodelay true\n"
-            f"{_persistence(state)}"
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
-            f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
-            # No DDNN message comes near MAX_PAYLOAD: refuse bigger packets at the broker,
-            # before they cost its memory and every subscriber's.
-            f"max_packet_size {MAX_PACKET}\n"
-            "log_dest stderr\n"
-            "log_type error\n"
-            "log_type warning\n"
-            # a bridge's lines come last: everything after `connection` belongs to it
-            f"{bridge.config(f'ddnn-bridge-{port}') if bridge is not None else ''}"
-        )
+        try:
+            if self.user is not None:
+                os.chown(self._dir, self.user.pw_uid, self.user.pw_gid)
+            config = self._dir / "mosquitto.conf"
+            if access is None:
+                auth = "allow_anonymous true\n"
+            else:
+                auth = "allow_anonymous false\n"
+                auth += f"password_file {self._readable(access / PASSWORDS, PASSWORDS)}\n"
+                auth += f"acl_file {self._readable(access / ACL, ACL)}\n"
+            if self.user is not None:
+                auth += f"user {self.user.pw_name}\n"
+            if tls is not None:
+                auth += f"certfile {self._readable(tls.cert, 'cert.pem')}\n"
+                auth += f"keyfile {self._readable(tls.key, 'key.pem')}\n"
+            bridge_lines = ""
+            if bridge is not None:  # they come last: everything after `connection` belongs to it
+                bridge_lines = bridge.config(f"ddnn-bridge-{port}", self._readable)
+            state = _state_folder(state, self.user)
+            config.write_text(
+                f"listener {port} {host}\n"
+                f"{auth}"
+                "set_tcp_nodelay true\n"
+                f"{_persistence(state)}"
+                f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
+                f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
+                # No DDNN message comes near MAX_PAYLOAD: refuse bigger packets at the broker,
+                # before they cost its memory and every subscriber's.
+                f"max_packet_size {MAX_PACKET}\n"
+                "log_dest stderr\n"
+                "log_type error\n"
+                "log_type warning\n"
+                f"{bridge_lines}"
+            )
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)  # nothing of it is left
+            raise
         self._log_path = self._dir / "stderr.log"
         # stderr goes to a file, not a pipe: a pipe nobody reads would stall the broker. Its
         # own session keeps a terminal's Ctrl-C away from it: the owner stops it, after its
-        # services have said goodbye through it.
+        # services have said goodbye through it. It runs in its state folder (module doc).
         with open(self._log_path, "wb") as log_file:
             self._process = subprocess.Popen(
                 [binary, "-c", str(config)],
@@ -125,7 +169,23 @@ class MosquittoBroker(RunningBroker):
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
                 start_new_session=True,
+                cwd=state,
             )
+
+    def _readable(self, path: Path, name: str) -> Path:
+        """Where mosquitto can read the file `path`: where it is, or, when it drops to
+        another user, a copy of it in the broker's folder that only that user may read."""
+        path = Path(path).resolve()
+        if self.user is None:
+            return path
+        copy = self._dir / name
+        try:
+            shutil.copyfile(path, copy)
+        except OSError as e:
+            raise DDNNError(f"cannot read {path} for the broker: {e.strerror or e}") from None
+        os.chmod(copy, 0o600)
+        os.chown(copy, self.user.pw_uid, self.user.pw_gid)
+        return copy
 
     def stderr_text(self) -> str:
         try:
@@ -162,12 +222,26 @@ class MosquittoBroker(RunningBroker):
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _persistence(state: Path | None) -> str:
-    """mosquitto's persistence lines: off, or kept in the folder `state`."""
+def _state_folder(state: Path | None, user: pwd.struct_passwd | None) -> Path | None:
+    """The state folder, made if missing and, when mosquitto drops to `user`, given to that
+    user with its state file: mosquitto writes them after dropping. Nothing else in it
+    changes hands (a folder given by mistake loses no more than its owner)."""
     if state is None:
-        return "persistence false\n"
+        return None
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        for path in (state, state / STATE_FILE):
+            if path.exists():
+                os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    return state
+
+
+def _persistence(state: Path | None) -> str:
+    """mosquitto's persistence lines: off, or kept in the folder `state`, which it runs in
+    (module doc): the file is named relative to it."""
+    if state is None:
+        return "persistence false\n"
     return (
-        f"persistence true\npersistence_location {state}/\nautosave_interval {AUTOSAVE_SECONDS}\n"
+        f"persistence true\npersistence_file {STATE_FILE}\nautosave_interval {AUTOSAVE_SECONDS}\n"
     )

@@ -26,7 +26,10 @@ faults (see `shared/notes/mqtt.md`). This module fixes them once:
   messages (the services' class scores and feature maps) always find room beside it. What
   still finds the inbox full (a flood of QoS 0, or any message from a 3.1.1 broker, which
   has no such limit and whose messages are acknowledged on arrival) is dropped and counted
-  in `dropped`.
+  in `dropped`. A message on a topic over its account's rate (the `admit` hook, a token
+  bucket per topic: ddnn/live/rates.py) is dropped before it takes a place there, so one
+  account's flood neither fills the inbox for the others nor, read at once, the broker's
+  queue for this client.
 - Over MQTT 5 the session outlives a lost connection by `SESSION_EXPIRY` seconds: the
   broker keeps the QoS 1 messages for this client while it reconnects and sends them after,
   with the ones it sent but never saw acknowledged (a duplicate, which receivers drop).
@@ -50,6 +53,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import paho.mqtt.client as paho
@@ -60,11 +64,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ddnn.core.errors import DDNNError
 from ddnn.live import mqtt_diagnosis
-from ddnn.live.broker_settings import BrokerSettings, Protocol, as_settings, is_loopback
+from ddnn.live.broker_settings import (
+    BrokerSettings,
+    Protocol,
+    as_settings,
+    cleartext_password,
+)
 from ddnn.live.mqtt_network import RECONNECT_DELAY, Inbox, Incoming, PahoClient
 from ddnn.live.mqtt_subscriptions import Subscriptions
 from ddnn.live.transport import Received, Will, take
-from ddnn.live.wire import MAX_PAYLOAD
+from ddnn.live.wire import MAX_PACKET, MAX_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +86,9 @@ class MqttClient:
     """One MQTT connection. Thread-safe: publish and subscribe from any thread; incoming
     messages wait in a queue for `get()`.
 
-    `publish` never blocks. QoS 0 while disconnected is dropped and QoS 1 is queued (at most
-    `MAX_QUEUED` messages, then dropped: ddnn/live/mqtt_network.py); either way `publish`
-    returns False, so that callers can report it instead of losing it silently.
+    `publish` never blocks. QoS 0 while disconnected is dropped (`publish` returns False, so
+    that callers can report it instead of losing it silently) and QoS 1 is queued, to go out
+    once on reconnect (at most `MAX_QUEUED` messages, then dropped: ddnn/live/mqtt_network.py).
     QoS 1 is at-least-once: receivers must tolerate duplicates. A message on a topic that
     none of this client's filters matches is dropped and counted in `unsolicited` (amqtt 0.12
     sends such messages). One thread reads (`get`): taking a message acknowledges the one it
@@ -116,6 +125,9 @@ class MqttClient:
         )
         self._taken: tuple[int, int, int] | None = None  # (mid, qos, connection) to ack
         self.dropped = 0  # messages that found the inbox full
+        # Fairness (ddnn/live/rates.py): whether a message on a topic may go on to the inbox,
+        # asked before it takes a place there; one refused is dropped (the asker counts it).
+        self.admit: Callable[[str], bool] | None = None
         self._lock = threading.Lock()
         self._subscriptions = Subscriptions()  # changed under the lock
         self.unsolicited = 0
@@ -129,12 +141,8 @@ class MqttClient:
         self._started = False
         self._closed = False
 
-        if self.settings.password and not self._address.tls and not is_loopback(self._address.host):
-            log.warning(
-                "the password for %s travels in clear text over mqtt:// to another machine: "
-                "use mqtts://",
-                self.settings.url,
-            )
+        if why := cleartext_password(self.settings):
+            log.warning("%s", why)
         client = PahoClient(self.settings, client_id, will=will, owned=not threaded)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -208,6 +216,9 @@ class MqttClient:
             self.unsolicited += 1
             client.ack(message.mid, message.qos)
             return
+        if self.admit is not None and not self.admit(topic):
+            client.ack(message.mid, message.qos)  # over its account's rate: dropped, counted
+            return
         try:
             self._inbox.put_nowait(
                 (topic, bytes(message.payload), message.mid, message.qos, self.connections)
@@ -243,6 +254,8 @@ class MqttClient:
                 properties = Properties(PacketTypes.CONNECT)
                 properties.ReceiveMaximum = RECEIVE_MAXIMUM
                 properties.SessionExpiryInterval = SESSION_EXPIRY if self.keep_session else 0
+                # the broker drops, rather than sends, a message bigger than the wire takes
+                properties.MaximumPacketSize = MAX_PACKET
             self._client.connect_async(
                 host,
                 port,
@@ -325,22 +338,35 @@ class MqttClient:
             if not self.threaded:
                 self._client.flush()  # now, not when the owner next waits
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        """Send (QoS 0) or queue (QoS 1) a message; False when it was dropped."""
+    def send(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> paho.MQTTMessageInfo | None:
+        """Send (QoS 0) or queue (QoS 1) a message; its receipt, or None when it was
+        dropped. paho keeps a QoS 1 message published while disconnected and sends it on
+        reconnect (MQTT_ERR_NO_CONN): that one is taken, not dropped, so that no caller
+        adds a copy of its own (one copy per reconnect, not one per attempt)."""
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, got {qos}")
         if len(payload) > MAX_PAYLOAD:
             # The broker would cut the connection off, and paho would resend a QoS 1 one
             # after every reconnect, for ever: it is refused here, like any dropped message.
-            return False
+            return None
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 1 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            # queued: paho sends it on reconnect and marks it published on its PUBACK; its
+            # `is_published()` would raise for ever on this code
+            info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
+            return None
         if qos == 1:
             with self._lock:
                 self._unacked.append(info)
             self._all_acknowledged()  # forget the acknowledged ones: the deque stays short
-        return True
+        return info
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """`send`, saying only whether the message was taken."""
+        return self.send(topic, payload, qos, retain) is not None
 
     def wait_published(self, timeout: float) -> bool:
         """Wait until the broker has acknowledged every QoS 1 message published so far;

@@ -17,6 +17,11 @@ more than handling the message.
 Bad input never stops a service: a payload that fails validation, or a message that does not
 fit the deployment, is counted under its reason and logged (the first few of each reason at
 warning level, the rest at debug level, so a flood cannot flood the log).
+
+Nor does a flood from one account crowd out the others: every topic read has a token bucket
+sized from the deployment's frame rate (`limit_rate`, `--frame-rate`; ddnn/live/rates.py),
+asked before anything is decoded; what it drops is counted (`rate_dropped`, and per topic
+among the refusal reasons).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Generic, TypeVar
 
@@ -40,15 +47,15 @@ from ddnn.core.roles import Role
 from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.memory import MemoryBus
 from ddnn.live.mqtt import MqttClient
+from ddnn.live.rates import DEFAULT_FRAME_RATE, TopicRates
 from ddnn.live.transport import Transport, UntilEcho, Will
 from ddnn.live.wire import Features, Message, Refused, Status, Topics, decode, encode
 
 log = logging.getLogger("ddnn")
 LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
 MAX_REASONS = 64  # refusal reasons counted by name; any further one counts as "other"
-INTERNAL_ERROR = "a message the service failed on (a bug: see the log)"
+INTERNAL_ERROR = "an error the service survived (a bug: see the log)"
 STATUS_EVERY = 2.0  # seconds between status messages with the counters (and liveness)
-MAX_UNSENT = 10_000  # messages kept to publish again after the transport dropped them
 DATA_KINDS = {"scores", "features"}  # published at QoS 0 (module doc); the rest at QoS 1
 # A sample captured (ticked) further than this from now, by the wall clock, is refused:
 # clocks in sync within this many seconds, as NTP keeps them, and a replayed stale tick or
@@ -147,7 +154,6 @@ class Service:
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.stopping = threading.Event()
-        self.unsent: deque[tuple[str, bytes, int, bool]] = deque()  # see `publish(retry=)`
         self._connections = 0  # the transport's connections when last announced
         self.announced = False  # said online: on stopping, it says offline
         self.log = logging.getLogger(f"ddnn.{self.role}")
@@ -161,6 +167,19 @@ class Service:
         offline = Status(role=self.role, state="offline", t=time.time(), instance=self.instance)
         will = Will(self.topics.status(self.role), encode(offline))
         self.client = open_transport(broker, self.instance, will, keep_session)
+        self.rates: TopicRates | None = None
+        self._rate_warned: Counter[str] = Counter()  # drops per topic when last logged
+        if isinstance(self.client, MqttClient):  # in-process tests hand their floods whole
+            self.limit_rate(DEFAULT_FRAME_RATE)
+
+    def limit_rate(self, frame_rate: float) -> None:
+        """Give every topic this service reads a token bucket sized for `frame_rate`
+        samples per second (0: none), so that no account's flood crowds out the others'
+        messages (ddnn/live/rates.py): the transport asks it before a message takes a
+        place in its inbox, before anything is decoded. A service over MQTT has one for
+        `DEFAULT_FRAME_RATE` from the start; one on the in-process bus, only when asked."""
+        self.rates = TopicRates.for_frame_rate(frame_rate)
+        self.client.admit = None if self.rates is None else self.rates.admit
 
     # -- what subclasses provide -------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -175,38 +194,15 @@ class Service:
         return None
 
     # -- the loop ------------------------------------------------------------------------
-    def publish(
-        self, topic: str, message: Message, retain: bool = False, retry: bool = False
-    ) -> None:
+    def publish(self, topic: str, message: Message, retain: bool = False) -> None:
         """Publish `message` (at the QoS of its kind: module doc); one the transport dropped
-        (disconnected for long, its queue full) is counted, and with `retry` kept (at most
-        `MAX_UNSENT`) and sent again by `resend`, in order, once the transport takes
-        messages again."""
+        (disconnected, its queue full) is counted. Decisions, which must not be lost, go
+        through the aggregator's outbox instead (aggregator/outbox.py)."""
         qos = 0 if message.kind in DATA_KINDS else 1
-        payload = encode(message)
         if not retain:  # a sample's messages; not the statuses, which come with time
             self.counters[f"sent_{message.kind}"] += 1
-        if self.unsent and retry:
-            self._keep(topic, payload, qos, retain)  # behind those still waiting: in order
-        elif not self.client.publish(topic, payload, qos=qos, retain=retain):
+        if not self.client.publish(topic, encode(message), qos=qos, retain=retain):
             self.counters["publish_failed"] += 1
-            if retry:
-                self._keep(topic, payload, qos, retain)
-
-    def _keep(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if len(self.unsent) >= MAX_UNSENT:
-            self.counters["publish_lost"] += 1
-            return
-        self.unsent.append((topic, payload, qos, retain))
-
-    def resend(self) -> None:
-        """Publish what `publish(retry=True)` kept, oldest first, until one is dropped again."""
-        while self.unsent:
-            topic, payload, qos, retain = self.unsent[0]
-            if not self.client.publish(topic, payload, qos=qos, retain=retain):
-                return
-            self.unsent.popleft()
-            self.counters["publish_retried"] += 1
 
     def send_kept(self, kept: KeptMaps, sample: int, fmt: FeatureFormat) -> None:
         """Publish the kept feature map of `sample` (encoded as `fmt`) to the tier above."""
@@ -266,9 +262,9 @@ class Service:
 
     def close(self) -> None:
         """Announce `offline` (if it said online) and disconnect cleanly."""
-        self.resend()
         if self.announced:
-            self.announce("offline")
+            with self.guard():
+                self.announce("offline")
         self.client.close()
         self.log.info("%s stopped; %s", self.role, self.summary())
 
@@ -278,8 +274,8 @@ class Service:
             role=self.role,
             state=state,  # type: ignore[arg-type]
             t=time.time(),
-            counters=dict(self.counters) | self._transport_counters(),
-            rejected=dict(self.rejected.most_common(200)),
+            counters=dict(self.counters) | self._transport_counters() | self._rate_counters(),
+            rejected=dict(self.rejected.most_common(200)) | self._rate_reasons(),
             instance=self.instance,
         )
         self.publish(self.topics.status(self.role), status, retain=True)
@@ -288,21 +284,68 @@ class Service:
         counts = {"publish_denied": self.client.denied, "inbox_dropped": self.client.dropped}
         return {name: n for name, n in counts.items() if n}
 
+    def _rate_counters(self) -> dict[str, int]:
+        """`rate_dropped`: the messages dropped over their account's rate, all topics."""
+        total = 0 if self.rates is None else self.rates.dropped.total()
+        return {"rate_dropped": total} if total else {}
+
+    def _rate_reasons(self) -> dict[str, int]:
+        """The same per topic, as refusal reasons (what `ddnn monitor` lists); a warning
+        per topic whose drops grew since the last status, not one per message."""
+        if self.rates is None or not self.rates.dropped:
+            return {}
+        out = {}
+        for topic, n in self.rates.dropped.items():
+            name = topic.removeprefix(self.topics.root + "/")
+            out[f"over its account's rate ({name})"] = n
+            if n > self._rate_warned[topic]:
+                self.log.warning(
+                    "%s over its rate (%g/s, bursts of %g): %d messages dropped so far",
+                    name,
+                    self.rates.rate,
+                    self.rates.burst,
+                    n,
+                )
+                self._rate_warned[topic] = n
+        return out
+
     def receive(self, topic: str, payload: bytes) -> None:
-        """One message off the transport: decode, check it belongs on its topic, handle it.
-        A message that fails any of that is counted under its reason and dropped; so is one
-        that makes the handler raise anything else, which is a bug, logged with its trace."""
+        """One message off the transport: decode, check it belongs on its topic, handle it,
+        under `guard` (of the message's sample, if it names one)."""
         self.counters["received"] += 1
+        message: Message | None = None
+        with self.guard():
+            decoded = decode(payload)
+            self.topics.check(topic, decoded)
+            message = decoded
+        if message is not None:
+            # (no getattr: a pydantic model answers a missing attribute slowly, by raising)
+            with self.guard(None if isinstance(message, Status) else message.sample):
+                self.handle(topic, message)
+
+    @contextmanager
+    def guard(self, sample: int | None = None) -> Iterator[None]:
+        """Run one step of an entry point (a message, a deadline, a stop) so that nothing
+        it raises stops the service: a refusal is counted under its reason; any other error
+        (a bug, or input no check foresaw) under `INTERNAL_ERROR`, logged with its trace,
+        and the affected `sample` is ended by `abandon`."""
         try:
-            message = decode(payload)
-            self.topics.check(topic, message)
-            self.handle(topic, message)
+            yield
         except Refused as e:
             self.reject(e.reason, e.detail)
         except Exception as e:  # noqa: BLE001 - one message must never stop a service
             self.reject(INTERNAL_ERROR, f"{type(e).__name__}: {e}")
             if self.rejected[INTERNAL_ERROR] <= LOUD_REPEATS:
-                self.log.exception("failed on a message on %s", topic[:200])
+                self.log.exception("failed on %s", "a step" if sample is None else sample)
+            if sample is not None:
+                try:
+                    self.abandon(sample)
+                except Exception:  # noqa: BLE001 - already counted; the loop goes on
+                    self.log.exception("failed to end sample %s after an error", sample)
+
+    def abandon(self, sample: int) -> None:
+        """End `sample` after an error while handling it (the aggregator decides it
+        undecided, saying so); services that hold no sample to the end do nothing."""
 
     def _loop(self) -> None:
         wake: float | None = None
@@ -318,8 +361,9 @@ class Service:
             item = self.client.get(timeout=timeout)
             if item is not None:
                 self.receive(*item)
-            self.resend()
-            wake = self.poll(time.monotonic())
+            wake = None
+            with self.guard():
+                wake = self.poll(time.monotonic())
 
     def stop(self) -> None:
         self.stopping.set()

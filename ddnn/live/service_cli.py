@@ -14,6 +14,7 @@ import logging
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,29 @@ from ddnn.core.errors import ConfigError
 from ddnn.core.roles import Role
 from ddnn.live.access import credentials_for, login_for
 from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.rates import DEFAULT_FRAME_RATE
+
+BATCH_SECONDS = 0.01  # durability "batch": decisions wait at most this long for their fsync
+
+
+class Durability(StrEnum):
+    """What a decision survives before it is published: `none`, a killed process (the
+    journal is written, the kernel holds it); `batch`, a lost machine too, decisions waiting
+    up to BATCH_SECONDS for one fsync of them all; `decision`, one fsync per decision."""
+
+    none = "none"
+    batch = "batch"
+    decision = "decision"
+
+
+DurabilityOption = Annotated[
+    Durability,
+    typer.Option(
+        help="what the aggregator's decisions survive before they are published: none (a "
+        "killed process), batch (a lost machine too: one fsync per 10 ms of decisions), "
+        "decision (one fsync each); README, Reliability: what each costs"
+    ),
+]
 
 Artifacts = Annotated[
     Path, typer.Option("--artifacts", help="a directory written by `ddnn export`")
@@ -73,6 +97,18 @@ SHARED_OPTIONS: list[tuple[str, Any, Any]] = [
         "default",
     ),
     ("log_level", Annotated[str, typer.Option(help="debug, info, warning or error")], "info"),
+    (
+        "frame_rate",
+        Annotated[
+            float,
+            typer.Option(
+                min=0.0,
+                help="samples per second the deployment runs at: each account's topics may "
+                "bring 4 messages a frame, more are dropped and counted (0: no limit)",
+            ),
+        ],
+        DEFAULT_FRAME_RATE,
+    ),
 ]
 
 
@@ -84,6 +120,7 @@ class ServiceSetup:
     broker: BrokerSettings
     deployment: str
     credentials: Path | None = None
+    frame_rate: float = DEFAULT_FRAME_RATE  # sizes each account's token bucket (rates.py)
 
     def login(self, artifacts: Path | None, role: Role | str, model_version: str) -> BrokerSettings:
         """The broker settings `role` (or another account: `observer`) connects with:
@@ -130,7 +167,8 @@ def service_command(fn: Callable[..., None]) -> Callable[..., None]:
         values = {name: options.pop(name) for name, _, _ in SHARED_OPTIONS}
         setup_logging(values.pop("log_level"))
         deployment, credentials = values.pop("deployment"), values.pop("credentials")
-        setup = ServiceSetup(broker_settings(**values), deployment, credentials)
+        frame_rate = values.pop("frame_rate")
+        setup = ServiceSetup(broker_settings(**values), deployment, credentials, frame_rate)
         fn(setup=setup, **options)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared

@@ -11,12 +11,29 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 Received = tuple[str, bytes]  # (topic, payload) of one incoming message
 T = TypeVar("T")
+
+
+class Receipt(Protocol):
+    """A message the transport took: `is_published()` turns True once the broker has it
+    (its PUBACK, for QoS 1). paho's `MQTTMessageInfo` is one."""
+
+    def is_published(self) -> bool: ...
+
+
+class Delivered:
+    """The receipt of a message delivered at once (the in-process bus)."""
+
+    def is_published(self) -> bool:
+        return True
+
+
+DELIVERED = Delivered()
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,10 @@ class Will:
 class Transport(Protocol):
     """One connection to a broker. `publish` never blocks and says False when the message was
     dropped; incoming messages wait for `get()`."""
+
+    # Fairness: asked with a message's topic before it takes a place in the inbox; False
+    # drops it (a token bucket per topic, ddnn/live/rates.py). None: all go in.
+    admit: Callable[[str], bool] | None
 
     @property
     def url(self) -> str:
@@ -63,10 +84,25 @@ class Transport(Protocol):
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None: ...
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool: ...
+    def send(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> Receipt | None:
+        """Send or queue a message; its receipt, or None when it was dropped (QoS 0 while
+        disconnected, QoS 1 past the queue's bound, too big). A QoS 1 message queued while
+        disconnected goes out once on reconnect: a caller must not send it again."""
+        ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """`send`, saying only whether the message was taken."""
+        ...
 
     def get(self, timeout: float | None = None) -> Received | None:
         """The next incoming message, waiting up to `timeout` seconds; None when none came."""
+        ...
+
+    def wait_published(self, timeout: float) -> bool:
+        """Wait until the broker has every QoS 1 message published so far; False when some
+        were still unacknowledged after `timeout` seconds."""
         ...
 
     def close(self) -> None:

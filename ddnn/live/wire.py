@@ -56,6 +56,11 @@ _LITTLE = sys.byteorder == "little"
 # A role on the wire is a string in canonical form, read as a Role (ddnn.core.roles).
 RoleName = Annotated[str, Field(max_length=16), AfterValidator(Role)]
 Sample = Annotated[int, Field(ge=0, lt=2**63)]
+Count = Annotated[int, Field(ge=0, lt=2**63)]  # what msgpack packs as an int64, and sums keep
+Index = Annotated[int, Field(ge=0, lt=4096)]  # of a device or an edge
+# A capture time, Unix seconds: between 1970 and the year 5000, so that any latency derived
+# from one stays finite (each service also checks that it is recent: ddnn/live/service.py).
+UnixTime = Annotated[float, Field(ge=0.0, le=1e11)]
 Shape = Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1, max_length=4)]
 
 
@@ -82,8 +87,10 @@ class WireError(Refused):
 
 class _Message(BaseModel):
     # no NaN or infinity in any float field: a NaN time passes every comparison as false,
-    # and a NaN latency would poison every percentile a reader computes from decisions
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    # and a NaN latency would poison every percentile a reader computes from decisions.
+    # Frozen: a message is validated when it is made, and nothing changes it after, so what
+    # a service publishes passes the checks its readers make.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
     v: Literal[1] = SCHEMA
 
 
@@ -97,10 +104,10 @@ class Status(_Message):
     kind: Literal["status"] = "status"
     role: RoleName
     state: Literal["online", "offline"]
-    t: float
+    t: UnixTime
     instance: str = Field(default="", max_length=128)
-    counters: dict[Name, int] = Field(default={}, max_length=256)
-    rejected: dict[Name, int] = Field(default={}, max_length=256)
+    counters: dict[Name, Count] = Field(default={}, max_length=256)
+    rejected: dict[Name, Count] = Field(default={}, max_length=256)
 
 
 class Tick(_Message):
@@ -109,7 +116,7 @@ class Tick(_Message):
 
     kind: Literal["tick"] = "tick"
     sample: Sample
-    t: float
+    t: UnixTime
 
 
 class Scores(_Message):
@@ -121,8 +128,11 @@ class Scores(_Message):
     sample: Sample
     source: RoleName
     scores: bytes = Field(max_length=4 * 4096)
-    t0: float
-    received: dict[RoleName, int] = {}
+    t0: UnixTime
+    # one map per input, each in one message
+    received: dict[RoleName, Annotated[int, Field(ge=0, le=MAX_PAYLOAD)]] = Field(
+        default={}, max_length=4096
+    )
 
     @field_validator("scores")
     @classmethod
@@ -223,7 +233,7 @@ class Job(_Message):
 
     kind: Literal["job"] = "job"
     sample: Sample
-    t0: float
+    t0: UnixTime
     encoding: Encoding
     maps: dict[RoleName, bytes] = Field(max_length=4096)
     shapes: dict[RoleName, Shape] = Field(max_length=4096)
@@ -273,16 +283,16 @@ class Decision(_Message):
     class_name: Name | None = None
     exit: Literal["local", "edge", "cloud"] | None = None
     entropy: float | None = Field(default=None, ge=0, le=1)  # normalized: 0 sure, 1 uniform
-    devices: list[Annotated[int, Field(ge=0)]] = Field(default=[], max_length=4096)
-    bytes: dict[Name, Annotated[int, Field(ge=0)]] = Field(default={}, max_length=16)
+    devices: list[Index] = Field(default=[], max_length=4096)
+    bytes: dict[Name, Count] = Field(default={}, max_length=16)
     # from the capture (a device's clock) to the decision (the aggregator's): below 0 when
     # their clocks disagree by more than the latency, which is worth seeing, not refusing
-    latency_ms: float | None = None
+    latency_ms: float | None = Field(default=None, ge=-1e9, le=1e9)
     degraded: bool = False
     abstained: bool = False
     reason: str | None = Field(default=None, max_length=512)
     # devices whose feature maps reached edge/cloud
-    upper_devices: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=4096)
+    upper_devices: list[Index] | None = Field(default=None, max_length=4096)
 
 
 Message = Status | Tick | Scores | Offload | Features | Job | Decision

@@ -22,8 +22,13 @@ VERSION = 1
 
 
 def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type name when it has none."""
+    """The first line of an exception's message, or its type name when it has none. Of
+    torch's refusal to unpickle more than plain data, only what it found: its first line
+    advises loading the file with `weights_only=False`, which could run the file's code."""
     text = str(e).strip()
+    _, refused, found = text.partition("WeightsUnpickler error:")
+    if refused and found.strip():
+        return f"not plain saved tensors and containers ({found.strip().splitlines()[0]})"
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -46,6 +51,10 @@ def load_model(path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelFileError(
+            f"{path} is a folder, not a model file (`ddnn train --out` writes one)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file makes the unpickler raise anything

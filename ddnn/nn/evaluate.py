@@ -69,11 +69,16 @@ def presence_mask(n: int, n_devices: int, missing: Sequence[int] = ()) -> np.nda
 
 @torch.no_grad()
 def run_model(
-    model: DDNN, data: MultiViewData, present: np.ndarray | None = None, batch: int = 512
+    model: DDNN,
+    data: MultiViewData,
+    present: np.ndarray | None = None,
+    batch: int = 512,
+    robust: bool | None = None,
 ) -> ExitOutputs:
     """Run `model` on `data` with the devices `present` (N, D) (default: all): what each exit
     decides on. The local and edge exits fuse their inputs' class scores in NumPy as the
-    live aggregator does (ddnn.core.fusion), with the model's fusion weights."""
+    live aggregator does (ddnn.core.fusion), with the model's fusion weights; `robust`:
+    whether the local exit's fusion is trimmed (None: as the config says)."""
     model.eval()
     if present is None:
         present = presence_mask(len(data), data.n_views)
@@ -93,7 +98,7 @@ def run_model(
             if value is not None:
                 parts.setdefault(name, []).append(value.numpy())
     arrays = {name: np.concatenate(values) for name, values in parts.items()}
-    fusions = score_fusions(model.cfg, numpy_state(model))
+    fusions = score_fusions(model.cfg, numpy_state(model), robust)
     inputs = {}
     if "local" in fusions:
         inputs["local"] = ExitInputs(arrays["device_scores"], present, fusions["local"])

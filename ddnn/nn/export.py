@@ -33,8 +33,8 @@ from torch import nn
 
 import ddnn
 from ddnn.core.config import DDNNConfig, ModelConfig
-from ddnn.core.errors import ConfigError, ModelFileError
-from ddnn.core.files import replaced
+from ddnn.core.errors import ConfigError, DDNNError, ModelFileError
+from ddnn.core.files import make_folder, reason, replaced
 from ddnn.core.manifest import (
     FORMAT,
     MANIFEST,
@@ -97,12 +97,47 @@ def _export_packed(model: DDNN, cfg: ModelConfig, out: Path) -> dict[str, Artifa
     return packed
 
 
+def _export_folder(out: Path, force: bool) -> None:
+    """Make `out` ready for an export: created if need be; an existing folder must be empty
+    or an earlier export (it holds a manifest, whatever else an export writes), or `force`
+    given: an export into /etc once wrote its artifacts and an `access/` folder among the
+    system's files without a word, replacing any of the same name."""
+    if out.exists() and not out.is_dir():
+        raise DDNNError(f"cannot export into {out}: it is a file, not a folder")
+    try:
+        foreign = out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir())
+    except OSError as e:
+        raise DDNNError(f"cannot export into {out}: {reason(e)}") from None
+    if foreign and not force:
+        raise DDNNError(
+            f"{out} is not empty and holds no earlier export (no {MANIFEST}): export into "
+            "a new or empty folder, or pass --force to write the export's files among the "
+            "others (replacing those of the same names, deleting none)"
+        )
+    make_folder(out, "export folder")
+
+
 def export(
-    model: DDNN, cfg: DDNNConfig, out: Path | str, meta: dict[str, Any] | None = None
+    model: DDNN,
+    cfg: DDNNConfig,
+    out: Path | str,
+    meta: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Manifest:
-    """Write every role's artifact and the manifest into `out` (created if needed)."""
+    """Write every role's artifact and the manifest into `out` (created if needed): a new or
+    empty folder, or an earlier export, whose files of the same names are replaced; any
+    other folder only with `force` (`_export_folder`). Other files are never deleted."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _export_folder(out, force)
+    try:
+        return _write_export(model, cfg, out, meta)
+    except OSError as e:  # a full disk, a folder of an artifact's name in the way, ...
+        where = f"{e.filename}: " if e.filename else ""
+        raise DDNNError(f"cannot write the export into {out}: {where}{reason(e)}") from None
+
+
+def _write_export(model: DDNN, cfg: DDNNConfig, out: Path, meta: dict[str, Any] | None) -> Manifest:
+    """`export`'s files, into the folder made ready for them."""
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     artifacts = {}
     for role, prefixes in weight_prefixes(cfg.model).items():
@@ -118,6 +153,11 @@ def export(
         digest.update(artifacts[role].sha256.encode())
     for role in sorted(packed):
         digest.update(f"packed:{packed[role].sha256}".encode())
+    from ddnn.nn.bounds import observed_bounds  # here: bounds runs evaluate, which imports us
+
+    bounds = observed_bounds(model, cfg, meta or {})
+    if bounds:  # what the aggregator accepts is part of what the version names
+        digest.update(f"bounds:{json.dumps(bounds, sort_keys=True)}".encode())
     manifest = Manifest(
         format=FORMAT,
         version=VERSION,
@@ -132,6 +172,7 @@ def export(
         },
         meta=meta or {},
         packed=packed,
+        score_bounds=bounds,
     )
     with replaced(out / MANIFEST) as tmp:
         tmp.write_text(manifest.model_dump_json(indent=2))

@@ -30,13 +30,14 @@ from typing import Any
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import CLOUD, Role
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
 from ddnn.live.broker import find_mosquitto, start_broker
 from ddnn.live.broker_ceiling import broker_ceiling
 from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mosquitto import Bridge
 from ddnn.live.running_broker import RunningBroker, TlsFiles
+from ddnn.live.service_cli import Durability
 from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.certs import local_certs
@@ -126,6 +127,7 @@ def run_demo(
     plot: Path | None = None,
     fps: float | None = None,
     kind: str = "auto",
+    durability: Durability = Durability.none,
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
@@ -139,7 +141,7 @@ def run_demo(
     cameras do (`on_wall_clock`), and the demo decides `samples` consecutive frames
     instead of ticking samples as fast as `window` allows. `external`: the settings of a
     broker to use instead of starting one; `kind`: the broker to start otherwise
-    (`start_broker`'s kinds)."""
+    (`start_broker`'s kinds); `durability`: the aggregator's (`ddnn aggregator --help`)."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -168,6 +170,7 @@ def run_demo(
             settings = broker.settings()
         else:
             settings = external
+        extra[AGGREGATOR] = [*extra.get(AGGREGATOR, []), "--durability", durability.value]
         if cloud_replicas > 1 and settings.protocol != "5":
             if broker is not None:
                 broker.stop()
@@ -210,7 +213,7 @@ def run_demo(
                     started.stop()
     decisions = {k: driver.decisions[k] for k in ids if k in driver.decisions}
     anomalies, manifest = driver.anomalies, running.manifest
-    report = summarize(decisions, reference.labels, samples, seconds)
+    report = summarize(decisions, reference.labels, samples, seconds, **driver.repeats(ids))
     report.update(reference.compare(decisions.values()))
     report["data"] = reference.spec
     report["anomalies"] = dict(anomalies)

@@ -5,16 +5,24 @@ A scenario (ddnn/ops/outage_scenarios.py, ddnn/ops/hostile_scenarios.py) is a fu
 `Harness` that streams samples through the deployment (`segment`), does harm meanwhile
 (`kill`, `restart`, `pause`, rogue clients logged in as one of its accounts: `login`), and
 returns report rows (`row`: the checks every scenario makes, with `health` for what hostile
-input may not change). `Sizes` is how much the hostile scenarios send. Every fault is noted
-with its time (`mark`, `events`), so that `timeline` can draw a scenario with its faults on
-it (`ddnn faults --plot`).
+input may not change). The decisions a row counts as missing, twice or repeated are those an
+independent observer saw (`DecisionObserver`: a client of its own on the observer account,
+subscribed to the decisions for the whole run), not the driver that ticks the samples; the
+service deaths, those the fleet saw (processes that exited without being killed on purpose).
+`Sizes` is how much the hostile scenarios send. Every fault is noted with its time (`mark`,
+`events`), so that `timeline` can draw a scenario with its faults on it (`ddnn faults
+--plot`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +33,7 @@ from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.service import STATUS_EVERY
 from ddnn.live.transport import Received, UntilEcho
-from ddnn.live.wire import Decision, Topics
+from ddnn.live.wire import Decision, Topics, WireError, decode, encode
 from ddnn.ops.fleet import Driver, Fleet, Reference, summarize
 
 if TYPE_CHECKING:  # drawing (matplotlib) only when asked for: `timeline` imports it
@@ -38,8 +46,8 @@ CLOUD_DEADLINE = 1.5
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much the hostile scenarios send: the issue's bars by default, less with
-    `quick()` (tests, a first try)."""
+    """How much the hostile and the long outage scenarios send, or last: the issues' bars by
+    default, less with `quick()` (tests, a first try)."""
 
     fuzz_per_topic: int = 10_000  # fuzzed payloads on every topic a service reads
     # ... sent at this many per second in all: what the services take on 2 cores beside the
@@ -51,6 +59,10 @@ class Sizes:
     flood_samples: int = 500  # real samples streamed through the flood
     flood_rate: float = 250.0  # messages per second of each flooded kind
     replayed: int = 1000  # old samples ticked again after 70,000 newer ones
+    storm_kills: int = 20  # the aggregator SIGKILLed this many times, at random moments ...
+    storm_samples: int = 3000  # ... over this many samples ...
+    storm_rate: float = 30.0  # ... at this many frames per second
+    outage_seconds: float = 30.0  # the broker down this long, mid-stream
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -61,7 +73,90 @@ class Sizes:
             flood_samples=40,
             flood_rate=100.0,
             replayed=50,
+            storm_kills=3,
+            storm_samples=150,
+            outage_seconds=3.0,
         )
+
+
+OBSERVER_WAIT = 3.0  # seconds a row waits for the observer to see its samples' decisions
+
+
+class DecisionObserver:
+    """An independent party counting the decisions of a deployment: its own client, logged
+    in with the observer account (`settings`), subscribed to the decisions topic, drained by
+    a thread of its own from before the first scenario to after the last. Per sample it
+    keeps a digest of the first decision seen and counts each later one as the same again
+    (`repeated`: a QoS 1 redelivery) or another (`twice`: the sample decided twice)."""
+
+    def __init__(self, settings: BrokerSettings, topics: Topics) -> None:
+        client_id = f"ddnn-faults-decisions-{os.getpid()}-{secrets.token_hex(4)}"
+        self.client = MqttClient(settings, client_id)
+        self.client.subscribe(topics.decisions)
+        self.client.connect()
+        self.first: dict[int, bytes] = {}  # sample -> digest of its first decision seen
+        self.repeated: Counter[int] = Counter()
+        self.twice: Counter[int] = Counter()
+        self.malformed = 0  # payloads on the decisions topic that are no valid decision
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="decision-observer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            if (item := self.client.get(timeout=0.2)) is not None:
+                self.file(item[1])
+
+    def file(self, payload: bytes) -> None:
+        """Count one payload received on the decisions topic."""
+        try:
+            message = decode(payload)
+        except WireError:
+            message = None
+        with self._lock:
+            if not isinstance(message, Decision):
+                self.malformed += 1
+                return
+            digest = hashlib.blake2b(encode(message), digest_size=16).digest()
+            if message.sample not in self.first:
+                self.first[message.sample] = digest
+            elif self.first[message.sample] == digest:
+                self.repeated[message.sample] += 1
+            else:
+                self.twice[message.sample] += 1
+
+    def counts(self, samples: Iterable[int], wait: float = OBSERVER_WAIT) -> dict[str, int]:
+        """Of `samples` (ticked): those with no decision seen (`decisions_missing`, after
+        waiting at most `wait` s for them: the observer reads apart from the driver, a
+        moment behind it), decisions seen again with another content (`decisions_twice`)
+        and with the same (`decisions_repeated`)."""
+        wanted = list(samples)
+        deadline = time.monotonic() + wait
+        while any(k not in self.first for k in wanted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            return {
+                "decisions_missing": sum(k not in self.first for k in wanted),
+                "decisions_twice": sum(self.twice[k] for k in wanted),
+                "decisions_repeated": sum(self.repeated[k] for k in wanted),
+            }
+
+    def totals(self) -> dict[str, int]:
+        """Over the whole run: samples with a decision seen, the counts of `counts`, and the
+        payloads on the decisions topic that were no valid decision."""
+        with self._lock:
+            return {
+                "samples_decided": len(self.first),
+                "decisions_twice": self.twice.total(),
+                "decisions_repeated": self.repeated.total(),
+                "malformed": self.malformed,
+            }
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.client.close()
 
 
 @dataclass
@@ -81,6 +176,16 @@ class Harness:
     # (monotonic, what was done): one per fault a scenario does, so as many as it defines
     events: list[tuple[float, str]] = field(default_factory=list)
     _examples: dict[str, bytes] | None = None
+    # counts the decisions apart from the driver, from the harness's start (`__post_init__`)
+    observer: DecisionObserver = field(init=False)
+    _deaths_reported: int = 0  # of the fleet's `deaths`, those an earlier row reported
+
+    def __post_init__(self) -> None:
+        self.observer = DecisionObserver(self.login(OBSERVER), self.driver.topics)
+
+    def close(self) -> None:
+        """Stop the observer (after the last scenario)."""
+        self.observer.close()
 
     def segment(
         self, n: int, actions: dict[int, Callable[[], None]] | None = None, rate: float = RATE
@@ -154,9 +259,9 @@ class Harness:
         return login(self.driver.client.settings, self.access, account)
 
     def health(self) -> dict[str, Any]:
-        """What no hostile input may change: processes that died by themselves, reasons
-        counted per service (at most 64 keys, from a status sent after this call), the
-        largest resident memory of a service, all of it and its own (`Memory`)."""
+        """What no hostile input may change (besides the service deaths every `row` counts):
+        reasons counted per service (at most 64 keys, from a status sent after this call),
+        the largest resident memory of a service, all of it and its own (`Memory`)."""
         live = [r for r in self.roles if r not in self.driver.dead]
         asked = time.time()
         deadline = time.monotonic() + STATUS_EVERY + 2.0
@@ -164,11 +269,9 @@ class Harness:
             r not in self.driver.status or self.driver.status[r].t < asked for r in live
         ):
             self.driver.pump(0.1)
-        deaths = [r for r in live if not self.fleet.alive(r)]
         keys = [len(self.driver.status[r].rejected) for r in live if r in self.driver.status]
         memory = [m for r in live if (m := self.fleet.memory_mb(r)) is not None]
         return {
-            "service_deaths": len(deaths),
             "reason_keys": max(keys, default=0),
             "max_rss_mb": max((m.rss for m in memory), default=None),
             "max_anon_mb": max((m.anon for m in memory), default=None),
@@ -205,7 +308,13 @@ class Harness:
         return round(min(times) - since, 3) if times else None
 
     def row(self, name: str, samples: range, **extra: Any) -> dict[str, Any]:
-        """The report line of a stretch of samples, with the checks every scenario makes."""
+        """The report line of a stretch of samples, with the checks every scenario makes:
+        what the observer saw of their decisions (`DecisionObserver.counts`), and the
+        service processes that died by themselves since the previous row (`service_deaths`,
+        `Fleet.reap`)."""
+        seen = self.observer.counts(samples)
+        deaths = self.fleet.reap()
+        died, self._deaths_reported = len(deaths) - self._deaths_reported, len(deaths)
         got = {k: d for k in samples if (d := self.driver.decisions.get(k)) is not None}
         summary = summarize(got, self.reference.labels, len(samples), seconds=0.0)
         local_latency = summary["latency_ms"].get("local", {"p50": None})
@@ -219,6 +328,8 @@ class Harness:
             "exit_fraction": summary["exit_fraction"],
             "latency_p50_ms": local_latency["p50"],
             "reasons": dict(Counter(d.reason for d in got.values() if d.reason)),
+            **seen,
+            "service_deaths": died,
             **extra,
         }
 

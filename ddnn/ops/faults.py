@@ -6,7 +6,10 @@ processes, the broker, or lets a rogue client publish garbage; after it, every s
 killed is restarted and all must be back online before the next one begins. What the design
 promises is then checked:
 
-- every sample ticked ends in exactly one decision or one explicit undecided message;
+- every sample ticked ends in exactly one decision or one explicit undecided message, as
+  an observer apart from the driver sees them (every row's `decisions_missing`,
+  `decisions_twice` and `decisions_repeated`), and no service process exits unless the
+  scenario killed it (`service_deaths`, as the fleet sees its processes);
 - no service dies of bad input, and every rejected message is counted with its reason
   (the counters travel in each service's status message);
 - each live decision equals the offline evaluation (`ddnn eval --missing ...`) for the set
@@ -19,8 +22,9 @@ promises is then checked:
   hostile scenarios send is `Sizes` (`ddnn faults --quick` sends less).
 
 This module runs them (`run_faults`, `run_scenarios`); the scenarios themselves are in
-ddnn/ops/outage_scenarios.py (1-6) and ddnn/ops/hostile_scenarios.py (7-11), on the
-`Harness` of ddnn/ops/fault_harness.py.
+ddnn/ops/outage_scenarios.py (1-6, the kill storm, the long outage),
+ddnn/ops/hostile_scenarios.py (7-11), byzantine_scenario.py (12) and flood_scenario.py (13),
+on the `Harness` of ddnn/ops/fault_harness.py.
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR
 from ddnn.live.broker import start_broker
 from ddnn.nn.checkpoint import load_model
+from ddnn.ops.byzantine_scenario import byzantine_device
 from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.fault_harness import CLOUD_DEADLINE, SCORE_DEADLINE, Harness, Sizes
+from ddnn.ops.flood_scenario import device_flood
 from ddnn.ops.hostile_scenarios import bad_input, flood, forgery, fuzz, replay
 from ddnn.ops.outage_scenarios import (
+    aggregator_kill_storm,
     attrition,
+    broker_outage,
     broker_restart,
     device_down,
     flapping,
@@ -58,11 +66,15 @@ SCENARIOS: dict[str, Callable[[Harness], list[dict[str, Any]]]] = {
     "flapping": flapping,
     "broker-restart": broker_restart,
     "service-restart": service_restart,
+    "aggregator-kill-storm": aggregator_kill_storm,
+    "broker-outage": broker_outage,
     "bad-input": bad_input,
     "replay": replay,
     "forgery": forgery,
     "fuzz": fuzz,
     "flood": flood,
+    "byzantine-device": byzantine_device,
+    "device-flood": device_flood,  # ddnn/ops/flood_scenario.py
 }
 
 
@@ -82,7 +94,9 @@ def run_scenarios(
 
     Returns per scenario its rows, whether every process that should live was alive at its
     end, and the anomalies and restarts it caused; and for the deployment, the services'
-    final counters and rejections (from their last status) and whether each exited cleanly.
+    final counters and rejections (from their last status), whether each exited cleanly,
+    what the decisions observer saw over the whole run (`observed`) and the processes that
+    died by themselves (`service_deaths`).
     `plot`: a folder where each scenario's time line goes (`<plot_prefix>-<scenario>.png`,
     drawn once the deployment has stopped, not while it runs); its path is the result's
     `plot`."""
@@ -132,28 +146,33 @@ def run_scenarios(
                     restart_broker,
                     sizes or Sizes(),
                 )
-                for name in names:
-                    log(f"scenario {name}")
-                    anomalies, restarts = Counter(driver.anomalies), Counter(fleet.restarts)
-                    began = time.monotonic()
-                    rows = SCENARIOS[name](h)
-                    alive = {role: fleet.alive(role) for role in roles if role not in driver.dead}
-                    for role in sorted(driver.dead):
-                        h.restart(role)  # the next scenario starts from a whole deployment
-                    driver.wait_online(roles)
-                    if plot is not None:
-                        timelines.append(h.timeline(began))
-                    results.append(
-                        {
-                            "scenario": name,
-                            "data": reference.spec,
-                            "rows": rows,
-                            "alive": alive,
-                            "anomalies": dict(driver.anomalies - anomalies),
-                            "restarts": dict(fleet.restarts - restarts),
-                            "seconds": round(time.monotonic() - began, 1),
-                        }
-                    )
+                try:
+                    for name in names:
+                        log(f"scenario {name}")
+                        anomalies, restarts = Counter(driver.anomalies), Counter(fleet.restarts)
+                        began = time.monotonic()
+                        rows = SCENARIOS[name](h)
+                        live = [role for role in roles if role not in driver.dead]
+                        alive = {role: fleet.alive(role) for role in live}
+                        for role in sorted(driver.dead):
+                            h.restart(role)  # the next scenario starts from a whole deployment
+                        driver.wait_online(roles)
+                        if plot is not None:
+                            timelines.append(h.timeline(began))
+                        results.append(
+                            {
+                                "scenario": name,
+                                "data": reference.spec,
+                                "rows": rows,
+                                "alive": alive,
+                                "anomalies": dict(driver.anomalies - anomalies),
+                                "restarts": dict(fleet.restarts - restarts),
+                                "seconds": round(time.monotonic() - began, 1),
+                            }
+                        )
+                finally:
+                    observed = h.observer.totals()
+                    h.close()
         finally:
             broker.stop()
     if plot is not None:
@@ -168,6 +187,10 @@ def run_scenarios(
         "data": reference.spec,
         "scenarios": results,
         "clean_exits": {role: code == 0 for role, code in running.codes.items()},
+        # what the independent observer saw of the whole run, and the processes that
+        # exited without being killed on purpose (their names, one entry per process)
+        "observed": observed,
+        "service_deaths": fleet.deaths,
         "counters": {r: s.counters for r, s in driver.status.items()},
         "rejected": {r: s.rejected for r, s in driver.status.items() if s.rejected},
     }

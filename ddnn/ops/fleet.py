@@ -7,6 +7,11 @@ got no decision in time (after a lost tick, or an aggregator that died holding i
 restarted aggregator then decides it, and one that already did drops the repeat as late.
 `Reference` is the offline truth both compare the live decisions with. `ddnn demo` and
 `ddnn faults` are built from these three.
+
+A decision that comes again is counted, never hidden: the same content again (a QoS 1
+redelivery) as `decisions_repeated`, another content for a decided sample (a sample decided
+twice: the design's promise broken) as `decisions_twice`, both among the driver's anomalies
+and per sample (`Driver.repeats`), and `summarize` reports them beside `decisions_missing`.
 """
 
 from __future__ import annotations
@@ -109,6 +114,10 @@ class Fleet:
         self.argv: dict[str, list[str]] = {}  # process name -> its command line
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: Counter[str] = Counter()
+        # processes (by name, one entry each) that exited without being killed or stopped
+        # on purpose: a crash, a refused start (`reap`); `_ended` holds those accounted for
+        self.deaths: list[str] = []
+        self._ended: set[subprocess.Popen] = set()
 
     def start(self, role: Role, replica: int = 0) -> str:
         """Start process `replica` of `role` (more than one: replicas of the cloud); its name
@@ -122,11 +131,14 @@ class Fleet:
         return name
 
     def _spawn(self, name: str) -> None:
+        self.reap()  # a process that died by itself is counted before it is replaced
         log = (self.logs / f"{name}.log").open("a")
         self.procs[name] = subprocess.Popen(self.argv[name], stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self, name: str) -> None:
         """SIGKILL: no goodbye, the broker publishes the role's last will."""
+        self.reap()  # one that had died already died by itself
+        self._ended.add(self.procs[name])
         self.procs[name].kill()
         self.procs[name].wait()
 
@@ -157,8 +169,19 @@ class Fleet:
     def alive(self, name: str) -> bool:
         return self.procs[name].poll() is None
 
+    def reap(self) -> list[str]:
+        """Note every process that exited without `kill` or `stop` ending it (a crash, a
+        refused start) in `deaths`, once each; `deaths`, which also holds the ones a restart
+        replaced since."""
+        for name, proc in self.procs.items():
+            if proc not in self._ended and proc.poll() is not None:
+                self._ended.add(proc)
+                self.deaths.append(name)
+        return self.deaths
+
     def check(self, expected_dead: Iterable[str] = ()) -> None:
         """Raise if a process that should run has exited (a crash, a refused start)."""
+        self.reap()
         for name, proc in self.procs.items():
             if name not in expected_dead and proc.poll() is not None:
                 tail = (self.logs / f"{name}.log").read_text().strip().splitlines()[-3:]
@@ -168,6 +191,8 @@ class Fleet:
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM to all, then their exit codes (0 is a clean shutdown)."""
+        self.reap()
+        self._ended.update(self.procs.values())
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -206,6 +231,9 @@ class Driver:
         self.events: list[tuple[float, Role, str]] = []  # (monotonic, role, state)
         self.anomalies: Counter[str] = Counter()
         self.ticks = 0  # tick messages published, repeats included
+        # per sample: decisions that came again with the first one's content, and with another
+        self.repeated: Counter[int] = Counter()
+        self.twice: Counter[int] = Counter()
         self.dead: set[str] = set()  # processes killed on purpose, not to be reported as crashed
 
     def close(self) -> None:
@@ -230,13 +258,23 @@ class Driver:
             self.instances[m.instance] = m
         elif isinstance(m, Decision):
             if m.sample in self.decisions:
-                if self.decisions[m.sample] != m:
-                    self.anomalies["decided_twice"] += 1
+                same = self.decisions[m.sample] == m
+                (self.repeated if same else self.twice)[m.sample] += 1
+                self.anomalies["decisions_repeated" if same else "decisions_twice"] += 1
                 return None
             self.decisions[m.sample] = m
             self.decided_at[m.sample] = time.monotonic()
             return m.sample
         return None
+
+    def repeats(self, samples: Iterable[int]) -> dict[str, int]:
+        """Of `samples`: decisions that came again the same (`decisions_repeated`) and with
+        another content (`decisions_twice`), as `summarize` takes them."""
+        wanted = set(samples)
+        return {
+            "decisions_twice": sum(n for k, n in self.twice.items() if k in wanted),
+            "decisions_repeated": sum(n for k, n in self.repeated.items() if k in wanted),
+        }
 
     def online(self) -> set[Role]:
         return {role for role, s in self.status.items() if s.state == "online"}
@@ -336,10 +374,18 @@ class Driver:
 
 
 def summarize(
-    decisions: dict[int, Decision], labels: np.ndarray, samples: int, seconds: float
+    decisions: dict[int, Decision],
+    labels: np.ndarray,
+    samples: int,
+    seconds: float,
+    decisions_twice: int = 0,
+    decisions_repeated: int = 0,
 ) -> dict[str, Any]:
     """What `samples` ticked samples came to: `decisions` holds theirs by sample id (the
-    test part's `labels` cycle with the sample id), `seconds` the time they took."""
+    test part's `labels` cycle with the sample id), `seconds` the time they took;
+    `decisions_twice` and `decisions_repeated`: how many of their decisions came again with
+    another content, and the same (`Driver.repeats`), reported beside `decisions_missing`
+    (ticked, no decision), so that a broken exactly-once shows in every summary."""
     decided = [d for d in decisions.values() if d.decided]
     tiers = ("local", "edge", "cloud")
     by_exit = Counter(d.exit for d in decided if not d.abstained)
@@ -350,6 +396,9 @@ def summarize(
         "decided": len(decided),
         "undecided": sum(not d.decided for d in decisions.values()),
         "missing": samples - len(decisions),
+        "decisions_missing": samples - len(decisions),
+        "decisions_twice": decisions_twice,
+        "decisions_repeated": decisions_repeated,
         "degraded": sum(d.degraded for d in decided),
         "abstained": sum(d.abstained for d in decided),  # seed 001's drop: answered no class
         "accuracy": round(100.0 * right / len(decided), 2) if decided else None,

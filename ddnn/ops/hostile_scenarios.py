@@ -117,7 +117,7 @@ def bad_input(h: Harness) -> list[dict[str, Any]]:
 
 def replay(h: Harness) -> list[dict[str, Any]]:
     """8. Samples ticked again after ones 70,000 ids newer (`Sizes.replayed` of them): none
-    may be decided twice (a second decision would count as the anomaly `decided_twice`)."""
+    may be decided twice (a second decision would count as the anomaly `decisions_twice`)."""
     old = h.segment(h.sizes.replayed, rate=None)
     h.next_sample += 70_000
     newer = h.segment(20)

@@ -210,7 +210,7 @@ def bench_live(
         "accuracy": summarize(everything, labels, ticked + len(wall_ids), 1.0)["accuracy"],
         "parity": {
             **parity,
-            "decided_twice": driver.anomalies.get("decided_twice", 0),
+            "decided_twice": driver.anomalies.get("decisions_twice", 0),
             "driver_anomalies": dict(driver.anomalies),
             "undecided": sum(not d.decided for d in everything.values()),
             "missing": ticked + len(wall_ids) - len(everything),

@@ -35,7 +35,7 @@ from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.mqtt import MqttClient
 from ddnn.live.service import STATUS_EVERY, Recent
 from ddnn.live.transport import Received, Transport
-from ddnn.live.wire import Decision, Refused, Status, Topics, decode
+from ddnn.live.wire import Decision, Refused, Status, Topics, decode, encode
 from ddnn.ops.stats import bytes_per_device, percentiles
 
 MAX_ROLES = 256
@@ -47,7 +47,8 @@ MAX_KEPT = 50_000  # decisions kept of the window (the live system decides ~500/
 MAX_VERSIONS = 8  # model versions remembered, when listening to every one
 SILENT_AFTER = 3 * STATUS_EVERY  # online, but no status for this long: "silent" (as the
 # aggregator counts a device offline after it)
-DUPLICATES = 4096  # sample ids remembered to recognize a decision delivered twice (QoS 1)
+DUPLICATES = 4096  # sample ids remembered (with a digest of their decision) to tell a
+# decision delivered again (QoS 1) from a sample decided twice, with another content
 FAILED = "a message the monitor failed on (a bug)"
 OTHER = "other"
 SNAPSHOT_KEYS = {
@@ -66,7 +67,9 @@ SNAPSHOT_KEYS = {
     "samples, abstentions at their exit}, latency_ms {tier: {p50, p99}}, "
     "bytes_per_device_per_sample (mean), degraded, undecided, abstained, reasons "
     "{degraded: {reason: n}, undecided: {reason: n}}, capped (more came than kept); since "
-    "the start: total, duplicates (a sample's decision delivered again)",
+    "the start: total, decisions_repeated (a sample's decision delivered again, the same), "
+    "decisions_twice (a decision for a sample decided already, with another content: the "
+    "sample decided twice)",
     "malformed": "reason -> messages since the start that were not a valid status or "
     "decision on their topic",
     "dropped": "messages the client dropped, its inbox full (a flood)",
@@ -192,10 +195,11 @@ class Monitor:
         self.services: dict[Role, ServiceView] = {Role(r): ServiceView() for r in roles}
         self.versions: dict[str, Topics] = {}
         self.kept: deque[Seen] = deque(maxlen=MAX_KEPT)
-        self.recent: Recent[None] = Recent(DUPLICATES)
+        self.recent: Recent[int] = Recent(DUPLICATES)  # sample -> its decision's digest
         self.reasons: dict[str, str] = {}  # one string object per reason: kept decisions share it
         self.total = 0
-        self.duplicates = 0
+        self.repeated = 0
+        self.twice = 0
         self.malformed: Counter[str] = Counter()
         self.dropped = 0  # set by whoever feeds it: the client's inbox overflows
 
@@ -252,10 +256,16 @@ class Monitor:
         view.update(status, now, wall, fresh=status.t > self.started_wall)
 
     def _decision(self, d: Decision, now: float) -> None:
+        """File `d`; one for a sample already seen is counted apart, never hidden: the same
+        decision delivered again (`repeated`), or another one (`twice`, a broken promise)."""
+        digest = hash(encode(d))  # its whole content, as the wire carries it
         if d.sample in self.recent:
-            self.duplicates += 1
+            if self.recent.get(d.sample) == digest:
+                self.repeated += 1
+            else:
+                self.twice += 1
             return
-        self.recent.add(d.sample)
+        self.recent.add(d.sample, digest)
         self.total += 1
         self._expire(now)
         self.kept.append(
@@ -333,7 +343,8 @@ class Monitor:
             },
             "capped": capped,
             "total": self.total,
-            "duplicates": self.duplicates,
+            "decisions_repeated": self.repeated,
+            "decisions_twice": self.twice,
         }
 
 

@@ -1,6 +1,7 @@
 """The `ddnn faults` scenarios that take parts of a deployment away: devices killed one at a
 time or one after another, paused past the aggregator's deadline, killed and restarted
-again and again; the broker and every upper service killed and restarted.
+again and again; the broker and every upper service killed and restarted; the aggregator
+killed again and again at random moments, and the broker down for long.
 
 Each checks that decisions go on (with the devices left, as offline evaluation without the
 missing ones decides) and, after a restart, resume on their own; the time that takes is
@@ -9,13 +10,14 @@ reported.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import Role
+from ddnn.core.roles import AGGREGATOR, Role
 from ddnn.ops.fault_harness import SCORE_DEADLINE, Harness
 
 
@@ -113,3 +115,38 @@ def service_restart(h: Harness) -> list[dict[str, Any]]:
         rows.append(h.row(f"{role} killed and restarted", samples, recovery_s=recovery))
         h.driver.wait_online([role])
     return rows
+
+
+def aggregator_kill_storm(h: Harness) -> list[dict[str, Any]]:
+    """The aggregator SIGKILLed `Sizes.storm_kills` times at random moments while cameras
+    stream at `storm_rate` frames/s, each time restarted at once: every sample still ends
+    with exactly one decision content (its outbox: docs/design/outbox.md)."""
+    n, kills = h.sizes.storm_samples, h.sizes.storm_kills
+    slot = n // kills
+    rng = random.Random(27)  # random moments, the same in every run
+    moments = [k * slot + rng.randrange(slot) for k in range(kills)]
+
+    def kill_and_restart() -> None:
+        h.kill(AGGREGATOR)
+        h.restart(AGGREGATOR)
+
+    samples = h.segment(n, dict.fromkeys(moments, kill_and_restart), rate=h.sizes.storm_rate)
+    h.driver.wait_online([AGGREGATOR])
+    return [h.row(f"aggregator SIGKILLed {kills} times", samples, kills=kills)]
+
+
+def broker_outage(h: Harness) -> list[dict[str, Any]]:
+    """The broker down for `Sizes.outage_seconds` mid-stream: what the aggregator decides
+    meanwhile waits in its client and goes out once it is back (a QoS 1 message repeats at
+    most once per reconnect, not once per loop iteration)."""
+    if h.restart_broker is None:
+        raise DDNNError("broker-outage needs a broker the faults run starts itself")
+    restart_broker, down = h.restart_broker, h.sizes.outage_seconds
+
+    def outage() -> None:
+        h.mark("broker down")
+        h.broker_back_at = restart_broker(down)
+        h.mark("broker back", h.broker_back_at)
+
+    samples = h.segment(120, {40: outage})
+    return [h.row(f"broker down for {down:g} s", samples)]

@@ -22,7 +22,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         document = json.loads(Path(path).read_text())
     except OSError as e:
         raise DDNNError(f"cannot read {what} {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not even text (UnicodeDecodeError)
         raise DDNNError(f"{what} {path} is not JSON ({e})") from None
     if not isinstance(document, dict):
         raise DDNNError(f"{what} {path} is not a JSON object")

@@ -132,6 +132,6 @@ def _site(r: Deployment, name: str, ticked: range, start: float) -> dict[str, An
         "exit_fraction": summary["exit_fraction"],
         "compared": parity["compared"],
         "mismatches": parity["mismatches"],
-        "decided_twice": r.driver.anomalies.get("decided_twice", 0),
+        "decided_twice": r.driver.anomalies.get("decisions_twice", 0),
         "starved": share < FAIR_SHARE or (p99 is not None and p99 > SLOW_P99_MS),
     }

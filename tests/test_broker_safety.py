@@ -1,0 +1,215 @@
+"""A broker's exposure (issue 27): packet size bounds both ways, the user mosquitto runs as
+when started as root, plain-MQTT listeners other machines can reach, and bridges that would
+send their password in clear text. Real brokers, each in a process of its own on a free
+port of 127.0.0.1.
+
+(The embedded amqtt broker cutting off a client over the packet limit is tested beside
+mosquitto and rumqttd: tests/test_mqtt.py, test_the_broker_refuses_packets_over_the_limit.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+import trustme
+
+from ddnn.core.config import ModelConfig
+from ddnn.core.errors import DDNNError
+from ddnn.live.access import OBSERVER, write_access
+from ddnn.live.broker import find_mosquitto, free_port, start_broker
+from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.embedded_broker import PacketBound
+from ddnn.live.mosquitto import STATE_FILE, Bridge, broker_user
+from ddnn.live.mqtt import MqttClient
+from ddnn.live.running_broker import TlsFiles
+from ddnn.live.wire import MAX_PACKET, MAX_PAYLOAD
+from tests.helpers import ddnn
+
+needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="no mosquitto binary")
+
+
+def header(length: int, kind: int = 0x30) -> bytes:
+    """An MQTT fixed header (a PUBLISH by default) announcing `length` more bytes."""
+    out = bytearray([kind])
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 4096])
+def test_the_packet_bound_follows_the_framing_read_in_pieces_of_any_size(piece: int) -> None:
+    """The amqtt bound sees what amqtt reads, in whatever pieces: packets up to the limit
+    (an empty PINGREQ, a full one) pass, and it speaks up at the header of a bigger one,
+    before its body."""
+    fits = MAX_PACKET - len(header(MAX_PACKET))
+    stream = header(0, 0xC0) + header(fits) + b"x" * fits + header(5) + b"hello"
+    bound = PacketBound(MAX_PACKET)
+    assert not any(bound.over(stream[i : i + piece]) for i in range(0, len(stream), piece))
+    bigger = header(fits + 1)
+    assert any(bound.over(bigger[i : i + piece]) for i in range(0, len(bigger), piece))
+
+
+@contextlib.contextmanager
+def bare_mosquitto(folder: Path) -> Iterator[int]:
+    """mosquitto with no packet limit of its own (anonymous, 127.0.0.1): its port."""
+    port = free_port()
+    config = folder / "bare.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen(
+        [find_mosquitto(), "-c", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                paho.socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "no mosquitto"
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(5)
+
+
+@needs_mosquitto
+def test_a_client_is_sent_nothing_bigger_than_the_wire_takes(tmp_path: Path) -> None:
+    """Our MQTT 5 client tells the broker the biggest packet it takes (MAX_PACKET): a broker
+    that took a bigger message from someone else drops it for this client instead of
+    sending it, and the client stays connected for what comes next."""
+    with bare_mosquitto(tmp_path) as port:
+        url = f"mqtt://127.0.0.1:{port}"
+        topic = f"test/big/{uuid.uuid4().hex[:8]}"
+        sub = MqttClient(url, "sub").connect(timeout=5)
+        try:
+            sub.subscribe(topic, qos=1)
+            sender = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+            sender.connect("127.0.0.1", port)
+            sender.loop_start()
+            try:
+                for payload in (b"L" * MAX_PAYLOAD, b"x" * MAX_PACKET, b"after"):
+                    sender.publish(topic, payload, qos=1).wait_for_publish(10)
+                got = [sub.get(timeout=5) for _ in range(2)]
+            finally:
+                sender.loop_stop()
+            assert got == [(topic, b"L" * MAX_PAYLOAD), (topic, b"after")]
+            assert sub.get(timeout=0.3) is None
+            assert sub.connections == 1
+        finally:
+            sub.close()
+
+
+def process_uid(pid: int) -> int:
+    """The real user id of process `pid`, as /proc says."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+@needs_mosquitto
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root has privileges to drop")
+def test_mosquitto_started_as_root_runs_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """Started as root, mosquitto runs as the mosquitto user (or nobody), yet reads the
+    access files and TLS key and keeps its state, all in folders only root may enter."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    access = write_access(closed / "export", ModelConfig(), "default", "v1")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(closed / "server.pem"))
+    cert.private_key_pem.write_to_path(str(closed / "server.key"))
+    os.chmod(closed / "server.key", 0o600)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = TlsFiles(closed / "server.pem", closed / "server.key")
+    state = closed / "state"
+    expected = broker_user()
+    assert expected is not None and expected.pw_uid != 0
+    topic = "ddnn/default/v1/status/device-0"  # the device's to write, the observer's to read
+    trust = {"tls_ca": tmp_path / "ca.pem"}
+    for round_ in ("first", "restarted"):
+        with start_broker(kind="mosquitto", access=access, tls=tls, state=state) as broker:
+            assert process_uid(broker.pid) == expected.pw_uid
+            if round_ == "first":
+                device = MqttClient(broker.settings("device-0").model_copy(update=trust), "d")
+                device.connect(timeout=10)
+                assert device.publish(topic, b"kept", qos=1, retain=True)
+                assert device.wait_published(5) and device.denied == 0
+                device.close()
+            settings = broker.settings(OBSERVER).model_copy(update=trust)
+            observer = MqttClient(settings, f"observer-{round_}").connect(timeout=10)
+            try:
+                observer.subscribe(topic)
+                assert observer.get(timeout=5) == (topic, b"kept")
+            finally:
+                observer.close()
+        assert (state / STATE_FILE).is_file()
+        assert pwd.getpwuid((state / STATE_FILE).stat().st_uid).pw_name == expected.pw_name
+
+
+def test_a_plain_listener_other_machines_reach_is_refused(tmp_path: Path) -> None:
+    """Listening without TLS on an address other machines can reach is refused, in one
+    line naming the address and the way out, by `start_broker` and `ddnn broker` alike."""
+    with pytest.raises(DDNNError, match="refusing to listen on 0.0.0.0 over plain MQTT"):
+        start_broker(host="0.0.0.0", kind="rumqttd").stop()  # stopped if it ever starts
+    write_access(tmp_path, ModelConfig(), "default", "v1")
+    refused = ddnn("broker", "--artifacts", str(tmp_path), "--host", "0.0.0.0", check=False)
+    assert refused.returncode != 0
+    assert "refusing to listen on 0.0.0.0 over plain MQTT" in refused.stderr
+    assert "--insecure-plaintext" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+@needs_mosquitto
+def test_a_bridge_that_sends_its_password_in_clear_text_is_warned(caplog) -> None:
+    """A bridge logging in over plain mqtt:// to another machine gives its password away to
+    anyone on the way: the broker still starts, and a warning names the remote. Over TLS,
+    nothing is said."""
+    remote = BrokerSettings(url="mqtt://192.0.2.7:1883", username="bridge", password="pw")
+    bridge = Bridge(remote, ("ddnn/out/#",), ("ddnn/in/#",))
+    with (
+        caplog.at_level(logging.WARNING, logger="ddnn.live.mosquitto"),
+        start_broker(kind="mosquitto", bridge=bridge) as broker,
+    ):
+        assert broker.running
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "mqtt://192.0.2.7:1883" in warnings[0]
+    assert "clear text" in warnings[0]
+    caplog.clear()
+    secure = remote.model_copy(update={"url": "mqtts://192.0.2.7:8883", "tls_ca": Path("ca")})
+    with caplog.at_level(logging.WARNING, logger="ddnn.live.mosquitto"):
+        Bridge(secure, ("ddnn/out/#",), ()).config("b")
+    assert not caplog.records
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root has privileges to keep")
+def test_an_embedded_broker_started_as_root_says_it_keeps_roots_privileges() -> None:
+    """An embedded broker runs this project's code in a process of its own and does not
+    drop root's privileges (ddnn/cli/live.py says why): `ddnn broker` says so, and serves."""
+    port = free_port()
+    command = [sys.executable, "-m", "ddnn", "broker", "--anonymous", "--kind", "rumqttd"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "listening on" in process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert "WARNING: the rumqttd broker runs as root" in stderr
