@@ -303,11 +303,11 @@ class AggregatorService(Service):
     def _device_scores(self, m: Scores, device: int, values: np.ndarray) -> None:
         if device >= self.n_devices:
             raise Rejected("scores from a device the model does not have", m.source)
-        check_fresh(m.t0, "scores")  # it may become the sample's capture time
         p = self._open(m.sample, m.t0, opener=device)
         if p is None or p.stage != "scores" or device in p.scores:
             self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1
             return
+        check_fresh(m.t0, "scores")  # it may become the sample's capture time
         p.scores[device] = values
         self.heard[device] = time.monotonic()  # scores say it is alive as a status does
         p.t0 = min(p.t0, m.t0)

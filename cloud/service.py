@@ -204,6 +204,7 @@ class TierService(Service):
                 del self.collecting[sample]
                 self.counters["unasked_dropped"] += 1
                 continue
-            self._run(sample)
+            with self.guard(sample):  # one sample's failure holds up none of the others
+                self._run(sample)
         self.counters["features_dropped"] += self.kept.expire(now)
         return min((c.deadline for c in self.collecting.values()), default=None)

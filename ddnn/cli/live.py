@@ -366,7 +366,8 @@ def faults(
         list[str] | None,
         typer.Option(
             help="device-down, attrition, straggler, flapping, broker-restart, "
-            "service-restart, bad-input, replay, forgery, fuzz, flood or dropout "
+            "service-restart, aggregator-kill-storm, broker-outage, bad-input, replay, "
+            "forgery, fuzz, flood, byzantine-device, device-flood or dropout "
             "(repeatable, or comma-separated; default: all)"
         ),
     ] = None,
@@ -374,9 +375,10 @@ def faults(
         bool,
         typer.Option(
             "--quick",
-            help="send less in the hostile scenarios (fuzz: 100 payloads per topic instead "
+            help="send less, and for less long (fuzz: 100 payloads per topic instead "
             "of 10,000, one round of retained garbage instead of 3; flood: 5 s at 100/s "
-            "instead of 60 s at 250/s; replay: 50 samples instead of 1,000)",
+            "instead of 60 s at 250/s; replay: 50 samples instead of 1,000; the kill storm: "
+            "3 kills in 150 samples instead of 20 in 3,000; the outage: 3 s instead of 30)",
         ),
     ] = False,
     model_path: Annotated[

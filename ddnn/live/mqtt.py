@@ -127,7 +127,7 @@ class MqttClient:
         self.dropped = 0  # messages that found the inbox full
         # Fairness (ddnn/live/rates.py): whether a message on a topic may go on to the inbox,
         # asked before it takes a place there; one refused is dropped (the asker counts it).
-        self.admit: Callable[[str], bool] | None = None
+        self._admit: Callable[[str], bool] | None = None
         self._lock = threading.Lock()
         self._subscriptions = Subscriptions()  # changed under the lock
         self.unsolicited = 0
@@ -216,7 +216,8 @@ class MqttClient:
             self.unsolicited += 1
             client.ack(message.mid, message.qos)
             return
-        if self.admit is not None and not self.admit(topic):
+        # (QoS 0: asked before paho made a message of it, `PahoClient._handle_publish`)
+        if message.qos and self._admit is not None and not self._admit(topic):
             client.ack(message.mid, message.qos)  # over its account's rate: dropped, counted
             return
         try:
@@ -232,6 +233,17 @@ class MqttClient:
     @property
     def url(self) -> str:
         return self.settings.url
+
+    @property
+    def admit(self) -> Callable[[str], bool] | None:
+        """Asked with the topic of each incoming message before it takes a place in the
+        inbox; False drops it (module doc). None: all go in."""
+        return self._admit
+
+    @admit.setter
+    def admit(self, admit: Callable[[str], bool] | None) -> None:
+        self._admit = admit
+        self._client.admit = admit  # QoS 0 ones, before paho makes a message of them
 
     @property
     def connected(self) -> bool:

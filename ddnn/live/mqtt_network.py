@@ -23,8 +23,10 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -100,6 +102,7 @@ class PahoClient(paho.Client):
         self.out_since = 0.0  # monotonic time the oldest gathered byte was written
         self.retry_at = 0.0  # unthreaded: when to try connecting next (monotonic)
         self.retry_delay = RECONNECT_DELAY[0]  # unthreaded: the back-off after that
+        self.admit: Callable[[str], bool] | None = None  # `_handle_publish`: MqttClient.admit
 
         self.suppress_exceptions = True
         self.reconnect_delay_set(*RECONNECT_DELAY)  # type: ignore[arg-type]
@@ -217,6 +220,21 @@ class PahoClient(paho.Client):
             self.flush()
             self._out.clear()
         super()._sock_close()
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """Drop a QoS 0 message on a topic over its rate (`admit`, ddnn/live/rates.py)
+        before paho decodes its properties and builds a message of it: a flood then costs
+        ~7 us a message in this process, not ~25 (measured at 5,000 a second). Those of
+        QoS 1 and 2, which must be acknowledged, go the whole way (`MqttClient._on_message`
+        asks `admit` for them); so does one without a topic name, which no broker sends a
+        client that allowed no topic aliases (this one's CONNECT allows none)."""
+        admit = self.admit
+        if admit is not None and self._in_packet["command"] & 0x06 == 0:
+            packet = self._in_packet["packet"]
+            length = struct.unpack_from("!H", packet)[0] if len(packet) >= 2 else 0
+            if length and not admit(packet[2 : 2 + length].decode("utf-8", "replace")):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_publish()
 
     # ------------------------------------------------------------------- the owner loop
 

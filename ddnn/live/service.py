@@ -56,6 +56,7 @@ LOUD_REPEATS = 5  # warnings per reason before they drop to debug level
 MAX_REASONS = 64  # refusal reasons counted by name; any further one counts as "other"
 INTERNAL_ERROR = "an error the service survived (a bug: see the log)"
 STATUS_EVERY = 2.0  # seconds between status messages with the counters (and liveness)
+RATE_REASONS = 16  # topics over their rate named in a status, the most dropped first
 DATA_KINDS = {"scores", "features"}  # published at QoS 0 (module doc); the rest at QoS 1
 # A sample captured (ticked) further than this from now, by the wall clock, is refused:
 # clocks in sync within this many seconds, as NTP keeps them, and a replayed stale tick or
@@ -295,8 +296,8 @@ class Service:
         if self.rates is None or not self.rates.dropped:
             return {}
         out = {}
-        for topic, n in self.rates.dropped.items():
-            name = topic.removeprefix(self.topics.root + "/")
+        for topic, n in self.rates.dropped.most_common(RATE_REASONS):
+            name = topic.removeprefix(self.topics.root + "/")[:60]  # any topic, on open brokers
             out[f"over its account's rate ({name})"] = n
             if n > self._rate_warned[topic]:
                 self.log.warning(

@@ -1,21 +1,7 @@
-"""Score bounds fixed at export (issue 27): how large an honest tier's class scores get.
-
-The wire refuses only scores beyond +-`MAX_SCORE` (ddnn/live/wire.py, 1e6), while a trained
-model's logits are in the tens: a device account sending +-1e6 would force a confident
-local exit with its own class under MP, AP and CC alike. So `ddnn export` runs the model over
-its training part and writes, per role that sends class scores (each device, each edge, the
-cloud), `MARGIN` times the largest |score| seen there into the manifest (`score_bounds`);
-the aggregator refuses scores beyond their role's bound (ddnn/live/bounds.py). No bound is
-below `FLOOR`.
-
-Per role, not one bound for all: devices see differently placed cameras and their heads
-scale differently, and a tighter bound for each is a smaller lever for a lying one. Per
-class would be tighter still, but a class's scores swing with what the camera sees, and the
-trimmed fusion (ddnn/core/fusion.py) is what takes the rest of a liar's lever away.
-
-The upper tiers' scores depend on which devices are present, so their bounds are taken
-over the training part with every device present and with each device in turn missing
-(what deployments meet); the devices' do not depend on it.
+"""Score bounds fixed at export: per role that sends class scores, `MARGIN` times the
+largest |score| it gave on the training part (at least `FLOOR`), written to the manifest for
+the aggregator to refuse scores beyond (ddnn/live/bounds.py). Why per role, and over which
+presence patterns: docs/design/score-bounds.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""The `ddnn faults` scenario `byzantine-device` (issue 27): a device account that lies.
-
-Device 0 is stopped and a rogue client logs in with its account (as the hostile scenarios'
-rogues do), says online, and answers every tick at once with scores for a wrong class (the
-label's next) at the largest confidence the aggregator lets through: device 0's bound in the
-manifest (`score_bounds`), or the wire's MAX_SCORE where the export has none. It never
-sends feature maps, so escalated samples are decided above without it. The stretch runs
-twice: under the deployment's fusion, then with the aggregator restarted with
-`--robust-fusion` (trimmed fusion, ddnn/core/fusion.py); rows report the live accuracy and,
-beside it, the offline one of the same attack (ddnn/nn/byzantine.py) and clean.
-
-Live decisions under attack differ from the offline reference of honest devices by design,
-so this scenario's `mismatches` count the lies that got through, not a fault of the system.
+"""The `ddnn faults` scenario `byzantine-device`: device 0's account answers every tick with
+a wrong class at its bound, under the deployment's fusion and then `--robust-fusion`; rows
+give the live accuracy beside the offline one of the same attack (ddnn/nn/byzantine.py).
+Its `mismatches` count the lies that got through (docs/design/score-bounds.md).
 """
 
 from __future__ import annotations
@@ -109,8 +100,8 @@ def _artifacts(h: Harness) -> Path:
 
 
 def byzantine_device(h: Harness) -> list[dict[str, Any]]:
-    """12. Device 0's account lies at its bound (module doc), under the plain fusion and the
-    trimmed one; rows: honest, lying (plain), lying (trimmed)."""
+    """12. Device 0's account lies at its bound (docs/design/score-bounds.md), under the
+    plain fusion and the trimmed one; rows: honest, lying (plain), lying (trimmed)."""
     ref = h.reference
     local = ref.cfg.model.local
     if local is None:
