@@ -5,8 +5,8 @@ Structured fuzzing (hypothesis) starts from a valid message of each kind and rep
 drops its fields with values of any type (NaN, +-3.4e38, huge integers, nested maps, bytes of
 any length); raw fuzzing sends arbitrary bytes. Each payload goes to each service on the
 topic its kind belongs on, so that it passes the topic check and reaches the handler. A
-message that makes a handler raise counts as "a message the service failed on": the tests
-demand none. The default run sends a hundred of each; `-m slow` sends 10,000.
+message that makes a handler raise counts as `INTERNAL_ERROR` ("an error the service
+survived"): the tests demand none. The default run sends a hundred of each; `-m slow` sends 10,000.
 """
 
 from __future__ import annotations

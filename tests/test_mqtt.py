@@ -510,6 +510,43 @@ def test_an_unprocessed_message_survives_a_broker_restart(clients: list[MqttClie
             broker.stop()
 
 
+def test_a_message_published_while_the_broker_is_down_goes_out_once(
+    clients: list[MqttClient],
+) -> None:
+    """paho keeps a QoS 1 message published while disconnected and sends it on reconnect:
+    `send` says it was taken (before, `publish` said dropped, and the services added a copy
+    of their own per loop iteration: ~60 of each decision after a 30 s outage), and its
+    receipt turns published on the broker's PUBACK."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    with tempfile.TemporaryDirectory() as state:
+        broker = start_broker(kind="mosquitto", state=Path(state))
+        try:
+            topic = unique("outage")
+            sub = subscriber(broker, clients, "sub", f"{topic}/#")
+            pub = connected(broker, clients, "pub")
+            while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
+                pub.publish(f"{topic}/probe", b"p", qos=1)
+            drain(sub, 0.3)
+            broker.stop()
+            deadline = time.monotonic() + 10
+            while pub.send(f"{topic}/probe", b"", qos=0) is not None:  # till it sees it gone
+                assert time.monotonic() < deadline, "the publisher never saw the broker go"
+                time.sleep(0.05)
+            receipt = pub.send(f"{topic}/decision", b"held", qos=1)
+            assert receipt is not None and not receipt.is_published()
+            assert pub.send(f"{topic}/score", b"lost", qos=0) is None
+            broker = start_broker(port=broker.port, kind="mosquitto", state=Path(state))
+            deadline = time.monotonic() + 10
+            while not receipt.is_published():
+                assert time.monotonic() < deadline, "never acknowledged after the restart"
+                time.sleep(0.05)
+            got = [m for m in drain(sub, 1.5) if m[0] == f"{topic}/decision"]
+            assert got == [(f"{topic}/decision", b"held")]
+        finally:
+            broker.stop()
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.3.4.5", True), ("localhost", True), ("::1", True),

@@ -61,7 +61,7 @@ class LocalSpec(_Strict):
     robust: bool = Field(
         default=False,
         description="trimmed fusion: per class, the highest and lowest of 3+ devices are left "
-        "out, so that one lying device cannot force the exit (ddnn/core/fusion.py; issue 27)",
+        "out, so that one lying device cannot force the exit (ddnn/core/fusion.py)",
     )
 
 

@@ -12,8 +12,8 @@ Missing inputs are handled as in training (the presence mask): MP and AP pool ov
 present inputs only, CC fills a missing input's slot with zeros; a sample with no input
 present fuses to zeros (MP, AP) or the linear layer's bias (CC).
 
-Trimmed fusion (`trim`, the config's `local.robust`, `ddnn aggregator --robust-fusion`;
-issue 27): where at least `MIN_TRIMMED` inputs are present, each class leaves out its
+Trimmed fusion (`trim`, the config's `local.robust`, `ddnn aggregator --robust-fusion`):
+where at least `MIN_TRIMMED` inputs are present, each class leaves out its
 highest and its lowest input (by that input's contribution to the class: its score under
 MP and AP, its share of the linear layer's output under CC) and fuses the rest as above (CC:
 the left-out ones count as missing, as in training with device dropout). So no single input

@@ -1,4 +1,4 @@
-"""The score bounds a service holds its peers' class scores to (issue 27).
+"""The score bounds a service holds its peers' class scores to.
 
 The wire takes any score within +-`MAX_SCORE` (1e6: it keeps fusion finite), far beyond the
 tens a trained model gives, and a score of 1e5 from one device decides a sample under MP,

@@ -1,4 +1,4 @@
-"""Offline accuracy under one lying device (issue 27, the `byzantine-device` fault).
+"""Offline accuracy under one lying device (the `byzantine-device` fault).
 
 A compromised device account sends, for every sample, a wrong class (the label's next) at
 the largest confidence its score bound lets through: +bound on that class, -bound on the
