@@ -79,21 +79,6 @@ class Liar:
         self.client.close()
 
 
-def _restart_aggregator(h: Harness, robust: bool) -> None:
-    """Kill the aggregator and start it again with `--robust-fusion` or without."""
-    argv = h.fleet.argv[AGGREGATOR]
-    h.kill(AGGREGATOR)
-    killed = h.killed_at[AGGREGATOR]
-    while h.detected(AGGREGATOR, killed) is None and time.monotonic() - killed < 10:
-        h.driver.pump(0.05)  # its will: the new one must not find it still online
-    while ROBUST in argv:
-        argv.remove(ROBUST)
-    if robust:
-        argv.append(ROBUST)
-    h.restart(AGGREGATOR)
-    h.driver.wait_online([AGGREGATOR])
-
-
 def _artifacts(h: Harness) -> Path:
     common = h.fleet.common
     return Path(common[common.index("--artifacts") + 1])
@@ -130,7 +115,7 @@ def byzantine_device(h: Harness) -> list[dict[str, Any]]:
     try:
         for robust in [True] if local.robust else [False, True]:
             if robust and not local.robust:
-                _restart_aggregator(h, robust=True)
+                h.restart_with(AGGREGATOR, ROBUST, True)
                 switched = True
             name = local.aggregation + (" trimmed" if robust else "")
             measured = offline["trimmed" if robust else "plain"]
@@ -148,6 +133,6 @@ def byzantine_device(h: Harness) -> list[dict[str, Any]]:
     finally:
         liar.stop()
         if switched:
-            _restart_aggregator(h, robust=False)
+            h.restart_with(AGGREGATOR, ROBUST, False)
     rows[-1]["lies_sent"] = liar.sent
     return rows

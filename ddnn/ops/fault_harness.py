@@ -221,6 +221,26 @@ class Harness:
         self.driver.dead.discard(role)
         self.mark(f"restart {role}")
 
+    def restart_with(self, role: Role, option: str, value: str | bool | None) -> None:
+        """Kill `role` and start it again with `option` set to `value` (True: the flag;
+        False or None: without it; else followed by `value`), once the broker has said it
+        is gone (its will: the new process must not find it still online)."""
+        argv = self.fleet.argv[role]
+        self.kill(role)
+        killed = self.killed_at[role]
+        while self.detected(role, killed) is None and time.monotonic() - killed < 10:
+            self.driver.pump(0.05)
+        while option in argv:
+            i = argv.index(option)
+            flag = i + 1 == len(argv) or argv[i + 1].startswith("--")
+            del argv[i : i + (1 if flag else 2)]
+        if value is True:
+            argv.append(option)
+        elif value:
+            argv += [option, value]
+        self.restart(role)
+        self.driver.wait_online([role])
+
     def pause(self, role: Role, seconds: float) -> None:
         """Stop `role` for `seconds` (without waiting): a straggler (`Fleet.pause`)."""
         self.fleet.pause(role, seconds)

@@ -349,6 +349,7 @@ class Driver:
                 k = todo.popleft()
                 if before is not None:
                     before(k)
+                    last = max(last, time.monotonic())  # an action's time is no stall
                 self.tick(k)
                 open_[k] = None
                 next_at = max(next_at + (1.0 / rate if rate else 0.0), time.monotonic() - 1.0)

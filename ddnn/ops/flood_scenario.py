@@ -29,22 +29,6 @@ WARM_UP = 30  # samples after the aggregator's restart, not measured
 OPTION = "--frame-rate"
 
 
-def _restart_aggregator(h: Harness, frame_rate: float | None) -> None:
-    """Kill the aggregator and start it again with `--frame-rate frame_rate` (None: the
-    default)."""
-    argv = h.fleet.argv[AGGREGATOR]
-    h.kill(AGGREGATOR)
-    killed = h.killed_at[AGGREGATOR]
-    while h.detected(AGGREGATOR, killed) is None and time.monotonic() - killed < 10:
-        h.driver.pump(0.05)  # its will: the new one must not find it still online
-    while OPTION in argv:
-        del argv[argv.index(OPTION) : argv.index(OPTION) + 2]
-    if frame_rate is not None:
-        argv += [OPTION, f"{frame_rate:g}"]
-    h.restart(AGGREGATOR)
-    h.driver.wait_online([AGGREGATOR])
-
-
 def _figures(h: Harness, samples: list[int], flooder: Role, deadline: float) -> dict[str, Any]:
     """A stretch's bar: decided within `deadline` (%), local exits' p50/p99 latency, and the
     scores of devices other than `flooder` its decisions went without."""
@@ -146,7 +130,7 @@ def _variant(h: Harness, frame_rate: float, n: int, rounds: int) -> dict[str, An
     flooder = h.devices()[0]
     deadline = SCORE_DEADLINE + CLOUD_DEADLINE * (2 if h.reference.cfg.model.edge else 1)
     label = f"--frame-rate {frame_rate:g}" if frame_rate else "no bucket: --frame-rate 0"
-    _restart_aggregator(h, frame_rate)
+    h.restart_with(AGGREGATOR, OPTION, None if frame_rate is None else f"{frame_rate:g}")
     h.segment(WARM_UP, rate=FRAME_RATE)
     first = h.next_sample
     calm: list[int] = []
@@ -197,4 +181,4 @@ def device_flood(h: Harness) -> list[dict[str, Any]]:
     try:
         return [_variant(h, FRAME_RATE, n, rounds), _variant(h, 0.0, n, rounds)]
     finally:
-        _restart_aggregator(h, None)
+        h.restart_with(AGGREGATOR, OPTION, None)

@@ -11,6 +11,8 @@ reported.
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -119,18 +121,31 @@ def service_restart(h: Harness) -> list[dict[str, Any]]:
 
 def aggregator_kill_storm(h: Harness) -> list[dict[str, Any]]:
     """The aggregator SIGKILLed `Sizes.storm_kills` times at random moments while cameras
-    stream at `storm_rate` frames/s, each time restarted at once: every sample still ends
-    with exactly one decision content (its outbox: docs/design/outbox.md)."""
-    n, kills = h.sizes.storm_samples, h.sizes.storm_kills
+    stream at `storm_rate` frames/s (each kill a random time after a tick, within the frame,
+    so that it may find samples open and decisions unacknowledged), each time restarted at
+    the next frame: every sample still ends with exactly one decision content (its outbox:
+    docs/design/outbox.md)."""
+    n, kills, rate = h.sizes.storm_samples, h.sizes.storm_kills, h.sizes.storm_rate
     slot = n // kills
     rng = random.Random(27)  # random moments, the same in every run
-    moments = [k * slot + rng.randrange(slot) for k in range(kills)]
+    moments = [k * slot + rng.randrange(slot - 1) for k in range(kills)]
+    timers: list[threading.Timer] = []
 
-    def kill_and_restart() -> None:
-        h.kill(AGGREGATOR)
+    def kill_after_the_tick() -> None:
+        h.driver.dead.add(AGGREGATOR)  # (here: the driver's thread reads it)
+        timer = threading.Timer(rng.uniform(0.0, 1.0 / rate), h.fleet.kill, (AGGREGATOR,))
+        timer.start()
+        timers.append(timer)
+
+    def restart() -> None:
+        timers.pop().join()
+        h.killed_at[AGGREGATOR] = time.monotonic()
+        h.mark(f"kill {AGGREGATOR}")
         h.restart(AGGREGATOR)
 
-    samples = h.segment(n, dict.fromkeys(moments, kill_and_restart), rate=h.sizes.storm_rate)
+    actions = dict.fromkeys(moments, kill_after_the_tick)
+    actions |= dict.fromkeys([m + 1 for m in moments], restart)
+    samples = h.segment(n, actions, rate=rate)
     h.driver.wait_online([AGGREGATOR])
     return [h.row(f"aggregator SIGKILLed {kills} times", samples, kills=kills)]
 
