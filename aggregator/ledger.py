@@ -97,7 +97,7 @@ class Ledger:
         if self.path is None:
             return
         ranges = np.array([self._starts, self._ends], "<i8").T
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:

@@ -113,7 +113,7 @@ class Outbox:
         parts += [HEADER.pack(OPEN, s, 0) for s in self.open | self.restarted]
         for sample, entry in self.entries.items():
             parts += [HEADER.pack(DECIDED, sample, len(entry.payload)), entry.payload]
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
