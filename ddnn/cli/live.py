@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import tempfile
 import threading
@@ -163,15 +162,6 @@ def broker_cmd(
         state=state,
         insecure_plaintext=insecure_plaintext,
     )
-    if os.geteuid() == 0 and broker.kind != "mosquitto":
-        # mosquitto drops to an unprivileged user by itself (ddnn/live/mosquitto.py); an
-        # embedded broker runs this project's code, which it may import at any time from
-        # wherever it is installed, and reads the access files wherever they are: it keeps
-        # the privileges of the user that started it.
-        err.print(
-            f"WARNING: the {broker.kind} broker runs as root: start it as an unprivileged "
-            "user, or install mosquitto (which drops to the mosquitto user by itself)"
-        )
     if state is not None and broker.kind != "mosquitto":
         err.print(
             f"WARNING: the {broker.kind} broker keeps nothing across restarts: --state {state} "

@@ -21,10 +21,10 @@ A process, not a thread: the broker is then not slowed by the interpreter lock o
 the starting process does meanwhile, such as `ddnn demo`'s driver decoding every decision.
 It is spawned (a fresh interpreter that imports only this module and its engine), ignores
 Ctrl-C (the process that started it stops it, after the services have said goodbye through
-it), stops on SIGTERM, and stops by itself when that process is gone. It keeps the user of
-the process that started it, root included (`ddnn broker` warns): unlike mosquitto it runs
-this project's code, which may import modules at any time from wherever it is installed, and
-amqtt reads the access files wherever they are, so no user fits it without more set-up.
+it), stops on SIGTERM, and stops by itself when that process is gone. Started as root, it
+drops to the user mosquitto would (`broker_user`) once it has read its files, imported the
+code it runs and (amqtt) bound its port: the interpreter and the access files may lie where
+only root may read (seen: Python under /root), so nothing is read after that.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import PASSWORDS, read_credentials, read_passwords
-from ddnn.live.running_broker import RunningBroker
+from ddnn.live.running_broker import RunningBroker, broker_user
 from ddnn.live.wire import MAX_PACKET
 
 Engine = Literal["rumqttd", "amqtt"]
@@ -227,11 +227,13 @@ class EmbeddedBroker(RunningBroker):
             config = str(config)
         else:
             config = amqtt_config(bind, None if access is None else Path(access))
+        user = broker_user()
+        drop_to = None if user is None else (user.pw_uid, user.pw_gid)
         context = mp.get_context("spawn")
         self._report, child_end = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_serve,
-            args=(engine, config, os.getpid(), child_end),
+            args=(engine, config, os.getpid(), child_end, drop_to),
             name=f"{engine}-{port}",
             daemon=True,
         )
@@ -277,21 +279,36 @@ class EmbeddedBroker(RunningBroker):
             self._files.cleanup()
 
 
-def _serve(engine: Engine, config: Any, parent: int, report: Connection) -> None:
-    """The broker process: serve `config` until SIGTERM or until process `parent` is gone;
-    send None on `report` once started, or why it could not start."""
+def _serve(
+    engine: Engine, config: Any, parent: int, report: Connection, drop_to: tuple[int, int] | None
+) -> None:
+    """The broker process: serve `config` until SIGTERM or until process `parent` is gone,
+    as user and group `drop_to` once started (None: as it is); send None on `report` once
+    started, or why it could not start."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the starter (module doc)
     try:
         if engine == "rumqttd":
-            _serve_rumqttd(config, parent, report)
+            _serve_rumqttd(config, parent, report, drop_to)
         else:
-            asyncio.run(_serve_amqtt(config, parent, report))
+            asyncio.run(_serve_amqtt(config, parent, report, drop_to))
     except BaseException as e:  # noqa: BLE001 - reported to the starter, which names it
         with contextlib.suppress(OSError):
             report.send(f"{type(e).__name__}: {e}")
 
 
-def _serve_rumqttd(config_path: str, parent: int, report: Connection) -> None:
+def _drop_privileges(drop_to: tuple[int, int] | None) -> None:
+    """Become user and group `drop_to` for good, supplementary groups included."""
+    if drop_to is None:
+        return
+    uid, gid = drop_to
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def _serve_rumqttd(
+    config_path: str, parent: int, report: Connection, drop_to: tuple[int, int] | None
+) -> None:
     # Imported here: see _amqtt_broker_class.
     from iotcore import IotCoreBroker
 
@@ -300,6 +317,8 @@ def _serve_rumqttd(config_path: str, parent: int, report: Connection) -> None:
     logging.getLogger("rumqttd").setLevel(logging.CRITICAL)
     broker = IotCoreBroker(config_path=config_path)
     broker.check_ports()  # a port in use is reported, not found out by the probe
+    # rumqttd binds inside run_forever: ports from 1024 up need no privileges to bind
+    _drop_privileges(drop_to)
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
     report.send(None)
     broker.run_forever()  # SIGTERM's default action ends the process: rumqttd has no stop
@@ -311,11 +330,14 @@ def _exit_without(parent: int) -> None:
     os._exit(0)
 
 
-async def _serve_amqtt(config: dict[str, Any], parent: int, report: Connection) -> None:
+async def _serve_amqtt(
+    config: dict[str, Any], parent: int, report: Connection, drop_to: tuple[int, int] | None
+) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    broker = _amqtt_broker_class()(config)
+    broker = _amqtt_broker_class()(config)  # its plugins read the access files here
     await broker.start()
+    _drop_privileges(drop_to)
     report.send(None)
     try:
         while not stop.is_set() and os.getppid() == parent:

@@ -32,7 +32,7 @@ from pathlib import Path
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import ACL, PASSWORDS
 from ddnn.live.broker_settings import BrokerSettings, cleartext_password
-from ddnn.live.running_broker import RunningBroker, TlsFiles
+from ddnn.live.running_broker import RunningBroker, TlsFiles, broker_user
 from ddnn.live.wire import MAX_PACKET
 
 # What mosquitto holds per client beyond the messages in flight to it (a slow or lost client
@@ -41,26 +41,8 @@ MAX_QUEUED_MESSAGES = 1000
 MAX_QUEUED_BYTES = 32 * 2**20
 AUTOSAVE_SECONDS = 2  # how often mosquitto saves its state folder, when it has one
 STATE_FILE = "mosquitto.db"  # in the state folder
-UNPRIVILEGED_USERS = ("mosquitto", "nobody")  # who mosquitto started as root runs as
 
 log = logging.getLogger(__name__)
-
-
-def broker_user() -> pwd.struct_passwd | None:
-    """The user mosquitto drops to once it has bound its port (module doc): None unless this
-    process is root, which no broker needs to stay."""
-    if os.geteuid() != 0:
-        return None
-    for name in UNPRIVILEGED_USERS:
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise DDNNError(
-        "started as root, mosquitto must drop to an unprivileged user, and neither "
-        f"{' nor '.join(UNPRIVILEGED_USERS)} exists: create the mosquitto user (the Debian "
-        "package does), or start the broker as another user"
-    )
 
 
 @dataclass(frozen=True)

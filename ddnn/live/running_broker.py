@@ -9,6 +9,8 @@ and `stop()`.
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,27 @@ from pathlib import Path
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import login
 from ddnn.live.broker_settings import BrokerSettings, Protocol, format_broker_url
+
+# Who a broker started as root runs as, the first that exists: `mosquitto`, as the Debian
+# package makes, else `nobody`.
+UNPRIVILEGED_USERS = ("mosquitto", "nobody")
+
+
+def broker_user() -> pwd.struct_passwd | None:
+    """The user a broker drops to once it has bound its port: None unless this process is
+    root, which no broker needs to stay (a flaw in it then gives away no more than that user)."""
+    if os.geteuid() != 0:
+        return None
+    for name in UNPRIVILEGED_USERS:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise DDNNError(
+        "started as root, the broker must drop to an unprivileged user, and neither "
+        f"{' nor '.join(UNPRIVILEGED_USERS)} exists: create the mosquitto user (the Debian "
+        "package does), or start the broker as another user"
+    )
 
 
 @dataclass(frozen=True)
