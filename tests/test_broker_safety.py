@@ -10,10 +10,12 @@ mosquitto and rumqttd: tests/test_mqtt.py, test_the_broker_refuses_packets_over_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import pwd
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -212,10 +214,11 @@ def test_an_embedded_broker_started_as_root_runs_as_an_unprivileged_user(
     topic = "ddnn/default/v1/status/device-0"  # the device's to write, the observer's to read
     with start_broker(kind=engine, access=access, grants=engine == "amqtt") as broker:
         assert process_uid(broker.pid) == expected.pw_uid
-        observer = MqttClient(broker.settings(OBSERVER), "observer").connect(timeout=10)
+        observer = MqttClient(broker.settings(OBSERVER), "observer")
+        observer.subscribe("ddnn/default/v1/status/+")  # acknowledged once connected
+        observer.connect(timeout=10)
         device = MqttClient(broker.settings("device-0"), "device").connect(timeout=10)
         try:
-            observer.subscribe("ddnn/default/v1/status/+")
             if broker.enforces_grants:  # the device may not write another device's status
                 assert device.publish("ddnn/default/v1/status/device-1", b"forged", qos=1)
             assert device.publish(topic, b"sent", qos=1)
@@ -224,3 +227,74 @@ def test_an_embedded_broker_started_as_root_runs_as_an_unprivileged_user(
         finally:
             device.close()
             observer.close()
+
+
+def test_amqtt_delivers_every_message_while_other_clients_subscribe(tmp_path: Path) -> None:
+    """amqtt 0.12 lost a message for the subscribers it had not yet served whenever a client
+    subscribed while it was handing the message out ("dictionary changed size during
+    iteration", embedded_broker.SnapshotDict): with clients coming and subscribing all the
+    while (as services restarted by a kill storm do), a subscriber behind another one still
+    gets every message. Unfixed, one in about a thousand was lost, in half the runs."""
+    access = write_access(tmp_path, ModelConfig(), "default", "v1")
+    topic, sent = "ddnn/default/v1/status/device-0", 900  # under the inbox's bound
+    with start_broker(kind="amqtt", access=access) as broker:
+        clients = []
+        for name, topic_filter in (("first", "ddnn/default/v1/#"), ("second", topic)):
+            client = MqttClient(broker.settings(OBSERVER), name)
+            client.subscribe(topic_filter)  # acknowledged once connected
+            clients.append(client.connect(timeout=10))
+        stop = threading.Event()
+
+        def subscribe_again_and_again() -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                client = MqttClient(broker.settings(OBSERVER), f"churn-{n}")
+                for topic_filter in ("ddnn/default/v1/+/+", "ddnn/default/v1/status/#"):
+                    client.subscribe(topic_filter)
+                client.connect(timeout=10)
+                client.close()
+
+        churn = threading.Thread(target=subscribe_again_and_again)
+        churn.start()
+        device = MqttClient(broker.settings("device-0"), "device").connect(timeout=10)
+        try:
+            for n in range(sent):
+                assert device.publish(topic, str(n).encode(), qos=1)
+            assert device.wait_published(30)
+        finally:
+            stop.set()
+            churn.join()
+        received: list[set[bytes]] = [set(), set()]
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3:  # both read at once: neither holds up amqtt
+            for client, payloads in zip(clients, received, strict=True):
+                if (message := client.get(timeout=0.01)) is not None:
+                    payloads.add(message[1])
+                    quiet_since = time.monotonic()
+        for client in (*clients, device):
+            client.close()
+            assert client.dropped == 0
+    assert [len(payloads) for payloads in received] == [sent, sent]
+
+
+def test_amqtt_hands_out_what_it_acknowledged_after_its_sender_is_gone(tmp_path: Path) -> None:
+    """amqtt 0.12 acknowledges a QoS 1 message when it reads it and dropped those it had not
+    yet handed out once their sender disconnected (about half of a burst of 900): a service
+    that publishes and exits, or is killed, loses nothing it was told the broker has."""
+    access = write_access(tmp_path, ModelConfig(), "default", "v1")
+    topic, sent = "ddnn/default/v1/status/device-0", 900  # under the inbox's bound
+    with start_broker(kind="amqtt", access=access) as broker:
+        observer = MqttClient(broker.settings(OBSERVER), "observer")
+        observer.subscribe(topic)
+        observer.connect(timeout=10)
+        device = MqttClient(broker.settings("device-0"), "device").connect(timeout=10)
+        for n in range(sent):
+            assert device.publish(topic, str(n).encode(), qos=1)
+        assert device.wait_published(30)
+        device.close()
+        received = set()
+        while (message := observer.get(timeout=2)) is not None:
+            received.add(message[1])
+        observer.close()
+    assert observer.dropped == 0 and len(received) == sent
