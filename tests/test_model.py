@@ -10,7 +10,7 @@ from ddnn.core.errors import ModelFileError
 from ddnn.data import from_mvmc_arrays, split
 from ddnn.nn.checkpoint import load_model, save_model
 from ddnn.nn.model import DDNN
-from ddnn.nn.train import dropout_presence, fit, random_presence, single_missing
+from ddnn.nn.train import dropout_presence, fit, or_imbalance, random_presence, single_missing
 from tests.helpers import make_mvmc_arrays
 
 FIG2 = {
@@ -226,3 +226,44 @@ def test_training_strategies_change_only_what_each_stage_may(monkeypatch):
             assert torch.equal(main["device_slices.0.head.linear.weight"],
                                heads["device_slices.0.head.linear.weight"])  # fmt: skip
     assert all(p.requires_grad for p in result.model.parameters())
+
+
+def test_the_or_balance_reaches_the_devices_through_the_max_and_the_sign():
+    """An MP cloud over binary maps is an OR, handed to training as `or_maps`; the loss that
+    balances it moves the devices' thresholds, through the max and the straight-through
+    sign, until its channels are near half +1 (untrained, six maps OR'd are mostly +1)."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.cloud.aggregation=MP", "model.device.conv_filters=[4]"])
+    model = DDNN(cfg.model)
+    x = torch.rand(64, 6, 3, 32, 32) * 255
+    out = model(x)
+    assert len(out.or_maps) == 1 and out.or_maps[0].shape == (64, 4, 16, 16)
+    share = float((out.or_maps[0] > 0).float().mean())
+    assert share > 0.9
+    device_params = [p for s in model.device_slices for p in s.parameters()]
+    opt = torch.optim.Adam(device_params, lr=0.05)
+    for _ in range(60):
+        loss = or_imbalance(model(x).or_maps[0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    balanced = model(x).or_maps[0]
+    shares = (balanced > 0).float().mean(dim=(0, 2, 3))
+    assert ((shares - 0.5).abs() < 0.15).all(), shares
+
+
+@pytest.mark.parametrize(
+    ("settings", "ors"),
+    [
+        (["model.cloud.aggregation=CC"], 0),
+        (["model.cloud.aggregation=AP"], 0),
+        (["model.cloud.aggregation=MP", "model.device.precision=float"], 0),
+        (["model.edge.groups=[[0,1,2],[3,4,5]]", "model.edge.aggregation=MP"], 2),
+        (["model.edge.groups=[[0,1,2],[3,4,5]]", "model.cloud.aggregation=MP"], 1),
+    ],
+)
+def test_only_a_max_over_binary_maps_is_an_or(settings, ors):
+    """Max pooling of +-1 maps is an OR of bits, to be balanced in training; a mean, a
+    concatenation or a max of real-valued maps is not."""
+    model = DDNN(load_config(None, settings).model)
+    assert len(model(torch.rand(2, 6, 3, 32, 32)).or_maps) == ors

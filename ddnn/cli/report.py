@@ -30,6 +30,14 @@ def report(
     epochs: Annotated[
         int | None, typer.Option(min=1, help="epochs of every training run (20; --quick: 3)")
     ] = None,
+    table1_filters: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="filters per device in Table I's models (default: the paper's, 16; `ddnn "
+            "train`'s default is 4)",
+        ),
+    ] = None,
     live: Annotated[
         Path | None, typer.Option("--live", help="a saved `ddnn bench live --json` output")
     ] = None,
@@ -54,7 +62,12 @@ def report(
     chosen = tuple(parse_ints(seeds, "--seeds"))
     if not chosen:
         raise DDNNError("--seeds needs at least one seed")
-    plan = Plan.quick_plan(chosen, epochs) if quick else Plan(chosen, epochs or FULL_EPOCHS)
+    rest = {} if table1_filters is None else {"table1_filters": table1_filters}
+    plan = (
+        Plan.quick_plan(chosen, epochs, **rest)
+        if quick
+        else Plan(chosen, epochs or FULL_EPOCHS, **rest)
+    )
     make_folder(out, "report folder")  # before the runs that fill it, not after
     cache = make_folder(cache or out / "cache", "cache folder")
     dataset = load_data(data, grid, False)

@@ -214,6 +214,15 @@ class TrainConfig(_Strict):
         description="the presence masks each batch is trained under, one pass each (losses "
         "averaged): dropout (device_dropout), full (every device), single (one device missing)",
     )
+    # The OR of six +-1 maps, each about half +1, is +1 almost everywhere (94.5 % of its
+    # bits): an MP cloud then sees a near-constant input and learned little (MP-MP 49.75 %
+    # cloud accuracy, 20 epochs). docs/design/or-balance.md has the measurements.
+    or_balance: float = Field(
+        default=10.0,
+        ge=0,
+        description="weight of the loss that keeps each channel of a max-pooled binary map "
+        "(an edge's or the cloud's MP over +-1 maps: an OR) near half +1 (0: none)",
+    )
     validation_fraction: float = Field(
         default=0.15, ge=0, lt=1, description="part of the training split held out for thresholds"
     )

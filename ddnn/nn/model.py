@@ -1,9 +1,8 @@
 """The DDNN model: device slices, local aggregator, optional edge tier, cloud (paper Fig. 2/4).
 
 One `DDNN` module holds every tier so that it can be trained jointly on one machine; its
-forward pass is the composition of per-tier methods (`devices`, `local_exit`, `edges`,
-`cloud_exit`) that the live services call one at a time, so the offline model and the
-deployed system run the same code.
+forward pass is the composition of per-tier methods (`devices`, `local_exit`, `edge_tier`,
+`cloud_exit`), the tiers a deployment runs apart.
 
 Shapes: x is (B, D, C, H, W) for D devices; `present` is (B, D) bool (True where the device
 took part). Device feature maps are (B, D, f, h, w): binary (+-1) when the device tier is
@@ -13,7 +12,7 @@ binary, which is what goes over the wire bit-packed when a sample is escalated.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -103,20 +102,20 @@ class UpperTier(nn.Module):
         self, features: torch.Tensor, present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """features: (B, N, f, h, w), present: (B, N) -> (scores (B, |C|), own feature map)."""
-        scores, x, _ = self.forward_with_taps(features, present)
+        scores, x, _, _ = self.forward_with_taps(features, present)
         return scores, x
 
     def forward_with_taps(
         self, features: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
-        """`forward`, and each tap's class scores (B, |C|) by block number."""
-        x = self.aggregate(features, present)
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+        """`forward`, each tap's class scores (B, |C|) by block number, and the fused input."""
+        fused = x = self.aggregate(features, present)
         tapped = {}
         for block, module in enumerate(self.blocks, start=1):
             x = module(x)
             if str(block) in self.taps:
                 tapped[block] = self.taps[str(block)](x)
-        return self.head(self.fcs(x)), x, tapped
+        return self.head(self.fcs(x)), x, tapped, fused
 
 
 @dataclass
@@ -128,6 +127,9 @@ class DDNNOutput:
     device_scores: torch.Tensor | None = None  # (B, D, |C|) when there is a local exit
     edge_scores: torch.Tensor | None = None  # (B, E, |C|) each edge's, when there are edges
     edge_present: torch.Tensor | None = None  # (B, E) bool: edges with a device present
+    # the fused input of every tier that max-pools binary maps (an OR of bits), for the
+    # training loss that keeps each channel of it near half +1 (`train.or_balance`)
+    or_maps: list[torch.Tensor] = field(default_factory=list)
 
 
 class DDNN(nn.Module):
@@ -213,62 +215,65 @@ class DDNN(nn.Module):
         return self.local(scores, present)
 
     def edge_tier(
-        self, features: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Every edge on its group -> (each edge's class scores (B, E, |C|), edge feature maps
-        (B, E, f, h, w), edge presence (B, E): an edge takes part when any of its devices
-        does; and the tap exits' scores (B, |C|) by exit name, where the one edge has taps).
-        The edge exit fuses the scores (`edge_exit`)."""
-        scores, maps, edge_present, taps = [], [], [], {}
-        for edge, group in zip(self.edges, self.cfg.edge.groups, strict=True):
-            s, m, tapped = edge.forward_with_taps(features[:, group], present[:, group])
+        self, out: DDNNOutput, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every edge on its group of `out`'s devices: fills in each edge's class scores
+        (B, E, |C|) and presence (B, E) (an edge takes part when any of its devices does),
+        the tap exits' logits (where the one edge has taps) and the edges' ORs; returns the
+        edges' feature maps (B, E, f, h, w) and presence. The edge exit fuses the scores
+        (`edge_exit`)."""
+        e = self.cfg.edge
+        scores, maps, edge_present = [], [], []
+        for edge, group in zip(self.edges, e.groups, strict=True):
+            s, m, tapped, fused = edge.forward_with_taps(
+                out.device_features[:, group], present[:, group]
+            )
             scores.append(s)
             maps.append(m)
             edge_present.append(present[:, group].any(dim=1))
-            taps.update({tap_exit(block): t for block, t in tapped.items()})
-        return (
-            torch.stack(scores, dim=1),
-            torch.stack(maps, dim=1),
-            torch.stack(edge_present, dim=1),
-            taps,
-        )
+            out.logits.update({tap_exit(block): t for block, t in tapped.items()})
+            if is_or(e.aggregation, self.cfg.device.precision):
+                out.or_maps.append(fused)
+        out.edge_scores = torch.stack(scores, dim=1)
+        out.edge_present = torch.stack(edge_present, dim=1)
+        return torch.stack(maps, dim=1), out.edge_present
 
-    def cloud_exit(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """The cloud: fuse the feature maps of the tier below -> (B, |C|) scores."""
-        return self.cloud(features, present)[0]
+    def cloud_exit(self, out: DDNNOutput, features: torch.Tensor, present: torch.Tensor) -> None:
+        """The cloud: fuse the feature maps of the tier below into `out`'s cloud logits
+        (B, |C|), and its OR when it is one."""
+        scores, _, _, fused = self.cloud.forward_with_taps(features, present)
+        out.logits["cloud"] = scores
+        below = self.cfg.device if self.cfg.edge is None else self.cfg.edge
+        if is_or(self.cfg.cloud.aggregation, below.precision):
+            out.or_maps.append(fused)
 
-    def exit_logits(
+    def above_devices(
         self, scores: torch.Tensor | None, features: torch.Tensor, present: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    ) -> DDNNOutput:
         """Every tier above the devices, on the devices' outputs under one presence mask:
-        exit name -> (B, |C|) class scores, lowest tier first. Training runs it under
-        several masks per batch on one pass of the devices."""
+        the exits' logits (exit name -> (B, |C|) class scores, lowest tier first), each
+        edge's class scores and presence where there are edges, and the ORs. Training runs
+        it under several masks per batch on one pass of the devices."""
         out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
-        return self._above_devices(out, present).logits
-
-    def _above_devices(self, out: DDNNOutput, present: torch.Tensor) -> DDNNOutput:
-        """Fill `out` (the devices' outputs) with every tier above them: the exits' logits,
-        and each edge's class scores and presence when there are edges."""
         if self.local is not None:
-            out.logits["local"] = self.local_exit(out.device_scores, present)
-        upper_features, upper_present = out.device_features, present
+            out.logits["local"] = self.local_exit(scores, present)
+        upper_features, upper_present = features, present
         if self.edge_exit is not None:
-            out.edge_scores, upper_features, upper_present, taps = self.edge_tier(
-                out.device_features, present
-            )
-            out.edge_present = upper_present
-            out.logits.update(taps)
+            upper_features, upper_present = self.edge_tier(out, present)
             out.logits["edge"] = self.edge_exit(out.edge_scores, upper_present)
         if self.cloud is not None:
-            out.logits["cloud"] = self.cloud_exit(upper_features, upper_present)
+            self.cloud_exit(out, upper_features, upper_present)
         return out
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> DDNNOutput:
         if present is None:
             present = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        scores, features = self.devices(x)
-        out = DDNNOutput(logits={}, device_features=features, device_scores=scores)
-        return self._above_devices(out, present)
+        return self.above_devices(*self.devices(x), present)
+
+
+def is_or(aggregation: str, precision: Precision) -> bool:
+    """Whether fusing maps of `precision` by `aggregation` is an OR: the max of +-1 maps."""
+    return aggregation == "MP" and precision == "binary"
 
 
 def build_model(cfg: DDNNConfig) -> DDNN:

@@ -10,7 +10,9 @@ sample with that probability (at least one device stays), through the same prese
 that evaluation and the live aggregators use, so the model learns to decide with whatever
 devices answered; `one_missing_share` of the samples lose exactly one device instead, the
 case of one dead camera. `presence` can train each batch under several masks (full, exactly
-one device missing): the devices run once, the tiers above once per mask.
+one device missing): the devices run once, the tiers above once per mask. Where a tier
+max-pools binary maps (an OR of bits), `or_balance` weighs a loss that keeps each channel of
+the OR near half +1 (`or_imbalance`; docs/design/or-balance.md).
 """
 
 from __future__ import annotations
@@ -234,11 +236,11 @@ def _epoch(
         passes = []
         for kind in cfg.presence:
             present = training_presence(kind, len(idx), model.cfg.n_devices, cfg, gen)
-            passes.append(model.exit_logits(scores, features, present))
+            passes.append(model.above_devices(scores, features, present))
         loss = sum(
-            w * F.cross_entropy(logits[n], yb)
-            for logits in passes
-            for n, w in stage.weights.items()
+            sum(w * F.cross_entropy(out.logits[n], yb) for n, w in stage.weights.items())
+            + cfg.or_balance * sum(or_imbalance(m) for m in out.or_maps)
+            for out in passes
         ) / len(passes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -247,10 +249,18 @@ def _epoch(
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
         for name in correct:
-            correct[name] += int((passes[0][name].argmax(1) == yb).sum())
+            correct[name] += int((passes[0].logits[name].argmax(1) == yb).sum())
     stats = {"loss": total / max(seen, 1)}
     stats.update({f"train_acc_{n}": 100.0 * c / max(seen, 1) for n, c in correct.items()})
     return stats
+
+
+def or_imbalance(fused: torch.Tensor) -> torch.Tensor:
+    """How far each channel of an OR'd binary map (B, f, h, w) is from half +1: the mean
+    squared gap of each channel's +1 share. Its gradient reaches, through the max and the
+    sign's straight-through estimator, the device that set each bit."""
+    share = (fused + 1).mean(dim=(0, 2, 3)) / 2
+    return ((share - 0.5) ** 2).mean()
 
 
 def adapt_config(cfg: DDNNConfig, data: MultiViewData) -> DDNNConfig:

@@ -19,6 +19,9 @@ from ddnn.ops.report_runs import Runs
 # three seeds of them must fit in 45 minutes on 2 cores (README, Commands: `ddnn report`).
 FULL_EPOCHS = 20
 QUICK_EPOCHS = 3
+# The device filters of the paper's Table I models (kunglab/ddnn exp/exp_combining.py: 16),
+# which an MP cloud needs: its input is one device's width, an OR of six.
+PAPER_TABLE1_FILTERS = 16
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Plan:
     epochs: int = FULL_EPOCHS
     quick: bool = False
     combos: tuple[tuple[str, str], ...] = tuple(TABLE1)  # Table I: (local, cloud)
+    table1_filters: int = PAPER_TABLE1_FILTERS  # Table I: filters of each device's ConvP block
     filters: tuple[int, ...] = (1, 2, 4, 8)  # Fig. 9: filters of the device's ConvP block
     local_share: float = 0.75  # Fig. 9: the share of samples exiting locally
     drops: tuple[float | None, ...] = (None, 0.95, 0.9, 0.8)  # seed 001's drop threshold
@@ -40,10 +44,11 @@ class Plan:
     coverages: tuple[float, ...] = COVERAGES  # seed 002
 
     @classmethod
-    def quick_plan(cls, seeds: tuple[int, ...], epochs: int | None = None) -> Plan:
+    def quick_plan(cls, seeds: tuple[int, ...], epochs: int | None = None, **rest: Any) -> Plan:
         """The CI version: the first seed, 3 epochs, fewer rows where a table has many
-        (Table I keeps all 9 pairs)."""
+        (Table I keeps all 9 pairs); `rest`: other fields, as given."""
         return cls(
+            **rest,
             seeds=seeds[:1],
             epochs=epochs or QUICK_EPOCHS,
             quick=True,
@@ -60,6 +65,7 @@ class Plan:
             "seeds": list(self.seeds),
             "epochs": self.epochs,
             "quick": self.quick,
+            "table1_filters": self.table1_filters,
             "filters": list(self.filters),
             "coverages": list(self.coverages),
             "drops": list(self.drops),
