@@ -108,19 +108,19 @@ class SnapshotDict(dict):
 
 
 def _amqtt_broker_class() -> type:
-    """amqtt's Broker, with three changes:
+    """amqtt's Broker with a packet bound, and less three bugs of 0.12.1:
 
     - A client that sends a packet bigger than MAX_PACKET is cut off as soon as its fixed
       header says so, before its body is read (mosquitto's `max_packet_size`, rumqttd's
       `max_payload_size`): each client's reads go through `PacketBound`.
-    - Less one bug of 0.12.1: on every connect it sends the new client the retained messages
-      of every topic filter that *any* client subscribes to. Here a client gets the retained
-      messages of its own subscriptions only.
-    - Less another: its subscriptions are a `SnapshotDict`.
-    - Less a third: it acknowledges a QoS 1 PUBLISH when it reads it, hands it out later,
-      and dropped what it had not yet handed out when its sender disconnected (469 of 900
-      messages published and acknowledged in a burst reached the subscriber). Here what
-      the sender's session still holds is handed out first, before its will."""
+    - On every connect it sent the new client the retained messages of every topic filter
+      that *any* client subscribes to. Here a client gets those of its own subscriptions.
+    - A client subscribing while a message was handed out lost it for others: its
+      subscriptions are a `SnapshotDict` here.
+    - It acknowledges a QoS 1 PUBLISH when it reads it, hands it out later, and dropped what
+      it had not yet handed out when the sender disconnected (of 900 messages published and
+      acknowledged in a burst, 469 arrived). Here what the sender's session still holds is
+      handed out first, before its will."""
     # Imported here, not at the top: only the broker's own process needs its engine, and
     # importing amqtt (with its dependencies) would slow every service.
     from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
