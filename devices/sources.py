@@ -41,7 +41,7 @@ recent frame, where the backend allows it.
 
 Errors a user can cause (a missing path, a camera that does not open, an empty folder, a
 device index outside the data set's views, an unknown part, a model shape the data does
-not have) raise `ddnn.errors.DataError` naming the problem.
+not have) raise `ddnn.core.errors.DataError` naming the problem.
 
 This module needs NumPy and OpenCV only, not PyTorch.
 """

@@ -1,7 +1,7 @@
 """The MQTT client every live service uses: a thin, thread-safe wrapper around paho-mqtt 2.x.
 
 Why a wrapper: paho's defaults are wrong for this system in ways that only show under load or
-faults (see `shared/notes/mqtt.md`). This module fixes them once:
+faults. This module fixes them once:
 
 - The client reconnects by itself (0.1 to 2 s back-off), so a service started before its
   broker, or one whose broker restarts, carries on. Every subscription is made again on each

@@ -238,7 +238,7 @@ def clip_quantized_weights(model: nn.Module) -> None:
     """Clip the latent weights of every quantized layer to [-1, 1], in place.
 
     Called after each optimizer step. In place matters: a copied helper that clips a copy
-    silently never clips (see shared/notes/bnn.md), which the tests check for.
+    silently never clips, which the tests check for.
     """
     for module in model.modules():
         if isinstance(module, QuantConv2d | QuantLinear) and module.kernel_quantizer.bits < 32:
