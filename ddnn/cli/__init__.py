@@ -23,7 +23,7 @@ from ddnn.cli import (  # noqa: F401 (they register their commands)
     protocol,
     report,
 )
-from ddnn.cli.app import app
+from ddnn.cli.app import app, reflow_help
 from ddnn.core.errors import DDNNError
 from ddnn.core.files import reason
 
@@ -35,6 +35,7 @@ def _add_service_commands() -> None:
 
 
 _add_service_commands()
+reflow_help(app)
 
 
 def main() -> None:
