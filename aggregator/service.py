@@ -84,6 +84,10 @@ FAILED = "undecided: the aggregator failed on this sample (a bug: see its log)"
 MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
 SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
 STOP_WAIT = 1.0  # seconds a stopping aggregator waits for the broker to take its decisions
+# How long a starting aggregator waits for another one it sees online to go offline before it
+# refuses to start: a broker that lags (an amqtt under a flood was 5,000 messages behind)
+# still holds the "online" of the one just stopped or killed.
+RIVAL_WAIT = 30.0
 
 
 @dataclass
@@ -169,6 +173,7 @@ class AggregatorService(Service):
         ledger: Path | None = None,
         replicated_cloud: bool = False,
         durability: Durability = Durability.none,
+        rival_wait: float = RIVAL_WAIT,
     ) -> None:
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
@@ -199,6 +204,7 @@ class AggregatorService(Service):
         self.outbox = Outbox(journal, durability, self._send_decision, self.decided)
         self.opened_by: Counter[int] = Counter()  # --clock wall: samples each device opened
         self.rival: str | None = None  # another aggregator of this deployment, seen online
+        self.rival_wait = rival_wait
         self.replicated_cloud = replicated_cloud
         if replicated_cloud and cfg.model.cloud is None:
             raise DDNNError("a replicated cloud needs a model with a cloud")
@@ -214,8 +220,19 @@ class AggregatorService(Service):
 
     def before_online(self) -> None:
         """Refuse to run beside another aggregator of the deployment: two would each decide
-        every sample. Its retained status says whether one is online."""
+        every sample. Its retained status says whether one is online; one that says so is
+        given `rival_wait` seconds to go offline (module constant RIVAL_WAIT)."""
         self.catch_up()
+        if self.rival is not None:
+            self.log.warning(
+                "another aggregator (%s) is online: waiting up to %g s for it to go offline",
+                self.rival,
+                self.rival_wait,
+            )
+        deadline = time.monotonic() + self.rival_wait
+        while self.rival is not None and (left := deadline - time.monotonic()) > 0:
+            if (item := self.client.get(min(left, 0.1))) is not None:
+                self.receive(*item)
         if self.rival is not None:
             raise DDNNError(
                 f"another aggregator ({self.rival}) is online for deployment "
@@ -239,6 +256,8 @@ class AggregatorService(Service):
             if role == AGGREGATOR and message.state == "online" and other:
                 self.rival = message.instance
                 self.log.error("another aggregator of this deployment is online: %s", self.rival)
+            elif role == AGGREGATOR and message.instance == self.rival:  # it said goodbye
+                self.rival = None
             if role.tier == "device" and role.index is not None and role.index < self.n_devices:
                 (self.online.add if message.state == "online" else self.online.discard)(role.index)
                 self.heard[role.index] = time.monotonic()

@@ -5,6 +5,7 @@ test_live.py and test_faults.py."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -708,15 +709,38 @@ def test_a_replay_of_old_samples_after_many_newer_ones_is_never_decided_twice(pl
 def test_a_second_aggregator_of_a_deployment_refuses_to_start(plain):
     rig, first = aggregator_rig(plain)
     manifest, weights = load_exit_weights(plain)
-    second = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT)
+    second = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, rival_wait=0.3)
+    started = time.monotonic()
     with pytest.raises(DDNNError, match="another aggregator .* is online"):
         second.open()
+    assert time.monotonic() - started >= 0.3  # it gave the first its time to go
     second.close()  # says nothing: the first's retained status still stands
     rig.settle()
     statuses = [m for m in rig.of(Status) if m.role == AGGREGATOR]
     assert statuses[-1].state == "online" and statuses[-1].instance == first.instance
     first.close()  # once the first is gone, another may start
     rig.add(AggregatorService(manifest, weights, rig.bus, DEPLOYMENT))
+
+
+def test_an_aggregator_starts_once_the_one_it_saw_online_goes_offline(plain):
+    """A lagging broker still holds the "online" of an aggregator just stopped: the new one
+    waits for its "offline" (here said while it waits) instead of refusing at once."""
+    rig, first = aggregator_rig(plain)
+    manifest, weights = load_exit_weights(plain)
+    second = AggregatorService(manifest, weights, rig.bus, DEPLOYMENT, rival_wait=30)
+    opening = threading.Thread(target=second.open)
+    started = time.monotonic()
+    opening.start()
+    time.sleep(0.3)
+    assert opening.is_alive()  # waiting on the first
+    first.close()
+    opening.join(10)
+    assert not opening.is_alive() and time.monotonic() - started < 10
+    rig.settle()
+    statuses = [(m.instance, m.state) for m in rig.of(Status) if m.role == AGGREGATOR]
+    said = statuses.index((first.instance, "offline"))
+    assert (second.instance, "online") in statuses[said:], statuses
+    second.close()
 
 
 def test_on_the_wall_clock_only_scores_captured_near_now_open_a_sample(plain):
