@@ -1,41 +1,15 @@
-"""`ddnn aggregator`: the local aggregator, which holds every sample's state from its first
-message to its one decision.
+"""`ddnn aggregator`: the local aggregator, which holds every sample's state to its one decision.
 
-Per sample: collect the class scores of the live devices (known from their retained status
-and last will) until all arrived or the score deadline passed; fuse what arrived (the
-presence mask of training) and apply the local exit. If it is not confident, ask the
-devices that took part for their feature maps, which go to their edge (or straight to the
-cloud). Edges answer with their class scores; the aggregator fuses them for the edge exit
-(the edge-exit fusion is part of its artifact) and, if still not confident, asks the edges
-to pass their feature maps to the cloud, whose scores decide.
+Per sample: collect the class scores of the live devices until all arrived or the score
+deadline passed, fuse what arrived and apply the local exit; if not confident, have the
+devices' feature maps sent to their edge (or the cloud), then the edges' to the cloud. Every
+exit decision is taken here, so that every sample ends in exactly one decision message
+(degraded when a tier missed its deadline, undecided when no device answered); late or
+duplicate messages are counted and dropped, and decided ids outlive a restart
+(aggregator/ledger.py). Bounded: at most `MAX_PENDING` samples wait at once. For a replicated
+cloud it gathers the maps itself and sends them as one `job`, again if unanswered.
 
-Every exit decision is taken here, in one place, so that every sample ends in exactly one
-decision message: when a tier does not answer before its deadline the best answer of the
-tiers below stands and the decision says it is degraded; a sample no device answered for is
-published as undecided with the reason. Late or duplicate messages for a decided sample are
-counted and dropped.
-
-Exactly once: the decided ids are kept as ranges (aggregator/ledger.py) in a file that
-outlives a restart, so a repeated tick, a replay of old samples or a restarted aggregator
-never decides a sample twice, and a forged id far ahead of the rest shifts no window; a
-decision the transport dropped (disconnected past its queue) is kept and published again
-once it takes messages. Bounded by design: at most `MAX_PENDING` samples wait at once (a
-sample beyond is refused and counted), their deadlines wait in a heap, so that a message
-costs the same at 10 or 10,000 pending, and a graceful stop ends every pending sample with
-an undecided decision. A device whose status has not come for `SILENT_AFTER` seconds (three
-status intervals) counts as offline, so a device that died while the broker was down (its
-last will lost with the broker) does not make every later sample wait out the deadline for
-it; nor does a device whose scores are being dropped over its account's rate (a flood from
-its account, ddnn/live/rates.py): the samples are decided without it meanwhile.
-
-A replicated cloud (`replicated_cloud`, cloud/service.py): the aggregator gathers the
-feature maps the cloud's inputs send after an offload request, as the cloud would, for at
-most `Deadlines.gather` seconds, and sends them on as one `job`, which any replica may answer.
-A job that got no answer within `Deadlines.resend` seconds (lost with a replica that died
-holding it) is sent again, to whichever replica the broker picks, until the cloud deadline;
-an answer that comes twice is a late duplicate like any other. A map bigger than its share
-of the largest payload (`MAX_PAYLOAD` over the cloud's inputs) is refused, so that every
-job fits in a message.
+Design: docs/design/aggregator.md (deadlines, exactly once, silent devices, the cloud's jobs).
 """
 
 from __future__ import annotations

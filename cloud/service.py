@@ -1,31 +1,15 @@
 """An upper tier as a live service: the machinery an edge and the cloud share.
 
 When the aggregator asks a set of sources to send their feature maps to this tier, the tier
-expects the ones that are its inputs (an edge: the devices of its group; the cloud: every
-device, or every edge), collects their maps until all arrived or its deadline passed, fuses
-what arrived (missing inputs as in training: masked for MP/AP, zero slots for CC), runs its
-layers (its runtime, cloud/runtime.py: packed bits without PyTorch where the export has
-them) and publishes its class scores with the bytes it received per source. An edge also
-keeps its own feature map for the cloud and sends it when asked; the cloud's scores are the
-last exit's.
-
-What a tier holds is bounded: at most `KEEP_MAX` samples in all, and at most
-`UNASKED_PER_SOURCE` per input whose offload request has not come yet (a map may arrive just
-before the request, so a few are normal), so that one source flooding maps for samples nobody
-asked about cannot push out the real ones in flight. Maps whose offload request has not come
-by their deadline are dropped unrun (`unasked_dropped`), and their sample is not marked done:
-sample ids count up, so a device could otherwise send a map for a sample yet to come and
-have the tier ignore that sample's real offload (the aggregator then falls back, degraded).
-The tier takes maps only in the encoding its inputs produce (bits from binary devices), never
-a float map where it expects bits.
-
+collects the maps of its inputs until all arrived or its deadline passed, fuses what arrived
+(missing inputs as in training), runs its layers (its runtime, cloud/runtime.py) and
+publishes its class scores; an edge also sends its own feature map to the cloud when asked.
+What a tier holds is bounded (`KEEP_MAX`, `UNASKED_PER_SOURCE`), and maps nobody asked for by
+their deadline are dropped unrun, so a flooding source cannot push out the real ones.
 Replicated (`group`): the cloud as one of several replicas behind an MQTT 5 shared
-subscription. The aggregator then gathers the feature maps itself and sends each sample's as
-one `job` (ddnn/live/wire.py), which the broker hands to one member of the group; a replica
-holds nothing between messages, answers each job at once with the maps in it that check
-out, and keeps no session, so a dead one stops getting jobs as soon as the broker sees it
-go. A job lost with a dead replica is sent again by the aggregator, and a job answered
-twice is decided once (aggregator/service.py).
+subscription, answering each `job` the aggregator gathered, holding nothing between them.
+
+Design: docs/design/cloud.md (bounds, unasked maps, encodings, replicas).
 """
 
 from __future__ import annotations

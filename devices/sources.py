@@ -1,49 +1,15 @@
 """Frame sources: where an end device's frames come from.
 
 A device runs its slice on frames in the representation of `MultiViewData.x[n, v]`
-(ddnn/data/multiview.py): float32 arrays (C, H, W) with pixels 0..255, channels in RGB order (or one
-grey channel), each tagged with a sample id. The sample id is the correlation id across
-devices: the aggregators put together the devices' messages for the same id, so the frames
-that different devices tag with one id must show the same instant.
+(ddnn/data/multiview.py): float32 arrays (C, H, W) with pixels 0..255, RGB (or one grey
+channel), each tagged with a sample id, the correlation id across devices: frames that
+different devices tag with one id must show the same instant. `open_source(SPEC, device,
+input_shape)` opens a data-set replay (`synth`, `mvmc:PATH`, `tiles:PATH`), a camera, a stream
+URL, a video file or an image folder; `{device}` in a SPEC is replaced by the device number.
+Live cameras and streams have no shared sample ids: tag `read()`'s frame with a shared clock's.
+Errors a user can cause raise `ddnn.core.errors.DataError`. Needs NumPy and OpenCV, not PyTorch.
 
-`open_source(SPEC, device, input_shape)` opens one of:
-
-- data-set replay: `synth`, `mvmc:PATH`, `tiles:PATH` (as `ddnn.data.load_spec`): view
-  `device` of each sample of one part of the set. Sample id = row within the part.
-  Random access. The part ("test", "validation", "train" or "all") is split exactly as
-  offline evaluation splits it, by `ddnn.data.split` with the model's `TrainConfig` given as
-  `train_config` (default: `TrainConfig()`). Given the model's `ModelConfig` as `model`, a
-  set that does not fit it (views, view shape or classes other than the model's) is refused,
-  as offline evaluation refuses it.
-- a live camera: `camera:N` or a bare integer N (OpenCV device index);
-- a stream URL: `rtsp://...`, `http(s)://...` (any `scheme://` text goes to OpenCV; opening
-  and each read time out after STREAM_TIMEOUT_S; a password in the URL is kept out of names
-  and messages);
-- a video file path (or `video:PATH`);
-- an image folder path (or `images:PATH`): files ending in .png, .jpg, .jpeg or .bmp (any
-  case), in natural order (`f2.png` before `f10.png`). Sample id = position in that order,
-  so devices whose folders hold the same file names agree on ids. A file that cannot be
-  read is skipped with a logged warning (once); its id yields no frame.
-
-`{device}` in a SPEC is replaced by the device number, so one SPEC such as
-`videos/cam{device}.avi` serves every device.
-
-OpenCV frames (BGR) are converted to RGB (or grey when C = 1), resized to (W, H) with
-`cv2.INTER_AREA` and laid out as CHW float32, still 0..255.
-
-Sample ids of video: for a video file, the frame counter (0, 1, 2, ...), so devices replaying
-files recorded in sync agree. A live camera or stream has no such shared counter: its
-iterator numbers frames by a local counter that means nothing to the other devices. Live
-devices need a shared sample clock (a trigger message, or time slots of a synchronized
-clock): call `read()` for the newest image when the clock ticks and tag it with the clock's
-sample id yourself. Cameras are asked to keep a one-frame buffer so that `read()` returns a
-recent frame, where the backend allows it.
-
-Errors a user can cause (a missing path, a camera that does not open, an empty folder, a
-device index outside the data set's views, an unknown part, a model shape the data does
-not have) raise `ddnn.core.errors.DataError` naming the problem.
-
-This module needs NumPy and OpenCV only, not PyTorch.
+Design: docs/design/devices.md (each source, its sample ids, the frame conversion).
 """
 
 from __future__ import annotations

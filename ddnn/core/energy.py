@@ -1,33 +1,14 @@
-"""Energy of inference per sample and per tier, counted from the topology as seed 000 counts
-it (Section III: operations times the energies of its Table I; communication not included).
+"""Energy of inference per sample and per tier, counted from the topology as seed 000 counts it.
 
-What is counted, per layer (every tap of a convolution is a multiply-accumulate, as in the
-paper; a ConvP block is conv 3x3 pad 1, max-pool 3x3/2 pad 1, batch norm, sign):
+As Section III does: operations times the energies of its Table I, communication not
+included. Per layer: binary MACs, 32-bit additions or 32-bit MACs by what the weights and
+inputs are (a k-bit tier bit-serially), the max-pool's comparisons, batch norm, fusion and
+the exit's decision, and every bit of memory read once per sample. A sample pays for the
+tiers it reached. `float_reference` is the same topology with every tier in float32, every
+device present, and every sample through every tier: the paper's full-precision network on
+the cloud, against which it reports its ratios.
 
-- a convolution or FC layer: one binary MAC (XNOR and popcount) per weight use where both
-  weights and inputs are +-1; one 32-bit addition where only the weights are (a device's
-  first block on pixels: a +-1 weight turns the MAC into an add or a subtract); one 32-bit
-  MAC in a float tier. Table I has no k-bit MAC; a k-bit tier (seed 000's 2- and 4-bit
-  layers) is counted bit-serially: k_w x k_a binary MACs per product on k-bit inputs, and
-  k_w 32-bit additions per product on pixels or float values (XNOR-Net's scaling factor
-  folds into the batch norm);
-- max-pool: 8 comparisons (32-bit additions) per pooled output of a 3x3 window;
-- batch norm then sign: one comparison per output in a binary tier (folded into a threshold:
-  ddnn/packed/format.py), one 32-bit MAC (scale and shift) in a k-bit or float tier; the
-  head's batch norm, whose scores stay real, one 32-bit MAC per class in any;
-- fusing maps: MP and AP compare or add each value of every input after the first; CC
-  nothing (a concatenation); fusing class scores at an exit: the same, and CC's linear layer
-  of n|C| x |C| 32-bit MACs; deciding an exit: |C| 32-bit MACs (the entropy's p log p);
-- memory: every bit read once per sample: the weights (1 bit when binary, k when k-bit, 32
-  when float), the per-channel parameters (a 32-bit threshold, or 2 x 32-bit batch-norm
-  scale and shift), and the layer's input (1 bit per +-1 value, k per k-bit value, 8 per
-  pixel, 32 per float).
-
-A sample pays for the tiers it reached: the present devices and the local exit always, the
-edges and the edge exit if it went past the local exit, the cloud if it went past the edge
-exit. `float_reference` is the same topology with every tier in float32, every device
-present, and every sample through every tier: the paper's full-precision network on the
-cloud, against which it reports its ratios (5.5x on CIFAR-10).
+Design: docs/design/energy.md (what is counted, layer by layer).
 """
 
 from __future__ import annotations

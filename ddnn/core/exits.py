@@ -2,20 +2,13 @@
 
 An exit policy turns what an exit decides on (its `ExitInputs`) into a statistic per sample
 and says whether the sample is confident enough to exit there given the exit's threshold T.
-Policies are chosen by name per exit (`exits.<name>.policy`). One step of the cascade
-(`step`) fuses an exit's inputs with the presence mask, takes the softmax and decides, for
-each sample, to exit or to escalate; offline evaluation (`cascade`, over a whole data set)
-and the live aggregator (one sample at a time, as its inputs arrive) both run exits through
-it, so they decide alike:
+Policies are chosen by name per exit (`exits.<name>.policy`): `entropy` (the paper's rule),
+`max_prob`, `margin` and `router` (learned, seed 002). One step of the cascade (`step`) fuses
+an exit's inputs with the presence mask, takes the softmax and decides, for each sample, to
+exit or to escalate; offline evaluation (`cascade`) and the live aggregator both run exits
+through it, so they decide alike. The last exit of a cascade always decides.
 
-- `entropy`: normalized entropy eta(p) = -sum p log p / log |C| in [0, 1]; exits when
-  eta <= T (the paper's rule: T = 0 never exits, T = 1 always does);
-- `max_prob`: exits when max p >= T;
-- `margin`: exits when the gap between the two largest probabilities is >= T;
-- `router`: a learned router (seed 002, ddnn/core/routing.py) gives the probability that the
-  next tier should decide; exits when it is <= T. Its weights come with the model.
-
-The last exit of a cascade always decides, whatever its policy says.
+Design: docs/design/fusion-and-exits.md (each policy's rule).
 """
 
 from __future__ import annotations

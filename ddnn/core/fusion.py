@@ -3,23 +3,13 @@
 What the local aggregator runs on the devices' class scores, and on the edges' scores for the
 edge exit, from the exported weights, without PyTorch; offline evaluation fuses the model's
 scores with the same code, so that both take the same decisions (ddnn/core/exits.py `step`).
-The torch modules that train these weights are ddnn/nn/fusion.py; this module computes what
-they compute, within float rounding: MP exactly, AP and CC's linear layer summed in float64
-in a fixed order (torch sums in float32, in an order of its own), so that a sample fused alone
-(live) and in a batch (offline) gives the same bits.
+It computes what ddnn/nn/fusion.py's torch modules compute, summing in float64 in a fixed
+order so that a sample fused alone (live) and in a batch (offline) gives the same bits.
+Missing inputs are handled as in training (the presence mask). Trimmed fusion (`trim`): with
+at least `MIN_TRIMMED` inputs, each class leaves out its highest and lowest input, so one
+lying device cannot decide alone.
 
-Missing inputs are handled as in training (the presence mask): MP and AP pool over the
-present inputs only, CC fills a missing input's slot with zeros; a sample with no input
-present fuses to zeros (MP, AP) or the linear layer's bias (CC).
-
-Trimmed fusion (`trim`, the config's `local.robust`, `ddnn aggregator --robust-fusion`):
-where at least `MIN_TRIMMED` inputs are present, each class leaves out its
-highest and its lowest input (by that input's contribution to the class: its score under
-MP and AP, its share of the linear layer's output under CC) and fuses the rest as above (CC:
-the left-out ones count as missing, as in training with device dropout). So no single input
-moves a class past what the others span: one lying device cannot decide alone. With fewer
-inputs present nothing is left out (two cannot outvote each other), and the only limit on
-one input is the bound of its scores (the aggregator's `ScoreBounds`).
+Design: docs/design/fusion-and-exits.md (rounding, missing inputs, the trimmed fusion).
 """
 
 from __future__ import annotations

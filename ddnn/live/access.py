@@ -1,43 +1,15 @@
 """Who may publish and read what: per-role broker accounts, generated from the topology.
 
-Every role of a deployment gets its own broker account, plus some that no service holds.
-An account's user name is `<deployment>/<account>` (`site-3/device-0`, `site-3/trigger`):
-a deployment's name holds no `/`, so the names of many deployments (sites) never collide and
-their access files merge into one broker's (`merge_access`). The accounts besides the roles:
+Every role of a deployment gets its own broker account (`<deployment>/<account>`, so many
+deployments' access files merge into one broker's: `merge_access`), plus `trigger` (ticks),
+`observer` (reads everything, writes nothing) and, with a cloud, `bridge` (a site broker's
+login to the cloud's). What each account may do (`grants`) follows from the topology alone:
+a role writes only its own topics and reads only what its service subscribes to.
+`write_access` writes the files a broker enforces and each service logs in with, in
+`<artifacts>/access/<deployment>/`: mosquitto's password file and ACL (which both brokers of
+`ddnn broker` read), an EMQX 5 ACL, and one credentials file per account.
 
-- `trigger` ticks samples (writes `tick`) and reads statuses and decisions: what `ddnn demo`'s
-  driver, or a camera trigger, needs;
-- `observer` reads everything of the deployment and writes nothing: monitors;
-- `bridge` (models with a cloud) is what a site broker logs in as to the cloud's broker
-  when the two are joined by a bridge (ddnn/live/mosquitto.py `Bridge`): it writes there the
-  offload requests and the cloud's inputs' feature maps, and reads back the cloud's scores
-  and status.
-
-What each account may do (`grants`) follows from the topology alone:
-
-- every role writes only its own `status`, `scores` and `features` topics;
-- only the aggregator writes `offload` and `decisions`; only `trigger` writes `tick`;
-- a role reads only what its service subscribes to: a device the ticks and offload
-  requests, an edge its group's feature maps, the cloud its inputs' maps, the aggregator the
-  statuses, ticks and scores;
-- for a cloud replicated behind a shared subscription (cloud/service.py), the aggregator
-  also reads the cloud's inputs' maps and writes `job`, which the cloud reads (a broker
-  checks a `$share/<group>/<filter>` subscription against its filter);
-- each account may also use `hello/<account>/...`, the probe topics of `Service.catch_up`.
-
-`write_access` turns that into the files a broker enforces and each service logs in with, in
-`<artifacts>/access/<deployment>/`:
-
-- `passwords`: a mosquitto password file (PBKDF2-SHA512, as `mosquitto_passwd` writes);
-- `acl`: a mosquitto ACL file, one `user` block per account; everything not granted is denied;
-- `acl.emqx.conf`: the same grants as an EMQX 5 ACL file (its file authorizer's Erlang
-  terms, ending in a deny-all), for a deployment on an EMQX cluster (docs/scale-out.md);
-- `<account>.json`: that account's credentials, for one machine only (mode 0600, as is
-  `passwords`).
-
-Both brokers `ddnn broker` starts read the same two files: mosquitto natively, the embedded
-one through `read_acl` and `check_password` (see ddnn/live/mosquitto.py and
-ddnn/live/embedded_access.py).
+Design: docs/design/access.md (the accounts, each grant, the files).
 """
 
 from __future__ import annotations

@@ -1,23 +1,15 @@
 """Start a local MQTT broker: `start_broker`.
 
 `start_broker` is how `ddnn demo`, `ddnn broker` and the tests get a broker without anything
-installed by hand: the `mosquitto` binary when there is one (the production broker; MQTT 5,
-ddnn/live/mosquitto.py), else an embedded one that `pip install` brought, run in a process
-of its own (MQTT 3.1.1; ddnn/live/embedded_broker.py): rumqttd, about as fast as mosquitto,
-where nothing relies on topic grants, and amqtt, four times slower, where something does.
-Either way it listens on 127.0.0.1 only, unless told otherwise (an address other machines
-reach takes TLS, or `insecure_plaintext` said out loud), and keeps nothing on disk
-unless given a `state` folder: mosquitto then keeps its retained messages and its clients'
-sessions there (saved every few seconds and on a clean stop), so that a restarted broker
-still knows which services are online and what they had not yet received (the embedded
-brokers keep nothing across restarts: the services announce themselves again on reconnect,
-and the aggregator counts a device silent for three status intervals as offline). Given the
-access files of a deployment (ddnn/live/access.py), it takes only their accounts and, except
-rumqttd, enforces their grants (mosquitto natively, amqtt through
-ddnn/live/embedded_access.py); without them it allows anonymous clients to do anything. The
-returned `RunningBroker` (ddnn/live/running_broker.py) says which MQTT version its clients
-must use (`.protocol`), whether it enforces grants (`.enforces_grants`), and hands out
-matching client settings (`.settings(account)`).
+installed by hand: the `mosquitto` binary when there is one (MQTT 5, ddnn/live/mosquitto.py),
+else an embedded one that `pip install` brought (MQTT 3.1.1, ddnn/live/embedded_broker.py).
+It listens on 127.0.0.1 only unless told otherwise, keeps state only in a `state` folder
+(mosquitto), and given a deployment's access files (ddnn/live/access.py) takes only their
+accounts and, except rumqttd, enforces their grants. The returned `RunningBroker`
+(ddnn/live/running_broker.py) says which MQTT version its clients must use (`.protocol`),
+whether it enforces grants (`.enforces_grants`), and hands out client settings (`.settings`).
+
+Design: docs/design/brokers.md (which broker when, what each keeps and enforces).
 """
 
 from __future__ import annotations

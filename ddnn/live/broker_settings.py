@@ -4,15 +4,9 @@ Every client of the live system (`MqttClient`, the services, the tools of ddnn/o
 one `BrokerSettings`; a service reads it from its options or an account file
 (ddnn/live/access.py). A URL is `mqtt://host[:port]` (plain TCP) or `mqtts://host[:port]`
 (TLS); a bad one is refused here, with a `ConfigError` that names it, before any connection
-is tried.
+is tried. The MQTT version (5 by default, or 3.1.1) is chosen per broker, explicitly.
 
-Protocol version. A client speaks MQTT 5 by default (`BrokerSettings.protocol`); MQTT 3.1.1
-is the other choice, made per broker, because the embedded Python broker (amqtt) speaks only
-3.1.1. Callers choose it explicitly, there is no guessing: `ddnn.live.broker.start_broker`
-returns a `RunningBroker` whose `.protocol` says which version its clients must use and whose
-`.settings()` carries it; for an external broker it is part of the broker settings
-(`protocol: "3.1.1"`). A broker that rejects the version shows up as a failed connection
-whose message (from `MqttClient.connect`) says so.
+Design: docs/design/brokers.md (the protocol version: why per broker, and who says which).
 """
 
 from __future__ import annotations

@@ -2,29 +2,13 @@
 
 `start_broker` falls back on one when no mosquitto binary is installed, so that `ddnn demo`,
 `ddnn broker` and the tests need nothing installed by hand. Two engines, both speaking MQTT
-3.1.1 here and keeping nothing across restarts (the services announce themselves again on
-reconnect, and the aggregator counts a device silent for three status intervals as offline):
+3.1.1 here and keeping nothing across restarts: rumqttd (Rust, about as fast as mosquitto,
+no topic grants), picked where nothing relies on grants, and amqtt (pure Python, about four
+times slower, enforces accounts and grants through ddnn/live/embedded_access.py), picked
+where something does. A process, not a thread, so that the starter's interpreter lock does
+not slow it; started as root, it drops to `broker_user` once it has read what it needs.
 
-- **rumqttd**, a broker written in Rust and compiled into the `iotcore` wheel: about as fast
-  as mosquitto (`ddnn bench live`). Given a deployment's access files it takes only their
-  accounts, but it has no topic grants: any account may write any topic. It needs each
-  account's password in clear, from the account files `write_access` leaves beside the
-  password file (a merged folder of many sites holds only hashes, and is refused).
-- **amqtt**, a pure-Python broker: about four times slower, and it enforces the accounts and
-  their grants, through ddnn/live/embedded_access.py.
-
-`start_broker` picks rumqttd where nothing relies on grants (the demo and the benches, whose
-accounts are all its own processes) and amqtt where something does (`ddnn faults`, whose
-forgery scenario is the broker's refusals; `ddnn broker --access`).
-
-A process, not a thread: the broker is then not slowed by the interpreter lock of whatever
-the starting process does meanwhile, such as `ddnn demo`'s driver decoding every decision.
-It is spawned (a fresh interpreter that imports only this module and its engine), ignores
-Ctrl-C (the process that started it stops it, after the services have said goodbye through
-it), stops on SIGTERM, and stops by itself when that process is gone. Started as root, it
-drops to the user mosquitto would (`broker_user`) once it has read its files, imported the
-code it runs and (amqtt) bound its port: the interpreter and the access files may lie where
-only root may read (seen: Python under /root), so nothing is read after that.
+Design: docs/design/brokers.md (the two engines, the process, dropping root).
 """
 
 from __future__ import annotations

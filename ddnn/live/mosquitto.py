@@ -1,19 +1,13 @@
 """mosquitto, the production broker, as `start_broker` runs it (MQTT 5).
 
 It runs in a process of its own, in a session of its own, from a configuration written
-here: one listener, TCP_NODELAY, bounds on what it holds per client and on packet size,
-persistence in a `state` folder when given one (retained messages and sessions, saved every
-few seconds and on a clean stop), the access files of a deployment (ddnn/live/access.py)
-when given them, TLS when given a certificate, and a `Bridge` to another broker when asked:
-the usual site to cloud topology (docs/scale-out.md).
+here: one listener, TCP_NODELAY, bounds per client and on packet size, persistence in a
+`state` folder, a deployment's access files (ddnn/live/access.py), TLS, and a `Bridge` to
+another broker (site to cloud: docs/scale-out.md), each when given. Started as root, it drops
+to `broker_user` (`mosquitto`, else `nobody`) once it has bound its port, so the files it
+reads after that are copied into its own folder or handed to that user.
 
-Started as root, mosquitto drops to an unprivileged user (`broker_user`: `mosquitto`, as the
-Debian package makes, else `nobody`) once it has bound its port: a flaw in it then gives away
-no more than that user. mosquitto reads the files it needs after dropping, so they are handed
-to that user: the access files, the TLS certificate and key and the bridge's CA are copied
-into the broker's own folder (a later change to the originals is not seen until a restart),
-and the state folder is given to it. mosquitto runs in the state folder and names its file
-there relative to it, so the folders above it need not be open to that user.
+Design: docs/design/brokers.md (the configuration, privileges and the files handed over).
 """
 
 from __future__ import annotations

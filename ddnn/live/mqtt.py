@@ -1,49 +1,14 @@
 """The MQTT client every live service uses: a thin, thread-safe wrapper around paho-mqtt 2.x.
 
 Why a wrapper: paho's defaults are wrong for this system in ways that only show under load or
-faults. This module fixes them once:
+faults. This module fixes them once: the client reconnects by itself and subscribes again; it
+can run the network in its owner's thread (`threaded=False`); callbacks only put
+`(topic, payload)` on a bounded inbox (`MAX_INBOX`) that the caller drains with `get(timeout)`,
+with back-pressure over MQTT 5 and a rate check per topic before it; it sets TCP_NODELAY and a
+short keepalive, and over MQTT 5 (the default; 3.1.1 per broker) keeps its session across a
+lost connection. A service that stops on purpose publishes its own "offline" before `close()`.
 
-- The client reconnects by itself (0.1 to 2 s back-off), so a service started before its
-  broker, or one whose broker restarts, carries on. Every subscription is made again on each
-  (re)connect (ddnn/live/mqtt_subscriptions.py).
-- Two ways to run the network: in paho's own thread (the default: publish and subscribe
-  from any thread), or `threaded=False`, in the thread of the one caller that owns the
-  client, inside `get()` (and every other call that waits). The services run that way:
-  fewer thread switches and system calls per message, and a service whose loop hangs stops
-  answering the broker's keepalive, so its last will says it is gone, as it should
-  (ddnn/live/mqtt_network.py says how).
-- Callbacks do no work: an incoming message is put on the inbox as `(topic, payload)` and the
-  caller's main loop drains it with `get(timeout)`. An exception in a callback cannot kill
-  the network thread (`suppress_exceptions`).
-- TCP_NODELAY is set on the socket (Nagle adds ~40 ms to small messages), the keepalive is
-  short (5 s) so that a dead device's last will fires within seconds, and the queue of
-  outgoing QoS 1 messages kept while disconnected is bounded.
-- The inbox is bounded too (`MAX_INBOX`), with back-pressure over MQTT 5: a QoS 1 message
-  is acknowledged only once the caller has processed it (paho's manual acks; "processed" is
-  "asked for the next one"), and the client tells the broker to have at most
-  `RECEIVE_MAXIMUM` (half the inbox) unacknowledged ones in flight to it, so a flood waits
-  in the broker's bounded queue for this client instead of in this process, and QoS 0
-  messages (the services' class scores and feature maps) always find room beside it. What
-  still finds the inbox full (a flood of QoS 0, or any message from a 3.1.1 broker, which
-  has no such limit and whose messages are acknowledged on arrival) is dropped and counted
-  in `dropped`. A message on a topic over its account's rate (the `admit` hook, a token
-  bucket per topic: ddnn/live/rates.py) is dropped before it takes a place there, so one
-  account's flood neither fills the inbox for the others nor, read at once, the broker's
-  queue for this client.
-- Over MQTT 5 the session outlives a lost connection by `SESSION_EXPIRY` seconds: the
-  broker keeps the QoS 1 messages for this client while it reconnects and sends them after,
-  with the ones it sent but never saw acknowledged (a duplicate, which receivers drop).
-  Not for a member of a shared subscription (`keep_session=False`): mosquitto goes on
-  handing a kept session its share of the group's messages while nobody reads them, so a
-  dead replica would swallow half of them for a minute; its session ends with its connection.
-
-Protocol version: MQTT 5 by default, or 3.1.1, chosen per broker in its `BrokerSettings`
-(ddnn/live/broker_settings.py says why).
-
-Last will. The broker publishes a client's will only when the connection is lost uncleanly
-(a killed process, a dead network, a missed keepalive). `MqttClient.close()` disconnects
-cleanly, which does *not* fire the will: a service that stops on purpose publishes its own
-"offline" status (same topic, retained) before it calls `close()`.
+Design: docs/design/mqtt-client.md (each choice and why; back-pressure; sessions; last will).
 """
 
 from __future__ import annotations

@@ -1,19 +1,14 @@
-"""The network side of `MqttClient`: paho's client set up for this system, and the loop an
-unthreaded client runs in its owner's thread.
+"""The network side of `MqttClient`: paho's client set up for this system, and its own loop.
 
 `PahoClient` is paho's client with this system's settings applied once (MQTT version,
 reconnect back-off, the bound on queued outgoing messages, credentials, TLS, last will).
+An unthreaded client (`threaded=False`) runs the network in its owner's thread, inside
+`MqttClient.get()` (and every other call that waits) through `PahoClient.pump`, as the
+services run it: fewer thread switches and system calls per message, and a hung loop stops
+answering the keepalive. paho's private socket calls are what `PahoClient` overrides: a paho
+that renamed them would only be slower.
 
-Two ways to run the network: in paho's own thread (`loop_start`, the default: publish and
-subscribe from any thread), or `threaded=False`, in the thread of the one caller that owns
-the client, inside `MqttClient.get()` (and every other call that waits) through
-`PahoClient.pump`. The services run that way: what they publish goes out when they next
-wait, every packet since in one `send`, and what arrives is read a chunk at a time, where a
-threaded client wakes its network thread for every outgoing packet (an acknowledgement
-included) and the caller for every incoming one, thread switches and system calls that cost
-more than the message on a virtual machine; and a service whose loop hangs stops answering
-the broker's keepalive, so its last will says it is gone, as it should. paho's private
-socket calls are what `PahoClient` overrides: a paho that renamed them would only be slower.
+Design: docs/design/mqtt-client.md (the two ways to run the network, and what each costs).
 """
 
 from __future__ import annotations

@@ -5,23 +5,11 @@ validated message; this base connects to the broker (retrying until it is up), a
 the role with a retained `online` status and an MQTT last will saying `offline`, runs one
 loop that takes messages off the client's queue (paho's callbacks never do work), calls
 `poll()` for deadlines, and stops cleanly on SIGINT/SIGTERM with a final `offline` status.
+A sample's class scores and feature maps (and the ticks) go at QoS 0, everything else at
+QoS 1. Bad input is counted under its reason and logged, never fatal; every topic read has
+a token bucket (`limit_rate`), so a flood from one account cannot crowd out the others.
 
-Quality of service: the class scores and feature maps of a sample go at QoS 0, everything
-else (offload requests, decisions, statuses) at QoS 1; the trigger's ticks go at QoS 0 too
-(ddnn/ops/fleet.py, `Driver.tick`). A lost score or map costs
-what a late one costs (the aggregator's deadline, the decision made without it, saying so),
-while at QoS 1 each would cost an acknowledgement from the broker and one to it: a third of
-all packets of a sample, and on a virtual machine every packet is system calls that cost
-more than handling the message.
-
-Bad input never stops a service: a payload that fails validation, or a message that does not
-fit the deployment, is counted under its reason and logged (the first few of each reason at
-warning level, the rest at debug level, so a flood cannot flood the log).
-
-Nor does a flood from one account crowd out the others: every topic read has a token bucket
-sized from the deployment's frame rate (`limit_rate`, `--frame-rate`; ddnn/live/rates.py),
-asked before anything is decoded; what it drops is counted (`rate_dropped`, and per topic
-among the refusal reasons).
+Design: docs/design/live-service.md (why QoS 0 for data, logging bad input, rate limits).
 """
 
 from __future__ import annotations

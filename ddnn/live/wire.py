@@ -1,22 +1,14 @@
 """The wire protocol of a live DDNN: topics and validated msgpack messages.
 
 Topics live under `ddnn/<deployment>/<model version>/`, so many deployments and model
-versions share one broker without seeing each other's traffic:
+versions share one broker without seeing each other's traffic: `status/<role>`, `tick`,
+`scores/<role>`, `offload`, `features/<role>`, `job` and `decisions`. Every payload is a
+msgpack map with the schema version `v` and a `kind`, validated by a pydantic model before
+use: wrong version, types, shapes, sizes or non-finite numbers raise `WireError` with the
+reason, which services count and log and never die of. The sample (frame) id is every
+message's correlation id; arrays travel as raw little-endian bytes (`ddnn.core.payloads`).
 
-    status/<role>        retained "online"/"offline" (a device's MQTT last will says offline)
-    tick                 trigger: every device captures frame `sample` now (replay, lockstep)
-    scores/<role>        class scores of a device, an edge or the cloud, for one sample
-    offload              the aggregator asks `sources` to send their feature maps `to` a tier
-    features/<role>      a device's or an edge's feature map, bit-packed when binary
-    job                  the cloud's inputs for one sample in one message, gathered by the
-                         aggregator, for a cloud replicated behind a shared subscription
-    decisions            exactly one decision (or undecided) per sample
-
-Every payload is a msgpack map with the schema version `v` and a `kind`, validated by a
-pydantic model before use: wrong version, types, shapes, sizes or non-finite numbers raise
-`WireError` with the reason, which services count and log and never die of. The sample
-(frame) id is every message's correlation id. Arrays travel as raw little-endian bytes
-(`ddnn.core.payloads`), so payload lengths are the bytes that evaluation counts.
+Design: docs/design/wire.md (what each topic carries).
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
-"""Calibration: the exit thresholds of a trained model, picked on held-out samples by a
-rule (`calibration.rule`; `ddnn train` and `ddnn calibrate`), for a target share of samples
-per exit, or for a bytes budget.
+"""Calibration: the exit thresholds of a trained model, picked on held-out samples by a rule.
 
-- "share" (the default): the thresholds at which a set share of the samples leaves at each
-  named exit (`calibration.shares`: 60 % locally, the share of the paper's operating point),
-  unless the held-out samples are evidence that this costs more than `max_loss` points;
-- "max_loss": the least communication whose loss, plus a margin of standard errors, stays
-  within `max_loss` points;
-- "best": the best overall accuracy.
+The rule (`calibration.rule`; `ddnn train` and `ddnn calibrate`) aims at a target share of
+samples per exit, or at a bytes budget: "share" (the default: a set share leaves at each
+named exit, `calibration.shares`, unless that costs more than `max_loss` points), "max_loss"
+(the least communication within `max_loss` points, plus a margin) or "best" (the best
+overall accuracy). A share by default, because on a few hundred validation samples the
+margin of "max_loss" decides more than the model does.
 
-Why a share by default: on a few hundred validation samples the margin of "max_loss" decides
-more than the model does. Fifteen trained models (three seeds, five configs, both thread
-counts), judged on 4,000 fresh samples, exit 56-63 % locally within -0.38..+0.90 points of
-their cloud at the threshold that sends 60 % of their 240 validation samples out locally;
-"max_loss" picked thresholds from 0.26 to 0.82 for the same models, exiting 26-83 % locally,
-one of them 2.9 points under its cloud (README, Results).
+Design: docs/design/calibration.md (the rules, and the measurements behind the default).
 """
 
 from __future__ import annotations

@@ -2,19 +2,13 @@
 
 `ddnn export` splits a trained model into one artifact per role (each device's slice, the
 local aggregator, each edge, the cloud) plus `manifest.json`. An artifact is a NumPy `.npz`
-of that role's weights under their names in the whole model's state dict, read back with
-`allow_pickle=False`: plain arrays, no code. Each binary device slice is also written in the
-bit-packed format of ddnn/packed/format.py (`device-<i>.bits`, listed under the manifest's `packed`
-with its own SHA-256): what the NumPy device runtime runs without PyTorch; so is each binary
-upper tier that packs (`edge-<e>.bits`, `cloud.bits`: ddnn/packed/tier.py). The manifest's
-schema and reading live in ddnn/core/manifest.py (no PyTorch either). The manifest holds the
-config (topology, exits and thresholds, data split), the software versions, and a SHA-256
-per artifact; the model version that topics carry is derived from those hashes, so two
-exports of the same weights share a version and any change of weights or thresholds gives a
-new one.
+of that role's weights, read back with `allow_pickle=False`: plain arrays, no code. Binary
+device slices, and binary upper tiers that pack, are also written bit-packed (`.bits`:
+ddnn/packed/). The manifest (schema and reading: ddnn/core/manifest.py) holds the config,
+the software versions and a SHA-256 per artifact, from which the model version that topics
+carry is derived. The local aggregator's artifact also holds the edge-exit fusion.
 
-The local aggregator's artifact also holds the edge-exit fusion: in a live deployment the
-aggregator keeps each sample's state and takes every exit decision (see `aggregator/`).
+Design: docs/design/export.md (what each artifact and the manifest hold; the model version).
 """
 
 from __future__ import annotations

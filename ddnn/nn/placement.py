@@ -1,22 +1,15 @@
-"""Exit placement (seed 001): where along a deeper path should the early exit sit, and is one
-model with an exit after many blocks (the multi-exit model, MEM) as good as one model per
-position (single-exit models, SEMs)? Its Figs. 5 and 6, on our data.
+"""Exit placement (seed 001): where along a deeper path should the early exit sit?
 
-The path is the blocks above the devices: `path` filters, one ConvP block each, the edge's
-first and the cloud's after them. There is no local exit, so the edge is the only early exit,
-as seed 001's edge node is:
-- SEM-k puts the first k blocks on one edge over every device, with the edge's exit head
-  after block k, and the rest in the cloud. It is an ordinary topology, deployable as it is.
-- The MEM puts the blocks up to the last compared position on the edge, with a tap
-  (`EdgeSpec.taps`) after each compared block but the last, which has the edge's own head,
-  and the rest in the cloud. All its exits train jointly with equal weights (seed 001,
-  Section 3.2); at inference one exit is active at a time: the MEM at k decides at its exit
-  after block k, then the cloud.
+And is one model with an exit after many blocks (the multi-exit model, MEM) as good as one
+model per position (single-exit models, SEMs)? Its Figs. 5 and 6, on our data. The path is
+the blocks above the devices, the edge's first and the cloud's after them; the edge is the
+only early exit. SEM-k puts the first k blocks and its exit on one edge over every device,
+the rest in the cloud; the MEM taps the edge after each compared block, trains all exits
+jointly and uses one at a time. Each row is measured on the test split at one fixed
+entropy threshold (T = 0.3, no calibration): the edge's share and accuracy, the cloud's, the
+overall accuracy, and the energy per sample of the SEM-k split.
 
-Each row is measured on the test split at one fixed threshold on the normalized entropy
-(seed 001: T = 0.3; no calibration, so SEMs and the MEM face the same rule): the samples
-leaving at the edge, the accuracy of those (edge accuracy), of those the cloud decided
-(cloud accuracy) and overall, and the energy per sample of the SEM-k split.
+Design: docs/design/placement.md (the models compared, the measurement).
 """
 
 from __future__ import annotations

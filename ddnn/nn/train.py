@@ -1,18 +1,15 @@
-"""Training: joint over all exits (paper Section III-C) or by stages (`train.strategy`:
-separate, layerwise; `training_stages`), the learned routers after it, thresholds picked on
-validation data (`fit_and_calibrate`), and the "Individual" baseline.
+"""Training: joint over all exits (paper Section III-C) or by stages, then routers, thresholds.
 
-The joint loss is the weighted sum of the softmax cross-entropy at every exit (equal weights by
-default), optimized with Adam using the paper's hyper-parameters, with the rate decayed to
-zero on a cosine (`lr_schedule`; a constant rate leaves a binary net wherever its last epoch
-lands). With `device_dropout` > 0 each device is independently absent from each training
-sample with that probability (at least one device stays), through the same presence mask
-that evaluation and the live aggregators use, so the model learns to decide with whatever
-devices answered; `one_missing_share` of the samples lose exactly one device instead, the
-case of one dead camera. `presence` can train each batch under several masks (full, exactly
-one device missing): the devices run once, the tiers above once per mask. Where a tier
-max-pools binary maps (an OR of bits), `or_balance` weighs a loss that keeps each channel of
-the OR near half +1 (`or_imbalance`; docs/design/or-balance.md).
+The strategy is `train.strategy` (joint, or by stages: separate, layerwise; `training_stages`);
+the learned routers train after it, thresholds are picked on validation data
+(`fit_and_calibrate`), and the "Individual" baseline trains here too. The joint loss is the
+weighted sum of the softmax cross-entropy at every exit, optimized with Adam using the
+paper's hyper-parameters on a cosine schedule. Device dropout (`device_dropout`,
+`one_missing_share`, `presence`) trains the model to decide with whatever devices answered,
+through the same presence mask as evaluation and the live aggregators; `or_balance` keeps
+each channel of an OR of binary maps near half +1 (`or_imbalance`).
+
+Design: docs/design/training.md; the OR's loss: docs/design/or-balance.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
 """`ddnn demo`: the whole live system on one machine, with one command.
 
-Trains a small model unless one is given (cached, so the second run starts at once),
-exports it, starts a broker unless one is given, measures the broker's raw ceiling, starts
-one process per device, the aggregator, the edges and the cloud exactly as an operator
-would (`python -m ddnn <role> ...`), waits until every one is online, then drives the
-devices in lockstep with `tick` messages over the test part (cycling when more samples are
-asked for than it holds), keeps a bounded number of samples in flight, collects every
-decision, shuts everything down and summarizes: accuracy, exit fractions, bytes per device,
-latency per exit tier, throughput next to the broker ceiling.
+Trains a small model unless one is given (cached), exports it, starts a broker unless one is
+given, measures the broker's raw ceiling, starts one process per role exactly as an operator
+would (`python -m ddnn <role> ...`), drives the devices in lockstep with `tick` messages over
+the test part, collects every decision, shuts everything down and summarizes: accuracy, exit
+fractions, bytes per device, latency per exit tier, throughput next to the broker ceiling.
+The devices replay the same part that the live and offline accuracy are scored on.
 
-The devices replay the test part of the data the model was trained on (or of `data`, a SPEC
-that must fit the model), and the same part is what the live accuracy is scored on and what
-the offline evaluation beside it (`offline_accuracy`, `mismatches`) decides: a demo whose
-devices saw other frames than its labels describe would report a meaningless accuracy.
+Design: docs/design/demo.md (the steps in full, and why the replayed part must match).
 """
 
 from __future__ import annotations

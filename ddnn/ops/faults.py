@@ -2,29 +2,14 @@
 
 The scenarios run one after another on one deployment (broker, one process per role). Each
 streams test samples through it with `tick` messages while it kills, pauses or restarts
-processes, the broker, or lets a rogue client publish garbage; after it, every service it
-killed is restarted and all must be back online before the next one begins. What the design
-promises is then checked:
+processes, the broker, or lets a rogue client publish garbage; then the services it killed
+are restarted, and what the design promises is checked: exactly one decision per sample, no
+service dying of bad input, live decisions equal to the offline evaluation, recovery after a
+restart, bounded memory. This module runs them (`run_faults`, `run_scenarios`); the
+scenarios are in ddnn/ops/outage_scenarios.py, hostile_scenarios.py, byzantine_scenario.py
+and flood_scenario.py, on the `Harness` of ddnn/ops/fault_harness.py.
 
-- every sample ticked ends in exactly one decision or one explicit undecided message, as
-  an observer apart from the driver sees them (every row's `decisions_missing`,
-  `decisions_twice` and `decisions_repeated`), and no service process exits unless the
-  scenario killed it (`service_deaths`, as the fleet sees its processes);
-- no service dies of bad input, and every rejected message is counted with its reason
-  (the counters travel in each service's status message);
-- each live decision equals the offline evaluation (`ddnn eval --missing ...`) for the set
-  of devices that took part in it, so the accuracy with device i down is that of the
-  offline model without device i (the cost column gives it on the whole test part);
-- after a restart, decisions resume on their own; the time they take is reported;
-- hostile input (bad-input, forgery, fuzz, flood, replay) kills no service, keeps each one's
-  refusal reasons within 64 keys and its memory bounded (rows with `service_deaths`,
-  `reason_keys`, `max_rss_mb`, and `rss_growth_mb` where much is sent); how much the
-  hostile scenarios send is `Sizes` (`ddnn faults --quick` sends less).
-
-This module runs them (`run_faults`, `run_scenarios`); the scenarios themselves are in
-ddnn/ops/outage_scenarios.py (1-6, the kill storm, the long outage),
-ddnn/ops/hostile_scenarios.py (7-11), byzantine_scenario.py (12) and flood_scenario.py (13),
-on the `Harness` of ddnn/ops/fault_harness.py.
+Design: docs/design/faults.md (each promise checked, the columns that report it).
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
 """`ddnn bench live`: the live system against the ceiling of its own message pattern.
 
 One run, one broker (mosquitto when installed, else the embedded one, or as chosen), one
-export of the model, in this order:
+export of the model, in this order: the bare message pattern of the deployment's shape, flat
+out (ddnn/ops/pattern.py: the ceiling); the live system paced like cameras, free-running on
+the wall clock (`paced`) and ticked in lockstep (`paced_ticked`), with decision latency per
+exit tier; the live system flat out, with each service's CPU seconds per sample. Figures
+from one run compare; figures from two runs do not. Every live decision is checked against
+the offline evaluation (`mismatches`) and for exactly once (`decided_twice`).
 
-1. the bare message pattern of the deployment's shape (ddnn/ops/pattern.py): the same
-   roles, accounts, topics, message sizes and escalations, no model, QoS 0, flat out over
-   the sample ids the live system then decides: the ceiling;
-2. the live system (one process per role, as `ddnn demo` runs it) paced like cameras:
-   `fps` samples per second for `seconds`, with decision latency per exit tier from the
-   capture to the aggregator's decision, twice:
-   - `paced`: every device free-running on the wall clock (`ddnn device --clock wall`),
-     as cameras on synchronized clocks do: sample k is the k-th 1/fps slot, and nothing
-     but the devices' scores starts it;
-   - `paced_ticked`: the devices in lockstep, each sample started by a tick message at
-     that rate (what `ddnn demo` does), so the tick's trip through the broker is part of
-     the latency;
-3. the live system flat out: `samples` samples with at most `window` in flight, timed, with
-   each service's CPU seconds per sample.
-
-Figures from one run compare; figures from two runs (two machines, or two loads of one)
-do not. Every live decision is also checked against the offline evaluation of the same
-samples (`mismatches`) and for exactly once (`decided_twice`): a faster system that decides
-differently is not faster.
+Design: docs/design/bench.md (each step, and what its figures mean).
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
 """What `ddnn monitor` knows of a running deployment, from what its services publish.
 
 The monitor reads what the `observer` account may read and publishes nothing: the retained
-statuses (each service sends one every `STATUS_EVERY` seconds, with its message counters
-and its refusals by reason; the broker sends a dead one's last will, `offline`) and the
-decisions. `Monitor` folds them into a `snapshot()`, one JSON-ready document (its keys:
-`SNAPSHOT_KEYS`), which the dashboard renders and `ddnn monitor --json` prints. This module
-does no I/O but for `open_client` and `watch`, which connect and feed it; the folding is
-plain functions of the messages and the clock passed in, so tests drive it directly.
+statuses (with their counters and refusals by reason, or a dead service's last will) and the
+decisions. `Monitor` folds them into a `snapshot()`, one JSON-ready document (`SNAPSHOT_KEYS`),
+which the dashboard renders and `ddnn monitor --json` prints. This module does no I/O but for
+`open_client` and `watch`; the folding is plain functions of the messages and the clock, so
+tests drive it directly. Its memory is bounded whatever arrives (`MAX_ROLES`, `MAX_INSTANCES`,
+`MAX_NAMES`, `MAX_REASONS`, `MAX_NAME`, `MAX_KEPT`): it may listen to an anonymous broker.
 
-Bounded memory whatever arrives, because the monitor may listen to an anonymous broker
-where anyone publishes anything: at most `MAX_ROLES` roles (those an export names are always
-kept), `MAX_INSTANCES` processes per role, `MAX_NAMES` counters or reasons per status and
-`MAX_REASONS` reasons of degraded, undecided and malformed messages (any further one counts
-as "other"), names cut to `MAX_NAME` printable characters, and the decisions of the last
-`window` seconds only, at most `MAX_KEPT` of them (over that, the newest; the rate is then
-measured over the span they cover). A message that is not a valid status or decision on its
-topic is counted under its reason and otherwise ignored.
+Design: docs/design/monitor.md (each bound, and what happens past it).
 """
 
 from __future__ import annotations

@@ -3,66 +3,11 @@
 A binary device slice (ConvP blocks, then the FC exit head; ddnn/nn/model.py `DeviceSlice`) is
 packed into a few hundred bytes and run with NumPy alone, bit-exactly with the torch model in
 eval mode. This package imports no PyTorch: packing a trained torch slice is the export's job
-(`ddnn.nn.pack.pack_slice`); the kernels that run a slice are in `ddnn.packed.kernels`.
+(`ddnn.nn.pack.pack_slice`); the kernels that run a slice are in `ddnn.packed.kernels`. This
+module holds the packed layers and the `.bits` file (little-endian, ending in the SHA-256 of
+the bytes before it); reading refuses a wrong magic, version or hash with ModelFileError.
 
-What a packed slice holds
--------------------------
-- ConvP block: the binarized 3x3 kernels, one bit per weight (1 = +1, i.e. w >= 0, as
-  `ste_sign`), weight k = c*9 + ky*3 + kx of filter f at bit k % 64 of word k // 64 of row f
-  (uint64 words). Max-pool -> batch norm -> sign folds into one comparison per channel on
-  the pooled pre-activation m: `+1 iff direction * m >= threshold`, direction +1 where the
-  batch norm rises with m (gamma > 0), -1 where it falls (gamma < 0: "m <= t" is stored as
-  "-m >= -t"); a channel whose sign never changes (gamma == 0, or a flip point out of reach)
-  has a threshold no m reaches (+-inf, or the int32 limits). Pooling commutes with the
-  comparison because batch norm is monotone, so only the max is needed either way.
-- FC exit head: the binarized weights as bits (feature i = c*h*w + y*w + x, torch's
-  `flatten` order) and batch norm as `alpha`, `beta` (float32) with `score = x*alpha + beta`
-  on the integer dot x, rounded once (fused multiply-add, how torch evaluates it on CPUs
-  with FMA) or twice (mode "mul_add"), whichever reproduces torch; plus a table of
-  (class, dot, score) overrides for any reachable dot where neither does (normally empty).
-
-Exactness (what `ddnn.nn.pack.pack_slice` guarantees, and how)
---------------------------------------------------
-Thresholds are not derived by algebra: `pack_slice` evaluates the slice's own eval-mode
-`BatchNorm` modules in PyTorch and finds where the sign flips, so the packed comparison
-reproduces torch's float32 rounding exactly.
-- Binary-input ConvP blocks (the second and later): the pre-activation is an integer in
-  [-9C, 9C] (the +-1 products over the taps inside the image; zero padding contributes
-  nothing, so each output position counts its valid taps: n_valid - 2 * popcount((patch XOR
-  weights) AND valid)). torch's batch norm is evaluated on every one of these integers, the
-  sign pattern is checked to be monotone, and the flip point becomes an int32 threshold.
-  Equal to torch always.
-- The first ConvP block (pixels 0..255 times +-1 weights): torch's float32 batch norm is
-  monotone in its float32 input, so its sign flips at one float32 value, found by bisection
-  over the ordered float32 bit patterns; the threshold is that float32. The packed path sums
-  the taps in float64, which is exact for float32 pixels in 0..255 (27 products of at most
-  8 + 24 significant bits). With integer pixels (camera frames: uint8) torch's float32 sums
-  are exact too, so the feature maps are equal always. With real-valued pixels (data-set
-  replay), torch's float32 sums carry rounding that depends on its summation order (torch
-  itself gives different last bits at batch 1 and in batches); the packed path then equals
-  torch unless a sum lies within that rounding (about 1e-3) of a channel's threshold. The
-  tests check every sample of the default synthetic test set and of an MVMC-format set.
-- FC head: the dot of +-1 features with +-1 weights is an exact integer on both sides
-  (|dot| <= 1024 < 2**24 in float32). The class scores are real-valued (batch norm without
-  sign); they are bitwise equal to torch's: `pack_slice` evaluates torch's head batch norm
-  on every reachable dot value (n - 2p for p = 0..n), batched and one row at a time, and
-  stores the formula mode and overrides that reproduce every one of them.
-So given equal feature maps, the class scores are bitwise equal, not merely within rounding.
-
-File format (`.bits`, little-endian)
-------------------------------------
-    header  "<8sHHHHH": magic b"DDNNBITS", format version, n ConvP blocks, C, H, W
-    per ConvP block  "<BBHH": kind (1: real-valued input, a device's first block only;
-            2: binary input, every later block and a packed tier's first), 0, in channels,
-            filters; then weights uint64 (filters, ceil(9*in/64)), direction int8 (filters,),
-            threshold float32 (kind 1) or int32 (kind 2) (filters,)
-    head    "<BBHHH": kind 3, mode (0 fma, 1 mul_add), in features, classes, n overrides;
-            then weights uint64 (classes, ceil(in/64)), alpha float32, beta float32
-            (classes,), overrides: class uint16, dot int32, score float32 (n,)
-    trailer SHA-256 of every byte before it (32 bytes)
-The spatial sizes follow from (H, W) and the blocks (each halves them, as ConvP does).
-Reading checks the magic, the version and the trailer hash and refuses anything else with
-ModelFileError; the export manifest also holds the file's SHA-256.
+Design: docs/design/packed-format.md (what a slice holds, why it equals torch, the format).
 """
 
 from __future__ import annotations

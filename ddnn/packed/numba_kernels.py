@@ -2,22 +2,12 @@
 
 The same decisions as the NumPy path, written as loops that LLVM compiles: a batch-1 frame
 costs microseconds instead of the tens that a dozen NumPy calls cost in overhead alone.
-Importing this module raises ImportError where numba is missing; ddnn/packed/kernels.py then falls
-back to NumPy. Kernels are compiled on first use and cached on disk (`cache=True`).
+Importing this module raises ImportError where numba is missing; ddnn/packed/kernels.py then
+falls back to NumPy. Kernels are compiled on first use and cached on disk (`cache=True`).
+The first block sums in float32 and recomputes in float64 every pooled value within a
+rigorous bound of its threshold, so it stays exact; conventions as ddnn/packed/format.py.
 
-Conventions (see ddnn/packed/format.py): weight bit k = c*9 + ky*3 + kx of a filter at bit k % 64
-of word k // 64, 1 meaning +1; activations are float32 +-1 arrays (> 0 meaning +1), and also
-packed into words in flatten order for the next binary layer; a channel is +1 where
-`direction * pooled >= threshold`.
-
-First block, fast and exact: the signed 27-tap sums are computed in float32 (each row's
-three horizontal taps come from one of four precomputed sign patterns, so a filter adds 9
-rows instead of 27 taps), and every pooled value whose distance to the threshold is within
-a rigorous bound of the float32 rounding error is recomputed exactly in float64 (exact for
-float32 pixels in 0..255, as in the NumPy path). The bound: each value goes through at most
-2 + 3C roundings of relative size 2**-24 on partial sums of at most 9C * max|pixel|; the
-kernel uses (64 + 12C) * 9C * max|pixel| * 2**-24, several times that. fastmath is limited to
-"contract": a fused multiply-add of a +-1 sign and a value rounds exactly like the add.
+Design: docs/design/packed-format.md (the conventions, the first block's error bound).
 """
 
 from __future__ import annotations

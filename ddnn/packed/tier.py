@@ -1,23 +1,14 @@
 """A bit-packed upper tier: the cloud (or an edge) run with NumPy and numba, without PyTorch.
 
 An upper tier fuses the binary feature maps of its inputs (ddnn/nn/fusion.py) and runs binary
-ConvP blocks and a binary FC head on the result. Both fusions of binary maps stay binary,
-so the blocks after them run on bits as a device's later blocks do (ddnn/packed/format.py):
+ConvP blocks and a binary FC head on the result. Both fusions of binary maps stay binary (CC
+as a block whose taps of absent inputs are masked out, MP as an OR of the present inputs'
+bits), so the blocks after them run on bits as a device's later blocks do
+(ddnn/packed/format.py). AP, float or k-bit tiers and tiers with hidden FC blocks stay on
+PyTorch (`ddnn.nn.pack.pack_tier` refuses them). Exactness: bit for bit with torch in eval
+mode, as a device slice's later blocks and head (tests/test_packed.py).
 
-- CC concatenates the inputs' channels, a missing input's slot filled with zeros. A zero
-  adds nothing to a dot product, so a block over a concatenation with absent inputs is a
-  block whose taps of those channels are masked out: per output position, the taps counted
-  (`n_valid`) and the mask words are those inside the map *and* of a present input. The
-  integer pre-activation is then the same number torch computes, and the block's
-  thresholds (found by evaluating torch's batch norm on every integer in [-9C, 9C]) decide
-  it exactly as torch does.
-- MP takes, per component, the largest value over the present inputs: for +-1 maps, +1 where
-  any present input has +1 (an OR of their bits).
-
-AP averages +-1 maps into values that are not +-1, and float or k-bit tiers are not bits at
-all: those tiers, and any with hidden FC blocks, stay on PyTorch (`ddnn.nn.pack.pack_tier`
-refuses them). Exactness: the same as a device slice's later blocks and head, bit for bit
-with torch in eval mode (tests/test_packed.py checks every presence pattern).
+Design: docs/design/packed-format.md.
 """
 
 from __future__ import annotations

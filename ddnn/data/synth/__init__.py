@@ -1,42 +1,14 @@
 """Synthetic multi-view multi-camera (MVMC-like) data set, rendered with OpenCV.
 
 The paper's MVMC data set cannot be downloaded here, so this module renders a stand-in with
-the same format and, more importantly, the same reasons for being hard:
+the same format and, more importantly, the same reasons for being hard: one object (car, bus
+or person) per sample, seen by fixed cameras of unequal placement, each image the object's
+bounding box cropped and resized to 32x32, and the object absent from some cameras. The
+parts: ``settings``, ``geometry``, ``objects``, ``cameras`` and ``render``. Output follows
+the original ``MVMC.npz``: ``X`` float32 ``(N, cameras, 3, 32, 32)`` with RGB pixel values
+0..255, ``y`` int32 ``(N, cameras)`` with 0 car, 1 bus, 2 person, 3 absent.
 
-* Each sample is ONE object (car, bus or person) seen at one instant by several fixed
-  cameras. A camera's image is the object's bounding box cut from its frame and resized to
-  32x32, so apparent size is lost: class must come from shape, proportions and appearance.
-* A car and a bus look alike end-on (only proportions and windows differ); a person is tall
-  and thin but small, and blurred when far away.
-* Cameras differ in distance, height, field of view, resolution, blur, noise and clutter, so
-  some are much better placed than others.
-* The object leaves some cameras' fields of view, is hidden behind other objects or is too
-  small to see: that camera's crop is all zeros and its label is ``ABSENT``.
-
-Scene model (world units are metres, z is up, the ground is z = 0):
-
-* The world is fixed for all seeds: cameras on a ring around a plaza, their backdrops (ground
-  tiles seen in perspective, sky, buildings on the horizon, foliage in front of some lenses)
-  and static props (lamp posts, trees, bins). A fixed site is what real fixed cameras see, and
-  it lets a model trained on one seed be tested on another.
-* Per sample: a target object made of boxes (car = low body + glass cabin, bus = long tall
-  box with a row of windows, person = legs + torso + head), with size, colour and heading drawn
-  from per-class ranges that overlap; a few moving distractors (other cars, buses, persons);
-  a random sun direction and brightness.
-* Per camera: the objects are projected with ``cv2.projectPoints``, shaded by face normal
-  against the sun, drawn back to front (painter's algorithm) with ``cv2.fillConvexPoly`` on
-  the camera's backdrop, cast a shadow, get clutter, blur and sensor noise; then the target's
-  bounding box (grown by a random margin, clipped to the frame) is cropped and resized.
-
-Only the crop around the target is rendered (at most ``settings.MAX_CANVAS`` pixels on a
-side), which keeps generation fast: about 7 s for 2000 samples on one core.
-
-The parts: ``settings`` (classes, scales, cameras), ``geometry`` (boxes as meshes),
-``objects`` (cars, buses, persons, props), ``cameras`` (poses, projection, backdrops) and
-``render`` (the world, a scene, a camera's view of it).
-
-Output follows the original ``MVMC.npz``: ``X`` float32 ``(N, cameras, 3, 32, 32)`` with RGB
-pixel values 0..255, ``y`` int32 ``(N, cameras)`` with 0 car, 1 bus, 2 person, 3 absent.
+Design: docs/design/synthetic-data.md (why it is hard, the scene model, generation speed).
 """
 
 from __future__ import annotations
