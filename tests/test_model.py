@@ -252,18 +252,33 @@ def test_the_or_balance_reaches_the_devices_through_the_max_and_the_sign():
     assert ((shares - 0.5).abs() < 0.15).all(), shares
 
 
+EDGES = "model.edge.groups=[[0,1,2],[3,4,5]]"
+
+
 @pytest.mark.parametrize(
-    ("settings", "ors"),
+    ("settings", "ors", "cloud_or"),
     [
-        (["model.cloud.aggregation=CC"], 0),
-        (["model.cloud.aggregation=AP"], 0),
-        (["model.cloud.aggregation=MP", "model.device.precision=float"], 0),
-        (["model.edge.groups=[[0,1,2],[3,4,5]]", "model.edge.aggregation=MP"], 2),
-        (["model.edge.groups=[[0,1,2],[3,4,5]]", "model.cloud.aggregation=MP"], 1),
+        (["model.cloud.aggregation=CC"], 0, False),
+        (["model.cloud.aggregation=AP"], 0, False),
+        (["model.cloud.aggregation=MP"], 1, True),
+        (["model.cloud.aggregation=MP", "model.device.precision=float"], 0, False),
+        ([EDGES, "model.edge.aggregation=MP"], 2, False),
+        ([EDGES, "model.cloud.aggregation=MP"], 1, True),
+        (
+            [
+                EDGES,
+                "model.edge.aggregation=MP",
+                "model.edge.precision=float",
+                "model.cloud.aggregation=MP",
+            ],
+            2,
+            False,
+        ),
     ],
 )
-def test_only_a_max_over_binary_maps_is_an_or(settings, ors):
+def test_only_a_max_over_binary_maps_is_an_or(settings, ors, cloud_or):
     """Max pooling of +-1 maps is an OR of bits, to be balanced in training; a mean, a
-    concatenation or a max of real-valued maps is not."""
+    concatenation or a max of real-valued maps is not. The cloud's OR, if any, comes last."""
     model = DDNN(load_config(None, settings).model)
     assert len(model(torch.rand(2, 6, 3, 32, 32)).or_maps) == ors
+    assert model.cloud_is_or == cloud_or

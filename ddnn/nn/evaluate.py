@@ -151,13 +151,12 @@ def accuracy_percent(predictions: np.ndarray, labels: np.ndarray) -> float:
 def cloud_or_share(model: DDNN, data: MultiViewData, batch: int = 512) -> float | None:
     """The % of +1 bits in the cloud's fused input on `data`, every device present, where
     that fusion is an OR (MP over binary maps); None where it is not."""
+    if not model.cloud_is_or:
+        return None
     model.eval()
     ones, bits = 0.0, 0
     for start in range(0, len(data), batch):
-        out = model(torch.from_numpy(data.x[start : start + batch]))
-        if not out.or_maps or not model.cfg.cloud or model.cfg.cloud.aggregation != "MP":
-            return None
-        fused = out.or_maps[-1]  # the cloud's, which comes last
+        fused = model(torch.from_numpy(data.x[start : start + batch])).or_maps[-1]
         ones += float((fused > 0).sum())
         bits += fused.numel()
     return _pct(ones / bits)

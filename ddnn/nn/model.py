@@ -243,9 +243,14 @@ class DDNN(nn.Module):
         (B, |C|), and its OR when it is one."""
         scores, _, _, fused = self.cloud.forward_with_taps(features, present)
         out.logits["cloud"] = scores
-        below = self.cfg.device if self.cfg.edge is None else self.cfg.edge
-        if is_or(self.cfg.cloud.aggregation, below.precision):
+        if self.cloud_is_or:
             out.or_maps.append(fused)
+
+    @property
+    def cloud_is_or(self) -> bool:
+        """Whether the cloud's fusion is an OR (then its fused input comes last in `or_maps`)."""
+        below = self.cfg.device if self.cfg.edge is None else self.cfg.edge
+        return self.cfg.cloud is not None and is_or(self.cfg.cloud.aggregation, below.precision)
 
     def above_devices(
         self, scores: torch.Tensor | None, features: torch.Tensor, present: torch.Tensor
