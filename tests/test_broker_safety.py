@@ -97,9 +97,10 @@ def test_a_client_is_sent_nothing_bigger_than_the_wire_takes(tmp_path: Path) -> 
     with bare_mosquitto(tmp_path) as port:
         url = f"mqtt://127.0.0.1:{port}"
         topic = f"test/big/{uuid.uuid4().hex[:8]}"
-        sub = MqttClient(url, "sub").connect(timeout=5)
+        sub = MqttClient(url, "sub")
+        sub.subscribe(topic, qos=1)  # acknowledged once connected: before the first publish
+        sub.connect(timeout=5)
         try:
-            sub.subscribe(topic, qos=1)
             sender = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
             sender.connect("127.0.0.1", port)
             sender.loop_start()
