@@ -214,9 +214,8 @@ class TrainConfig(_Strict):
         description="the presence masks each batch is trained under, one pass each (losses "
         "averaged): dropout (device_dropout), full (every device), single (one device missing)",
     )
-    # The OR of six +-1 maps, each about half +1, is +1 almost everywhere (94.5 % of its
-    # bits): an MP cloud then sees a near-constant input and learned little (MP-MP 49.75 %
-    # cloud accuracy, 20 epochs). docs/design/or-balance.md has the measurements.
+    # Without it the OR of six +-1 maps is +1 almost everywhere, and an MP cloud learns
+    # little: docs/design/or-balance.md.
     or_balance: float = Field(
         default=10.0,
         ge=0,
