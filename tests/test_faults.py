@@ -4,6 +4,7 @@ input, every live decision equal to offline evaluation with the same devices pre
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from ddnn.live.service import INTERNAL_ERROR
 from ddnn.live.wire import Decision, Topics, encode
 from ddnn.ops.fault_harness import RATE, DecisionObserver, Sizes
 from ddnn.ops.faults import SCENARIOS
-from ddnn.ops.fleet import Driver, Fleet, summarize
+from ddnn.ops.fleet import Driver, Fleet, cpu_seconds, summarize
 from tests.helpers import ddnn_json, make_mvmc_arrays, tiny_model
 
 
@@ -390,3 +391,17 @@ def test_the_fleet_counts_processes_that_die_by_themselves_not_those_it_kills(tm
     fleet.restart(AGGREGATOR)
     fleet.stop()
     assert fleet.deaths == [CLOUD, CLOUD]
+
+
+def test_cpu_seconds_reads_another_process_finer_than_the_kernel_tick():
+    # the benches' CPU figures: a light broker uses less than /proc's 10 ms tick in a run
+    script = "import sys, time; print(time.process_time(), flush=True); sys.stdin.read()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    with child:
+        own = float(child.stdout.readline())  # what the child says it has used, then waits
+        measured = cpu_seconds(child.pid)
+        assert own <= measured < own + 0.005  # ticks would be up to 10 ms short
+        child.stdin.close()
+    assert cpu_seconds(child.pid) is None  # gone

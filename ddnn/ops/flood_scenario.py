@@ -6,12 +6,10 @@ in the same run, without them (docs/design/fairness.md: the rows and the bar).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import AGGREGATOR, Role
 from ddnn.live.wire import Scores, encode
 from ddnn.ops.fault_harness import CLOUD_DEADLINE, SCORE_DEADLINE, Harness
+from ddnn.ops.fleet import cpu_seconds
 from ddnn.ops.flooder import Order
 
 FRAME_RATE = 30.0  # samples per second of the deployment under the flood
@@ -50,21 +49,13 @@ def _figures(h: Harness, samples: list[int], flooder: Role, deadline: float) -> 
     }
 
 
-def _cpu_seconds(h: Harness) -> float | None:
-    """The CPU time the aggregator's process has used (Linux; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{h.fleet.procs[AGGREGATOR].pid}/stat").read_text().split()
-    except OSError:
-        return None
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-
-
 def _segment(h: Harness, n: int) -> tuple[range, float, float | None]:
     """`n` samples at `FRAME_RATE`; the seconds they took, and the CPU seconds the
     aggregator used meanwhile (what a flood costs it, whatever else the machine runs)."""
-    cpu, wall = _cpu_seconds(h), time.monotonic()
+    aggregator = h.fleet.procs[AGGREGATOR].pid
+    cpu, wall = cpu_seconds(aggregator), time.monotonic()
     samples = h.segment(n, rate=FRAME_RATE)
-    used = _cpu_seconds(h)
+    used = cpu_seconds(aggregator)
     return samples, time.monotonic() - wall, None if cpu is None or used is None else used - cpu
 
 
