@@ -34,7 +34,7 @@ from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format, tier_inputs
 from ddnn.core.routing import Router, routers_from_state
 from ddnn.live.bounds import ScoreBounds
-from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh
+from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh, handles
 from ddnn.live.transport import Receipt
 from ddnn.live.wire import (
     ENCODINGS,
@@ -42,7 +42,6 @@ from ddnn.live.wire import (
     Decision,
     Features,
     Job,
-    Message,
     Offload,
     Scores,
     Status,
@@ -179,18 +178,12 @@ class AggregatorService(Service):
         self.opened_by: Counter[int] = Counter()  # --clock wall: samples each device opened
         self.rival: str | None = None  # another aggregator of this deployment, seen online
         self.rival_wait = rival_wait
-        self.replicated_cloud = replicated_cloud
+        self.replicated = replicated_cloud
         if replicated_cloud and cfg.model.cloud is None:
             raise DDNNError("a replicated cloud needs a model with a cloud")
         self.cloud_inputs = set(tier_inputs(cfg.model, CLOUD))
         self.cloud_encoding = ENCODINGS[tier_input_format(cfg.model, CLOUD)]
         self.max_map = MAX_PAYLOAD // (len(self.cloud_inputs) + 1)  # every job fits
-
-    def subscriptions(self) -> list[str]:
-        topics = [self.topics.all_status, self.topics.tick, self.topics.all_scores]
-        if self.replicated_cloud:
-            topics += [self.topics.features(r) for r in sorted(self.cloud_inputs)]
-        return topics
 
     def before_online(self) -> None:
         """Refuse to run beside another aggregator of the deployment: two would each decide
@@ -223,28 +216,30 @@ class AggregatorService(Service):
         return self.client.send(self.topics.decisions, payload, qos=1)
 
     # -- messages ------------------------------------------------------------------------
-    def handle(self, topic: str, message: Message) -> None:
-        if isinstance(message, Status):
-            role = message.role
-            other = message.instance != self.instance
-            if role == AGGREGATOR and message.state == "online" and other:
-                self.rival = message.instance
-                self.log.error("another aggregator of this deployment is online: %s", self.rival)
-            elif role == AGGREGATOR and message.instance == self.rival:  # it said goodbye
-                self.rival = None
-            if role.tier == "device" and role.index is not None and role.index < self.n_devices:
-                (self.online.add if message.state == "online" else self.online.discard)(role.index)
-                self.heard[role.index] = time.monotonic()
-            return
-        if isinstance(message, Tick):
-            if self._open(message.sample, message.t) is None:
-                self.counters["late"] += 1  # decided already: a repeat, a replay
-            return
-        if isinstance(message, Features) and self.replicated_cloud:
-            self._gathered(message)
-            return
-        if not isinstance(message, Scores):
-            raise Rejected("a message of a kind this service does not take", message.kind)
+    @handles(Status)
+    def on_status(self, message: Status) -> None:
+        role = message.role
+        other = message.instance != self.instance
+        if role == AGGREGATOR and message.state == "online" and other:
+            self.rival = message.instance
+            self.log.error("another aggregator of this deployment is online: %s", self.rival)
+        elif role == AGGREGATOR and message.instance == self.rival:  # it said goodbye
+            self.rival = None
+        if role.tier == "device" and role.index is not None and role.index < self.n_devices:
+            (self.online.add if message.state == "online" else self.online.discard)(role.index)
+            self.heard[role.index] = time.monotonic()
+
+    @handles(Tick)
+    def on_tick(self, message: Tick) -> None:
+        if self._open(message.sample, message.t) is None:
+            self.counters["late"] += 1  # decided already: a repeat, a replay
+
+    @handles(Features)
+    def on_features(self, message: Features) -> None:
+        self._gathered(message)
+
+    @handles(Scores)
+    def on_scores(self, message: Scores) -> None:
         values = message.values()
         if len(values) != len(self.cfg.model.classes):
             raise Rejected(
@@ -441,7 +436,7 @@ class AggregatorService(Service):
     def _to_cloud(self, p: Pending, sources: list[Role]) -> None:
         """Ask `sources` for their feature maps for the cloud, and wait for its answer (or,
         for a replicated cloud, gather the maps here first)."""
-        if self.replicated_cloud:
+        if self.replicated:
             p.stage, p.asked = "gather", set(sources)
             p.until = time.monotonic() + self.deadlines.cloud
             self._wait(p, min(self.deadlines.gather, self.deadlines.cloud))

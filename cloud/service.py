@@ -25,8 +25,8 @@ from ddnn.core.config import FeatureFormat
 from ddnn.core.errors import DDNNError
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role, tier_input_format
-from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service
-from ddnn.live.wire import ENCODINGS, Features, Job, Message, Offload, Refused, Scores
+from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service, handles
+from ddnn.live.wire import ENCODINGS, Features, Job, Offload, Refused, Scores
 
 KEEP_MAX = 1024  # samples remembered at most: collecting, run, and kept for the cloud
 UNASKED_PER_SOURCE = 64  # maps of one input collecting before their offload request came
@@ -74,32 +74,24 @@ class TierService(Service):
         self.tier = role.tier  # "edge" or "cloud"
         self.deadline = deadline
         self.output_format = output_format
-        self.input_encoding = ENCODINGS[tier_input_format(manifest.ddnn_config().model, role)]
+        self.input_encoding = ENCODINGS[tier_input_format(self.model, role)]
         self.collecting: OrderedDict[int, Collecting] = OrderedDict()
         # samples already run: their late feature maps are dropped
         self.done: Recent[None] = Recent(KEEP_MAX)
         self.kept = KeptMaps(keep_seconds, KEEP_MAX)
 
-    def subscriptions(self) -> list[str]:
-        if self.group is not None:
-            return [self.topics.shared_jobs(self.group)]
-        return [self.topics.offload] + [self.topics.features(r) for r in self.inputs]
+    @handles(Offload)
+    def on_offload(self, message: Offload) -> None:
+        if message.to == self.tier and message.sample not in self.done:
+            mine = {s for s in message.sources if s in self.slot}
+            if mine:
+                self._collecting(message.sample).expected = mine
+                self._maybe_run(message.sample)
+        if self.tier == "edge" and self.role in message.sources:
+            self.send_kept(self.kept, message.sample, self.output_format)
 
-    def handle(self, topic: str, message: Message) -> None:
-        if isinstance(message, Job) and self.group is not None:
-            self._job(message)
-            return
-        if isinstance(message, Offload):
-            if message.to == self.tier and message.sample not in self.done:
-                mine = {s for s in message.sources if s in self.slot}
-                if mine:
-                    self._collecting(message.sample).expected = mine
-                    self._maybe_run(message.sample)
-            if self.tier == "edge" and self.role in message.sources:
-                self.send_kept(self.kept, message.sample, self.output_format)
-            return
-        if not isinstance(message, Features):
-            raise Rejected("a message of a kind this service does not take", message.kind)
+    @handles(Features)
+    def on_features(self, message: Features) -> None:
         self._check(message)
         array = message.array(self.input_shape)  # a malformed map is refused, late or not
         if message.sample in self.done:
@@ -113,7 +105,8 @@ class TierService(Service):
         c.received[message.source] = len(message.data)
         self._maybe_run(message.sample)
 
-    def _job(self, job: Job) -> None:
+    @handles(Job)
+    def on_job(self, job: Job) -> None:
         """Answer a job with its maps that check out; each one that does not is refused
         (counted under its reason) as the same map sent on its own would be."""
         c = Collecting(None, 0.0, job.t0)

@@ -19,8 +19,16 @@ import numpy as np
 from ddnn.core.manifest import Manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import Role
-from ddnn.live.service import Broker, KeptMaps, Recent, Rejected, Service, check_fresh
-from ddnn.live.wire import Message, Offload, Scores, Tick
+from ddnn.live.service import (
+    Broker,
+    KeptMaps,
+    Recent,
+    Rejected,
+    Service,
+    check_fresh,
+    handles,
+)
+from ddnn.live.wire import Offload, Scores, Tick
 from devices.runtime import SliceRuntime
 from devices.sources import FrameSource, VideoSource
 
@@ -46,33 +54,32 @@ class DeviceService(Service):
         self.source = source
         self.clock = clock
         self.fps = fps
-        self.feature_format = manifest.ddnn_config().model.device_feature_format
+        self.feature_format = self.model.device_feature_format
         self.kept = KeptMaps(keep_seconds, keep_max)
         self.answered: Recent[Scores] = Recent(keep_max)  # the scores of recent samples
         self.next_capture = 0.0
 
-    def subscriptions(self) -> list[str]:
-        return [self.topics.tick, self.topics.offload]
+    @handles(Tick)
+    def on_tick(self, message: Tick) -> None:
+        if self.clock != "tick":
+            return  # free-running on the wall clock: ticks start nothing
+        check_fresh(message.t, "a tick")
+        answered = self.answered.get(message.sample)
+        if answered is not None:
+            # A repeat (the driver's retry after a lost decision, or a replay): the same
+            # scores again, without a second inference, so a flood of them costs little.
+            self.publish(self.topics.scores(self.role), answered)
+            self.counters["tick_repeats"] += 1
+            return
+        image = self._image(message.sample)
+        if image is None:
+            raise Rejected("a tick for a frame the source does not have", self.source.name)
+        self.capture(message.sample, image, message.t)
 
-    def handle(self, topic: str, message: Message) -> None:
-        if isinstance(message, Tick) and self.clock == "tick":
-            check_fresh(message.t, "a tick")
-            answered = self.answered.get(message.sample)
-            if answered is not None:
-                # A repeat (the driver's retry after a lost decision, or a replay): the same
-                # scores again, without a second inference, so a flood of them costs little.
-                self.publish(self.topics.scores(self.role), answered)
-                self.counters["tick_repeats"] += 1
-                return
-            image = self._image(message.sample)
-            if image is None:
-                raise Rejected("a tick for a frame the source does not have", self.source.name)
-            self.capture(message.sample, image, message.t)
-        elif isinstance(message, Offload):
-            if self.role in message.sources:
-                self.send_kept(self.kept, message.sample, self.feature_format)
-        elif not isinstance(message, Tick):
-            raise Rejected("a message of a kind this service does not take", message.kind)
+    @handles(Offload)
+    def on_offload(self, message: Offload) -> None:
+        if self.role in message.sources:
+            self.send_kept(self.kept, message.sample, self.feature_format)
 
     def _index(self, sample: int) -> int:
         """Finite sources (replay, image folders) cycle through their frames."""

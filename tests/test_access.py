@@ -27,7 +27,6 @@ from paho.mqtt.properties import Properties
 from ddnn.core.errors import ConfigError, DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
-from ddnn.live import broker as broker_module
 from ddnn.live.access import (
     ACL,
     BRIDGE,
@@ -46,13 +45,14 @@ from ddnn.live.access import (
     read_passwords,
     write_access,
 )
-from ddnn.live.broker import find_mosquitto, free_port, start_broker
-from ddnn.live.broker_settings import BrokerSettings
-from ddnn.live.mqtt import MqttClient
-from ddnn.live.running_broker import RunningBroker, TlsFiles
+from ddnn.live.broker import start as broker_module
+from ddnn.live.broker.running import RunningBroker, TlsFiles
+from ddnn.live.broker.start import find_mosquitto, free_port, start_broker
+from ddnn.live.mqtt.client import MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.service_cli import ServiceSetup
 from ddnn.live.wire import Topics
-from ddnn.ops.hostile_scenarios import forged_topics
+from ddnn.ops.faults.hostile_scenarios import forged_topics
 from tests.helpers import ddnn, ddnn_json
 from tests.inprocess import DEPLOYMENT, whole_rig
 

@@ -10,7 +10,7 @@ import yaml
 
 from ddnn.cli.protocol import render
 from ddnn.live.asyncapi import document
-from ddnn.live.wire import KINDS, TOPIC_KINDS
+from ddnn.live.wire import CHANNELS, KINDS
 from tests.helpers import ddnn
 
 DOCS = Path(__file__).parent.parent / "docs" / "asyncapi.yaml"
@@ -38,7 +38,7 @@ def test_the_document_has_asyncapi_3_structure_and_covers_every_message_kind():
     assert doc["asyncapi"] == "3.0.0" and doc["info"]["title"] and doc["info"]["version"]
     assert doc["servers"]["site"]["protocol"] == "mqtt"
     assert set(doc["components"]["messages"]) == set(KINDS)
-    assert set(doc["channels"]) == set(TOPIC_KINDS)
+    assert set(doc["channels"]) == set(CHANNELS)
     for name, channel in doc["channels"].items():
         assert channel["address"].startswith("ddnn/{deployment}/{model_version}/" + name)
         for parameter in channel["parameters"]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from ddnn.ops.results import BARS
+from ddnn.ops.report.results import BARS
 from tests.helpers import ddnn_json
 
 pytestmark = pytest.mark.slow

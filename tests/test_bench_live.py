@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from ddnn.live.broker import find_mosquitto
+from ddnn.live.broker.start import find_mosquitto
 from tests.helpers import ddnn_json
 
 KINDS = ["mosquitto", "rumqttd", "amqtt"]

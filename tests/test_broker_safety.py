@@ -28,12 +28,12 @@ import trustme
 from ddnn.core.config import ModelConfig
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import OBSERVER, write_access
-from ddnn.live.broker import find_mosquitto, free_port, start_broker
-from ddnn.live.broker_settings import BrokerSettings
-from ddnn.live.embedded_broker import PacketBound
-from ddnn.live.mosquitto import STATE_FILE, Bridge, broker_user
-from ddnn.live.mqtt import MqttClient
-from ddnn.live.running_broker import TlsFiles
+from ddnn.live.broker.embedded import PacketBound
+from ddnn.live.broker.mosquitto import STATE_FILE, Bridge, broker_user
+from ddnn.live.broker.running import TlsFiles
+from ddnn.live.broker.start import find_mosquitto, free_port, start_broker
+from ddnn.live.mqtt.client import MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.wire import MAX_PACKET, MAX_PAYLOAD
 from tests.helpers import ddnn
 
@@ -184,7 +184,7 @@ def test_a_bridge_that_sends_its_password_in_clear_text_is_warned(caplog) -> Non
     remote = BrokerSettings(url="mqtt://192.0.2.7:1883", username="bridge", password="pw")
     bridge = Bridge(remote, ("ddnn/out/#",), ("ddnn/in/#",))
     with (
-        caplog.at_level(logging.WARNING, logger="ddnn.live.mosquitto"),
+        caplog.at_level(logging.WARNING, logger="ddnn.live.broker.mosquitto"),
         start_broker(kind="mosquitto", bridge=bridge) as broker,
     ):
         assert broker.running
@@ -193,7 +193,7 @@ def test_a_bridge_that_sends_its_password_in_clear_text_is_warned(caplog) -> Non
     assert "clear text" in warnings[0]
     caplog.clear()
     secure = remote.model_copy(update={"url": "mqtts://192.0.2.7:8883", "tls_ca": Path("ca")})
-    with caplog.at_level(logging.WARNING, logger="ddnn.live.mosquitto"):
+    with caplog.at_level(logging.WARNING, logger="ddnn.live.broker.mosquitto"):
         Bridge(secure, ("ddnn/out/#",), ()).config("b")
     assert not caplog.records
 

@@ -9,7 +9,7 @@ import pytest
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
 from ddnn.data import load_spec, split
-from ddnn.nn.compare import (
+from ddnn.nn.studies.compare import (
     exit_count_candidates,
     measure,
     precision_candidates,

@@ -21,11 +21,11 @@ import msgpack
 import pytest
 
 from ddnn.core.roles import Role
-from ddnn.live.broker import start_broker
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.broker.start import start_broker
+from ddnn.live.mqtt.client import MqttClient
 from ddnn.live.rates import MAX_BUCKETS, MAX_KEY, OTHER, QUIET, TopicRates
 from ddnn.live.wire import Status, Tick
-from ddnn.ops.flooder import Order
+from ddnn.ops.faults.flooder import Order
 from tests.helpers import ddnn_json
 from tests.inprocess import SURE, aggregator_rig, scores
 
@@ -80,7 +80,7 @@ def test_new_topics_past_the_limit_share_one_bucket():
 
 def _read_under_flood(bucket: bool, cost: float, seconds: float) -> dict[str, int]:
     """A reader that spends `cost` s on each message it takes, subscribed to a topic flooded
-    at 5,000 messages a second (ddnn/ops/flooder.py, a process of its own) and to another
+    at 5,000 messages a second (ddnn/ops/faults/flooder.py, a process of its own) and to another
     at 30 a second; with or without a bucket per topic for 30 frames/s. Counts per topic."""
     broker = start_broker()
     try:
@@ -93,7 +93,7 @@ def _read_under_flood(bucket: bool, cost: float, seconds: float) -> dict[str, in
         template = msgpack.packb({"v": 1, "kind": "scores", "sample": 0, "t0": 0.0}).hex()
         order = Order(settings.model_dump_json(), "t/flood", template, 5000.0, 30.0)
         flooder = subprocess.Popen(
-            [sys.executable, "-m", "ddnn.ops.flooder"],
+            [sys.executable, "-m", "ddnn.ops.faults.flooder"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -252,7 +252,7 @@ def _device_flood(model: Path, quick: bool) -> dict:
 
 
 def _assert_the_bar(result: dict, samples: int) -> None:
-    """The issue's bar (ddnn/ops/flood_scenario.py), each ratio measured in the one run,
+    """The issue's bar (ddnn/ops/faults/flood_scenario.py), each ratio measured in the one run,
     unflooded and flooded samples by turns."""
     fair, unlimited = result["rows"]
     assert all(result["alive"].values()), result["alive"]

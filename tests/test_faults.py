@@ -15,12 +15,12 @@ import pytest
 from aggregator.service import RESTARTED
 from ddnn.core.roles import AGGREGATOR, CLOUD
 from ddnn.data import save_mvmc
-from ddnn.live.broker import start_broker
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.broker.start import start_broker
+from ddnn.live.mqtt.client import MqttClient
 from ddnn.live.service import INTERNAL_ERROR
 from ddnn.live.wire import Decision, Topics, encode
-from ddnn.ops.fault_harness import RATE, DecisionObserver, Sizes
-from ddnn.ops.faults import SCENARIOS
+from ddnn.ops.faults.harness import RATE, DecisionObserver, Sizes
+from ddnn.ops.faults.suite import SCENARIOS
 from ddnn.ops.fleet import Driver, Fleet, cpu_seconds, summarize
 from tests.helpers import ddnn_json, make_mvmc_arrays, tiny_model
 
@@ -240,7 +240,7 @@ def test_samples_replayed_after_much_newer_ones_are_not_decided_again(run):
 def test_a_lying_device_decides_under_mp_but_not_under_the_trimmed_fusion(run):
     """byzantine-device: device 0's account answers every tick with the wrong class at its
     bound. Plain MP follows it to a confident wrong exit almost always; the aggregator
-    restarted with --robust-fusion outvotes it (offline: ddnn/nn/byzantine.py)."""
+    restarted with --robust-fusion outvotes it (offline: ddnn/nn/studies/byzantine.py)."""
     result = scenario(run, "byzantine-device")
     honest, plain, trimmed = result["rows"]
     for row in result["rows"]:

@@ -38,12 +38,12 @@ from ddnn.live.access import grants
 from ddnn.live.bounds import ScoreBounds
 from ddnn.live.service import INTERNAL_ERROR, WALL_SKEW, Service
 from ddnn.live.wire import (
+    CHANNELS,
     ENCODINGS,
     KINDS,
     MAX_PAYLOAD,
     MAX_SCORE,
     SMALL,
-    TOPIC_KINDS,
     Features,
     Job,
     Message,
@@ -433,7 +433,7 @@ def deploy(name: str, artifacts: Path, replicas: int | None = None) -> Fuzz:
             topic = topic.replace("#", instance.get(account, "fuzz"))  # a probe's topic
             anywhere.append((account, topic))
             level, _, role = topic.removeprefix(rig.topics.root + "/").partition("/")
-            if (kind := TOPIC_KINDS.get(level)) is not None:
+            if (kind := CHANNELS.get(level)) is not None:
                 routes[kind.model_fields["kind"].default].append(
                     (account, topic, Role(role) if role else None)
                 )
@@ -543,7 +543,7 @@ def run_fuzz(fz: Fuzz, examples: int) -> None:
                 tick_real(fz)
             fz.rig.send_raw(topic, encode(message))
             fz.counts[message.kind] += 1
-            fz.stray[message.kind] += TOPIC_KINDS.get(level_of(fz, topic)) is not type(message)
+            fz.stray[message.kind] += CHANNELS.get(level_of(fz, topic)) is not type(message)
         if real_at == len(batch):
             tick_real(fz)
         settle(fz, later)

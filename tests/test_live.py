@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from ddnn.core.roles import CLOUD
-from ddnn.live.broker import find_mosquitto, start_broker
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.broker.start import find_mosquitto, start_broker
+from ddnn.live.mqtt.client import MqttClient
 from ddnn.live.wire import Decision, Status, Tick, Topics, decode, encode
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops import deploy

@@ -19,7 +19,7 @@ from ddnn.cli.monitor import dashboard, target
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import Role, deployment_roles
 from ddnn.live.access import Credentials
-from ddnn.live.broker import start_broker
+from ddnn.live.broker.start import start_broker
 from ddnn.live.memory import MemoryBus
 from ddnn.live.service_cli import ServiceSetup, broker_settings
 from ddnn.live.wire import Decision, Status, Tick, Topics, encode

@@ -27,11 +27,11 @@ import pytest
 from pydantic import ValidationError
 
 from ddnn.core.errors import ConfigError, DDNNError
-from ddnn.live.broker import find_mosquitto, free_port, start_broker
-from ddnn.live.broker_ceiling import broker_ceiling
-from ddnn.live.broker_settings import BrokerSettings, is_loopback, parse_broker_url
-from ddnn.live.mqtt import MAX_INBOX, RECEIVE_MAXIMUM, MqttClient
-from ddnn.live.running_broker import RunningBroker
+from ddnn.live.broker.ceiling import broker_ceiling
+from ddnn.live.broker.running import RunningBroker
+from ddnn.live.broker.start import find_mosquitto, free_port, start_broker
+from ddnn.live.mqtt.client import MAX_INBOX, RECEIVE_MAXIMUM, MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings, is_loopback, parse_broker_url
 from ddnn.live.transport import Will
 from ddnn.live.wire import MAX_PACKET, MAX_PAYLOAD
 
@@ -165,8 +165,8 @@ def test_subscriptions_made_before_connecting_are_kept(
 DEVICE_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from ddnn.live.broker_settings import BrokerSettings
-    from ddnn.live.mqtt import MqttClient
+    from ddnn.live.mqtt.settings import BrokerSettings
+    from ddnn.live.mqtt.client import MqttClient
     from ddnn.live.transport import Will
     url, protocol, topic, how = sys.argv[1:5]
     settings = BrokerSettings(url=url, protocol=protocol, keepalive=1)
@@ -360,7 +360,7 @@ def test_the_broker_refuses_packets_over_the_limit(clients: list[MqttClient], ki
     """No DDNN message comes near MAX_PAYLOAD. A client that sends a bigger packet anyway
     (paho itself, not our client, which refuses to) is cut off by the broker, and no
     subscriber gets it; the largest message the wire takes still goes through (rumqttd:
-    bigger than a segment of its log; amqtt: bounded by ddnn/live/embedded_broker.py)."""
+    bigger than a segment of its log; amqtt: bounded by ddnn/live/broker/embedded.py)."""
     if kind == "mosquitto" and find_mosquitto() is None:
         pytest.skip("mosquitto is not installed")
     with start_broker(kind=kind) as broker:
@@ -558,7 +558,7 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 
 def test_a_password_in_clear_text_to_another_machine_is_warned(caplog) -> None:
     remote = BrokerSettings(url="mqtt://10.0.0.7:1883", username="u", password="secret")
-    with caplog.at_level(logging.WARNING, logger="ddnn.live.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="ddnn.live.mqtt.client"):
         MqttClient(remote, "warned")  # no connection is made before start()
         MqttClient(BrokerSettings(url="mqtt://127.0.0.1:1883", password="p"), "local")
     assert [r.getMessage() for r in caplog.records] == [

@@ -23,7 +23,7 @@ import torch
 from ddnn.core.errors import ConfigError, ModelFileError
 from ddnn.core.manifest import read_manifest
 from ddnn.nn.checkpoint import load_model
-from ddnn.ops.hostile import ODD_VALUES
+from ddnn.ops.faults.hostile import ODD_VALUES
 from ddnn.packed.format import decode
 from ddnn.packed.kernels import runner
 

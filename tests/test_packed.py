@@ -496,8 +496,8 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
 def test_a_device_process_without_pytorch_publishes_the_torch_scores(trained, tmp_path):
     """The real `ddnn device` service, torch blocked, against a broker: the scores it
     publishes for replayed samples equal the torch slice's on the same frames."""
-    from ddnn.live.broker import start_broker
-    from ddnn.live.mqtt import MqttClient
+    from ddnn.live.broker.start import start_broker
+    from ddnn.live.mqtt.client import MqttClient
     from ddnn.live.wire import Scores, Status, Tick, Topics, decode, encode
 
     model, cfg, _, artifacts, manifest = trained

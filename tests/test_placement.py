@@ -9,7 +9,7 @@ import torch
 from ddnn.core.config import load_config
 from ddnn.core.errors import ConfigError, DDNNError
 from ddnn.nn.model import build_model
-from ddnn.nn.placement import placement_candidates, split_config
+from ddnn.nn.studies.placement import placement_candidates, split_config
 from ddnn.nn.train import training_stages
 from tests.helpers import ddnn, ddnn_json
 

@@ -20,9 +20,9 @@ import torch
 
 from ddnn.data import load_spec
 from ddnn.nn.evaluate import load_for_eval, model_exit_points, run_model, sweep
-from ddnn.ops.report import build_report, write_report
-from ddnn.ops.report_paper import TABLE1
-from ddnn.ops.report_plan import Plan
+from ddnn.ops.report.build import build_report, write_report
+from ddnn.ops.report.paper import TABLE1
+from ddnn.ops.report.plan import Plan
 from tests.helpers import ddnn
 
 PNG = b"\x89PNG\r\n\x1a\n"

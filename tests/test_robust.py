@@ -16,7 +16,7 @@ from ddnn.core.roles import Role
 from ddnn.live.bounds import BEYOND, ScoreBounds
 from ddnn.live.wire import MAX_SCORE, Status, Tick
 from ddnn.nn.bounds import FLOOR
-from ddnn.nn.byzantine import lying_scores
+from ddnn.nn.studies.byzantine import lying_scores
 from tests.inprocess import DEPLOYMENT, LATER, SURE, Rig, aggregator_rig, scores
 
 C = 3

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ddnn.core.exits import cascade, exit_points
 from ddnn.core.roles import Role
-from ddnn.live.broker import start_broker
+from ddnn.live.broker.start import start_broker
 from ddnn.nn.checkpoint import load_model
 from ddnn.nn.evaluate import load_for_eval, run_model
 from ddnn.ops.deploy import deployment, prepare

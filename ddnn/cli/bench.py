@@ -13,9 +13,9 @@ from ddnn.cli.live import BrokerKindOption
 from ddnn.cli.options import JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.data import data_dir
-from ddnn.live.broker import start_broker
-from ddnn.live.broker_ceiling import broker_ceiling
-from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.broker.ceiling import broker_ceiling
+from ddnn.live.broker.start import start_broker
+from ddnn.live.mqtt.settings import BrokerSettings
 
 
 @bench_app.command("broker")
@@ -65,7 +65,7 @@ def bench_device(
 ) -> None:
     """Per-frame latency of a device slice at batch 1 (p50, p99): the torch float slice, the
     torch binarized slice in eval mode and the bit-packed slice, in one run, interleaved."""
-    from ddnn.ops.device_bench import bench_device as run_bench
+    from ddnn.ops.bench.device import bench_device as run_bench
 
     result = run_bench(artifacts, device, frames)
     rows = [
@@ -102,7 +102,7 @@ def bench_sites(
     """Many sites on one broker: each site a deployment with its own accounts, devices,
     aggregator and cloud, all ticked at once at --fps; decided/s and latency per site, and
     the sites that starved. 10 sites of 6 cameras start 80 processes (about 12 GB)."""
-    from ddnn.ops.sites import bench_sites as run_bench
+    from ddnn.ops.bench.sites import bench_sites as run_bench
 
     r = run_bench(
         model_path,
@@ -173,7 +173,7 @@ def bench_live(
     synchronized cameras do and once started by tick messages; the live system flat out,
     with CPU seconds per sample of each service; messages per sample; and every live
     decision checked against the offline one."""
-    from ddnn.ops.live_bench import bench_live as run_bench
+    from ddnn.ops.bench.live import bench_live as run_bench
 
     r = run_bench(
         model_path,

@@ -1,8 +1,8 @@
 """`ddnn compare strategies`, `exits` and `precision`: seed 000's Tables II and IV and its
 hybrid precision on our data, each row a model trained as `ddnn train` does and calibrated
-by rule max_loss, or the one `--rule` names (ddnn/nn/compare.py); `ddnn compare
+by rule max_loss, or the one `--rule` names (ddnn/nn/studies/compare.py); `ddnn compare
 placement`: seed 001's single-exit against multi-exit models at a fixed threshold
-(ddnn/nn/placement.py)."""
+(ddnn/nn/studies/placement.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.data import MultiViewData, Splits, split
 
 if TYPE_CHECKING:
-    from ddnn.nn.compare import Candidate
+    from ddnn.nn.studies.compare import Candidate
     from ddnn.nn.train import EpochCallback
 
     Measure = Callable[[Candidate, Splits, EpochCallback], list[dict]]
@@ -50,7 +50,7 @@ CalibrationRule = Annotated[
 def _measure_calibrated(candidate: Candidate, parts: Splits, on_epoch: EpochCallback) -> list:
     """Seed 000's comparisons: one row per candidate, at thresholds calibrated as `ddnn
     train` picks them."""
-    from ddnn.nn.compare import measure
+    from ddnn.nn.studies.compare import measure
 
     return [measure(candidate, parts, on_epoch)]
 
@@ -83,7 +83,7 @@ def _compare(
 
 def _paper(comparison: str) -> dict:
     """Seed 000's figures for one of its comparisons, with the source named."""
-    from ddnn.nn.compare import PAPER
+    from ddnn.nn.studies.compare import PAPER
 
     return {"source": PAPER["source"], **PAPER[comparison]}
 
@@ -107,7 +107,7 @@ def strategies(
 ) -> None:
     """Seed 000's Table II: separate vs joint training (and layerwise): the share of
     samples leaving early and the accuracy, at thresholds picked on validation data."""
-    from ddnn.nn.compare import strategy_candidates
+    from ddnn.nn.studies.compare import strategy_candidates
 
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
@@ -141,7 +141,7 @@ def exits(
 ) -> None:
     """Seed 000's Table IV: one early exit (local) vs two (local, then an edge tier): the
     share leaving at each, accuracy and energy per sample."""
-    from ddnn.nn.compare import exit_count_candidates
+    from ddnn.nn.studies.compare import exit_count_candidates
 
     edge_groups = None
     if groups is not None:
@@ -179,7 +179,7 @@ def placement(
     one model each) against one multi-exit model (MEM, an exit after every compared block,
     trained jointly, activated one at a time). Rows: samples leaving at the edge, edge,
     cloud and overall accuracy, energy per sample."""
-    from ddnn.nn.placement import PAPER, measure_placement, placement_candidates
+    from ddnn.nn.studies.placement import PAPER, measure_placement, placement_candidates
 
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
@@ -213,7 +213,7 @@ def precision(
     """Seed 000's hybrid precision: the model as configured (binary by default) and with
     other precisions per tier (a float cloud over binary devices by default): accuracy of
     every exit, energy per sample and its reduction against the full-precision network."""
-    from ddnn.nn.compare import precision_candidates
+    from ddnn.nn.studies.compare import precision_candidates
 
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)

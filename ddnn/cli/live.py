@@ -18,9 +18,9 @@ from ddnn.core.files import make_folder, writable_file
 from ddnn.core.manifest import read_manifest
 from ddnn.data import data_dir
 from ddnn.live.access import access_dir, merge_access, write_access
-from ddnn.live.broker import start_broker
-from ddnn.live.broker_settings import BrokerSettings, is_loopback
-from ddnn.live.running_broker import TlsFiles
+from ddnn.live.broker.running import TlsFiles
+from ddnn.live.broker.start import start_broker
+from ddnn.live.mqtt.settings import BrokerSettings, is_loopback
 from ddnn.live.service_cli import Durability, DurabilityOption
 from ddnn.packed.inspect import inspect_artifact
 
@@ -397,8 +397,8 @@ def faults(
     every sample against offline evaluation. Each service logs in with its own account of a
     broker that enforces them."""
     from ddnn.ops.demo import demo_model
-    from ddnn.ops.fault_harness import SCORE_DEADLINE, Sizes
-    from ddnn.ops.faults import SCENARIOS, run_faults
+    from ddnn.ops.faults.harness import SCORE_DEADLINE, Sizes
+    from ddnn.ops.faults.suite import SCENARIOS, run_faults
 
     def log(text: str) -> None:
         if not as_json:

@@ -325,7 +325,7 @@ def router(
     """Compare a learned router (seed 002) with entropy thresholding at equal coverage: a
     router fitted on the training split per coverage, both thresholds picked on validation
     data, overall accuracy measured on the test split."""
-    from ddnn.nn.router_study import compare_router
+    from ddnn.nn.studies.router import compare_router
 
     try:
         wanted = [float(c) for c in coverages.split(",")]
@@ -407,7 +407,7 @@ def results(
     """The README's results table over several seeds: train, evaluate with each device
     missing and train the individual baselines once per seed (each with the real commands),
     then every measure per seed with its mean and spread, and the bars each seed meets."""
-    from ddnn.ops.results import BARS, seed_results
+    from ddnn.ops.report.results import BARS, seed_results
 
     chosen = parse_ints(seeds, "--seeds")
     make_folder(workdir, "--workdir folder")

@@ -27,7 +27,7 @@ from ddnn.core.errors import ConfigError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import Role, deployment_roles
 from ddnn.live.access import OBSERVER, read_credentials
-from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.service_cli import ServiceSetup, service_command
 from ddnn.ops.monitor import SNAPSHOT_KEYS, Monitor, open_client, watch
 

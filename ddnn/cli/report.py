@@ -1,6 +1,6 @@
 """`ddnn report`: the papers' tables and figures reproduced on our data, over seeds, beside
 the papers' own numbers, as report.md, a self-contained report.html, one PNG per figure
-and results.json (ddnn/ops/report.py)."""
+and results.json (ddnn/ops/report/build.py)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def report(
     002's router: every model trained here (or found in the cache, by config and seed),
     mean and spread over the seeds, each table beside the paper's own numbers. About 10
     minutes per seed on 2 idle cores (--quick: 2); on a busy machine set OMP_NUM_THREADS=1."""
-    from ddnn.ops.report import build_report, write_report
-    from ddnn.ops.report_plan import FULL_EPOCHS, Plan
+    from ddnn.ops.report.build import build_report, write_report
+    from ddnn.ops.report.plan import FULL_EPOCHS, Plan
 
     chosen = tuple(parse_ints(seeds, "--seeds"))
     if not chosen:

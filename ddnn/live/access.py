@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ddnn.core.config import ModelConfig
 from ddnn.core.errors import ConfigError, problems
 from ddnn.core.files import replaced
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles, tier_inputs
-from ddnn.live.broker_settings import BrokerSettings
+from ddnn.core.roles import CLOUD, Role, deployment_roles
+from ddnn.live.mqtt.settings import BrokerSettings
+from ddnn.live.protocol import PROTOCOL, Protocol, granted, part_of, topics_of
 from ddnn.live.wire import Topics
 
 TRIGGER = "trigger"
@@ -50,28 +51,22 @@ class Grant:
     write: tuple[str, ...]
 
 
-def grants(model: ModelConfig, topics: Topics) -> dict[str, Grant]:
-    """Each account of a deployment of `model` -> what it may read and write (module doc)."""
+def grants(model: ModelConfig, topics: Topics, protocol: Protocol = PROTOCOL) -> dict[str, Grant]:
+    """Each account of a deployment of `model` -> what it may read and write: every use of
+    its entry in the protocol table (ddnn/live/protocol.py), whatever mode its service runs
+    in; and each account's own probe topics."""
     out: dict[str, Grant] = {}
-    for role in deployment_roles(model):
-        own = (topics.status(role), topics.scores(role), topics.features(role))
-        if role.tier == "device":
-            read: tuple[str, ...] = (topics.tick, topics.offload)
-        elif role == AGGREGATOR:
-            read = (topics.all_status, topics.tick, topics.all_scores)
-            own = (topics.status(role), topics.offload, topics.decisions)
-            if model.cloud is not None:  # gathering for a replicated cloud
-                read += tuple(topics.features(r) for r in tier_inputs(model, CLOUD))
-                own += (topics.job,)
-        else:  # an edge or the cloud
-            read = (topics.offload, *(topics.features(r) for r in tier_inputs(model, role)))
-            if role == CLOUD:
-                read += (topics.job,)
-        out[role] = Grant(read, own)
-    out[TRIGGER] = Grant((topics.all_status, topics.decisions), (topics.tick,))
+    for party in [*deployment_roles(model), TRIGGER]:
+        part = part_of(party, protocol)
+        read, write = (
+            tuple(t for u in uses if granted(u, model) for t in topics_of(u, party, model, topics))
+            for uses in (part.reads, part.writes)
+        )
+        out[party] = Grant(read, write)
     out[OBSERVER] = Grant((f"{topics.root}/#",), ())
     if model.cloud is not None:
-        out[BRIDGE] = Grant(*bridged(model, topics))  # reads what goes in, writes what out
+        # a bridge reads what goes in to the site and writes what goes out to the cloud
+        out[BRIDGE] = Grant(*bridged(model, topics, protocol))
     probe = f"{topics.hello}/{{}}/#"
     return {
         name: Grant(g.read + (probe.format(name),), g.write + (probe.format(name),))
@@ -79,13 +74,18 @@ def grants(model: ModelConfig, topics: Topics) -> dict[str, Grant]:
     }
 
 
-def bridged(model: ModelConfig, topics: Topics) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def bridged(
+    model: ModelConfig, topics: Topics, protocol: Protocol = PROTOCOL
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What crosses a bridge between a site's broker (devices, aggregator, edges) and the
     cloud's: (the topics the cloud writes, which go in to the site; the topics it reads,
     which go out to the cloud)."""
-    to_site = (topics.scores(CLOUD), topics.status(CLOUD))
-    inputs = tuple(topics.features(r) for r in tier_inputs(model, CLOUD))
-    return to_site, (topics.offload, *inputs, topics.job)  # job: for a replicated cloud
+    part = part_of(CLOUD, protocol)
+    to_site, to_cloud = (
+        tuple(t for u in uses for t in topics_of(u, CLOUD, model, topics))
+        for uses in (part.writes, part.reads)
+    )
+    return to_site, to_cloud
 
 
 class Credentials(BaseModel):

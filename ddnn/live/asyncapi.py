@@ -1,8 +1,8 @@
 """The wire protocol as an AsyncAPI 3 document (MQTT binding), generated, never hand-written.
 
-Everything in it comes from the code that the services run: the channels from the topic
-layout (`Topics`, `TOPIC_KINDS`), each payload's JSON Schema from its pydantic model
-(`model_json_schema`), who sends and who receives on each channel from the broker accounts'
+Everything in it comes from the code that the services run: the channels from the wire
+(`CHANNELS`), each payload's JSON Schema from its pydantic model (`model_json_schema`), who
+sends and who receives on each channel from the protocol table through the broker accounts'
 grants (`ddnn.live.access.grants`, over a deployment with every kind of role: devices, an
 edge, the cloud), the QoS from the services' rule (`DATA_KINDS` at QoS 0, the rest at 1),
 and the retained statuses with their last will. `docs/asyncapi.yaml` is its output, and a
@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from ddnn.core.config import ModelConfig
-from ddnn.core.roles import CLOUD, Role
+from ddnn.core.roles import Role
 from ddnn.live.access import BRIDGE, OBSERVER, grants
+from ddnn.live.protocol import PROTOCOL, Protocol, Whose
 from ddnn.live.service import DATA_KINDS, STATUS_EVERY
-from ddnn.live.wire import SCHEMA, TOPIC_KINDS, Topics, _Message
+from ddnn.live.wire import CHANNELS, SCHEMA, Topics, _Message
 
 DEPLOYMENT, VERSION = "{deployment}", "{model_version}"
 # A deployment with every kind of role, so that every channel has its senders and receivers.
@@ -47,12 +48,13 @@ ACCOUNTS = {  # the kinds of account, by the prefix of their name
 def _channel_of(topic: str) -> str | None:
     """The channel (the level after the root) a concrete topic or filter belongs to."""
     level = topic.split("/")[3] if topic.count("/") >= 3 else None
-    return level if level in TOPIC_KINDS else None
+    return level if level in CHANNELS else None
 
 
-def _address(level: str) -> str:
-    role = "/{role}" if level in ("status", "scores", "features") else ""
-    return f"ddnn/{DEPLOYMENT}/{VERSION}/{level}{role}"
+def _address(level: str, protocol: Protocol) -> str:
+    uses = (u for part in protocol.values() for u in (*part.reads, *part.writes))
+    per_role = any(u.channel == level and u.whose is not Whose.CHANNEL for u in uses)
+    return f"ddnn/{DEPLOYMENT}/{VERSION}/{level}{'/{role}' if per_role else ''}"
 
 
 def _schema(message: type[_Message]) -> dict[str, Any]:
@@ -61,23 +63,20 @@ def _schema(message: type[_Message]) -> dict[str, Any]:
     return schema
 
 
-def document() -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of the wire protocol."""
+def document(protocol: Protocol = PROTOCOL) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the wire protocol (of another table: a test's)."""
     topics = Topics("d", "v")
     users: dict[tuple[str, str], set[str]] = {}  # (channel, send|receive) -> account kinds
-    for account, grant in grants(EXAMPLE, topics).items():
+    for account, grant in grants(EXAMPLE, topics, protocol).items():
         if account in (OBSERVER, BRIDGE):
             continue  # reads everything / relays: no role of the protocol
         kind = "trigger" if account == "trigger" else Role(account).tier
         for action, filters in (("receive", grant.read), ("send", grant.write)):
             for f in filters:
-                level = _channel_of(f)
-                # each account may write its own feature topic, but only the inputs of an
-                # upper tier send maps: the cloud has no tier above it
-                if level is not None and (level, action, account) != ("features", "send", CLOUD):
+                if (level := _channel_of(f)) is not None:
                     users.setdefault((level, action), set()).add(kind)
     channels, operations, messages = {}, {}, {}
-    for level, message in TOPIC_KINDS.items():
+    for level, message in CHANNELS.items():
         name = message.model_fields["kind"].default
         messages[name] = {
             "name": name,
@@ -86,7 +85,7 @@ def document() -> dict[str, Any]:
             "payload": _schema(message),
         }
         channel: dict[str, Any] = {
-            "address": _address(level),
+            "address": _address(level, protocol),
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
         }
         channel["parameters"] = {
@@ -132,7 +131,7 @@ def document() -> dict[str, Any]:
                 "bindings": {
                     "mqtt": {
                         "lastWill": {
-                            "topic": _address("status"),
+                            "topic": _address("status", protocol),
                             "qos": 1,
                             "retain": True,
                             "message": "a status message with state offline",

@@ -1,13 +1,13 @@
 """What every live DDNN process shares: connection, liveness, the message loop, counters.
 
-A service subclass names its role, the topics it listens to, and how it handles one
-validated message; this base connects to the broker (retrying until it is up), announces
-the role with a retained `online` status and an MQTT last will saying `offline`, runs one
-loop that takes messages off the client's queue (paho's callbacks never do work), calls
-`poll()` for deadlines, and stops cleanly on SIGINT/SIGTERM with a final `offline` status.
-A sample's class scores and feature maps (and the ticks) go at QoS 0, everything else at
-QoS 1. Bad input is counted under its reason and logged, never fatal; every topic read has
-a token bucket (`limit_rate`), so a flood from one account cannot crowd out the others.
+A service subclass names its role and declares a handler per message kind (`handles`); the
+protocol table (ddnn/live/protocol.py) says what it subscribes to and which kinds it takes,
+and this base refuses any other kind in one place. It connects (retrying until the broker is
+up), announces the role with a retained `online` status and a last will saying `offline`,
+runs one loop over the client's queue (paho's callbacks never do work), calls `poll()` for
+deadlines, and stops on SIGINT/SIGTERM with a final `offline`. Scores and feature maps (and
+ticks) go at QoS 0, the rest at QoS 1. Bad input is counted under its reason and logged,
+never fatal; every topic read has a token bucket (`limit_rate`) against floods.
 
 Design: docs/design/live-service.md (why QoS 0 for data, logging bad input, rate limits).
 """
@@ -22,19 +22,20 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
 from ddnn.core.config import FeatureFormat
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import Role
-from ddnn.live.broker_settings import BrokerSettings
 from ddnn.live.memory import MemoryBus
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.mqtt.client import MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings
+from ddnn.live.protocol import PROTOCOL, Protocol, read_kinds, subscriptions
 from ddnn.live.rates import DEFAULT_FRAME_RATE, TopicRates
 from ddnn.live.transport import Transport, UntilEcho, Will
 from ddnn.live.wire import Features, Message, Refused, Status, Topics, decode, encode
@@ -51,6 +52,8 @@ DATA_KINDS = {"scores", "features"}  # published at QoS 0 (module doc); the rest
 # score is cheap to turn away.
 WALL_SKEW = 30.0
 V = TypeVar("V")
+Handler = Callable[[Any, Any], None]  # a service method taking one message
+H = TypeVar("H", bound=Handler)
 
 
 class Recent(Generic[V]):
@@ -123,23 +126,44 @@ def open_transport(
 ) -> Transport:
     if isinstance(broker, MemoryBus):
         return broker.client(client_id, will=will)  # it keeps no sessions
-    # the network in the service's own loop (ddnn/live/mqtt.py says why)
+    # the network in the service's own loop (ddnn/live/mqtt/client.py says why)
     return MqttClient(broker, client_id, will=will, threaded=False, keep_session=keep_session)
+
+
+def handles(kind: type[Message]) -> Callable[[H], H]:
+    """Declare a service method the handler of the messages of `kind`."""
+
+    def mark(method: H) -> H:
+        method.handles = kind  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 class Service:
     """The base of every service. `run()` serves until stopped; tests that drive a service
     in-process call `open()`, hand it messages with `receive()`, call `poll()` with the time
     they want, and `close()`. `keep_session`: whether the broker keeps the MQTT session over
-    a lost connection (not for a member of a shared subscription: ddnn/live/mqtt.py)."""
+    a lost connection (not for a member of a shared subscription: ddnn/live/mqtt/client.py)."""
 
     role: Role
+    handlers: ClassVar[dict[type[Message], Handler]] = {}  # collected from `handles`
+    protocol: Protocol = PROTOCOL
+    group: str | None = None  # the replicas' shared-subscription group of a cloud replica
+    replicated: bool = False  # whether the cloud runs as replicas (ddnn/live/protocol.py)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = {f.handles: f for f in vars(cls).values() if hasattr(f, "handles")}
+        cls.handlers = {**cls.handlers, **declared}
 
     def __init__(
         self, manifest: Manifest, broker: Broker, deployment: str, keep_session: bool = True
     ) -> None:
         self.manifest = manifest
         self.topics = Topics(deployment, manifest.model_version)
+        self.model = manifest.ddnn_config().model
+        self.reads: set[type[Message]] = set()  # the kinds it takes: set on `open`
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.stopping = threading.Event()
@@ -170,14 +194,21 @@ class Service:
         self.rates = TopicRates.for_frame_rate(frame_rate)
         self.client.admit = None if self.rates is None else self.rates.admit
 
-    # -- what subclasses provide -------------------------------------------------------
     def subscriptions(self) -> list[str]:
-        raise NotImplementedError
+        """What the protocol table has this service's role read in its mode."""
+        return subscriptions(
+            self.role, self.model, self.topics, self.group, self.replicated, self.protocol
+        )
 
     def handle(self, topic: str, message: Message) -> None:
-        """One validated message; raise Rejected for one that does not fit."""
-        raise NotImplementedError
+        """One validated message to its handler; one of a kind the protocol table does not
+        have this service read is refused, as a handler refuses one that does not fit."""
+        handler = self.handlers.get(type(message)) if type(message) in self.reads else None
+        if handler is None:
+            raise Rejected("a message of a kind this service does not take", message.kind)
+        handler(self, message)
 
+    # -- what subclasses provide -------------------------------------------------------
     def poll(self, now: float) -> float | None:
         """Act on deadlines; return when to be called next (None: no deadline pending)."""
         return None
@@ -226,6 +257,9 @@ class Service:
 
     def open(self, connect_timeout: float = 30.0) -> None:
         """Subscribe, connect (or raise `DDNNError` saying why not) and announce `online`."""
+        self.reads = read_kinds(self.role, self.replicated or self.group is not None, self.protocol)
+        if missing := {k.__name__ for k in self.reads if k not in self.handlers}:
+            raise TypeError(f"{type(self).__name__} has no handler for {sorted(missing)}")
         for topic in self.subscriptions():
             self.client.subscribe(topic, qos=1)
         self.client.connect(timeout=connect_timeout)

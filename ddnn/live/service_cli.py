@@ -23,7 +23,7 @@ import typer
 from ddnn.core.errors import ConfigError
 from ddnn.core.roles import Role
 from ddnn.live.access import credentials_for, login_for
-from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.rates import DEFAULT_FRAME_RATE
 
 BATCH_SECONDS = 0.01  # durability "batch": decisions wait at most this long for their fsync

@@ -1,6 +1,6 @@
 """The seam between a service and its broker: what a service needs of a connection.
 
-Two implementations: `ddnn.live.mqtt.MqttClient` (a real broker, over TCP or TLS) and
+Two implementations: `ddnn.live.mqtt.client.MqttClient` (a real broker, over TCP or TLS) and
 `ddnn.live.memory.MemoryBus` (an in-process broker with the same topic, retain and last-will
 semantics). Services only ever use this interface, so their handlers run unchanged against
 either: the real broker in deployments and integration tests, the in-memory one in fast

@@ -288,10 +288,18 @@ class Decision(_Message):
 
 
 Message = Status | Tick | Scores | Offload | Features | Job | Decision
-KINDS: dict[str, type[_Message]] = {
-    m.model_fields["kind"].default: m
-    for m in (Status, Tick, Scores, Offload, Features, Job, Decision)
+# The one table of the wire's message kinds: the first topic level under a deployment's root
+# (its channel) -> the message that travels there, and only there.
+CHANNELS: dict[str, type[_Message]] = {
+    "status": Status,
+    "tick": Tick,
+    "scores": Scores,
+    "offload": Offload,
+    "features": Features,
+    "job": Job,
+    "decisions": Decision,
 }
+KINDS: dict[str, type[_Message]] = {m.model_fields["kind"].default: m for m in CHANNELS.values()}
 
 
 def encode(message: _Message) -> bytes:
@@ -323,18 +331,6 @@ def decode(payload: bytes) -> Message:
         raise WireError(f"bad {kind} message", problems(e, 1)[:200]) from None
 
 
-# The first topic level under a deployment's root -> the kind of message that travels there.
-TOPIC_KINDS: dict[str, type[_Message]] = {
-    "status": Status,
-    "tick": Tick,
-    "scores": Scores,
-    "offload": Offload,
-    "features": Features,
-    "job": Job,
-    "decisions": Decision,
-}
-
-
 class Topics:
     """Topic names of one deployment and model version."""
 
@@ -356,7 +352,7 @@ class Topics:
         topic, scores whose source is not the topic's sender), so that no publisher can
         pass one kind of message off as another."""
         level, _, role = topic.removeprefix(self.root + "/").partition("/")
-        expected = TOPIC_KINDS.get(level)
+        expected = CHANNELS.get(level)
         if expected is None or not isinstance(message, expected):
             detail = f"{message.kind}: {topic}"
             raise WireError("a message of another kind than its topic's", detail)

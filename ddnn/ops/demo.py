@@ -27,11 +27,11 @@ from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
-from ddnn.live.broker import find_mosquitto, start_broker
-from ddnn.live.broker_ceiling import broker_ceiling
-from ddnn.live.broker_settings import BrokerSettings
-from ddnn.live.mosquitto import Bridge
-from ddnn.live.running_broker import RunningBroker, TlsFiles
+from ddnn.live.broker.ceiling import broker_ceiling
+from ddnn.live.broker.mosquitto import Bridge
+from ddnn.live.broker.running import RunningBroker, TlsFiles
+from ddnn.live.broker.start import find_mosquitto, start_broker
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.service_cli import Durability
 from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model

@@ -24,7 +24,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import Manifest
 from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles
 from ddnn.live.access import TRIGGER, login, write_access
-from ddnn.live.broker_settings import BrokerSettings
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.wire import Topics
 from ddnn.nn.export import export
 from ddnn.nn.model import DDNN

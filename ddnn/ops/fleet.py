@@ -35,8 +35,8 @@ import numpy as np
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, Role
-from ddnn.live.broker_settings import BrokerSettings
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.mqtt.client import MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.wire import Decision, Status, Tick, Topics, WireError, decode, encode
 from ddnn.ops.stats import bytes_per_device, percentiles
 

@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 from ddnn.core.config import EXIT_ORDER
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import Role
-from ddnn.live.broker_settings import BrokerSettings
-from ddnn.live.mqtt import MqttClient
+from ddnn.live.mqtt.client import MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.service import STATUS_EVERY, Recent
 from ddnn.live.transport import Received, Transport
 from ddnn.live.wire import Decision, Refused, Status, Topics, decode, encode

@@ -1,0 +1,140 @@
+"""Who reads and writes which channel: the one table of the wire protocol's parties.
+
+`PROTOCOL` gives each kind of account (a service's tier, or `trigger`) the channels it reads
+and writes, and whose topics of each. Everything else follows from it: a service's MQTT
+subscriptions (`subscriptions`) and the message kinds it dispatches to its handlers
+(`read_kinds`, ddnn/live/service.py), the broker accounts' grants (ddnn/live/access.py, and
+so the mosquitto and EMQX ACLs and the bridge) and the AsyncAPI document
+(ddnn/live/asyncapi.py). The message kind each channel carries is the wire's `CHANNELS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from ddnn.core.config import ModelConfig
+from ddnn.core.roles import CLOUD, Role, tier_inputs
+from ddnn.live.wire import CHANNELS, Topics, _Message
+
+
+class Whose(Enum):
+    """Which topics of a channel a use covers."""
+
+    CHANNEL = "the channel's one topic"  # tick, offload, job, decisions
+    OWN = "the party's own"  # <channel>/<its role>
+    EVERY = "every role's"  # <channel>/+
+    INPUTS = "its tier inputs'"  # <channel>/<r>, each role whose maps this tier fuses
+    CLOUD_INPUTS = "the cloud's inputs'"  # what the aggregator gathers for cloud replicas
+
+
+class When(Enum):
+    """In which mode of the deployment a service uses a channel. Brokers grant every use
+    (a REPLICATED one where the model has a cloud), whatever mode a service runs in."""
+
+    ALWAYS = "always"
+    REPLICATED = "while the cloud runs as replicas sharing jobs"
+    DIRECT = "while it does not"
+
+
+@dataclass(frozen=True)
+class Use:
+    channel: str  # a key of CHANNELS
+    whose: Whose = Whose.CHANNEL
+    when: When = When.ALWAYS
+
+
+@dataclass(frozen=True)
+class Part:
+    reads: tuple[Use, ...]
+    writes: tuple[Use, ...]
+
+
+OWN, EVERY, INPUTS = Whose.OWN, Whose.EVERY, Whose.INPUTS
+REPLICATED, DIRECT = When.REPLICATED, When.DIRECT
+Protocol = dict[str, Part]
+PROTOCOL: Protocol = {
+    "device": Part(
+        reads=(Use("tick"), Use("offload")),
+        writes=(Use("status", OWN), Use("scores", OWN), Use("features", OWN)),
+    ),
+    "aggregator": Part(
+        reads=(
+            Use("status", EVERY),
+            Use("tick"),
+            Use("scores", EVERY),
+            Use("features", Whose.CLOUD_INPUTS, REPLICATED),  # gathered into a job
+        ),
+        writes=(Use("status", OWN), Use("offload"), Use("decisions"), Use("job", when=REPLICATED)),
+    ),
+    "edge": Part(
+        reads=(Use("offload"), Use("features", INPUTS)),
+        writes=(Use("status", OWN), Use("scores", OWN), Use("features", OWN)),
+    ),
+    "cloud": Part(
+        reads=(
+            Use("offload", when=DIRECT),
+            Use("features", INPUTS, DIRECT),
+            Use("job", when=REPLICATED),  # through a shared subscription
+        ),
+        writes=(Use("status", OWN), Use("scores", OWN)),
+    ),
+    "trigger": Part(reads=(Use("status", EVERY), Use("decisions")), writes=(Use("tick"),)),
+}
+
+
+def topics_of(use: Use, party: str, model: ModelConfig, topics: Topics) -> tuple[str, ...]:
+    """The topics (or filters) `use` covers for account `party` (a role, or `trigger`)."""
+    level = f"{topics.root}/{use.channel}"
+    match use.whose:
+        case Whose.CHANNEL:
+            return (level,)
+        case Whose.OWN:
+            return (f"{level}/{party}",)
+        case Whose.EVERY:
+            return (f"{level}/+",)
+        case Whose.INPUTS:
+            return tuple(f"{level}/{r}" for r in tier_inputs(model, Role(party)))
+        case Whose.CLOUD_INPUTS:
+            return tuple(f"{level}/{r}" for r in tier_inputs(model, CLOUD))
+
+
+def part_of(party: str, protocol: Protocol = PROTOCOL) -> Part:
+    """The table's entry of an account: a role goes by its tier."""
+    return protocol[party if party in protocol else Role(party).tier]
+
+
+def granted(use: Use, model: ModelConfig) -> bool:
+    return use.when is not When.REPLICATED or model.cloud is not None
+
+
+def in_mode(use: Use, replicated: bool) -> bool:
+    return use.when is When.ALWAYS or (use.when is When.REPLICATED) == replicated
+
+
+def read_kinds(role: Role, replicated: bool, protocol: Protocol = PROTOCOL) -> set[type[_Message]]:
+    """The message kinds a service of `role` takes in its mode: what it must handle."""
+    reads = part_of(role, protocol).reads
+    return {CHANNELS[u.channel] for u in reads if in_mode(u, replicated)}
+
+
+def subscriptions(
+    role: Role,
+    model: ModelConfig,
+    topics: Topics,
+    group: str | None = None,
+    replicated: bool = False,
+    protocol: Protocol = PROTOCOL,
+) -> list[str]:
+    """The topic filters a service of `role` subscribes to. A cloud replica (`group`: its
+    replicas' group) takes the jobs through the shared subscription that hands each job to
+    one member; `replicated`: the aggregator of such a cloud."""
+    replicated = replicated or group is not None
+    out: list[str] = []
+    for use in part_of(role, protocol).reads:
+        if in_mode(use, replicated):
+            if use.channel == "job" and group is not None:
+                out.append(topics.shared_jobs(group))
+            else:
+                out += topics_of(use, role, model, topics)
+    return out
