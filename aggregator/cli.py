@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from aggregator.service import AggregatorService, Deadlines, ExitWeights, load_exit_weights
+from aggregator.service import AggregatorService, Deadlines
+from aggregator.weights import ExitWeights, load_exit_weights
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR
 from ddnn.live.service_cli import (

@@ -17,9 +17,11 @@ ids decided since, is compacted.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import os
 import struct
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -111,3 +113,22 @@ class Ledger:
                 f"cannot write the aggregator's ledger {self.path}: {e.strerror} (give --state "
                 "a folder it may write)"
             ) from None
+
+
+def lock_state(path: Path) -> IO[bytes]:
+    """Hold `path` locked while the process lives: two aggregators on one state folder
+    would each decide every sample, and interleave their journals."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "ab")  # noqa: SIM115 - held for the process's life
+    except OSError as e:
+        raise DDNNError(f"cannot write the aggregator's state {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DDNNError(
+            f"another aggregator holds the state in {path.parent} ({path.name} is locked): "
+            "stop it first, or give --state another folder"
+        ) from None
+    return lock

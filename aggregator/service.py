@@ -14,31 +14,30 @@ Design: docs/design/aggregator.md (deadlines, exactly once, silent devices, the 
 
 from __future__ import annotations
 
-import fcntl
 import heapq
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from aggregator.ledger import Ledger
+from aggregator.awaited import SILENT_AFTER, Awaited
+from aggregator.ledger import Ledger, lock_state
 from aggregator.outbox import Durability, Outbox
+from aggregator.replicas import Gathering, JobMaps
+from aggregator.weights import ExitWeights
 from ddnn.core.config import DDNNConfig
 from ddnn.core.errors import DDNNError
-from ddnn.core.exits import ExitInputs, ExitPoint, Step, exit_points, normalized_entropy, step
-from ddnn.core.fusion import ScoreFusion, score_fusions
-from ddnn.core.manifest import Manifest, read_manifest, read_npz_artifact
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role, tier_input_format, tier_inputs
-from ddnn.core.routing import Router, routers_from_state
+from ddnn.core.exits import ExitInputs, ExitPoint, exit_points, normalized_entropy, step
+from ddnn.core.manifest import Manifest
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role
 from ddnn.live.bounds import ScoreBounds
-from ddnn.live.service import STATUS_EVERY, Broker, Rejected, Service, check_fresh, handles
+from ddnn.live.service import Broker, Rejected, Service, check_fresh, handles
 from ddnn.live.transport import Receipt
 from ddnn.live.wire import (
-    ENCODINGS,
-    MAX_PAYLOAD,
     Decision,
     Features,
     Job,
@@ -55,7 +54,6 @@ DECIDED_RANGES = 65536
 RESTARTED = "undecided: the aggregator restarted while the sample was open"
 FAILED = "undecided: the aggregator failed on this sample (a bug: see its log)"
 MAX_PENDING = 10_000  # samples waiting at once; ~100 s of 6 cameras at 100 fps
-SILENT_AFTER = 3 * STATUS_EVERY  # seconds without a status after which a device is offline
 STOP_WAIT = 1.0  # seconds a stopping aggregator waits for the broker to take its decisions
 # How long a starting aggregator waits for another one it sees online to go offline before it
 # refuses to start: a broker that lags (an amqtt under a flood was 5,000 messages behind)
@@ -76,60 +74,29 @@ class Deadlines:
     resend: float = 0.5
 
 
+class Stage(Enum):
+    """What a pending sample waits for."""
+
+    SCORES = "the devices' class scores"
+    EDGE = "the edges' answers"
+    GATHER = "the cloud's inputs' maps, gathered here for a replicated cloud"
+    CLOUD = "the cloud's answer"
+
+
 @dataclass
 class Pending:
     sample: int
     t0: float  # capture time (Unix), from the tick or the first scores
-    stage: str  # "scores", "edge", "gather" (a replicated cloud's maps) or "cloud"
+    stage: Stage
     deadline: float  # monotonic: of the stage, or of a job's resending
-    until: float = 0.0  # monotonic: the cloud deadline, for a replicated cloud
     scores: dict[int, np.ndarray] = field(default_factory=dict)  # device -> class scores
     edge_scores: dict[int, np.ndarray] = field(default_factory=dict)  # edge -> class scores
     devices: list[int] = field(default_factory=list)  # devices that took part
     best: tuple[str, np.ndarray] | None = None  # (exit, probabilities) of the highest tier so far
     bytes: dict[str, int] = field(default_factory=dict)
     upper_devices: set[int] = field(default_factory=set)  # whose features reached edge/cloud
-    asked: set[str] = field(default_factory=set)  # replicated cloud: the maps asked for
-    maps: dict[str, Features] = field(default_factory=dict)  # ... and those gathered
-    job: Job | None = None  # ... and the job sent, to send again
+    gathering: Gathering | None = None  # for a replicated cloud (aggregator/replicas.py)
     opener: int | None = None  # --clock wall: the device whose scores opened it
-
-
-def lock_state(path: Path) -> IO[bytes]:
-    """Hold `path` locked while the process lives: two aggregators on one state folder
-    would each decide every sample, and interleave their journals."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path, "ab")  # noqa: SIM115 - held for the process's life
-    except OSError as e:
-        raise DDNNError(f"cannot write the aggregator's state {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise DDNNError(
-            f"another aggregator holds the state in {path.parent} ({path.name} is locked): "
-            "stop it first, or give --state another folder"
-        ) from None
-    return lock
-
-
-@dataclass(frozen=True)
-class ExitWeights:
-    """What the aggregator's artifact holds, in NumPy: the fusion of the local and the edge
-    exit, and the router of each exit whose policy is "router" (ddnn/core/routing.py)."""
-
-    fusions: dict[str, ScoreFusion]
-    routers: dict[str, Router]
-
-
-def load_exit_weights(artifacts: Path | str) -> tuple[Manifest, ExitWeights]:
-    """The manifest, and the weights of the exits from the aggregator's artifact
-    (hash-checked)."""
-    manifest = read_manifest(artifacts)
-    arrays = read_npz_artifact(artifacts, manifest, "aggregator")
-    cfg = manifest.ddnn_config()
-    return manifest, ExitWeights(score_fusions(cfg.model, arrays), routers_from_state(cfg, arrays))
 
 
 class AggregatorService(Service):
@@ -162,11 +129,8 @@ class AggregatorService(Service):
         self.n_devices = cfg.model.n_devices
         self.groups = cfg.model.edge.groups if cfg.model.edge is not None else []
         self.deadlines = deadlines or Deadlines()
-        self.online: set[int] = set()
-        self.heard: dict[int, float] = {}  # device -> monotonic time of its latest status
-        # device scores topic -> device; and the devices over their rate when last polled
-        self.score_topics = {self.topics.scores(Role.device(d)): d for d in range(self.n_devices)}
-        self.throttled: set[int] = set()
+        devices = range(self.n_devices)
+        self.awaited = Awaited({self.topics.scores(Role.device(d)): d for d in devices})
         self.pending: dict[int, Pending] = {}
         self.deadlines_due: list[tuple[float, int]] = []  # heap of (deadline, sample)
         # decided ids, in the file `ledger` too (None: memory only, as in-process tests),
@@ -181,9 +145,7 @@ class AggregatorService(Service):
         self.replicated = replicated_cloud
         if replicated_cloud and cfg.model.cloud is None:
             raise DDNNError("a replicated cloud needs a model with a cloud")
-        self.cloud_inputs = set(tier_inputs(cfg.model, CLOUD))
-        self.cloud_encoding = ENCODINGS[tier_input_format(cfg.model, CLOUD)]
-        self.max_map = MAX_PAYLOAD // (len(self.cloud_inputs) + 1)  # every job fits
+        self.job_maps = JobMaps.of(cfg.model)
 
     def before_online(self) -> None:
         """Refuse to run beside another aggregator of the deployment: two would each decide
@@ -226,8 +188,7 @@ class AggregatorService(Service):
         elif role == AGGREGATOR and message.instance == self.rival:  # it said goodbye
             self.rival = None
         if role.tier == "device" and role.index is not None and role.index < self.n_devices:
-            (self.online.add if message.state == "online" else self.online.discard)(role.index)
-            self.heard[role.index] = time.monotonic()
+            self.awaited.said(role.index, message.state == "online", time.monotonic())
 
     @handles(Tick)
     def on_tick(self, message: Tick) -> None:
@@ -277,7 +238,7 @@ class AggregatorService(Service):
                     reason = "a new sample from a device with its share pending"
                     raise Rejected(reason, str(Role.device(opener)))
                 self.opened_by[opener] += 1
-            p = Pending(sample, t0, "scores", 0.0, opener=opener)
+            p = Pending(sample, t0, Stage.SCORES, 0.0, opener=opener)
             self.pending[sample] = p
             self.outbox.opened(sample)
             self._wait(p, self.deadlines.scores)
@@ -292,34 +253,22 @@ class AggregatorService(Service):
         if device >= self.n_devices:
             raise Rejected("scores from a device the model does not have", m.source)
         p = self._open(m.sample, m.t0, opener=device)
-        if p is None or p.stage != "scores" or device in p.scores:
-            self.counters["late" if p is None or p.stage != "scores" else "duplicate"] += 1
+        if p is None or p.stage is not Stage.SCORES or device in p.scores:
+            self.counters["late" if p is None or p.stage is not Stage.SCORES else "duplicate"] += 1
             return
         check_fresh(m.t0, "scores")  # it may become the sample's capture time
         p.scores[device] = values
-        self.heard[device] = time.monotonic()  # scores say it is alive as a status does
+        now = time.monotonic()
+        self.awaited.heard[device] = now  # scores say it is alive as a status does
         p.t0 = min(p.t0, m.t0)
         p.bytes["device_scores"] = p.bytes.get("device_scores", 0) + len(m.scores)
-        if self._awaited() <= set(p.scores):
+        if self.awaited.devices(self.rates, now) <= set(p.scores):
             self._local_step(p)
-
-    def _awaited(self) -> set[int]:
-        """The devices a sample waits for: those online, less those whose scores are being
-        dropped over their account's rate (ddnn/live/rates.py): waiting for them would make
-        every sample wait out its deadline for a flooder."""
-        if self.rates is None or not self.rates.last_drop:
-            return self.online
-        return self.online - self._throttled_devices(time.monotonic())
-
-    def _throttled_devices(self, now: float) -> set[int]:
-        if self.rates is None or not self.rates.last_drop:
-            return set()
-        topics = self.score_topics
-        return {topics[t] for t in self.rates.throttled(now) if t in topics}
 
     def _edge_scores(self, m: Scores, edge: int, values: np.ndarray) -> None:
         p = self.pending.get(m.sample)
-        if p is None or p.stage != "edge" or edge >= len(self.groups) or edge in p.edge_scores:
+        known = edge < len(self.groups)
+        if p is None or p.stage is not Stage.EDGE or not known or edge in p.edge_scores:
             self.counters["late"] += 1
             return
         self._count_received(p, m, {Role.device(d) for d in self.groups[edge]})
@@ -329,47 +278,36 @@ class AggregatorService(Service):
 
     def _cloud_scores(self, m: Scores, values: np.ndarray) -> None:
         p = self.pending.get(m.sample)
-        if p is None or p.stage != "cloud":
+        if p is None or p.stage is not Stage.CLOUD:
             self.counters["late"] += 1
             return
-        self._count_received(p, m, self.cloud_inputs)
+        self._count_received(p, m, self.job_maps.inputs)
         self._decide(
             p, "cloud", step(self.points["cloud"], ExitInputs(values[None]), True).probs[0]
         )
 
     def _gathered(self, m: Features) -> None:
-        """A feature map for a replicated cloud's job (module doc)."""
-        if m.source not in self.cloud_inputs:
-            raise Rejected("features from a role that is not an input of the cloud", m.source)
-        if m.encoding != self.cloud_encoding:
-            raise Rejected("features in another encoding than the cloud takes", m.encoding)
-        if len(m.data) > self.max_map:
-            raise Rejected("features too big for a job", f"{m.source}: {len(m.data)} bytes")
+        """A feature map for a replicated cloud's job (aggregator/replicas.py)."""
+        self.job_maps.check(m)
         p = self.pending.get(m.sample)
-        if p is None or p.stage != "gather":
+        if p is None or p.stage is not Stage.GATHER or p.gathering is None:
             self.counters["late"] += 1
-            return
-        if m.source not in p.asked:
-            raise Rejected("features not asked for", m.source)
-        if m.source in p.maps:
+        elif not p.gathering.add(m):
             self.counters["duplicate"] += 1
-            return
-        p.maps[m.source] = m
-        if set(p.maps) >= p.asked:
-            self._send_job(p)
+        elif p.gathering.complete():
+            self._send_job(p, p.gathering)
 
-    def _send_job(self, p: Pending) -> None:
+    def _send_job(self, p: Pending, g: Gathering) -> None:
         """Send the gathered maps as one job, or again the job sent before."""
-        now = time.monotonic()
-        if p.job is None:
-            if not p.maps:
+        if g.job is None:
+            if not g.maps:
                 self._degraded(p, f"no feature map came within {self.deadlines.gather:g} s")
                 return
-            p.job, p.maps, p.stage = Job.of(p.sample, p.t0, list(p.maps.values())), {}, "cloud"
+            g.job, g.maps, p.stage = Job.of(p.sample, p.t0, list(g.maps.values())), {}, Stage.CLOUD
         else:
             self.counters["jobs_resent"] += 1
-        self.publish(self.topics.job, p.job)
-        self._wait(p, min(self.deadlines.resend, max(0.0, p.until - now)))
+        self.publish(self.topics.job, g.job)
+        self._wait(p, min(self.deadlines.resend, max(0.0, g.until - time.monotonic())))
 
     @staticmethod
     def _count_received(p: Pending, m: Scores, inputs: set[Role] | set[str]) -> None:
@@ -385,32 +323,35 @@ class AggregatorService(Service):
                 p.upper_devices.add(source.index)
 
     # -- the cascade ---------------------------------------------------------------------
-    def _step(self, name: str, scores: dict[int, np.ndarray], n: int) -> Step:
-        """The cascade's step at exit `name` for one sample: the scores that arrived, of
-        inputs 0..n-1 (devices or edges), fused with the presence mask; exit or escalate."""
+    def _exit_step(self, p: Pending, name: str, scores: dict[int, np.ndarray], n: int) -> bool:
+        """The cascade at exit `name` for one sample: the scores that arrived, of inputs
+        0..n-1 (devices or edges), fused with the presence mask. It decides or abstains
+        there (True), or leaves the sample to the tier above (False)."""
         x = np.zeros((1, n, len(self.cfg.model.classes)), dtype=np.float32)
         present = np.zeros((1, n), dtype=bool)
         for i, v in scores.items():
             x[0, i], present[0, i] = v, True
         inputs = ExitInputs(x, present, self.fusions[name])
-        return step(self.points[name], inputs, last=name == self.last_exit)
+        result = step(self.points[name], inputs, last=name == self.last_exit)
+        p.best = (name, result.probs[0])
+        if result.exits[0]:
+            self._decide(p, name, result.probs[0])
+        elif result.abstains is not None and result.abstains[0]:
+            self._abstain(p, name, result.probs[0])
+        else:
+            return False
+        return True
 
     def _local_step(self, p: Pending) -> None:
         if not p.scores:
             self._undecided(p, f"no device answered within {self.deadlines.scores:g} s")
             return
         p.devices = sorted(p.scores)
-        local = self._step("local", p.scores, self.n_devices)
-        p.best = ("local", local.probs[0])
-        if local.exits[0]:
-            self._decide(p, "local", local.probs[0])
-            return
-        if local.abstains is not None and local.abstains[0]:
-            self._abstain(p, "local", local.probs[0])
+        if self._exit_step(p, "local", p.scores, self.n_devices):
             return
         sources = [Role.device(d) for d in p.devices]
         if "edge" in self.fusions:
-            p.stage = "edge"
+            p.stage = Stage.EDGE
             self._wait(p, self.deadlines.edge)
             self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="edge"))
         else:
@@ -422,32 +363,34 @@ class AggregatorService(Service):
     def _edge_step(self, p: Pending) -> None:
         if not p.edge_scores:
             self._degraded(p, f"no edge answered within {self.deadlines.edge:g} s")
-            return
-        edge = self._step("edge", p.edge_scores, len(self.groups))
-        p.best = ("edge", edge.probs[0])
-        if edge.exits[0]:
-            self._decide(p, "edge", edge.probs[0])
-            return
-        if edge.abstains is not None and edge.abstains[0]:
-            self._abstain(p, "edge", edge.probs[0])
-            return
-        self._to_cloud(p, [Role.edge(e) for e in sorted(p.edge_scores)])
+        elif not self._exit_step(p, "edge", p.edge_scores, len(self.groups)):
+            self._to_cloud(p, [Role.edge(e) for e in sorted(p.edge_scores)])
 
     def _to_cloud(self, p: Pending, sources: list[Role]) -> None:
         """Ask `sources` for their feature maps for the cloud, and wait for its answer (or,
         for a replicated cloud, gather the maps here first)."""
         if self.replicated:
-            p.stage, p.asked = "gather", set(sources)
-            p.until = time.monotonic() + self.deadlines.cloud
+            p.stage = Stage.GATHER
+            p.gathering = Gathering(set(sources), time.monotonic() + self.deadlines.cloud)
             self._wait(p, min(self.deadlines.gather, self.deadlines.cloud))
         else:
-            p.stage = "cloud"
+            p.stage = Stage.CLOUD
             self._wait(p, self.deadlines.cloud)
         self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="cloud"))
 
     def poll(self, now: float) -> float | None:
-        self._forget_silent(now)
-        self._skip_throttled(now)
+        silent = self.awaited.forget_silent(now)
+        for device in silent:
+            self.counters["devices_silent"] += 1
+            self.log.warning(
+                "%s silent for %g s: counted offline", Role.device(device), SILENT_AFTER
+            )
+        if silent or self.awaited.newly_over_rate(self.rates, now):
+            # the samples that waited only for those devices are complete now
+            awaited = self.awaited.devices(self.rates, now)
+            for p in [p for p in self.pending.values() if p.stage is Stage.SCORES and p.scores]:
+                if awaited <= set(p.scores):
+                    self._local_step(p)
         due = self.deadlines_due
         passed = []  # those set while acting on these wait for the next poll
         while due and due[0][0] <= now:
@@ -462,37 +405,15 @@ class AggregatorService(Service):
         return min([t for t in (wake, due[0][0] if due else None) if t is not None], default=None)
 
     def _deadline(self, p: Pending, now: float) -> None:
-        if p.stage == "scores":
+        g = p.gathering
+        if p.stage is Stage.SCORES:
             self._local_step(p)
-        elif p.stage == "edge":
+        elif p.stage is Stage.EDGE:
             self._edge_step(p)
-        elif p.stage == "gather" or (p.job is not None and now < p.until):
-            self._send_job(p)
+        elif g is not None and (p.stage is Stage.GATHER or now < g.until):
+            self._send_job(p, g)
         else:
             self._degraded(p, f"the cloud did not answer within {self.deadlines.cloud:g} s")
-
-    def _skip_throttled(self, now: float) -> None:
-        """Once a device is over its rate, the samples that wait only for it are complete
-        (`_awaited`)."""
-        throttled = self._throttled_devices(now)
-        newly, self.throttled = throttled - self.throttled, throttled
-        if newly & self.online:
-            awaited = self.online - throttled
-            for p in [p for p in self.pending.values() if p.stage == "scores" and p.scores]:
-                if awaited <= set(p.scores):
-                    self._local_step(p)
-
-    def _forget_silent(self, now: float) -> None:
-        silent = [d for d in self.online if now - self.heard.get(d, now) > SILENT_AFTER]
-        for device in sorted(silent):
-            self.online.discard(device)
-            self.counters["devices_silent"] += 1
-            role = Role.device(device)
-            self.log.warning("%s silent for %g s: counted offline", role, SILENT_AFTER)
-        if silent:  # samples that waited only for them are complete now
-            for p in [p for p in self.pending.values() if p.stage == "scores" and p.scores]:
-                if self._awaited() <= set(p.scores):
-                    self._local_step(p)
 
     def close(self) -> None:
         """End every pending sample with an undecided decision, give the broker a moment
@@ -551,7 +472,7 @@ class AggregatorService(Service):
         decision = Decision(
             sample=p.sample,
             bytes=p.bytes,
-            upper_devices=sorted(p.upper_devices) if p.stage != "scores" else None,
+            upper_devices=sorted(p.upper_devices) if p.stage is not Stage.SCORES else None,
             latency_ms=round(1000.0 * (time.time() - p.t0), 3),
             **fields,
         )

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aggregator.service import AggregatorService, Deadlines, load_exit_weights
+from aggregator.service import AggregatorService, Deadlines
+from aggregator.weights import load_exit_weights
 from cloud.runtime import open_tier
 from cloud.service import TierService
 from ddnn.core.manifest import Manifest, read_manifest

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from pydantic import AfterValidator, ValidationError
 from pydantic.fields import FieldInfo
 
-from aggregator.service import SILENT_AFTER, AggregatorService
+from aggregator.awaited import SILENT_AFTER
+from aggregator.service import AggregatorService
 from cloud.service import TierService
 from ddnn.core.payloads import VALUE_BITS
 from ddnn.core.roles import MAX_INDEX, Role, deployment_roles
@@ -455,7 +456,7 @@ def deploy(name: str, artifacts: Path, replicas: int | None = None) -> Fuzz:
         anywhere=anywhere,
         shapes=shapes,
         encodings=encodings,
-        cloud_encoding=agg.cloud_encoding,
+        cloud_encoding=agg.job_maps.encoding,
         classes=len(model.classes),
         bounds=agg.bounds,
     )

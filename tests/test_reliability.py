@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import aggregator.service
-from aggregator.service import FAILED, RESTARTED, AggregatorService, load_exit_weights
+from aggregator.service import FAILED, RESTARTED, AggregatorService
+from aggregator.weights import load_exit_weights
 from ddnn.core.errors import DDNNError
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import CLOUD, Role

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from aggregator.cli import robust
-from aggregator.service import AggregatorService, Deadlines, load_exit_weights
+from aggregator.service import AggregatorService, Deadlines
+from aggregator.weights import load_exit_weights
 from ddnn.core.fusion import ScoreFusion
 from ddnn.core.manifest import Manifest, read_manifest
 from ddnn.core.roles import Role

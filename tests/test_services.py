@@ -13,8 +13,10 @@ import pytest
 
 import aggregator.service
 import cloud.service as cloud_service
+from aggregator.awaited import SILENT_AFTER
 from aggregator.ledger import Ledger
-from aggregator.service import SILENT_AFTER, AggregatorService, load_exit_weights
+from aggregator.service import AggregatorService
+from aggregator.weights import load_exit_weights
 from cloud.service import TierService
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
@@ -593,11 +595,11 @@ def test_a_device_silent_for_three_status_intervals_counts_as_offline(plain):
         rig.send(scores(0, Role.device(d), SURE))
     rig.settle()
     assert rig.decisions() == []  # device 5 said online and has not answered
-    agg.heard[5] = time.monotonic() - SILENT_AFTER - 1  # its last status, long ago
+    agg.awaited.heard[5] = time.monotonic() - SILENT_AFTER - 1  # its last status, long ago
     rig.settle()
     [d] = rig.decisions()
     assert d.devices == [0, 1, 2, 3, 4] and agg.counters["devices_silent"] == 1
-    assert agg.online == {0, 1, 2, 3, 4}
+    assert agg.awaited.online == {0, 1, 2, 3, 4}
 
 
 def test_a_graceful_stop_ends_every_pending_sample_undecided(plain):
