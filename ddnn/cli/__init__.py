@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 from ddnn.cli import (  # noqa: F401 (they register their commands)
     bench,
+    broker,
     compare,
     data,
     live,

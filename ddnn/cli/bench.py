@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from ddnn.cli.app import bench_app
-from ddnn.cli.live import BrokerKindOption
-from ddnn.cli.options import JsonFlag, LiveData
+from ddnn.cli.options import BrokerKindOption, JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.data import data_dir
 from ddnn.live.broker.ceiling import broker_ceiling

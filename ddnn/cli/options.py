@@ -121,3 +121,13 @@ def config_from(
         raise ConfigError(
             f"{e} (fitted to {data.name}: {data.n_views} views, a device each)"
         ) from None
+
+
+BrokerKindOption = Annotated[
+    str,
+    typer.Option(
+        "--kind",
+        help="auto (mosquitto if installed, else the embedded rumqttd, or the embedded amqtt "
+        "where topic grants must hold), mosquitto, rumqttd or amqtt",
+    ),
+]
