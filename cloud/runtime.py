@@ -13,18 +13,15 @@ Two runtimes implement it, as a device's two do (devices/runtime.py):
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ddnn.core.errors import ConfigError
 from ddnn.core.manifest import Manifest, read_manifest
 from ddnn.core.roles import Role, tier_inputs
+from ddnn.live.runtimes import open_runtime
 from ddnn.packed.tier import read_exported_tier
-
-RUNTIMES = ("auto", "packed", "torch")
 
 
 class TierRuntime(Protocol):
@@ -39,21 +36,11 @@ class TierRuntime(Protocol):
 
 
 def open_tier(artifacts: Path | str, role: Role, runtime: str = "auto") -> TierRuntime:
-    """The runtime of upper tier `role`: "packed", "torch", or "auto" (packed where the
-    export holds a packed form of the tier, torch otherwise)."""
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    manifest = read_manifest(artifacts)
-    if runtime == "auto":
-        runtime = "packed" if role in manifest.packed else "torch"
-    if runtime == "packed":
-        tier: TierRuntime = read_exported_tier(artifacts, role)
-    else:
-        (plugin,) = entry_points(group="ddnn.runtimes", name="torch-tier")
-        tier = plugin.load()(artifacts, role)
+    """The runtime of upper tier `role` (ddnn/live/runtimes.py): "packed", "torch" or "auto"."""
+    tier: TierRuntime = open_runtime(artifacts, role, runtime, read_exported_tier)
     # One run now, as a device runs its slice once on start (devices/runtime.py): numba
     # compiles a packed tier's kernels on their first call, seconds on a fresh install's
     # cold cache, which the first sample would wait out past the aggregator's deadline.
-    n = len(tier_inputs(manifest.ddnn_config().model, role))
+    n = len(tier_inputs(read_manifest(artifacts).ddnn_config().model, role))
     tier(np.ones((n, *tier.in_shape), np.float32), np.ones(n, bool))
     return tier

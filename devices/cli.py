@@ -11,7 +11,7 @@ from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import Role
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
-from devices.runtime import open_runtime
+from devices.runtime import open_slice
 from devices.service import DeviceService
 from devices.sources import open_device_source
 
@@ -55,7 +55,7 @@ def device(
     if device_id >= cfg.model.n_devices:
         raise DDNNError(f"--id {device_id}: the model has devices 0..{cfg.model.n_devices - 1}")
     log = logging.getLogger(f"ddnn.{Role.device(device_id)}")
-    runtime = open_runtime(artifacts, device_id, runtime_name)
+    runtime = open_slice(artifacts, device_id, runtime_name)
     log.info("slice runtime: %s", runtime.name)
     frames = open_device_source(manifest, device_id, source)
     log.info("frames: %s", frames.name)

@@ -10,25 +10,22 @@ Two runtimes implement it:
   `ddnn.runtimes` entry point (pyproject.toml), so that this package never imports PyTorch:
   a device that runs the packed slice needs none installed.
 
-`open_runtime(artifacts, device, "auto")` picks the packed slice when the export holds one
-for the device, else torch.
+`open_slice(artifacts, device, "auto")` picks the packed slice when the export holds one for
+the device, else torch (ddnn/live/runtimes.py, as a tier's runtime is picked).
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ddnn.core.errors import ConfigError
 from ddnn.core.manifest import Manifest, read_manifest, verified_path
 from ddnn.core.roles import Role
+from ddnn.live.runtimes import open_runtime
 from ddnn.packed.inspect import read_exported
 from ddnn.packed.kernels import kernel_name, runner
-
-RUNTIMES = ("auto", "packed", "torch")
 
 
 class SliceRuntime(Protocol):
@@ -60,21 +57,11 @@ class PackedSlice:
         return self._run(image)
 
 
-def open_runtime(artifacts: Path | str, device: int, runtime: str = "auto") -> SliceRuntime:
-    """The runtime for one device: "packed", "torch", or "auto" (packed where the export
-    holds a packed slice for the device, torch otherwise)."""
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "auto":
-        packed = read_manifest(artifacts).packed
-        runtime = "packed" if Role.device(device) in packed else "torch"
-    if runtime == "packed":
-        return PackedSlice(artifacts, device)
-    return torch_slice(artifacts, device)
+def open_slice(artifacts: Path | str, device: int, runtime: str = "auto") -> SliceRuntime:
+    """The runtime of one device (ddnn/live/runtimes.py): "packed", "torch" or "auto"."""
+    return open_runtime(artifacts, Role.device(device), runtime, _packed)
 
 
-def torch_slice(artifacts: Path | str, device: int) -> SliceRuntime:
-    """The torch runtime (`ddnn.nn.runtime.TorchSlice`), loaded through its entry point:
-    ImportError where PyTorch is not installed."""
-    (plugin,) = entry_points(group="ddnn.runtimes", name="torch")
-    return plugin.load()(artifacts, device)
+def _packed(artifacts: Path | str, role: Role) -> SliceRuntime:
+    assert role.index is not None
+    return PackedSlice(artifacts, role.index)

@@ -39,7 +39,7 @@ from ddnn.live.wire import (
     decode,
     encode,
 )
-from devices.runtime import open_runtime
+from devices.runtime import open_slice
 from devices.service import DeviceService
 from devices.sources import open_device_source
 
@@ -149,7 +149,7 @@ def aggregator_rig(
 def device_service(rig: Rig, artifacts: Path, device: int, **kw) -> DeviceService:
     """Device `device` with its packed slice (the torch one where the export has none, as
     `ddnn device` runs it), replaying the model's own test part."""
-    runtime = open_runtime(artifacts, device)
+    runtime = open_slice(artifacts, device)
     source = open_device_source(runtime.manifest, device)
     return DeviceService(runtime.manifest, device, runtime, source, rig.bus, DEPLOYMENT, **kw)
 

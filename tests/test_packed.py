@@ -25,7 +25,7 @@ from ddnn.nn.runtime import TorchSlice, TorchTier
 from ddnn.packed.format import FORMAT_VERSION, decode, encode, read_packed, write_packed
 from ddnn.packed.kernels import conv_real, head_dots, numba_kernels, runner
 from ddnn.packed.tier import PackedTier
-from devices.runtime import PackedSlice, open_runtime
+from devices.runtime import PackedSlice, open_slice
 from tests.helpers import (
     BLOCK_TORCH,
     ROOT,
@@ -152,12 +152,12 @@ def test_bit_exact_on_every_sample_of_an_mvmc_format_set(trained, mvmc_file):
 def test_the_device_runtimes_agree_on_the_exported_model(trained):
     _, _, test, artifacts, _ = trained
     for d in (0, 5):
-        torch_rt, packed_rt = TorchSlice(artifacts, d), PackedSlice(artifacts, d)
+        torch_rt, packed_rt = TorchSlice(artifacts, Role.device(d)), PackedSlice(artifacts, d)
         for k in range(0, len(test), 40):
             a, b = torch_rt(test.x[k, d]), packed_rt(test.x[k, d])
             assert same_bits(a[0], b[0]) and same_bits(a[1], b[1])
-    assert isinstance(open_runtime(artifacts, 2), PackedSlice)
-    assert isinstance(open_runtime(artifacts, 2, "torch"), TorchSlice)
+    assert isinstance(open_slice(artifacts, 2), PackedSlice)
+    assert isinstance(open_slice(artifacts, 2, "torch"), TorchSlice)
 
 
 @pytest.mark.parametrize(
@@ -433,7 +433,7 @@ def test_a_float_device_tier_is_not_packed_and_keeps_the_torch_runtime(tmp_path)
     assert manifest.packed == {}  # the cloud's inputs are float maps too
     with pytest.raises(ModelFileError, match="precision 'float'"):
         PackedSlice(tmp_path, 0)
-    assert isinstance(open_runtime(tmp_path, 0), TorchSlice)
+    assert isinstance(open_slice(tmp_path, 0), TorchSlice)
 
 
 def test_exports_stay_reproducible_and_versioned(tmp_path):
@@ -457,8 +457,8 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
     proc = run_without_torch(
         f"""
         import numpy as np
-        from devices.runtime import PackedSlice, open_runtime
-        runtime = open_runtime({str(artifacts)!r}, 2)
+        from devices.runtime import PackedSlice, open_slice
+        runtime = open_slice({str(artifacts)!r}, 2)
         assert isinstance(runtime, PackedSlice)
         frames = np.load({str(tmp_path / "frames.npy")!r})
         outs = [runtime(f) for f in frames]
@@ -473,7 +473,7 @@ def test_the_packed_runtime_runs_without_pytorch(trained, tmp_path):
     with np.load(tmp_path / "out.npz") as z:
         assert same_bits(z["scores"], scores) and same_bits(z["features"], features)
     proc = run_without_torch(
-        f"from devices.runtime import open_runtime; open_runtime({str(artifacts)!r}, 0, 'torch')"
+        f"from devices.runtime import open_slice; open_slice({str(artifacts)!r}, 0, 'torch')"
     )
     assert proc.returncode != 0 and "not installed on this device" in proc.stderr
     # neither torch nor numba: the NumPy kernel, the same outputs

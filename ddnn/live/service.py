@@ -18,7 +18,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -170,11 +169,6 @@ class Service:
         self._connections = 0  # the transport's connections when last announced
         self.announced = False  # said online: on stopping, it says offline
         self.log = logging.getLogger(f"ddnn.{self.role}")
-        if (torch := sys.modules.get("torch")) is not None:
-            # One sample at a time gains nothing from more threads, and several services on
-            # one machine then fight over the cores: 8 services on 2 cores decided 16
-            # samples/s at ~1 s latency with PyTorch's default threads, 280/s at 40 ms with 1.
-            torch.set_num_threads(1)
         # The client id too: unique per process, and short enough for any broker.
         self.instance = f"ddnn-{deployment[:64]}-{self.role}-{os.getpid()}-{secrets.token_hex(4)}"
         offline = Status(role=self.role, state="offline", t=time.time(), instance=self.instance)
