@@ -443,8 +443,8 @@ class AggregatorService(Service):
         self._finish(p, decided=False, reason=reason)
 
     def _abstain(self, p: Pending, exit_name: str, probs: np.ndarray) -> None:
-        """Seed 001's drop: the sample is hopeless at `exit_name`; it ends here answered
-        "abstain" (no class), and nothing goes up."""
+        """The exit-placement paper's drop: the sample is hopeless at `exit_name`; it ends here
+        answered "abstain" (no class), and nothing goes up."""
         self.counters["abstained"] += 1
         entropy = float(normalized_entropy(probs[None])[0])
         self._finish(p, decided=True, abstained=True, exit=exit_name, entropy=entropy)

@@ -91,11 +91,12 @@ def tiny_edge(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hybrid(tmp_path_factory) -> Path:
-    """A local + edge + cloud model of what issue 11 adds, all at once: a learned router
-    (seed 002) decides at the local exit; the edge exit drops hopeless samples (seed 001:
-    a drop threshold, here halfway through the edge's escalated samples); the devices are
-    2-bit, the edges 4-bit and the cloud float32 (seed 000's hybrid precision), so 2-bit
-    and 4-bit maps travel. A real share of samples leaves at every exit, and some abstain."""
+    """A local + edge + cloud model of what issue 11 adds, all at once: a learned router (the
+    learned-router paper) decides at the local exit; the edge exit drops hopeless samples (the
+    exit-placement paper: a drop threshold, here halfway through the edge's escalated samples); the
+    devices are 2-bit, the edges 4-bit and the cloud float32 (the hybrid-precision paper's hybrid
+    precision), so 2-bit and 4-bit maps travel. A real share of samples leaves at every exit, and
+    some abstain."""
     settings = [
         "--set", EDGE, "--set", "exits.local.policy=router",
         "--set", "model.device.precision=2bit", "--set", "model.edge.precision=4bit",

@@ -103,13 +103,12 @@ def test_live_single_device_failures_cost_at_most_5_points(seeds):
 
 
 def test_a_learned_router_beats_entropy_at_equal_coverage_on_every_seed(seeds):
-    """Issue 11's bar, on each seed's model: a router (seed 002) is at least as accurate
-    overall as the entropy rule at equal local-exit share, at two or more of 70, 80 and 90 %
-    (thresholds picked on validation data, accuracy on the test split). Measured on seeds
-    0-2 under dropout alone: the router ahead at all three on every seed, by 0.25 to 2.5
-    points; with half the samples one device missing (2026-12-06): ahead or level at all
-    three on seeds 0 and 1, and on seed 2 level at 70 %, 1.25 ahead at 80 % and 1.0 behind
-    at 90 %."""
+    """Issue 11's bar, on each seed's model: a router (the learned-router paper) is at least as
+    accurate overall as the entropy rule at equal local-exit share, at two or more of 70, 80 and 90
+    % (thresholds picked on validation data, accuracy on the test split). Measured on seeds 0-2
+    under dropout alone: the router ahead at all three on every seed, by 0.25 to 2.5 points; with
+    half the samples one device missing (2026-12-06): ahead or level at all three on seeds 0 and 1,
+    and on seed 2 level at 70 %, 1.25 ahead at 80 % and 1.0 behind at 90 %."""
     for seed in (0, 1, 2):
         model = seeds["workdir"] / f"model-seed{seed}.pt"
         rows = ddnn_json("router", "--model", str(model), "--coverages", "0.7,0.8,0.9")["rows"]

@@ -1,5 +1,5 @@
-"""`ddnn compare strategies`, `exits` and `precision` (seed 000's Tables II and IV, hybrid
-precision) on a small MVMC-format file: every row trained, calibrated and measured; bad
+"""`ddnn compare strategies`, `exits` and `precision` (the hybrid-precision paper's Tables II and
+IV, hybrid precision) on a small MVMC-format file: every row trained, calibrated and measured; bad
 requests refused."""
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def test_bad_comparisons_are_refused_by_name(mvmc_file):
 
 
 def test_every_row_is_calibrated_by_max_loss_unless_a_rule_is_named():
-    """max_loss by default, whatever the config says (seed 000's question: the least
-    communication at equal accuracy); a named rule, for every row of every comparison."""
+    """max_loss by default, whatever the config says (the hybrid-precision paper's question: the
+    least communication at equal accuracy); a named rule, for every row of every comparison."""
     cfg = load_config(None, ["calibration.rule=best"])
     for rule, expected in ((None, "max_loss"), ("share", "share"), ("best", "best")):
         named = {} if rule is None else {"rule": rule}

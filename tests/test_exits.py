@@ -96,8 +96,8 @@ def test_non_finite_probabilities_never_count_as_confident(name):
 
 
 def test_a_drop_threshold_ends_hopeless_samples_where_they_are():
-    """Seed 001: beyond the drop threshold a sample abstains at that exit; between the exit
-    threshold and the drop it escalates; the last exit still decides the rest."""
+    """The exit-placement paper: beyond the drop threshold a sample abstains at that exit; between
+    the exit threshold and the drop it escalates; the last exit still decides the rest."""
     entropy = get_policy("entropy")
     local = np.array([[0.98, 0.01, 0.01], [0.6, 0.3, 0.1], [0.34, 0.33, 0.33]])
     cloud = np.array([[0.1, 0.8, 0.1]] * 3)

@@ -72,7 +72,8 @@ def test_fc_head_gives_real_scores_hidden_fc_gives_binary():
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_kbit_quantizer_has_2_to_the_k_levels_and_a_clipped_straight_through_gradient(bits):
-    """Seed 000's eq. (1): [-1, 1] onto 2^k evenly spaced values, the ends included."""
+    """The hybrid-precision paper's eq. (1): [-1, 1] onto 2^k evenly spaced values, the ends
+    included."""
     x = torch.linspace(-1.5, 1.5, 301, requires_grad=True)
     q = KBit(bits)(x)
     z = 2**bits - 1
@@ -84,7 +85,7 @@ def test_kbit_quantizer_has_2_to_the_k_levels_and_a_clipped_straight_through_gra
 
 
 def test_kbit_weights_are_scaled_by_the_mean_absolute_weight_of_each_filter():
-    """XNOR-Net's alpha, seed 000's eq. (2)."""
+    """XNOR-Net's alpha, the hybrid-precision paper's eq. (2)."""
     w = torch.tensor([[0.9, -0.1, 0.5, -0.3], [0.05, 0.05, -0.05, 0.05]])
     q = KBit(2, scaled=True)(w)
     alpha = w.abs().mean(dim=1, keepdim=True)

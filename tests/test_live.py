@@ -74,11 +74,11 @@ def test_live_decisions_equal_offline_evaluation(tmp_path, tiny):
 def test_live_decisions_of_a_hybrid_model_with_an_edge_tier_equal_offline_evaluation(
     tmp_path, hybrid
 ):
-    """An edge tier, a learned router (seed 002) deciding at the local exit (the aggregator
-    runs it in NumPy from its artifact), a drop threshold at the edge exit (seed 001: those
-    samples end "abstained", still exactly once), 2-bit devices and 4-bit edges whose maps
-    travel at 2 and 4 bits per value, and a float cloud (torch runtime: it has no
-    bit-packed form). Entropy exits on binary tiers with an edge run the same steps in
+    """An edge tier, a learned router (the learned-router paper) deciding at the local exit (the
+    aggregator runs it in NumPy from its artifact), a drop threshold at the edge exit (the
+    exit-placement paper: those samples end "abstained", still exactly once), 2-bit devices and
+    4-bit edges whose maps travel at 2 and 4 bits per value, and a float cloud (torch runtime: it
+    has no bit-packed form). Entropy exits on binary tiers with an edge run the same steps in
     test_services.py's whole deployment."""
     report, live, offline = live_and_offline(tmp_path, hybrid, 150)
     assert_parity(report, live, offline, 150)

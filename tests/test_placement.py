@@ -1,5 +1,5 @@
-"""Exit placement (seed 001): the edge's taps (exits after inner blocks of a multi-exit
-model), and `ddnn compare placement`, single-exit models against one multi-exit model."""
+"""Exit placement (the exit-placement paper): the edge's taps (exits after inner blocks of a
+multi-exit model), and `ddnn compare placement`, single-exit models against one multi-exit model."""
 
 from __future__ import annotations
 

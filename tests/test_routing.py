@@ -1,5 +1,5 @@
-"""The learned router (seed 002): its features, its NumPy forward pass against the torch
-module that trains it, its fitting, its config, and `ddnn router`."""
+"""The learned router (the learned-router paper): its features, its NumPy forward pass against the
+torch module that trains it, its fitting, its config, and `ddnn router`."""
 
 from __future__ import annotations
 

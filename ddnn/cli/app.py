@@ -18,7 +18,8 @@ app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Measure the parts the live system is built on.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 compare_app = typer.Typer(
-    help="Seed 000's comparisons on your data: training strategies, one vs two early exits, "
+    help="The hybrid-precision paper's comparisons on your data: training strategies, "
+    "one vs two early exits, "
     "hybrid precision.",
     no_args_is_help=True,
 )

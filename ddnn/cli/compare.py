@@ -1,7 +1,7 @@
-"""`ddnn compare strategies`, `exits` and `precision`: seed 000's Tables II and IV and its
-hybrid precision on our data, each row a model trained as `ddnn train` does and calibrated
-by rule max_loss, or the one `--rule` names (ddnn/nn/studies/compare.py); `ddnn compare
-placement`: seed 001's single-exit against multi-exit models at a fixed threshold
+"""`ddnn compare strategies`, `exits` and `precision`: the hybrid-precision paper's Tables II and IV
+and its hybrid precision on our data, each row a model trained as `ddnn train` does and calibrated
+by rule max_loss, or the one `--rule` names (ddnn/nn/studies/compare.py); `ddnn compare placement`:
+the exit-placement paper's single-exit against multi-exit models at a fixed threshold
 (ddnn/nn/studies/placement.py)."""
 
 from __future__ import annotations
@@ -41,15 +41,16 @@ CalibrationRule = Annotated[
     typer.Option(
         "--rule",
         help="how every row's thresholds are picked on validation data: max_loss (the least "
-        "communication within calibration.max_loss of the last exit: seed 000's question), "
+        "communication within calibration.max_loss of the last exit: the hybrid-precision "
+        "paper's question), "
         "share (calibration.shares, as ddnn train) or best",
     ),
 ]
 
 
 def _measure_calibrated(candidate: Candidate, parts: Splits, on_epoch: EpochCallback) -> list:
-    """Seed 000's comparisons: one row per candidate, at thresholds calibrated as `ddnn
-    train` picks them."""
+    """The hybrid-precision paper's comparisons: one row per candidate, at thresholds calibrated as
+    `ddnn train` picks them."""
     from ddnn.nn.studies.compare import measure
 
     return [measure(candidate, parts, on_epoch)]
@@ -82,7 +83,7 @@ def _compare(
 
 
 def _paper(comparison: str) -> dict:
-    """Seed 000's figures for one of its comparisons, with the source named."""
+    """The hybrid-precision paper's figures for one of its comparisons, with the source named."""
     from ddnn.nn.studies.compare import PAPER
 
     return {"source": PAPER["source"], **PAPER[comparison]}
@@ -99,14 +100,17 @@ def strategies(
         str, typer.Option("--strategies", help="joint, separate, layerwise, comma-separated")
     ] = "separate,joint",
     early_weight: Annotated[
-        float, typer.Option(help="joint: the early exits' share of the loss (seed 000: 0.6)")
+        float,
+        typer.Option(
+            help="joint: the early exits' share of the loss (the hybrid-precision paper: 0.6)"
+        ),
     ] = 0.6,
     rule: CalibrationRule = "max_loss",
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
-    """Seed 000's Table II: separate vs joint training (and layerwise): the share of
-    samples leaving early and the accuracy, at thresholds picked on validation data."""
+    """The hybrid-precision paper's Table II: separate vs joint training (and layerwise): the share
+    of samples leaving early and the accuracy, at thresholds picked on validation data."""
     from ddnn.nn.studies.compare import strategy_candidates
 
     dataset = load_data(data, grid, as_json)
@@ -139,8 +143,8 @@ def exits(
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
-    """Seed 000's Table IV: one early exit (local) vs two (local, then an edge tier): the
-    share leaving at each, accuracy and energy per sample."""
+    """The hybrid-precision paper's Table IV: one early exit (local) vs two (local, then an edge
+    tier): the share leaving at each, accuracy and energy per sample."""
     from ddnn.nn.studies.compare import exit_count_candidates
 
     edge_groups = None
@@ -170,15 +174,18 @@ def placement(
         str, typer.Option(help="the blocks after which an exit is compared, e.g. 1,2,3")
     ] = "1,2,3",
     threshold: Annotated[
-        float, typer.Option(help="the edge exit's normalized entropy threshold (seed 001: 0.3)")
+        float,
+        typer.Option(
+            help="the edge exit's normalized entropy threshold (the exit-placement paper: 0.3)"
+        ),
     ] = 0.3,
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
-    """Seed 001's Figs. 5-6: single-exit models (SEM-k: the exit after block k of the path,
-    one model each) against one multi-exit model (MEM, an exit after every compared block,
-    trained jointly, activated one at a time). Rows: samples leaving at the edge, edge,
-    cloud and overall accuracy, energy per sample."""
+    """The exit-placement paper's Figs. 5-6: single-exit models (SEM-k: the exit after block k of
+    the path, one model each) against one multi-exit model (MEM, an exit after every compared block,
+    trained jointly, activated one at a time). Rows: samples leaving at the edge, edge, cloud and
+    overall accuracy, energy per sample."""
     from ddnn.nn.studies.placement import PAPER, measure_placement, placement_candidates
 
     dataset = load_data(data, grid, as_json)
@@ -210,8 +217,8 @@ def precision(
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
-    """Seed 000's hybrid precision: the model as configured (binary by default) and with
-    other precisions per tier (a float cloud over binary devices by default): accuracy of
+    """The hybrid-precision paper's hybrid precision: the model as configured (binary by default)
+    and with other precisions per tier (a float cloud over binary devices by default): accuracy of
     every exit, energy per sample and its reduction against the full-precision network."""
     from ddnn.nn.studies.compare import precision_candidates
 

@@ -126,8 +126,8 @@ def eval_(
     drop: Annotated[
         str | None,
         typer.Option(
-            help="drop threshold (seed 001) for every exit but the last, or local=D: samples "
-            "beyond it abstain there instead of escalating"
+            help="drop threshold (the exit-placement paper) for every exit but the last, or "
+            "local=D: samples beyond it abstain there instead of escalating"
         ),
     ] = None,
     missing: Annotated[
@@ -322,9 +322,9 @@ def router(
     grid: OptionalGrid = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare a learned router (seed 002) with entropy thresholding at equal coverage: a
-    router fitted on the training split per coverage, both thresholds picked on validation
-    data, overall accuracy measured on the test split."""
+    """Compare a learned router (the learned-router paper) with entropy thresholding at equal
+    coverage: a router fitted on the training split per coverage, both thresholds picked on
+    validation data, overall accuracy measured on the test split."""
     from ddnn.nn.studies.router import compare_router
 
     try:

@@ -141,7 +141,8 @@ def _energy_line(e: dict[str, Any] | None) -> list[Block]:
     if e is None:
         return []
     return [
-        f"energy per sample (seed 000's Table I): {e['total']} uJ (local {e['local']}, edge "
+        f"energy per sample (the hybrid-precision paper's Table I): {e['total']} uJ "
+        f"(local {e['local']}, edge "
         f"{e['edge']}, cloud {e['cloud']}); float32 all-cloud reference {e['float_reference']} "
         f"uJ, {e['reduction']}x more"
     ]

@@ -51,10 +51,10 @@ def report(
     grid: Grid = "2x3",
     as_json: JsonFlag = False,
 ) -> None:
-    """The DDNN paper's Tables I-II and Figs. 8-10 with the bytes-accuracy trade-off,
-    seed 000's strategies, exits and energy, seed 001's placement and drop threshold, seed
-    002's router: every model trained here (or found in the cache, by config and seed),
-    mean and spread over the seeds, each table beside the paper's own numbers. About 10
+    """The DDNN paper's Tables I-II and Figs. 8-10 with the bytes-accuracy trade-off, the
+    hybrid-precision paper's strategies, exits and energy, the exit-placement paper's placement and
+    drop threshold, seed 002's router: every model trained here (or found in the cache, by config
+    and seed), mean and spread over the seeds, each table beside the paper's own numbers. About 10
     minutes per seed on 2 idle cores (--quick: 2); on a busy machine set OMP_NUM_THREADS=1."""
     from ddnn.ops.report.build import build_report, write_report
     from ddnn.ops.report.plan import FULL_EPOCHS, Plan

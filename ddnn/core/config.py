@@ -32,10 +32,10 @@ from pydantic import (
 
 from ddnn.core.errors import ConfigError, problems
 
-# Literals here rather than in the layers, so that reading a config needs no PyTorch (a
-# device running the bit-packed slice reads its manifest's config without it).
-# binary: +-1 weights and activations (the DDNN paper); 2bit, 4bit: k-bit weights (scaled) and
-# activations (seed 000's hybrid networks); float: float32 weights, ReLU activations.
+# Literals here rather than in the layers, so that reading a config needs no PyTorch (a device
+# running the bit-packed slice reads its manifest's config without it). binary: +-1 weights and
+# activations (the DDNN paper); 2bit, 4bit: k-bit weights (scaled) and activations (the
+# hybrid-precision paper's hybrid networks); float: float32 weights, ReLU activations.
 Precision = Literal["binary", "2bit", "4bit", "float"]
 Aggregation = Literal["MP", "AP", "CC"]
 # How a feature map travels (ddnn.core.payloads): bits, k-bit codes, uint8 pixels or float32.
@@ -76,7 +76,8 @@ class EdgeSpec(_Strict):
     precision: Precision = "binary"
     taps: list[int] = Field(
         default=[],
-        description="seed 001's multi-exit model: more exit heads, after these blocks of the "
+        description="the exit-placement paper's multi-exit model: more exit heads, after these "
+        "blocks of the "
         "edge (1-based, before its last), trained jointly as exits edge@<block>; `ddnn compare "
         "placement` activates one at a time. The live edge decides on its last block's head",
     )
@@ -230,8 +231,8 @@ class TrainConfig(_Strict):
     seed: int = Field(default=0, description="seed of initialization, batches and dropout")
 
 
-# The exit policy learned from data (seed 002): ddnn/core/routing.py; the others are rules on
-# the exit's probabilities (ddnn/core/exits.py).
+# The exit policy learned from data (the learned-router paper): ddnn/core/routing.py; the others are
+# rules on the exit's probabilities (ddnn/core/exits.py).
 ROUTER = "router"
 
 
@@ -251,16 +252,17 @@ class ExitSpec(_Strict):
     threshold: float = 0.8
     drop: float | None = Field(
         default=None,
-        description="seed 001's drop threshold: a sample whose statistic lies beyond it, on "
+        description="the exit-placement paper's drop threshold: a sample whose statistic lies "
+        "beyond it, on "
         "the side of doubt (entropy above it), is answered 'abstain' here, not escalated",
     )
 
 
 class RouterSpec(_Strict):
-    """How `ddnn train` fits the learned router of each exit whose policy is "router"
-    (seed 002): a 2-layer MLP on the exit's outputs (ddnn/core/routing.py), trained on the
-    routing oracle o(x) = 1{this exit is wrong and the next tier right} over the training
-    split, with the coverage penalty of eq. (7)."""
+    """How `ddnn train` fits the learned router of each exit whose policy is "router" (the
+    learned-router paper): a 2-layer MLP on the exit's outputs (ddnn/core/routing.py), trained on
+    the routing oracle o(x) = 1{this exit is wrong and the next tier right} over the training split,
+    with the coverage penalty of eq. (7)."""
 
     hidden: int = Field(default=32, ge=1, description="units of the router's hidden layer")
     coverage: float = Field(
@@ -332,7 +334,8 @@ class DDNNConfig(_Strict):
             raise ValueError(f"train.exit_weights names unknown exits {sorted(unknown)}")
         if self.model.tap_exits and self.train.strategy != "joint":
             raise ValueError(
-                "edge.taps train jointly with every exit (seed 001); train.strategy must be "
+                "edge.taps train jointly with every exit (the exit-placement paper); "
+                "train.strategy must be "
                 f"joint, got {self.train.strategy}"
             )
         return self

@@ -1,4 +1,5 @@
-"""Energy of inference per sample and per tier, counted from the topology as seed 000 counts it.
+"""Energy of inference per sample and per tier, counted from the topology as the hybrid-precision
+paper counts it.
 
 As Section III does: operations times the energies of its Table I, communication not
 included. Per layer: binary MACs, 32-bit additions or 32-bit MACs by what the weights and
@@ -19,7 +20,7 @@ import numpy as np
 
 from ddnn.core.config import Aggregation, ModelConfig, Precision, pooled_size
 
-# Table I of seed 000, picojoules
+# Table I of the hybrid-precision paper, picojoules
 PJ = {"mac1": 0.2, "mac32": 4.6, "add32": 0.9, "bits": 2.5}
 PIXEL_BITS = 8  # a camera frame's value
 

@@ -1,12 +1,12 @@
 """Exit policies and the exit cascade (paper Section III-D).
 
-An exit policy turns what an exit decides on (its `ExitInputs`) into a statistic per sample
-and says whether the sample is confident enough to exit there given the exit's threshold T.
-Policies are chosen by name per exit (`exits.<name>.policy`): `entropy` (the paper's rule),
-`max_prob`, `margin` and `router` (learned, seed 002). One step of the cascade (`step`) fuses
-an exit's inputs with the presence mask, takes the softmax and decides, for each sample, to
-exit or to escalate; offline evaluation (`cascade`) and the live aggregator both run exits
-through it, so they decide alike. The last exit of a cascade always decides.
+An exit policy turns what an exit decides on (its `ExitInputs`) into a statistic per sample and says
+whether the sample is confident enough to exit there given the exit's threshold T. Policies are
+chosen by name per exit (`exits.<name>.policy`): `entropy` (the paper's rule), `max_prob`, `margin`
+and `router` (learned, the learned-router paper). One step of the cascade (`step`) fuses an exit's
+inputs with the presence mask, takes the softmax and decides, for each sample, to exit or to
+escalate; offline evaluation (`cascade`) and the live aggregator both run exits through it, so they
+decide alike. The last exit of a cascade always decides.
 
 Design: docs/design/fusion-and-exits.md (each policy's rule).
 """
@@ -123,7 +123,8 @@ class ExitPoint:
     name: str  # "local", "edge" or "cloud"
     policy: Policy
     threshold: float
-    drop: float | None = None  # samples beyond it abstain here (seed 001), none: no dropping
+    # samples beyond it abstain here (the exit-placement paper); None: no dropping
+    drop: float | None = None
 
 
 def exit_points(
@@ -152,7 +153,8 @@ class Step:
     probs: np.ndarray  # (N, |C|) the exit's class probabilities
     statistic: np.ndarray  # (N,) the exit policy's statistic
     exits: np.ndarray  # (N,) bool: decided at this exit; the others escalate or abstain
-    abstains: np.ndarray | None = None  # (N,) bool: answered "abstain" here (seed 001)
+    # (N,) bool: answered "abstain" here (the exit-placement paper's drop)
+    abstains: np.ndarray | None = None
 
 
 def step(point: ExitPoint, inputs: ExitInputs, last: bool) -> Step:

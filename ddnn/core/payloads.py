@@ -1,13 +1,13 @@
 """What a device actually puts on the wire for one sample, as bytes.
 
-Class scores travel as little-endian float32 (4 bytes per class, the paper's formula (1)).
-A binary feature map travels bit-packed, 1 bit per activation (+1 -> 1, -1 -> 0), row-major
-over (channels, height, width), padded with zero bits to a whole byte. A k-bit feature map
-(a 2-bit or 4-bit tier, seed 000) travels as its codes j = 0 .. Z (Z = 2^k - 1; the value is
-j * 2 / Z - 1), k bits each, the first value in the high bits of the first byte, padded with
-zero bits to a whole byte. Any other feature map (a float tier, or raw pixels when the device
-has no layers) travels as float32 values or uint8 pixels. The byte counts reported by
-evaluation are the lengths of these payloads, so they are what the live services send.
+Class scores travel as little-endian float32 (4 bytes per class, the paper's formula (1)). A binary
+feature map travels bit-packed, 1 bit per activation (+1 -> 1, -1 -> 0), row-major over (channels,
+height, width), padded with zero bits to a whole byte. A k-bit feature map (a 2-bit or 4-bit tier,
+the hybrid-precision paper) travels as its codes j = 0 .. Z (Z = 2^k - 1; the value is j * 2 / Z -
+1), k bits each, the first value in the high bits of the first byte, padded with zero bits to a
+whole byte. Any other feature map (a float tier, or raw pixels when the device has no layers)
+travels as float32 values or uint8 pixels. The byte counts reported by evaluation are the lengths of
+these payloads, so they are what the live services send.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The learned router of an exit (seed 002), run in NumPy: offline and in the live aggregator.
+"""The learned router of an exit (the learned-router paper), run in NumPy: offline and in the live
+aggregator.
 
 Entropy thresholding looks at one number. The router is a small MLP that looks at more of
 what the exit knows: its fused class probabilities, their normalized entropy, the margins of

@@ -266,7 +266,7 @@ class Decision(_Message):
     """The one message that ends a sample. `decided` is False (with `reason`) when no tier
     could classify it; `degraded` is True when an upper tier failed to answer in time and
     a lower tier's answer stands; `abstained` is True (with no class) when the sample was
-    beyond the drop threshold of its `exit` (seed 001) and was not sent further."""
+    beyond the drop threshold of its `exit` (the exit-placement paper) and was not sent further."""
 
     kind: Literal["decision"] = "decision"
     sample: Sample

@@ -106,7 +106,8 @@ def run_model(
         inputs["edge"] = ExitInputs(arrays["edge_scores"], arrays["edge_present"], fusions["edge"])
     if "cloud" in arrays:
         inputs["cloud"] = ExitInputs(arrays["cloud"])
-    for tap in model.cfg.tap_exits:  # seed 001's multi-exit model: one edge's own scores
+    # the exit-placement paper's multi-exit model: one edge's own scores
+    for tap in model.cfg.tap_exits:
         inputs[tap] = ExitInputs(arrays[tap])
     fmt = model.cfg.device_feature_format  # how a feature map travels (ddnn.core.payloads)
     features = np.ones(model.device_feature_shape, dtype=np.float32)
@@ -168,9 +169,9 @@ def evaluate(
     """The report of `ddnn eval`: accuracy and exit fractions per tier, bytes per device.
     `decisions`: the cascade's on `outputs` under `points`, when already computed.
 
-    With drop thresholds (seed 001), `exit_fraction` counts the samples answered at each
-    exit, `abstained` those dropped there, `accuracy.overall` the share of all samples
-    answered right, and `coverage` the share answered and the accuracy on those."""
+    With drop thresholds (the exit-placement paper), `exit_fraction` counts the samples answered at
+    each exit, `abstained` those dropped there, `accuracy.overall` the share of all samples answered
+    right, and `coverage` the share answered and the accuracy on those."""
     names = [p.name for p in points]
     if decisions is None:
         decisions = cascade(points, outputs.inputs)

@@ -1,9 +1,9 @@
 """Binarized building blocks of a DDNN: the fused ConvP and FC blocks of the paper (Fig. 3).
 
-A block's precision is a per-tier setting, not a property baked into the layer: the same
-`ConvP` is binary on an end device and may be 2-bit, 4-bit or float in the cloud (seed 000's
-hybrid networks). Quantizers are objects passed to the layers (larq-style): `SteSign`
-(binary), `KBit` (seed 000's eq. (1)-(3), weights scaled by XNOR-Net's alpha), or none.
+A block's precision is a per-tier setting, not a property baked into the layer: the same `ConvP` is
+binary on an end device and may be 2-bit, 4-bit or float in the cloud (the hybrid-precision paper's
+hybrid networks). Quantizers are objects passed to the layers (larq-style): `SteSign` (binary),
+`KBit` (the hybrid-precision paper's eq. (1)-(3), weights scaled by XNOR-Net's alpha), or none.
 
 Conventions every runtime must share (training, export, a packed bit runtime):
 - sign(x) = +1 for x >= 0 and -1 otherwise (so sign(0) = +1);
@@ -61,8 +61,8 @@ class _KBitSTE(torch.autograd.Function):
 
 
 def kbit_codes(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """Seed 000's eq. (1) with v0 = 1, v1 = 2, v2 = 1/2: x clipped to [-1, 1] onto Z + 1 =
-    `levels` evenly spaced values; the integer code of each, 0 .. Z (what the wire carries,
+    """The hybrid-precision paper's eq. (1) with v0 = 1, v1 = 2, v2 = 1/2: x clipped to [-1, 1] onto
+    Z + 1 = `levels` evenly spaced values; the integer code of each, 0 .. Z (what the wire carries,
     ddnn/core/payloads.py)."""
     z = levels - 1
     return torch.round((x.clamp(-1.0, 1.0) + 1.0) * (z / 2.0))
@@ -94,7 +94,7 @@ class SteSign(Quantizer):
 
 
 class KBit(Quantizer):
-    """Uniform k-bit quantization of [-1, 1] (seed 000, eq. (1) and (3)), clipped
+    """Uniform k-bit quantization of [-1, 1] (the hybrid-precision paper, eq. (1) and (3)), clipped
     straight-through gradient. `scaled`: times the mean absolute latent value of each
     output channel, XNOR-Net's scaling factor alpha of eq. (2), for weights."""
 

@@ -91,8 +91,8 @@ class UpperTier(nn.Module):
             width = m
         self.fcs = nn.Sequential(*fcs)
         self.head = FC(width, n_classes, precision, activation=False)
-        # Seed 001's multi-exit model: a head after each tapped block (keyed by its 1-based
-        # number), on that block's feature map; only the last head decides in a deployment.
+        # The exit-placement paper's multi-exit model: a head after each tapped block (keyed by its
+        # 1-based number), on that block's feature map; only the last head decides in a deployment.
         self.taps = nn.ModuleDict()
         for block in taps:
             f, size = conv_filters[block - 1], pooled_size(h, block) * pooled_size(w, block)

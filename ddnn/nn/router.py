@@ -1,4 +1,4 @@
-"""Training the learned router of an exit (seed 002, Section 2.1).
+"""Training the learned router of an exit (the learned-router paper, Section 2.1).
 
 The router is fitted after the model, on the model's own outputs over the training split:
 once with every device present and `RouterSpec.masks` times with devices absent at the
@@ -46,8 +46,8 @@ class RouterNet(nn.Module):
 
 
 def routing_oracle(this: np.ndarray, after: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """o(x) = 1{this exit is wrong and the next tier is right} (seed 002, eq. (6)), from the
-    two exits' (N, |C|) probabilities."""
+    """o(x) = 1{this exit is wrong and the next tier is right} (the learned-router paper, eq. (6)),
+    from the two exits' (N, |C|) probabilities."""
     return ((this.argmax(1) != labels) & (after.argmax(1) == labels)).astype(np.float64)
 
 

@@ -133,12 +133,13 @@ def _tiers(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 
 def training_stages(cfg: DDNNConfig) -> list[Stage]:
-    """The stages of `cfg.train.strategy` (seed 000 Section II-C; seed 003's survey):
+    """The stages of `cfg.train.strategy` (the hybrid-precision paper Section II-C; the early-exit
+    survey's survey):
 
     - joint: every exit's loss at once, weighted by `train.exit_weights` (the DDNN paper);
     - separate: the main path alone (the last exit's loss), then, with it frozen, the early
-      exits' own heads and fusions (seed 000: "train one early exit at a time"; with the
-      main path frozen their losses are independent, so one stage trains them all);
+      exits' own heads and fusions (the hybrid-precision paper: "train one early exit at a time";
+      with the main path frozen their losses are independent, so one stage trains them all);
     - layerwise: tier by tier, lowest first: each exit's loss trains the parameters it is
       the first to depend on, with the tiers below frozen.
 
@@ -146,7 +147,8 @@ def training_stages(cfg: DDNNConfig) -> list[Stage]:
     """
     exits, strategy = cfg.model.exits, cfg.train.strategy
     if strategy == "joint":
-        weighed = [*exits, *cfg.model.tap_exits]  # the taps of seed 001's multi-exit model too
+        # the taps of the exit-placement paper's multi-exit model too
+        weighed = [*exits, *cfg.model.tap_exits]
         return [Stage("joint", {n: cfg.train.exit_weights.get(n, 1.0) for n in weighed})]
     if strategy == "separate":
         stages = [Stage("main path", {exits[-1]: 1.0})]

@@ -410,7 +410,8 @@ def summarize(
         "decisions_twice": decisions_twice,
         "decisions_repeated": decisions_repeated,
         "degraded": sum(d.degraded for d in decided),
-        "abstained": sum(d.abstained for d in decided),  # seed 001's drop: answered no class
+        # the exit-placement paper's drop: answered no class
+        "abstained": sum(d.abstained for d in decided),
         "accuracy": round(100.0 * right / len(decided), 2) if decided else None,
         "exit_fraction": {t: round(100.0 * by_exit[t] / max(1, len(decided)), 2) for t in tiers},
         "bytes_per_device": round(float(np.mean(per_device)), 2) if per_device else None,

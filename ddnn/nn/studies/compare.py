@@ -1,14 +1,13 @@
-"""Seed 000's comparisons, run on our data: training strategies (its Table II), one vs two
-early exits (its Table IV), and hybrid precision (a float tier over binary devices, its
+"""The hybrid-precision paper's comparisons, run on our data: training strategies (its Table II),
+one vs two early exits (its Table IV), and hybrid precision (a float tier over binary devices, its
 Fig. 4: energy against a full-precision network).
 
-Each candidate is a config; it is trained as `ddnn train` does and calibrated on
-validation data (`fit_and_calibrate`) by rule max_loss unless asked otherwise (`with_rule`
-says why), then measured
-on the test split: the share of samples leaving at each early exit, overall accuracy, each
-exit's accuracy and the energy per sample (ddnn/core/energy.py). Seed 000's own figures
-(CIFAR-10, ResNet-32, hybrid precision) stand beside ours in `PAPER`; they are not the
-same experiment, only the same question.
+Each candidate is a config; it is trained as `ddnn train` does and calibrated on validation data
+(`fit_and_calibrate`) by rule max_loss unless asked otherwise (`with_rule` says why), then measured
+on the test split: the share of samples leaving at each early exit, overall accuracy, each exit's
+accuracy and the energy per sample (ddnn/core/energy.py). The hybrid-precision paper's own figures
+(CIFAR-10, ResNet-32, hybrid precision) stand beside ours in `PAPER`; they are not the same
+experiment, only the same question.
 """
 
 from __future__ import annotations
@@ -30,7 +29,8 @@ from ddnn.nn.train import EpochCallback, fit_and_calibrate, training_stages
 STRATEGIES = ("joint", "separate", "layerwise")
 
 PAPER = {
-    "source": "seed 000 (conditionally deep hybrid networks), CIFAR-10 on ResNet-32",
+    "source": "the hybrid-precision paper (conditionally deep hybrid networks), "
+    "CIFAR-10 on ResNet-32",
     "strategies": {  # Table II: early exit %, accuracy %
         "separate": {"early_exit": 24.1, "accuracy": 88.72},
         "joint": {"early_exit": 52.8, "accuracy": 89.16},
@@ -60,9 +60,9 @@ class Candidate:
 def strategy_candidates(
     cfg: DDNNConfig, strategies: Sequence[str], early_weight: float, rule: str = "max_loss"
 ) -> list[Candidate]:
-    """The config under each strategy. Joint weighs the early exits `early_weight` in all
-    (shared equally) and the last exit the rest, as seed 000 (0.6 on its early exit). Every
-    candidate is calibrated by `rule` (`with_rule`), as in the next two."""
+    """The config under each strategy. Joint weighs the early exits `early_weight` in all (shared
+    equally) and the last exit the rest, as the hybrid-precision paper (0.6 on its early exit).
+    Every candidate is calibrated by `rule` (`with_rule`), as in the next two."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
         raise DDNNError(f"strategies must be some of {list(STRATEGIES)}, got {list(strategies)}")
@@ -172,10 +172,10 @@ def measure_trained(
 
 
 def with_rule(cfg: DDNNConfig, rule: str) -> DDNNConfig:
-    """`cfg` calibrated by `rule` (ddnn/nn/calibration.py). The comparisons default to
-    max_loss: seed 000 asks how many samples leave early at equal accuracy (the least
-    communication within `calibration.max_loss` of the last exit), which `ddnn train`'s
-    fixed share would answer with the same share on every row."""
+    """`cfg` calibrated by `rule` (ddnn/nn/calibration.py). The comparisons default to max_loss: the
+    hybrid-precision paper asks how many samples leave early at equal accuracy (the least
+    communication within `calibration.max_loss` of the last exit), which `ddnn train`'s fixed share
+    would answer with the same share on every row."""
     if rule not in RULES:
         raise DDNNError(f"the calibration rule must be one of {', '.join(RULES)}, got {rule!r}")
     return cfg.model_copy(update={"calibration": cfg.calibration.model_copy(update={"rule": rule})})

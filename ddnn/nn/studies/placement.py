@@ -1,4 +1,4 @@
-"""Exit placement (seed 001): where along a deeper path should the early exit sit?
+"""Exit placement (the exit-placement paper): where along a deeper path should the early exit sit?
 
 And is one model with an exit after many blocks (the multi-exit model, MEM) as good as one
 model per position (single-exit models, SEMs)? Its Figs. 5 and 6, on our data. The path is
@@ -30,7 +30,8 @@ from ddnn.nn.train import EpochCallback, fit
 MEM = "MEM"
 
 PAPER = {
-    "source": "seed 001 (local exit placement), CIFAR-10 on a CNN of 9 blocks, exits after "
+    "source": "the exit-placement paper (analysis of local exit), CIFAR-10 on a CNN of 9 blocks, "
+    "exits after "
     "blocks 1-8, T = 0.3, 10,000 test samples",
     "finding": "the SEM beats the MEM at every exit point: more samples exit at the edge, "
     "higher edge, cloud and overall accuracy",
@@ -121,8 +122,8 @@ def measure_placement(
 def _row(
     label: dict, outputs: ExitOutputs, edge: ExitInputs, threshold: float, split: DDNNConfig
 ) -> dict:
-    """Seed 001's measures of one exit position: the edge's exit at `threshold`, then the
-    cloud; energy per sample as the path split at that position spends it."""
+    """The exit-placement paper's measures of one exit position: the edge's exit at `threshold`,
+    then the cloud; energy per sample as the path split at that position spends it."""
     entropy = POLICIES["entropy"]
     points = [ExitPoint("edge", entropy, threshold), ExitPoint("cloud", entropy, 1.0)]
     decided = cascade(points, {"edge": edge, "cloud": outputs.inputs["cloud"]})

@@ -1,11 +1,12 @@
-"""Seed 002's comparison: a learned router against entropy thresholding at equal coverage.
+"""The learned-router paper's comparison: a learned router against entropy thresholding at equal
+coverage.
 
-Coverage is the share of samples an exit keeps (answers itself). For each target coverage,
-a router is fitted on the training split with the coverage penalty at that target
-(ddnn/nn/router.py), and both policies get the threshold at which that share of the
-validation samples exits there (seed 002's Algorithm 2: a quantile of the statistic). Both
-are then measured on the test split: overall accuracy of the cascade, and the share that
-actually exited. The rest of the cascade is the model's own.
+Coverage is the share of samples an exit keeps (answers itself). For each target coverage, a router
+is fitted on the training split with the coverage penalty at that target (ddnn/nn/router.py), and
+both policies get the threshold at which that share of the validation samples exits there (the
+learned-router paper's Algorithm 2: a quantile of the statistic). Both are then measured on the test
+split: overall accuracy of the cascade, and the share that actually exited. The rest of the cascade
+is the model's own.
 """
 
 from __future__ import annotations

@@ -41,11 +41,11 @@ SECTIONS: list[tuple[str, list[Section]]] = [
         ],
     ),
     (
-        "Seed 000: conditionally deep hybrid networks",
+        "Hybrid precision: conditionally deep hybrid networks across edge and cloud",
         [other_papers.strategies, other_papers.early_exits, other_papers.energy],
     ),
-    ("Seed 001: local exit placement", [other_papers.placement, other_papers.drop]),
-    ("Seed 002: hybrid cloud-edge networks", [other_papers.router]),
+    ("Exit placement: analysis of local exit", [other_papers.placement, other_papers.drop]),
+    ("Learned router: hybrid cloud-edge networks", [other_papers.router]),
 ]
 
 LIVE = "`ddnn bench live --json` output (--live FILE)"
@@ -53,12 +53,14 @@ FAULTS = "`ddnn faults --json` output (--faults FILE)"
 
 # What the report does not reproduce, whatever the run.
 NOT_COVERED = [
-    "The papers' curves (DDNN Figs. 8-10, seed 002's Fig. 3) are not read off their plots: "
+    "The papers' curves (DDNN Figs. 8-10, the learned-router paper's Fig. 3) are not read off "
+    "their plots: "
     "only the numbers their text or tables state stand beside ours.",
     "Fig. 9's device memory (the paper's x axis: under 2 KB per device) is not reported; "
     "its rows here go by the number of filters.",
-    "Seed 000's Table III (the edge / cloud energy split) and hybrid-precision accuracy, "
-    "seed 001's latencies (Fig. 5C) and seed 002's FLOPs and latencies (Table 4) are not "
+    "The hybrid-precision paper's Table III (the edge / cloud energy split) and its accuracy "
+    "at hybrid precision, the exit-placement paper's latencies (Fig. 5C) and the "
+    "learned-router paper's FLOPs and latencies (Table 4) are not "
     "reproduced.",
 ]
 

@@ -1,6 +1,6 @@
 """The figures of `ddnn report`, one PNG each, drawn with matplotlib (Agg: no display) from
 the tables of results.json, with the papers' axes and labels, and the papers' own numbers
-drawn beside ours wherever they print them (Table I, Table II, seed 002's Table 1).
+drawn beside ours wherever they print them (Table I, Table II, the learned-router paper's Table 1).
 
 Ours are the mean over seeds with the spread (standard deviation) as error bars.
 """
@@ -187,7 +187,7 @@ def placement(t: Table, fig: Figure) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("Exit point (block after which the edge exits)")
     ax.set_ylabel("%")
-    ax.set_title(f"Seed 001: single- vs multi-exit models ({_ours(t)})")
+    ax.set_title(f"The exit-placement paper: single- vs multi-exit models ({_ours(t)})")
 
 
 def router(t: Table, fig: Figure) -> None:
@@ -207,7 +207,7 @@ def router(t: Table, fig: Figure) -> None:
         label="Hybrid router (paper, ImageNet)",
     )
     right.set_ylabel("Paper's hybrid accuracy (%, ImageNet)")
-    ax.set_title("Seed 002: router against entropy at equal coverage")
+    ax.set_title("The learned-router paper: router against entropy at equal coverage")
 
 
 def _legend_below(fig: Figure) -> None:
@@ -237,8 +237,8 @@ FIGURES: dict[str, tuple[str, Callable[..., None]]] = {
     "fig9": ("fig9_filters.png", fig9),
     "fig10": ("fig10_missing.png", fig10),
     "tradeoff": ("tradeoff_bytes.png", tradeoff),
-    "seed001_placement": ("seed001_placement.png", placement),
-    "seed002_router": ("seed002_router.png", router),
+    "placement": ("placement.png", placement),
+    "router": ("router.png", router),
 }
 
 

@@ -1,7 +1,7 @@
-"""The other papers' comparisons in `ddnn report`: seed 000's training strategies (its
-Table II), one vs two early exits (Table IV) and energy against full precision; seed 001's
-single-exit against multi-exit models and its drop threshold; seed 002's learned router
-against entropy at equal coverage.
+"""The other papers' comparisons in `ddnn report`: the hybrid-precision paper's training strategies
+(its Table II), one vs two early exits (Table IV) and energy against full precision; the
+exit-placement paper's single-exit against multi-exit models and its drop threshold; the
+learned-router paper's learned router against entropy at equal coverage.
 
 Each uses the code of the command that runs it alone (`ddnn compare`, `ddnn eval --drop`,
 `ddnn router`): ddnn/nn/studies/compare.py, placement.py, router.py; ddnn/nn/evaluate.py.
@@ -52,7 +52,7 @@ STRATEGY_MEASURES = ["local_exit", "accuracy", "local_accuracy", "cloud_accuracy
 
 
 def strategies(ctx: Context) -> dict[str, Any]:
-    """Seed 000's Table II: separate against joint training, each calibrated."""
+    """The hybrid-precision paper's Table II: separate against joint training, each calibrated."""
     p = ctx.plan
     per_seed = _calibrated_rows(
         ctx, lambda cfg: strategy_candidates(cfg, p.strategies, p.early_weight)
@@ -65,8 +65,9 @@ def strategies(ctx: Context) -> dict[str, Any]:
             "accuracy %": figures.get("accuracy", "-"),
         }
     return table(
-        "seed000_strategies",
-        f"Seed 000, Table II: training strategies (joint weighs the early exit {p.early_weight})",
+        "hybrid_strategies",
+        f"The hybrid-precision paper, Table II: training strategies (joint weighs the early exit "
+        f"{p.early_weight})",
         f"{SEED000}, Table II",
         CIFAR,
         ctx.our_data,
@@ -74,7 +75,7 @@ def strategies(ctx: Context) -> dict[str, Any]:
         STRATEGY_MEASURES,
         rows,
         "Thresholds picked on validation data as `ddnn train` picks them; energy in uJ per "
-        "sample (seed 000's Table I model).",
+        "sample (the hybrid-precision paper's Table I model).",
     )
 
 
@@ -82,7 +83,8 @@ EXITS_MEASURES = ["local_exit", "edge_exit", "accuracy", "energy_uj"]
 
 
 def early_exits(ctx: Context) -> dict[str, Any]:
-    """Seed 000's Table IV: one early exit (local) against two (local, one edge)."""
+    """The hybrid-precision paper's Table IV: one early exit (local) against two (local, one
+    edge)."""
     per_seed = _calibrated_rows(ctx, lambda cfg: exit_count_candidates(cfg, None))
     rows = fold(per_seed, ["early_exits"], EXITS_MEASURES)
     for row in rows:
@@ -93,8 +95,8 @@ def early_exits(ctx: Context) -> dict[str, Any]:
             "energy mJ": figures["energy_mj"],
         }
     return table(
-        "seed000_exits",
-        "Seed 000, Table IV: one early exit (local) against two (local, edge)",
+        "hybrid_exits",
+        "The hybrid-precision paper, Table IV: one early exit (local) against two (local, edge)",
         f"{SEED000}, Table IV",
         CIFAR,
         ctx.our_data,
@@ -110,8 +112,8 @@ ENERGY_MEASURES = ["energy_uj", "energy_reduction", "accuracy", "cloud_accuracy"
 
 
 def energy(ctx: Context) -> dict[str, Any]:
-    """Seed 000's energy ratio: the network as configured (every tier binary) and with a
-    float cloud over binary devices, against the float32 network without early exits."""
+    """The hybrid-precision paper's energy ratio: the network as configured (every tier binary) and
+    with a float cloud over binary devices, against the float32 network without early exits."""
     per_seed = _calibrated_rows(ctx, lambda cfg: precision_candidates(cfg, [{"cloud": "float"}]))
     rows = fold(per_seed, ["precision"], ENERGY_MEASURES)
     hybrid = PAPER["precision"]["binary edge, float cloud, early exit"]
@@ -119,8 +121,8 @@ def energy(ctx: Context) -> dict[str, Any]:
         ratio = hybrid if row["precision"] == "cloud=float" else "- (all binary: not in it)"
         row["paper"] = {"x less energy than full precision": ratio}
     return table(
-        "seed000_energy",
-        "Seed 000: energy per sample (uJ) and how many times less than the "
+        "hybrid_energy",
+        "The hybrid-precision paper: energy per sample (uJ) and how many times less than the "
         "float32 network without early exits",
         f"{SEED000}, Fig. 4 (a)",
         CIFAR,
@@ -136,9 +138,9 @@ PLACEMENT_MEASURES = ["edge_exit", "edge_accuracy", "cloud_accuracy", "accuracy"
 
 
 def placement(ctx: Context) -> dict[str, Any]:
-    """Seed 001: single-exit models (one per exit position) against one multi-exit model,
-    at its fixed entropy threshold. `measure_placement` trains and measures in one call,
-    so its rows, not a model, are what the cache keeps."""
+    """The exit-placement paper: single-exit models (one per exit position) against one multi-exit
+    model, at its fixed entropy threshold. `measure_placement` trains and measures in one call, so
+    its rows, not a model, are what the cache keeps."""
     p = ctx.plan
     per_seed = []
     for seed in p.seeds:
@@ -158,8 +160,8 @@ def placement(ctx: Context) -> dict[str, Any]:
     for row in rows:
         row["paper"] = {"figures": _placement_figures(row["model"])}
     return table(
-        "seed001_placement",
-        f"Seed 001: single-exit (SEM-k) against multi-exit (MEM@k) "
+        "placement",
+        f"The exit-placement paper: single-exit (SEM-k) against multi-exit (MEM@k) "
         f"models, path {list(p.placement_path)}, T = {p.placement_threshold}",
         PLACEMENT["source"],
         CIFAR,
@@ -167,12 +169,12 @@ def placement(ctx: Context) -> dict[str, Any]:
         ["model"],
         PLACEMENT_MEASURES,
         rows,
-        f"Seed 001's finding: {PLACEMENT['finding']}.",
+        f"The exit-placement paper's finding: {PLACEMENT['finding']}.",
     )
 
 
 def _placement_figures(model: str) -> str:
-    """What seed 001's text gives for one model (e.g. SEM-1), or "-"."""
+    """What the exit-placement paper's text gives for one model (e.g. SEM-1), or "-"."""
     found = [
         f"{measure} {values[model]}"
         for group in ("sem", "mem")
@@ -186,7 +188,7 @@ DROP_MEASURES = ["answered", "answered_accuracy", "overall", "bytes"]
 
 
 def drop(ctx: Context) -> dict[str, Any]:
-    """Seed 001's drop threshold at the local exit of the paper's configuration, as
+    """The exit-placement paper's drop threshold at the local exit of the paper's configuration, as
     `ddnn eval --drop D` evaluates it."""
     per_seed = []
     for seed in ctx.plan.seeds:
@@ -211,8 +213,8 @@ def drop(ctx: Context) -> dict[str, Any]:
     for row in rows:
         row["paper"] = {"figures": "- (no figures)"}
     return table(
-        "seed001_drop",
-        "Seed 001: a drop threshold at the local exit (answered %, accuracy "
+        "drop_threshold",
+        "The exit-placement paper: a drop threshold at the local exit (answered %, accuracy "
         "% of the answered, overall %, bytes per device)",
         paper.SEED001_DROP,
         CIFAR,
@@ -228,8 +230,8 @@ ROUTER_MEASURES = ["entropy_accuracy", "router_accuracy", "entropy_exit", "route
 
 
 def router(ctx: Context) -> dict[str, Any]:
-    """Seed 002: a learned router against entropy thresholding at equal coverage of the
-    local exit (`ddnn router`'s function), on the paper's configuration."""
+    """The learned-router paper: a learned router against entropy thresholding at equal coverage of
+    the local exit (`ddnn router`'s function), on the paper's configuration."""
     coverages = list(ctx.plan.coverages)
     per_seed = []
     for seed in ctx.plan.seeds:
@@ -250,8 +252,8 @@ def router(ctx: Context) -> dict[str, Any]:
     for row in rows:
         row["paper"] = {"router %": paper.SEED002_ROUTER.get(row["coverage"], "-")}
     return table(
-        "seed002_router",
-        "Seed 002: overall accuracy % at equal coverage of the local exit, "
+        "router",
+        "The learned-router paper: overall accuracy % at equal coverage of the local exit, "
         "entropy against a learned router (and the test share each exits)",
         paper.SEED002,
         "ImageNet",

@@ -1,8 +1,9 @@
 """The papers' own numbers that `ddnn report` puts beside ours, each with its source.
 
-Only what the papers print as numbers (tables, and figures their text states) is here; a
-curve a paper only draws is not read off its plot. Seed 000's and seed 001's figures live
-with the code that reproduces them (`PAPER` in ddnn/nn/studies/compare.py and placement.py).
+Only what the papers print as numbers (tables, and figures their text states) is here; a curve a
+paper only draws is not read off its plot. The hybrid-precision paper's and the exit-placement
+paper's figures live with the code that reproduces them (`PAPER` in ddnn/nn/studies/compare.py and
+placement.py).
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ FIG10 = (
 FIG10_FLOOR = 95.0
 
 SEED001_DROP = (
-    "seed 001 (local exit placement) suggests dropping hopeless samples by an entropy drop "
+    "the exit-placement paper (analysis of local exit) suggests dropping hopeless samples by "
+    "an entropy drop "
     "threshold; it gives no figures"
 )
 
 SEED002 = (
-    "seed 002 (hybrid cloud-edge networks), ImageNet: MobileNetV3 base (48M FLOPs) and OFA "
+    "the learned-router paper (hybrid cloud-edge networks), ImageNet: MobileNetV3 base "
+    "(48M FLOPs) and OFA "
     "global, Table 1 hybrid accuracy; entropy thresholding only plotted (Fig. 3), below the "
     "router everywhere"
 )

@@ -35,13 +35,13 @@ class Plan:
     table1_filters: int = PAPER_TABLE1_FILTERS  # Table I: filters of each device's ConvP block
     filters: tuple[int, ...] = (1, 2, 4, 8)  # Fig. 9: filters of the device's ConvP block
     local_share: float = 0.75  # Fig. 9: the share of samples exiting locally
-    drops: tuple[float | None, ...] = (None, 0.95, 0.9, 0.8)  # seed 001's drop threshold
-    strategies: tuple[str, ...] = ("separate", "joint")  # seed 000's Table II
-    early_weight: float = 0.6  # seed 000: joint training's weight of the early exit
-    placement_path: tuple[int, ...] = (16, 32, 64, 64)  # seed 001: filters above the devices
+    drops: tuple[float | None, ...] = (None, 0.95, 0.9, 0.8)  # the exit-placement paper's drop
+    strategies: tuple[str, ...] = ("separate", "joint")  # the hybrid-precision paper's Table II
+    early_weight: float = 0.6  # the hybrid-precision paper's weight of the early exit
+    placement_path: tuple[int, ...] = (16, 32, 64, 64)  # exit placement: filters above devices
     placement_positions: tuple[int, ...] = (1, 2, 3)
     placement_threshold: float = 0.3
-    coverages: tuple[float, ...] = COVERAGES  # seed 002
+    coverages: tuple[float, ...] = COVERAGES  # the learned-router paper
 
     @classmethod
     def quick_plan(cls, seeds: tuple[int, ...], epochs: int | None = None, **rest: Any) -> Plan:

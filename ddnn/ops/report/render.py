@@ -81,7 +81,7 @@ def blocks(results: dict[str, Any]) -> list[Block]:
     )
     out: list[Block] = [
         Heading(1, results["title"]),
-        f"Our data: {data['ours']}. The DDNN paper's data: {data['paper']}; seeds 000-002 "
+        f"Our data: {data['ours']}. The DDNN paper's data: {data['paper']}; the other papers "
         "ran on CIFAR-10 and ImageNet. The same questions, not the same experiments: the "
         "numbers compare in shape, not to the point.",
         f"Seeds {seeds}; {plan['epochs']} epochs per training run"

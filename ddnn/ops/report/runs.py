@@ -2,13 +2,13 @@
 code hands back only its measures, a JSON document) in the report's cache, keyed by the
 config, the seed and the data it was trained on.
 
-A rerun of the report, or another section that asks for the same config (Table I's MP-CC
-row is the model Table II sweeps; seed 000's one-early-exit candidate is the same model
-again), finds it there instead of training again. The key hashes the whole config as JSON
-(every field, so a changed default trains anew), the seed, and a digest of the data's
-arrays (a regenerated data set is other data). Model files are the project's own
-(ddnn/nn/checkpoint.py), with the metadata `ddnn train` writes, so `ddnn eval`, `ddnn sweep`
-and `ddnn demo --model` take them as they are.
+A rerun of the report, or another section that asks for the same config (Table I's MP-CC row is the
+model Table II sweeps; the hybrid-precision paper's one-early-exit candidate is the same model
+again), finds it there instead of training again. The key hashes the whole config as JSON (every
+field, so a changed default trains anew), the seed, and a digest of the data's arrays (a regenerated
+data set is other data). Model files are the project's own (ddnn/nn/checkpoint.py), with the
+metadata `ddnn train` writes, so `ddnn eval`, `ddnn sweep` and `ddnn demo --model` take them as they
+are.
 """
 
 from __future__ import annotations
