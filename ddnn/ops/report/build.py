@@ -142,7 +142,7 @@ def build_report(
         "sections": sections,
         "tables": tables,
         "missing": [*missing, *NOT_COVERED],
-        "runs": {"trained": runs.trained, "cache": str(cache)},
+        "runs": {"trained": len(runs.trained), "found": len(runs.found), "cache": str(cache)},
         "seconds": round(time.perf_counter() - start, 1),
     }
 

@@ -79,6 +79,7 @@ def blocks(results: dict[str, Any]) -> list[Block]:
         if len(plan["seeds"]) > 1
         else "from one seed (no spread)"
     )
+    runs = results["runs"]
     out: list[Block] = [
         Heading(1, results["title"]),
         f"Our data: {data['ours']}. The DDNN paper's data: {data['paper']}; the other papers "
@@ -86,8 +87,8 @@ def blocks(results: dict[str, Any]) -> list[Block]:
         "numbers compare in shape, not to the point.",
         f"Seeds {seeds}; {plan['epochs']} epochs per training run"
         f"{' (quick: fewer rows)' if plan['quick'] else ''}; ours are {spread}. "
-        f"{results['runs']['trained']} runs trained, the rest from the cache "
-        f"{results['runs']['cache']}; {results['seconds']:.0f} s in all.",
+        f"{runs['trained']} runs trained in this invocation, {runs['found']} found in the "
+        f"cache {runs['cache']}; {results['seconds']:.0f} s in all.",
     ]
     figures = results.get("figures", {})
     for section in results["sections"]:

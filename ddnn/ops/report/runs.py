@@ -73,7 +73,9 @@ class Runs:
         self.spec, self.grid, self.cache, self.progress = spec, grid, cache, progress
         self.parts: Splits = split(dataset, base.train)
         self.digest = data_digest(dataset)
-        self.trained = 0  # runs trained here (the others came from the cache)
+        # the cache files of the runs trained here, and of those found there from before
+        self.trained: set[str] = set()
+        self.found: set[str] = set()
         cache.mkdir(parents=True, exist_ok=True)
 
     def model_path(self, cfg: DDNNConfig, label: str) -> Path:
@@ -81,6 +83,7 @@ class Runs:
         picked on the validation part) unless the cache has it."""
         path = self.cache / f"{run_key('model', cfg, self.digest)}.pt"
         if path.exists():
+            self._found(path)
             return path
         epochs = len(training_stages(cfg)) * cfg.train.epochs
         with self.progress(f"{label} (seed {cfg.train.seed})", epochs) as advance:
@@ -95,8 +98,12 @@ class Runs:
             "report_label": label,
         }
         save_model(path, result.model, result.config, meta)
-        self.trained += 1
+        self.trained.add(path.name)
         return path
+
+    def _found(self, path: Path) -> None:
+        if path.name not in self.trained:
+            self.found.add(path.name)
 
     def model(self, cfg: DDNNConfig, label: str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
         """The trained model of `cfg` (see `model_path`), its calibrated config and metadata."""
@@ -116,11 +123,12 @@ class Runs:
         the progress bar (0: no bar, nothing trains)."""
         path = self.cache / f"{run_key(kind, cfg, self.digest, extra)}.json"
         if path.exists():
+            self._found(path)
             return json.loads(path.read_text())
         if epochs:
             with self.progress(f"{label} (seed {cfg.train.seed})", epochs) as advance:
                 result = compute(lambda e, s: advance())
-            self.trained += 1
+            self.trained.add(path.name)
         else:
             result = compute(lambda e, s: None)
         with replaced(path) as tmp:
