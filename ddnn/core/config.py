@@ -107,7 +107,7 @@ class CloudSpec(_Strict):
 
     aggregation: Aggregation = "CC"
     # 64 filters, not 32: with a device missing, the wider cloud makes better use of the
-    # others (seeds 0-2: worst single-device drop 3.0-4.75 points against 3.5-5.75 with 32).
+    # others (measured: README, "Results").
     conv_filters: list[int] = Field(default=[64, 64])
     fc_hidden: list[int] = Field(default=[], description="hidden FC blocks before the head")
     precision: Precision = "binary"
@@ -174,8 +174,7 @@ class TrainConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     # Cosine decay (the paper gives only Adam's constants): with a constant rate a binary
-    # net's last epoch lands anywhere in its noise; seeds 0-2 then ranged over 8 points of
-    # cloud accuracy and 21-65 % local exits.
+    # net's last epoch lands anywhere in its noise (README, "Results").
     lr_schedule: Literal["constant", "cosine"] = Field(
         default="cosine", description="cosine: the learning rate decays to 0 over the epochs"
     )
@@ -197,10 +196,8 @@ class TrainConfig(_Strict):
         description="probability that a device is absent from a sample (0: every device "
         "present in every training sample)",
     )
-    # Half: with a device missing, the cloud then loses less to its best camera (nine
-    # trajectories, seeds 0-2 on one and two threads, held out: worst single-device drop
-    # 3.1-5.08 points, mean 3.99, against 3.97-5.0, mean 4.52, under dropout alone; README,
-    # "Results").
+    # Half: with a device missing, the cloud then loses less to its best camera (measured:
+    # README, "Results").
     one_missing_share: float = Field(
         default=0.5,
         ge=0,
