@@ -88,7 +88,8 @@ def report(
         as_json,
         [
             f"wrote {len(written)} files to {out}: {', '.join(p.name for p in written.values())}",
-            f"{results['runs']['trained']} runs trained in {results['seconds']:.0f} s",
+            f"{results['runs']['trained']} runs trained, {results['runs']['found']} found in "
+            f"the cache, in {results['seconds']:.0f} s",
             "not in this report:",
             *(f"  - {m}" for m in results["missing"]),
         ],
