@@ -155,12 +155,12 @@ class QuantConv2d(nn.Conv2d):
         super().__init__(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)
         self.kernel_quantizer = kernel_quantizer
 
-    def binarized_weight(self) -> torch.Tensor:
+    def quantized_weight(self) -> torch.Tensor:
         """The weights the forward pass uses (quantized by `kernel_quantizer`)."""
         return self.kernel_quantizer(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.binarized_weight(), None, 1, 1)
+        return F.conv2d(x, self.quantized_weight(), None, 1, 1)
 
 
 class QuantLinear(nn.Linear):
@@ -186,7 +186,7 @@ class ConvP(nn.Module):
         self._act = activation_quantizer(precision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalize(conv_pool(x, self.conv.binarized_weight(), groups=1))
+        return self.normalize(conv_pool(x, self.conv.quantized_weight(), groups=1))
 
     def normalize(self, pooled: torch.Tensor) -> torch.Tensor:
         """The block after its max-pool: batch norm, then the activation."""
@@ -207,7 +207,7 @@ def parallel_conv_p(blocks: Sequence[ConvP], x: torch.Tensor) -> torch.Tensor:
     """`len(blocks)` ConvP blocks side by side, block i on its own slice of x's channels:
     x (B, G*C, H, W) -> (B, G*f, H/2, W/2). One grouped conv instead of G small ones (the
     devices' slices train about twice as fast); the same numbers as each block alone."""
-    weight = torch.cat([b.conv.binarized_weight() for b in blocks])
+    weight = torch.cat([b.conv.quantized_weight() for b in blocks])
     pooled = conv_pool(x, weight, groups=len(blocks))
     parts = pooled.split(blocks[0].conv.out_channels, dim=1)
     return torch.cat([b.normalize(p) for b, p in zip(blocks, parts, strict=True)], dim=1)
