@@ -117,7 +117,7 @@ class AggregatorService(Service):
     ) -> None:
         super().__init__(manifest, broker, deployment)
         self.clock = clock  # "tick": only ticked samples exist; "wall": any sample id may
-        cfg: DDNNConfig = manifest.ddnn_config()
+        cfg: DDNNConfig = self.config
         if "local" not in weights.fusions:
             raise DDNNError("a live deployment needs a local exit (Fig. 2 (b), (c), (e), (f))")
         self.cfg = cfg

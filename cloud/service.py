@@ -61,6 +61,7 @@ class TierService(Service):
     ) -> None:
         self.role = role
         self.group = group
+        self.replicated = group is not None
         if group is not None and role.tier != "cloud":
             raise DDNNError("only the cloud runs replicated (its answer needs no kept map)")
         manifest = runtime.manifest

@@ -1,18 +1,10 @@
-"""The learned router of an exit (the learned-router paper), run in NumPy: offline and in the live
-aggregator.
+"""The learned router of an exit (the learned-router paper), run in NumPy: offline and in the
+live aggregator. A small MLP on what the exit knows (its fused probabilities, their entropy,
+margins, the inputs present and agreeing) gives the probability that the next tier should
+decide. Summed in float64 in a fixed order, so that a sample routed alone (live) and in a
+batch (offline) takes the same decision.
 
-Entropy thresholding looks at one number. The router is a small MLP that looks at more of
-what the exit knows: its fused class probabilities, their normalized entropy, the margins of
-the top class over the next ones and, at an exit that fuses several inputs, the share of
-inputs present and the share that agree with the fused class. It outputs the probability
-that the next tier should decide, and the exit keeps the sample when that is at most its
-threshold. It is trained (ddnn/nn/router.py) on the routing oracle o(x) = 1{this exit is
-wrong and the next tier is right}, and its threshold is picked on validation data like any
-other exit's.
-
-Both layers are summed in float64 in a fixed order, one input at a time, as the score
-fusions are (ddnn/core/fusion.py): a sample routed alone (live) and in a batch (offline)
-gets the same bits, so both take the same decisions.
+Design: docs/design/router.md (the features, the oracle it is trained on).
 """
 
 from __future__ import annotations

@@ -85,18 +85,18 @@ PROTOCOL: Protocol = {
 
 def topics_of(use: Use, party: str, model: ModelConfig, topics: Topics) -> tuple[str, ...]:
     """The topics (or filters) `use` covers for account `party` (a role, or `trigger`)."""
-    level = f"{topics.root}/{use.channel}"
     match use.whose:
         case Whose.CHANNEL:
-            return (level,)
+            roles: list[str | None] = [None]
         case Whose.OWN:
-            return (f"{level}/{party}",)
+            roles = [party]
         case Whose.EVERY:
-            return (f"{level}/+",)
+            roles = ["+"]
         case Whose.INPUTS:
-            return tuple(f"{level}/{r}" for r in tier_inputs(model, Role(party)))
+            roles = [*tier_inputs(model, Role(party))]
         case Whose.CLOUD_INPUTS:
-            return tuple(f"{level}/{r}" for r in tier_inputs(model, CLOUD))
+            roles = [*tier_inputs(model, CLOUD)]
+    return tuple(topics.channel(use.channel, r) for r in roles)
 
 
 def part_of(party: str, protocol: Protocol = PROTOCOL) -> Part:

@@ -161,7 +161,8 @@ class Service:
     ) -> None:
         self.manifest = manifest
         self.topics = Topics(deployment, manifest.model_version)
-        self.model = manifest.ddnn_config().model
+        self.config = manifest.ddnn_config()
+        self.model = self.config.model
         self.reads: set[type[Message]] = set()  # the kinds it takes: set on `open`
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -251,7 +252,7 @@ class Service:
 
     def open(self, connect_timeout: float = 30.0) -> None:
         """Subscribe, connect (or raise `DDNNError` saying why not) and announce `online`."""
-        self.reads = read_kinds(self.role, self.replicated or self.group is not None, self.protocol)
+        self.reads = read_kinds(self.role, self.replicated, self.protocol)
         if missing := {k.__name__ for k in self.reads if k not in self.handlers}:
             raise TypeError(f"{type(self).__name__} has no handler for {sorted(missing)}")
         for topic in self.subscriptions():

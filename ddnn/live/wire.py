@@ -366,8 +366,13 @@ class Topics:
         if role and sender != role:
             raise WireError("a sender other than its topic's role", f"{sender} on {topic}")
 
+    def channel(self, name: str, role: str | None = None) -> str:
+        """The topic of channel `name` (a key of CHANNELS), under `role` where the channel
+        has one topic per role (`+`: a filter for every role's)."""
+        return f"{self.root}/{name}" if role is None else f"{self.root}/{name}/{role}"
+
     def status(self, role: Role) -> str:
-        return f"{self.root}/status/{role}"
+        return self.channel("status", role)
 
     def shared_jobs(self, group: str) -> str:
         """The filter by which replicas share the jobs: MQTT 5's `$share/<group>/<filter>`
@@ -377,7 +382,7 @@ class Topics:
         return f"$share/{group}/{self.job}"
 
     def scores(self, role: Role) -> str:
-        return f"{self.root}/scores/{role}"
+        return self.channel("scores", role)
 
     def features(self, role: Role) -> str:
-        return f"{self.root}/features/{role}"
+        return self.channel("features", role)
