@@ -9,6 +9,7 @@ mosquitto and rumqttd: tests/test_mqtt.py, test_the_broker_refuses_packets_over_
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -28,12 +30,13 @@ import trustme
 from ddnn.core.config import ModelConfig
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import OBSERVER, write_access
-from ddnn.live.broker.embedded import PacketBound
+from ddnn.live.broker.embedded import PacketGate
 from ddnn.live.broker.mosquitto import STATE_FILE, Bridge, broker_user
 from ddnn.live.broker.running import TlsFiles
 from ddnn.live.broker.start import find_mosquitto, free_port, start_broker
 from ddnn.live.mqtt.client import MqttClient
 from ddnn.live.mqtt.settings import BrokerSettings
+from ddnn.live.rates import TopicRates
 from ddnn.live.wire import MAX_PACKET, MAX_PAYLOAD
 from tests.helpers import ddnn
 
@@ -50,17 +53,69 @@ def header(length: int, kind: int = 0x30) -> bytes:
             return bytes(out)
 
 
+class Transport:
+    """What a gate needs of a StreamWriter: the transport it aborts."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.transport = self
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def gate_reads(stream: bytes, piece: int, rates: TopicRates | None = None) -> tuple[bytes, Any]:
+    """What a PacketGate over `stream` (then EOF) hands amqtt when read `piece` bytes at a
+    time (none past the stream's end: amqtt reads within packets), and the gate; reading
+    stops at the first failure, as amqtt's does."""
+
+    async def run() -> tuple[bytes, PacketGate]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(stream)
+        reader.feed_eof()
+        gate = PacketGate(reader, Transport(), MAX_PACKET, rates)  # type: ignore[arg-type]
+        out = bytearray()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionResetError):
+            while len(out) < len(stream):
+                out += await gate.read(min(piece, len(stream) - len(out)))
+        return bytes(out), gate
+
+    return asyncio.run(run())
+
+
+def publish(topic: str, payload: bytes, qos: int = 0) -> bytes:
+    """An MQTT 3.1.1 PUBLISH packet (packet id 1 at QoS 1)."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + (b"\0\1" if qos else b"") + payload
+    return header(len(body), 0x30 | qos << 1) + body
+
+
 @pytest.mark.parametrize("piece", [1, 3, 4096])
-def test_the_packet_bound_follows_the_framing_read_in_pieces_of_any_size(piece: int) -> None:
-    """The amqtt bound sees what amqtt reads, in whatever pieces: packets up to the limit
-    (an empty PINGREQ, a full one) pass, and it speaks up at the header of a bigger one,
-    before its body."""
+def test_the_packet_gate_hands_amqtt_every_packet_in_any_pieces_and_cuts_off_a_bigger_one(
+    piece: int,
+) -> None:
+    """amqtt reads a client through the gate: packets up to the limit (an empty PINGREQ, a
+    full one) come out as sent, whatever pieces amqtt asks for; a bigger one aborts the
+    connection at its header, before its body (which never comes here) is awaited."""
     fits = MAX_PACKET - len(header(MAX_PACKET))
-    stream = header(0, 0xC0) + header(fits) + b"x" * fits + header(5) + b"hello"
-    bound = PacketBound(MAX_PACKET)
-    assert not any(bound.over(stream[i : i + piece]) for i in range(0, len(stream), piece))
-    bigger = header(fits + 1)
-    assert any(bound.over(bigger[i : i + piece]) for i in range(0, len(bigger), piece))
+    stream = header(0, 0xC0) + header(fits) + b"x" * fits + publish("a/b", b"hello")
+    got, gate = gate_reads(stream, piece)
+    assert got == stream and not gate._writer.aborted
+    got, gate = gate_reads(publish("a/b", b"first") + header(fits + 1), 1)
+    assert got == publish("a/b", b"first") and gate._writer.aborted
+
+
+def test_the_packet_gate_drops_qos_0_messages_over_their_topics_rate() -> None:
+    """Each topic has its own bucket (3 at once here, the clock standing still): a topic's
+    QoS 0 messages past it are dropped and counted, another topic's and every QoS 1 message
+    (the sender waits for its acknowledgement) and other packet go on."""
+    rates = TopicRates(rate=10.0, burst=3.0, clock=lambda: 100.0)
+    flood = [publish("scores/device-0", bytes([n])) for n in range(6)]
+    other = [publish("scores/device-1", bytes([n])) for n in range(3)]
+    acked = [publish("scores/device-0", b"q1", qos=1)]
+    stream = b"".join(flood + other + acked) + header(0, 0xC0)
+    got, gate = gate_reads(stream, 1, rates)
+    assert got == b"".join(flood[:3] + other + acked) + header(0, 0xC0)
+    assert gate.dropped == 3
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from ddnn.live.access import access_dir, merge_access, write_access
 from ddnn.live.broker.running import TlsFiles
 from ddnn.live.broker.start import start_broker
 from ddnn.live.mqtt.settings import is_loopback
+from ddnn.live.rates import DEFAULT_FRAME_RATE
 
 DeploymentOption = Annotated[
     str, typer.Option(help="the deployment (topics ddnn/<deployment>/<model version>/)")
@@ -94,6 +95,15 @@ def broker_cmd(
             "messages in clear text: a network you trust only)",
         ),
     ] = False,
+    frame_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="samples per second the deployment runs at: amqtt drops a client's QoS 0 "
+            "messages beyond 4 a frame per topic before decoding them, as the services do "
+            "(0: no limit; mosquitto and rumqttd relay floods at compiled speed)",
+        ),
+    ] = DEFAULT_FRAME_RATE,
     as_json: JsonFlag = False,
 ) -> None:
     """Run a local MQTT broker until Ctrl-C or SIGTERM, so that services can be tried with
@@ -143,6 +153,7 @@ def broker_cmd(
         tls=tls,
         state=state,
         insecure_plaintext=insecure_plaintext,
+        frame_rate=frame_rate,
     )
     if state is not None and broker.kind != "mosquitto":
         err.print(
@@ -156,6 +167,7 @@ def broker_cmd(
             "protocol": broker.protocol,
             "access": str(access) if access is not None else None,
             "enforces_grants": broker.enforces_grants,
+            "frame_rate": frame_rate if broker.limits_rate else None,
         }
         who = f"the accounts in {access}" if access is not None else "anonymous clients"
         listening = (

@@ -220,6 +220,7 @@ def faults(
             "per time bin beside offline evaluation's, latency and its p50, the faults marked",
         ),
     ] = None,
+    kind: BrokerKindOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Inject faults into a live deployment (killed, paused and flapping devices, broker and
@@ -251,6 +252,7 @@ def faults(
         data=data,
         sizes=Sizes.quick() if quick else Sizes(),
         plot=plot,
+        kind=kind,
     )
     results = report["results"]
     tables = []

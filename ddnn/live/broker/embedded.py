@@ -26,11 +26,12 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from ddnn.core.errors import DDNNError
 from ddnn.live.access import PASSWORDS, read_credentials, read_passwords
 from ddnn.live.broker.running import RunningBroker, broker_user
+from ddnn.live.rates import TopicRates
 from ddnn.live.wire import MAX_PACKET
 
 Engine = Literal["rumqttd", "amqtt"]
@@ -45,37 +46,76 @@ SEGMENT_BYTES = 256 * 1024
 SEGMENTS = 2
 
 
-class PacketBound:
-    """Follows the MQTT framing of what a broker reads from one client and says when a
-    packet's fixed header announces more than `limit` bytes: amqtt 0.12 has no setting for
-    it, and would read (and hold) a packet of up to 256 MiB. The bytes are seen in the order
-    read and may come in pieces of any size; a packet is its fixed header (a type byte and
-    a variable-length remaining length) and then that many bytes."""
+PUBLISH = 3  # the MQTT packet type
+QOS_BITS = 0x06  # of a PUBLISH's first byte
 
-    def __init__(self, limit: int) -> None:
+
+class PacketGate:
+    """A client's packets as amqtt reads them (its reader adapter), each read whole from the
+    socket before amqtt decodes a byte of it, so that two kinds never reach amqtt's decoding:
+
+    - a packet whose fixed header announces more than `limit` bytes: the connection is
+      aborted before its body is read (amqtt 0.12 has no setting for it, and would read and
+      hold up to 256 MiB), and the read fails the way a lost connection's does;
+    - a QoS 0 PUBLISH over its topic's rate (`rates`, this connection's token buckets; None:
+      no limit): dropped, counted in `dropped` (docs/design/fairness.md, "The broker")."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limit: int,
+        rates: TopicRates | None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
         self.limit = limit
-        self._header = bytearray()  # of the packet being started
-        self._left = 0  # bytes of the current packet's body not yet read
+        self.rates = rates
+        self.dropped = 0
+        self._ready = bytearray()  # whole packets amqtt has yet to read
 
-    def over(self, data: bytes) -> bool:
-        """Take the next bytes read; True when a packet over the limit has begun."""
-        at = 0
-        while at < len(data):
-            if self._left:
-                step = min(self._left, len(data) - at)
-                self._left -= step
-                at += step
-                continue
-            self._header.append(data[at])
-            at += 1
-            if len(self._header) >= 2 and not self._header[-1] & 0x80:
-                length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(self._header[1:]))
-                size = len(self._header) + length
-                self._header.clear()
-                if size > self.limit:
-                    return True
-                self._left = length
-        return False
+    async def read(self, n: int = -1) -> bytes:
+        """`n` bytes (-1: what is at hand, at least one packet), as amqtt's own adapter."""
+        while not self._ready or len(self._ready) < n:
+            self._ready += await self._next_packet()
+        if n < 0:
+            n = len(self._ready)
+        out = bytes(self._ready[:n])
+        del self._ready[:n]
+        return out
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+    async def _next_packet(self) -> bytes:
+        """The next packet the client sent that passes the gate (EOF: IncompleteReadError)."""
+        while True:
+            header = bytearray(await self._reader.readexactly(1))
+            length = 0
+            for shift in range(0, 28, 7):  # at most four bytes of remaining length
+                byte = (await self._reader.readexactly(1))[0]
+                header.append(byte)
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+            else:
+                self._cut_off("a remaining length over four bytes")
+            if len(header) + length > self.limit:
+                self._cut_off(f"a packet over {self.limit} bytes")
+            body = await self._reader.readexactly(length)
+            if self._admitted(header[0], body):
+                return bytes(header) + body
+            self.dropped += 1
+
+    def _admitted(self, first: int, body: bytes) -> bool:
+        if self.rates is None or first >> 4 != PUBLISH or first & QOS_BITS:
+            return True
+        topic = body[2 : 2 + int.from_bytes(body[:2], "big")]
+        return self.rates.admit(topic.decode("utf-8", "replace"))
+
+    def _cut_off(self, why: str) -> NoReturn:
+        self._writer.transport.abort()
+        raise ConnectionResetError(why)
 
 
 class SnapshotDict(dict):
@@ -92,11 +132,12 @@ class SnapshotDict(dict):
 
 
 def _amqtt_broker_class() -> type:
-    """amqtt's Broker with a packet bound, and less three bugs of 0.12.1:
+    """amqtt's Broker behind a packet gate, and less three bugs of 0.12.1:
 
     - A client that sends a packet bigger than MAX_PACKET is cut off as soon as its fixed
       header says so, before its body is read (mosquitto's `max_packet_size`, rumqttd's
-      `max_payload_size`): each client's reads go through `PacketBound`.
+      `max_payload_size`), and its QoS 0 messages over their topic's rate are dropped before
+      amqtt decodes them: each client's reads go through a `PacketGate`.
     - On every connect it sent the new client the retained messages of every topic filter
       that *any* client subscribes to. Here a client gets those of its own subscriptions.
     - A client subscribing while a message was handed out lost it for others: its
@@ -107,30 +148,21 @@ def _amqtt_broker_class() -> type:
       handed out first, before its will."""
     # Imported here, not at the top: only the broker's own process needs its engine, and
     # importing amqtt (with its dependencies) would slow every service.
-    from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
+    from amqtt.adapters import StreamWriterAdapter
     from amqtt.broker import Broker
 
-    class BoundedReader(StreamReaderAdapter):
-        """A client's reads, cut off past MAX_PACKET: the connection is aborted, and the read
-        fails the way a lost connection's does (amqtt then ends the session, will included)."""
-
-        def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            super().__init__(reader)
-            self._writer = writer
-            self._bound = PacketBound(MAX_PACKET)
-
-        async def read(self, n: int = -1) -> bytes:
-            data = await super().read(n)
-            if self._bound.over(data):
-                self._writer.transport.abort()
-                raise ConnectionResetError(f"a packet over {MAX_PACKET} bytes")
-            return data
-
     class DdnnBroker(Broker):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, frame_rate: float, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             if isinstance(getattr(self, "_subscriptions", None), dict):  # else a later amqtt
                 self._subscriptions = SnapshotDict(self._subscriptions)
+            self.frame_rate = frame_rate
+            self.gates: set[PacketGate] = set()  # of the connected clients
+            self.dropped_before = 0  # by the gates of clients gone
+
+        def rate_dropped(self) -> int:
+            """QoS 0 messages its gates dropped over their topic's rate, since it started."""
+            return self.dropped_before + sum(gate.dropped for gate in self.gates)
 
         if hasattr(Broker, "_client_connected"):  # else a later amqtt: unbounded
 
@@ -140,8 +172,14 @@ def _amqtt_broker_class() -> type:
                 writer: asyncio.StreamWriter,
                 listener_name: str,
             ) -> None:
-                adapters = BoundedReader(reader, writer), StreamWriterAdapter(writer)
-                await self._client_connected(listener_name, *adapters)
+                rates = TopicRates.for_frame_rate(self.frame_rate)
+                gate = PacketGate(reader, writer, MAX_PACKET, rates)
+                self.gates.add(gate)
+                try:
+                    await self._client_connected(listener_name, gate, StreamWriterAdapter(writer))
+                finally:
+                    self.gates.discard(gate)
+                    self.dropped_before += gate.dropped
 
         if hasattr(Broker, "_handle_disconnect") and hasattr(Broker, "_handle_message_delivery"):
 
@@ -229,10 +267,17 @@ def amqtt_config(bind: str, access: Path | None) -> dict[str, Any]:
 
 
 class EmbeddedBroker(RunningBroker):
-    """An embedded broker (module doc) in a spawned process; `kind` is its engine."""
+    """An embedded broker (module doc) in a spawned process; `kind` is its engine. amqtt
+    drops each client's QoS 0 messages over the rates of `frame_rate` (`PacketGate`; 0: no
+    limit): rumqttd, like mosquitto, relays a flood at compiled speed and leaves fairness to
+    the services' own buckets."""
 
-    def __init__(self, engine: Engine, host: str, port: int, access: Path | None) -> None:
+    def __init__(
+        self, engine: Engine, host: str, port: int, access: Path | None, frame_rate: float
+    ) -> None:
         super().__init__(engine, host, port, "3.1.1", access)
+        self.limits_rate = engine == "amqtt" and frame_rate > 0
+        self._rate_dropped = 0
         self.enforces_grants = engine == "amqtt" and access is not None
         self.quick_ack = engine == "rumqttd"  # it leaves Nagle's algorithm on (BrokerSettings)
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -252,7 +297,7 @@ class EmbeddedBroker(RunningBroker):
         self._report, child_end = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_serve,
-            args=(engine, config, os.getpid(), child_end, drop_to),
+            args=(engine, config, frame_rate, os.getpid(), child_end, drop_to),
             name=f"{engine}-{port}",
             daemon=True,
         )
@@ -280,6 +325,19 @@ class EmbeddedBroker(RunningBroker):
             time.sleep(0.02)
         return None
 
+    def rate_dropped(self) -> int | None:
+        """What amqtt's gates dropped so far, as it last said (once a second)."""
+        if not self.limits_rate:
+            return None
+        while not self._report.closed and self._report.poll():
+            try:
+                said = self._report.recv()
+            except EOFError:
+                break
+            if isinstance(said, int):  # else why it failed: `_serve`
+                self._rate_dropped = said
+        return self._rate_dropped
+
     @property
     def pid(self) -> int:
         return self._process.pid
@@ -299,17 +357,22 @@ class EmbeddedBroker(RunningBroker):
 
 
 def _serve(
-    engine: Engine, config: Any, parent: int, report: Connection, drop_to: tuple[int, int] | None
+    engine: Engine,
+    config: Any,
+    frame_rate: float,
+    parent: int,
+    report: Connection,
+    drop_to: tuple[int, int] | None,
 ) -> None:
     """The broker process: serve `config` until SIGTERM or until process `parent` is gone,
     as user and group `drop_to` once started (None: as it is); send None on `report` once
-    started, or why it could not start."""
+    started, or why it could not start (amqtt then sends what its gates dropped)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the starter (module doc)
     try:
         if engine == "rumqttd":
             _serve_rumqttd(config, parent, report, drop_to)
         else:
-            asyncio.run(_serve_amqtt(config, parent, report, drop_to))
+            asyncio.run(_serve_amqtt(config, frame_rate, parent, report, drop_to))
     except BaseException as e:  # noqa: BLE001 - reported to the starter, which names it
         with contextlib.suppress(OSError):
             report.send(f"{type(e).__name__}: {e}")
@@ -350,17 +413,26 @@ def _exit_without(parent: int) -> None:
 
 
 async def _serve_amqtt(
-    config: dict[str, Any], parent: int, report: Connection, drop_to: tuple[int, int] | None
+    config: dict[str, Any],
+    frame_rate: float,
+    parent: int,
+    report: Connection,
+    drop_to: tuple[int, int] | None,
 ) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    broker = _amqtt_broker_class()(config)  # its plugins read the access files here
+    # its plugins read the access files here
+    broker = _amqtt_broker_class()(config, frame_rate=frame_rate)
     await broker.start()
     _drop_privileges(drop_to)
     report.send(None)
+    said = 0
     try:
         while not stop.is_set() and os.getppid() == parent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PARENT_CHECK_S)
+            if (dropped := broker.rate_dropped()) != said:
+                report.send(dropped)
+                said = dropped
     finally:
         await broker.shutdown()

@@ -69,6 +69,7 @@ class RunningBroker:
         self.access = access  # the access files it enforces; None: anonymous clients
         self.enforces_grants = access is not None  # False where it checks logins only
         self.quick_ack = False  # whether its clients must ack at once (BrokerSettings)
+        self.limits_rate = False  # whether it drops a client's messages over a rate itself
         self.tls = tls
         self.url = format_broker_url(host, port, tls is not None)
         self._stopped = False
@@ -84,6 +85,10 @@ class RunningBroker:
                 f"the broker at {self.url} has no accounts (it takes anonymous clients)"
             )
         return login(settings, self.access, account)
+
+    def rate_dropped(self) -> int | None:
+        """Messages it dropped over a client's rate so far; None where it limits none."""
+        return None
 
     def accepts(self) -> bool:
         """Whether a TCP connection to the broker's port is accepted now: how a broker that

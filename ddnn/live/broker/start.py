@@ -26,6 +26,7 @@ from ddnn.live.broker.embedded import ENGINES, EmbeddedBroker
 from ddnn.live.broker.mosquitto import Bridge, MosquittoBroker
 from ddnn.live.broker.running import RunningBroker, TlsFiles
 from ddnn.live.mqtt.settings import is_loopback
+from ddnn.live.rates import DEFAULT_FRAME_RATE
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def start_broker(
     bridge: Bridge | None = None,
     grants: bool = True,
     insecure_plaintext: bool = False,
+    frame_rate: float = DEFAULT_FRAME_RATE,
 ) -> RunningBroker:
     """Start a broker on host:port (a free port when None) and return once it accepts
     connections. kind: "mosquitto", "rumqttd" or "amqtt" (embedded, module doc), or "auto":
@@ -90,7 +92,9 @@ def start_broker(
     restarts (ignored by the embedded brokers). `bridge`: forward topics to and from another
     broker (mosquitto only). `insecure_plaintext`: listen on an address other machines can
     reach without TLS, where anyone on the way reads every password and message (refused
-    otherwise)."""
+    otherwise). `frame_rate`: the deployment's samples per second, which sizes the token
+    bucket per client and topic of amqtt, a broker in Python that a flood would otherwise
+    swamp (ddnn/live/rates.py; 0: no limit; the other kinds relay floods at compiled speed)."""
     if tls is None and not is_loopback(host) and not insecure_plaintext:
         raise DDNNError(
             f"refusing to listen on {host} over plain MQTT: other machines could reach it, and "
@@ -104,6 +108,8 @@ def start_broker(
                 raise DDNNError(f"{access} has no {name} file: make it with `ddnn credentials`")
         read_acl(access / ACL)  # a broken file is refused here, by every kind, with its line
         read_passwords(access / PASSWORDS)
+    if frame_rate < 0:
+        raise DDNNError(f"a frame rate is positive (or 0: no limit), got {frame_rate:g}")
     if kind not in KINDS:
         raise DDNNError(f"broker kind must be one of {', '.join(KINDS)}, got {kind!r}")
     binary = find_mosquitto()
@@ -140,7 +146,7 @@ def start_broker(
         if use_mosquitto:
             broker = MosquittoBroker(binary, host, chosen, access, tls, state, bridge)
         else:
-            broker = EmbeddedBroker(kind, host, chosen, access)
+            broker = EmbeddedBroker(kind, host, chosen, access, frame_rate)
         failure = broker.wait_ready(START_TIMEOUT)
         if failure is None:
             log.info("started %r", broker)

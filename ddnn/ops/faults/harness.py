@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from ddnn.core.roles import Role
 from ddnn.live.access import OBSERVER, login
+from ddnn.live.broker.running import RunningBroker
+from ddnn.live.broker.start import start_broker
 from ddnn.live.mqtt.client import MqttClient
 from ddnn.live.mqtt.settings import BrokerSettings
+from ddnn.live.rates import DEFAULT_FRAME_RATE
 from ddnn.live.service import STATUS_EVERY
 from ddnn.live.transport import Received, UntilEcho
 from ddnn.live.wire import Decision, Topics, WireError, decode, encode
@@ -159,6 +162,40 @@ class DecisionObserver:
         self.client.close()
 
 
+class OwnBroker:
+    """The broker a faults run starts itself (`kind`, `start_broker`'s; its accounts
+    `access`, its retained messages and sessions in `state` across restarts), which
+    scenarios stop and start again."""
+
+    def __init__(self, access: Path, state: Path, kind: str = "auto") -> None:
+        self.access, self.state = access, state
+        self.frame_rate = DEFAULT_FRAME_RATE
+        self.running: RunningBroker = start_broker(kind=kind, access=access, state=state)
+
+    def restart(self, down: float) -> float:
+        """Stop it, start it again `down` seconds later on the same port; when it was back
+        (monotonic)."""
+        self.running.stop()
+        time.sleep(down)
+        self.running = start_broker(
+            port=self.running.port,
+            kind=self.running.kind,
+            access=self.access,
+            state=self.state,
+            frame_rate=self.frame_rate,
+        )
+        return time.monotonic()
+
+    def limit_rate(self, frame_rate: float) -> bool:
+        """Restart it with its own token buckets sized for `frame_rate` (`start_broker`), if
+        it is a broker that has them (amqtt); whether it was restarted."""
+        if self.running.kind != "amqtt" or frame_rate == self.frame_rate:
+            return False
+        self.frame_rate = frame_rate
+        self.restart(0.0)
+        return True
+
+
 @dataclass
 class Harness:
     """One deployment under test: broker, fleet, driver, and the offline reference."""
@@ -168,7 +205,7 @@ class Harness:
     reference: Reference
     roles: list[Role]
     access: Path  # the deployment's accounts: a rogue logs in with a role's own
-    restart_broker: Callable[[float], float] | None  # down for s seconds -> restart time
+    broker: OwnBroker
     sizes: Sizes = field(default_factory=Sizes)
     next_sample: int = 0
     killed_at: dict[str, float] = field(default_factory=dict)  # monotonic, latest kill

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR, Role
 from ddnn.ops.faults.harness import SCORE_DEADLINE, Harness
 
@@ -85,13 +84,10 @@ def flapping(h: Harness) -> list[dict[str, Any]]:
 
 def broker_restart(h: Harness) -> list[dict[str, Any]]:
     """5. The broker killed and restarted mid-stream."""
-    if h.restart_broker is None:
-        raise DDNNError("broker-restart needs a broker the faults run starts itself")
-    restart_broker = h.restart_broker
 
     def restart() -> None:
         h.mark("broker down")
-        h.broker_back_at = restart_broker(1.0)
+        h.broker_back_at = h.broker.restart(1.0)
         h.mark("broker back", h.broker_back_at)
 
     samples = h.segment(80, {20: restart})
@@ -154,13 +150,11 @@ def broker_outage(h: Harness) -> list[dict[str, Any]]:
     """The broker down for `Sizes.outage_seconds` mid-stream: what the aggregator decides
     meanwhile waits in its client and goes out once it is back (a QoS 1 message repeats at
     most once per reconnect, not once per loop iteration)."""
-    if h.restart_broker is None:
-        raise DDNNError("broker-outage needs a broker the faults run starts itself")
-    restart_broker, down = h.restart_broker, h.sizes.outage_seconds
+    down = h.sizes.outage_seconds
 
     def outage() -> None:
         h.mark("broker down")
-        h.broker_back_at = restart_broker(down)
+        h.broker_back_at = h.broker.restart(down)
         h.mark("broker back", h.broker_back_at)
 
     samples = h.segment(120, {40: outage})

@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.roles import AGGREGATOR
-from ddnn.live.broker.start import start_broker
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.faults.byzantine_scenario import byzantine_device
 from ddnn.ops.faults.flood_scenario import device_flood
-from ddnn.ops.faults.harness import CLOUD_DEADLINE, SCORE_DEADLINE, Harness, Sizes
+from ddnn.ops.faults.harness import CLOUD_DEADLINE, SCORE_DEADLINE, Harness, OwnBroker, Sizes
 from ddnn.ops.faults.hostile_scenarios import bad_input, flood, forgery, fuzz, replay
 from ddnn.ops.faults.outage_scenarios import (
     aggregator_kill_storm,
@@ -72,6 +71,7 @@ def run_scenarios(
     sizes: Sizes | None = None,
     plot: Path | None = None,
     plot_prefix: str = "faults",
+    kind: str = "auto",
 ) -> dict[str, Any]:
     """Run scenarios `names`, in order, on one deployment of `model`, its devices replaying
     the test part of `data` (a SPEC; default: the data the model was trained on), the very
@@ -98,21 +98,12 @@ def run_scenarios(
     with tempfile.TemporaryDirectory(prefix="ddnn-faults-") as tmp:
         work = workdir or Path(tmp)
         prepared = prepare(net, cfg, meta, work, "faults", data)
-        state = work / "broker-state"  # a restarted broker knows who is online
-        broker = start_broker(access=prepared.access, state=state)
-        port = broker.port
-
-        def restart_broker(down: float) -> float:
-            nonlocal broker
-            broker.stop()
-            time.sleep(down)
-            broker = start_broker(port=port, access=prepared.access, state=state)
-            return time.monotonic()
-
+        # (its state: a restarted broker knows who is online)
+        broker = OwnBroker(prepared.access, work / "broker-state", kind)
         try:
             with deployment(
                 prepared,
-                broker.settings(),
+                broker.running.settings(),
                 work,
                 extra={AGGREGATOR: aggregator},
                 log_level="info",
@@ -128,7 +119,7 @@ def run_scenarios(
                     reference,
                     roles,
                     prepared.access,
-                    restart_broker,
+                    broker,
                     sizes or Sizes(),
                 )
                 try:
@@ -159,7 +150,7 @@ def run_scenarios(
                     observed = h.observer.totals()
                     h.close()
         finally:
-            broker.stop()
+            broker.running.stop()
     if plot is not None:
         from ddnn.ops.live_plots import fault_timeline
 
@@ -170,6 +161,7 @@ def run_scenarios(
     return {
         "model": str(model),
         "data": reference.spec,
+        "broker": broker.running.kind,
         "scenarios": results,
         "clean_exits": {role: code == 0 for role, code in running.codes.items()},
         # what the independent observer saw of the whole run, and the processes that
@@ -189,20 +181,28 @@ def run_faults(
     data: str | None = None,
     sizes: Sizes | None = None,
     plot: Path | None = None,
+    kind: str = "auto",
 ) -> dict[str, Any]:
     """What `ddnn faults` reports: scenarios `names` on one deployment of `model`; "dropout"
     among them sets device-down of `model` beside device-down of `baseline()` (a model trained
     without device dropout, on a second deployment), reusing the first's device-down run.
-    `plot`: a folder for each scenario's time line (PNG), listed in `plots`."""
+    `plot`: a folder for each scenario's time line (PNG), listed in `plots`. `kind`: the
+    broker's (`start_broker`: one that enforces the grants)."""
     wanted = [n for n in names if n != "dropout"]
     if "dropout" in names and "device-down" not in wanted:
         wanted.append("device-down")
-    runs = [run_scenarios(wanted, model, log, data=data, sizes=sizes, plot=plot)]
+    runs = [run_scenarios(wanted, model, log, data=data, sizes=sizes, plot=plot, kind=kind)]
     results = [r for r in runs[0]["scenarios"] if r["scenario"] in names]
     if "dropout" in names:
         runs.append(
             run_scenarios(
-                ["device-down"], baseline(), log, data=data, plot=plot, plot_prefix="baseline"
+                ["device-down"],
+                baseline(),
+                log,
+                data=data,
+                plot=plot,
+                plot_prefix="baseline",
+                kind=kind,
             )
         )
         pair = [
