@@ -18,11 +18,13 @@ import matplotlib.image
 import pytest
 import torch
 
+from ddnn.core.config import CloudSpec, DDNNConfig
 from ddnn.data import load_spec
 from ddnn.nn.evaluate import load_for_eval, model_exit_points, run_model, sweep
 from ddnn.ops.report.build import build_report, write_report
 from ddnn.ops.report.paper import TABLE1
 from ddnn.ops.report.plan import Plan
+from ddnn.ops.report.runs import run_key
 from tests.helpers import ddnn
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -142,3 +144,16 @@ def test_quick_report_as_a_user_runs_it(tmp_path, monkeypatch):
     table2 = results["tables"]["table2"]["per_seed"]["0"]
     swept = json.loads(ddnn("sweep", "--model", table2["model"], "--json").stdout)
     assert table2["rows"] == swept["rows"]
+
+
+def test_a_setting_that_cannot_change_a_run_leaves_its_cache_key_alone():
+    """`train.or_balance` acts on ORs only: changing it keeps the cached runs of models with
+    no OR (CC at the cloud), and retrains those with one (MP over +-1 maps)."""
+    cc = DDNNConfig()
+    mp = cc.model_copy(
+        update={"model": cc.model.model_copy(update={"cloud": CloudSpec(aggregation="MP")})}
+    )
+    for cfg, kept in ((cc, True), (mp, False)):
+        other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"or_balance": 0})})
+        assert (run_key("model", cfg, "d") == run_key("model", other, "d")) is kept
+    assert run_key("model", cc, "d") != run_key("model", mp, "d")

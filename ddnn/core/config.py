@@ -113,6 +113,11 @@ class CloudSpec(_Strict):
     precision: Precision = "binary"
 
 
+def is_or(aggregation: str, precision: Precision) -> bool:
+    """Whether fusing maps of `precision` by `aggregation` is an OR: the max of +-1 maps."""
+    return aggregation == "MP" and precision == "binary"
+
+
 class ModelConfig(_Strict):
     classes: list[str] = Field(default=["car", "bus", "person"], min_length=2)
     n_devices: int = Field(default=6, ge=1)
@@ -158,6 +163,15 @@ class ModelConfig(_Strict):
             "cloud": self.cloud is not None,
         }
         return [name for name in EXIT_ORDER if present[name]]
+
+    @property
+    def has_or(self) -> bool:
+        """Whether an edge or the cloud fuses +-1 maps by max, an OR: what `train.or_balance`
+        acts on (docs/design/or-balance.md); without one, the setting changes nothing."""
+        edge_or = self.edge is not None and is_or(self.edge.aggregation, self.device.precision)
+        below = self.device if self.edge is None else self.edge
+        cloud_or = self.cloud is not None and is_or(self.cloud.aggregation, below.precision)
+        return edge_or or cloud_or
 
     @property
     def tap_exits(self) -> list[str]:
@@ -215,7 +229,7 @@ class TrainConfig(_Strict):
     # Without it the OR of six +-1 maps is +1 almost everywhere, and an MP cloud learns
     # little: docs/design/or-balance.md.
     or_balance: float = Field(
-        default=10.0,
+        default=5.0,
         ge=0,
         description="weight of the loss that keeps each channel of a max-pooled binary map "
         "(an edge's or the cloud's MP over +-1 maps: an OR) near half +1 (0: none)",

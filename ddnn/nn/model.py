@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ddnn.core.config import DDNNConfig, ModelConfig, tap_exit
+from ddnn.core.config import DDNNConfig, ModelConfig, is_or, tap_exit
 from ddnn.nn.fusion import Fusion
 from ddnn.nn.layers import FC, ConvP, Precision, parallel_conv_p, pooled_size
 from ddnn.nn.router import RouterNet
@@ -274,11 +274,6 @@ class DDNN(nn.Module):
         if present is None:
             present = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return self.above_devices(*self.devices(x), present)
-
-
-def is_or(aggregation: str, precision: Precision) -> bool:
-    """Whether fusing maps of `precision` by `aggregation` is an OR: the max of +-1 maps."""
-    return aggregation == "MP" and precision == "binary"
 
 
 def build_model(cfg: DDNNConfig) -> DDNN:

@@ -43,11 +43,15 @@ def data_digest(data: MultiViewData) -> str:
 
 def run_key(kind: str, cfg: DDNNConfig, data: str, extra: Any = None) -> str:
     """The cache key of one run: sha256 of the config as JSON, the seed, the data's digest,
-    the kind of run and anything else its result depends on (`extra`)."""
+    the kind of run and anything else its result depends on (`extra`). A setting that
+    cannot change the run is left out: `train.or_balance` of a model with no OR."""
+    config = cfg.model_dump(mode="json")
+    if not cfg.model.has_or:
+        del config["train"]["or_balance"]
     text = json.dumps(
         {
             "kind": kind,
-            "config": cfg.model_dump(mode="json"),
+            "config": config,
             "seed": cfg.train.seed,
             "data": data,
             "extra": extra,
