@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -353,7 +353,7 @@ class AggregatorService(Service):
         if "edge" in self.fusions:
             p.stage = Stage.EDGE
             self._wait(p, self.deadlines.edge)
-            self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="edge"))
+            self._offload(p, sources, "edge")
         else:
             self._to_cloud(p, sources)
 
@@ -376,7 +376,11 @@ class AggregatorService(Service):
         else:
             p.stage = Stage.CLOUD
             self._wait(p, self.deadlines.cloud)
-        self.publish(self.topics.offload, Offload(sample=p.sample, sources=sources, to="cloud"))
+        self._offload(p, sources, "cloud")
+
+    def _offload(self, p: Pending, sources: list[Role], to: Literal["edge", "cloud"]) -> None:
+        """Ask `sources` for their feature maps of `p`'s sample, fused by tier `to`."""
+        self.publish(self.topics.offload(to), Offload(sample=p.sample, sources=sources, to=to))
 
     def poll(self, now: float) -> float | None:
         silent = self.awaited.forget_silent(now)

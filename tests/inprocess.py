@@ -82,7 +82,9 @@ class Rig:
             return t.scores(m.source)
         if isinstance(m, Features):
             return t.features(m.source)
-        return {Tick: t.tick, Offload: t.offload, Job: t.job, Decision: t.decisions}[type(m)]
+        if isinstance(m, Offload):
+            return t.offload(m.to)
+        return {Tick: t.tick, Job: t.job, Decision: t.decisions}[type(m)]
 
     def settle(self, later: float = 0.0) -> None:
         """Deliver until every inbox is empty, then poll every service `later` seconds from

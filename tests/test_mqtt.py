@@ -1,81 +1,40 @@
 """The MQTT plumbing against real brokers: mosquitto (when installed) and the embedded one.
 
 No mocks: each kind of broker is started on a free 127.0.0.1 port, and clients, killed client
-processes and the `ddnn broker` command talk to it. Every wait is bounded.
+processes and the `ddnn broker` command talk to it. Every wait is bounded. Flow control and
+sessions across a restart: test_mqtt_sessions.py; URLs and connection errors:
+test_mqtt_settings.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from pydantic import ValidationError
 
-from ddnn.core.errors import ConfigError, DDNNError
+from ddnn.core.errors import DDNNError
 from ddnn.live.broker.ceiling import broker_ceiling
 from ddnn.live.broker.running import RunningBroker
 from ddnn.live.broker.start import find_mosquitto, free_port, start_broker
-from ddnn.live.mqtt.client import MAX_INBOX, RECEIVE_MAXIMUM, MqttClient
-from ddnn.live.mqtt.settings import BrokerSettings, is_loopback, parse_broker_url
+from ddnn.live.mqtt.client import MqttClient
+from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.transport import Will
 from ddnn.live.wire import MAX_PACKET, MAX_PAYLOAD
-
-KINDS = [
-    pytest.param(
-        "mosquitto",
-        marks=pytest.mark.skipif(find_mosquitto() is None, reason="no mosquitto binary"),
-    ),
-    "rumqttd",
-    "amqtt",
-]
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def broker(request: pytest.FixtureRequest) -> Iterator[RunningBroker]:
-    with start_broker(kind=request.param) as running:
-        yield running
-
-
-def unique(prefix: str) -> str:
-    return f"test/{prefix}/{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def clients() -> Iterator[list[MqttClient]]:
-    made: list[MqttClient] = []
-    yield made
-    for client in made:
-        client.close()
-
-
-def connected(broker: RunningBroker, made: list[MqttClient], name: str, **kw) -> MqttClient:
-    client = MqttClient(broker.settings(), f"{name}-{uuid.uuid4().hex[:8]}", **kw)
-    made.append(client)
-    return client.connect(timeout=5)
-
-
-def subscriber(
-    broker: RunningBroker, made: list[MqttClient], name: str, topic_filter: str, qos: int = 1
-) -> MqttClient:
-    """A connected client subscribed to `topic_filter`."""
-    client = connected(broker, made, name)
-    client.subscribe(topic_filter, qos=qos)
-    return client
+from tests.brokers import broker as broker  # fixtures, this and the next: pytest finds them here
+from tests.brokers import clients as clients
+from tests.brokers import connected, subscriber, unique, wait_for
 
 
 @contextlib.contextmanager
@@ -87,15 +46,6 @@ def reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
         if process.poll() is None:
             process.kill()
             process.wait(5)
-
-
-def wait_for(client: MqttClient, topic: str, payload: bytes, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        got = client.get(timeout=left)
-        if got == (topic, payload):
-            return True
-    return False
 
 
 def test_kinds_and_protocols(broker: RunningBroker) -> None:
@@ -273,54 +223,6 @@ def test_broker_command_serves_until_sigterm(broker: RunningBroker) -> None:
     assert broker.kind in stdout
 
 
-@pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:1883", "mqtt://", "127.0.0.1:1883", "mqtt://host:notaport"]
-)
-def test_bad_url_is_a_config_error_naming_it(url: str) -> None:
-    with pytest.raises(ConfigError, match=r"broker URL '.*'") as raised:
-        BrokerSettings.from_url(url)
-    assert url in str(raised.value)
-    with pytest.raises(ConfigError, match="broker URL"):
-        MqttClient(url, "x")
-    with pytest.raises(ConfigError, match="broker URL"):
-        broker_ceiling(url)
-    with pytest.raises(ValidationError, match="broker URL"):
-        BrokerSettings(url=url)
-
-
-def test_url_parsing() -> None:
-    assert parse_broker_url("mqtt://example.org") == ("example.org", 1883, False)
-    assert parse_broker_url("mqtts://example.org") == ("example.org", 8883, True)
-    assert parse_broker_url("MQTT://10.0.0.2:1999/") == ("10.0.0.2", 1999, False)
-    settings = BrokerSettings(url="mqtts://b:9000")
-    assert (settings.host, settings.port, settings.tls) == ("b", 9000, True)
-    with pytest.raises(ConfigError, match="use mqtts://"):
-        MqttClient(BrokerSettings(url="mqtt://b", tls_insecure=True), "x")
-
-
-def test_closed_port_fails_naming_the_url() -> None:
-    url = f"mqtt://127.0.0.1:{free_port()}"
-    client = MqttClient(url, "nobody-home")
-    start = time.monotonic()
-    with pytest.raises(DDNNError, match="cannot connect") as raised:
-        client.connect(timeout=1.0)
-    assert url in str(raised.value)
-    assert time.monotonic() - start < 5
-    assert not client.connected
-
-
-@pytest.mark.parametrize("kind", ["rumqttd", "amqtt"])
-def test_wrong_protocol_is_explained(kind: str) -> None:
-    """An MQTT 5 client at a 3.1.1-only broker: amqtt never answers its CONNECT (it has
-    properties: Receive Maximum, Session Expiry), rumqttd hangs up, and either way the
-    error says what to change."""
-    with start_broker(kind=kind) as embedded:
-        client = MqttClient(embedded.url, "speaks-5")
-        with pytest.raises(DDNNError, match="set (protocol )?3.1.1") as raised:
-            client.connect(timeout=1.5)
-        assert embedded.url in str(raised.value)
-
-
 def test_bench_broker_command(broker: RunningBroker) -> None:
     command = [sys.executable, "-m", "ddnn", "bench", "broker", "--kind", broker.kind]
     done = subprocess.run(
@@ -390,178 +292,3 @@ def test_the_broker_refuses_packets_over_the_limit(clients: list[MqttClient], ki
             rogue.loop_stop()
         assert pub.publish(topic, b"small", qos=1)
         assert wait_for(sub, topic, b"small", 5)
-
-
-def drain(client: MqttClient, quiet: float = 1.0) -> list[tuple[str, bytes]]:
-    """Everything `client` receives until nothing comes for `quiet` seconds."""
-    got = []
-    while (item := client.get(timeout=quiet)) is not None:
-        got.append(item)
-    return got
-
-
-def test_an_unthreaded_client_does_its_network_in_its_callers_calls(
-    broker: RunningBroker, clients: list[MqttClient]
-) -> None:
-    """`threaded=False` (the services' clients): no network thread; `get()` reads (whole
-    chunks of packets at once), and what the client publishes goes out when it next waits,
-    in order, QoS 1 acknowledged; `get(0)` looks at the network once, too."""
-    topic = unique("owned")
-    owner = MqttClient(broker.settings(), f"owner-{uuid.uuid4().hex[:8]}", threaded=False)
-    clients.append(owner)
-    owner.subscribe(f"{topic}/in", qos=1)
-    owner.connect(timeout=5)  # subscribed once connected: it waits for the broker's answer
-    peer = subscriber(broker, clients, "peer", f"{topic}/out")
-    while not wait_for(peer, f"{topic}/out", b"p", 0.2):
-        assert owner.publish(f"{topic}/out", b"p")
-        owner.get(0)  # the owner's publish goes out when it next looks at the network
-    drain(peer, 0.3)
-    for i in range(300):
-        assert peer.publish(f"{topic}/in", i.to_bytes(2, "big"), qos=1)
-    got = []
-    deadline = time.monotonic() + 10
-    while len(got) < 300 and time.monotonic() < deadline:
-        if (item := owner.get(timeout=0.5)) is not None:
-            got.append(int.from_bytes(item[1], "big"))
-            owner.publish(f"{topic}/out", item[1], qos=1)  # an echo, gathered
-    assert got == list(range(300))
-    assert owner.wait_published(5)  # every echo acknowledged by the broker
-    echoed = [int.from_bytes(p, "big") for _, p in drain(peer, 1.0)]
-    assert echoed == list(range(300))
-    peer.publish(f"{topic}/in", b"late", qos=0)
-    deadline = time.monotonic() + 5
-    while (item := owner.get(0)) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert item == (f"{topic}/in", b"late")
-
-
-def test_a_flood_waits_in_the_broker_not_in_the_inbox(
-    broker: RunningBroker, clients: list[MqttClient]
-) -> None:
-    """A subscriber that does not keep up holds at most MAX_INBOX messages. Over MQTT 5 at
-    most RECEIVE_MAXIMUM QoS 1 ones (the rest of the inbox is for QoS 0), and the rest wait
-    in the broker (Receive Maximum and acknowledgement after processing) and arrive once it
-    reads; a 3.1.1 broker sends regardless, and what finds the inbox full is dropped and
-    counted, never more than was sent."""
-    topic = unique("flood")
-    sub = subscriber(broker, clients, "sub", topic)
-    pub = connected(broker, clients, "pub")
-    while not wait_for(sub, topic, b"p", 0.2):
-        pub.publish(topic, b"p", qos=1)
-    drain(sub, 0.3)
-    sent = MAX_INBOX + 500
-    for i in range(sent):
-        assert pub.publish(topic, i.to_bytes(4, "big"), qos=1)
-    deadline = time.monotonic() + 20
-    held = RECEIVE_MAXIMUM if broker.protocol == "5" else MAX_INBOX
-    while sub._inbox.qsize() + sub.dropped < held:
-        assert time.monotonic() < deadline, "the flood never reached the subscriber"
-        time.sleep(0.05)
-    time.sleep(0.5)  # what the broker would still push into a client without flow control
-    assert sub._inbox.qsize() <= MAX_INBOX
-    if broker.protocol == "5":
-        assert sub._inbox.qsize() <= RECEIVE_MAXIMUM + 100  # mosquitto's leak: see below
-    got = [int.from_bytes(p, "big") for _, p in drain(sub)]
-    assert len(got) == len(set(got)) and set(got) <= set(range(sent))
-    assert len(got) + sub.dropped == sent
-    if broker.protocol == "5":
-        # Without flow control a full inbox would drop sent - MAX_INBOX. mosquitto 2.0.11
-        # mostly holds back all of them; it let ~100 through in one run of several.
-        assert sub.dropped < (sent - MAX_INBOX) // 2, sub.dropped
-        assert got == sorted(got)  # in order
-
-
-def test_an_unprocessed_message_survives_a_broker_restart(clients: list[MqttClient]) -> None:
-    """With a state folder, mosquitto keeps retained statuses and sessions across a restart.
-    A message the subscriber took but had not finished with (not acknowledged: it was
-    acknowledged only on taking the next one) comes again after the restart; one it
-    finished with does not; a retained status is still there for a new subscriber."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
-    with tempfile.TemporaryDirectory() as state:
-        broker = start_broker(kind="mosquitto", state=Path(state))
-        try:
-            topic = unique("session")
-            sub = subscriber(broker, clients, "sub", f"{topic}/#")
-            pub = connected(broker, clients, "pub")
-            while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
-                pub.publish(f"{topic}/probe", b"p", qos=1)
-            drain(sub, 0.3)
-            pub.publish(f"{topic}/status", b"online", qos=1, retain=True)
-            pub.publish(f"{topic}/m", b"done", qos=1)
-            pub.publish(f"{topic}/m", b"in hand", qos=1)
-            assert drain(sub, 0.5)[-2:] == [(f"{topic}/m", b"done"), (f"{topic}/m", b"in hand")]
-            # the drain's last `get` acknowledged "in hand"; take a fresh one and keep it
-            pub.publish(f"{topic}/m", b"unfinished", qos=1)
-            assert sub.get(timeout=5) == (f"{topic}/m", b"unfinished")
-            connections = sub.connections
-            broker.stop()
-            broker = start_broker(port=broker.port, kind="mosquitto", state=Path(state))
-            deadline = time.monotonic() + 10
-            while sub.connections == connections:
-                assert time.monotonic() < deadline, "the subscriber never reconnected"
-                time.sleep(0.05)
-            again = drain(sub, 1.0)
-            assert (f"{topic}/m", b"unfinished") in again
-            assert (f"{topic}/m", b"done") not in again
-            late = subscriber(broker, clients, "late", f"{topic}/status")
-            assert wait_for(late, f"{topic}/status", b"online", 5)
-        finally:
-            broker.stop()
-
-
-def test_a_message_published_while_the_broker_is_down_goes_out_once(
-    clients: list[MqttClient],
-) -> None:
-    """paho keeps a QoS 1 message published while disconnected and sends it on reconnect:
-    `send` says it was taken (before, `publish` said dropped, and the services added a copy
-    of their own per loop iteration: ~60 of each decision after a 30 s outage), and its
-    receipt turns published on the broker's PUBACK."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
-    with tempfile.TemporaryDirectory() as state:
-        broker = start_broker(kind="mosquitto", state=Path(state))
-        try:
-            topic = unique("outage")
-            sub = subscriber(broker, clients, "sub", f"{topic}/#")
-            pub = connected(broker, clients, "pub")
-            while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
-                pub.publish(f"{topic}/probe", b"p", qos=1)
-            drain(sub, 0.3)
-            broker.stop()
-            deadline = time.monotonic() + 10
-            while pub.send(f"{topic}/probe", b"", qos=0) is not None:  # till it sees it gone
-                assert time.monotonic() < deadline, "the publisher never saw the broker go"
-                time.sleep(0.05)
-            receipt = pub.send(f"{topic}/decision", b"held", qos=1)
-            assert receipt is not None and not receipt.is_published()
-            assert pub.send(f"{topic}/score", b"lost", qos=0) is None
-            broker = start_broker(port=broker.port, kind="mosquitto", state=Path(state))
-            deadline = time.monotonic() + 10
-            while not receipt.is_published():
-                assert time.monotonic() < deadline, "never acknowledged after the restart"
-                time.sleep(0.05)
-            got = [m for m in drain(sub, 1.5) if m[0] == f"{topic}/decision"]
-            assert got == [(f"{topic}/decision", b"held")]
-        finally:
-            broker.stop()
-
-
-@pytest.mark.parametrize(
-    ("host", "loopback"),
-    [("127.0.0.1", True), ("127.3.4.5", True), ("localhost", True), ("::1", True),
-     ("[::1]", True), ("0.0.0.0", False), ("10.0.0.7", False), ("broker.example", False)],
-)  # fmt: skip
-def test_loopback_addresses(host: str, loopback: bool) -> None:
-    assert is_loopback(host) is loopback
-
-
-def test_a_password_in_clear_text_to_another_machine_is_warned(caplog) -> None:
-    remote = BrokerSettings(url="mqtt://10.0.0.7:1883", username="u", password="secret")
-    with caplog.at_level(logging.WARNING, logger="ddnn.live.mqtt.client"):
-        MqttClient(remote, "warned")  # no connection is made before start()
-        MqttClient(BrokerSettings(url="mqtt://127.0.0.1:1883", password="p"), "local")
-    assert [r.getMessage() for r in caplog.records] == [
-        "the password for mqtt://10.0.0.7:1883 travels in clear text over mqtt:// to another "
-        "machine: use mqtts://"
-    ]

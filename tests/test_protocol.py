@@ -13,7 +13,7 @@ from aggregator.service import AggregatorService
 from cloud.service import TierService
 from ddnn.core.config import ModelConfig
 from ddnn.core.manifest import read_manifest
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role
+from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles
 from ddnn.live.access import acl_text, emqx_acl_text, grants, read_acl
 from ddnn.live.asyncapi import document
 from ddnn.live.protocol import PROTOCOL, Use, read_kinds, subscriptions
@@ -38,18 +38,18 @@ def test_a_change_to_a_roles_entry_reaches_subscriptions_grants_acls_asyncapi_an
 ):
     table = without_offload_for_devices()
     model, topics = ModelConfig(n_devices=2), Topics(DEPLOYMENT, "v")
-    device = Role.device(0)
+    device, offload = Role.device(0), topics.offload("cloud")
     # subscriptions
-    assert topics.offload in subscriptions(device, model, topics)
+    assert offload in subscriptions(device, model, topics)
     assert subscriptions(device, model, topics, protocol=table) == [topics.tick]
     # grants, and the ACL files a broker enforces, made from them
     for protocol, reads in ((PROTOCOL, True), (table, False)):
         granted = grants(model, topics, protocol)
-        assert (topics.offload in granted[device].read) is reads
+        assert (offload in granted[device].read) is reads
         (tmp_path / "acl").write_text(acl_text(granted))
-        assert (topics.offload in read_acl(tmp_path / "acl")[device].read) is reads
+        assert (offload in read_acl(tmp_path / "acl")[device].read) is reads
         [line] = [x for x in emqx_acl_text(granted).splitlines() if f'"{device}"}}, subscribe' in x]
-        assert (f'"{topics.offload}"' in line) is reads
+        assert (f'"{offload}"' in line) is reads
     # the AsyncAPI document
     assert "device_receives_offload" in document()["operations"]
     assert "device_receives_offload" not in document(table)["operations"]
@@ -65,7 +65,8 @@ def test_a_change_to_a_roles_entry_reaches_subscriptions_grants_acls_asyncapi_an
         rig.send(Tick(sample=5, t=time.time()))
         rig.settle()
         # handed over as if the broker had delivered it
-        dev.receive(rig.topics.offload, encode(Offload(sample=5, sources=[dev.role], to="cloud")))
+        offer = Offload(sample=5, sources=[dev.role], to="cloud")
+        dev.receive(rig.topics.offload("cloud"), encode(offer))
         rig.settle()
         assert bool(rig.of(Features)) is answers
         assert dev.rejected[REFUSED] == (0 if answers else 1)
@@ -105,3 +106,27 @@ def test_the_bridge_carries_what_the_cloud_reads_and_writes():
     probe = f"{topics.hello}/bridge/#"
     assert set(g["bridge"].read) - {probe} == set(g[CLOUD].write) - {f"{topics.hello}/cloud/#"}
     assert set(g["bridge"].write) - {probe} == set(g[CLOUD].read) - {f"{topics.hello}/cloud/#"}
+
+
+def test_an_offload_request_reaches_the_tier_asked_and_its_inputs_alone():
+    """Offload requests go one topic per tier: with edges, a device hears only the edges'
+    requests, an edge its own tier's and the cloud's (which ask it for its map), the cloud
+    only its own; without edges, the devices hear the cloud's. Nothing filters a broadcast."""
+    topics = Topics(DEPLOYMENT, "v")
+    edge, cloud = topics.offload("edge"), topics.offload("cloud")
+    model = ModelConfig(n_devices=2, edge={"groups": [[0, 1]]})
+    heard = {
+        role: set(subscriptions(role, model, topics)) & {edge, cloud}
+        for role in deployment_roles(model)
+    }
+    assert heard == {
+        Role.device(0): {edge},
+        Role.device(1): {edge},
+        AGGREGATOR: set(),
+        Role.edge(0): {edge, cloud},
+        CLOUD: {cloud},
+    }
+    assert set(grants(model, topics)[AGGREGATOR].write) >= {edge, cloud}
+    flat = ModelConfig(n_devices=2)
+    assert set(subscriptions(Role.device(0), flat, topics)) & {edge, cloud} == {cloud}
+    assert edge not in grants(flat, topics)[AGGREGATOR].write

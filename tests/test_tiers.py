@@ -99,7 +99,9 @@ def test_a_device_keeps_maps_for_a_while_and_a_bounded_number(plain):
 def test_a_device_refuses_what_it_has_no_use_for(plain):
     rig, dev = device_rig(plain)
     rig.send(scores(0, Role.device(2), SURE), topic=rig.topics.tick)
-    rig.send_raw(rig.topics.offload, encode(Offload(sample=0, sources=[], to="cloud"))[:-3])
+    rig.send_raw(
+        rig.topics.offload("cloud"), encode(Offload(sample=0, sources=[], to="cloud"))[:-3]
+    )
     rig.settle()
     assert dict(dev.rejected) == {
         "a message of another kind than its topic's": 1,

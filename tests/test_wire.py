@@ -148,3 +148,14 @@ def test_topics_carry_deployment_and_model_version():
     assert t.decisions == "ddnn/site-a/abc123/decisions"
     with pytest.raises(Exception, match="cannot be part of an MQTT topic"):
         Topics("a/b", "v1")
+
+
+def test_an_offload_request_goes_on_the_topic_of_the_tier_it_asks():
+    """The tier an offload request asks is said twice, by its topic and its `to`: one that
+    disagrees is refused, so that a request read as the cloud's cannot ask the edges."""
+    t = Topics("site-a", "v1")
+    asks_edge = Offload(sample=3, sources=["device-0"], to="edge")
+    assert t.offload("edge") == "ddnn/site-a/v1/offload/edge"
+    t.check(t.offload("edge"), asks_edge)
+    with pytest.raises(WireError, match="other than its topic's"):
+        t.check(t.offload("cloud"), asks_edge)

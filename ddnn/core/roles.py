@@ -85,6 +85,22 @@ def tier_inputs(model: ModelConfig, role: Role) -> list[Role]:
     return [Role.device(d) for d in range(model.n_devices)]
 
 
+def upper_tiers(model: ModelConfig) -> list[str]:
+    """The tiers above the devices that fuse feature maps, lowest first: "edge", "cloud"."""
+    return [tier for tier, spec in (("edge", model.edge), ("cloud", model.cloud)) if spec]
+
+
+def fed_tier(model: ModelConfig, role: Role) -> str | None:
+    """The tier whose fusion takes `role`'s feature maps (the inverse of `tier_inputs`): a
+    device's edges, else the cloud; an edge's, the cloud; None where none does."""
+    above = upper_tiers(model)
+    if role.tier == "device" and above:
+        return above[0]
+    if role.tier == "edge" and "cloud" in above:
+        return "cloud"
+    return None
+
+
 def tier_input_format(model: ModelConfig, role: Role) -> FeatureFormat:
     """How the feature maps an upper tier fuses travel: the devices' format for an edge and
     for a cloud fed by devices, the edges' for a cloud fed by edges."""

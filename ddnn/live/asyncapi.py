@@ -11,7 +11,8 @@ trust it.
 
 Payloads travel as msgpack maps of the fields below (`application/msgpack`); a `bytes`
 field is a msgpack bin. Topics carry the deployment and the model version (the manifest's),
-and a role name: `device-<i>`, `edge-<e>`, `cloud` or `aggregator`.
+and a role name (`device-<i>`, `edge-<e>`, `cloud` or `aggregator`) or, for offload requests,
+the tier asked (`edge` or `cloud`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from ddnn.core.config import ModelConfig
 from ddnn.core.roles import Role
 from ddnn.live.access import BRIDGE, OBSERVER, grants
-from ddnn.live.protocol import PROTOCOL, Protocol, Whose
+from ddnn.live.protocol import PER_TIER, PROTOCOL, Protocol, Whose
 from ddnn.live.service import DATA_KINDS, STATUS_EVERY
 from ddnn.live.wire import CHANNELS, SCHEMA, Topics, _Message
 
@@ -34,6 +35,10 @@ PARAMETERS = {
     "role": {
         "description": "the sending role: device-<i>, edge-<e>, cloud or aggregator",
         "examples": ["device-0", "edge-0", "cloud"],
+    },
+    "tier": {
+        "description": "the tier asked to fuse the sample (its inputs send it their maps)",
+        "enum": ["edge", "cloud"],
     },
 }
 ACCOUNTS = {  # the kinds of account, by the prefix of their name
@@ -52,9 +57,10 @@ def _channel_of(topic: str) -> str | None:
 
 
 def _address(level: str, protocol: Protocol) -> str:
-    uses = (u for part in protocol.values() for u in (*part.reads, *part.writes))
-    per_role = any(u.channel == level and u.whose is not Whose.CHANNEL for u in uses)
-    return f"ddnn/{DEPLOYMENT}/{VERSION}/{level}{'/{role}' if per_role else ''}"
+    uses = [u for part in protocol.values() for u in (*part.reads, *part.writes)]
+    whose = {u.whose for u in uses if u.channel == level} - {Whose.CHANNEL}
+    last = "" if not whose else "/{tier}" if whose <= set(PER_TIER) else "/{role}"
+    return f"ddnn/{DEPLOYMENT}/{VERSION}/{level}{last}"
 
 
 def _schema(message: type[_Message]) -> dict[str, Any]:

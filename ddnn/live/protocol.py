@@ -14,18 +14,25 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ddnn.core.config import ModelConfig
-from ddnn.core.roles import CLOUD, Role, tier_inputs
+from ddnn.core.roles import CLOUD, Role, fed_tier, tier_inputs, upper_tiers
 from ddnn.live.wire import CHANNELS, Topics, _Message
 
 
 class Whose(Enum):
     """Which topics of a channel a use covers."""
 
-    CHANNEL = "the channel's one topic"  # tick, offload, job, decisions
+    CHANNEL = "the channel's one topic"  # tick, job, decisions
     OWN = "the party's own"  # <channel>/<its role>
     EVERY = "every role's"  # <channel>/+
     INPUTS = "its tier inputs'"  # <channel>/<r>, each role whose maps this tier fuses
     CLOUD_INPUTS = "the cloud's inputs'"  # what the aggregator gathers for cloud replicas
+    # a channel per tier above the devices (offload/edge, offload/cloud):
+    TIER = "its own tier's"  # <channel>/<its tier>
+    FED = "the tier's it feeds"  # <channel>/<the tier that fuses its maps>
+    TIERS = "every upper tier's"  # <channel>/<t>, each tier above the devices
+
+
+PER_TIER = (Whose.TIER, Whose.FED, Whose.TIERS)  # the uses whose topics end in a tier
 
 
 class When(Enum):
@@ -51,11 +58,12 @@ class Part:
 
 
 OWN, EVERY, INPUTS = Whose.OWN, Whose.EVERY, Whose.INPUTS
+TIER, FED = Whose.TIER, Whose.FED
 REPLICATED, DIRECT = When.REPLICATED, When.DIRECT
 Protocol = dict[str, Part]
 PROTOCOL: Protocol = {
     "device": Part(
-        reads=(Use("tick"), Use("offload")),
+        reads=(Use("tick"), Use("offload", FED)),
         writes=(Use("status", OWN), Use("scores", OWN), Use("features", OWN)),
     ),
     "aggregator": Part(
@@ -65,15 +73,20 @@ PROTOCOL: Protocol = {
             Use("scores", EVERY),
             Use("features", Whose.CLOUD_INPUTS, REPLICATED),  # gathered into a job
         ),
-        writes=(Use("status", OWN), Use("offload"), Use("decisions"), Use("job", when=REPLICATED)),
+        writes=(
+            Use("status", OWN),
+            Use("offload", Whose.TIERS),
+            Use("decisions"),
+            Use("job", when=REPLICATED),
+        ),
     ),
     "edge": Part(
-        reads=(Use("offload"), Use("features", INPUTS)),
+        reads=(Use("offload", TIER), Use("offload", FED), Use("features", INPUTS)),
         writes=(Use("status", OWN), Use("scores", OWN), Use("features", OWN)),
     ),
     "cloud": Part(
         reads=(
-            Use("offload", when=DIRECT),
+            Use("offload", TIER, DIRECT),
             Use("features", INPUTS, DIRECT),
             Use("job", when=REPLICATED),  # through a shared subscription
         ),
@@ -96,6 +109,13 @@ def topics_of(use: Use, party: str, model: ModelConfig, topics: Topics) -> tuple
             roles = [*tier_inputs(model, Role(party))]
         case Whose.CLOUD_INPUTS:
             roles = [*tier_inputs(model, CLOUD)]
+        case Whose.TIER:
+            roles = [Role(party).tier]
+        case Whose.FED:
+            fed = fed_tier(model, Role(party))
+            roles = [] if fed is None else [fed]
+        case Whose.TIERS:
+            roles = [*upper_tiers(model)]
     return tuple(topics.channel(use.channel, r) for r in roles)
 
 

@@ -2,7 +2,7 @@
 
 Topics live under `ddnn/<deployment>/<model version>/`, so many deployments and model
 versions share one broker without seeing each other's traffic: `status/<role>`, `tick`,
-`scores/<role>`, `offload`, `features/<role>`, `job` and `decisions`. Every payload is a
+`scores/<role>`, `offload/<tier>`, `features/<role>`, `job` and `decisions`. Every payload is a
 msgpack map with the schema version `v` and a `kind`, validated by a pydantic model before
 use: wrong version, types, shapes, sizes or non-finite numbers raise `WireError` with the
 reason, which services count and log and never die of. The sample (frame) id is every
@@ -340,7 +340,6 @@ class Topics:
                 raise DDNNError(f"{name} {value!r} cannot be part of an MQTT topic")
         self.root = f"ddnn/{deployment}/{model_version}"
         self.tick = f"{self.root}/tick"
-        self.offload = f"{self.root}/offload"
         self.job = f"{self.root}/job"
         self.decisions = f"{self.root}/decisions"
         self.hello = f"{self.root}/hello"  # + /<role>/<instance>: a service's own probe
@@ -361,6 +360,8 @@ class Topics:
             sender: str | None = message.role
         elif isinstance(message, (Scores, Features)):
             sender = message.source
+        elif isinstance(message, Offload):
+            sender = message.to  # (not a sender: the tier it goes to, as its topic says)
         else:
             sender = None
         if role and sender != role:
@@ -373,6 +374,11 @@ class Topics:
 
     def status(self, role: Role) -> str:
         return self.channel("status", role)
+
+    def offload(self, tier: str) -> str:
+        """Where the aggregator asks tier `tier` ("edge" or "cloud") to fuse a sample, and
+        that tier's inputs to send it their maps."""
+        return self.channel("offload", tier)
 
     def shared_jobs(self, group: str) -> str:
         """The filter by which replicas share the jobs: MQTT 5's `$share/<group>/<filter>`

@@ -69,13 +69,17 @@ def _serve(
     # unthreaded, as the services' clients are (ddnn/live/service.py)
     client = MqttClient(settings, f"ddnn-pattern-{role}-{mp.current_process().pid}", threaded=False)
     t = shape.topics
+    above = shape.upper()
     if role.tier == "device":
-        inputs = [t.tick, t.offload]
+        inputs = [t.tick, *(t.offload(tier) for tier in above[:1])]  # the tier it feeds
     elif role == AGGREGATOR:
         inputs = [t.tick, t.all_scores]
     else:
         sources = shape.edges[role] if role.tier == "edge" else shape.cloud_inputs
-        inputs = [t.features(r) for r in sources] + ([t.offload] if role.tier == "edge" else [])
+        inputs = [t.features(r) for r in sources]
+        if role.tier == "edge":
+            inputs += [t.offload(tier) for tier in above]  # to fuse, and to send its map on
+    offloads = {t.offload(tier) for tier in above}
     for topic in inputs:
         client.subscribe(topic, qos=0)
     client.connect()
@@ -92,7 +96,7 @@ def _serve(
         fields = _fields(payload)
         sample = fields[0]
         out: list[tuple[str, bytes]] = []
-        if role.tier in ("device", "edge") and topic == t.offload:
+        if role.tier in ("device", "edge") and topic in offloads:
             if role in fields[2]:
                 out.append((t.features(role), _payload(shape, "features", sample, role)))
         elif role.tier == "device":  # a tick
@@ -130,7 +134,7 @@ def _aggregate(
         return decision
     to = shape.upper()[level]
     sources = shape.devices if source.tier == "device" else list(shape.edges)
-    return [(t.offload, _payload(shape, "offload", k, to, sources))]
+    return [(t.offload(to), _payload(shape, "offload", k, to, sources))]
 
 
 @dataclass

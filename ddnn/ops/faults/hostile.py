@@ -82,7 +82,8 @@ def fuzzed(valid: bytes, rng: random.Random) -> bytes:
 
 def read_topics(topics: Topics, roles: list[Role]) -> list[str]:
     """Every topic a service of the deployment reads."""
-    out = [topics.tick, topics.offload]
+    tiers = sorted({role.tier for role in roles} & {"edge", "cloud"})
+    out = [topics.tick, *(topics.offload(tier) for tier in tiers)]
     for role in roles:
         out.append(topics.status(role))
         if role.tier in ("device", "edge", "cloud"):

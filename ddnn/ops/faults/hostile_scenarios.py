@@ -66,8 +66,9 @@ def rogue_payloads(topics: Topics, sample: int, decided: int) -> list[tuple[str,
     out += [(topics.features("device-0"), encode(features))]  # wrong shape
     out += [(topics.features("device-0"), b"\xc1")]
     out += [(topics.tick, b"\xc1"), (topics.tick, msgpack.packb({"v": 1, "kind": "tick"}))]
-    out += [(topics.offload, msgpack.packb({"v": 1, "kind": "offload", "sample": -1}))]
-    out += [(topics.offload, encode(Offload(sample=sample, sources=["device-0"], to="cloud")))]
+    cloud = topics.offload("cloud")
+    out += [(cloud, msgpack.packb({"v": 1, "kind": "offload", "sample": -1}))]
+    out += [(cloud, encode(Offload(sample=sample, sources=["device-0"], to="cloud")))]
     out += [(topics.status("device-0"), b"\xc1")]
     out += [(topics.scores("cloud"), encode(Tick(sample=decided, t=0.0)))]  # wrong kind
     return out
@@ -138,7 +139,7 @@ def forged_topics(topics: Topics, account: str, accounts: dict[str, Grant]) -> l
     other roles' statuses, scores and feature maps, ticks, offload requests, decisions, role
     names that are not roles (`device-00`, `Device-0`), extra levels, others' probes."""
     roles = [name for name in accounts if name not in (TRIGGER, OBSERVER)]
-    candidates = [topics.tick, topics.offload, topics.decisions]
+    candidates = [topics.tick, topics.offload("edge"), topics.offload("cloud"), topics.decisions]
     for role in roles:
         candidates += [topics.status(role), topics.scores(role), topics.features(role)]
     candidates += [f"{topics.root}/scores/device-00", f"{topics.root}/scores/Device-0"]
@@ -322,7 +323,7 @@ def flood(h: Harness) -> list[dict[str, Any]]:
 
     def offload(n: int) -> tuple[str, str, bytes]:
         message = Offload(sample=recent[n % len(recent)], sources=list(devices), to="cloud")
-        return AGGREGATOR, topics.offload, encode(message)
+        return AGGREGATOR, topics.offload("cloud"), encode(message)
 
     kinds = [Kind("ticks", tick), Kind("scores", scores), Kind("offloads", offload)]
     if features:
