@@ -238,7 +238,15 @@ def test_json_stdout_is_one_document_also_on_first_use(tmp_path, monkeypatch):
 def test_every_commands_help_is_reflowed_for_the_terminal():
     """Help panels wrap each paragraph to the terminal; a line break kept from a docstring
     would break a sentence mid-way there. Every command, in every group, has none left."""
+    import click
+    import typer
+
     from ddnn.cli import app
+
+    group = typer.main.get_command(app)
+    context = click.Context(group)
+    for name in group.list_commands(context):  # each module, loaded as when its command runs
+        assert group.get_command(context, name) is not None, name
 
     def helps(group):
         for command in group.registered_commands:

@@ -4,39 +4,18 @@ Every command prints human-readable progress and tables by default and one JSON 
 stdout with `--json` (ddnn/cli/render.py). User mistakes (a missing file, a bad config, an
 unknown device, a path that cannot be read or written) end in one line `error: ...` and
 exit status 2, never a traceback; an output path is checked before the work that fills it. The
-commands live by group in ddnn/cli/ (data.py, model.py, live.py, monitor.py, ...); the live
+commands live by group in ddnn/cli/ (data.py, model.py, live.py, monitor.py, ...), each
+module imported when one of its commands runs (`COMMANDS`, ddnn/cli/app.py); the live
 services add theirs through the `ddnn.services` entry points (pyproject.toml).
 """
 
 from __future__ import annotations
 
 import sys
-from importlib.metadata import entry_points
 
-from ddnn.cli import (  # noqa: F401 (they register their commands)
-    bench,
-    broker,
-    compare,
-    data,
-    live,
-    model,
-    monitor,
-    protocol,
-    report,
-)
-from ddnn.cli.app import app, reflow_help
+from ddnn.cli.app import app
 from ddnn.core.errors import DDNNError
 from ddnn.core.files import reason
-
-
-def _add_service_commands() -> None:
-    """The live services' commands, from the `ddnn.services` entry points (pyproject.toml)."""
-    for ep in entry_points(group="ddnn.services"):
-        app.command(ep.name)(ep.load())
-
-
-_add_service_commands()
-reflow_help(app)
 
 
 def main() -> None:

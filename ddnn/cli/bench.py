@@ -8,13 +8,19 @@ from typing import Annotated
 
 import typer
 
-from ddnn.cli.app import bench_app
+from ddnn.cli.app import app
 from ddnn.cli.options import BrokerKindOption, JsonFlag, LiveData
 from ddnn.cli.render import Rows, err, show
 from ddnn.data import data_dir
 from ddnn.live.broker.ceiling import broker_ceiling
 from ddnn.live.broker.start import start_broker
 from ddnn.live.mqtt.settings import BrokerSettings
+from ddnn.ops.bench.device import bench_device as device_bench
+from ddnn.ops.bench.live import bench_live as live_bench
+from ddnn.ops.bench.sites import bench_sites as sites_bench
+
+bench_app = typer.Typer(help="Measure the parts the live system is built on.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 
 @bench_app.command("broker")
@@ -64,9 +70,7 @@ def bench_device(
 ) -> None:
     """Per-frame latency of a device slice at batch 1 (p50, p99): the torch float slice, the
     torch binarized slice in eval mode and the bit-packed slice, in one run, interleaved."""
-    from ddnn.ops.bench.device import bench_device as run_bench
-
-    result = run_bench(artifacts, device, frames)
+    result = device_bench(artifacts, device, frames)
     rows = [
         {"path": name, "p50 us": v["p50"], "p99 us": v["p99"], "packed is x faster": s}
         for name, v in result["latency_us"].items()
@@ -101,9 +105,7 @@ def bench_sites(
     """Many sites on one broker: each site a deployment with its own accounts, devices,
     aggregator and cloud, all ticked at once at --fps; decided/s and latency per site, and
     the sites that starved. 10 sites of 6 cameras start 80 processes (about 12 GB)."""
-    from ddnn.ops.bench.sites import bench_sites as run_bench
-
-    r = run_bench(
+    r = sites_bench(
         model_path,
         sites,
         fps,
@@ -172,9 +174,7 @@ def bench_live(
     synchronized cameras do and once started by tick messages; the live system flat out,
     with CPU seconds per sample of each service; messages per sample; and every live
     decision checked against the offline one."""
-    from ddnn.ops.bench.live import bench_live as run_bench
-
-    r = run_bench(
+    r = live_bench(
         model_path,
         samples,
         window,

@@ -7,12 +7,12 @@ the exit-placement paper's single-exit against multi-exit models at a fixed thre
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, get_args
+from typing import Annotated, get_args
 
 import typer
 import yaml
 
-from ddnn.cli.app import compare_app
+from ddnn.cli.app import app
 from ddnn.cli.options import (
     ConfigFile,
     DataSpec,
@@ -29,12 +29,19 @@ from ddnn.cli.render import Rows, progress_bar, show
 from ddnn.core.config import DDNNConfig, Precision
 from ddnn.core.errors import DDNNError
 from ddnn.data import MultiViewData, Splits, split
+from ddnn.nn.studies.compare import (
+    PAPER,
+    Candidate,
+    exit_count_candidates,
+    measure,
+    precision_candidates,
+    strategy_candidates,
+)
+from ddnn.nn.studies.placement import PAPER as PLACEMENT_PAPER
+from ddnn.nn.studies.placement import measure_placement, placement_candidates
+from ddnn.nn.train import EpochCallback
 
-if TYPE_CHECKING:
-    from ddnn.nn.studies.compare import Candidate
-    from ddnn.nn.train import EpochCallback
-
-    Measure = Callable[[Candidate, Splits, EpochCallback], list[dict]]
+Measure = Callable[[Candidate, Splits, EpochCallback], list[dict]]
 
 CalibrationRule = Annotated[
     str,
@@ -51,8 +58,6 @@ CalibrationRule = Annotated[
 def _measure_calibrated(candidate: Candidate, parts: Splits, on_epoch: EpochCallback) -> list:
     """The hybrid-precision paper's comparisons: one row per candidate, at thresholds calibrated as
     `ddnn train` picks them."""
-    from ddnn.nn.studies.compare import measure
-
     return [measure(candidate, parts, on_epoch)]
 
 
@@ -84,9 +89,15 @@ def _compare(
 
 def _paper(comparison: str) -> dict:
     """The hybrid-precision paper's figures for one of its comparisons, with the source named."""
-    from ddnn.nn.studies.compare import PAPER
-
     return {"source": PAPER["source"], **PAPER[comparison]}
+
+
+compare_app = typer.Typer(
+    help="The hybrid-precision paper's comparisons on your data: training strategies, "
+    "one vs two early exits, hybrid precision.",
+    no_args_is_help=True,
+)
+app.add_typer(compare_app, name="compare")
 
 
 @compare_app.command("strategies")
@@ -111,8 +122,6 @@ def strategies(
 ) -> None:
     """The hybrid-precision paper's Table II: separate vs joint training (and layerwise): the share
     of samples leaving early and the accuracy, at thresholds picked on validation data."""
-    from ddnn.nn.studies.compare import strategy_candidates
-
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     named = [s.strip() for s in which.split(",")]
@@ -145,8 +154,6 @@ def exits(
 ) -> None:
     """The hybrid-precision paper's Table IV: one early exit (local) vs two (local, then an edge
     tier): the share leaving at each, accuracy and energy per sample."""
-    from ddnn.nn.studies.compare import exit_count_candidates
-
     edge_groups = None
     if groups is not None:
         edge_groups = yaml.safe_load(groups)
@@ -186,13 +193,11 @@ def placement(
     the path, one model each) against one multi-exit model (MEM, an exit after every compared block,
     trained jointly, activated one at a time). Rows: samples leaving at the edge, edge, cloud and
     overall accuracy, energy per sample."""
-    from ddnn.nn.studies.placement import PAPER, measure_placement, placement_candidates
-
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     blocks, at = parse_ints(path, "--path"), parse_ints(positions, "--positions")
     _compare(
-        "exit placement", PAPER, cfg, data, dataset, as_json,
+        "exit placement", PLACEMENT_PAPER, cfg, data, dataset, as_json,
         lambda parts: placement_candidates(cfg, blocks, at, threshold),
         measure_placement,
     )  # fmt: skip
@@ -220,8 +225,6 @@ def precision(
     """The hybrid-precision paper's hybrid precision: the model as configured (binary by default)
     and with other precisions per tier (a float cloud over binary devices by default): accuracy of
     every exit, energy per sample and its reduction against the full-precision network."""
-    from ddnn.nn.studies.compare import precision_candidates
-
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     wanted = [_tier_precisions(v) for v in variants or ["cloud=float"]]

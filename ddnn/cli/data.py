@@ -7,13 +7,17 @@ from typing import Annotated
 
 import typer
 
-from ddnn.cli.app import data_app
+from ddnn.cli.app import app
 from ddnn.cli.options import JsonFlag
 from ddnn.cli.render import progress_bar, show
 from ddnn.core.files import writable_file
 from ddnn.data import DEFAULT_SYNTH_SAMPLES, DEFAULT_SYNTH_SEED, save_mvmc, synth
 
 # ---------------------------------------------------------------------------------- data
+
+
+data_app = typer.Typer(help="Make data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 @data_app.command("synth")

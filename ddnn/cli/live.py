@@ -15,11 +15,11 @@ from ddnn.core.files import make_folder, writable_file
 from ddnn.data import data_dir
 from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.service_cli import Durability, DurabilityOption
+from ddnn.nn.checkpoint import load_model
+from ddnn.ops.demo import demo_model, run_demo
+from ddnn.ops.faults.harness import SCORE_DEADLINE, Sizes
+from ddnn.ops.faults.suite import SCENARIOS, run_faults
 from ddnn.packed.inspect import inspect_artifact
-
-# The `ddnn` command runs every service, a device and the aggregator too, which must not
-# import PyTorch: the model code (ddnn.nn) and operations (ddnn.ops, which use it) are imported
-# inside the commands that need them, which also keeps `ddnn --help` instant.
 
 
 def _check_outputs(decisions: Path | None, plot: Path | None) -> None:
@@ -99,8 +99,6 @@ def demo(
     aggregator, the edges and the cloud, over the test part of the model's data (ticked
     in lockstep, or with `--fps` free-running like cameras); then a summary, with the
     offline evaluation of the same samples beside it."""
-    from ddnn.ops.demo import run_demo
-
     if broker is None and (mqtt != "5" or quick_ack):
         raise DDNNError("--mqtt and --quick-ack describe the broker of --broker")
     _check_outputs(decisions, plot)
@@ -228,9 +226,6 @@ def faults(
     role's messages, old samples replayed, fuzzed payloads on every topic, floods) and check
     every sample against offline evaluation. Each service logs in with its own account of a
     broker that enforces them."""
-    from ddnn.ops.demo import demo_model
-    from ddnn.ops.faults.harness import SCORE_DEADLINE, Sizes
-    from ddnn.ops.faults.suite import SCENARIOS, run_faults
 
     def log(text: str) -> None:
         if not as_json:
@@ -239,8 +234,6 @@ def faults(
     names = [n.strip() for s in scenario or [] for n in s.split(",")] or [*SCENARIOS, "dropout"]
     _check_outputs(None, plot)
     if compare_model is not None:  # refused now, not after the scenarios that run first
-        from ddnn.nn.checkpoint import load_model
-
         load_model(compare_model)
     cache = data_dir() / "demo"
     model = model_path or demo_model(False, cache, log)

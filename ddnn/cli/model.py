@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -37,13 +37,31 @@ from ddnn.core.exits import cascade
 from ddnn.core.files import make_folder, writable_file
 from ddnn.data import MultiViewData, absolute_spec, split
 from ddnn.live.access import write_access
-
-if TYPE_CHECKING:
-    from ddnn.nn.model import DDNN
-
-# The `ddnn` command runs every service, a device and the aggregator too, which must not
-# import PyTorch: the model code (ddnn.nn) and operations (ddnn.ops, which use it) are imported
-# inside the commands that need them, which also keeps `ddnn --help` instant.
+from ddnn.nn.calibration import (
+    RULES,
+    calibrated,
+    local_fraction_for_budget,
+    pick_thresholds,
+    thresholds_for_fractions,
+)
+from ddnn.nn.checkpoint import load_model, save_model
+from ddnn.nn.evaluate import (
+    accuracy_by_device_count,
+    accuracy_each_missing,
+    device_ranking,
+    evaluate,
+    load_for_eval,
+    model_exit_points,
+    presence_mask,
+    run_model,
+    write_decisions,
+)
+from ddnn.nn.evaluate import sweep as sweep_rows
+from ddnn.nn.export import export
+from ddnn.nn.model import DDNN
+from ddnn.nn.studies.router import compare_router
+from ddnn.nn.train import fit_and_calibrate, individual_accuracy, training_stages
+from ddnn.ops.report.results import BARS, seed_results
 
 
 def _epoch_info(stats: dict[str, float]) -> str:
@@ -70,10 +88,6 @@ def train(
 ) -> None:
     """Train a DDNN (jointly over all exits by default), pick exit thresholds on held-out
     data, save it."""
-    from ddnn.nn.checkpoint import save_model
-    from ddnn.nn.evaluate import evaluate, model_exit_points, run_model
-    from ddnn.nn.train import fit_and_calibrate, training_stages
-
     writable_file(out_path, "model file")  # before the training it would hold, not after
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed, strategy=strategy)
@@ -110,8 +124,6 @@ def _eval_context(
 ) -> tuple[DDNN, DDNNConfig, dict[str, Any], MultiViewData]:
     """Load a model, its metadata and the part of a data set to evaluate it on (by default
     the test split of the data it was trained on), with progress while data is generated."""
-    from ddnn.nn.evaluate import load_for_eval
-
     return load_for_eval(model_path, data, grid, part, lambda s, g: load_data(s, g, quiet))
 
 
@@ -160,17 +172,6 @@ def eval_(
 ) -> None:
     """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
     services run): accuracy per exit, overall accuracy, exit fractions, bytes."""
-    from ddnn.nn.evaluate import (
-        accuracy_by_device_count,
-        accuracy_each_missing,
-        device_ranking,
-        evaluate,
-        model_exit_points,
-        presence_mask,
-        run_model,
-        write_decisions,
-    )
-
     if decisions is not None:
         writable_file(decisions, "decisions file", stream=True)
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
@@ -217,10 +218,6 @@ def sweep(
     as_json: JsonFlag = False,
 ) -> None:
     """Sweep the local exit threshold T over 0..1 (the paper's Table II) and pick one."""
-    from ddnn.nn.calibration import pick_thresholds
-    from ddnn.nn.evaluate import model_exit_points, run_model
-    from ddnn.nn.evaluate import sweep as sweep_rows
-
     model, cfg, _, dataset = _eval_context(model_path, data, grid, part, as_json)
     points = model_exit_points(model, cfg)
     if len(points) < 2:
@@ -262,15 +259,6 @@ def calibrate(
 ) -> None:
     """Pick exit thresholds on held-out data for a target exit fraction, a bytes budget or
     an accuracy rule, and store them in the model file."""
-    from ddnn.nn.calibration import (
-        RULES,
-        calibrated,
-        local_fraction_for_budget,
-        thresholds_for_fractions,
-    )
-    from ddnn.nn.checkpoint import save_model
-    from ddnn.nn.evaluate import evaluate, model_exit_points, run_model
-
     if sum(x is not None for x in (exit_fraction, budget, rule)) != 1:
         raise DDNNError("give exactly one of --exit-fraction, --budget or --rule")
     if write and model_path.is_dir():
@@ -325,8 +313,6 @@ def router(
     """Compare a learned router (the learned-router paper) with entropy thresholding at equal
     coverage: a router fitted on the training split per coverage, both thresholds picked on
     validation data, overall accuracy measured on the test split."""
-    from ddnn.nn.studies.router import compare_router
-
     try:
         wanted = [float(c) for c in coverages.split(",")]
     except ValueError:
@@ -362,8 +348,6 @@ def baseline(
     as_json: JsonFlag = False,
 ) -> None:
     """Train each device's slice alone and test it (the paper's "Individual" accuracy)."""
-    from ddnn.nn.train import individual_accuracy
-
     dataset = load_data(data, grid, as_json)
     cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed)
     parts = split(dataset, cfg.train)
@@ -407,8 +391,6 @@ def results(
     """The README's results table over several seeds: train, evaluate with each device
     missing and train the individual baselines once per seed (each with the real commands),
     then every measure per seed with its mean and spread, and the bars each seed meets."""
-    from ddnn.ops.report.results import BARS, seed_results
-
     chosen = parse_ints(seeds, "--seeds")
     make_folder(workdir, "--workdir folder")
     document = seed_results(
@@ -471,9 +453,6 @@ def export_(
     edge, the cloud) plus a manifest with the config, thresholds and a hash per artifact,
     and broker accounts for one deployment of it (`ddnn credentials` writes more). --out is
     a new or empty folder, or an earlier export (replaced); any other folder needs --force."""
-    from ddnn.nn.checkpoint import load_model
-    from ddnn.nn.export import export
-
     model, cfg, meta = load_model(model_path)
     manifest = export(model, cfg, out_dir, meta, force=force)
     access = write_access(out_dir, cfg.model, deployment, manifest.model_version)

@@ -14,6 +14,8 @@ from ddnn.cli.options import DataSpec, Grid, JsonFlag, load_data, parse_ints
 from ddnn.cli.render import err, progress_bar, show
 from ddnn.core.errors import DDNNError
 from ddnn.core.files import make_folder
+from ddnn.ops.report.build import build_report, write_report
+from ddnn.ops.report.plan import FULL_EPOCHS, Plan
 
 
 @app.command()
@@ -52,13 +54,11 @@ def report(
     as_json: JsonFlag = False,
 ) -> None:
     """The DDNN paper's Tables I-II and Figs. 8-10 with the bytes-accuracy trade-off, the
-    hybrid-precision paper's strategies, exits and energy, the exit-placement paper's placement and
-    drop threshold, seed 002's router: every model trained here (or found in the cache, by config
-    and seed), mean and spread over the seeds, each table beside the paper's own numbers. About 10
-    minutes per seed on 2 idle cores (--quick: 2); on a busy machine set OMP_NUM_THREADS=1."""
-    from ddnn.ops.report.build import build_report, write_report
-    from ddnn.ops.report.plan import FULL_EPOCHS, Plan
-
+    hybrid-precision paper's strategies, exits and energy, the exit-placement paper's placement
+    and drop threshold, the learned-router paper's router: every model trained here (or found in
+    the cache, by config and seed), mean and spread over the seeds, each table beside the paper's
+    own numbers. About 10 minutes per seed on 2 idle cores (--quick: 2); on a busy machine set
+    OMP_NUM_THREADS=1."""
     chosen = tuple(parse_ints(seeds, "--seeds"))
     if not chosen:
         raise DDNNError("--seeds needs at least one seed")
