@@ -9,10 +9,9 @@ and the retained statuses with their last will. `docs/asyncapi.yaml` is its outp
 test fails when the two disagree, so that someone writing a device in another language can
 trust it.
 
-Payloads travel as msgpack maps of the fields below (`application/msgpack`); a `bytes`
-field is a msgpack bin. Topics carry the deployment and the model version (the manifest's),
-and a role name (`device-<i>`, `edge-<e>`, `cloud` or `aggregator`) or, for offload requests,
-the tier asked (`edge` or `cloud`).
+Payloads travel as msgpack maps of the fields below (`application/msgpack`); a `bytes` field
+is a msgpack bin. Topics carry the deployment, the model version (the manifest's) and a role
+(`device-<i>`, `edge-<e>`, `cloud`, `aggregator`), or the tier an offload request asks.
 """
 
 from __future__ import annotations
