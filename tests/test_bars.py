@@ -63,10 +63,11 @@ def test_local_exits_and_bytes_meet_the_bars_on_every_seed(seeds):
 def test_any_single_device_missing_costs_at_most_5_points_on_average(seeds):
     """Models that never see camera 0 reach about 3 points less than ones with every camera
     (held out, seeds 0-2): that much is information. Held out, seeds 0-2 lose 3.6, 5.08 and
-    4.41 points to their worst device (two threads, 2026-12-06); nine trajectories of the
-    same training (one and two threads) lost 3.1 to 5.08, mean 3.99, about one point above
-    information, with half a point of spread. One trajectory in several lies a little over 5,
-    so the bar holds on the mean over seeds, each seed within 6.5 (README, Results)."""
+    4.41 points to their worst device (two threads, 2026-12-06), 5.3, 5.86 and 3.73 on one
+    thread (2026-12-07, mean 4.96); nine earlier trajectories (one and two threads) lost 3.1
+    to 5.08, mean 3.99, about one point above information. One trajectory in several lies a
+    little over 5, so the bar holds on the mean over seeds, each seed within 6.5 (README,
+    Results)."""
     assert seeds["summary"]["worst_missing_drop"]["mean"] <= 5, seeds["summary"]
     for row in seeds["rows"]:
         assert row["worst_missing_drop"] <= 6.5, row

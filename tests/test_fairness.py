@@ -262,8 +262,13 @@ def _assert_the_bar(result: dict, samples: int) -> None:
     for row in result["rows"]:
         assert row["samples"] == 2 * samples and row["lost"] == 0, row
         assert row["decisions_missing"] == 0 and row["decisions_twice"] == 0, row
-        assert row["service_deaths"] == 0 and row["mismatches"] == 0, row
+        assert row["service_deaths"] == 0, row
         assert row["flood_rate"] >= 4000, row  # the flood was on, near 5,000/s
+    # Without buckets a deployment that falls over a second behind (amqtt does) still has
+    # open the "recent" samples the flooding account sends scores for, valid ones from the
+    # device's own account, which then count as its answer: the alternative may differ from
+    # offline evaluation; with the buckets nothing may.
+    assert fair["mismatches"] == 0, fair
     assert fair["calm_in_time_pct"] >= 99.0, fair
     assert fair["in_time_pct"] >= 99.0, fair
     assert fair["p99_ratio"] <= 2.0, fair
@@ -293,12 +298,13 @@ def test_one_device_flooding_for_a_minute(tiny):
 
 
 @pytest.mark.slow
-def test_one_device_flooding_amqtt_delays_no_one_else(tiny):
-    """device-flood, quick, on amqtt (the broker in Python that enforces the grants where
+def test_one_device_flooding_amqtt_for_a_minute(tiny):
+    """device-flood at full size on amqtt (the broker in Python that enforces the grants where
     mosquitto is missing): its own buckets drop the flood before decoding it, or the flood
-    alone would slow every camera's answers (README, Reliability)."""
-    result = _device_flood(tiny, quick=True, kind="amqtt")
-    _assert_the_bar(result, samples=150)
+    alone would slow every camera's answers (README, Reliability). Full size: the quick
+    run's p99 is the slowest of some 60 local exits, which a busy machine moves 3x."""
+    result = _device_flood(tiny, quick=False, kind="amqtt")
+    _assert_the_bar(result, samples=1800)
     fair, unlimited = result["rows"]
     assert fair["broker_rate_dropped"] >= 0.8 * fair["flood_sent"], fair
     assert "broker_rate_dropped" not in unlimited, unlimited
