@@ -281,4 +281,4 @@ def test_only_a_max_over_binary_maps_is_an_or(settings, ors, cloud_or):
     concatenation or a max of real-valued maps is not. The cloud's OR, if any, comes last."""
     model = DDNN(load_config(None, settings).model)
     assert len(model(torch.rand(2, 6, 3, 32, 32)).or_maps) == ors
-    assert model.cloud_is_or == cloud_or
+    assert model.cfg.cloud_is_or == cloud_or

@@ -113,7 +113,7 @@ class CloudSpec(_Strict):
     precision: Precision = "binary"
 
 
-def is_or(aggregation: str, precision: Precision) -> bool:
+def _is_or(aggregation: str, precision: Precision) -> bool:
     """Whether fusing maps of `precision` by `aggregation` is an OR: the max of +-1 maps."""
     return aggregation == "MP" and precision == "binary"
 
@@ -165,13 +165,21 @@ class ModelConfig(_Strict):
         return [name for name in EXIT_ORDER if present[name]]
 
     @property
-    def has_or(self) -> bool:
-        """Whether an edge or the cloud fuses +-1 maps by max, an OR: what `train.or_balance`
-        acts on (docs/design/or-balance.md); without one, the setting changes nothing."""
-        edge_or = self.edge is not None and is_or(self.edge.aggregation, self.device.precision)
+    def edge_is_or(self) -> bool:
+        """Whether the edges fuse their devices' maps by an OR (the max of +-1 maps)."""
+        return self.edge is not None and _is_or(self.edge.aggregation, self.device.precision)
+
+    @property
+    def cloud_is_or(self) -> bool:
+        """Whether the cloud fuses the maps of the tier below by an OR."""
         below = self.device if self.edge is None else self.edge
-        cloud_or = self.cloud is not None and is_or(self.cloud.aggregation, below.precision)
-        return edge_or or cloud_or
+        return self.cloud is not None and _is_or(self.cloud.aggregation, below.precision)
+
+    @property
+    def has_or(self) -> bool:
+        """Whether any tier fuses by an OR: what `train.or_balance` acts on
+        (docs/design/or-balance.md); without one, the setting changes nothing."""
+        return self.edge_is_or or self.cloud_is_or
 
     @property
     def tap_exits(self) -> list[str]:

@@ -28,7 +28,7 @@ class Whose(Enum):
     CLOUD_INPUTS = "the cloud's inputs'"  # what the aggregator gathers for cloud replicas
     # a channel per tier above the devices (offload/edge, offload/cloud):
     TIER = "its own tier's"  # <channel>/<its tier>
-    FED = "the tier's it feeds"  # <channel>/<the tier that fuses its maps>
+    FED = "that of the tier it feeds"  # <channel>/<the tier that fuses its maps>
     TIERS = "every upper tier's"  # <channel>/<t>, each tier above the devices
 
 

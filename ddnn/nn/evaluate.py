@@ -152,7 +152,7 @@ def accuracy_percent(predictions: np.ndarray, labels: np.ndarray) -> float:
 def cloud_or_share(model: DDNN, data: MultiViewData, batch: int = 512) -> float | None:
     """The % of +1 bits in the cloud's fused input on `data`, every device present, where
     that fusion is an OR (MP over binary maps); None where it is not."""
-    if not model.cloud_is_or:
+    if not model.cfg.cloud_is_or:
         return None
     model.eval()
     ones, bits = 0.0, 0

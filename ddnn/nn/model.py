@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ddnn.core.config import DDNNConfig, ModelConfig, is_or, tap_exit
+from ddnn.core.config import DDNNConfig, ModelConfig, tap_exit
 from ddnn.nn.fusion import Fusion
 from ddnn.nn.layers import FC, ConvP, Precision, parallel_conv_p, pooled_size
 from ddnn.nn.router import RouterNet
@@ -232,7 +232,7 @@ class DDNN(nn.Module):
             maps.append(m)
             edge_present.append(present[:, group].any(dim=1))
             out.logits.update({tap_exit(block): t for block, t in tapped.items()})
-            if is_or(e.aggregation, self.cfg.device.precision):
+            if self.cfg.edge_is_or:
                 out.or_maps.append(fused)
         out.edge_scores = torch.stack(scores, dim=1)
         out.edge_present = torch.stack(edge_present, dim=1)
@@ -243,14 +243,8 @@ class DDNN(nn.Module):
         (B, |C|), and its OR when it is one."""
         scores, _, _, fused = self.cloud.forward_with_taps(features, present)
         out.logits["cloud"] = scores
-        if self.cloud_is_or:
+        if self.cfg.cloud_is_or:  # then its fused input comes last in `or_maps`
             out.or_maps.append(fused)
-
-    @property
-    def cloud_is_or(self) -> bool:
-        """Whether the cloud's fusion is an OR (then its fused input comes last in `or_maps`)."""
-        below = self.cfg.device if self.cfg.edge is None else self.cfg.edge
-        return self.cfg.cloud is not None and is_or(self.cfg.cloud.aggregation, below.precision)
 
     def above_devices(
         self, scores: torch.Tensor | None, features: torch.Tensor, present: torch.Tensor
