@@ -18,6 +18,8 @@ from tests.brokers import broker as broker  # fixtures, this and the next: pytes
 from tests.brokers import clients as clients
 from tests.brokers import connected, subscriber, unique, wait_for
 
+needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+
 
 def drain(client: MqttClient, quiet: float = 1.0) -> list[tuple[str, bytes]]:
     """Everything `client` receives until nothing comes for `quiet` seconds."""
@@ -98,22 +100,29 @@ def test_a_flood_waits_in_the_broker_not_in_the_inbox(
         assert got == sorted(got)  # in order
 
 
+def probed_pair(
+    broker: RunningBroker, clients: list[MqttClient], topic: str
+) -> tuple[MqttClient, MqttClient]:
+    """A subscriber to `topic`/# and a publisher, a message seen to pass between them."""
+    sub = subscriber(broker, clients, "sub", f"{topic}/#")
+    pub = connected(broker, clients, "pub")
+    while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
+        pub.publish(f"{topic}/probe", b"p", qos=1)
+    drain(sub, 0.3)
+    return sub, pub
+
+
+@needs_mosquitto
 def test_an_unprocessed_message_survives_a_broker_restart(clients: list[MqttClient]) -> None:
     """With a state folder, mosquitto keeps retained statuses and sessions across a restart.
     A message the subscriber took but had not finished with (not acknowledged: it was
     acknowledged only on taking the next one) comes again after the restart; one it
     finished with does not; a retained status is still there for a new subscriber."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
     with tempfile.TemporaryDirectory() as state:
         broker = start_broker(kind="mosquitto", state=Path(state))
         try:
             topic = unique("session")
-            sub = subscriber(broker, clients, "sub", f"{topic}/#")
-            pub = connected(broker, clients, "pub")
-            while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
-                pub.publish(f"{topic}/probe", b"p", qos=1)
-            drain(sub, 0.3)
+            sub, pub = probed_pair(broker, clients, topic)
             pub.publish(f"{topic}/status", b"online", qos=1, retain=True)
             pub.publish(f"{topic}/m", b"done", qos=1)
             pub.publish(f"{topic}/m", b"in hand", qos=1)
@@ -137,6 +146,7 @@ def test_an_unprocessed_message_survives_a_broker_restart(clients: list[MqttClie
             broker.stop()
 
 
+@needs_mosquitto
 def test_a_message_published_while_the_broker_is_down_goes_out_once(
     clients: list[MqttClient],
 ) -> None:
@@ -144,17 +154,11 @@ def test_a_message_published_while_the_broker_is_down_goes_out_once(
     `send` says it was taken (before, `publish` said dropped, and the services added a copy
     of their own per loop iteration: ~60 of each decision after a 30 s outage), and its
     receipt turns published on the broker's PUBACK."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
     with tempfile.TemporaryDirectory() as state:
         broker = start_broker(kind="mosquitto", state=Path(state))
         try:
             topic = unique("outage")
-            sub = subscriber(broker, clients, "sub", f"{topic}/#")
-            pub = connected(broker, clients, "pub")
-            while not wait_for(sub, f"{topic}/probe", b"p", 0.2):
-                pub.publish(f"{topic}/probe", b"p", qos=1)
-            drain(sub, 0.3)
+            sub, pub = probed_pair(broker, clients, topic)
             broker.stop()
             deadline = time.monotonic() + 10
             while pub.send(f"{topic}/probe", b"", qos=0) is not None:  # till it sees it gone
