@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -85,8 +86,9 @@ class LazyCommands(TyperGroup):
 _registered: set[str] = set()  # the services' commands put on `app` so far
 
 
+@cache
 def _services() -> dict[str, Any]:
-    """The live services' commands: name -> entry point."""
+    """The live services' commands: name -> entry point (read once)."""
     return {ep.name: ep for ep in entry_points(group="ddnn.services")}
 
 

@@ -276,7 +276,7 @@ class EmbeddedBroker(RunningBroker):
         self, engine: Engine, host: str, port: int, access: Path | None, frame_rate: float
     ) -> None:
         super().__init__(engine, host, port, "3.1.1", access)
-        self.limits_rate = engine == "amqtt" and frame_rate > 0
+        self.frame_rate = frame_rate if engine == "amqtt" else None
         self._rate_dropped = 0
         self.enforces_grants = engine == "amqtt" and access is not None
         self.quick_ack = engine == "rumqttd"  # it leaves Nagle's algorithm on (BrokerSettings)

@@ -69,7 +69,8 @@ class RunningBroker:
         self.access = access  # the access files it enforces; None: anonymous clients
         self.enforces_grants = access is not None  # False where it checks logins only
         self.quick_ack = False  # whether its clients must ack at once (BrokerSettings)
-        self.limits_rate = False  # whether it drops a client's messages over a rate itself
+        # what its own token buckets are sized for (0: off); None where it has none
+        self.frame_rate: float | None = None
         self.tls = tls
         self.url = format_broker_url(host, port, tls is not None)
         self._stopped = False
@@ -85,6 +86,11 @@ class RunningBroker:
                 f"the broker at {self.url} has no accounts (it takes anonymous clients)"
             )
         return login(settings, self.access, account)
+
+    @property
+    def limits_rate(self) -> bool:
+        """Whether it drops a client's messages over a rate itself."""
+        return bool(self.frame_rate)
 
     def rate_dropped(self) -> int | None:
         """Messages it dropped over a client's rate so far; None where it limits none."""

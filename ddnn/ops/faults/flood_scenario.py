@@ -122,8 +122,7 @@ def _variant(h: Harness, frame_rate: float, n: int, rounds: int) -> dict[str, An
     flooder = h.devices()[0]
     deadline = SCORE_DEADLINE + CLOUD_DEADLINE * (2 if h.reference.cfg.model.edge else 1)
     label = f"--frame-rate {frame_rate:g}" if frame_rate else "no bucket: --frame-rate 0"
-    if h.broker.limit_rate(frame_rate):  # amqtt: its own buckets too
-        h.driver.wait_online(h.roles)
+    h.size_broker(frame_rate)  # amqtt: its own buckets too
     broker_dropped = h.broker.running.rate_dropped()
     h.restart_with(AGGREGATOR, OPTION, f"{frame_rate:g}")
     h.segment(WARM_UP, rate=FRAME_RATE)
@@ -178,6 +177,5 @@ def device_flood(h: Harness) -> list[dict[str, Any]]:
     try:
         return [_variant(h, FRAME_RATE, n, rounds), _variant(h, 0.0, n, rounds)]
     finally:
-        if h.broker.limit_rate(DEFAULT_FRAME_RATE):
-            h.driver.wait_online(h.roles)
+        h.size_broker(DEFAULT_FRAME_RATE)
         h.restart_with(AGGREGATOR, OPTION, None)

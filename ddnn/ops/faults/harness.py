@@ -169,12 +169,13 @@ class OwnBroker:
 
     def __init__(self, access: Path, state: Path, kind: str = "auto") -> None:
         self.access, self.state = access, state
-        self.frame_rate = DEFAULT_FRAME_RATE
         self.running: RunningBroker = start_broker(kind=kind, access=access, state=state)
 
-    def restart(self, down: float) -> float:
-        """Stop it, start it again `down` seconds later on the same port; when it was back
-        (monotonic)."""
+    def restart(self, down: float, frame_rate: float | None = None) -> float:
+        """Stop it, start it again `down` seconds later on the same port (its buckets sized
+        for `frame_rate`; None: as they were); when it was back (monotonic)."""
+        if frame_rate is None:
+            frame_rate = self.running.frame_rate
         self.running.stop()
         time.sleep(down)
         self.running = start_broker(
@@ -182,18 +183,9 @@ class OwnBroker:
             kind=self.running.kind,
             access=self.access,
             state=self.state,
-            frame_rate=self.frame_rate,
+            frame_rate=DEFAULT_FRAME_RATE if frame_rate is None else frame_rate,
         )
         return time.monotonic()
-
-    def limit_rate(self, frame_rate: float) -> bool:
-        """Restart it with its own token buckets sized for `frame_rate` (`start_broker`), if
-        it is a broker that has them (amqtt); whether it was restarted."""
-        if self.running.kind != "amqtt" or frame_rate == self.frame_rate:
-            return False
-        self.frame_rate = frame_rate
-        self.restart(0.0)
-        return True
 
 
 @dataclass
@@ -277,6 +269,13 @@ class Harness:
             argv += [option, value]
         self.restart(role)
         self.driver.wait_online([role])
+
+    def size_broker(self, frame_rate: float) -> None:
+        """Give a broker with token buckets of its own (`RunningBroker.frame_rate`: amqtt)
+        buckets sized for `frame_rate`: it restarts, and every service is back online."""
+        if self.broker.running.frame_rate not in (None, frame_rate):
+            self.broker.restart(0.0, frame_rate)
+            self.driver.wait_online(self.roles)
 
     def pause(self, role: Role, seconds: float) -> None:
         """Stop `role` for `seconds` (without waiting): a straggler (`Fleet.pause`)."""
