@@ -36,7 +36,10 @@ COMMANDS: dict[str, Command] = {
     "results": Command("model", "The README's results table over seeds.", MODELS),
     "config": Command("model", "The effective configuration.", MODELS),
     "export": Command("model", "One artifact per role, a manifest and broker accounts.", MODELS),
-    "inspect": Command("live", "A bit-packed device slice: layers, parameters, bytes.", MODELS),
+    "inspect": Command(
+        "slices", "A bit-packed device slice: layers, bytes; on a Cortex-M.", MODELS
+    ),
+    "codegen": Command("slices", "Each device's bit-packed slice as C99 source.", MODELS),
     "demo": Command("live", "The whole live system on this machine.", LIVE),
     "faults": Command("live", "Faults injected into a live deployment.", LIVE),
     "monitor": Command("monitor", "Watch a running deployment.", LIVE),

@@ -1,4 +1,4 @@
-"""The live system: `ddnn demo`, `faults` and `inspect`."""
+"""The live system: `ddnn demo` and `faults`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ddnn.nn.checkpoint import load_model
 from ddnn.ops.demo import demo_model, run_demo
 from ddnn.ops.faults.harness import SCORE_DEADLINE, Sizes
 from ddnn.ops.faults.suite import SCENARIOS, run_faults
-from ddnn.packed.inspect import inspect_artifact
 
 
 def _check_outputs(decisions: Path | None, plot: Path | None) -> None:
@@ -306,28 +305,3 @@ def plotted(report: dict[str, Any], as_json: bool) -> list[str]:
     for line in lines:
         err.print(line)
     return []
-
-
-@app.command("inspect")
-def inspect_(
-    artifact: Annotated[
-        Path, typer.Argument(help="a `ddnn export` directory, or a packed slice file (.bits)")
-    ],
-    device: Annotated[
-        int, typer.Option(min=0, help="which device's slice, for an export directory")
-    ] = 0,
-    as_json: JsonFlag = False,
-) -> None:
-    """Show a bit-packed device slice: its layers, parameter count and bytes in memory."""
-    report = inspect_artifact(artifact, device)
-    rows = [
-        {k: "x".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
-        for row in report["layers"]
-    ]
-    summary = (
-        f"{report['parameters']} parameters; {report['weights_bytes']} bytes of weights and "
-        f"thresholds in memory (as float32 in torch: {report['torch_float32_bytes']}); "
-        f"file {report['file_bytes']} bytes"
-    )
-    title = f"{report['file']} (packed format v{report['format_version']})"
-    show(report, as_json, [Rows(title, rows), summary])

@@ -17,6 +17,11 @@ import numpy as np
 from ddnn.core.config import FeatureFormat
 
 
+def camera_frames(pixels: np.ndarray) -> np.ndarray:
+    """Pixels 0..255 as a camera gives them: uint8, rounded (what a C device takes)."""
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
 def pack_scores(scores: np.ndarray) -> bytes:
     return np.ascontiguousarray(scores, dtype="<f4").tobytes()
 
@@ -76,5 +81,5 @@ def pack_features(features: np.ndarray, fmt: FeatureFormat) -> bytes:
     if fmt in CODE_BITS:
         return pack_codes(features, CODE_BITS[fmt])
     if fmt == "pixels":
-        return np.clip(np.rint(features), 0, 255).astype(np.uint8).tobytes()
+        return camera_frames(features).tobytes()
     return np.ascontiguousarray(features, dtype="<f4").tobytes()

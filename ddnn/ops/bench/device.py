@@ -3,19 +3,23 @@
 - torch_float: the same slice as a float network (unquantized weights, ReLU), in PyTorch;
 - torch_binary: the binarized slice in eval mode in PyTorch (what `TorchSlice` runs);
 - packed: the bit-packed slice (ddnn/packed/) with its default kernel (numba when
-  installed), and `packed_numpy` with the plain NumPy kernel for reference.
+  installed), and `packed_numpy` with the plain NumPy kernel for reference;
+- c: the slice as `ddnn codegen` writes it, compiled with gcc -O3 for this CPU (as numba
+  compiles) and called through ctypes with the uint8 frame (where gcc is installed).
 
 Each is timed through the call a device makes (a (C, H, W) float32 frame in, NumPy scores
 and feature map out), on one thread (as the services run PyTorch), in one run: the paths
 take turns in blocks of BLOCK frames (after one untimed frame), in rotating order, so that
 load from other processes hits every path alike while each path's caches stay as warm as on
-a device, which runs only its own. Frames are real-valued pixels 0..255, like data-set
-replay; integer camera frames cost the same. The packed outputs are checked against
+a device, which runs only its own. Frames are camera frames (integer pixels 0..255: uint8
+for the C path, float32 for the others). The packed and C outputs are checked against
 torch_binary's on each of the distinct frames.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,12 @@ import numpy as np
 import torch
 
 from ddnn.core.config import load_config
+from ddnn.core.payloads import camera_frames, pack_bits
 from ddnn.core.roles import Role
 from ddnn.nn.export import load_device
 from ddnn.nn.model import DeviceSlice
 from ddnn.nn.pack import pack_slice
+from ddnn.ops.cslice import BENCH_CFLAGS, HostSlice
 from ddnn.ops.stats import percentiles
 from ddnn.packed.inspect import read_exported
 from ddnn.packed.kernels import kernel_name, runner
@@ -72,6 +78,7 @@ def bench_device(
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    folder = tempfile.TemporaryDirectory(prefix="ddnn-bench-c-")
     try:
 
         def torch_path(module):
@@ -91,35 +98,40 @@ def bench_device(
         if kernel != "numpy":
             paths["packed_numpy"] = runner(packed, "numpy")
         rng = np.random.default_rng(seed)
-        pool = rng.uniform(0, 255, (64, *cfg.input_shape)).astype(np.float32)
+        pixels = camera_frames(rng.uniform(0, 255, (64, *cfg.input_shape)))
+        pool = pixels.astype(np.float32)
+        inputs = dict.fromkeys(paths, pool)
+        if shutil.which("gcc") is not None:
+            paths["c"], inputs["c"] = HostSlice.of(packed, Path(folder.name), BENCH_CFLAGS), pixels
         exact = 0
-        for i, image in enumerate(pool):  # warm-up (numba compiles here), and exactness
-            outs = {name: run(image) for name, run in paths.items()}
+        for i in range(len(pool)):  # warm-up (numba compiles here), and exactness
+            outs = {name: run(inputs[name][i]) for name, run in paths.items()}
             s, f = outs["torch_binary"]
             exact += all(
                 np.array_equal(outs[p][0].view(np.uint32), s.view(np.uint32))
-                and np.array_equal(outs[p][1], f)
+                and (outs[p][1] == pack_bits(f) if p == "c" else np.array_equal(outs[p][1], f))
                 for p in paths
-                if p.startswith("packed")
+                if p.startswith("packed") or p == "c"
             )
             if i == 0:
                 for _ in range(50):
-                    for run in paths.values():
-                        run(image)
+                    for name, run in paths.items():
+                        run(inputs[name][i])
         names = list(paths)
         times: dict[str, list[int]] = {name: [] for name in names}
         for block, start in enumerate(range(0, frames, BLOCK)):
             for j in range(len(names)):
                 name = names[(block + j) % len(names)]
-                run = paths[name]
-                run(pool[(start + len(pool) // 2) % len(pool)])  # untimed: back to warm caches
+                run, frames_in = paths[name], inputs[name]
+                run(frames_in[(start + len(pool) // 2) % len(pool)])  # untimed: warm caches
                 for i in range(start, min(start + BLOCK, frames)):
-                    image = pool[i % len(pool)]
+                    image = frames_in[i % len(pool)]
                     t0 = time.perf_counter_ns()
                     run(image)
                     times[name].append(time.perf_counter_ns() - t0)
     finally:
         torch.set_num_threads(threads)
+        folder.cleanup()
 
     latency = {name: percentiles(t, scale=1e-3) for name, t in times.items()}
     packed_p50 = latency["packed"]["p50"]
@@ -135,7 +147,7 @@ def bench_device(
         },
         "weights_bytes": packed.weights_bytes,
         "torch_float32_bytes": packed.torch_float32_bytes,
-        # frames on which every packed path's scores and features equal torch_binary's
+        # frames on which every packed (and the C) path's scores and features equal torch_binary's
         "bit_exact_frames": exact,
         "checked_frames": len(pool),
     }
