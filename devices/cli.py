@@ -25,8 +25,9 @@ def device(
         str | None,
         typer.Option(
             help="frames: synth | mvmc:PATH | tiles:PATH (replay of the model's test part; "
-            "the set must fit the model), camera:N, a video file, an rtsp:// URL or an image "
-            "folder (default: replay the data the model was trained on)"
+            "the set must fit the model), frames:PATH (a raw uint8 frame file, `ddnn "
+            "device-frames`), camera:N, a video file, an rtsp:// URL or an image folder "
+            "(default: replay the data the model was trained on)"
         ),
     ] = None,
     clock: Annotated[

@@ -4,7 +4,8 @@ A device runs its slice on frames in the representation of `MultiViewData.x[n, v
 (ddnn/data/multiview.py): float32 arrays (C, H, W) with pixels 0..255, RGB (or one grey
 channel), each tagged with a sample id, the correlation id across devices: frames that
 different devices tag with one id must show the same instant. `open_source(SPEC, device,
-input_shape)` opens a data-set replay (`synth`, `mvmc:PATH`, `tiles:PATH`), a camera, a stream
+input_shape)` opens a data-set replay (`synth`, `mvmc:PATH`, `tiles:PATH`), a raw frame file
+(`frames:PATH`: uint8 frames as a C device reads them, devices/c_device.py), a camera, a stream
 URL, a video file or an image folder; `{device}` in a SPEC is replaced by the device number.
 Live cameras and streams have no shared sample ids: tag `read()`'s frame with a shared clock's.
 Errors a user can cause raise `ddnn.core.errors.DataError`. Needs NumPy and OpenCV, not PyTorch.
@@ -183,6 +184,43 @@ def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewDa
     return data.subset(rows)
 
 
+# --- raw frame files ------------------------------------------------------------------------
+
+
+class RawFrameSource(_Source):
+    """A raw frame file: N frames of C*H*W uint8 each, (C, H, W) row-major, nothing else (what
+    `ddnn device-frames` writes, and a C device replays). Sample id = frame number; random
+    access. A file whose size is not a whole number of frames is refused, by name."""
+
+    def __init__(self, path: Path | str, input_shape: tuple[int, ...]):
+        path = Path(path)
+        shape = check_input_shape(input_shape)
+        frame = int(np.prod(shape))
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise DataError(f"frame file {path} cannot be read: {e.strerror or e}") from None
+        if size == 0 or size % frame:
+            raise DataError(
+                f"frame file {path} holds {size} bytes: not a whole number of frames of {frame} "
+                f"bytes (uint8 (C, H, W) = {shape})"
+            )
+        self.frames = np.fromfile(path, dtype=np.uint8).reshape(-1, *shape)
+        self.name = f"frames:{path}"
+        self.length = len(self.frames)
+
+    def frame(self, sample: int) -> Frame | None:
+        if not 0 <= sample < self.length:
+            return None
+        return Frame(sample, self.frames[sample].astype(np.float32))
+
+    def __iter__(self) -> Iterator[Frame]:
+        for sample in range(self.length):
+            frame = self.frame(sample)
+            assert frame is not None
+            yield frame
+
+
 # --- OpenCV: cameras, streams, video files ------------------------------------------------
 
 
@@ -348,7 +386,7 @@ def open_source(
     grid: str = "2x3",
     train_config: TrainConfig | None = None,
     model: ModelConfig | None = None,
-) -> ReplaySource | VideoSource | ImageFolderSource:
+) -> ReplaySource | RawFrameSource | VideoSource | ImageFolderSource:
     """Open the frame source a SPEC names for device `device` (see the module docstring).
 
     `part`, `grid`, `train_config` (default `TrainConfig()`) and `model` (the set must fit
@@ -367,6 +405,8 @@ def open_source(
             raise DataError(f"the {part} part of {data.name} is empty")
         return ReplaySource(data, device, input_shape, name=f"{data.name} [{part}] view {device}")
 
+    if scheme == "frames" and sep:
+        return RawFrameSource(Path(arg).expanduser(), input_shape)
     if scheme == "camera" or spec.isdigit():
         index = arg if scheme == "camera" else spec
         if not index.strip().isdigit():
@@ -397,7 +437,7 @@ def open_source(
 
 def open_device_source(
     manifest: Manifest, device: int, spec: str | None = None
-) -> ReplaySource | VideoSource | ImageFolderSource:
+) -> ReplaySource | RawFrameSource | VideoSource | ImageFolderSource:
     """The frames of device `device` of an export: `spec` (any SPEC above), by default a
     replay of the test part of the data the model was trained on, on the model's grid, cut
     as `ddnn train` and `ddnn eval` cut it (never silently another set)."""

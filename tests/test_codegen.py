@@ -5,7 +5,6 @@ on a Cortex-M3 and M4 under QEMU (ddnn/ops/mcu/run.py), where the tools are inst
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
@@ -19,18 +18,13 @@ from ddnn.ops.cslice import HostSlice, camera_test_frames
 from ddnn.packed.format import PackedModel
 from ddnn.packed.inspect import read_exported
 from ddnn.packed.kernels import conv_real, head_dots, runner
-from tests.helpers import ddnn, ddnn_json
+from tests.helpers import ddnn, ddnn_json, missing_tool
 from tests.packing import untrained_slice
 
 
 def needs(*tools: str) -> None:
-    """Skip, naming the tool, where one is missing; in CI (where .ci/run installs them all)
-    a missing tool fails the test instead."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing and os.environ.get("CI"):
-        pytest.fail(f"CI installs {', '.join(missing)}, yet it is missing")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
+    if missing := [t for t in tools if shutil.which(t) is None]:
+        missing_tool(f"needs {', '.join(missing)}")
 
 
 def assert_same_as_packed(c: HostSlice, model: PackedModel, frames: np.ndarray) -> None:

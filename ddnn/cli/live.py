@@ -92,6 +92,15 @@ def demo(
         ),
     ] = None,
     durability: DurabilityOption = Durability.none,
+    device_runtime: Annotated[
+        str,
+        typer.Option(
+            help="python: the devices are `ddnn device` processes; c: C processes built here "
+            "from the export (devices/c/: needs gcc, libmosquitto-dev, libmsgpack-dev), run "
+            "after the same samples with Python devices, throughput and CPU per sample of "
+            "both side by side (every device replays its frames rounded to uint8)"
+        ),
+    ] = "python",
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
@@ -123,6 +132,7 @@ def demo(
         fps,
         kind,
         durability,
+        device_runtime,
     )
     b = report["broker"]
     show(
@@ -173,9 +183,40 @@ def demo(
             ),
             "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
             "differ: live decisions (class or exit) that differ from it",
+            *runtimes(report),
             *plotted(report, as_json),
         ],
     )
+
+
+def runtimes(report: dict[str, Any]) -> list[Rows]:
+    """The Python and the C devices' runs side by side, where the demo ran both."""
+    if "device_runtimes" not in report:
+        return []
+    rows = [
+        {
+            "devices": runtime,
+            "samples/s": r["samples_per_second"],
+            "missing": r["decisions_missing"],
+            "twice": r["decisions_twice"],
+            "differ": r["mismatches"],
+            "device CPU": micro(r["device_cpu_seconds_per_sample"]),
+            **{
+                f"{name} CPU": micro(v)
+                for name, v in r["cpu_seconds_per_sample"].items()
+                if not name.startswith("device-")
+            },
+        }
+        for runtime, r in report["device_runtimes"].items()
+    ]
+    return [
+        Rows("devices in Python and in C, the same samples on the same broker", rows),
+        "CPU: microseconds of CPU per decided sample (a device: the mean of the devices)",
+    ]
+
+
+def micro(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e6, 1)
 
 
 @app.command()

@@ -20,6 +20,7 @@ import numpy as np
 from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
 from ddnn.core.files import read_npz, replaced
+from ddnn.core.payloads import camera_frames
 
 MVMC_CLASSES = ["car", "bus", "person"]
 
@@ -65,6 +66,13 @@ class MultiViewData:
         return MultiViewData(
             self.x[index], self.view_labels[index], self.labels[index], self.classes, self.name
         )
+
+    def as_camera_frames(self) -> MultiViewData:
+        """The same samples as a camera gives them (uint8 `camera_frames`), still float32: what a
+        device on uint8 frames (a C device, a microcontroller) sees, and so what the offline
+        decisions it is compared with must see."""
+        x = camera_frames(self.x).astype(np.float32)
+        return MultiViewData(x, self.view_labels, self.labels, self.classes, self.name)
 
     def split(self, seed: int = 0, fraction: float = 0.8) -> tuple[MultiViewData, MultiViewData]:
         """A reproducible random split: `fraction` of the samples first (the paper's 80/20

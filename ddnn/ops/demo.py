@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,13 @@ from ddnn.live.service_cli import Durability
 from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.certs import local_certs
-from ddnn.ops.deploy import Prepared, deployment, prepare
-from ddnn.ops.fleet import summarize
+from ddnn.ops.deploy import Deployment, Prepared, deployment, prepare
+from ddnn.ops.fleet import CpuClock, Launch, Reference, python_m_ddnn, summarize
 
 DEMO_EPOCHS = 30
 STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
+DEVICE_RUNTIMES = ("python", "c")
 
 
 def demo_model(
@@ -123,6 +125,7 @@ def run_demo(
     fps: float | None = None,
     kind: str = "auto",
     durability: Durability = Durability.none,
+    device_runtime: str = "python",
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
@@ -136,7 +139,12 @@ def run_demo(
     cameras do (`on_wall_clock`), and the demo decides `samples` consecutive frames
     instead of ticking samples as fast as `window` allows. `external`: the settings of a
     broker to use instead of starting one; `kind`: the broker to start otherwise
-    (`start_broker`'s kinds); `durability`: the aggregator's (`ddnn aggregator --help`)."""
+    (`start_broker`'s kinds); `durability`: the aggregator's (`ddnn aggregator --help`).
+    `device_runtime` "c": the devices are C processes (devices/c/, built here from the
+    export by `ddnn codegen` and make), after a run of the same samples with Python devices
+    on the same broker; every device of both replays the frames rounded to uint8, as the
+    offline reference decides them, and `device_runtimes` holds each run's throughput and
+    CPU seconds per sample of each process."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -149,9 +157,20 @@ def run_demo(
         raise DDNNError("--cloud-replicas needs a model with a cloud")
     if kind != "auto" and (external is not None or bridge):
         raise DDNNError("--kind picks the broker the demo starts: not with --broker or --bridge")
+    if device_runtime not in DEVICE_RUNTIMES:
+        raise DDNNError(f"--device-runtime must be python or c, got {device_runtime!r}")
+    in_c = device_runtime == "c"
+    if in_c and fps is not None:
+        raise DDNNError("--device-runtime c: C devices capture on ticks only, not with --fps")
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
-        prepared = prepare(net, cfg, meta, Path(tmp), name, data)  # refuses data that misfits
+        # refuses data that misfits
+        prepared = prepare(net, cfg, meta, Path(tmp), name, data, camera=in_c)
+        launch, beside = None, None
+        device_options: dict[Role, list[str]] = {}
+        if in_c:
+            log(f"building {k} C devices (ddnn codegen, make)")
+            launch, device_options = c_devices(prepared, Path(tmp) / "c", k)
         broker = cloud_broker = None
         extra: dict[Role, list[str]] = {}
         if bridge:
@@ -179,6 +198,20 @@ def run_demo(
             trigger = login(settings, prepared.access, TRIGGER)
             bench = f"{Topics(name, prepared.manifest.model_version).hello}/{TRIGGER}/ceiling"
             ceiling = broker_ceiling(trigger, messages=2000, topic=bench)
+            extra = joined(extra, device_options)
+            if in_c:
+                log(f"first with Python devices: {samples} samples, for comparison")
+                beside = python_beside(
+                    prepared,
+                    settings,
+                    Path(tmp) / "python",
+                    k,
+                    extra,
+                    cloud_replicas,
+                    window,
+                    samples,
+                )
+                log("then with C devices")
             with deployment(
                 prepared,
                 settings,
@@ -187,6 +220,7 @@ def run_demo(
                 extra=extra,
                 cloud_replicas=cloud_replicas,
                 fps=fps,
+                launch=launch,
             ) as running:
                 driver, reference = running.driver, running.reference
                 how = f"at {fps:g} frames/s on the wall clock" if fps else "driving"
@@ -194,11 +228,8 @@ def run_demo(
                     f"{len(running.roles)} services online; {how} {samples} samples of the "
                     f"test part of {reference.spec} ({replayed(samples, len(reference.labels))})"
                 )
-                start = time.monotonic()
                 if fps is None:
-                    ids = range(samples)
-                    driver.run(ids, window=window)
-                    seconds = max(driver.decided_at.values(), default=start) - start
+                    ids, seconds, cpu = driven(running, samples, window)
                 else:  # the cameras' rate is the throughput: the slots' span, not the wait
                     ids = driver.listen(fps, samples)
                     seconds = samples / fps
@@ -228,6 +259,12 @@ def run_demo(
         report["broker"]["cloud_url"] = cloud_broker.url
         report["broker"]["bridged"] = True
     report["clean_exits"] = all(code == 0 for code in running.codes.values())
+    report["device_runtime"] = device_runtime
+    if beside is not None:
+        report["device_runtimes"] = {
+            "python": beside,
+            "c": runtime_figures(decisions, reference, samples, seconds, cpu, driver.repeats(ids)),
+        }
     if plot is not None:
         from ddnn.ops.live_plots import latency_histograms
 
@@ -239,3 +276,94 @@ def run_demo(
             for sample in sorted(decisions):
                 f.write(json.dumps(decisions[sample].model_dump(exclude={"v", "kind"})) + "\n")
     return report
+
+
+def joined(*options: dict[Role, list[str]]) -> dict[Role, list[str]]:
+    """Per-role options, those of later mappings after the earlier ones' (the last of an
+    option given twice wins)."""
+    out: dict[Role, list[str]] = {}
+    for more in options:
+        for role, values in more.items():
+            out[role] = [*out.get(role, []), *values]
+    return out
+
+
+def c_devices(
+    prepared: Prepared, workdir: Path, devices: int
+) -> tuple[Launch, dict[Role, list[str]]]:
+    """Build the first `devices` C devices of `prepared`'s export (the `c` entry point of
+    `ddnn.device_runtimes`: devices/c_device.py); how the fleet starts a role then (a device
+    as its binary, any other as `python -m ddnn`), and the options that have every device,
+    C or Python, replay its uint8 frame file."""
+    (plugin,) = entry_points(group="ddnn.device_runtimes", name="c")
+    built = plugin.load()(prepared.artifacts, workdir, range(devices), prepared.reference.spec)
+
+    def launch(role: Role) -> list[str]:
+        return built.command(role) or python_m_ddnn(role)
+
+    return launch, {Role.device(d): ["--source", built.source] for d in range(devices)}
+
+
+def driven(running: Deployment, samples: int, window: int) -> tuple[range, float, CpuClock]:
+    """Tick samples 0..`samples`-1 through `running` as fast as `window` allows: their ids,
+    the seconds they took and the CPU every process of the deployment used meanwhile."""
+    driver, fleet = running.driver, running.fleet
+    cpu = CpuClock({name: fleet.procs[name].pid for name in running.processes})
+    start = time.monotonic()
+    ids = range(samples)
+    driver.run(ids, window=window)
+    seconds = max(driver.decided_at.values(), default=start) - start
+    return ids, seconds, cpu.stop()
+
+
+def runtime_figures(
+    decisions: dict[int, Any],
+    reference: Reference,
+    samples: int,
+    seconds: float,
+    cpu: CpuClock,
+    repeats: dict[str, int],
+) -> dict[str, Any]:
+    """One run's figures beside another's: throughput, exactly once, parity with the offline
+    reference, and CPU seconds per decided sample of each process (devices averaged too)."""
+    summary = summarize(decisions, reference.labels, samples, seconds, **repeats)
+    per_sample = cpu.per_sample(len(decisions))
+    devices = [v for name, v in per_sample.items() if name.startswith("device-")]
+    return {
+        "samples_per_second": summary["throughput"],
+        "decisions_missing": summary["decisions_missing"],
+        "decisions_twice": summary["decisions_twice"],
+        "accuracy": summary["accuracy"],
+        "mismatches": reference.compare(decisions.values())["mismatches"],
+        "device_cpu_seconds_per_sample": round(sum(devices) / len(devices), 6) if devices else None,
+        "cpu_seconds_per_sample": per_sample,
+    }
+
+
+def python_beside(
+    prepared: Prepared,
+    settings: BrokerSettings,
+    workdir: Path,
+    devices: int,
+    extra: dict[Role, list[str]],
+    cloud_replicas: int,
+    window: int,
+    samples: int,
+) -> dict[str, Any]:
+    """The same samples with Python devices (replaying the same frame files), on the same
+    broker, before the C devices run: their figures (`runtime_figures`). Its aggregator keeps
+    its ledger apart, or the C run's would find every sample decided already."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = {AGGREGATOR: ["--state", str(workdir / "state")]}
+    with deployment(
+        prepared,
+        settings,
+        workdir,
+        devices=devices,
+        extra=joined(extra, state),
+        cloud_replicas=cloud_replicas,
+    ) as running:
+        ids, seconds, cpu = driven(running, samples, window)
+    driver = running.driver
+    decisions = {k: driver.decisions[k] for k in ids if k in driver.decisions}
+    return runtime_figures(decisions, running.reference, samples, seconds, cpu, driver.repeats(ids))

@@ -49,14 +49,16 @@ def prepare(
     workdir: Path,
     name: str,
     data: str | None = None,
+    camera: bool = False,
 ) -> Prepared:
     """Export `model` into `workdir`/artifacts, with accounts for deployment `name`; `data`
     is the SPEC the devices will replay (default: the data the model was trained on), refused
-    here, before anything starts, when it does not fit the model."""
+    here, before anything starts, when it does not fit the model; `camera`: they replay it
+    as uint8 frames (`Reference`)."""
     artifacts = workdir / "artifacts"
     manifest = export(model, cfg, artifacts, meta)
     access = write_access(artifacts, cfg.model, name, manifest.model_version)
-    return Prepared(name, artifacts, manifest, access, Reference(artifacts, data))
+    return Prepared(name, artifacts, manifest, access, Reference(artifacts, data, camera))
 
 
 def prepare_sites(

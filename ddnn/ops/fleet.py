@@ -65,6 +65,30 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+class CpuClock:
+    """The CPU seconds each of some processes uses from `start` to `stop` (`cpu_seconds`),
+    per decided sample: what a service costs, compared across runs on one machine."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.after: dict[str, float | None] = {}
+
+    def stop(self) -> CpuClock:
+        """Read the clocks again (while the processes still run)."""
+        self.after = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def per_sample(self, samples: int) -> dict[str, float]:
+        """Each process's CPU seconds between `start` and `stop` over `samples` (at least 1);
+        processes whose clock could not be read are left out."""
+        return {
+            name: round((after - was) / max(1, samples), 6)
+            for name, was in self.before.items()
+            if was is not None and (after := self.after.get(name)) is not None
+        }
+
+
 class Memory(NamedTuple):
     """A process's resident memory, MB: all of it, and its own (anonymous: heap and stacks,
     not the shared libraries mapped from disk, such as PyTorch's ~75 MB, which the kernel
@@ -431,13 +455,18 @@ class Reference:
     """Offline decisions of an exported model on the test part of a data set, for any set of
     present devices: what `ddnn eval --missing ...` computes. `data` is a SPEC (default: the
     data the model was trained on); `spec` is then what the devices must replay (`--source`),
-    so that live decisions are scored against the labels of the frames the devices saw."""
+    so that live decisions are scored against the labels of the frames the devices saw.
+    `camera`: on the frames rounded to uint8 (`MultiViewData.as_camera_frames`), the frames
+    C devices replay (devices/c_device.py), and so every device beside them."""
 
-    def __init__(self, artifacts: Path, data: str | None = None) -> None:
+    def __init__(self, artifacts: Path, data: str | None = None, camera: bool = False) -> None:
         from ddnn.data import absolute_spec, trained_on
         from ddnn.nn.evaluate import load_for_eval, model_exit_points
 
         self.model, self.cfg, meta, self.test = load_for_eval(artifacts, data, part="test")
+        self.camera = camera  # decided on uint8 frames, as C devices replay them
+        if camera:
+            self.test = self.test.as_camera_frames()
         self.spec = absolute_spec(data or trained_on(meta)[0])
         self.points = model_exit_points(self.model, self.cfg)
         self.labels = self.test.labels

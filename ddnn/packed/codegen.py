@@ -106,8 +106,8 @@ def _run(model: PackedModel) -> str:
     """Scratch buffers and `ddnn_device_run`: every block, then the head."""
     convs, head = model.convs, model.head
     width = max(conv.in_size[1] for conv in convs)
-    rows = max(conv.filters for conv in convs) * width
-    out = f"static sum_t CARRY[{rows}], VMAX[{rows}], ACC[{rows}], PAD[{width + 2}], "
+    held = max(conv.filters for conv in convs) * width  # a conv row of every filter
+    out = f"static sum_t CARRY[{held}], VMAX[{held}], ACC[{held}], PAD[{width + 2}], "
     out += f"ROWS[{4 * width}];\n"
     out += f"static int32_t DOTS[{head.out_features}];\n"
     for i, conv in enumerate(convs[:-1]):  # the channel words between blocks

@@ -33,7 +33,7 @@ from ddnn.nn.model import DDNN
 from ddnn.ops.bench.pattern import Shape, run_pattern
 from ddnn.ops.demo import demo_model
 from ddnn.ops.deploy import Prepared, deployment, prepare
-from ddnn.ops.fleet import cpu_seconds, summarize
+from ddnn.ops.fleet import CpuClock, summarize
 
 WARMUP = 30  # samples decided before anything is timed (first frames, first connections)
 
@@ -140,11 +140,11 @@ def bench_live(
                 # CPU seconds of each service process, and of the broker's
                 pids = {str(role): fleet.procs[role].pid for role in running.roles}
                 pids["broker"] = broker.pid
-                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                cpu = CpuClock(pids)
                 start = time.monotonic()
                 driver.run(flat_ids, window=window)
                 ended = max((driver.decided_at.get(k, start) for k in flat_ids), default=start)
-                after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                cpu.stop()
             kind_used = broker.kind
     decisions = driver.decisions
     sent = sum(
@@ -185,11 +185,7 @@ def bench_live(
             "of_ceiling": round(flat_rate / ceiling["samples_per_second"], 3)
             if flat_rate and ceiling["samples_per_second"]
             else None,
-            "cpu_seconds_per_sample": {
-                name: round((after[name] - was) / max(1, flat["decided"]), 6)
-                for name, was in before.items()
-                if was is not None and after[name] is not None
-            },
+            "cpu_seconds_per_sample": cpu.per_sample(flat["decided"]),
         },
         "paced": _paced(paced, fps, "wall"),
         "paced_ticked": _paced(paced_ticked, fps, "tick"),
