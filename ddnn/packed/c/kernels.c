@@ -1,5 +1,5 @@
 /* The kernels of a bit-packed device slice, in C99 (docs/design/c-devices.md). ddnn codegen
-   copies this text into every generated ddnn_slice.c, after the slice's constant tables.
+   copies this text into every generated ddnn_slice.c, ahead of the slice's constant tables.
 
    Integers throughout, but for the head's batch norm: a ConvP block's pre-activations are
    exact integers (uint8 pixels times +-1 weights; +-1 activations times +-1 weights), and its
@@ -48,11 +48,10 @@ static void first_rows(const Block *b, const uint8_t *pixels, int y, sum_t *rest
     for (c = 0; c < b->channels; c++) {
         for (ky = 0; ky < 3; ky++) {
             const int yy = y + ky - 1;
-            const uint8_t *in = pixels + ((long)c * b->height + yy) * w;
             if (yy < 0 || yy >= b->height)
                 continue;
             for (x = 0; x < w; x++)
-                pad[x + 1] = in[x];
+                pad[x + 1] = pixels[((long)c * b->height + yy) * w + x];
             for (x = 0; x < w; x++) {
                 rows[x] = pad[x] + pad[x + 1] + pad[x + 2];
                 rows[w + x] = pad[x] + pad[x + 1] - pad[x + 2];
@@ -90,11 +89,12 @@ static void binary_rows(const Block *b, const uint32_t *act, int y, sum_t *acc)
                     continue;
                 for (kx = 0; kx < 3; kx++) {
                     const int xx = x + kx - 1;
-                    const uint32_t *a = act + ((long)yy * w + xx) * nw;
-                    const uint32_t *wt = b->weights + ((long)f * 9 + ky * 3 + kx) * nw;
+                    const uint32_t *a, *wt;
                     int disagree = 0;
                     if (xx < 0 || xx >= w)
                         continue;
+                    a = act + ((long)yy * w + xx) * nw;
+                    wt = b->weights + ((long)f * 9 + ky * 3 + kx) * nw;
                     for (k = 0; k < nw; k++) {
                         const uint32_t mask = k == nw - 1 ? last_mask : 0xFFFFFFFFu;
                         disagree += popcount32((a[k] ^ wt[k]) & mask);
