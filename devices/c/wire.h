@@ -1,7 +1,7 @@
 /* The wire of ddnn/live/wire.py, as much of it as a device reads and writes: Tick and Offload
  * messages in (validated as the Python device validates them, refused under the same
  * reasons), Scores, Features and Status out (the same msgpack maps, field for field).
- * The AsyncAPI document (`ddnn protocol`) is the contract. */
+ * The AsyncAPI document (`ddnn asyncapi`) is the contract. */
 #ifndef DDNN_WIRE_H
 #define DDNN_WIRE_H
 
