@@ -23,6 +23,12 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off"]
 # What `ddnn bench device` times it with: as numba compiles its kernels (LLVM at -O3, for
 # this machine's CPU). The bench checks its outputs too.
 BENCH_CFLAGS = [*CFLAGS, "-O3", "-march=native"]
+_PACKAGES = {  # the Debian packages that bring each build tool
+    "gcc": "gcc",
+    "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+    "arm-none-eabi-size": "binutils-arm-none-eabi",
+    "qemu-system-arm": "qemu-system-arm",
+}
 
 
 def need_tool(name: str) -> str:
@@ -31,14 +37,6 @@ def need_tool(name: str) -> str:
     if path is None:
         raise DDNNError(f"{name} is not installed (Debian: apt-get install {_PACKAGES[name]})")
     return path
-
-
-_PACKAGES = {
-    "gcc": "gcc",
-    "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
-    "arm-none-eabi-size": "binutils-arm-none-eabi",
-    "qemu-system-arm": "qemu-system-arm",
-}
 
 
 def compile_c(compiler: str, args: list[str]) -> None:
