@@ -90,6 +90,21 @@ class _Source:
         return f"{type(self).__name__}({self.name!r})"
 
 
+class _EveryFrame(_Source):
+    """A source that holds every frame, 0 .. length - 1: iterating yields them all."""
+
+    length: int
+
+    def frame(self, sample: int) -> Frame | None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Frame]:
+        for sample in range(self.length):
+            frame = self.frame(sample)
+            assert frame is not None
+            yield frame
+
+
 def check_input_shape(input_shape: tuple[int, ...]) -> Shape:
     """The model's input shape as (C, H, W) ints, C being 1 (grey) or 3 (RGB)."""
     try:
@@ -132,7 +147,7 @@ def to_model_input(image: np.ndarray, input_shape: Shape) -> np.ndarray:
 # --- data-set replay ----------------------------------------------------------------------
 
 
-class ReplaySource(_Source):
+class ReplaySource(_EveryFrame):
     """View `device` of every sample of a `MultiViewData` (one part of a set): sample id =
     row. Random access; `views` (N, C, H, W) is all it keeps of the set (a device replaying
     a 150 MB set holds its own 1/6 of the part it replays, not the set)."""
@@ -164,12 +179,6 @@ class ReplaySource(_Source):
             return None
         return Frame(sample, self.views[sample].copy())
 
-    def __iter__(self) -> Iterator[Frame]:
-        for sample in range(self.length):
-            frame = self.frame(sample)
-            assert frame is not None
-            yield frame
-
 
 def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewData:
     """The part ("test", "validation", "train" or "all") of `data` that `ddnn train` and
@@ -187,7 +196,7 @@ def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewDa
 # --- raw frame files ------------------------------------------------------------------------
 
 
-class RawFrameSource(_Source):
+class RawFrameSource(_EveryFrame):
     """A raw frame file: N frames of C*H*W uint8 each, (C, H, W) row-major, nothing else (what
     `ddnn device-frames` writes, and a C device replays). Sample id = frame number; random
     access. A file whose size is not a whole number of frames is refused, by name."""
@@ -213,12 +222,6 @@ class RawFrameSource(_Source):
         if not 0 <= sample < self.length:
             return None
         return Frame(sample, self.frames[sample].astype(np.float32))
-
-    def __iter__(self) -> Iterator[Frame]:
-        for sample in range(self.length):
-            frame = self.frame(sample)
-            assert frame is not None
-            yield frame
 
 
 # --- OpenCV: cameras, streams, video files ------------------------------------------------
