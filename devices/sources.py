@@ -29,7 +29,7 @@ import numpy as np
 from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
 from ddnn.core.manifest import Manifest
-from ddnn.data import MultiViewData, check_fits, load_spec, part_rows, trained_on
+from ddnn.data import MultiViewData, check_fits, load_spec, replay_part, trained_on
 
 log = logging.getLogger(__name__)
 
@@ -178,19 +178,6 @@ class ReplaySource(_EveryFrame):
         if not 0 <= sample < self.length:
             return None
         return Frame(sample, self.views[sample].copy())
-
-
-def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewData:
-    """The part ("test", "validation", "train" or "all") of `data` that `ddnn train` and
-    `ddnn eval` use for a model trained with `cfg`, on the rows `ddnn.data.split` picks."""
-    if part == "all":
-        return data
-    if part not in ("test", "validation", "train"):
-        raise DataError(f"unknown part {part!r}: use test, validation, train or all")
-    rows = part_rows(len(data), cfg)[part]  # only this part is copied out of the set
-    if rows is None:
-        raise DataError(f"the training config holds out no {part} part of {data.name}")
-    return data.subset(rows)
 
 
 # --- raw frame files ------------------------------------------------------------------------

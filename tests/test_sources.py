@@ -11,14 +11,13 @@ import pytest
 
 from ddnn.core.config import ModelConfig, TrainConfig
 from ddnn.core.errors import DataError
-from ddnn.data import load_mvmc, save_mvmc
+from ddnn.data import load_mvmc, replay_part, save_mvmc
 from devices.sources import (
     FrameSource,
     ImageFolderSource,
     ReplaySource,
     VideoSource,
     open_source,
-    replay_part,
 )
 from tests.helpers import make_mvmc_arrays
 

@@ -230,6 +230,19 @@ def part_rows(n: int, cfg: TrainConfig) -> dict[str, np.ndarray | None]:
     return {"train": train, "validation": validation, "test": test}
 
 
+def replay_part(data: MultiViewData, part: str, cfg: TrainConfig) -> MultiViewData:
+    """The part ("test", "validation", "train" or "all") of `data` that `ddnn train` and
+    `ddnn eval` use for a model trained with `cfg`, on the rows `ddnn.data.split` picks."""
+    if part == "all":
+        return data
+    if part not in ("test", "validation", "train"):
+        raise DataError(f"unknown part {part!r}: use test, validation, train or all")
+    rows = part_rows(len(data), cfg)[part]  # only this part is copied out of the set
+    if rows is None:
+        raise DataError(f"the training config holds out no {part} part of {data.name}")
+    return data.subset(rows)
+
+
 def split(data: MultiViewData, cfg: TrainConfig) -> Splits:
     """The train / validation / test parts of `data`, reproducible from the config's seeds,
     so that `ddnn eval` and `ddnn calibrate` find the same parts that `ddnn train` used."""

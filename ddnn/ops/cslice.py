@@ -13,7 +13,7 @@ import numpy as np
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
 from ddnn.core.payloads import camera_frames
-from ddnn.data import load_spec, part_rows, trained_on
+from ddnn.data import check_fits, load_spec, replay_part, trained_on
 from ddnn.packed.codegen import SOURCE, write_slice
 from ddnn.packed.format import PackedModel
 
@@ -78,6 +78,7 @@ def camera_test_frames(artifacts: Path, device: int, n: int) -> np.ndarray:
     """Up to `n` frames of device `device`'s view of the test part of the data the export was
     trained on (the frames its devices replay), as a camera gives them: uint8."""
     manifest = read_manifest(artifacts)
+    cfg = manifest.ddnn_config()
     whole = load_spec(*trained_on(manifest.meta))
-    rows = part_rows(len(whole), manifest.ddnn_config().train)["test"]
-    return camera_frames(whole.x[rows[:n], device])
+    check_fits(whole, cfg.model)
+    return camera_frames(replay_part(whole, "test", cfg.train).x[:n, device])

@@ -1,19 +1,6 @@
-"""`ddnn bench device`: per-frame latency of a device slice at batch 1, three ways.
-
-- torch_float: the same slice as a float network (unquantized weights, ReLU), in PyTorch;
-- torch_binary: the binarized slice in eval mode in PyTorch (what `TorchSlice` runs);
-- packed: the bit-packed slice (ddnn/packed/) with its default kernel (numba when
-  installed), and `packed_numpy` with the plain NumPy kernel for reference;
-- c: the slice as `ddnn codegen` writes it, compiled with gcc -O3 for this CPU (as numba
-  compiles) and called through ctypes with the uint8 frame (where gcc is installed).
-
-Each is timed through the call a device makes (a (C, H, W) float32 frame in, NumPy scores
-and feature map out), on one thread (as the services run PyTorch), in one run: the paths
-take turns in blocks of BLOCK frames (after one untimed frame), in rotating order, so that
-load from other processes hits every path alike while each path's caches stay as warm as on
-a device, which runs only its own. Frames are camera frames (integer pixels 0..255: uint8
-for the C path, float32 for the others). The packed and C outputs are checked against
-torch_binary's on each of the distinct frames.
+"""`ddnn bench device`: per-frame latency of a device slice at batch 1, in one run: torch
+float, torch binary, the bit-packed slice (numba, and NumPy for reference) and its generated
+C, each checked against torch binary. How it is timed, and why: docs/design/bench.md.
 """
 
 from __future__ import annotations
