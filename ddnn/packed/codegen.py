@@ -107,8 +107,8 @@ def _run(model: PackedModel) -> str:
     convs, head = model.convs, model.head
     width = max(conv.in_size[1] for conv in convs)
     held = max(conv.filters for conv in convs) * width  # a conv row of every filter
-    out = f"static sum_t CARRY[{held}], VMAX[{held}], ACC[{held}], PAD[{width + 2}], "
-    out += f"ROWS[{4 * width}];\n"
+    pad = 3 * convs[0].in_channels * (convs[0].in_size[1] + 2)  # the first block's input rows
+    out = f"static sum_t CARRY[{held}], VMAX[{held}], ACC[{held}], PAD[{pad}], ROWS[{4 * width}];\n"
     out += f"static int32_t DOTS[{head.out_features}];\n"
     for i, conv in enumerate(convs[:-1]):  # the channel words between blocks
         h, w = conv.out_size

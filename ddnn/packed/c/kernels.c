@@ -33,10 +33,13 @@ typedef struct {
 } Block;
 
 /* Conv row y of a first block, every filter at once (acc: filters x width): the signed 3x3
-   sums of uint8 pixels. Each input row is copied once into `pad`, zero at both ends, and
-   summed over its three horizontal taps in the four sign patterns a kernel row can have once
-   its first sign is factored out (+++, ++-, +-+, +--: `rows`, 4 x width); a filter then adds
-   one of them, signed, per kernel row: 9 rows, not 27 taps, and the same loop at every x. */
+   sums of uint8 pixels. The row's 3 x channels input rows are first all copied into `pad`
+   (3 x channels x (width + 2)), zero at both ends: reading a copy back at offsets 1 and 2
+   right after writing it stalls a CPU's store forwarding (the host's time fell by a third).
+   Each is then summed over its three horizontal taps in the four sign patterns a kernel row
+   can have once its first sign is factored out (+++, ++-, +-+, +--: `rows`, 4 x width); a
+   filter adds one of them, signed, per kernel row: 9 rows, not 27 taps, the same loop at
+   every x. */
 static void first_rows(const Block *b, const uint8_t *pixels, int y, sum_t *restrict acc,
                        sum_t *restrict pad, sum_t *restrict rows)
 {
@@ -44,19 +47,28 @@ static void first_rows(const Block *b, const uint8_t *pixels, int y, sum_t *rest
     int c, ky, f, x;
     for (x = 0; x < b->filters * w; x++)
         acc[x] = 0;
-    pad[0] = pad[w + 1] = 0; /* zero padding adds nothing */
     for (c = 0; c < b->channels; c++) {
         for (ky = 0; ky < 3; ky++) {
             const int yy = y + ky - 1;
+            sum_t *restrict q = pad + (c * 3 + ky) * (w + 2);
+            q[0] = q[w + 1] = 0; /* zero padding adds nothing */
             if (yy < 0 || yy >= b->height)
                 continue;
             for (x = 0; x < w; x++)
-                pad[x + 1] = pixels[((long)c * b->height + yy) * w + x];
+                q[x + 1] = pixels[((long)c * b->height + yy) * w + x];
+        }
+    }
+    for (c = 0; c < b->channels; c++) {
+        for (ky = 0; ky < 3; ky++) {
+            const int yy = y + ky - 1;
+            const sum_t *restrict q = pad + (c * 3 + ky) * (w + 2);
+            if (yy < 0 || yy >= b->height)
+                continue;
             for (x = 0; x < w; x++) {
-                rows[x] = pad[x] + pad[x + 1] + pad[x + 2];
-                rows[w + x] = pad[x] + pad[x + 1] - pad[x + 2];
-                rows[2 * w + x] = pad[x] - pad[x + 1] + pad[x + 2];
-                rows[3 * w + x] = pad[x] - pad[x + 1] - pad[x + 2];
+                rows[x] = q[x] + q[x + 1] + q[x + 2];
+                rows[w + x] = q[x] + q[x + 1] - q[x + 2];
+                rows[2 * w + x] = q[x] - q[x + 1] + q[x + 2];
+                rows[3 * w + x] = q[x] - q[x + 1] - q[x + 2];
             }
             for (f = 0; f < b->filters; f++) {
                 /* the kernel row's pattern, and m = -1 where its first sign is -1: then
@@ -107,31 +119,49 @@ static void binary_rows(const Block *b, const uint32_t *act, int y, sum_t *acc)
     }
 }
 
-/* Where a block's +-1 outputs go: the next block's channel words (bit f % 32 of word f / 32
-   at each position), or, from the last block, the wire's bits (np.packbits of the (F, h, w)
-   map: most significant bit first). Both start cleared. */
-static void put_on(const Block *b, uint32_t *next, uint8_t *wire, int f, int i, int j)
+/* Pooled row i of filter f, its horizontal 3/2 max-pool of `vm` (the rows' max) and threshold,
+   to where the block's +-1 outputs go: the next block's channel words (bit f % 32 of word
+   f / 32 at each position), or, from the last block, the wire's bits (np.packbits of the
+   (F, h, w) map: most significant bit first). Both start cleared. A wire byte is gathered in
+   a register and ORed in once: ORing bit by bit into memory chains every bit on the last. */
+static void put_row(const Block *b, const sum_t *vm, int f, int i, uint32_t *next, uint8_t *wire)
 {
-    const int ho = (b->height - 1) / 2 + 1, wo = (b->width - 1) / 2 + 1;
-    if (wire) {
-        const long bit = ((long)f * ho + i) * wo + j;
-        wire[bit >> 3] |= (uint8_t)(0x80u >> (bit & 7));
-    } else {
-        const int nw = (b->filters + 31) / 32;
-        next[((long)i * wo + j) * nw + f / 32] |= (uint32_t)1 << (f % 32);
+    const int w = b->width, ho = (b->height - 1) / 2 + 1, wo = (w - 1) / 2 + 1;
+    const int nw = (b->filters + 31) / 32;
+    const int32_t direction = b->direction[f], threshold = b->threshold[f];
+    long bit = ((long)f * ho + i) * wo;
+    unsigned byte = 0;
+    int j;
+    for (j = 0; j < wo; j++) {
+        sum_t m = vm[2 * j];
+        unsigned on;
+        if (2 * j - 1 >= 0 && vm[2 * j - 1] > m)
+            m = vm[2 * j - 1];
+        if (2 * j + 1 < w && vm[2 * j + 1] > m)
+            m = vm[2 * j + 1];
+        on = direction * m >= threshold;
+        if (wire) {
+            byte |= on << (7 - (bit & 7));
+            if ((++bit & 7) == 0 || j == wo - 1) {
+                wire[(bit - 1) >> 3] |= (uint8_t)byte;
+                byte = 0;
+            }
+        } else {
+            next[((long)i * wo + j) * nw + f / 32] |= (uint32_t)on << (f % 32);
+        }
     }
 }
 
 /* A ConvP block: 3x3 conv (pad 1) -> 3x3/2 max-pool (pad 1) -> threshold, a pooled row at a
    time, so that only three conv rows are ever held: the pooled row i takes the max of conv
    rows 2i-1 (carried from row i-1), 2i and 2i+1. Scratch: carry, vmax and acc hold filters
-   x width values each, pad width + 2, rows 4 x width. */
+   x width values each, pad and rows as first_rows says. */
 static void run_block(const Block *b, const uint8_t *pixels, const uint32_t *act, uint32_t *next,
                       uint8_t *wire, sum_t *carry, sum_t *vmax, sum_t *acc, sum_t *pad,
                       sum_t *rows)
 {
-    const int w = b->width, n = b->filters * w, ho = (b->height - 1) / 2 + 1, wo = (w - 1) / 2 + 1;
-    int f, i, j, x, r;
+    const int w = b->width, n = b->filters * w, ho = (b->height - 1) / 2 + 1;
+    int f, i, x, r;
     for (i = 0; i < ho; i++) {
         if (i > 0)
             memcpy(vmax, carry, sizeof *vmax * n);
@@ -149,18 +179,8 @@ static void run_block(const Block *b, const uint8_t *pixels, const uint32_t *act
                 for (x = 0; x < n; x++)
                     carry[x] = acc[x];
         }
-        for (f = 0; f < b->filters; f++) {
-            const sum_t *vm = vmax + (long)f * w;
-            for (j = 0; j < wo; j++) {
-                sum_t m = vm[2 * j];
-                if (2 * j - 1 >= 0 && vm[2 * j - 1] > m)
-                    m = vm[2 * j - 1];
-                if (2 * j + 1 < w && vm[2 * j + 1] > m)
-                    m = vm[2 * j + 1];
-                if ((int32_t)b->direction[f] * m >= b->threshold[f])
-                    put_on(b, next, wire, f, i, j);
-            }
-        }
+        for (f = 0; f < b->filters; f++)
+            put_row(b, vmax + (long)f * w, f, i, next, wire);
     }
 }
 
