@@ -24,10 +24,13 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import trustme
 
 from ddnn.core.manifest import read_manifest
 from ddnn.core.payloads import pack_bits, pack_scores
 from ddnn.core.roles import Role
+from ddnn.live.access import OBSERVER
+from ddnn.live.broker.running import TlsFiles
 from ddnn.live.broker.start import start_broker
 from ddnn.live.mqtt.client import MqttClient
 from ddnn.live.service import INTERNAL_ERROR
@@ -160,6 +163,50 @@ def test_speaks_the_wire_of_the_python_device(running, plain: Path, sanitized: C
     last = until(client, lambda m: isinstance(m, Status) and m.state == "offline")
     assert last.counters["frames"] == 1 and last.counters["tick_repeats"] == 1
     assert proc.wait(timeout=10) == 0, proc.stdout.read().decode()
+
+
+def test_logs_in_over_tls_and_refuses_a_broker_it_cannot_trust(
+    sanitized: CDevices, plain: Path, tmp_path: Path
+):
+    """mqtts:// with its own account: online when it trusts the broker's CA (the observer
+    hears it), never online against a certificate of another CA, and its log says why."""
+    ca, stranger = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    stranger.cert_pem.write_to_path(str(tmp_path / "stranger.pem"))
+    access = plain / "access" / "default"
+    topics = Topics("default", read_manifest(plain).model_version)
+    tls = TlsFiles(tmp_path / "server.pem", tmp_path / "server.key")
+    with start_broker(kind="mosquitto", access=access, tls=tls) as broker:
+        settings = broker.settings(OBSERVER).model_copy(update={"tls_ca": tmp_path / "ca.pem"})
+        observer = MqttClient(settings, client_id=f"c-tls-{os.getpid()}")
+        observer.start()
+        observer.subscribe(topics.status(Role.device(DEVICE)))
+        observer.connect()
+        login = (
+            "--source",
+            sanitized.source,
+            "--broker",
+            broker.url,
+            "--credentials",
+            str(access / "device-0.json"),
+        )
+        try:
+            untrusting = start(sanitized, *login, "--tls-ca", str(tmp_path / "stranger.pem"))
+            with pytest.raises(AssertionError, match="nothing wanted"):
+                until(observer, lambda m: isinstance(m, Status), timeout=4)
+            untrusting.send_signal(signal.SIGTERM)
+            output = untrusting.communicate(timeout=10)[0].decode()
+            assert "certificate verify failed" in output, output
+            trusting = start(sanitized, *login, "--tls-ca", str(tmp_path / "ca.pem"))
+            status = until(observer, lambda m: isinstance(m, Status) and m.state == "online")
+            assert status.role == Role.device(DEVICE)
+            trusting.send_signal(signal.SIGTERM)
+            assert trusting.wait(timeout=10) == 0, trusting.stdout.read().decode()
+        finally:
+            observer.close()
 
 
 def hostile_payloads(topics: Topics, n: int, seed: int = 0) -> list[tuple[str, bytes]]:

@@ -53,10 +53,11 @@
 enum { L_DEBUG, L_INFO, L_WARNING, L_ERROR };
 enum { C_RECEIVED, C_FRAMES, C_SENT_SCORES, C_SENT_FEATURES, C_FEATURES_SENT,
        C_FEATURES_EXPIRED, C_FEATURES_DROPPED, C_TICK_REPEATS, C_PUBLISH_FAILED,
-       C_RATE_DROPPED, N_COUNTERS };
+       C_PUBLISH_DENIED, C_RATE_DROPPED, N_COUNTERS };
 static const char *const COUNTER_NAMES[N_COUNTERS] = {
     "received", "frames", "sent_scores", "sent_features", "features_sent",
-    "features_expired", "features_dropped", "tick_repeats", "publish_failed", "rate_dropped"};
+    "features_expired", "features_dropped", "tick_repeats", "publish_failed", "publish_denied",
+    "rate_dropped"};
 static const char *const REASONS[] = {
     R_TOO_BIG, R_NOT_MSGPACK, R_NOT_MAP, R_VERSION, R_KIND, R_BAD_TICK, R_BAD_OFFLOAD,
     R_OTHER_KIND, R_OTHER_SENDER, R_STALE_TICK, NO_FRAME, INTERNAL};
@@ -82,6 +83,7 @@ typedef struct {
     size_t n_frames;
     Store kept, answered;
     uint64_t counters[N_COUNTERS], rejected[N_REASONS];
+    char why[256]; /* libmosquitto's last error line (a TLS failure's reason is only there) */
     Bucket rates[N_TOPICS];
     double rate, burst, started;
     msgpack_sbuffer buf;
@@ -479,12 +481,15 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int count,
     }
 }
 
+/* rc is the PUBACK's MQTT 5 reason code: 0x80 and up, the broker refused the message (an
+   account publishing outside its grants), counted as the Python device counts it */
 static void on_publish(struct mosquitto *mosq, void *obj, int mid, int rc,
                        const mosquitto_property *props) {
     (void)mosq;
-    (void)rc;
     (void)props;
     Device *d = obj;
+    if (rc >= 0x80 && ++d->counters[C_PUBLISH_DENIED] <= 5)
+        say(L_WARNING, "the broker refused a publish: %s", mosquitto_reason_string(rc));
     if (mid == d->close_mid) d->closing_acked = 1;
 }
 
@@ -505,6 +510,12 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     if (!stopping) say(L_WARNING, "lost the broker (%s); reconnecting", mosquitto_strerror(rc));
 }
 
+static void on_log(struct mosquitto *mosq, void *obj, int level, const char *text) {
+    (void)mosq;
+    Device *d = obj;
+    if (level & MOSQ_LOG_ERR) snprintf(d->why, sizeof d->why, "%s", text);
+}
+
 static int setup_client(Device *d, const char *user, const char *password) {
     d->mosq = mosquitto_new(d->instance, d->protocol != MQTT_PROTOCOL_V5, d);
     if (d->mosq == NULL) {
@@ -520,6 +531,7 @@ static int setup_client(Device *d, const char *user, const char *password) {
     mosquitto_publish_v5_callback_set(d->mosq, on_publish);
     mosquitto_unsubscribe_v5_callback_set(d->mosq, on_unsubscribe);
     mosquitto_disconnect_v5_callback_set(d->mosq, on_disconnect);
+    mosquitto_log_callback_set(d->mosq, on_log);
     /* the last will: offline, written at connect (so its t is when the process started) */
     Count none[1];
     msgpack_sbuffer_clear(&d->buf);
@@ -566,9 +578,16 @@ static void goodbye(Device *d) {
         if (mosquitto_loop(d->mosq, 20, 1) != MOSQ_ERR_SUCCESS) break;
 }
 
+/* Why a connection failed: libmosquitto's code, and its last error line where it has one. */
+static const char *failure(Device *d, int rc) {
+    static char text[400];
+    snprintf(text, sizeof text, "%s%s%s", mosquitto_strerror(rc), *d->why ? ": " : "", d->why);
+    return text;
+}
+
 static int serve(Device *d, const char *host, int port) {
     double deadline = mono() + d->opt.connect_timeout, backoff = 0.1, announced = mono();
-    int rc = open_connection(d, host, port);
+    int rc = open_connection(d, host, port), warned = 0;
     while (!stopping) {
         if (d->refused) return 1;
         if (rc == MOSQ_ERR_SUCCESS) rc = mosquitto_loop(d->mosq, 100, 1);
@@ -576,12 +595,16 @@ static int serve(Device *d, const char *host, int port) {
             d->connected = 0;
             if (!d->online && mono() > deadline) {
                 fprintf(stderr, "error: cannot connect to MQTT broker %s within %g s: %s\n",
-                        d->opt.broker, d->opt.connect_timeout, mosquitto_strerror(rc));
+                        d->opt.broker, d->opt.connect_timeout, failure(d, rc));
                 return 1;
             }
+            if (!d->online && !warned++)
+                say(L_WARNING, "cannot connect to %s yet (%s); retrying for %g s", d->opt.broker,
+                    failure(d, rc), d->opt.connect_timeout);
             struct timespec pause = {(time_t)backoff, (long)((backoff - floor(backoff)) * 1e9)};
             nanosleep(&pause, NULL);
             backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+            d->why[0] = '\0';
             rc = mosquitto_reconnect(d->mosq);
             continue;
         }
