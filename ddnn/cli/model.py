@@ -30,12 +30,12 @@ from ddnn.cli.options import (
     parse_thresholds,
 )
 from ddnn.cli.render import Rows, err, out, progress_bar, report_blocks, show
-from ddnn.core.config import DDNNConfig, with_exit_settings
+from ddnn.core.config import EXIT_ORDER, DDNNConfig, with_exit_settings
 from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade
 from ddnn.core.files import make_folder, writable_file
-from ddnn.data import MultiViewData, absolute_spec, split
+from ddnn.data import MultiViewData, Splits, absolute_spec, check_fits, mixed, split, trained_on
 from ddnn.live.access import write_access
 from ddnn.nn.calibration import (
     RULES,
@@ -50,6 +50,7 @@ from ddnn.nn.evaluate import (
     accuracy_each_missing,
     device_ranking,
     evaluate,
+    load_evaluable,
     load_for_eval,
     model_exit_points,
     presence_mask,
@@ -58,7 +59,7 @@ from ddnn.nn.evaluate import (
 )
 from ddnn.nn.evaluate import sweep as sweep_rows
 from ddnn.nn.export import export
-from ddnn.nn.model import DDNN
+from ddnn.nn.model import DDNN, build_model
 from ddnn.nn.studies.router import compare_router
 from ddnn.nn.train import fit_and_calibrate, individual_accuracy, training_stages
 from ddnn.ops.report.results import BARS, seed_results
@@ -69,6 +70,9 @@ def _epoch_info(stats: dict[str, float]) -> str:
         f"{k.removeprefix('train_acc_')} {v:.0f}%" for k, v in stats.items() if k != "loss"
     )
     return f"loss {stats['loss']:.3f}  train acc: {accs}"
+
+
+FREEZE_TIERS = ("devices", "edges")
 
 
 @app.command()
@@ -84,22 +88,76 @@ def train(
         typer.Option(help="joint (default), separate or layerwise: how the exits are trained"),
     ] = None,
     grid: Grid = "2x3",
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="a model file to go on from (its config too, changed by --set), on --data, "
+            "mixed with the data it was trained on (--mix)"
+        ),
+    ] = None,
+    mix: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.95,
+            help="with --init: the share of the training (and validation) samples drawn from "
+            "--old-data, so that what the model knew is not forgotten (0: the new data alone)",
+        ),
+    ] = 0.5,
+    old_data: Annotated[
+        str | None,
+        typer.Option(help="with --init: the old data SPEC (default: the one it was trained on)"),
+    ] = None,
+    freeze: Annotated[
+        str | None,
+        typer.Option(
+            help="devices, edges or devices,edges: tiers training leaves unchanged (with --init "
+            "the device artifacts stay byte-identical, so only upper tiers need rolling out)"
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a DDNN (jointly over all exits by default), pick exit thresholds on held-out
-    data, save it."""
+    data, save it. With --init, go on from a trained model on new data."""
     writable_file(out_path, "model file")  # before the training it would hold, not after
+    frozen = None if freeze is None else f"[{','.join(_tiers(freeze))}]"
+    base = start = None
+    if init is not None:
+        if config is not None:
+            raise DDNNError("--init starts from the model's own config: change it with --set")
+        start, base, init_meta = load_model(init)
     dataset = load_data(data, grid, as_json)
-    cfg = config_from(config, overrides, dataset, epochs=epochs, seed=seed, strategy=strategy)
+    if base is not None:
+        check_fits(dataset, base.model)
+    cfg = config_from(
+        config,
+        overrides,
+        dataset,
+        base,
+        epochs=epochs,
+        seed=seed,
+        strategy=strategy,
+        freeze=frozen,
+    )
     parts = split(dataset, cfg.train)
+    meta: dict[str, Any] = {"data": absolute_spec(data), "grid": grid}
+    before = None
+    if start is not None and base is not None:
+        start = _continued(start, cfg, init)
+        before = evaluate(run_model(start, parts.test), model_exit_points(start, base))
+        spec, old_grid = (old_data, grid) if old_data else trained_on(init_meta)
+        if mix > 0:
+            old = split(load_data(spec, old_grid, as_json), cfg.train)
+            parts = _mixed(parts, old, mix, cfg.train.seed)
+        meta["init"] = {"model": str(init), "old_data": absolute_spec(spec), "mix": mix}
     epochs_in_all = len(training_stages(cfg)) * cfg.train.epochs
     with progress_bar("training", epochs_in_all, as_json) as advance:
-        result, picked = fit_and_calibrate(parts, cfg, lambda e, s: advance(info=_epoch_info(s)))
+        result, picked = fit_and_calibrate(
+            parts, cfg, lambda e, s: advance(info=_epoch_info(s)), start
+        )
     cfg, model = result.config, result.model
     test_report = evaluate(run_model(model, parts.test), model_exit_points(model, cfg))
-    meta = {
-        "data": absolute_spec(data),
-        "grid": grid,
+    meta |= {
         "train_seconds": round(result.seconds, 2),
         "final_epoch": result.history[-1],
         "calibrated_on": "validation" if picked else None,
@@ -107,16 +165,50 @@ def train(
     save_model(out_path, model, cfg, meta)
     summary = {"model": str(out_path), **meta, "thresholds": picked, "test": test_report}
     n_validation = len(parts.validation) if parts.validation else 0
-    show(
-        summary,
-        as_json,
-        [
-            f"trained on {len(parts.train)} samples in {result.seconds:.1f}s; thresholds "
-            f"picked on {n_validation} validation samples: {picked}",
-            f"wrote {out_path}; test split:",
-            *report_blocks(test_report),
-        ],
-    )
+    lines = [
+        f"trained on {len(parts.train)} samples in {result.seconds:.1f}s; thresholds "
+        f"picked on {n_validation} validation samples: {picked}",
+        f"wrote {out_path}; test split:",
+        *report_blocks(test_report),
+    ]
+    if before is not None:
+        summary["test_before"] = before
+        lines.append(
+            f"{init} on the same test split: {before['accuracy']['overall']}% overall "
+            f"(now {test_report['accuracy']['overall']}%)"
+        )
+    show(summary, as_json, lines)
+
+
+def _tiers(text: str) -> list[str]:
+    tiers = [t.strip() for t in text.split(",") if t.strip()]
+    if not tiers or any(t not in FREEZE_TIERS for t in tiers):
+        raise DDNNError(
+            f"--freeze takes {' or '.join(FREEZE_TIERS)} (comma-separated), got {text!r}"
+        )
+    return tiers
+
+
+def _continued(model: DDNN, cfg: DDNNConfig, path: Path) -> DDNN:
+    """`model`'s weights in a model built from `cfg` (its own config with the --set
+    overrides): refused by name where those changed its shape."""
+    fresh = build_model(cfg)
+    try:
+        fresh.load_state_dict(model.state_dict())
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise DDNNError(
+            f"the weights of {path} do not fit the config with --set: {first}"
+        ) from None
+    return fresh
+
+
+def _mixed(new: Splits, old: Splits, share: float, seed: int) -> Splits:
+    """New training and validation parts with `share` of old ones (the test part: new only)."""
+    validation = new.validation
+    if validation is not None and old.validation is not None:
+        validation = mixed(validation, old.validation, share, seed + 1)
+    return Splits(mixed(new.train, old.train, share, seed), validation, new.test)
 
 
 def _eval_context(
@@ -168,6 +260,13 @@ def eval_(
             "runs it: what it costs on clean data (ddnn/core/fusion.py)"
         ),
     ] = False,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="another model (an older version: a model file or an export) evaluated on "
+            "the same samples with its own thresholds, and the gain per exit"
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Evaluate a model (a model file, or a `ddnn export` directory: exactly what the live
@@ -202,7 +301,36 @@ def eval_(
         blocks.append(Rows("each single device missing (accuracy %)", report["each_missing"]))
     if scaling:
         blocks.append(Rows("devices added one at a time (accuracy %)", report["scaling"]))
+    if against is not None:
+        old, old_cfg, _ = load_evaluable(against)
+        check_fits(dataset, old_cfg.model)
+        old_report = evaluate(run_model(old, dataset, present), model_exit_points(old, old_cfg))
+        report["against"] = {"model": str(against), **old_report}
+        report["gain"] = _gain(report, old_report)
+        blocks.append(Rows(f"against {against} on the same samples", _gain_rows(report)))
     show(report, as_json, blocks)
+
+
+def _gain(new: dict[str, Any], old: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """New minus old, in points: accuracy per exit (and overall) and exit fractions."""
+    return {
+        key: {
+            tier: round(value - old[key][tier], 2)
+            for tier, value in new[key].items()
+            if value is not None and old[key].get(tier) is not None
+        }
+        for key in ("accuracy", "exit_fraction")
+    }
+
+
+def _gain_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    tiers = [*EXIT_ORDER, "overall"]
+    old = report["against"]
+    return [
+        {"": f"{label} {which}", **{t: source[key].get(t) for t in tiers}}
+        for key, label in (("accuracy", "accuracy %"), ("exit_fraction", "exit %"))
+        for which, source in (("before", old), ("now", report), ("gain", report["gain"]))
+    ]
 
 
 @app.command()

@@ -106,15 +106,17 @@ def config_from(
     config: Path | None,
     overrides: list[str] | None,
     data: MultiViewData | None = None,
+    base: DDNNConfig | None = None,
     **flags: Any,
 ) -> DDNNConfig:
-    """The config file (or the defaults) with the --set overrides and the train.* flags given;
-    fitted to `data` (its classes, devices and view shape) when there is one."""
+    """The config file (or the defaults, or `base`) with the --set overrides and the train.*
+    flags given; fitted to `data` (its classes, devices and view shape) when there is one."""
     extra = [f"train.{k}={v}" for k, v in flags.items() if v is not None]
     if data is None:
-        return load_config(config, [*(overrides or []), *extra])
+        return load_config(config, [*(overrides or []), *extra], base=base)
     try:
-        return load_config(config, [*(overrides or []), *extra], data.model_settings(), data.name)
+        settings = data.model_settings()
+        return load_config(config, [*(overrides or []), *extra], settings, data.name, base)
     except FittedSettingError:
         raise  # it names the data already
     except ConfigError as e:

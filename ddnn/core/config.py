@@ -242,6 +242,12 @@ class TrainConfig(_Strict):
         description="weight of the loss that keeps each channel of a max-pooled binary map "
         "(an edge's or the cloud's MP over +-1 maps: an OR) near half +1 (0: none)",
     )
+    freeze: list[Literal["devices", "edges"]] = Field(
+        default=[],
+        description="tiers whose parameters training leaves as they are (batch norm statistics "
+        "included): with `ddnn train --init`, a new model whose device slices are "
+        "bit-identical, so that only the upper tiers need rolling out",
+    )
     validation_fraction: float = Field(
         default=0.15, ge=0, lt=1, description="part of the training split held out for thresholds"
     )
@@ -421,6 +427,7 @@ def load_config(
     overrides: list[str] | None = None,
     fitted: dict[str, Any] | None = None,
     data: str = "the data",
+    base: DDNNConfig | None = None,
 ) -> DDNNConfig:
     """Read a YAML or JSON config file (or the defaults), apply `key.sub=value` overrides.
 
@@ -429,9 +436,10 @@ def load_config(
     (`MultiViewData.model_settings`), applied last, before anything is checked: edge groups
     are then checked against the data's devices (nine on a 3x3 grid), not the default six.
     The file or an override may give one of them only as the data has it (`data` names the
-    data in the error, a `FittedSettingError`).
+    data in the error, a `FittedSettingError`). `base`: a config to start from instead of
+    the defaults (a model's own, to continue its training), in place of a file.
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = {} if base is None else base.model_dump(mode="json")
     if path is not None:
         try:
             text = Path(path).read_text()

@@ -81,6 +81,24 @@ class MultiViewData:
         return self.subset(first), self.subset(second)
 
 
+def mixed(new: MultiViewData, old: MultiViewData, old_share: float, seed: int) -> MultiViewData:
+    """`new` and a random part of `old` that makes up `old_share` of the result (all of
+    `old` where it has too few): continued training on new data without forgetting the
+    old. Both must have the same views and classes."""
+    if (new.n_views, new.view_shape, new.classes) != (old.n_views, old.view_shape, old.classes):
+        raise DataError(f"{old.name} and {new.name} differ in views, view shape or classes")
+    wanted = len(new) * old_share / (1 - old_share) if old_share < 1 else len(old)
+    rows = np.sort(np.random.default_rng(seed).permutation(len(old))[: int(round(wanted))])
+    part = old.subset(rows)
+    return MultiViewData(
+        np.concatenate([new.x, part.x]),
+        np.concatenate([new.view_labels, part.view_labels]),
+        np.concatenate([new.labels, part.labels]),
+        new.classes,
+        f"{new.name} + {len(part)} of {old.name}",
+    )
+
+
 def split_rows(n: int, seed: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """The rows of `MultiViewData.split`: `fraction` of 0..n-1 at random, and the rest."""
     order = np.random.default_rng(seed).permutation(n)

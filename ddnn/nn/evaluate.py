@@ -331,6 +331,15 @@ def device_ranking(model: DDNN, data: MultiViewData, batch: int = 512) -> list[i
 DataLoader = Callable[[str, str], MultiViewData]
 
 
+def load_evaluable(model_path: Path | str) -> tuple[DDNN, DDNNConfig, dict[str, Any]]:
+    """A model file or a `ddnn export` directory, as a model, its config and metadata."""
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        model, cfg, manifest = load_exported_model(model_path)
+        return model, cfg, dict(manifest.meta)
+    return load_model(model_path)
+
+
 def load_for_eval(
     model_path: Path | str,
     data: str | None = None,
@@ -342,12 +351,7 @@ def load_for_eval(
     the part of a data set to evaluate it on: `data` (a SPEC, default: the data it was
     trained on, with its grid), split as in training; part "all" for the whole set.
     `loader(spec, grid)` loads the data (default `ddnn.data.load_spec`)."""
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model, cfg, manifest = load_exported_model(model_path)
-        meta = dict(manifest.meta)
-    else:
-        model, cfg, meta = load_model(model_path)
+    model, cfg, meta = load_evaluable(model_path)
     own_data, own_grid = trained_on(meta)
     dataset = loader(data or own_data, grid or own_grid)
     check_fits(dataset, cfg.model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from ddnn.core.config import (
     validate_config,
     with_exit_settings,
 )
+from ddnn.core.errors import ConfigError
 from ddnn.data import MultiViewData, Splits, check_trainable
 from ddnn.nn.calibration import calibrated
 from ddnn.nn.evaluate import (
@@ -103,9 +104,16 @@ class Stage:
     name: str
     weights: dict[str, float]
     trainable: tuple[str, ...] | None = None
+    frozen: tuple[str, ...] = ()  # `train.freeze`'s, whatever the stage
 
     def trains(self, parameter: str) -> bool:
-        return self.trainable is None or parameter.startswith(self.trainable)
+        mine = self.trainable is None or parameter.startswith(self.trainable)
+        return mine and not parameter.startswith(self.frozen)
+
+
+# `train.freeze`'s tiers, by state-dict prefix: a device's slice and its local-exit head (the
+# device artifact), an edge's layers and its exit head
+FROZEN = {"devices": ("device_slices.",), "edges": ("edges.",)}
 
 
 def _exit_branches(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
@@ -133,6 +141,21 @@ def _tiers(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 
 def training_stages(cfg: DDNNConfig) -> list[Stage]:
+    """The stages of `cfg.train.strategy` (`strategy_stages`), each kept off the tiers of
+    `cfg.train.freeze`."""
+    if "edges" in cfg.train.freeze and cfg.model.edge is None:
+        raise ConfigError("train.freeze names edges, but the model has no edge tier")
+    frozen = tuple(p for tier in cfg.train.freeze for p in FROZEN[tier])
+    if not frozen:
+        return strategy_stages(cfg)
+    stages = [replace(stage, frozen=frozen) for stage in strategy_stages(cfg)]
+    with torch.random.fork_rng(devices=[]):  # a model built aside, the seeded RNG untouched
+        names = [name for name, _ in build_model(cfg).named_parameters()]
+    # a stage left with nothing to train (layerwise: the devices' tier) is dropped
+    return [stage for stage in stages if any(map(stage.trains, names))]
+
+
+def strategy_stages(cfg: DDNNConfig) -> list[Stage]:
     """The stages of `cfg.train.strategy` (the hybrid-precision paper Section II-C; the early-exit
     survey's survey):
 
@@ -279,14 +302,18 @@ class TrainResult:
 
 
 def fit(
-    train: MultiViewData, cfg: DDNNConfig, on_epoch: EpochCallback | None = None
+    train: MultiViewData,
+    cfg: DDNNConfig,
+    on_epoch: EpochCallback | None = None,
+    init: DDNN | None = None,
 ) -> TrainResult:
-    """Build the model for the data's shape, train it jointly on `train`, then fit the
-    router of each exit whose policy is "router" on the trained model's outputs."""
+    """Build the model for the data's shape (or go on from `init`, changed in place), train
+    it on `train`, then fit the router of each exit whose policy is "router" on the trained
+    model's outputs."""
     check_trainable(train)
     cfg = adapt_config(cfg, train)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg)
+    model = build_model(cfg) if init is None else init
     start = time.perf_counter()
     history = train_model(model, train, cfg, on_epoch)
     train_routers(model, cfg, train)
@@ -319,12 +346,15 @@ def train_routers(model: DDNN, cfg: DDNNConfig, data: MultiViewData) -> None:
 
 
 def fit_and_calibrate(
-    parts: Splits, cfg: DDNNConfig, on_epoch: EpochCallback | None = None
+    parts: Splits,
+    cfg: DDNNConfig,
+    on_epoch: EpochCallback | None = None,
+    init: DDNN | None = None,
 ) -> tuple[TrainResult, dict[str, float]]:
     """`fit` on the training part, then the thresholds picked on the validation part by
     `cfg.calibration` (none without one): what `ddnn train` does. The result's config
     carries the thresholds."""
-    result = fit(parts.train, cfg, on_epoch)
+    result = fit(parts.train, cfg, on_epoch, init)
     if parts.validation is None:
         return result, {}
     outputs = run_model(result.model, parts.validation)
