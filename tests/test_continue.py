@@ -1,8 +1,11 @@
-"""Going on from a trained model (`ddnn train --init`, tiers frozen with `--freeze`, old data
-mixed in) and comparing versions on the same samples (`ddnn eval --against`)."""
+"""Hard examples out (`ddnn hard`), going on from a trained model on them (`ddnn train
+--init`, tiers frozen with `--freeze`, old data mixed in) and comparing versions on the same
+samples (`ddnn eval --against`)."""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,9 @@ import pytest
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import ConfigError, DataError
-from ddnn.data import MultiViewData, mixed, synthetic
+from ddnn.core.hard import DEFAULT_ENTROPY
+from ddnn.data import MultiViewData, load_mvmc, mixed, split, synthetic
+from ddnn.nn.checkpoint import load_model
 from ddnn.nn.train import training_stages
 from tests.helpers import ddnn, ddnn_json
 
@@ -106,3 +111,49 @@ def test_mixing_draws_the_old_share_and_refuses_other_views():
     three = MultiViewData(old.x[:, :3], old.view_labels[:, :3], old.labels, old.classes, "3")
     with pytest.raises(DataError, match="differ in views"):
         mixed(new, three, 0.5, seed=0)
+
+
+def test_hard_examples_are_the_samples_the_decisions_escalated_or_left_unsure(
+    tiny: Path, tmp_path: Path
+):
+    """Checked against `ddnn eval --decisions` on the same samples: at --entropy 1 the hard
+    file holds exactly the escalated samples, with their frames, labels and decisions; at
+    the default level the escalated ones and some local exits, each above the level."""
+    decisions = tmp_path / "decisions.jsonl"
+    ddnn_json("eval", "--model", str(tiny), "--decisions", str(decisions))
+    decided = [json.loads(line) for line in decisions.read_text().splitlines()]
+    escalated = [d["sample"] for d in decided if d["exit"] != "local"]
+    test = split(synthetic(), load_model(tiny)[1].train).test
+    strict = ddnn_json(
+        "hard",
+        "--model",
+        str(tiny),
+        "--part",
+        "test",
+        "--entropy",
+        "1",
+        "--out",
+        str(tmp_path / "strict.npz"),
+    )
+    rows = read_csv(tmp_path / "strict.csv")
+    assert strict["hard"] == len(rows) == len(escalated) > 0
+    assert [int(r["row"]) for r in rows] == escalated
+    for r in rows:
+        d = decided[int(r["row"])]
+        assert (r["exit"], r["predicted"]) == (d["exit"], test.classes[d["class_index"]])
+        assert r["label"] == test.classes[test.labels[int(r["row"])]]
+    kept = load_mvmc(tmp_path / "strict.npz")
+    assert np.array_equal(kept.x, test.x[escalated])
+    assert np.array_equal(kept.view_labels, test.view_labels[escalated])
+
+    ddnn_json("hard", "--model", str(tiny), "--part", "test", "--out", str(tmp_path / "d.npz"))
+    loose = read_csv(tmp_path / "d.csv")
+    assert {int(r["row"]) for r in loose} >= set(escalated)
+    for r in loose:
+        if r["exit"] == "local":
+            assert r["reasons"] == "unsure" and float(r["entropy"]) > DEFAULT_ENTROPY
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

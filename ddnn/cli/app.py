@@ -26,9 +26,10 @@ class Command:
 
 MODELS, LIVE, PAPERS, SERVICES = "Data and models", "The live system", "The papers", "Services"
 COMMANDS: dict[str, Command] = {
-    "data": Command("data", "Make data sets.", MODELS),
+    "data": Command("data", "Make and inspect data sets.", MODELS),
     "train": Command("model", "Train a DDNN and pick its exit thresholds.", MODELS),
     "eval": Command("model", "Accuracy, exits and bytes of a model or an export.", MODELS),
+    "hard": Command("model", "A data set's hard examples for a model, to train on.", MODELS),
     "sweep": Command("model", "The local exit threshold over 0..1 (the paper's Table II).", MODELS),
     "calibrate": Command("model", "Pick exit thresholds and store them in the model.", MODELS),
     "router": Command("model", "A learned router against entropy thresholds.", MODELS),

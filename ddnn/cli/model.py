@@ -1,8 +1,9 @@
-"""Training and offline evaluation: `ddnn train`, `eval`, `sweep`, `calibrate`, `router`,
+"""Training and offline evaluation: `ddnn train`, `eval`, `hard`, `sweep`, `calibrate`, `router`,
 `baseline`, `results`, `config` and `export`."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,8 +35,18 @@ from ddnn.core.config import EXIT_ORDER, DDNNConfig, with_exit_settings
 from ddnn.core.energy import energy_uj
 from ddnn.core.errors import DDNNError
 from ddnn.core.exits import cascade
-from ddnn.core.files import make_folder, writable_file
-from ddnn.data import MultiViewData, Splits, absolute_spec, check_fits, mixed, split, trained_on
+from ddnn.core.files import make_folder, replaced, writable_file
+from ddnn.core.hard import DEFAULT_ENTROPY, HardRule
+from ddnn.data import (
+    MultiViewData,
+    Splits,
+    absolute_spec,
+    check_fits,
+    mixed,
+    save_mvmc,
+    split,
+    trained_on,
+)
 from ddnn.live.access import write_access
 from ddnn.nn.calibration import (
     RULES,
@@ -59,6 +70,7 @@ from ddnn.nn.evaluate import (
 )
 from ddnn.nn.evaluate import sweep as sweep_rows
 from ddnn.nn.export import export
+from ddnn.nn.mining import mine
 from ddnn.nn.model import DDNN, build_model
 from ddnn.nn.studies.router import compare_router
 from ddnn.nn.train import fit_and_calibrate, individual_accuracy, training_stages
@@ -331,6 +343,73 @@ def _gain_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         for key, label in (("accuracy", "accuracy %"), ("exit_fraction", "exit %"))
         for which, source in (("before", old), ("now", report), ("gain", report["gain"]))
     ]
+
+
+@app.command()
+def hard(
+    model_path: ModelPath,
+    out_path: Annotated[Path, typer.Option("--out", help="the MVMC .npz of the hard samples")],
+    data: OptionalData = None,
+    part: Split = "all",
+    grid: OptionalGrid = None,
+    entropy: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="a sample whose deciding exit's normalized entropy is above this is hard",
+        ),
+    ] = DEFAULT_ENTROPY,
+    as_json: JsonFlag = False,
+) -> None:
+    """A data set's hard examples for a model (by default all of --data): the samples that
+    escalated past the local exit, abstained or decided with entropy above --entropy, as an
+    MVMC file to go on training from (`ddnn train --init MODEL --data mvmc:FILE`), and a CSV
+    beside it (--out's name, .csv) of each one's label, decision, exit, entropy and reasons."""
+    table = out_path.with_suffix(".csv")
+    writable_file(out_path, "data file")
+    writable_file(table, "CSV file")
+    model, cfg, _, dataset = load_for_eval(
+        model_path, data, grid, part, lambda s, g: load_data(s, g, as_json)
+    )
+    hard = mine(
+        model, cfg, dataset, HardRule(entropy), presence_mask(len(dataset), dataset.n_views)
+    )
+    if len(hard.rows) == 0:
+        raise DDNNError(f"no hard examples among the {len(dataset)} samples: nothing written")
+    save_mvmc(out_path, dataset.x[hard.rows], dataset.view_labels[hard.rows])
+    with replaced(table) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sample", "row", "label", "predicted", "exit", "entropy", "reasons"])
+        for i, row in enumerate(hard.rows):
+            writer.writerow(
+                [
+                    i,
+                    int(row),
+                    dataset.classes[dataset.labels[row]],
+                    hard.predicted[i] or "",
+                    hard.exits[i],
+                    f"{hard.entropy[i]:.4f}",
+                    ";".join(hard.reasons[i]),
+                ]
+            )
+    summary = {
+        "path": str(out_path),
+        "csv": str(table),
+        "mined": len(dataset),
+        "hard": len(hard.rows),
+        "entropy": entropy,
+        "reasons": hard.reason_counts,
+        "exits": {name: hard.exits.count(name) for name in dict.fromkeys(hard.exits)},
+    }
+    show(
+        summary,
+        as_json,
+        [
+            f"{len(hard.rows)} of {len(dataset)} samples are hard ({hard.reason_counts}); "
+            f"wrote {out_path} and {table}"
+        ],
+    )
 
 
 @app.command()

@@ -91,10 +91,12 @@ def samples_to_generate(spec: str) -> int | None:
     return None if synthetic_cache_path(n, seed).exists() else n
 
 
-def parse_grid(text: str) -> tuple[int, int]:
+def parse_grid(text: str, what: str = "grid", example: str = "2x3") -> tuple[int, int]:
+    """`AxB` as two positive integers: a grid's rows and columns, or (`what` = "size") an
+    image's height and width."""
     rows, sep, cols = text.lower().partition("x")
     if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
-        raise DataError(f"grid must look like 2x3, got {text!r}")
+        raise DataError(f"{what} must look like {example}, got {text!r}")
     return int(rows), int(cols)
 
 
