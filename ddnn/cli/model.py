@@ -112,8 +112,9 @@ def train(
         typer.Option(
             min=0.0,
             max=0.95,
-            help="with --init: the share of the training (and validation) samples drawn from "
-            "--old-data, so that what the model knew is not forgotten (0: the new data alone)",
+            help="with --init: the share of the training samples drawn from --old-data, so that "
+            "what the model knew is not forgotten; thresholds are then picked on its "
+            "validation part (0: the new data alone, for both)",
         ),
     ] = 0.5,
     old_data: Annotated[
@@ -216,10 +217,10 @@ def _continued(model: DDNN, cfg: DDNNConfig, path: Path) -> DDNN:
 
 
 def _mixed(new: Splits, old: Splits, share: float, seed: int) -> Splits:
-    """New training and validation parts with `share` of old ones (the test part: new only)."""
-    validation = new.validation
-    if validation is not None and old.validation is not None:
-        validation = mixed(validation, old.validation, share, seed + 1)
+    """New training samples with `share` of old ones; thresholds are picked on the old
+    validation part (new data such as hard examples is not the traffic a deployment sees: it
+    would move them), and the report is on the new test part."""
+    validation = new.validation if old.validation is None else old.validation
     return Splits(mixed(new.train, old.train, share, seed), validation, new.test)
 
 
