@@ -26,6 +26,7 @@ import typer
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
+from ddnn.core.packages import DEBIAN_PACKAGES
 from ddnn.core.payloads import camera_frames
 from ddnn.core.roles import Role, fed_tier
 from ddnn.packed.codegen import generate
@@ -33,12 +34,6 @@ from devices.sources import ReplaySource, open_device_source
 
 SOURCE_DIR = Path(__file__).parent / "c"
 FRAMES_SPEC = "frames:{folder}/device-{{device}}.u8"  # `--source` of every device
-TOOLS = {  # what a build needs: the Debian package that brings each
-    "gcc": "gcc",
-    "make": "make",
-    "mosquitto.h": "libmosquitto-dev",
-    "msgpack.h": "libmsgpack-dev",
-}
 BUILD_TIMEOUT = 300.0
 
 
@@ -51,9 +46,10 @@ def missing_tools() -> list[str]:
     """The Debian packages a C device build lacks here (none: it can build): the compiler,
     make, and the headers and libraries of libmosquitto and msgpack-c, each checked by
     compiling and linking a line that uses it."""
-    missing = [TOOLS["make"]] if shutil.which("make") is None else []
+    missing = [DEBIAN_PACKAGES["make"]] if shutil.which("make") is None else []
     if shutil.which(compiler()) is None:
-        return [TOOLS["gcc"], *missing, TOOLS["mosquitto.h"], TOOLS["msgpack.h"]]
+        headers = [DEBIAN_PACKAGES[h] for h in ("mosquitto.h", "msgpack.h")]
+        return [DEBIAN_PACKAGES["gcc"], *missing, *headers]
     probes = {
         "mosquitto.h": ("mosquitto_lib_version(0, 0, 0)", "-lmosquitto"),
         "msgpack.h": ("msgpack_sbuffer_new()", "-lmsgpackc"),
@@ -67,7 +63,7 @@ def missing_tools() -> list[str]:
                 capture_output=True,
             )
             if run.returncode != 0:
-                missing.append(TOOLS[header])
+                missing.append(DEBIAN_PACKAGES[header])
     return missing
 
 

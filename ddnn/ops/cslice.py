@@ -12,6 +12,7 @@ import numpy as np
 
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
+from ddnn.core.packages import DEBIAN_PACKAGES
 from ddnn.core.payloads import camera_frames
 from ddnn.data import check_fits, load_spec, replay_part, trained_on
 from ddnn.packed.codegen import SOURCE, write_slice
@@ -23,19 +24,14 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off"]
 # What `ddnn bench device` times it with: as numba compiles its kernels (LLVM at -O3, for
 # this machine's CPU). The bench checks its outputs too.
 BENCH_CFLAGS = [*CFLAGS, "-O3", "-march=native"]
-_PACKAGES = {  # the Debian packages that bring each build tool
-    "gcc": "gcc",
-    "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
-    "arm-none-eabi-size": "binutils-arm-none-eabi",
-    "qemu-system-arm": "qemu-system-arm",
-}
 
 
 def need_tool(name: str) -> str:
     """The path of a build tool, or a DDNNError naming the package that brings it."""
     path = shutil.which(name)
     if path is None:
-        raise DDNNError(f"{name} is not installed (Debian: apt-get install {_PACKAGES[name]})")
+        package = DEBIAN_PACKAGES[name]
+        raise DDNNError(f"{name} is not installed (Debian: apt-get install {package})")
     return path
 
 
