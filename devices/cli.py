@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ddnn.core.errors import DDNNError
+from ddnn.core.hard import DEFAULT_ENTROPY, HardRule
 from ddnn.core.manifest import read_manifest
 from ddnn.core.roles import Role
 from ddnn.live.service_cli import Artifacts, ServiceSetup, service_command
@@ -46,9 +47,28 @@ def device(
             "device (a binary device tier), else torch",
         ),
     ] = "auto",
+    capture: Annotated[
+        bool,
+        typer.Option(
+            help="send the frame of every sample whose decision is hard (escalated, "
+            "degraded, abstained or unsure) to `ddnn capture`: only where the deployment's "
+            "accounts allow it (`ddnn credentials --capture`), since frames then leave the "
+            "camera"
+        ),
+    ] = False,
+    capture_entropy: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="with --capture: a decision above this normalized entropy is hard (give "
+            "`ddnn capture --entropy` the same level)",
+        ),
+    ] = DEFAULT_ENTROPY,
 ) -> None:
     """Run one end device: its binarized slice on every frame, class scores to the local
-    aggregator, bit-packed feature maps to the edge or cloud when asked."""
+    aggregator, bit-packed feature maps to the edge or cloud when asked (and, with
+    --capture, the frames of hard samples to `ddnn capture`)."""
     if clock not in ("tick", "wall"):
         raise DDNNError(f"--clock must be tick or wall, got {clock!r}")
     manifest = read_manifest(artifacts)
@@ -70,6 +90,7 @@ def device(
         clock=clock,
         fps=fps,
         keep_seconds=keep_seconds,
+        hard=HardRule(capture_entropy) if capture else None,
     )
     service.limit_rate(setup.frame_rate)
     try:

@@ -1,5 +1,8 @@
 """`ddnn device`: one end device. Captures a frame per sample, runs its slice, publishes the
 class scores, keeps the feature map for a while, and publishes it bit-packed when asked.
+With `--capture` (where the deployment captures hard examples) it also keeps each frame,
+as uint8, until the sample's decision, and sends it to `ddnn capture` when the decision
+meets the hard-example rule (docs/design/capture.md says why the device judges that).
 
 Clocks (which frame belongs to which sample, across devices):
 - `tick` (the default): capture when the `tick` message for sample k arrives. Replay sources
@@ -16,8 +19,10 @@ import time
 
 import numpy as np
 
+from ddnn.core.errors import DDNNError
+from ddnn.core.hard import HardRule
 from ddnn.core.manifest import Manifest
-from ddnn.core.payloads import pack_scores
+from ddnn.core.payloads import camera_frames, pack_scores
 from ddnn.core.roles import Role
 from ddnn.live.service import (
     Broker,
@@ -28,7 +33,7 @@ from ddnn.live.service import (
     check_fresh,
     handles,
 )
-from ddnn.live.wire import Offload, Scores, Tick
+from ddnn.live.wire import MAX_FRAME, Capture, Decision, Offload, Scores, Tick
 from devices.runtime import SliceRuntime
 from devices.sources import FrameSource, VideoSource
 
@@ -47,15 +52,24 @@ class DeviceService(Service):
         fps: float = 10.0,
         keep_seconds: float = 10.0,
         keep_max: int = 1024,
+        hard: HardRule | None = None,
     ) -> None:
         self.role = Role.device(device)
+        self.capturing = hard is not None
         super().__init__(manifest, broker, deployment)
+        if self.capturing and np.prod(self.model.input_shape) > MAX_FRAME:
+            raise DDNNError(
+                f"--capture: frames of {self.model.input_shape} do not fit one message "
+                f"({MAX_FRAME} bytes at most)"
+            )
         self.runtime = runtime
         self.source = source
         self.clock = clock
         self.fps = fps
         self.feature_format = self.model.device_feature_format
         self.kept = KeptMaps(keep_seconds, keep_max)
+        self.hard = hard  # the hard-example rule, where it captures
+        self.frames = KeptMaps(keep_seconds, keep_max)  # uint8, until the decision (capturing)
         self.answered: Recent[Scores] = Recent(keep_max)  # the scores of recent samples
         self.next_capture = 0.0
 
@@ -81,6 +95,18 @@ class DeviceService(Service):
         if self.role in message.sources:
             self.send_kept(self.kept, message.sample, self.feature_format)
 
+    @handles(Decision)
+    def on_decision(self, message: Decision) -> None:
+        """Read only while capturing: send the sample's frame where the rule finds it hard,
+        and forget the frame either way."""
+        frame = self.frames.take(message.sample)
+        if frame is None or self.hard is None or self.role.index not in message.devices:
+            return  # not a sample it answered (or no longer kept: counted as dropped)
+        if message.is_hard(self.hard, self.model):
+            self.publish(
+                self.topics.capture(self.role), Capture.of(message.sample, self.role, frame)
+            )
+
     def _index(self, sample: int) -> int:
         """Finite sources (replay, image folders) cycle through their frames."""
         length = getattr(self.source, "length", None)
@@ -103,9 +129,13 @@ class DeviceService(Service):
         self.answered.add(sample, message)
         self.counters["frames"] += 1
         self.counters["features_dropped"] += self.kept.put(sample, features)
+        if self.capturing:
+            self.counters["frames_dropped"] += self.frames.put(sample, camera_frames(image))
 
     def poll(self, now: float) -> float | None:
         self.counters["features_dropped"] += self.kept.expire(now)
+        if self.capturing:
+            self.counters["frames_dropped"] += self.frames.expire(now)
         if self.clock != "wall":
             return None
         t = time.time()

@@ -28,9 +28,11 @@ from ddnn.live.service import WALL_SKEW, Service
 from ddnn.live.wire import (
     ENCODINGS,
     KINDS,
+    MAX_FRAME,
     MAX_PAYLOAD,
     MAX_SCORE,
     SMALL,
+    Capture,
     Features,
     Job,
     Message,
@@ -304,6 +306,18 @@ class Fuzz:
             )
         )
 
+    def frames(self) -> st.SearchStrategy[dict[str, Any]]:
+        """shape and data of a captured frame: half of them of the model's input shape, half
+        of any shape of the schema that fits a message; the data exactly its bytes."""
+        fits = list(self.rig.manifest.ddnn_config().model.input_shape)
+        spec = Capture.model_fields["shape"]
+        shapes = self.schema(spec.annotation, spec.metadata).filter(
+            lambda shape: math.prod(shape) <= MAX_FRAME
+        )
+        return st.tuples(st.just(fits) | shapes, st.integers(0, 2**32 - 1)).map(
+            lambda t: {"shape": t[0], "data": np.random.default_rng(t[1]).bytes(math.prod(t[0]))}
+        )
+
     def job_maps(self) -> st.SearchStrategy[dict[str, Any]]:
         """encoding, maps and shapes of a job: the cloud's inputs (mostly in its encoding,
         fitting), any roles, or the most maps a job holds (empty ones: cheap)."""
@@ -357,9 +371,11 @@ class Fuzz:
             joint = self.feature_maps(sender)
         elif model is Job:
             joint = self.job_maps()
+        elif model is Capture:
+            joint = self.frames()
         required, optional = {}, {}
         for name, f in model.model_fields.items():
-            if name in ("shape", "encoding", "data") and model is Features:
+            if name in ("shape", "encoding", "data") and model in (Features, Capture):
                 continue
             if name in ("encoding", "maps", "shapes") and model is Job:
                 continue

@@ -20,12 +20,14 @@ from aggregator.service import AggregatorService, Deadlines
 from aggregator.weights import load_exit_weights
 from cloud.runtime import open_tier
 from cloud.service import TierService
+from ddnn.core.hard import HardRule
 from ddnn.core.manifest import Manifest, read_manifest
 from ddnn.core.payloads import pack_scores
 from ddnn.core.roles import CLOUD, Role, tier_inputs
 from ddnn.live.memory import MemoryBus
 from ddnn.live.service import Service
 from ddnn.live.wire import (
+    Capture,
     Decision,
     Features,
     Job,
@@ -84,6 +86,8 @@ class Rig:
             return t.features(m.source)
         if isinstance(m, Offload):
             return t.offload(m.to)
+        if isinstance(m, Capture):
+            return t.capture(m.source)
         return {Tick: t.tick, Job: t.job, Decision: t.decisions}[type(m)]
 
     def settle(self, later: float = 0.0) -> None:
@@ -184,15 +188,16 @@ def cloud_rig(
     return rig, cloud
 
 
-def whole_rig(artifacts: Path, replicas: int | None = None) -> Rig:
+def whole_rig(artifacts: Path, replicas: int | None = None, hard: HardRule | None = None) -> Rig:
     """Every service of a deployment of `artifacts`, opened on one bus; `replicas`: that
     many cloud replicas in the shared subscription group "cloud", fed jobs by the
-    aggregator, instead of one cloud."""
+    aggregator, instead of one cloud; `hard`: the devices capture the hard examples of this
+    rule (a capture service is the caller's to add)."""
     manifest, weights = load_exit_weights(artifacts)
     model = manifest.ddnn_config().model
     rig = Rig(manifest)
     for d in range(model.n_devices):
-        rig.add(device_service(rig, artifacts, d))
+        rig.add(device_service(rig, artifacts, d, hard=hard))
     for e in range(len(model.edge.groups) if model.edge is not None else 0):
         rig.add(tier_service(rig, artifacts, Role.edge(e)))
     if model.cloud is not None:

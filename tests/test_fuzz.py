@@ -7,8 +7,8 @@ bounds, every role of the deployment and roles it lacks, containers empty and fu
 message goes out from every account whose grants allow its topic, into every service on the
 in-memory bus, between real samples. Nothing may escape a service, none may count
 `INTERNAL_ERROR`, everything on the bus decodes, and each real sample is decided exactly
-once. Default run: 100 of each kind per deployment; `-m slow`: 2,000 on each of five, 10,000
-of each kind in all.
+once. Default run: 100 of each kind per deployment; `-m slow`: 2,000 on each of six (one of
+them capturing hard examples), 12,000 of each kind in all.
 """
 
 from __future__ import annotations
@@ -24,14 +24,17 @@ from hypothesis import strategies as st
 
 from aggregator.awaited import SILENT_AFTER
 from aggregator.service import AggregatorService
+from capture.folder import CaptureFolder
+from capture.service import CaptureService
 from cloud.service import TierService
+from ddnn.core.hard import HardRule
 from ddnn.core.roles import MAX_INDEX, Role, deployment_roles
 from ddnn.live.access import grants
 from ddnn.live.service import INTERNAL_ERROR
 from ddnn.live.wire import CHANNELS, KINDS, Message, Offload, Tick, decode, encode
 from devices.service import DeviceService
 from tests.fuzzing import REAL_BASE, Fuzz
-from tests.inprocess import LATER, whole_rig
+from tests.inprocess import DEPLOYMENT, LATER, whole_rig
 
 FEW, MANY = 100, 2_000  # messages of each kind per deployment: default run, `-m slow`
 # Seconds past now at which services are polled: before every deadline, past the devices'
@@ -40,17 +43,24 @@ LATERS = [0.0, 0.6, 1.1, 2.1, 3.1, LATER]
 
 
 # -- the deployment --------------------------------------------------------------------------
-def deploy(name: str, artifacts: Path, replicas: int | None = None) -> Fuzz:
-    """Every service of `artifacts` on one bus, and what the fuzz needs to know of them."""
-    rig = whole_rig(artifacts, replicas)
+def deploy(
+    name: str, artifacts: Path, replicas: int | None = None, capture: Path | None = None
+) -> Fuzz:
+    """Every service of `artifacts` on one bus, and what the fuzz needs to know of them;
+    `capture`: the deployment captures hard examples into this folder (capturing devices,
+    and the capture service)."""
+    rig = whole_rig(artifacts, replicas, HardRule() if capture else None)
     model = rig.manifest.ddnn_config().model
+    if capture is not None:
+        folder = CaptureFolder(capture, model.n_devices)
+        rig.add(CaptureService(rig.manifest, rig.bus, DEPLOYMENT, folder, HardRule()))
     [agg] = [s for s in rig.services if isinstance(s, AggregatorService)]
     devices = [s for s in rig.services if isinstance(s, DeviceService)]
     tiers = [s for s in rig.services if isinstance(s, TierService)]
     instance = {str(s.role): s.instance for s in rig.services}
     routes: dict[str, list[tuple[str, str, str | None]]] = {k: [] for k in KINDS}
     anywhere = []
-    for account, grant in grants(model, rig.topics).items():
+    for account, grant in grants(model, rig.topics, capture=capture is not None).items():
         for topic in grant.write:
             topic = topic.replace("#", instance.get(account, "fuzz"))  # a probe's topic
             anywhere.append((account, topic))
@@ -196,14 +206,15 @@ def finish(fz: Fuzz) -> None:
     assert answered >= len(fz.real) // 2, f"{answered} of {len(fz.real)} real samples decided"
 
 
-DEPLOYMENTS = {  # name -> (fixture, cloud replicas)
-    "plain": ("plain", None),
-    "edges": ("with_edges", None),
-    "plain-replicated": ("plain", 2),
-    "edges-replicated": ("with_edges", 2),
-    "hybrid": ("with_hybrid", None),
+DEPLOYMENTS = {  # name -> (fixture, cloud replicas, whether it captures hard examples)
+    "plain": ("plain", None, False),
+    "edges": ("with_edges", None, False),
+    "plain-replicated": ("plain", 2, False),
+    "edges-replicated": ("with_edges", 2, False),
+    "hybrid": ("with_hybrid", None, False),
+    "edges-capture": ("with_edges", None, True),
 }
-DEFAULT = ["plain", "edges", "plain-replicated"]
+DEFAULT = ["plain", "edges", "plain-replicated", "edges-capture"]
 
 
 @pytest.mark.parametrize(
@@ -211,9 +222,13 @@ DEFAULT = ["plain", "edges", "plain-replicated"]
     [(d, FEW) for d in DEFAULT]
     + [pytest.param(d, MANY, marks=pytest.mark.slow) for d in DEPLOYMENTS],
 )
-def test_valid_messages_from_every_account_break_no_service(request, deployment, examples):
-    fixture, replicas = DEPLOYMENTS[deployment]
-    fz = deploy(deployment, request.getfixturevalue(fixture), replicas)
+def test_valid_messages_from_every_account_break_no_service(
+    request, tmp_path, deployment, examples
+):
+    fixture, replicas, capture = DEPLOYMENTS[deployment]
+    fz = deploy(
+        deployment, request.getfixturevalue(fixture), replicas, tmp_path if capture else None
+    )
     started = time.monotonic()
     run_fuzz(fz, examples)
     finish(fz)

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from aggregator.service import AggregatorService
+from capture.service import CaptureService
 from cloud.service import TierService
 from ddnn.core.config import ModelConfig
 from ddnn.core.manifest import read_manifest
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles
+from ddnn.core.roles import AGGREGATOR, CAPTURE, CLOUD, Role, deployment_roles
 from ddnn.live.access import acl_text, emqx_acl_text, grants, read_acl
 from ddnn.live.asyncapi import document
 from ddnn.live.protocol import PROTOCOL, Use, read_kinds, subscriptions
@@ -75,12 +76,12 @@ def test_a_change_to_a_roles_entry_reaches_subscriptions_grants_acls_asyncapi_an
 def test_a_kind_the_table_adds_without_a_handler_stops_the_service_at_open(plain):
     table = dict(PROTOCOL)
     table["device"] = dataclasses.replace(
-        table["device"], reads=(*table["device"].reads, Use("decisions"))
+        table["device"], reads=(*table["device"].reads, Use("job"))
     )
     rig = Rig(read_manifest(plain))
     dev = device_service(rig, plain, 2)
     dev.protocol = table
-    with pytest.raises(TypeError, match="no handler for \\['Decision'\\]"):
+    with pytest.raises(TypeError, match="no handler for \\['Job'\\]"):
         dev.open()
 
 
@@ -90,13 +91,20 @@ def test_a_kind_the_table_adds_without_a_handler_stops_the_service_at_open(plain
         (DeviceService, [Role.device(0)]),
         (AggregatorService, [AGGREGATOR]),
         (TierService, [Role.edge(0), CLOUD]),
+        (CaptureService, [CAPTURE]),
     ],
 )
 def test_services_declare_a_handler_for_each_kind_their_roles_read_and_dispatch_in_the_base(
     service, roles
 ):
     assert "handle" not in vars(service) and "subscriptions" not in vars(service)
-    read = {kind for r in roles for mode in (False, True) for kind in read_kinds(r, mode)}
+    modes = [(replicated, capturing) for replicated in (False, True) for capturing in (False, True)]
+    read = {
+        kind
+        for r in roles
+        for replicated, capturing in modes
+        for kind in read_kinds(r, replicated, capturing=capturing)
+    }
     assert set(service.handlers) == read
 
 

@@ -1,6 +1,7 @@
-"""The services without PyTorch: every module of the devices, the local aggregator and the
-upper tiers imports, and a live deployment whose device, aggregator and (packed) cloud
-processes cannot import torch decides every sample as offline evaluation does."""
+"""The services without PyTorch: every module of the devices, the local aggregator, the
+upper tiers and the capture imports, and a live deployment whose device, aggregator and
+(packed) cloud processes cannot import torch decides every sample as offline evaluation
+does."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ TORCH_FREE = [
     "devices",
     "aggregator",
     "cloud",
+    "capture",
     "ddnn.core",
     "ddnn.live",
     "ddnn.packed",
@@ -49,6 +51,7 @@ def test_every_module_of_the_services_imports_without_pytorch():
     for module in ("devices.cli", "devices.sources", "aggregator.cli", "aggregator.service"):
         assert module in names
     assert {"cloud.cli", "cloud.service", "cloud.runtime", "ddnn.packed.tier"} <= set(names)
+    assert {"capture.cli", "capture.service", "capture.folder"} <= set(names)
 
 
 def without_torch(role: Role) -> list[str]:

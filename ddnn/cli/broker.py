@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ddnn.cli.app import app
-from ddnn.cli.options import BrokerKindOption, JsonFlag
+from ddnn.cli.options import BrokerKindOption, CaptureAccounts, JsonFlag
 from ddnn.cli.render import err, show
 from ddnn.core.errors import DDNNError
 from ddnn.core.manifest import read_manifest
@@ -30,6 +30,7 @@ DeploymentOption = Annotated[
 def credentials_cmd(
     artifacts: Annotated[Path, typer.Option(help="a directory written by `ddnn export`")],
     deployment: DeploymentOption = "default",
+    capture: CaptureAccounts = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Write new broker accounts for one deployment of an export (`ddnn export` makes those of
@@ -38,10 +39,15 @@ def credentials_cmd(
     topics and read only what its service needs; `trigger` ticks samples, `observer` reads."""
     manifest = read_manifest(artifacts)
     folder = write_access(
-        artifacts, manifest.ddnn_config().model, deployment, manifest.model_version
+        artifacts, manifest.ddnn_config().model, deployment, manifest.model_version, capture
     )
     accounts = sorted(p.stem for p in folder.glob("*.json"))
-    document = {"access": str(folder), "deployment": deployment, "accounts": accounts}
+    document = {
+        "access": str(folder),
+        "deployment": deployment,
+        "accounts": accounts,
+        "capture": capture,
+    }
     lines = [
         f"accounts of deployment {deployment!r} in {folder}: {', '.join(accounts)}",
         f"start a broker that enforces them: ddnn broker --artifacts {artifacts}"

@@ -17,6 +17,7 @@ from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.service_cli import Durability, DurabilityOption
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.demo import demo_model, run_demo
+from ddnn.ops.deploy import Capturing
 from ddnn.ops.faults.harness import SCORE_DEADLINE, Sizes
 from ddnn.ops.faults.suite import SCENARIOS, run_faults
 
@@ -101,6 +102,16 @@ def demo(
             "both side by side (every device replays its frames rounded to uint8)"
         ),
     ] = "python",
+    capture: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="also capture the hard examples (escalated, degraded, abstained or unsure "
+            "at the default entropy level) into DIR: `ddnn capture` beside the others, every "
+            "device with --capture; DIR then holds cam<i>/<sample>.png, labels.csv (for `ddnn "
+            "data import`) and captured.npz",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole live system on this machine: a broker, one process per device, the
@@ -110,6 +121,8 @@ def demo(
     if broker is None and (mqtt != "5" or quick_ack):
         raise DDNNError("--mqtt and --quick-ack describe the broker of --broker")
     _check_outputs(decisions, plot)
+    if capture is not None:
+        make_folder(capture, "--capture folder")
     external = (
         None
         if broker is None
@@ -133,6 +146,7 @@ def demo(
         kind,
         durability,
         device_runtime,
+        None if capture is None else Capturing(capture),
     )
     b = report["broker"]
     show(
@@ -184,9 +198,40 @@ def demo(
             "acc: live accuracy; offline: `ddnn eval` on the same samples with the same devices; "
             "differ: live decisions (class or exit) that differ from it",
             *runtimes(report),
+            *captures(report),
             *plotted(report, as_json),
         ],
     )
+
+
+def captures(report: dict[str, Any]) -> list[Rows | str]:
+    """What the capture of hard examples came to, where the demo ran it."""
+    if "capture" not in report:
+        return []
+    c = report["capture"]
+    n = c["counters"]
+    dropped = "/".join(str(n.get(f"dropped_{why}")) for why in ("rate", "pending", "stopped"))
+    row = {
+        "hard": n.get("hard"),
+        "captured": n.get("captured_samples"),
+        "frames": n.get("captured_frames"),
+        "missing": n.get("frames_missing"),
+        "MB": round(n.get("bytes_written", 0) / 1e6, 2),
+        "dropped r/p/s": dropped,
+        "quota": "reached" if n.get("quota_reached") else "-",
+        "refused": sum(c["rejected"].values()),
+    }
+    return [
+        Rows(
+            f"hard examples captured into {c['folder']} ({c['hard_decisions']} decisions "
+            f"hard by the driver's count, entropy above {c['entropy']:g})",
+            [row],
+        ),
+        "hard: as the capture counted them; missing: frames that did not come; dropped: over "
+        "the rate, the samples waiting, after capture stopped; label them in "
+        f"{c['folder']}/labels.csv, then `ddnn data import --images {c['folder']} --labels "
+        f"{c['folder']}/labels.csv --out FILE`",
+    ]
 
 
 def runtimes(report: dict[str, Any]) -> list[Rows]:

@@ -13,6 +13,7 @@ import yaml
 
 from ddnn.cli.app import app
 from ddnn.cli.options import (
+    CaptureAccounts,
     ConfigFile,
     DataSpec,
     Epochs,
@@ -655,6 +656,7 @@ def export_(
             "files replace those of the same names there, no other file is deleted",
         ),
     ] = False,
+    capture: CaptureAccounts = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Split a trained model into one artifact per role (each device, the aggregator, each
@@ -663,7 +665,7 @@ def export_(
     a new or empty folder, or an earlier export (replaced); any other folder needs --force."""
     model, cfg, meta = load_model(model_path)
     manifest = export(model, cfg, out_dir, meta, force=force)
-    access = write_access(out_dir, cfg.model, deployment, manifest.model_version)
+    access = write_access(out_dir, cfg.model, deployment, manifest.model_version, capture)
     rows = [
         {"role": role, "file": a.file, "bytes": a.bytes, "sha256": a.sha256[:16]}
         for role, a in manifest.artifacts.items()

@@ -52,6 +52,15 @@ LiveData = Annotated[
         "must fit the model (default: the data the model was trained on)",
     ),
 ]
+CaptureAccounts = Annotated[
+    bool,
+    typer.Option(
+        "--capture",
+        help="the deployment captures hard examples: a `capture` account (`ddnn capture`), "
+        "and the devices may send it the frames of hard samples (without it, no device can "
+        "publish a frame)",
+    ),
+]
 OptionalData = Annotated[
     str | None,
     typer.Option("--data", help="data SPEC (default: the data the model was trained on)"),

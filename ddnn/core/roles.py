@@ -1,4 +1,5 @@
-"""The roles of a deployment: `device-<i>`, `edge-<e>`, `cloud` and `aggregator`.
+"""The roles of a deployment: `device-<i>`, `edge-<e>`, `cloud` and `aggregator`, and
+`capture` where the deployment captures hard examples (opt-in: docs/design/capture.md).
 
 A role names one live service: its artifact in an export, its topics on the wire, its process
 in a fleet. `Role` is the one type for them all: a `str` (so it goes into topic names, file
@@ -14,7 +15,7 @@ import re
 from ddnn.core.config import FeatureFormat, ModelConfig
 
 MAX_INDEX = 9999
-PATTERN = r"(?:device|edge)-(?:0|[1-9][0-9]{0,3})|cloud|aggregator"
+PATTERN = r"(?:device|edge)-(?:0|[1-9][0-9]{0,3})|cloud|aggregator|capture"
 _CANONICAL = re.compile(PATTERN)
 
 
@@ -29,7 +30,7 @@ class Role(str):
         if not isinstance(name, str) or not _CANONICAL.fullmatch(name):
             raise ValueError(
                 f"{name!r} is not a role: device-<i>, edge-<e> (i, e in 0..{MAX_INDEX}, "
-                "no leading zeros), cloud or aggregator"
+                "no leading zeros), cloud, aggregator or capture"
             )
         return super().__new__(cls, name)
 
@@ -49,18 +50,20 @@ class Role(str):
 
     @property
     def tier(self) -> str:
-        """ "device", "edge", "cloud" or "aggregator": also the service's `ddnn` command."""
+        """ "device", "edge", "cloud", "aggregator" or "capture": also the service's `ddnn`
+        command."""
         return self.partition("-")[0]
 
     @property
     def index(self) -> int | None:
-        """The device's or the edge's number; None for the cloud and the aggregator."""
+        """The device's or the edge's number; None for the other roles."""
         _, sep, index = self.partition("-")
         return int(index) if sep else None
 
 
 AGGREGATOR = Role("aggregator")
 CLOUD = Role("cloud")
+CAPTURE = Role("capture")  # not among `deployment_roles`: a deployment opts in to it
 
 
 def deployment_roles(model: ModelConfig, devices: int | None = None) -> list[Role]:

@@ -2,9 +2,11 @@
 
 Every role of a deployment gets its own broker account (`<deployment>/<account>`, so many
 deployments' access files merge into one broker's: `merge_access`), plus `trigger` (ticks),
-`observer` (reads everything, writes nothing) and, with a cloud, `bridge` (a site broker's
-login to the cloud's). What each account may do (`grants`) follows from the topology alone:
-a role writes only its own topics and reads only what its service subscribes to.
+`observer` (reads everything, writes nothing), with a cloud, `bridge` (a site broker's
+login to the cloud's) and, only where the deployment captures hard examples (`capture`),
+`capture` (`ddnn capture`), with the devices' grants to send it their frames. What each
+account may do (`grants`) follows from the topology alone: a role writes only its own
+topics and reads only what its service subscribes to.
 `write_access` writes the files a broker enforces and each service logs in with, in
 `<artifacts>/access/<deployment>/`: mosquitto's password file and ACL (which both brokers of
 `ddnn broker` read), an EMQX 5 ACL, and one credentials file per account.
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ddnn.core.config import ModelConfig
 from ddnn.core.errors import ConfigError, problems
 from ddnn.core.files import replaced
-from ddnn.core.roles import CLOUD, Role, deployment_roles
+from ddnn.core.roles import CAPTURE, CLOUD, Role, deployment_roles
 from ddnn.live.mqtt.settings import BrokerSettings
 from ddnn.live.protocol import PROTOCOL, Protocol, granted, part_of, topics_of
 from ddnn.live.wire import Topics
@@ -51,18 +53,27 @@ class Grant:
     write: tuple[str, ...]
 
 
-def grants(model: ModelConfig, topics: Topics, protocol: Protocol = PROTOCOL) -> dict[str, Grant]:
+def grants(
+    model: ModelConfig, topics: Topics, protocol: Protocol = PROTOCOL, capture: bool = False
+) -> dict[str, Grant]:
     """Each account of a deployment of `model` -> what it may read and write: every use of
-    its entry in the protocol table (ddnn/live/protocol.py), whatever mode its service runs
-    in; and each account's own probe topics."""
+    its entry in the protocol table (ddnn/live/protocol.py) that brokers grant (`capture`:
+    the deployment captures hard examples), whatever mode its service runs in; and each
+    account's own probe topics. A party with no use granted has no account."""
     out: dict[str, Grant] = {}
-    for party in [*deployment_roles(model), TRIGGER]:
+    for party in [*deployment_roles(model), TRIGGER, CAPTURE]:
         part = part_of(party, protocol)
         read, write = (
-            tuple(t for u in uses if granted(u, model) for t in topics_of(u, party, model, topics))
+            tuple(
+                t
+                for u in uses
+                if granted(u, model, capture)
+                for t in topics_of(u, party, model, topics)
+            )
             for uses in (part.reads, part.writes)
         )
-        out[party] = Grant(read, write)
+        if read or write:
+            out[party] = Grant(read, write)
     out[OBSERVER] = Grant((f"{topics.root}/#",), ())
     if model.cloud is not None:
         # a bridge reads what goes in to the site and writes what goes out to the cloud
@@ -181,19 +192,24 @@ def access_dir(artifacts: Path, deployment: str) -> Path:
     return Path(artifacts) / ACCESS / deployment
 
 
-def write_access(artifacts: Path, model: ModelConfig, deployment: str, model_version: str) -> Path:
+def write_access(
+    artifacts: Path, model: ModelConfig, deployment: str, model_version: str, capture: bool = False
+) -> Path:
     """Write new accounts for deployment `deployment` of an export (module doc); returns
     their folder. Each call makes new passwords: the old ones stop working once the broker
-    reloads the files."""
+    reloads the files. `capture`: the deployment captures hard examples (the `capture`
+    account, and the devices' grants to send it frames); without it, the credentials file
+    of an earlier capture account is removed, as the broker no longer knows it."""
     topics = Topics(deployment, model_version)
     if any(c == ":" or c.isspace() for c in deployment):
         raise ConfigError(
             f"deployment {deployment!r} cannot name broker accounts: no ':' or spaces"
         )
-    accounts = grants(model, topics)
+    accounts = grants(model, topics, capture=capture)
     users = {username(deployment, name): grant for name, grant in accounts.items()}
     folder = access_dir(artifacts, deployment)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{CAPTURE}.json").unlink(missing_ok=True)  # written again below if granted
     passwords = {name: secrets.token_urlsafe(24) for name in accounts}
     for name, password in passwords.items():
         login = Credentials(

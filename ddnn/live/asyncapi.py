@@ -4,14 +4,15 @@ Everything in it comes from the code that the services run: the channels from th
 (`CHANNELS`), each payload's JSON Schema from its pydantic model (`model_json_schema`), who
 sends and who receives on each channel from the protocol table through the broker accounts'
 grants (`ddnn.live.access.grants`, over a deployment with every kind of role: devices, an
-edge, the cloud), the QoS from the services' rule (`DATA_KINDS` at QoS 0, the rest at 1),
-and the retained statuses with their last will. `docs/asyncapi.yaml` is its output, and a
-test fails when the two disagree, so that someone writing a device in another language can
-trust it.
+edge, the cloud, and the opt-in capture of hard examples), the QoS from the services' rule
+(`DATA_KINDS` at QoS 0, the rest at 1), and the retained statuses with their last will.
+`docs/asyncapi.yaml` is its output, and a test fails when the two disagree, so that someone
+writing a device in another language can trust it.
 
 Payloads travel as msgpack maps of the fields below (`application/msgpack`); a `bytes` field
 is a msgpack bin. Topics carry the deployment, the model version (the manifest's) and a role
-(`device-<i>`, `edge-<e>`, `cloud`, `aggregator`), or the tier an offload request asks.
+(`device-<i>`, `edge-<e>`, `cloud`, `aggregator`, `capture`), or the tier an offload request
+asks.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ PARAMETERS = {
     "deployment": {"description": "the deployment's name (`--deployment`)"},
     "model_version": {"description": "the export's model version (its manifest)"},
     "role": {
-        "description": "the sending role: device-<i>, edge-<e>, cloud or aggregator",
+        "description": "the sending role: device-<i>, edge-<e>, cloud, aggregator or capture",
         "examples": ["device-0", "edge-0", "cloud"],
     },
     "tier": {
@@ -46,6 +47,7 @@ ACCOUNTS = {  # the kinds of account, by the prefix of their name
     "cloud": "the cloud tier (`ddnn cloud`), or one of its replicas",
     "aggregator": "the local aggregator (`ddnn aggregator`)",
     "trigger": "what ticks the cameras, and reads the decisions",
+    "capture": "the hard-example capture (`ddnn capture`)",
 }
 
 
@@ -72,7 +74,7 @@ def document(protocol: Protocol = PROTOCOL) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the wire protocol (of another table: a test's)."""
     topics = Topics("d", "v")
     users: dict[tuple[str, str], set[str]] = {}  # (channel, send|receive) -> account kinds
-    for account, grant in grants(EXAMPLE, topics, protocol).items():
+    for account, grant in grants(EXAMPLE, topics, protocol, capture=True).items():
         if account in (OBSERVER, BRIDGE):
             continue  # reads everything / relays: no role of the protocol
         kind = "trigger" if account == "trigger" else Role(account).tier
@@ -102,6 +104,12 @@ def document(protocol: Protocol = PROTOCOL) -> dict[str, Any]:
             channel["description"] = (
                 "cloud replicas receive it through the MQTT 5 shared subscription "
                 f"$share/<group>/{channel['address']}: each job reaches one replica"
+            )
+        if level == "capture":
+            channel["description"] = (
+                "only where the deployment captures hard examples (opt-in: `ddnn credentials "
+                "--capture`), and then also the devices receive the decisions: frames leave "
+                "the cameras"
             )
         if level == "status":
             channel["description"] = (

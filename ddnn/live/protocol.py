@@ -1,11 +1,12 @@
 """Who reads and writes which channel: the one table of the wire protocol's parties.
 
 `PROTOCOL` gives each kind of account (a service's tier, or `trigger`) the channels it reads
-and writes, and whose topics of each. Everything else follows from it: a service's MQTT
-subscriptions (`subscriptions`) and the message kinds it dispatches to its handlers
-(`read_kinds`, ddnn/live/service.py), the broker accounts' grants (ddnn/live/access.py, and
-so the mosquitto and EMQX ACLs and the bridge) and the AsyncAPI document
-(ddnn/live/asyncapi.py). The message kind each channel carries is the wire's `CHANNELS`.
+and writes, whose topics of each, and in which mode of the deployment (`When`). Everything
+else follows from it: a service's MQTT subscriptions (`subscriptions`) and the message kinds
+it dispatches to its handlers (`read_kinds`, ddnn/live/service.py), the broker accounts'
+grants (ddnn/live/access.py, and so the mosquitto and EMQX ACLs and the bridge) and the
+AsyncAPI document (ddnn/live/asyncapi.py). The message kind each channel carries is the
+wire's `CHANNELS`.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ PER_TIER = (Whose.TIER, Whose.FED, Whose.TIERS)  # the uses whose topics end in 
 
 class When(Enum):
     """In which mode of the deployment a service uses a channel. Brokers grant every use
-    (a REPLICATED one where the model has a cloud), whatever mode a service runs in."""
+    (a REPLICATED one where the model has a cloud), whatever mode a service runs in, but a
+    CAPTURING one only where the deployment opts in to capturing hard examples: frames then
+    leave the cameras (`granted`)."""
 
     ALWAYS = "always"
     REPLICATED = "while the cloud runs as replicas sharing jobs"
     DIRECT = "while it does not"
+    CAPTURING = "while the deployment captures hard examples"
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,17 @@ class Part:
 
 OWN, EVERY, INPUTS = Whose.OWN, Whose.EVERY, Whose.INPUTS
 TIER, FED = Whose.TIER, Whose.FED
-REPLICATED, DIRECT = When.REPLICATED, When.DIRECT
+REPLICATED, DIRECT, CAPTURING = When.REPLICATED, When.DIRECT, When.CAPTURING
 Protocol = dict[str, Part]
 PROTOCOL: Protocol = {
     "device": Part(
-        reads=(Use("tick"), Use("offload", FED)),
-        writes=(Use("status", OWN), Use("scores", OWN), Use("features", OWN)),
+        reads=(Use("tick"), Use("offload", FED), Use("decisions", when=CAPTURING)),
+        writes=(
+            Use("status", OWN),
+            Use("scores", OWN),
+            Use("features", OWN),
+            Use("capture", OWN, CAPTURING),  # the frames of the samples it finds hard
+        ),
     ),
     "aggregator": Part(
         reads=(
@@ -93,6 +102,10 @@ PROTOCOL: Protocol = {
         writes=(Use("status", OWN), Use("scores", OWN)),
     ),
     "trigger": Part(reads=(Use("status", EVERY), Use("decisions")), writes=(Use("tick"),)),
+    "capture": Part(
+        reads=(Use("capture", EVERY, CAPTURING), Use("decisions", when=CAPTURING)),
+        writes=(Use("status", OWN, CAPTURING),),
+    ),
 }
 
 
@@ -124,18 +137,28 @@ def part_of(party: str, protocol: Protocol = PROTOCOL) -> Part:
     return protocol[party if party in protocol else Role(party).tier]
 
 
-def granted(use: Use, model: ModelConfig) -> bool:
+def granted(use: Use, model: ModelConfig, capture: bool = False) -> bool:
+    """Whether brokers grant `use` in a deployment of `model` (`capture`: one that captures
+    hard examples)."""
+    if use.when is When.CAPTURING:
+        return capture
     return use.when is not When.REPLICATED or model.cloud is not None
 
 
-def in_mode(use: Use, replicated: bool) -> bool:
+def in_mode(use: Use, replicated: bool, capturing: bool = False) -> bool:
+    """Whether a service makes `use` in its mode: `replicated` (the cloud as replicas),
+    `capturing` (it takes part in the capture of hard examples)."""
+    if use.when is When.CAPTURING:
+        return capturing
     return use.when is When.ALWAYS or (use.when is When.REPLICATED) == replicated
 
 
-def read_kinds(role: Role, replicated: bool, protocol: Protocol = PROTOCOL) -> set[type[_Message]]:
+def read_kinds(
+    role: Role, replicated: bool, protocol: Protocol = PROTOCOL, capturing: bool = False
+) -> set[type[_Message]]:
     """The message kinds a service of `role` takes in its mode: what it must handle."""
     reads = part_of(role, protocol).reads
-    return {CHANNELS[u.channel] for u in reads if in_mode(u, replicated)}
+    return {CHANNELS[u.channel] for u in reads if in_mode(u, replicated, capturing)}
 
 
 def subscriptions(
@@ -145,14 +168,16 @@ def subscriptions(
     group: str | None = None,
     replicated: bool = False,
     protocol: Protocol = PROTOCOL,
+    capturing: bool = False,
 ) -> list[str]:
     """The topic filters a service of `role` subscribes to. A cloud replica (`group`: its
     replicas' group) takes the jobs through the shared subscription that hands each job to
-    one member; `replicated`: the aggregator of such a cloud."""
+    one member; `replicated`: the aggregator of such a cloud; `capturing`: a service that
+    takes part in the capture of hard examples."""
     replicated = replicated or group is not None
     out: list[str] = []
     for use in part_of(role, protocol).reads:
-        if in_mode(use, replicated):
+        if in_mode(use, replicated, capturing):
             if use.channel == "job" and group is not None:
                 out.append(topics.shared_jobs(group))
             else:

@@ -76,8 +76,9 @@ class Recent(Generic[V]):
 
 
 class KeptMaps:
-    """Feature maps kept for the tier above until it asks for them: at most `limit`, for at
-    most `seconds` each (a device and an edge both keep theirs this way)."""
+    """Arrays kept by sample until someone asks for them: at most `limit`, for at most
+    `seconds` each. A device and an edge keep their feature maps this way for the tier
+    above; a capturing device its frames for their sample's decision."""
 
     def __init__(self, seconds: float, limit: int = 1024) -> None:
         self.seconds = seconds
@@ -150,6 +151,7 @@ class Service:
     protocol: Protocol = PROTOCOL
     group: str | None = None  # the replicas' shared-subscription group of a cloud replica
     replicated: bool = False  # whether the cloud runs as replicas (ddnn/live/protocol.py)
+    capturing: bool = False  # whether it takes part in capturing hard examples (same)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -192,7 +194,13 @@ class Service:
     def subscriptions(self) -> list[str]:
         """What the protocol table has this service's role read in its mode."""
         return subscriptions(
-            self.role, self.model, self.topics, self.group, self.replicated, self.protocol
+            self.role,
+            self.model,
+            self.topics,
+            self.group,
+            self.replicated,
+            self.protocol,
+            self.capturing,
         )
 
     def handle(self, topic: str, message: Message) -> None:
@@ -252,7 +260,7 @@ class Service:
 
     def open(self, connect_timeout: float = 30.0) -> None:
         """Subscribe, connect (or raise `DDNNError` saying why not) and announce `online`."""
-        self.reads = read_kinds(self.role, self.replicated, self.protocol)
+        self.reads = read_kinds(self.role, self.replicated, self.protocol, self.capturing)
         if missing := {k.__name__ for k in self.reads if k not in self.handlers}:
             raise TypeError(f"{type(self).__name__} has no handler for {sorted(missing)}")
         for topic in self.subscriptions():

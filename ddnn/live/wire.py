@@ -2,7 +2,8 @@
 
 Topics live under `ddnn/<deployment>/<model version>/`, so many deployments and model
 versions share one broker without seeing each other's traffic: `status/<role>`, `tick`,
-`scores/<role>`, `offload/<tier>`, `features/<role>`, `job` and `decisions`. Every payload is a
+`scores/<role>`, `offload/<tier>`, `features/<role>`, `job`, `decisions` and, where the
+deployment captures hard examples, `capture/<role>`. Every payload is a
 msgpack map with the schema version `v` and a `kind`, validated by a pydantic model before
 use: wrong version, types, shapes, sizes or non-finite numbers raise `WireError` with the
 reason, which services count and log and never die of. The sample (frame) id is every
@@ -29,8 +30,9 @@ from pydantic import (
     field_validator,
 )
 
-from ddnn.core.config import FeatureFormat
+from ddnn.core.config import FeatureFormat, ModelConfig
 from ddnn.core.errors import DDNNError, problems
+from ddnn.core.hard import HardRule
 from ddnn.core.payloads import pack_features, unpack_bits, unpack_codes
 from ddnn.core.roles import Role
 
@@ -54,6 +56,11 @@ Index = Annotated[int, Field(ge=0, lt=4096)]  # of a device or an edge
 # from one stays finite (each service also checks that it is recent: ddnn/live/service.py).
 UnixTime = Annotated[float, Field(ge=0.0, le=1e11)]
 Shape = Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=1, max_length=4)]
+FrameShape = Annotated[
+    list[Annotated[int, Field(ge=1, le=65536)]], Field(min_length=3, max_length=3)
+]
+# The bytes of a captured frame, at most: what leaves room in MAX_PAYLOAD for its other fields.
+MAX_FRAME = MAX_PAYLOAD - 1024
 
 
 def shown(value: object, limit: int = 40) -> str:
@@ -286,8 +293,54 @@ class Decision(_Message):
     # devices whose feature maps reached edge/cloud
     upper_devices: list[Index] | None = Field(default=None, max_length=4096)
 
+    def is_hard(self, rule: HardRule, model: ModelConfig) -> bool:
+        """Whether `rule` calls this sample of a deployment of `model` a hard example."""
+        return rule.decision(
+            model,
+            exit=self.exit,
+            entropy=self.entropy,
+            degraded=self.degraded,
+            abstained=self.abstained,
+            devices=len(set(self.devices)),
+        )
 
-Message = Status | Tick | Scores | Offload | Features | Job | Decision
+
+class Capture(_Message):
+    """The camera frame of a hard sample: device `source` sends it once the decision of
+    `sample` met the hard-example rule (ddnn/core/hard.py), and only where the deployment
+    captures (opt-in: the frames leave the cameras). `data` is the frame as the model took
+    it, uint8 (C, H, W) row-major: exactly prod(`shape`) bytes."""
+
+    kind: Literal["capture"] = "capture"
+    sample: Sample
+    source: RoleName
+    shape: FrameShape
+    data: bytes = Field(max_length=MAX_FRAME)
+
+    @field_validator("data")
+    @classmethod
+    def _fills_shape(cls, v: bytes, info: ValidationInfo) -> bytes:
+        shape = info.data.get("shape")
+        if shape is not None and len(v) != math.prod(shape):
+            raise ValueError(f"{len(v)} bytes, not the {math.prod(shape)} of shape {shape}")
+        return v
+
+    @classmethod
+    def of(cls, sample: int, source: str, frame: np.ndarray) -> Capture:
+        """The message of a uint8 (C, H, W) `frame`."""
+        return cls(
+            sample=sample,
+            source=source,
+            shape=list(frame.shape),
+            data=np.ascontiguousarray(frame, dtype=np.uint8).tobytes(),
+        )
+
+    def frame(self) -> np.ndarray:
+        """The frame as uint8 (C, H, W)."""
+        return np.frombuffer(self.data, dtype=np.uint8).reshape(self.shape)
+
+
+Message = Status | Tick | Scores | Offload | Features | Job | Decision | Capture
 # The one table of the wire's message kinds: the first topic level under a deployment's root
 # (its channel) -> the message that travels there, and only there.
 CHANNELS: dict[str, type[_Message]] = {
@@ -298,6 +351,7 @@ CHANNELS: dict[str, type[_Message]] = {
     "features": Features,
     "job": Job,
     "decisions": Decision,
+    "capture": Capture,
 }
 KINDS: dict[str, type[_Message]] = {m.model_fields["kind"].default: m for m in CHANNELS.values()}
 
@@ -358,7 +412,7 @@ class Topics:
         # (no getattr: a pydantic model answers a missing attribute slowly, by raising)
         if isinstance(message, Status):
             sender: str | None = message.role
-        elif isinstance(message, (Scores, Features)):
+        elif isinstance(message, (Scores, Features, Capture)):
             sender = message.source
         elif isinstance(message, Offload):
             sender = message.to  # (not a sender: the tier it goes to, as its topic says)
@@ -392,3 +446,6 @@ class Topics:
 
     def features(self, role: Role) -> str:
         return self.channel("features", role)
+
+    def capture(self, role: Role) -> str:
+        return self.channel("capture", role)

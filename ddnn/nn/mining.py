@@ -1,4 +1,4 @@
-"""Offline hard-example mining (`ddnn data hard`): a model's cascade over a data set, and
+"""Offline hard-example mining (`ddnn hard`): a model's cascade over a data set, and
 the samples `HardRule` keeps, each with the decision that made it hard."""
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def mine(
     probs = np.stack([outputs.probs[name] for name in names])[decided.exit_index, np.arange(n)]
     entropy = normalized_entropy(probs)
     escalated = decided.exit_index > 0 if names[0] == "local" else np.zeros(n, bool)
-    reasons = rule.reasons(escalated, ~present.all(axis=1), decided.abstained, entropy)
-    hard = np.logical_or.reduce(list(reasons.values()))
-    rows = np.flatnonzero(hard)
+    facts = (escalated, ~present.all(axis=1), decided.abstained, entropy)
+    reasons = rule.reasons(*facts)
+    rows = np.flatnonzero(rule.holds(*facts))
     return HardExamples(
         rows=rows,
         exits=[names[decided.exit_index[i]] for i in rows],

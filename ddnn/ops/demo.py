@@ -26,7 +26,7 @@ from typing import Any
 
 from ddnn.core.config import load_config
 from ddnn.core.errors import DDNNError
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role
+from ddnn.core.roles import AGGREGATOR, CAPTURE, CLOUD, Role
 from ddnn.live.access import BRIDGE, TRIGGER, bridged, login
 from ddnn.live.broker.ceiling import broker_ceiling
 from ddnn.live.broker.mosquitto import Bridge
@@ -37,13 +37,14 @@ from ddnn.live.service_cli import Durability
 from ddnn.live.wire import Topics
 from ddnn.nn.checkpoint import load_model
 from ddnn.ops.certs import local_certs
-from ddnn.ops.deploy import Deployment, Prepared, deployment, prepare
+from ddnn.ops.deploy import Capturing, Deployment, Prepared, deployment, prepare
 from ddnn.ops.fleet import CpuClock, Launch, Reference, python_m_ddnn, summarize
 
 DEMO_EPOCHS = 30
 STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced with
 EDGE_GROUPS = "[[0,1,2],[3,4,5]]"
 DEVICE_RUNTIMES = ("python", "c")
+DRAIN = 2.0  # seconds of statuses after the services stopped: the capture's final counters
 
 
 def demo_model(
@@ -126,6 +127,7 @@ def run_demo(
     kind: str = "auto",
     durability: Durability = Durability.none,
     device_runtime: str = "python",
+    capture: Capturing | None = None,
 ) -> dict[str, Any]:
     """Run the live system on `model` (default: the cached demo model) over `samples` test
     samples of `data` (a SPEC; default: the data the model was trained on); the summary.
@@ -144,7 +146,9 @@ def run_demo(
     export by `ddnn codegen` and make), after a run of the same samples with Python devices
     on the same broker; every device of both replays the frames rounded to uint8, as the
     offline reference decides them, and `device_runtimes` holds each run's throughput and
-    CPU seconds per sample of each process."""
+    CPU seconds per sample of each process. `capture`: the hard examples are captured
+    (`ddnn capture` and the devices' `--capture`), and `capture` in the summary says what
+    that came to (`captured`)."""
     path = model if model is not None else demo_model(edge, cache, log)
     net, cfg, meta = load_model(path)
     n = cfg.model.n_devices
@@ -162,10 +166,14 @@ def run_demo(
     in_c = device_runtime == "c"
     if in_c and fps is not None:
         raise DDNNError("--device-runtime c: C devices capture on ticks only, not with --fps")
+    if in_c and capture is not None:
+        raise DDNNError("--device-runtime c: C devices do not capture hard examples (--capture)")
     with tempfile.TemporaryDirectory(prefix="ddnn-demo-") as tmp:
         name = f"demo-{os.getpid()}"
         # refuses data that misfits
-        prepared = prepare(net, cfg, meta, Path(tmp), name, data, camera=in_c)
+        prepared = prepare(
+            net, cfg, meta, Path(tmp), name, data, camera=in_c, capture=capture is not None
+        )
         launch, beside = None, None
         device_options: dict[Role, list[str]] = {}
         if in_c:
@@ -221,6 +229,8 @@ def run_demo(
                 cloud_replicas=cloud_replicas,
                 fps=fps,
                 launch=launch,
+                capture=capture,
+                drain=0.0 if capture is None else DRAIN,
             ) as running:
                 driver, reference = running.driver, running.reference
                 how = f"at {fps:g} frames/s on the wall clock" if fps else "driving"
@@ -233,6 +243,11 @@ def run_demo(
                 else:  # the cameras' rate is the throughput: the slots' span, not the wait
                     ids = driver.listen(fps, samples)
                     seconds = samples / fps
+                if capture is not None:
+                    seen = (driver.decisions[k] for k in ids if k in driver.decisions)
+                    hard = capture.hard(seen, cfg.model)
+                    if not capture.settle(driver, hard):
+                        log("the capture did not take in every hard decision in time")
         finally:
             for started in (broker, cloud_broker):
                 if started is not None:
@@ -260,6 +275,8 @@ def run_demo(
         report["broker"]["bridged"] = True
     report["clean_exits"] = all(code == 0 for code in running.codes.values())
     report["device_runtime"] = device_runtime
+    if capture is not None:
+        report["capture"] = captured(running, capture, hard)
     if beside is not None:
         report["device_runtimes"] = {
             "python": beside,
@@ -276,6 +293,19 @@ def run_demo(
             for sample in sorted(decisions):
                 f.write(json.dumps(decisions[sample].model_dump(exclude={"v", "kind"})) + "\n")
     return report
+
+
+def captured(running: Deployment, capture: Capturing, hard: int) -> dict[str, Any]:
+    """What the capture of hard examples came to: the `hard` decisions as the driver saw
+    them (the rule applied to each), and the capture service's final counters and refusals."""
+    status = running.driver.status.get(CAPTURE)
+    return {
+        "folder": str(capture.out),
+        "entropy": capture.entropy,
+        "hard_decisions": hard,
+        "counters": {} if status is None else dict(status.counters),
+        "rejected": {} if status is None else dict(status.rejected),
+    }
 
 
 def joined(*options: dict[Role, list[str]]) -> dict[Role, list[str]]:

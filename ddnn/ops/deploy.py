@@ -7,25 +7,29 @@ that enforces those accounts (or uses its own), and `deployment(...)` starts one
 role against it (as an operator would: `python -m ddnn <role> ...`, each logging in with its
 own account), every device replaying the test part of that data, connects a driver (the
 `trigger` account) and waits until every service is online; on leaving, it stops the
-processes and keeps their exit codes.
+processes and keeps their exit codes. A deployment prepared with `capture` may also run the
+opt-in capture of hard examples (`Capturing`): `ddnn capture` beside the others, and every
+device with `--capture`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ddnn.core.config import DDNNConfig
+from ddnn.core.config import DDNNConfig, ModelConfig
 from ddnn.core.errors import DDNNError
+from ddnn.core.hard import DEFAULT_ENTROPY, HardRule
 from ddnn.core.manifest import Manifest
-from ddnn.core.roles import AGGREGATOR, CLOUD, Role, deployment_roles
+from ddnn.core.roles import AGGREGATOR, CAPTURE, CLOUD, Role, deployment_roles
 from ddnn.live.access import TRIGGER, login, write_access
 from ddnn.live.mqtt.settings import BrokerSettings
-from ddnn.live.wire import Topics
+from ddnn.live.service import STATUS_EVERY
+from ddnn.live.wire import Decision, Topics
 from ddnn.nn.export import export
 from ddnn.nn.model import DDNN
 from ddnn.ops.fleet import Driver, Fleet, Launch, Reference, on_wall_clock, replaying
@@ -40,6 +44,7 @@ class Prepared:
     manifest: Manifest
     access: Path  # the accounts' files, for the broker
     reference: Reference  # offline decisions on the data the devices replay
+    capture: bool = False  # whether its accounts let it capture hard examples
 
 
 def prepare(
@@ -50,15 +55,17 @@ def prepare(
     name: str,
     data: str | None = None,
     camera: bool = False,
+    capture: bool = False,
 ) -> Prepared:
     """Export `model` into `workdir`/artifacts, with accounts for deployment `name`; `data`
     is the SPEC the devices will replay (default: the data the model was trained on), refused
     here, before anything starts, when it does not fit the model; `camera`: they replay it
-    as uint8 frames (`Reference`)."""
+    as uint8 frames (`Reference`); `capture`: the accounts let it capture hard examples."""
     artifacts = workdir / "artifacts"
     manifest = export(model, cfg, artifacts, meta)
-    access = write_access(artifacts, cfg.model, name, manifest.model_version)
-    return Prepared(name, artifacts, manifest, access, Reference(artifacts, data, camera))
+    access = write_access(artifacts, cfg.model, name, manifest.model_version, capture)
+    reference = Reference(artifacts, data, camera)
+    return Prepared(name, artifacts, manifest, access, reference, capture)
 
 
 def prepare_sites(
@@ -77,6 +84,50 @@ def prepare_sites(
         replace(first, name=name, access=write_access(first.artifacts, cfg.model, name, version))
         for name in names[1:]
     ]
+
+
+# seconds for the capture to settle: its wait for frames, and two statuses after it
+SETTLE_CAPTURE = 5.0 + 2 * STATUS_EVERY
+
+
+@dataclass(frozen=True)
+class Capturing:
+    """The capture of hard examples into the folder `out` at the entropy level `entropy`
+    (the devices' and the capture service's alike); `options`: more of `ddnn capture`'s
+    (`--quota-mb`, `--rate`, `--wait`)."""
+
+    out: Path
+    entropy: float = DEFAULT_ENTROPY
+    options: tuple[str, ...] = ()
+
+    def of(self, roles: list[Role]) -> dict[Role, list[str]]:
+        """The options of each of `roles` and of the capture service (`CAPTURE`)."""
+        level = ["--capture-entropy", str(self.entropy)]
+        devices = {r: ["--capture", *level] for r in roles if r.tier == "device"}
+        service = ["--out", str(self.out), "--entropy", str(self.entropy), *self.options]
+        return devices | {CAPTURE: service}
+
+    def hard(self, decisions: Iterable[Decision], model: ModelConfig) -> int:
+        """How many of `decisions` (of a deployment of `model`) the rule calls hard."""
+        rule = HardRule(self.entropy)
+        return sum(d.is_hard(rule, model) for d in decisions)
+
+    def settle(self, driver: Driver, hard: int, timeout: float = SETTLE_CAPTURE) -> bool:
+        """Wait until the status of every capture service online says it took in `hard` hard
+        decisions and has none waiting for frames (written or dropped, each counted), so
+        that stopping the deployment cuts no capture short; whether it did within `timeout`
+        seconds."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            online = [
+                s.counters
+                for s in driver.instances.values()
+                if s.role == CAPTURE and s.state == "online"
+            ]
+            if online and all(c.get("hard", -1) >= hard and c.get("waiting") == 0 for c in online):
+                return True
+            driver.pump(0.1)
+        return False
 
 
 @dataclass
@@ -105,6 +156,7 @@ def deployment(
     launch: Launch | None = None,
     cloud_replicas: int = 1,
     fps: float | None = None,
+    capture: Capturing | None = None,
 ) -> Iterator[Deployment]:
     """Run the prepared deployment (the first `devices` devices, all by default; `extra`
     options per role; logs in `workdir`) on the broker of `settings` (no account: each
@@ -113,7 +165,7 @@ def deployment(
     counters). `cloud_replicas` over 1: the cloud as that many replicas sharing the jobs
     the aggregator gathers (cloud/service.py), which needs an MQTT 5 broker. `fps`: the
     devices free-run on the wall clock at that rate (`on_wall_clock`) instead of being
-    ticked."""
+    ticked. `capture`: the capture of hard examples runs too (prepared with `capture`)."""
     artifacts, manifest, name = prepared.artifacts, prepared.manifest, prepared.name
     common = ["--artifacts", str(artifacts), "--broker", settings.url]
     common += ["--mqtt", settings.protocol, "--deployment", name, "--log-level", log_level]
@@ -126,7 +178,13 @@ def deployment(
             raise DDNNError("cloud replicas need a model with a cloud and an MQTT 5 broker")
         options[CLOUD] = ["--group", "cloud"]
         options[AGGREGATOR] = ["--replicated-cloud"]
-    for more in (on_wall_clock(roles, fps) if fps is not None else {}, extra or {}):
+    capturing: dict[Role, list[str]] = {}
+    if capture is not None:
+        if not prepared.capture:
+            raise DDNNError("capturing hard examples needs the accounts of `prepare(capture=True)`")
+        capturing = capture.of(roles)
+        roles = [*roles, CAPTURE]
+    for more in (on_wall_clock(roles, fps) if fps is not None else {}, capturing, extra or {}):
         for role, values in more.items():
             options[role] = [*options.get(role, []), *values]
     fleet = Fleet(common, workdir, options, launch)

@@ -346,8 +346,8 @@ def _latencies(decided: list[Seen], tier: str) -> list[float]:
 
 
 def _role_order(role: Role) -> tuple[int, int]:
-    """Devices by index, then the aggregator, the edges, the cloud."""
-    tiers = ("device", "aggregator", "edge", "cloud")
+    """Devices by index, then the aggregator, the edges, the cloud, the capture."""
+    tiers = ("device", "aggregator", "edge", "cloud", "capture")
     return tiers.index(role.tier), role.index or 0
 
 
