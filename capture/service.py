@@ -149,14 +149,15 @@ class CaptureService(Service):
         return None if not self.waiting else next(iter(self.waiting.values())).since + self.wait
 
     def close(self) -> None:
-        """Write the samples still waiting with the frames they have and build the MVMC
-        file of the folder, then stop as every service does (its last status holds all)."""
+        """Write the samples still waiting with the frames they have, stop as every service
+        does (its last status holds every count), then build the MVMC file of the folder:
+        after the disconnect, since the network waits while this thread builds, and a build
+        longer than the keepalive would have the broker fire the last will."""
         with self.guard():
             while self.waiting:  # (the quota may stop capture, and drop the rest, meanwhile)
                 self._write(next(iter(self.waiting)))
-        with self.guard():
-            self._build()
         super().close()
+        self._build()
 
     def _drop(self, sample: int, why: str) -> None:
         """End `sample` without writing it, counted under `why`."""
@@ -208,10 +209,10 @@ class CaptureService(Service):
             )
             return
         try:
-            self.counters["built_samples"] = build(self.folder.root)
+            built = build(self.folder.root)
         except OSError as e:
-            self.counters["disk_errors"] += 1
             self.log.error("could not write %s: %s", BUILT, e)
         except DDNNError as e:  # a folder someone edited into what the import refuses
-            self.counters["build_failed"] = 1
             self.log.error("could not build %s: %s", BUILT, e)
+        else:
+            self.log.info("wrote %s: %d samples", self.folder.root / BUILT, built)

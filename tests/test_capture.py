@@ -375,7 +375,6 @@ def live_capture(tiny: Path, tmp: Path, samples: int, quota_mb: float) -> None:
     [final] = [s for s in statuses(driver, CAPTURE) if not beside(s, second)]
     assert final.counters["captured_samples"] == len(hard_samples) == final.counters["hard"]
     assert final.counters["frames_missing"] == 0 and final.counters["quota_reached"] == 0
-    assert final.counters["built_samples"] == len(hard_samples)
     assert final.counters["bytes_written"] == sum(
         p.stat().st_size for p in [out / LABELS, *out.glob("cam*/*")]
     )

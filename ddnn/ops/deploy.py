@@ -115,9 +115,10 @@ class Capturing:
     def settle(self, driver: Driver, hard: int, timeout: float = SETTLE_CAPTURE) -> bool:
         """Wait until the status of every capture service online says it took in `hard` hard
         decisions and has none waiting for frames (written or dropped, each counted), so
-        that stopping the deployment cuts no capture short; whether it did within `timeout`
-        seconds."""
-        end = time.monotonic() + timeout
+        that stopping the deployment cuts no capture short; whether it did before `timeout`
+        seconds passed with no progress (a busy machine's capture catches up slowly, but it
+        catches up)."""
+        end, seen = time.monotonic() + timeout, None
         while time.monotonic() < end:
             online = [
                 s.counters
@@ -126,6 +127,9 @@ class Capturing:
             ]
             if online and all(c.get("hard", -1) >= hard and c.get("waiting") == 0 for c in online):
                 return True
+            progress = sorted((c.get("hard", -1), c.get("waiting")) for c in online)
+            if progress != seen:
+                end, seen = time.monotonic() + timeout, progress
             driver.pump(0.1)
         return False
 
