@@ -4,12 +4,9 @@ that meets the hard-example rule (ddnn/core/hard.py, the rule mining uses, at th
 level) it gathers the frames of the devices that took part, waits a little for missing ones,
 and writes the sample into its folder (capture/folder.py).
 
-It is bounded three ways, each counted in its status: samples waiting for frames (the oldest
-dropped), captured samples per second (a token bucket: the rest dropped) and bytes written (a
-quota). Once the quota is reached, or the disk fails, capture stops for good, logged once and
-shown in the status; the service goes on reading and counting, and nothing of the deployment
-waits on it. Frames nobody asked for, from a role that sends none, of a wrong shape, or sent
-twice are refused under their reason, as every service refuses bad input.
+Bounded by the samples waiting for frames, a rate and a disk quota, each counted in its
+status; a reached quota or a failing disk stops capture for good, never the deployment. Bad
+frames are refused under their reason (the design note lists the bounds and reasons).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """`ddnn device`: one end device. Captures a frame per sample, runs its slice, publishes the
 class scores, keeps the feature map for a while, and publishes it bit-packed when asked.
-With `--capture` (where the deployment captures hard examples) it also keeps each frame,
-as uint8, until the sample's decision, and sends it to `ddnn capture` when the decision
-meets the hard-example rule (docs/design/capture.md says why the device judges that).
+With `--capture` it also sends the frames of hard samples to `ddnn capture`
+(docs/design/capture.md).
 
 Clocks (which frame belongs to which sample, across devices):
 - `tick` (the default): capture when the `tick` message for sample k arrives. Replay sources

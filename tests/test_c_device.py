@@ -24,7 +24,6 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-import trustme
 
 from ddnn.core.manifest import read_manifest
 from ddnn.core.payloads import pack_bits, pack_scores
@@ -46,6 +45,7 @@ from ddnn.live.wire import (
     encode,
 )
 from ddnn.nn.checkpoint import load_model
+from ddnn.ops.certs import local_certs
 from ddnn.ops.demo import c_devices, driven, run_demo, runtime_figures
 from ddnn.ops.deploy import deployment, prepare
 from ddnn.ops.faults.hostile import fuzzed
@@ -170,17 +170,12 @@ def test_logs_in_over_tls_and_refuses_a_broker_it_cannot_trust(
 ):
     """mqtts:// with its own account: online when it trusts the broker's CA (the observer
     hears it), never online against a certificate of another CA, and its log says why."""
-    ca, stranger = trustme.CA(), trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    stranger.cert_pem.write_to_path(str(tmp_path / "stranger.pem"))
+    certs, stranger = local_certs(tmp_path / "ours"), local_certs(tmp_path / "theirs").ca
     access = plain / "access" / "default"
     topics = Topics("default", read_manifest(plain).model_version)
-    tls = TlsFiles(tmp_path / "server.pem", tmp_path / "server.key")
+    tls = TlsFiles(certs.cert, certs.key)
     with start_broker(kind="mosquitto", access=access, tls=tls) as broker:
-        settings = broker.settings(OBSERVER).model_copy(update={"tls_ca": tmp_path / "ca.pem"})
+        settings = broker.settings(OBSERVER).model_copy(update={"tls_ca": certs.ca})
         observer = MqttClient(settings, client_id=f"c-tls-{os.getpid()}")
         observer.start()
         observer.subscribe(topics.status(Role.device(DEVICE)))
@@ -194,13 +189,13 @@ def test_logs_in_over_tls_and_refuses_a_broker_it_cannot_trust(
             str(access / "device-0.json"),
         )
         try:
-            untrusting = start(sanitized, *login, "--tls-ca", str(tmp_path / "stranger.pem"))
+            untrusting = start(sanitized, *login, "--tls-ca", str(stranger))
             with pytest.raises(AssertionError, match="nothing wanted"):
                 until(observer, lambda m: isinstance(m, Status), timeout=4)
             untrusting.send_signal(signal.SIGTERM)
             output = untrusting.communicate(timeout=10)[0].decode()
             assert "certificate verify failed" in output, output
-            trusting = start(sanitized, *login, "--tls-ca", str(tmp_path / "ca.pem"))
+            trusting = start(sanitized, *login, "--tls-ca", str(certs.ca))
             status = until(observer, lambda m: isinstance(m, Status) and m.state == "online")
             assert status.role == Role.device(DEVICE)
             trusting.send_signal(signal.SIGTERM)

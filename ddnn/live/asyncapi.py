@@ -1,5 +1,18 @@
-"""The wire protocol as an AsyncAPI 3 document (MQTT binding), generated, never hand-written.
+"""The wire protocol as an AsyncAPI 3 document (MQTT binding), generated, never hand-written:
+`DESCRIPTION`, the document's own introduction, says from what."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from ddnn.core.config import ModelConfig
+from ddnn.core.roles import Role
+from ddnn.live.access import BRIDGE, OBSERVER, grants
+from ddnn.live.protocol import PER_TIER, PROTOCOL, Protocol, Whose
+from ddnn.live.service import DATA_KINDS, STATUS_EVERY
+from ddnn.live.wire import CHANNELS, SCHEMA, Topics, _Message
+
+DESCRIPTION = """\
 Everything in it comes from the code that the services run: the channels from the wire
 (`CHANNELS`), each payload's JSON Schema from its pydantic model (`model_json_schema`), who
 sends and who receives on each channel from the protocol table through the broker accounts'
@@ -14,18 +27,6 @@ is a msgpack bin. Topics carry the deployment, the model version (the manifest's
 (`device-<i>`, `edge-<e>`, `cloud`, `aggregator`, `capture`), or the tier an offload request
 asks.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from ddnn.core.config import ModelConfig
-from ddnn.core.roles import Role
-from ddnn.live.access import BRIDGE, OBSERVER, grants
-from ddnn.live.protocol import PER_TIER, PROTOCOL, Protocol, Whose
-from ddnn.live.service import DATA_KINDS, STATUS_EVERY
-from ddnn.live.wire import CHANNELS, SCHEMA, Topics, _Message
-
 DEPLOYMENT, VERSION = "{deployment}", "{model_version}"
 # A deployment with every kind of role, so that every channel has its senders and receivers.
 EXAMPLE = ModelConfig(n_devices=2, edge={"groups": [[0, 1]]})
@@ -132,8 +133,8 @@ def document(protocol: Protocol = PROTOCOL) -> dict[str, Any]:
         "info": {
             "title": "DDNN wire protocol",
             "version": str(SCHEMA),
-            # the module's doc, less its title, each paragraph on one line
-            "description": "\n\n".join(" ".join(p.split()) for p in __doc__.split("\n\n")[1:]),
+            # each paragraph on one line
+            "description": "\n\n".join(" ".join(p.split()) for p in DESCRIPTION.split("\n\n")),
         },
         "defaultContentType": "application/msgpack",
         "servers": {
